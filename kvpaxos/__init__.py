@@ -1,0 +1,1 @@
+"""kvpaxos: a replicated key-value store built on Multi-Paxos and Twisted."""

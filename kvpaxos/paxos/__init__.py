@@ -1,0 +1,47 @@
+"""
+The sans-I/O Multi-Paxos core.
+
+L{Replica} is the state machine; feed it with C{step}, C{tick}, C{propose},
+C{read_index}, take a L{Ready}, perform it, and C{advance}.  Nothing in this
+package imports twisted, grpc, lmdb, time, socket or threading, or uses the
+module-level C{random}: the same inputs always give the same outputs.
+"""
+
+from kvpaxos.paxos.errors import NotLeader, ProposalRejected
+from kvpaxos.paxos.messages import (
+    NOOP,
+    ZERO_BALLOT,
+    Accept,
+    Accepted,
+    Ballot,
+    Batch,
+    Catchup,
+    CatchupRequest,
+    ChangeKind,
+    Config,
+    ConfigChange,
+    ConfigError,
+    Heartbeat,
+    HeartbeatAck,
+    InstallSnapshot,
+    Message,
+    Nack,
+    Noop,
+    Prepare,
+    Promise,
+    Snapshot,
+    TimeoutNow,
+    Value,
+    value_size,
+)
+from kvpaxos.paxos.replica import Options, Replica
+from kvpaxos.paxos.state import Entry, HardState, ReadState, Ready
+
+__all__ = [
+    "NOOP", "ZERO_BALLOT", "Accept", "Accepted", "Ballot", "Batch", "Catchup",
+    "CatchupRequest", "ChangeKind", "Config", "ConfigChange", "ConfigError",
+    "Entry", "HardState", "Heartbeat", "HeartbeatAck", "InstallSnapshot",
+    "Message", "Nack", "Noop", "NotLeader", "Options", "Prepare", "Promise",
+    "ProposalRejected", "ReadState", "Ready", "Replica", "Snapshot",
+    "TimeoutNow", "Value", "value_size",
+]

@@ -1,0 +1,354 @@
+"""
+The vocabulary of the Paxos core: ballots, slot values and the messages that
+replicas exchange.
+
+Everything here is an immutable value (a frozen dataclass or a named tuple) so
+that messages can be shared, compared and replayed.  Nothing here performs I/O
+or knows how a message travels: the node's peer transport encodes these, the
+simulator passes them by reference.
+
+Names follow "Paxos Made Simple" (Lamport, 2001): a *ballot* is a proposal
+number, phase 1 is ``Prepare``/``Promise``, phase 2 is ``Accept``/``Accepted``
+and a value is *chosen* once a quorum of acceptors accepted it in one ballot.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import NamedTuple, Union
+
+
+class Ballot(NamedTuple):
+    """
+    A proposal number, totally ordered: first by ``round``, then by ``node``.
+
+    Two distinct nodes never use the same ballot, because the node id is part
+    of it (Paxos Made Simple §2.2: "different proposers choose their numbers
+    from disjoint sets").
+    """
+
+    round: int
+    node: int
+
+
+#: The ballot below every real one: what a fresh acceptor has promised.
+ZERO_BALLOT = Ballot(0, 0)
+
+
+# --- slot values -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Noop:
+    """
+    The value a new leader puts into a slot that no acceptor in its quorum
+    reported, so that later slots can be applied (Paxos Made Simple §3).
+    """
+
+
+#: The one no-op value.
+NOOP = Noop()
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """
+    Client commands, opaque to the core, chosen together in one slot and
+    applied in order.
+    """
+
+    commands: tuple[bytes, ...]
+
+
+class ChangeKind(enum.Enum):
+    """What a L{ConfigChange} does to the member set."""
+
+    ADD_VOTER = "add-voter"
+    ADD_LEARNER = "add-learner"
+    PROMOTE = "promote"
+    REMOVE = "remove"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    """
+    One change of the member set, replicated through the log.  It governs the
+    slots after its own one, and only once it is chosen.
+    """
+
+    kind: ChangeKind
+    node: int
+
+
+Value = Union[Noop, Batch, ConfigChange]
+
+#: Bytes counted for every command in a batch on top of its own length: the
+#: room a length prefix takes when the batch is encoded.
+COMMAND_OVERHEAD_BYTES = 4
+#: Bytes counted for a value that is not a batch, and for a slot's framing.
+VALUE_OVERHEAD_BYTES = 16
+
+
+def value_size(value: Value) -> int:
+    """
+    Return the number of bytes C{value} counts for against the batch and
+    message bounds: its commands' lengths plus framing.
+    """
+    if type(value) is Batch:
+        return VALUE_OVERHEAD_BYTES + sum(map(len, value.commands)) + (
+            COMMAND_OVERHEAD_BYTES * len(value.commands)
+        )
+    return VALUE_OVERHEAD_BYTES
+
+
+class ConfigError(ValueError):
+    """
+    A configuration change that cannot apply to the current member set
+    (caller misuse: adding a member twice, removing the last voter, ...).
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """
+    The member set: C{voters} form quorums, C{learners} receive the log but
+    neither vote nor lead.  A node that is in neither set takes no part.
+    """
+
+    voters: frozenset[int]
+    learners: frozenset[int] = frozenset()
+
+    @property
+    def members(self) -> frozenset[int]:
+        """Every node that receives the log."""
+        return self.voters | self.learners
+
+    @property
+    def quorum(self) -> int:
+        """The number of voters that make a majority."""
+        return len(self.voters) // 2 + 1
+
+    def is_quorum(self, nodes) -> bool:
+        """Return whether C{nodes} contains a majority of the voters."""
+        return len(self.voters.intersection(nodes)) >= self.quorum
+
+    def check(self, change: ConfigChange) -> None:
+        """
+        Raise L{ConfigError} unless C{change} applies to this member set and
+        changes the voters by at most one node.
+        """
+        node = change.node
+        kind = change.kind
+        if kind in (ChangeKind.ADD_VOTER, ChangeKind.ADD_LEARNER):
+            if node in self.members:
+                raise ConfigError(f"node {node} is already a member")
+        elif kind is ChangeKind.PROMOTE:
+            if node not in self.learners:
+                raise ConfigError(f"node {node} is not a learner")
+        elif kind is ChangeKind.REMOVE:
+            if node not in self.members:
+                raise ConfigError(f"node {node} is not a member")
+            if self.voters == {node}:
+                raise ConfigError(f"node {node} is the last voter")
+
+    def apply(self, change: ConfigChange) -> Config:
+        """
+        Return the member set after C{change}.  A change that does not apply
+        leaves it as it is, the same way on every replica (it was checked when
+        proposed; this keeps replay deterministic).
+        """
+        try:
+            self.check(change)
+        except ConfigError:
+            return self
+        node = change.node
+        kind = change.kind
+        if kind is ChangeKind.ADD_VOTER:
+            return Config(self.voters | {node}, self.learners)
+        if kind is ChangeKind.ADD_LEARNER:
+            return Config(self.voters, self.learners | {node})
+        if kind is ChangeKind.PROMOTE:
+            return Config(self.voters | {node}, self.learners - {node})
+        return Config(self.voters - {node}, self.learners - {node})
+
+
+# --- messages --------------------------------------------------------------
+#
+# Every message names its sender (src) and receiver (dst).  Slot ranges are
+# contiguous: [first_slot, first_slot + len(values)).
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    """
+    Phase 1a for every slot from C{first_slot} on (Paxos Made Simple §3: one
+    Prepare covers "all instances" at once).  C{transfer} marks a campaign the
+    old leader asked for, which acceptors must not ignore.
+    """
+
+    src: int
+    dst: int
+    ballot: Ballot
+    first_slot: int
+    transfer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Promise:
+    """
+    Phase 1b: the acceptor will accept no ballot below C{ballot}.  It reports,
+    for every slot from C{first_slot} on, the ballot and value it accepted
+    there.  An acceptor promises only a candidate that knows every slot the
+    acceptor knows chosen, so none of these slots is known chosen to it.
+    """
+
+    src: int
+    dst: int
+    ballot: Ballot
+    first_slot: int
+    accepted: tuple[tuple[int, Ballot, Value], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """
+    The receiver refused C{ballot}: either it promised the higher
+    C{promised} (the sender's leadership or campaign is over), or, for a
+    Prepare, it knows slots chosen through C{chosen_index} that the candidate
+    lacks (the candidate must catch up first).
+    """
+
+    src: int
+    dst: int
+    ballot: Ballot
+    promised: Ballot
+    chosen_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """
+    Phase 2a for the slots [first_slot, first_slot + len(values)).  It also
+    carries the leader's C{chosen_index} so that followers learn.
+    """
+
+    src: int
+    dst: int
+    ballot: Ballot
+    first_slot: int
+    values: tuple[Value, ...]
+    chosen_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """
+    Phase 2b: the acceptor durably accepted the slots [first_slot,
+    first_slot + count) in C{ballot}.  C{chosen_index} is how far it has
+    learned, for the leader's view of who is caught up.
+    """
+
+    src: int
+    dst: int
+    ballot: Ballot
+    first_slot: int
+    count: int
+    chosen_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """
+    The leader of C{ballot} is alive and has chosen through C{chosen_index}.
+    C{read_round} numbers the leader's read-confirmation rounds.
+    """
+
+    src: int
+    dst: int
+    ballot: Ballot
+    chosen_index: int
+    read_round: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck:
+    """
+    The sender has promised no ballot above C{ballot} and has learned through
+    C{chosen_index}; it answers read round C{read_round}.
+    """
+
+    src: int
+    dst: int
+    ballot: Ballot
+    read_round: int
+    chosen_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class CatchupRequest:
+    """The sender lacks the chosen values from C{first_slot} on."""
+
+    src: int
+    dst: int
+    first_slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class Catchup:
+    """
+    Chosen values for [first_slot, first_slot + len(entries)), each with the
+    ballot its sender holds it under, and the sender's C{chosen_index}.
+    """
+
+    src: int
+    dst: int
+    first_slot: int
+    entries: tuple[tuple[Ballot, Value], ...]
+    chosen_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """The receiver is behind the sender's compaction point: take this."""
+
+    src: int
+    dst: int
+    snapshot: "Snapshot"
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """The leader of C{ballot} hands leadership to the receiver: campaign now."""
+
+    src: int
+    dst: int
+    ballot: Ballot
+
+
+Message = Union[
+    Prepare,
+    Promise,
+    Nack,
+    Accept,
+    Accepted,
+    Heartbeat,
+    HeartbeatAck,
+    CatchupRequest,
+    Catchup,
+    InstallSnapshot,
+    TimeoutNow,
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """
+    The state machine's state after applying every slot through C{index},
+    with the member set in force after that slot.  C{data} is opaque to the
+    core.  Index 0 with empty data is the bootstrap snapshot.
+    """
+
+    index: int
+    config: Config
+    data: bytes = b""

@@ -1,0 +1,596 @@
+"""
+The Multi-Paxos replica: a pure state machine in the manner of etcd raft's
+C{RawNode}.
+
+The caller feeds it messages (L{Replica.step}), clock ticks (L{Replica.tick})
+and client requests (L{Replica.propose}, L{Replica.read_index},
+L{Replica.propose_config_change}, L{Replica.transfer_leadership}), then takes
+a L{Ready}, performs it in the order the L{Ready} documents, and calls
+L{Replica.advance}.
+
+What must not live here: I/O of any kind, clocks, threads, sockets, module
+level randomness, or imports of twisted, grpc or lmdb.  The same state and the
+same inputs always give the same outputs; the simulator depends on it.
+
+Every replica is an acceptor and a learner.  What it does beyond that depends
+on its role, an object swapped on a role change (L{Follower}, L{Candidate},
+L{Leader}); the role handles ticks, proposals and the replies meant for a
+candidate or a leader.  The acceptor rules (Paxos Made Simple §2.2) are here:
+
+  - promise a ballot only if it is above every ballot promised so far, and
+    persist the promise before the Promise leaves;
+  - accept in a ballot only if no higher ballot was promised, and persist the
+    accepted entries before the Accepted leaves.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+from kvpaxos.paxos.errors import NotLeader, ProposalRejected
+from kvpaxos.paxos.messages import (
+    Accept,
+    Accepted,
+    Ballot,
+    Catchup,
+    CatchupRequest,
+    Config,
+    ConfigChange,
+    Heartbeat,
+    HeartbeatAck,
+    InstallSnapshot,
+    Message,
+    Nack,
+    Prepare,
+    Promise,
+    Snapshot,
+    TimeoutNow,
+    value_size,
+)
+from kvpaxos.paxos.state import Entry, HardState, ReadState, Ready
+
+
+@dataclass(frozen=True)
+class Options:
+    """
+    Tunables of a replica.  Times are in ticks; sizes in bytes as counted by
+    L{kvpaxos.paxos.messages.value_size}.
+
+    @ivar election_ticks: a follower that hears no leader for a random number
+        of ticks in [election_ticks, 2 * election_ticks) campaigns; a leader
+        that hears from no quorum for election_ticks steps down.
+    @ivar heartbeat_ticks: a leader sends heartbeats this often.
+    @ivar window_slots: at most this many slots past the chosen index are in
+        flight at once.
+    @ivar batch_bytes_max: a slot's batch of commands is cut at this size (a
+        single larger command gets a slot of its own).
+    @ivar message_bytes_max: an Accept or Catchup carrying several slots
+        stops adding slots at this size.
+    @ivar retransmit_ticks: an Accept not acknowledged for this long is sent
+        again to the voters that did not answer.
+    @ivar catchup_retry_ticks: a catch-up request not answered for this long
+        may be sent again.
+    @ivar snapshot_interval: take a snapshot of the state machine (and drop
+        the log before it) every this many applied slots; 0 never does.
+    @ivar committed_max: at most this many slots to apply per L{Ready}.
+    """
+
+    election_ticks: int = 10
+    heartbeat_ticks: int = 2
+    window_slots: int = 64
+    batch_bytes_max: int = 60_000
+    message_bytes_max: int = 60_000
+    retransmit_ticks: int = 4
+    catchup_retry_ticks: int = 4
+    snapshot_interval: int = 10_000
+    committed_max: int = 4096
+
+    def __post_init__(self):
+        if self.election_ticks < 2 or not 1 <= self.heartbeat_ticks < self.election_ticks:
+            raise ValueError(
+                "need election_ticks >= 2 and 1 <= heartbeat_ticks < election_ticks"
+            )
+        if self.window_slots < 1 or self.committed_max < 1:
+            raise ValueError("window_slots and committed_max must be positive")
+
+
+class Replica:
+    """
+    One Multi-Paxos replica.
+
+    @param node_id: this replica's id, a positive integer unique in the
+        cluster.
+    @param storage: an L{kvpaxos.storage.interfaces.IReplicaStorage}.  Its
+        durable state is read back here, before the replica can answer
+        anyone: a restarted acceptor keeps every promise it made.
+    @param rng: the only source of randomness (election timeouts).
+    @param options: L{Options}.
+    @param state_machine: an L{kvpaxos.storage.interfaces.IStateMachine}
+        asked for snapshots; without one the log is never compacted.
+    @param applied: the slot through which the state machine has already
+        applied (a durable state machine knows); by default the snapshot's.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        storage,
+        rng: random.Random,
+        options: Options = Options(),
+        state_machine=None,
+        applied: Optional[int] = None,
+    ) -> None:
+        if node_id <= 0:
+            raise ValueError("node ids are positive integers")
+        self.id = node_id
+        self.options = options
+        self.rng = rng
+        self.state_machine = state_machine
+
+        hard = storage.hard_state()
+        snapshot = storage.snapshot()
+        self.promised: Ballot = hard.promised
+        self.snapshot: Snapshot = snapshot
+        self.log: dict[int, Entry] = dict(storage.entries(snapshot.index + 1))
+        self.chosen_index = max(hard.chosen_index, snapshot.index)
+        self.applied = snapshot.index if applied is None else applied
+        # Invariant: snapshot.index <= applied <= chosen_index, and every slot
+        # in (snapshot.index, chosen_index] is in the log.
+        assert snapshot.index <= self.applied <= self.chosen_index, (
+            f"applied {self.applied} outside [{snapshot.index}, {self.chosen_index}]"
+        )
+        # The member sets in force: (slot, config) means config governs the
+        # slots after slot.  The last one governs chosen_index + 1.
+        self._configs: list[tuple[int, Config]] = [(snapshot.index, snapshot.config)]
+        self.config: Config = snapshot.config
+        self._track_config_changes(snapshot.index + 1, self.chosen_index)
+
+        self.ticks = 0
+        self.max_round = self.promised.round
+        self.leader: Optional[int] = None
+        self.leader_ballot: Ballot = self.promised
+        self.election_elapsed = 0
+        self.election_timeout = options.election_ticks
+        self.catchup_wait = 0
+
+        # Work for the next Ready.
+        self._persisted = HardState(self.promised, self.chosen_index)
+        self._entries: dict[int, Entry] = {}
+        self._snapshot_out: Optional[Snapshot] = None
+        self._install = False
+        self.messages: list[Message] = []
+        self.durable_messages: list[Message] = []
+        self.self_messages: list[Message] = []
+        self.read_states: list[ReadState] = []
+        self._outstanding: Optional[Ready] = None
+
+        self._handlers = {
+            Prepare: self._on_prepare,
+            Accept: self._on_accept,
+            Heartbeat: self._on_heartbeat,
+            Nack: self._on_nack,
+            CatchupRequest: self._on_catchup_request,
+            Catchup: self._on_catchup,
+            InstallSnapshot: self._on_install_snapshot,
+        }
+        from kvpaxos.paxos.roles import Follower
+
+        self.role = Follower(self)
+
+    # --- the caller's interface ----------------------------------------
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this replica currently leads."""
+        return self.role.name == "leader"
+
+    def step(self, message: Message) -> None:
+        """
+        Take one message addressed to this replica.
+
+        @raise ValueError: the message is addressed to another replica.
+        """
+        if message.dst != self.id:
+            raise ValueError(f"message for {message.dst} stepped into {self.id}")
+        handler = self.role.handlers.get(type(message)) or self._handlers.get(
+            type(message)
+        )
+        if handler is not None:
+            handler(message)
+
+    def tick(self) -> None:
+        """Advance this replica's clock by one tick."""
+        self.ticks += 1
+        if self.catchup_wait:
+            self.catchup_wait -= 1
+        self.role.tick()
+
+    def propose(self, command: bytes) -> None:
+        """
+        Propose a client command for the log.  The command is chosen (or
+        lost, if leadership is lost first) asynchronously; the caller learns
+        by seeing it in L{Ready.committed}.
+
+        @raise NotLeader: this replica does not lead.
+        @raise ProposalRejected: a leader transfer is in progress.
+        """
+        self.role.propose(command)
+
+    def propose_config_change(self, change: ConfigChange) -> None:
+        """
+        Propose one change of the member set.  It takes effect for the slots
+        after its own, once it is chosen; until then no later slot is
+        proposed, so no slot is decided under two member sets.
+
+        @raise NotLeader: this replica does not lead.
+        @raise ProposalRejected: another change is still in flight.
+        @raise kvpaxos.paxos.messages.ConfigError: the change does not apply.
+        """
+        self.role.propose_config_change(change)
+
+    def read_index(self, context) -> None:
+        """
+        Ask for the index at which a linearizable read issued now may be
+        served: the leader confirms with one heartbeat round to a quorum
+        (shared by all reads asked for meanwhile) that it still leads.  The
+        answer arrives as a L{ReadState} with C{context} in a later
+        L{Ready}; a leader that loses leadership first answers C{None}.
+
+        @raise NotLeader: this replica does not lead.
+        """
+        self.role.read_index(context)
+
+    def transfer_leadership(self, target: int) -> None:
+        """
+        Hand leadership to voter C{target}: stop taking proposals, wait until
+        C{target} has learned everything chosen, then tell it to campaign.
+        Given up after C{election_ticks}.
+
+        @raise NotLeader: this replica does not lead.
+        @raise ProposalRejected: C{target} is not another voter.
+        """
+        self.role.transfer_leadership(target)
+
+    def campaign(self, transfer: bool = False) -> None:
+        """Start phase 1 with a ballot above every ballot seen."""
+        from kvpaxos.paxos.roles import Candidate
+
+        self.max_round = max(self.max_round, self.promised.round) + 1
+        ballot = Ballot(self.max_round, self.id)
+        self.promised = ballot
+        self.leader = None
+        self.become(Candidate(self, ballot, transfer))
+
+    def has_ready(self) -> bool:
+        """Whether L{ready} would return any work."""
+        if self._outstanding is not None:
+            return False
+        self.role.flush()
+        return bool(
+            self._entries
+            or self._snapshot_out is not None
+            or self.messages
+            or self.durable_messages
+            or self.self_messages
+            or self.read_states
+            or self.chosen_index > self.applied
+            or HardState(self.promised, self.chosen_index) != self._persisted
+        )
+
+    def ready(self) -> Ready:
+        """
+        Return the work accumulated since the last L{Ready}.  The caller must
+        call L{advance} with it before asking for another.
+        """
+        assert self._outstanding is None, "advance() the previous Ready first"
+        self.role.flush()
+        rd = Ready()
+        hard = HardState(self.promised, self.chosen_index)
+        if hard != self._persisted:
+            rd.hard_state = hard
+            self._persisted = hard
+        if self._entries:
+            rd.entries = sorted(self._entries.items())
+            self._entries = {}
+        if self._snapshot_out is not None:
+            rd.snapshot = self._snapshot_out
+            rd.install_snapshot = self._install
+            self._snapshot_out = None
+            self._install = False
+        rd.messages, self.messages = self.messages, []
+        rd.durable_messages, self.durable_messages = self.durable_messages, []
+        rd.self_messages, self.self_messages = self.self_messages, []
+        rd.read_states, self.read_states = self.read_states, []
+        start = (rd.snapshot.index if rd.install_snapshot else self.applied) + 1
+        end = min(self.chosen_index, start + self.options.committed_max - 1)
+        log = self.log
+        rd.committed = [(s, log[s].value) for s in range(start, end + 1)]
+        self._outstanding = rd
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """
+        Say that C{rd} was performed: persisted, sent and applied.  The
+        replica's own Promise or Accepted in it now count.
+        """
+        assert rd is self._outstanding, "advance() takes the last Ready"
+        self._outstanding = None
+        if rd.install_snapshot:
+            self.applied = max(self.applied, rd.snapshot.index)
+        if rd.committed:
+            self.applied = rd.committed[-1][0]
+        for message in rd.self_messages:
+            self.step(message)
+        interval = self.options.snapshot_interval
+        if (
+            self.state_machine is not None
+            and interval
+            and self.applied - self.snapshot.index >= interval
+        ):
+            self._take_snapshot()
+
+    # --- the acceptor ------------------------------------------------------
+
+    def _sticky(self, prepare: Prepare) -> bool:
+        # Leader stickiness (compare raft's CheckQuorum lease): while this
+        # replica hears from a live leader it ignores other campaigns, so a
+        # partitioned node that comes back with a high round cannot depose a
+        # healthy leader.  A transfer campaign was asked for by the leader.
+        return (
+            not prepare.transfer
+            and self.leader is not None
+            and self.leader != prepare.src
+            and self.election_elapsed < self.options.election_ticks
+        )
+
+    def _on_prepare(self, m: Prepare) -> None:
+        if m.ballot < self.promised:
+            self.send(Nack(self.id, m.src, m.ballot, self.promised, self.chosen_index))
+            return
+        if self._sticky(m):
+            return
+        if self.chosen_index >= m.first_slot:
+            # The candidate lacks slots this replica knows chosen: refuse
+            # without promising and let it catch up first.  This bounds a
+            # Promise to the slots not yet chosen.
+            self.send(Nack(self.id, m.src, m.ballot, self.promised, self.chosen_index))
+            return
+        if m.ballot > self.promised:
+            self.promised = m.ballot
+            self.max_round = max(self.max_round, m.ballot.round)
+            if self.role.ballot is not None and self.role.ballot < m.ballot:
+                self.step_down(leader=None)
+        first = m.first_slot
+        accepted = tuple(
+            (s, e.ballot, e.value) for s, e in sorted(self.log.items()) if s >= first
+        )
+        # Paxos Made Simple §2.2: the promise holds only once it is durable.
+        self.durable_messages.append(Promise(self.id, m.src, m.ballot, first, accepted))
+
+    def _on_accept(self, m: Accept) -> None:
+        ballot = m.ballot
+        if ballot < self.promised:
+            self.send(Nack(self.id, m.src, ballot, self.promised, self.chosen_index))
+            return
+        if ballot > self.promised:
+            self.promised = ballot
+            self.max_round = max(self.max_round, ballot.round)
+        self._follow(ballot)
+        slot = m.first_slot
+        chosen = self.chosen_index
+        log = self.log
+        entries = self._entries
+        for value in m.values:
+            if slot > chosen:
+                entry = Entry(ballot, value)
+                log[slot] = entry
+                entries[slot] = entry
+            elif slot > self.snapshot.index:
+                # Invariant (agreement): a leader proposes only the chosen
+                # value in a chosen slot (Paxos Made Simple §2.2, P2b).
+                assert log[slot].value == value, (
+                    f"agreement broken: slot {slot} is chosen as {log[slot].value!r}"
+                    f" but {ballot} proposes {value!r}"
+                )
+            slot += 1
+        self.durable_messages.append(
+            Accepted(self.id, m.src, ballot, m.first_slot, len(m.values), self.chosen_index)
+        )
+        self._learn(ballot, m.chosen_index, m.src)
+
+    def _on_heartbeat(self, m: Heartbeat) -> None:
+        if m.ballot < self.promised:
+            self.send(Nack(self.id, m.src, m.ballot, self.promised, self.chosen_index))
+            return
+        self._follow(m.ballot)
+        self._learn(m.ballot, m.chosen_index, m.src)
+        self.send(HeartbeatAck(self.id, m.src, m.ballot, m.read_round, self.chosen_index))
+
+    def _on_nack(self, m: Nack) -> None:
+        self.max_round = max(self.max_round, m.promised.round)
+        if m.chosen_index > self.chosen_index:
+            self._request_catchup(m.src)
+        if self.role.ballot is not None and m.ballot == self.role.ballot:
+            if m.promised > m.ballot:
+                self.step_down(leader=None)
+
+    def _follow(self, ballot: Ballot) -> None:
+        """Note that the leader of C{ballot} is alive."""
+        if ballot >= self.leader_ballot:
+            self.leader_ballot = ballot
+            self.leader = ballot.node
+        if ballot.node == self.leader:
+            self.election_elapsed = 0
+        if self.role.ballot is not None and self.role.ballot < ballot:
+            self.step_down(leader=ballot.node)
+
+    # --- the learner -------------------------------------------------------
+
+    def _learn(self, ballot: Ballot, leader_chosen: int, src: int) -> None:
+        """
+        The leader of C{ballot} has chosen every slot through
+        C{leader_chosen}.  A slot this replica accepted in that same ballot
+        holds the leader's value, which is the chosen one; any other slot
+        must be fetched.
+        """
+        slot = self.chosen_index
+        if slot >= leader_chosen:
+            return
+        log = self.log
+        while slot < leader_chosen:
+            entry = log.get(slot + 1)
+            if entry is None or entry.ballot != ballot:
+                break
+            slot += 1
+        if slot > self.chosen_index:
+            self.set_chosen(slot)
+        if slot < leader_chosen:
+            self._request_catchup(src)
+
+    def set_chosen(self, index: int) -> None:
+        """Every slot through C{index} is chosen; the log holds their values."""
+        assert index > self.chosen_index, "the chosen index only grows"
+        first = self.chosen_index + 1
+        self.chosen_index = index
+        if self._track_config_changes(first, index):
+            self.role.config_changed()
+
+    def _track_config_changes(self, first: int, last: int) -> bool:
+        changed = False
+        log = self.log
+        for slot in range(first, last + 1):
+            value = log[slot].value
+            if type(value) is ConfigChange:
+                self.config = self.config.apply(value)
+                self._configs.append((slot, self.config))
+                changed = True
+        return changed
+
+    def config_after(self, index: int) -> Config:
+        """Return the member set that governs the slot after C{index}."""
+        config = self._configs[0][1]
+        for slot, later in self._configs:
+            if slot > index:
+                break
+            config = later
+        return config
+
+    def _request_catchup(self, dst: int) -> None:
+        if self.catchup_wait or dst == self.id:
+            return
+        self.catchup_wait = self.options.catchup_retry_ticks
+        self.send(CatchupRequest(self.id, dst, self.chosen_index + 1))
+
+    def _on_catchup_request(self, m: CatchupRequest) -> None:
+        first = m.first_slot
+        if first <= self.snapshot.index:
+            self.send(InstallSnapshot(self.id, m.src, self.snapshot))
+            return
+        entries = []
+        size = 0
+        log = self.log
+        limit = self.options.message_bytes_max
+        for slot in range(first, self.chosen_index + 1):
+            entry = log[slot]
+            entries.append((entry.ballot, entry.value))
+            size += value_size(entry.value)
+            if size >= limit:
+                break
+        if entries:
+            self.send(Catchup(self.id, m.src, first, tuple(entries), self.chosen_index))
+
+    def _on_catchup(self, m: Catchup) -> None:
+        self.catchup_wait = 0
+        slot = m.first_slot
+        if slot > self.chosen_index + 1:
+            return
+        log = self.log
+        for ballot, value in m.entries:
+            if slot > self.chosen_index:
+                entry = Entry(ballot, value)
+                log[slot] = entry
+                self._entries[slot] = entry
+            slot += 1
+        last = m.first_slot + len(m.entries) - 1
+        if last > self.chosen_index:
+            self.set_chosen(last)
+        if self.chosen_index < m.chosen_index:
+            self._request_catchup(m.src)
+
+    def _on_install_snapshot(self, m: InstallSnapshot) -> None:
+        self.catchup_wait = 0
+        snapshot = m.snapshot
+        if snapshot.index <= self.chosen_index:
+            return
+        self.snapshot = snapshot
+        self._snapshot_out = snapshot
+        self._install = True
+        self._drop_log_through(snapshot.index)
+        self.chosen_index = snapshot.index
+        self._configs = [(snapshot.index, snapshot.config)]
+        self.config = snapshot.config
+        self.role.config_changed()
+
+    def _drop_log_through(self, index: int) -> None:
+        log = self.log
+        for slot in [s for s in log if s <= index]:
+            del log[slot]
+        for slot in [s for s in self._entries if s <= index]:
+            del self._entries[slot]
+
+    def _take_snapshot(self) -> None:
+        """Ask the state machine for its state and drop the log before it."""
+        index = self.applied
+        snapshot = Snapshot(index, self.config_after(index), self.state_machine.snapshot())
+        self.snapshot = snapshot
+        self._snapshot_out = snapshot
+        self._install = False
+        self._drop_log_through(index)
+        keep = [(s, c) for s, c in self._configs if s > index]
+        self._configs = [(index, snapshot.config)] + keep
+
+    # --- helpers for the roles --------------------------------------------
+
+    def send(self, message: Message) -> None:
+        """Queue a message that needs nothing persisted first."""
+        self.messages.append(message)
+
+    def become(self, role) -> None:
+        """Swap in C{role}; the old role's pending work is settled first."""
+        old = getattr(self, "role", None)
+        if old is not None:
+            old.leave()
+        self.role = role
+        role.enter()
+
+    def step_down(self, leader: Optional[int]) -> None:
+        """Become a follower of C{leader} (or of nobody yet)."""
+        from kvpaxos.paxos.roles import Follower
+
+        self.leader = leader
+        self.election_elapsed = 0
+        self.become(Follower(self))
+
+    def promise_for(self, ballot: Ballot, first_slot: int) -> Promise:
+        """Return this replica's own Promise for its campaign in C{ballot}."""
+        accepted = tuple(
+            (s, e.ballot, e.value)
+            for s, e in sorted(self.log.items())
+            if s >= first_slot
+        )
+        return Promise(self.id, self.id, ballot, first_slot, accepted)
+
+    def accept_own(self, ballot: Ballot, slot: int, value) -> None:
+        """Write the leader's own proposal into its log, to be persisted."""
+        entry = Entry(ballot, value)
+        self.log[slot] = entry
+        self._entries[slot] = entry
+
+    def not_leader(self):
+        """Return the error for a request only a leader serves."""
+        return NotLeader(self.leader)
+
+
+__all__ = ["Options", "Replica", "NotLeader", "ProposalRejected"]

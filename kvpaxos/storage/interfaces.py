@@ -1,0 +1,67 @@
+"""
+The storage interfaces the Paxos core reads and the node writes through.
+
+A provider keeps, durably, what a replica must never forget: its
+L{HardState} (the promised ballot and the chosen marker), the accepted log
+entries after its latest snapshot, and that snapshot.  The core reads it all
+back when a replica is constructed, before it answers anyone; every later
+change reaches the provider as one L{IReplicaStorage.save} call per
+L{kvpaxos.paxos.state.Ready}.
+
+Providers: L{kvpaxos.storage.memory.MemoryStorage} (tests, the simulator,
+benchmarks).  A provider is any object that provides L{IReplicaStorage}.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IReplicaStorage(Interface):
+    """
+    Durable acceptor state of one replica.
+
+    Reads return what the last completed L{save} wrote.  A L{save} is atomic:
+    after a crash either all of it or none of it is there.
+    """
+
+    name = Attribute("A short name for the provider, as used in configuration.")
+
+    def hard_state():
+        """
+        Return the last saved L{kvpaxos.paxos.state.HardState}, or the zero
+        one if none was ever saved.
+        """
+
+    def snapshot():
+        """
+        Return the latest saved L{kvpaxos.paxos.messages.Snapshot}.  A
+        bootstrapped store always has one (index 0 holds the initial member
+        set).
+        """
+
+    def entries(first_slot):
+        """
+        Return the saved log entries at slots >= C{first_slot} (and after the
+        snapshot), as a list of C{(slot, Entry)} in slot order.
+        """
+
+    def save(hard_state, entries, snapshot):
+        """
+        Durably and atomically store C{hard_state} (unless C{None}), the
+        C{(slot, Entry)} pairs in C{entries} (overwriting), and C{snapshot}
+        (unless C{None}; entries at or below its index are dropped).  When
+        this returns (or its result fires, for an asynchronous provider) the
+        data survives a crash.
+        """
+
+
+class IStateMachine(Interface):
+    """
+    What the core asks of the replicated state machine: a snapshot of its
+    state, so that the log before it can be dropped.
+    """
+
+    def snapshot():
+        """
+        Return the state, as C{bytes}, after applying every committed slot
+        the caller has applied so far.
+        """
