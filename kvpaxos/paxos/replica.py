@@ -438,6 +438,11 @@ class Replica:
         slot = self.chosen_index
         if slot >= leader_chosen:
             return
+        if not self.config.voters:
+            # Joining: the log means nothing without the member set it starts
+            # from, which only a snapshot brings.
+            self._request_catchup(src)
+            return
         log = self.log
         while slot < leader_chosen:
             entry = log.get(slot + 1)
@@ -456,6 +461,7 @@ class Replica:
         self.chosen_index = index
         if self._track_config_changes(first, index):
             self.role.config_changed()
+        self.role.chosen_advanced(first, index)
 
     def _track_config_changes(self, first: int, last: int) -> bool:
         changed = False
@@ -481,7 +487,11 @@ class Replica:
         if self.catchup_wait or dst == self.id:
             return
         self.catchup_wait = self.options.catchup_retry_ticks
-        self.send(CatchupRequest(self.id, dst, self.chosen_index + 1))
+        # A node that joined with no member set cannot replay the log from
+        # slot 1: it needs the member set the log starts from, so it asks for
+        # a snapshot (first_slot 0), even the bootstrap one.
+        first = self.chosen_index + 1 if self.config.voters else 0
+        self.send(CatchupRequest(self.id, dst, first))
 
     def _on_catchup_request(self, m: CatchupRequest) -> None:
         first = m.first_slot
@@ -504,7 +514,7 @@ class Replica:
     def _on_catchup(self, m: Catchup) -> None:
         self.catchup_wait = 0
         slot = m.first_slot
-        if slot > self.chosen_index + 1:
+        if slot > self.chosen_index + 1 or not self.config.voters:
             return
         log = self.log
         for ballot, value in m.entries:
@@ -522,7 +532,8 @@ class Replica:
     def _on_install_snapshot(self, m: InstallSnapshot) -> None:
         self.catchup_wait = 0
         snapshot = m.snapshot
-        if snapshot.index <= self.chosen_index:
+        joining = not self.config.voters and self.chosen_index == 0
+        if snapshot.index <= self.chosen_index and not (joining and snapshot.config.voters):
             return
         self.snapshot = snapshot
         self._snapshot_out = snapshot

@@ -61,6 +61,9 @@ class Role:
     def config_changed(self) -> None:
         """A member-set change was chosen (or a snapshot installed)."""
 
+    def chosen_advanced(self, first: int, last: int) -> None:
+        """The slots [first, last] became known chosen, by any path."""
+
     def propose(self, command: bytes) -> None:
         raise self.replica.not_leader()
 
@@ -398,16 +401,25 @@ class Leader(Role):
             p = inflight.get(index + 1)
             if p is None or not p.chosen:
                 break
-            del inflight[index + 1]
             index += 1
-        if index == r.chosen_index:
-            return
-        if self.config_slot is not None and index >= self.config_slot:
+        if index > r.chosen_index:
+            r.set_chosen(index)
+
+    def chosen_advanced(self, first: int, last: int) -> None:
+        # Slots can also become known chosen through a Catchup that was asked
+        # for while campaigning; whatever the path, the chosen value must be
+        # this leader's own proposal (Paxos Made Simple §2.2, P2b).
+        r = self.replica
+        inflight = self.inflight
+        for slot in range(first, last + 1):
+            p = inflight.pop(slot, None)
+            assert p is None or r.log[slot].value == p.value, (
+                f"agreement broken: slot {slot} chosen as {r.log[slot].value!r},"
+                f" but {self.ballot} proposed {p.value!r}"
+            )
+        if self.config_slot is not None and last >= self.config_slot:
             self.config_slot = None
-        r.set_chosen(index)
-        if r.role is not self:
-            return  # this leader removed itself
-        if self.reads_blocked and index >= self.read_barrier:
+        if self.reads_blocked and last >= self.read_barrier:
             self.reads_next.extend(self.reads_blocked)
             self.reads_blocked = []
             self._start_read_round()

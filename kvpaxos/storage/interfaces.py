@@ -48,7 +48,9 @@ class IReplicaStorage(Interface):
         """
         Durably and atomically store C{hard_state} (unless C{None}), the
         C{(slot, Entry)} pairs in C{entries} (overwriting), and C{snapshot}
-        (unless C{None}; entries at or below its index are dropped).  When
+        (unless C{None}; it replaces a saved snapshot at the same or a lower
+        index, never a higher one, and entries at or below its index are
+        dropped).  When
         this returns (or its result fires, for an asynchronous provider) the
         data survives a crash.
         """

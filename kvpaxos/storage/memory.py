@@ -47,7 +47,7 @@ class MemoryStorage:
         self.saves += 1
         if hard_state is not None:
             self._hard_state = hard_state
-        if snapshot is not None and snapshot.index > self._snapshot.index:
+        if snapshot is not None and snapshot.index >= self._snapshot.index:
             self._snapshot = snapshot
             self._entries = {
                 s: e for s, e in self._entries.items() if s > snapshot.index
