@@ -276,7 +276,8 @@ class Replica:
             or self.self_messages
             or self.read_states
             or self.chosen_index > self.applied
-            or HardState(self.promised, self.chosen_index) != self._persisted
+            or self.promised != self._persisted.promised
+            or self.chosen_index != self._persisted.chosen_index
         )
 
     def ready(self) -> Ready:

@@ -13,6 +13,7 @@ Like the rest of the core this module does no I/O and reads no clock.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from kvpaxos.paxos.errors import ProposalRejected
@@ -31,6 +32,7 @@ from kvpaxos.paxos.messages import (
     TimeoutNow,
     value_size,
     COMMAND_OVERHEAD_BYTES,
+    VALUE_OVERHEAD_BYTES,
 )
 from kvpaxos.paxos.state import ReadState
 
@@ -226,8 +228,11 @@ class Leader(Role):
         #: only then does the chosen index cover all that may have been
         #: chosen before this ballot (raft §6.4: commit an entry first).
         self.read_barrier = plan[-1][0] if plan else replica.chosen_index
+        #: Full batches waiting for the window, then the batch being filled.
+        self.batches: deque[tuple[bytes, ...]] = deque()
         self.pending: list[bytes] = []
         self.pending_bytes = 0
+        self.batch_room = replica.options.batch_bytes_max - VALUE_OVERHEAD_BYTES
         self.pending_config: ConfigChange | None = None
         self.config_slot: int | None = None
         self.heartbeat_elapsed = 0
@@ -289,10 +294,16 @@ class Leader(Role):
     def propose(self, command: bytes) -> None:
         if self.transfer_target is not None:
             raise ProposalRejected("a leader transfer is in progress")
+        size = len(command) + COMMAND_OVERHEAD_BYTES
+        if self.pending and self.pending_bytes + size > self.batch_room:
+            # Cut the batch before the command that would overflow it, so a
+            # slot's value never exceeds batch_bytes_max (unless one command
+            # alone does).
+            self.batches.append(tuple(self.pending))
+            self.pending = []
+            self.pending_bytes = 0
         self.pending.append(command)
-        self.pending_bytes += len(command) + COMMAND_OVERHEAD_BYTES
-        if self.pending_bytes >= self.replica.options.batch_bytes_max:
-            self.flush()
+        self.pending_bytes += size
 
     def propose_config_change(self, change: ConfigChange) -> None:
         if self.transfer_target is not None:
@@ -310,26 +321,23 @@ class Leader(Role):
         )
 
     def flush(self) -> None:
-        if not self.pending and self.pending_config is None:
+        if not (self.batches or self.pending) and self.pending_config is None:
             return
         first = self.next_slot
-        batch_max = self.replica.options.batch_bytes_max
-        while self.pending and self._window_open():
-            if self.pending_bytes <= batch_max:
-                batch, self.pending, self.pending_bytes = self.pending, [], 0
+        batches = self.batches
+        while (batches or self.pending) and self._window_open():
+            if batches:
+                batch = batches.popleft()
             else:
-                size = 0
-                cut = 0
-                for command in self.pending:
-                    size += len(command) + COMMAND_OVERHEAD_BYTES
-                    cut += 1
-                    if size >= batch_max:
-                        break
-                batch = self.pending[:cut]
-                del self.pending[:cut]
-                self.pending_bytes -= size
-            self._place(self.next_slot, Batch(tuple(batch)), self.leader_config)
-        if self.pending_config is not None and not self.pending and self._window_open():
+                batch = tuple(self.pending)
+                self.pending = []
+                self.pending_bytes = 0
+            self._place(self.next_slot, Batch(batch), self.leader_config)
+        if (
+            self.pending_config is not None
+            and not (batches or self.pending)
+            and self._window_open()
+        ):
             change, self.pending_config = self.pending_config, None
             self._place(self.next_slot, change, self.leader_config)
         if self.next_slot > first:
@@ -539,8 +547,10 @@ class Leader(Role):
     def _try_transfer(self) -> None:
         r = self.replica
         target = self.transfer_target
-        if target is None or self.transfer_sent or self.inflight or self.pending:
+        if target is None or self.transfer_sent or self.inflight:
             return
+        if self.batches or self.pending:
+            return  # proposals taken before the transfer go first
         if self.match.get(target, 0) >= r.chosen_index:
             self.transfer_sent = True
             r.send(TimeoutNow(r.id, target, self.ballot))
