@@ -177,7 +177,8 @@ class Replica:
         }
         from kvpaxos.paxos.roles import Follower
 
-        self.role = Follower(self)
+        self.role = None
+        self.become(Follower(self))
 
     # --- the caller's interface ----------------------------------------
 
@@ -505,10 +506,10 @@ class Replica:
         limit = self.options.message_bytes_max
         for slot in range(first, self.chosen_index + 1):
             entry = log[slot]
-            entries.append((entry.ballot, entry.value))
             size += value_size(entry.value)
-            if size >= limit:
-                break
+            if entries and size > limit:
+                break  # the rest next time; one oversized slot goes alone
+            entries.append((entry.ballot, entry.value))
         if entries:
             self.send(Catchup(self.id, m.src, first, tuple(entries), self.chosen_index))
 
@@ -571,7 +572,7 @@ class Replica:
 
     def become(self, role) -> None:
         """Swap in C{role}; the old role's pending work is settled first."""
-        old = getattr(self, "role", None)
+        old = self.role
         if old is not None:
             old.leave()
         self.role = role
