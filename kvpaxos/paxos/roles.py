@@ -321,6 +321,8 @@ class Leader(Role):
         )
 
     def flush(self) -> None:
+        if self.reads_next:
+            self._start_read_round()
         if not (self.batches or self.pending) and self.pending_config is None:
             return
         first = self.next_slot
@@ -430,7 +432,6 @@ class Leader(Role):
         if self.reads_blocked and last >= self.read_barrier:
             self.reads_next.extend(self.reads_blocked)
             self.reads_blocked = []
-            self._start_read_round()
         self.flush()
         self._try_transfer()
 
@@ -493,11 +494,12 @@ class Leader(Role):
     # --- reads -------------------------------------------------------------
 
     def read_index(self, context) -> None:
+        # The round starts when the next Ready is cut (flush), so that every
+        # read asked in one turn of the caller's loop shares it.
         if self.replica.chosen_index < self.read_barrier:
             self.reads_blocked.append(context)
         else:
             self.reads_next.append(context)
-            self._start_read_round()
 
     def _start_read_round(self) -> None:
         if self.reads_in_round or not self.reads_next:
