@@ -67,3 +67,57 @@ class IStateMachine(Interface):
         Return the state, as C{bytes}, after applying every committed slot
         the caller has applied so far.
         """
+
+
+class INodeStore(IReplicaStorage, IStateMachine):
+    """
+    Everything a node keeps on disk: the acceptor state of
+    L{IReplicaStorage} and the key-value data the log applies to, written
+    together so that one transaction holds a Ready's persistence and its
+    application (the applied index lives in the same transaction as the data
+    it describes: a restart neither loses nor re-applies a command).
+
+    Threading: L{commit} runs on the node's one writer thread;
+    L{get}, L{applied_index} and the L{IReplicaStorage} reads may run on any
+    thread.  L{IStateMachine.snapshot} returns the data as of the last
+    L{commit}, encoded with L{kvpaxos.kv.machine.encode_snapshot}.
+    """
+
+    def commit(hard_state, entries, snapshot, install, committed):
+        """
+        In one atomic, durable (fsynced) transaction: store C{hard_state},
+        C{entries} and C{snapshot} as L{IReplicaStorage.save} does; if
+        C{install}, replace all key-value data with C{snapshot}'s and set the
+        applied index to C{snapshot.index}; then apply the C{(slot, value)}
+        pairs of C{committed} in order (batches through
+        L{kvpaxos.kv.machine.apply_batch}) and set the applied index to the
+        last slot.  Never fails for lack of space (the store grows).
+
+        @return: a list of C{(Request, Result)} for every command applied.
+        """
+
+    def applied_index():
+        """Return the slot through which the data has applied."""
+
+    def get(key):
+        """Return the value stored under C{key}, or C{None}."""
+
+    def close():
+        """Release the store's resources; no call may follow."""
+
+
+class IStoreFactory(Interface):
+    """
+    A storage provider, found by name among Twisted plugins of
+    L{kvpaxos.plugins} (so another package can ship one as a dropin).
+    """
+
+    name = Attribute("The name chosen with --storage, e.g. 'lmdb'.")
+    description = Attribute("One line for --help.")
+
+    def open(directory, config):
+        """
+        Open (creating if needed) the store kept in C{directory}; a new store
+        is bootstrapped with member set C{config}
+        (L{kvpaxos.paxos.messages.Config}).  Return an L{INodeStore}.
+        """

@@ -1,0 +1,1 @@
+"""AMP admin commands: status, membership changes and leader transfer for operators."""

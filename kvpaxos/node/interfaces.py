@@ -1,0 +1,92 @@
+"""
+The contracts between the node service and its edges: what the peer
+transport calls on the node (L{IPeerHandler}) and what the gRPC and admin
+edges call (L{IKeyValueNode}).  All of these are called in the reactor
+thread and return Deferreds that fire in it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from zope.interface import Interface
+
+
+class NotLeaderError(Exception):
+    """
+    A peer asked this node for leader work; C{leader} is the leader it knows
+    of (or None).  Crosses AMP as the error code C{NOT_LEADER}.
+    """
+
+    def __init__(self, leader: Optional[int]) -> None:
+        super().__init__(f"not the leader; leader is {leader}")
+        self.leader = leader
+
+
+class Unavailable(Exception):
+    """
+    The cluster could not serve a request before its deadline (no quorum, no
+    known leader, or the leader unreachable).  C{leader} is the leader this
+    node knows of, for the client's next try.  gRPC: UNAVAILABLE.
+    """
+
+    def __init__(self, message: str, leader: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.leader = leader
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """A node's view of the cluster."""
+
+    member_id: int
+    role: str
+    leader: Optional[int]
+    voters: tuple[int, ...]
+    learners: tuple[int, ...]
+    chosen_index: int
+    applied_index: int
+
+
+class IPeerHandler(Interface):
+    """What the peer transport calls on the node."""
+
+    def message_received(message):
+        """A Paxos message (L{kvpaxos.paxos.messages.Message}) from a peer."""
+
+    def proposals_forwarded(commands):
+        """
+        A follower forwards encoded client commands (a list of bytes) for
+        this node to propose.  Returns a Deferred that fires once they are
+        proposed (not chosen), or fails with L{NotLeaderError}.
+        """
+
+    def read_index_requested():
+        """
+        A follower asks for a linearizable read index.  Returns a Deferred
+        firing with the index once this node, as leader, confirmed its
+        leadership with a quorum; or failing with L{NotLeaderError}.
+        """
+
+
+class IKeyValueNode(Interface):
+    """What the client-facing edges call on the node."""
+
+    def submit(request, timeout_s):
+        """
+        Replicate L{kvpaxos.kv.commands.Request} C{request} (any node takes
+        any request; a follower forwards it to the leader).  Returns a
+        Deferred firing with its L{kvpaxos.kv.commands.Result} once applied
+        on this node, or failing with L{Unavailable} after C{timeout_s}, or
+        with L{kvpaxos.kv.commands.InvalidArgument}.
+        """
+
+    def get(key, timeout_s):
+        """
+        Linearizable read of C{key}: a Deferred firing with the value or
+        None, or failing with L{Unavailable} after C{timeout_s}.
+        """
+
+    def status():
+        """Return this node's L{NodeStatus}."""
