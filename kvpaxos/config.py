@@ -1,0 +1,188 @@
+"""
+A node's configuration: what the command-line flags or a TOML file say,
+checked and turned into a L{NodeConfig}.
+
+Flags follow the seed project (C{--id=1 --addr=:5001
+--peers=2=localhost:5002,3=localhost:5003}); a TOML file (C{--config}) holds
+the same keys::
+
+    id = 1
+    addr = "127.0.0.1:2380"          # peer (AMP) address
+    client = "127.0.0.1:2379"        # gRPC address
+    admin = "127.0.0.1:2381"         # AMP admin address
+    data = "/var/lib/kvpaxos/1"
+    storage = "lmdb"
+    [peers]
+    2 = "127.0.0.1:22380"
+    3 = "127.0.0.1:32380"
+
+Every mistake raises L{ConfigError} with a sentence saying what is wrong;
+nothing here touches the network or the disk.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, replace
+
+DEFAULT_CLIENT = "127.0.0.1:2379"
+DEFAULT_PEER = "127.0.0.1:2380"
+DEFAULT_ADMIN = "127.0.0.1:2381"
+DEFAULT_DATA = "kvpaxos-data"
+
+#: Keys a TOML file may hold.
+_TOML_KEYS = {
+    "id", "addr", "client", "admin", "data", "storage", "peers",
+    "tick_ms", "election_ticks", "heartbeat_ticks",
+}
+
+
+class ConfigError(ValueError):
+    """The configuration is wrong (the operator's fault)."""
+
+
+@dataclass(frozen=True)
+class Address:
+    """A host and TCP port; an empty host in C{:5001} means every interface."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node needs to start."""
+
+    node_id: int = 1
+    peer: Address = Address("127.0.0.1", 2380)
+    client: Address = Address("127.0.0.1", 2379)
+    admin: Address = Address("127.0.0.1", 2381)
+    data: str = DEFAULT_DATA
+    storage: str = "lmdb"
+    peers: dict = field(default_factory=dict)
+    tick_ms: int = 50
+    election_ticks: int = 10
+    heartbeat_ticks: int = 2
+
+    @property
+    def voters(self) -> frozenset:
+        """The initial member set: this node and its peers."""
+        return frozenset(self.peers) | {self.node_id}
+
+
+def parse_address(text: str, what: str) -> Address:
+    """
+    Parse C{host:port} (C{:port} means every interface).
+
+    @raise ConfigError: not an address.
+    """
+    if not isinstance(text, str) or ":" not in text:
+        raise ConfigError(f"{what} must be host:port, got {text!r}")
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    if host == "":
+        host = "0.0.0.0"
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"{what} has a bad port: {text!r}") from None
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"{what} port must be 0..65535, got {number}")
+    return Address(host, number)
+
+
+def parse_node_id(value, what: str = "id") -> int:
+    """Parse a positive node id."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}") from None
+    if number <= 0 or number >= 2**31:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
+    return number
+
+
+def parse_peers(text: str) -> dict:
+    """
+    Parse C{2=host:port,3=host:port} into {2: Address, 3: Address}.
+
+    @raise ConfigError: a malformed entry or a repeated id.
+    """
+    peers: dict = {}
+    if not text:
+        return peers
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        node, sep, addr = item.partition("=")
+        if not sep:
+            raise ConfigError(f"peer {item!r} must be ID=host:port")
+        node_id = parse_node_id(node, f"peer id in {item!r}")
+        if node_id in peers:
+            raise ConfigError(f"peer {node_id} is given twice")
+        peers[node_id] = parse_address(addr, f"address of peer {node_id}")
+    return peers
+
+
+def load_toml(path: str) -> dict:
+    """Read a TOML configuration file into flag-style values."""
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f)
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path} is not valid TOML: {error}") from None
+    unknown = sorted(set(table) - _TOML_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {', '.join(unknown)}")
+    values = dict(table)
+    peers = values.get("peers")
+    if peers is not None:
+        if not isinstance(peers, dict):
+            raise ConfigError(f"{path}: [peers] must be a table of ID = \"host:port\"")
+        values["peers"] = ",".join(f"{k}={v}" for k, v in peers.items())
+    return values
+
+
+def build(values: dict) -> NodeConfig:
+    """
+    Turn flag-style C{values} (strings or TOML scalars; missing keys take
+    defaults) into a checked L{NodeConfig}.
+    """
+    config = NodeConfig()
+    changes = {}
+    if values.get("id") is not None:
+        changes["node_id"] = parse_node_id(values["id"])
+    for key, attribute in (("addr", "peer"), ("client", "client"), ("admin", "admin")):
+        if values.get(key) is not None:
+            changes[attribute] = parse_address(values[key], key)
+    if values.get("data") is not None:
+        if not isinstance(values["data"], str) or not values["data"]:
+            raise ConfigError("data must be a directory path")
+        changes["data"] = values["data"]
+    if values.get("storage") is not None:
+        changes["storage"] = str(values["storage"])
+    if values.get("peers") is not None:
+        changes["peers"] = parse_peers(values["peers"])
+    for key in ("tick_ms", "election_ticks", "heartbeat_ticks"):
+        if values.get(key) is not None:
+            try:
+                changes[key] = int(values[key])
+            except (TypeError, ValueError):
+                raise ConfigError(f"{key} must be an integer") from None
+    config = replace(config, **changes)
+    if config.node_id in config.peers:
+        raise ConfigError(f"node {config.node_id} lists itself among its peers")
+    if config.tick_ms <= 0:
+        raise ConfigError("tick_ms must be positive")
+    if config.election_ticks < 2 or not 1 <= config.heartbeat_ticks < config.election_ticks:
+        raise ConfigError("need election_ticks >= 2 and 1 <= heartbeat_ticks < election_ticks")
+    ports = [(a.host, a.port) for a in (config.peer, config.client, config.admin) if a.port]
+    if len(set(ports)) != len(ports):
+        raise ConfigError("addr, client and admin must be different addresses")
+    return config

@@ -1,0 +1,430 @@
+"""
+L{ReplicaService}: the Twisted adapter that runs a L{Replica}.
+
+It feeds the core (peer messages, ticks from a C{LoopingCall}, client
+requests) and performs each L{Ready} in the order the core demands:
+
+  1. send C{messages};
+  2. persist and apply, in one durable transaction on the single writer
+     thread (C{INodeStore.commit}; an LMDB write transaction must begin and
+     end on one thread, and its commit releases the GIL);
+  3. only then send C{durable_messages} (Promises and Accepteds), answer the
+     clients whose commands were applied, and serve reads;
+  4. C{advance}, then cut the next Ready.
+
+One Ready is in flight at a time; everything that arrives meanwhile is
+stepped into the core and goes into the next one, so persistence is
+group-committed: one transaction per Ready, not per request.
+
+An invariant the core breaks (C{AssertionError}) or a storage failure stops
+the node loudly: the reactor is stopped, the error logged critical.
+
+Clients reach this service through L{IKeyValueNode} (from the gRPC edge) in
+the reactor thread; followers forward writes to the leader over AMP and learn
+the result by applying the command themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Optional
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from kvpaxos.kv.commands import (
+    CorruptCommand,
+    InvalidArgument,
+    Request,
+    decode_request,
+    encode_request,
+)
+from kvpaxos.node.interfaces import (
+    IKeyValueNode,
+    IPeerHandler,
+    NodeStatus,
+    NotLeaderError,
+    Unavailable,
+)
+from kvpaxos.paxos import NotLeader, Options, ProposalRejected, Replica
+
+
+@implementer(IPeerHandler, IKeyValueNode)
+class ReplicaService(Service):
+    """
+    Runs one replica.
+
+    @param node_id: this node's id.
+    @param store: an opened L{kvpaxos.storage.interfaces.INodeStore}.
+    @param reactor: the reactor (clock, threads, stop).
+    @param options: the core's L{Options}.
+    @param tick_s: seconds per core tick.
+    @param rng: randomness for the core (election timeouts).
+    """
+
+    log = Logger()
+    name = "replica"
+
+    def __init__(
+        self,
+        node_id: int,
+        store,
+        reactor,
+        options: Options = Options(),
+        tick_s: float = 0.05,
+        rng: Optional[random.Random] = None,
+        run_commit=None,
+    ) -> None:
+        self.node_id = node_id
+        self.store = store
+        self.reactor = reactor
+        self.options = options
+        self.tick_s = tick_s
+        self.rng = rng or random.Random()
+        self.peers = None  # a PeerNetwork, set by the wiring in tap.py
+        self.replica: Optional[Replica] = None
+        self._pool = ThreadPool(1, 1, name=f"kvpaxos-writer-{node_id}")
+        # How a Ready's transaction runs: on the writer thread, unless a test
+        # injects a synchronous stand-in.
+        self._run_commit = run_commit or self._commit_on_writer
+        self._ticker = LoopingCall(self._tick)
+        self._ticker.clock = reactor
+        self._scheduled = None
+        self._busy: Optional[defer.Deferred] = None
+        self._stopping = False
+        # Request ids are unique per boot: a command from before a restart
+        # can never answer a request made after it.
+        self._boot = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF
+        self._counter = 0
+        self._pending: dict[int, tuple[defer.Deferred, object]] = {}
+        self._unsent: list[tuple[int, bytes]] = []
+        self._reads: dict[int, defer.Deferred] = {}
+        self._read_waiters: list[tuple[int, defer.Deferred]] = []
+        self._read_counter = 0
+        self._waiting_for_leader: list[defer.Deferred] = []
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def startService(self) -> None:
+        # Acceptor state is read back here, before any peer can be answered
+        # (the peer listener starts after this service).
+        self.replica = Replica(
+            self.node_id,
+            self.store,
+            self.rng,
+            self.options,
+            state_machine=self.store,
+            applied=self.store.applied_index(),
+        )
+        super().startService()
+        if self._run_commit == self._commit_on_writer:
+            self._pool.start()
+        self._ticker.start(self.tick_s, now=False)
+        self.log.info(
+            "node {node} started: chosen {chosen}, applied {applied}, members {members}",
+            node=self.node_id,
+            chosen=self.replica.chosen_index,
+            applied=self.replica.applied,
+            members=sorted(self.replica.config.voters),
+        )
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        self._stopping = True
+        super().stopService()
+        if self._ticker.running:
+            self._ticker.stop()
+        if self._scheduled is not None and self._scheduled.active():
+            self._scheduled.cancel()
+        self._scheduled = None
+        if self._busy is not None:
+            yield self._busy  # let the write in flight finish
+        self._fail_everything(Unavailable("node shutting down"))
+        if self._pool.started:
+            yield deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._pool.stop)
+        self.store.close()
+
+    def _fail_everything(self, error: Exception) -> None:
+        pending, self._pending = self._pending, {}
+        for d, timer in pending.values():
+            _cancel(timer)
+            d.errback(Failure(error))
+        reads, self._reads = self._reads, {}
+        waiters, self._read_waiters = self._read_waiters, []
+        waiting, self._waiting_for_leader = self._waiting_for_leader, []
+        for d in [*reads.values(), *(d for _, d in waiters), *waiting]:
+            if not d.called:
+                d.errback(Failure(error))
+
+    def _fatal(self, failure: Failure) -> None:
+        self.log.critical(
+            "node {node} stops: {error}", node=self.node_id, error=failure.getErrorMessage(),
+            log_failure=failure,
+        )
+        self._stopping = True
+        if self.reactor.running:
+            self.reactor.stop()
+
+    # --- feeding the core ----------------------------------------------------
+
+    def _guard(self, call, *args):
+        """Run a core call; an invariant it breaks stops the node."""
+        try:
+            return call(*args)
+        except AssertionError:
+            self._fatal(Failure())
+            raise
+
+    def _tick(self) -> None:
+        self._guard(self.replica.tick)
+        if self._unsent or self._waiting_for_leader:
+            self._route_unsent()
+        self._schedule()
+
+    def message_received(self, message) -> None:
+        if self._stopping or self.replica is None:
+            return
+        if message.dst != self.node_id:
+            self.log.warn("dropped a message for node {dst}", dst=message.dst)
+            return
+        self._guard(self.replica.step, message)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Cut a Ready once this reactor turn is over (coalescing inputs)."""
+        if self._scheduled is None and self._busy is None and not self._stopping:
+            self._scheduled = self.reactor.callLater(0, self._run_ready)
+
+    def _run_ready(self) -> None:
+        self._scheduled = None
+        if self._busy is not None or self._stopping:
+            return
+        replica = self.replica
+        if not self._guard(replica.has_ready):
+            return
+        rd = self._guard(replica.ready)
+        for message in rd.messages:
+            self.peers.send(message)
+        if rd.must_sync() or rd.committed or rd.install_snapshot:
+            d = self._run_commit(
+                rd.hard_state, rd.entries, rd.snapshot, rd.install_snapshot, rd.committed
+            )
+        else:
+            d = defer.succeed([])
+        self._busy = d
+        d.addCallback(self._committed, rd)
+        d.addErrback(self._fatal)
+
+    def _commit_on_writer(self, *args) -> defer.Deferred:
+        return deferToThreadPool(self.reactor, self._pool, self.store.commit, *args)
+
+    def _committed(self, results, rd) -> None:
+        self._busy = None
+        if self._stopping:
+            return
+        for message in rd.durable_messages:
+            self.peers.send(message)
+        for request, result in results:
+            if request.origin == self.node_id:
+                waiting = self._pending.pop(request.request_id, None)
+                if waiting is not None:
+                    d, timer = waiting
+                    _cancel(timer)
+                    d.callback(result)
+        for state in rd.read_states:
+            d = self._reads.pop(state.context, None)
+            if d is None or d.called:
+                continue  # timed out meanwhile
+            if state.index is None:
+                d.errback(NotLeaderError(self.replica.leader))
+            else:
+                d.callback(state.index)
+        self._guard(self.replica.advance, rd)
+        self._release_reads()
+        self._schedule()
+
+    # --- writes --------------------------------------------------------------
+
+    def submit(self, request: Request, timeout_s: float) -> defer.Deferred:
+        if self._stopping:
+            return defer.fail(Unavailable("node shutting down"))
+        self._counter += 1
+        request_id = (self._boot << 32) | (self._counter & 0xFFFFFFFF)
+        try:
+            data = encode_request(
+                Request(request.op, request.key, request.value, self.node_id, request_id)
+            )
+        except InvalidArgument:
+            return defer.fail()
+        d = defer.Deferred()
+        timer = self.reactor.callLater(timeout_s, self._expire, request_id)
+        self._pending[request_id] = (d, timer)
+        self._unsent.append((request_id, data))
+        self._route_unsent()
+        return d
+
+    def _expire(self, request_id: int) -> None:
+        waiting = self._pending.pop(request_id, None)
+        if waiting is None:
+            return
+        self._unsent = [(r, c) for r, c in self._unsent if r != request_id]
+        leader = self.replica.leader if self.replica else None
+        waiting[0].errback(
+            Failure(Unavailable(f"no quorum answered before the deadline; leader is {leader}", leader))
+        )
+
+    def _route_unsent(self) -> None:
+        """Propose queued commands here if leading, else forward them."""
+        unsent, self._unsent = self._unsent, []
+        unsent = [(r, c) for r, c in unsent if r in self._pending]
+        waiting, self._waiting_for_leader = self._waiting_for_leader, []
+        for d in waiting:
+            if not d.called:
+                d.callback(None)
+        if not unsent:
+            return
+        replica = self.replica
+        if replica.is_leader:
+            try:
+                for _, data in unsent:
+                    self._guard(replica.propose, data)
+            except (NotLeader, ProposalRejected):
+                self._unsent.extend(unsent)  # try again next tick
+            self._schedule()
+            return
+        leader = replica.leader
+        if leader is None or leader == self.node_id or self.peers is None:
+            self._unsent.extend(unsent)  # no leader yet: wait for one
+            return
+        d = self.peers.forward(leader, [c for _, c in unsent])
+        d.addErrback(self._forward_failed, unsent)
+
+    def _forward_failed(self, failure: Failure, unsent) -> None:
+        # Not proposed (or unknown, if the link broke): keep them queued; the
+        # next tick routes them to whoever leads then, until their deadline.
+        self.log.debug("forward failed: {error}", error=failure.getErrorMessage())
+        if not self._stopping:
+            self._unsent.extend(unsent)
+
+    def proposals_forwarded(self, commands) -> defer.Deferred:
+        replica = self.replica
+        if self._stopping or replica is None or not replica.is_leader:
+            return defer.fail(NotLeaderError(replica.leader if replica else None))
+        for data in commands:
+            try:
+                decode_request(data)
+            except CorruptCommand as error:
+                return defer.fail(InvalidArgument(f"forwarded command is corrupt: {error}"))
+        try:
+            for data in commands:
+                self._guard(replica.propose, data)
+        except (NotLeader, ProposalRejected):
+            return defer.fail(NotLeaderError(replica.leader))
+        self._schedule()
+        return defer.succeed(None)
+
+    # --- reads ---------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def get(self, key: bytes, timeout_s: float):
+        deadline = self.reactor.seconds() + timeout_s
+        while True:
+            remaining = deadline - self.reactor.seconds()
+            if remaining <= 0 or self._stopping:
+                leader = self.replica.leader if self.replica else None
+                raise Unavailable(
+                    f"no quorum confirmed a read before the deadline; leader is {leader}", leader
+                )
+            try:
+                index = yield self._read_index(remaining)
+            except Exception as error:  # not leader, link down, timed out: retry
+                self.log.debug("read index failed: {error}", error=error)
+                yield self._wait_for_leader(min(remaining, self.tick_s * 2))
+                continue
+            yield self._applied(index, deadline - self.reactor.seconds())
+            return self.store.get(key)
+
+    def _read_index(self, timeout_s: float) -> defer.Deferred:
+        replica = self.replica
+        if replica.is_leader:
+            return self.read_index_requested()
+        leader = replica.leader
+        if leader is None or leader == self.node_id:
+            return defer.fail(NotLeaderError(None))
+        return self.peers.read_index(leader)
+
+    def read_index_requested(self) -> defer.Deferred:
+        replica = self.replica
+        if self._stopping or replica is None or not replica.is_leader:
+            return defer.fail(NotLeaderError(replica.leader if replica else None))
+        self._read_counter += 1
+        context = self._read_counter
+        d = defer.Deferred()
+        self._reads[context] = d
+        self._guard(replica.read_index, context)
+        self._schedule()
+        return d.addTimeout(self.options.election_ticks * self.tick_s * 2, self.reactor)
+
+    def _applied(self, index: int, timeout_s: float) -> defer.Deferred:
+        """Fire once this node has applied through C{index}."""
+        if self.replica.applied >= index:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._read_waiters.append((index, d))
+        return d.addTimeout(max(timeout_s, 0), self.reactor)
+
+    def _release_reads(self) -> None:
+        if not self._read_waiters:
+            return
+        applied = self.replica.applied
+        ready = [(i, d) for i, d in self._read_waiters if i <= applied]
+        if ready:
+            self._read_waiters = [(i, d) for i, d in self._read_waiters if i > applied]
+            for _, d in ready:
+                if not d.called:
+                    d.callback(None)
+
+    def _wait_for_leader(self, timeout_s: float) -> defer.Deferred:
+        d = defer.Deferred()
+        self._waiting_for_leader.append(d)
+        return d.addTimeout(max(timeout_s, 0), self.reactor).addErrback(
+            lambda f: f.trap(defer.TimeoutError)
+        )
+
+    # --- operations ------------------------------------------------------------
+
+    def transfer_leadership(self, target: int) -> None:
+        """
+        Hand leadership to voter C{target}.
+
+        @raise kvpaxos.paxos.NotLeader: this node does not lead.
+        @raise kvpaxos.paxos.ProposalRejected: C{target} cannot take it.
+        """
+        self._guard(self.replica.transfer_leadership, target)
+        self._schedule()
+
+    # --- status --------------------------------------------------------------
+
+    def status(self) -> NodeStatus:
+        replica = self.replica
+        return NodeStatus(
+            member_id=self.node_id,
+            role=replica.role.name,
+            leader=replica.leader,
+            voters=tuple(sorted(replica.config.voters)),
+            learners=tuple(sorted(replica.config.learners)),
+            chosen_index=replica.chosen_index,
+            applied_index=replica.applied,
+        )
+
+
+def _cancel(timer) -> None:
+    if timer is not None and timer.active():
+        timer.cancel()

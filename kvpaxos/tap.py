@@ -1,0 +1,121 @@
+"""
+The twistd plugin's options and service: the one place that wires the
+layers together.
+
+C{twistd -n kvpaxos} with no arguments runs a one-node cluster with its data
+in C{./kvpaxos-data}, serving gRPC clients on 127.0.0.1:2379.  See
+L{kvpaxos.config} for the flags and the TOML file.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application import internet, service
+from twisted.logger import globalLogPublisher
+from twisted.python import usage
+
+from kvpaxos.config import ConfigError, build, load_toml
+
+_FLAGS = ("id", "addr", "peers", "client", "admin", "data", "storage")
+
+
+class Options(usage.Options):
+    """twistd kvpaxos [options]"""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run one kvpaxos node. Flags override the --config file. With no "
+        "arguments: a one-node cluster, data in ./kvpaxos-data, gRPC on "
+        "127.0.0.1:2379, peers on 127.0.0.1:2380, admin on 127.0.0.1:2381."
+    )
+    optParameters = [
+        ["config", "c", None, "TOML configuration file."],
+        ["id", None, None, "This node's id, a positive integer [default: 1]."],
+        ["addr", None, None, "Peer (AMP) address host:port; ':port' means all interfaces [default: 127.0.0.1:2380]."],
+        ["peers", None, None, "The other members: ID=host:port,ID=host:port."],
+        ["client", None, None, "gRPC client address host:port [default: 127.0.0.1:2379]."],
+        ["admin", None, None, "AMP admin address host:port [default: 127.0.0.1:2381]."],
+        ["data", None, None, "Data directory [default: ./kvpaxos-data]."],
+        ["storage", None, None, "Storage provider: lmdb, memory, or an installed plugin [default: lmdb]."],
+    ]
+
+    def postOptions(self) -> None:
+        from kvpaxos.storage.providers import store_factories
+
+        try:
+            values = load_toml(self["config"]) if self["config"] else {}
+            for flag in _FLAGS:
+                if self[flag] is not None:
+                    values[flag] = self[flag]
+            self.node = build(values)
+        except ConfigError as error:
+            raise usage.UsageError(str(error)) from None
+        names = sorted(store_factories())
+        if self.node.storage not in names:
+            raise usage.UsageError(
+                f"unknown storage {self.node.storage!r}; installed: {', '.join(names)}"
+            )
+
+
+def _tag_with_node(node_id: int):
+    """
+    Return a log observer that puts the node id in every event's system
+    field, so every line twistd writes (to stdout, journald) names the node.
+    It must be added before twistd's own observer, i.e. in makeService.
+    """
+    prefix = f"node{node_id}"
+
+    def observer(event: dict) -> None:
+        system = event.get("log_system")
+        if system is None or system == "-":
+            event["log_system"] = prefix
+        elif not str(system).startswith(prefix):
+            event["log_system"] = f"{prefix},{system}"
+
+    return observer
+
+
+def makeService(options: Options) -> service.MultiService:
+    """Wire storage, replica, peers, gRPC and admin into one service."""
+    from twisted.internet import reactor
+
+    from kvpaxos.admin.server import admin_factory
+    from kvpaxos.api.server import GrpcServer
+    from kvpaxos.node.peers import PeerNetwork
+    from kvpaxos.node.service import ReplicaService
+    from kvpaxos.paxos import Config, Options as CoreOptions
+    from kvpaxos.storage.providers import find_store_factory
+
+    node = options.node
+    globalLogPublisher.addObserver(_tag_with_node(node.node_id))
+    os.makedirs(node.data, exist_ok=True)
+    store = find_store_factory(node.storage).open(node.data, Config(node.voters))
+
+    top = service.MultiService()
+    replica = ReplicaService(
+        node.node_id,
+        store,
+        reactor,
+        CoreOptions(election_ticks=node.election_ticks, heartbeat_ticks=node.heartbeat_ticks),
+        tick_s=node.tick_ms / 1000.0,
+    )
+    peers = PeerNetwork(
+        node.node_id,
+        {peer_id: (a.host, a.port) for peer_id, a in node.peers.items()},
+        replica,
+        reactor,
+    )
+    replica.peers = peers
+    # Children start in this order: the replica reads its acceptor state
+    # back before the peer listener can deliver anything to it.
+    replica.setServiceParent(top)
+    peers.setServiceParent(top)
+    internet.TCPServer(
+        node.peer.port, peers.server_factory(), interface=node.peer.host
+    ).setServiceParent(top)
+    GrpcServer(replica, str(node.client), reactor).setServiceParent(top)
+    internet.TCPServer(
+        node.admin.port, admin_factory(replica), interface=node.admin.host
+    ).setServiceParent(top)
+    return top

@@ -1,0 +1,120 @@
+"""
+Tests for node configuration (L{kvpaxos.config}) and the twistd options
+(L{kvpaxos.tap.Options}): flags in the seed's style, TOML files, and clear
+errors for every mistake.
+"""
+
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from kvpaxos.config import Address, ConfigError, NodeConfig, build, load_toml, parse_peers
+from kvpaxos.tap import Options
+
+
+class BuildTests(SynchronousTestCase):
+    """build() turns flag values into a checked NodeConfig."""
+
+    def test_defaults(self):
+        """No values give a one-node cluster on loopback with data in ./kvpaxos-data."""
+        config = build({})
+        self.assertEqual(config, NodeConfig())
+        self.assertEqual(config.voters, frozenset({1}))
+        self.assertEqual(config.client, Address("127.0.0.1", 2379))
+        self.assertEqual(config.data, "kvpaxos-data")
+
+    def test_seed_style_flags(self):
+        """The seed's --id/--addr/--peers form is understood; ':port' means every interface."""
+        config = build({"id": "1", "addr": ":5001", "peers": "2=localhost:5002,3=localhost:5003"})
+        self.assertEqual(config.node_id, 1)
+        self.assertEqual(config.peer, Address("0.0.0.0", 5001))
+        self.assertEqual(
+            config.peers, {2: Address("localhost", 5002), 3: Address("localhost", 5003)}
+        )
+        self.assertEqual(config.voters, frozenset({1, 2, 3}))
+
+    def test_bad_values(self):
+        """Each malformed value raises ConfigError naming what is wrong."""
+        cases = {
+            "id": ({"id": "zero"}, "id must be a positive integer"),
+            "negative id": ({"id": "-3"}, "id must be a positive integer"),
+            "address": ({"addr": "nowhere"}, "addr must be host:port"),
+            "port": ({"client": "h:99999"}, "port must be 0..65535"),
+            "peer form": ({"peers": "2:h:1"}, "must be ID=host:port"),
+            "peer twice": ({"peers": "2=h:1,2=h:2"}, "given twice"),
+            "self peer": ({"id": "2", "peers": "2=h:1"}, "lists itself"),
+            "same ports": ({"client": "127.0.0.1:2380"}, "must be different"),
+            "ticks": ({"election_ticks": 1}, "election_ticks"),
+        }
+        for name, (values, message) in cases.items():
+            error = self.assertRaises(ConfigError, build, values)
+            self.assertIn(message, str(error), name)
+
+    def test_parse_peers_empty(self):
+        """An empty --peers means no peers."""
+        self.assertEqual(parse_peers(""), {})
+
+
+class TomlTests(SynchronousTestCase):
+    """--config FILE.toml holds the same keys as the flags."""
+
+    def write(self, text: str) -> str:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_sample_config(self):
+        """The shipped etc/kvpaxos/node2.toml describes node 2 of a 3-node cluster."""
+        import os
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        config = build(load_toml(os.path.join(root, "etc", "kvpaxos", "node2.toml")))
+        self.assertEqual(config.node_id, 2)
+        self.assertEqual(config.voters, frozenset({1, 2, 3}))
+        self.assertEqual(config.client, Address("127.0.0.1", 22379))
+
+    def test_unknown_key(self):
+        """An unknown key is an error, not silently ignored."""
+        error = self.assertRaises(ConfigError, load_toml, self.write('id = 1\ncolour = "red"\n'))
+        self.assertIn("unknown keys colour", str(error))
+
+    def test_not_toml(self):
+        """A file that is not TOML is reported as such."""
+        error = self.assertRaises(ConfigError, load_toml, self.write("id = = 1\n"))
+        self.assertIn("not valid TOML", str(error))
+
+    def test_missing_file(self):
+        """A missing file is reported with its path."""
+        error = self.assertRaises(ConfigError, load_toml, "/nonexistent/kvpaxos.toml")
+        self.assertIn("/nonexistent/kvpaxos.toml", str(error))
+
+
+class OptionsTests(SynchronousTestCase):
+    """twistd kvpaxos options give UsageError, never a traceback, on bad input."""
+
+    def test_no_arguments(self):
+        """With no arguments the options describe the default one-node cluster."""
+        options = Options()
+        options.parseOptions([])
+        self.assertEqual(options.node, NodeConfig())
+
+    def test_flags_override_file(self):
+        """A flag given with --config overrides the file's value."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('id = 4\nclient = "127.0.0.1:4000"\n')
+        options = Options()
+        options.parseOptions(["--config", path, "--client=127.0.0.1:4001"])
+        self.assertEqual(options.node.node_id, 4)
+        self.assertEqual(options.node.client, Address("127.0.0.1", 4001))
+
+    def test_bad_flag_is_usage_error(self):
+        """A bad value is a UsageError carrying the ConfigError's sentence."""
+        error = self.assertRaises(usage.UsageError, Options().parseOptions, ["--id=abc"])
+        self.assertIn("id must be a positive integer", str(error))
+
+    def test_unknown_storage(self):
+        """An unknown storage provider is a UsageError listing the installed ones."""
+        error = self.assertRaises(usage.UsageError, Options().parseOptions, ["--storage=floppy"])
+        self.assertIn("unknown storage 'floppy'", str(error))
+        self.assertIn("lmdb", str(error))

@@ -1,0 +1,247 @@
+"""
+Tests for L{kvpaxos.node.service.ReplicaService}, the Twisted adapter that
+runs the core: clusters of services in one process over a fake peer wire,
+with an injected clock and synchronous commits (no threads, no ports).
+"""
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from kvpaxos.kv.commands import InvalidArgument, Op, Request
+from kvpaxos.node.interfaces import NotLeaderError, Unavailable
+from kvpaxos.node.service import ReplicaService
+from kvpaxos.paxos import Config, Options
+import random
+
+from kvpaxos.storage.memory import MemoryStore
+
+TICK_S = 0.05
+
+
+class FakeReactor(Clock):
+    """A Clock that can be 'stopped' (the node stops it on a fatal error)."""
+
+    running = True
+    stopped = False
+
+    def stop(self):
+        self.stopped = True
+        self.running = False
+
+
+class Wire:
+    """Delivers messages and peer calls between services after a short delay."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.services = {}
+        self.down = set()
+
+    def reachable(self, src, dst):
+        return dst in self.services and src not in self.down and dst not in self.down
+
+    def later(self, call, *args):
+        d = defer.Deferred()
+        self.clock.callLater(0.001, lambda: defer.maybeDeferred(call, *args).chainDeferred(d))
+        return d
+
+
+class FakePeers:
+    def __init__(self, wire, node_id):
+        self.wire = wire
+        self.node_id = node_id
+
+    def send(self, message):
+        if self.wire.reachable(self.node_id, message.dst):
+            self.wire.clock.callLater(
+                0.001, self.wire.services[message.dst].message_received, message
+            )
+
+    def forward(self, node_id, commands):
+        if not self.wire.reachable(self.node_id, node_id):
+            return defer.fail(ConnectionError("link down"))
+        return self.wire.later(self.wire.services[node_id].proposals_forwarded, commands)
+
+    def read_index(self, node_id):
+        if not self.wire.reachable(self.node_id, node_id):
+            return defer.fail(ConnectionError("link down"))
+        return self.wire.later(self.wire.services[node_id].read_index_requested)
+
+
+def make_cluster(size, reactor=None):
+    reactor = reactor or FakeReactor()
+    wire = Wire(reactor)
+    config = Config(frozenset(range(1, size + 1)))
+    for node_id in range(1, size + 1):
+        wire.services[node_id] = start_service(node_id, MemoryStore(config), reactor, wire)
+    return reactor, wire
+
+
+def start_service(node_id, store, reactor, wire):
+    service = ReplicaService(
+        node_id,
+        store,
+        reactor,
+        Options(election_ticks=10, heartbeat_ticks=2),
+        tick_s=TICK_S,
+        rng=random.Random(node_id),
+        run_commit=lambda *args: defer.maybeDeferred(store.commit, *args),
+    )
+    service.peers = FakePeers(wire, node_id)
+    service.startService()
+    return service
+
+
+def run(reactor, seconds):
+    """Advance the clock in small steps (every callLater(0) runs)."""
+    for _ in range(int(seconds / 0.001)):
+        reactor.advance(0.001)
+
+
+def leader_of(wire):
+    leaders = [i for i, s in wire.services.items() if s.replica.is_leader and i not in wire.down]
+    return leaders[0] if len(leaders) == 1 else None
+
+
+class SingleNodeTests(SynchronousTestCase):
+    """A one-node cluster serves writes and reads."""
+
+    def test_put_then_get(self):
+        """A put is applied and answered; a get then reads its value."""
+        reactor, wire = make_cluster(1)
+        run(reactor, 1.5)
+        d = wire.services[1].submit(Request(Op.PUT, b"k", b"v"), 5)
+        run(reactor, 0.1)
+        self.assertFalse(self.successResultOf(d).existed)
+        d = wire.services[1].get(b"k", 5)
+        run(reactor, 0.1)
+        self.assertEqual(self.successResultOf(d), b"v")
+
+    def test_append_and_delete(self):
+        """Append returns the new value; delete says whether the key existed."""
+        reactor, wire = make_cluster(1)
+        run(reactor, 1.5)
+        node = wire.services[1]
+        first = node.submit(Request(Op.APPEND, b"k", b"ab"), 5)
+        second = node.submit(Request(Op.APPEND, b"k", b"cd"), 5)
+        run(reactor, 0.1)
+        self.assertEqual(self.successResultOf(first).value, b"ab")
+        self.assertEqual(self.successResultOf(second).value, b"abcd")
+        deleted = node.submit(Request(Op.DELETE, b"k"), 5)
+        again = node.submit(Request(Op.DELETE, b"k"), 5)
+        run(reactor, 0.1)
+        self.assertTrue(self.successResultOf(deleted).existed)
+        self.assertFalse(self.successResultOf(again).existed)
+
+    def test_invalid_argument(self):
+        """An empty key fails at once with InvalidArgument and proposes nothing."""
+        reactor, wire = make_cluster(1)
+        run(reactor, 1.5)
+        node = wire.services[1]
+        chosen = node.replica.chosen_index
+        self.failureResultOf(node.submit(Request(Op.PUT, b"", b"v"), 5), InvalidArgument)
+        run(reactor, 0.2)
+        self.assertEqual(node.replica.chosen_index, chosen)
+
+    def test_restart_keeps_data(self):
+        """A node restarted over the same store keeps its log and its data."""
+        reactor, wire = make_cluster(1)
+        run(reactor, 1.5)
+        node = wire.services[1]
+        d = node.submit(Request(Op.PUT, b"k", b"v"), 5)
+        run(reactor, 0.1)
+        self.successResultOf(d)
+        chosen = node.replica.chosen_index
+        store = node.store
+        store.close = lambda: None  # keep the in-memory "disk" for the restart
+        self.successResultOf(node.stopService())
+        again = start_service(1, store, reactor, wire)
+        wire.services[1] = again
+        self.assertEqual(again.replica.chosen_index, chosen)
+        run(reactor, 1.5)
+        d = again.get(b"k", 5)
+        run(reactor, 0.2)
+        self.assertEqual(self.successResultOf(d), b"v")
+
+
+class ClusterTests(SynchronousTestCase):
+    """Three services over the fake wire."""
+
+    def test_follower_forwards_writes_and_reads(self):
+        """A follower forwards a write to the leader and answers once it applied it itself."""
+        reactor, wire = make_cluster(3)
+        run(reactor, 2)
+        leader = leader_of(wire)
+        self.assertIsNotNone(leader)
+        follower = next(i for i in wire.services if i != leader)
+        d = wire.services[follower].submit(Request(Op.PUT, b"k", b"v"), 5)
+        run(reactor, 0.5)
+        self.assertFalse(self.successResultOf(d).existed)
+        read = wire.services[follower].get(b"k", 5)
+        run(reactor, 0.5)
+        self.assertEqual(self.successResultOf(read), b"v")
+
+    def test_no_quorum_is_unavailable(self):
+        """Without a quorum a write fails with Unavailable by its deadline, naming the leader."""
+        reactor, wire = make_cluster(3)
+        run(reactor, 2)
+        leader = leader_of(wire)
+        wire.down = {i for i in wire.services if i != leader}
+        d = wire.services[leader].submit(Request(Op.PUT, b"k", b"v"), 1.0)
+        run(reactor, 1.2)
+        failure = self.failureResultOf(d, Unavailable)
+        self.assertIn("leader is", failure.getErrorMessage())
+
+    def test_write_during_election_succeeds(self):
+        """A write taken while there is no leader is proposed once one is elected."""
+        reactor, wire = make_cluster(3)
+        run(reactor, 2)
+        old = leader_of(wire)
+        wire.down = {old}
+        survivor = next(i for i in wire.services if i != old)
+        d = wire.services[survivor].submit(Request(Op.PUT, b"k", b"v"), 10)
+        run(reactor, 4)
+        self.assertFalse(self.successResultOf(d).existed)
+        self.assertNotEqual(leader_of(wire), old)
+
+    def test_read_index_on_follower_is_refused(self):
+        """A follower asked for a read index answers NotLeaderError naming the leader."""
+        reactor, wire = make_cluster(3)
+        run(reactor, 2)
+        leader = leader_of(wire)
+        follower = next(i for i in wire.services if i != leader)
+        failure = self.failureResultOf(
+            wire.services[follower].read_index_requested(), NotLeaderError
+        )
+        self.assertEqual(failure.value.leader, leader)
+
+
+class LifecycleTests(SynchronousTestCase):
+    """Stopping and failing."""
+
+    def test_stop_fails_pending(self):
+        """Stopping the service fails every pending request with Unavailable."""
+        reactor, wire = make_cluster(3)
+        run(reactor, 2)
+        leader = leader_of(wire)
+        wire.down = {i for i in wire.services if i != leader}
+        d = wire.services[leader].submit(Request(Op.PUT, b"k", b"v"), 30)
+        run(reactor, 0.1)
+        self.successResultOf(wire.services[leader].stopService())
+        failure = self.failureResultOf(d, Unavailable)
+        self.assertIn("shutting down", failure.getErrorMessage())
+
+    def test_broken_invariant_stops_the_node(self):
+        """An AssertionError from the core stops the reactor loudly."""
+        reactor, wire = make_cluster(1)
+        run(reactor, 0.1)
+        node = wire.services[1]
+
+        def broken():
+            raise AssertionError("agreement broken: planted")
+
+        node.replica.tick = broken
+        run(reactor, 0.2)
+        self.assertTrue(reactor.stopped)
+        self.assertTrue(self.flushLoggedErrors(AssertionError))
