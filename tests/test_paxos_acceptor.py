@@ -181,18 +181,32 @@ class AcceptTests(SynchronousTestCase):
         rd = take(r)
         self.assertEqual(rd.entries, [(1, Entry(Ballot(2, 3), B2))])
 
-    def test_conflicting_value_in_chosen_slot_is_fatal(self):
+    def test_stale_accept_for_chosen_slot_is_ignored(self):
         """
-        An Accept proposing another value for a slot known chosen breaks
-        agreement (§2.2, P2b) and stops the replica with an AssertionError.
+        A stale Accept proposing another value for a slot this acceptor knows
+        chosen is neither stored nor acknowledged: its ballot can no longer
+        gather a quorum (§2.2, P2b).
         """
         r = lone(1)
-        r.step(Accept(2, 1, Ballot(1, 2), 1, (B1,), 0))
-        r.step(Heartbeat(2, 1, Ballot(1, 2), 1, 0))
+        r.step(Accept(2, 1, Ballot(2, 2), 1, (B1,), 0))
+        r.step(Heartbeat(2, 1, Ballot(2, 2), 1, 0))
         take(r)
-        self.assertRaises(
-            AssertionError, r.step, Accept(3, 1, Ballot(2, 3), 1, (B2,), 1)
-        )
+        self.assertEqual(r.chosen_index, 1)
+        r.step(Accept(3, 1, Ballot(2, 3), 1, (B2,), 0))
+        rd = take(r)
+        self.assertEqual(rd.entries, [])
+        self.assertEqual(rd.durable_messages, [])
+        self.assertEqual(r.log[1].value, B1)
+
+    def test_accept_repeating_chosen_value_is_acknowledged(self):
+        """An Accept repeating the chosen value of a chosen slot is acknowledged."""
+        r = lone(1)
+        r.step(Accept(2, 1, Ballot(2, 2), 1, (B1,), 0))
+        r.step(Heartbeat(2, 1, Ballot(2, 2), 1, 0))
+        take(r)
+        r.step(Accept(3, 1, Ballot(3, 3), 1, (B1,), 1))
+        rd = take(r)
+        self.assertEqual(rd.durable_messages, [Accepted(1, 3, Ballot(3, 3), 1, 1, 1)])
 
     def test_heartbeat_below_promise_is_nacked(self):
         """A Heartbeat from a leader of a ballot below the promise gets a Nack."""

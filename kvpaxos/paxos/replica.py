@@ -379,23 +379,28 @@ class Replica:
         if ballot > self.promised:
             self.promised = ballot
             self.max_round = max(self.max_round, ballot.round)
-        self._follow(ballot)
-        slot = m.first_slot
         chosen = self.chosen_index
         log = self.log
+        floor = self.snapshot.index
+        slot = m.first_slot
+        for value in m.values:
+            if slot > chosen:
+                break
+            if slot > floor and log[slot].value != value:
+                # A stale Accept from a deposed leader for a slot this
+                # replica already learned chosen otherwise: that ballot can
+                # no longer gather a quorum (Paxos Made Simple §2.2, P2b);
+                # neither store nor acknowledge it.
+                return
+            slot += 1
+        self._follow(ballot)
         entries = self._entries
+        slot = m.first_slot
         for value in m.values:
             if slot > chosen:
                 entry = Entry(ballot, value)
                 log[slot] = entry
                 entries[slot] = entry
-            elif slot > self.snapshot.index:
-                # Invariant (agreement): a leader proposes only the chosen
-                # value in a chosen slot (Paxos Made Simple §2.2, P2b).
-                assert log[slot].value == value, (
-                    f"agreement broken: slot {slot} is chosen as {log[slot].value!r}"
-                    f" but {ballot} proposes {value!r}"
-                )
             slot += 1
         self.durable_messages.append(
             Accepted(self.id, m.src, ballot, m.first_slot, len(m.values), self.chosen_index)
@@ -412,7 +417,7 @@ class Replica:
 
     def _on_nack(self, m: Nack) -> None:
         self.max_round = max(self.max_round, m.promised.round)
-        if m.chosen_index > self.chosen_index:
+        if m.chosen_index > self.chosen_index and not self.is_leader:
             self._request_catchup(m.src)
         if self.role.ballot is not None and m.ballot == self.role.ballot:
             if m.promised > m.ballot:
@@ -514,6 +519,13 @@ class Replica:
             self.send(Catchup(self.id, m.src, first, tuple(entries), self.chosen_index))
 
     def _on_catchup(self, m: Catchup) -> None:
+        if self.is_leader:
+            # A leader's chosen index must come from its own quorums only:
+            # followers learn a slot as chosen from it when they accepted it
+            # in its ballot.  A late answer to a request it made while
+            # campaigning could make a deposed leader announce slots chosen
+            # in a later ballot (its re-proposals cover everything anyway).
+            return
         self.catchup_wait = 0
         slot = m.first_slot
         if slot > self.chosen_index + 1 or not self.config.voters:
@@ -532,6 +544,8 @@ class Replica:
             self._request_catchup(m.src)
 
     def _on_install_snapshot(self, m: InstallSnapshot) -> None:
+        if self.is_leader:
+            return  # as for Catchup: a leader learns only from its quorums
         self.catchup_wait = 0
         snapshot = m.snapshot
         joining = not self.config.voters and self.chosen_index == 0

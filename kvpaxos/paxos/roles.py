@@ -423,6 +423,8 @@ class Leader(Role):
         inflight = self.inflight
         for slot in range(first, last + 1):
             p = inflight.pop(slot, None)
+            # Invariant (agreement): a leader's chosen index moves only by its
+            # own quorums, over its own proposals.
             assert p is None or r.log[slot].value == p.value, (
                 f"agreement broken: slot {slot} chosen as {r.log[slot].value!r},"
                 f" but {self.ballot} proposed {p.value!r}"

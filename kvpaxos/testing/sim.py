@@ -135,6 +135,10 @@ class SimNode:
         self.up = False
         self.epoch = 0
         self.busy = False
+        #: A paused process (GC, VM stall) handles nothing until then.
+        self.paused_until = 0
+        #: The chosen index seen in this epoch; it never goes down.
+        self.chosen_seen = 0
 
 
 @dataclass
@@ -235,7 +239,15 @@ class Simulation:
                 event = heapq.heappop(self._queue)
                 self.now = event.time
                 self.result.events += 1
+                node = self._paused(event)
+                if node is not None:
+                    # Held until the process resumes, then handled in a burst.
+                    self._seq += 1
+                    event.time, event.seq = node.paused_until, self._seq
+                    heapq.heappush(self._queue, event)
+                    continue
                 getattr(self, "_on_" + event.kind)(*event.args)
+                self._check_nodes()
                 if self._done():
                     break
             else:
@@ -245,6 +257,42 @@ class Simulation:
             self.result.violation = violation
         self.result.chosen_slots = len(self.chosen)
         return self.result
+
+    def _paused(self, event) -> Optional[SimNode]:
+        if event.kind in ("tick", "persisted"):
+            node = self.nodes.get(event.args[0])
+        elif event.kind == "deliver":
+            node = self.nodes.get(event.args[0].dst)
+        else:
+            return None
+        if node is not None and node.paused_until > self.now:
+            return node
+        return None
+
+    def _check_nodes(self) -> None:
+        """Invariants of each node's own state, checked after every event."""
+        for node in self.nodes.values():
+            if not node.up:
+                continue
+            replica = node.replica
+            if replica.chosen_index < node.chosen_seen:
+                raise Violation(
+                    "invariant",
+                    f"node {node.id} chosen index went from {node.chosen_seen}"
+                    f" down to {replica.chosen_index}",
+                )
+            node.chosen_seen = replica.chosen_index
+            if replica.is_leader:
+                role = replica.role
+                stale = [s for s in role.inflight if s <= replica.chosen_index]
+                if stale:
+                    raise Violation(
+                        "invariant", f"leader {node.id} keeps chosen slots {stale} in flight"
+                    )
+                if role.config_slot is not None and role.config_slot <= replica.chosen_index:
+                    raise Violation(
+                        "invariant", f"leader {node.id} waits on chosen change slot {role.config_slot}"
+                    )
 
     def _log(self, text: str) -> None:
         if self.verbose:
@@ -257,6 +305,8 @@ class Simulation:
         node.epoch += 1
         node.busy = False
         node.up = True
+        node.chosen_seen = 0
+        node.paused_until = 0
         if self.plant == "forgetful-acceptor" and node.epoch > 1:
             # The seed project's bug: acceptor state saved, never read back.
             node.storage = MemoryStorage(self.initial if node_id in self.initial.voters else None)
@@ -506,6 +556,10 @@ class Simulation:
             self.network.block(a, b)
             self._log(f"block {a} -> {b}")
             self._schedule(rng.randint(100, 1500), "mend")
+        elif choice < 0.85 and up:
+            victim = self.nodes[rng.choice(up)]
+            victim.paused_until = self.now + rng.randint(50, 2000)
+            self._log(f"pause node {victim.id} until {victim.paused_until}")
         self._schedule(rng.randint(50, 400), "fault")
 
     def _on_mend(self) -> None:
@@ -571,6 +625,8 @@ class Simulation:
         for node_id in sorted(self.nodes):
             if not self.nodes[node_id].up:
                 self._start(node_id)
+        for node in self.nodes.values():
+            node.paused_until = 0
         self._log("heal")
         # One client now proposes LIVENESS_COMMANDS new commands in turn;
         # all must be chosen, and every member converge, within the bound.
@@ -597,6 +653,8 @@ class Simulation:
         if leader is None:
             return False
         target = leader.replica.chosen_index
+        if target < self.max_acked_slot:
+            return False  # a new leader still re-proposing what was chosen
         members = leader.replica.config.members
         return all(
             self.nodes[m].up and self.nodes[m].machine.index >= target for m in members
