@@ -1,0 +1,188 @@
+"""
+A harness for tests with real processes: a cluster of twistd nodes on
+127.0.0.1 with ephemeral ports, in a directory of its own, that can be
+killed, restarted and stopped, and talked to over gRPC.
+
+Every wait is bounded; L{ProcessCluster.stop} ends every process the harness
+started (by pid, SIGTERM then SIGKILL).  Tests must call it (addCleanup).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from typing import Optional
+
+import grpc
+
+from kvpaxos.client_endpoints import open_channel
+from kvpaxos.cluster import plugin_environment, stop_all, twistd_command
+from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Node:
+    """One node of a L{ProcessCluster}."""
+
+    def __init__(self, node_id: int, directory: str) -> None:
+        self.id = node_id
+        self.directory = directory
+        self.peer_port = free_port()
+        self.client_port = free_port()
+        self.admin_port = free_port()
+        self.config_path = os.path.join(directory, f"node{node_id}.toml")
+        self.log_path = os.path.join(directory, f"node{node_id}.log")
+        self.process: Optional[subprocess.Popen] = None
+        self._channel: Optional[grpc.Channel] = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def channel(self) -> grpc.Channel:
+        if self._channel is None:
+            self._channel = open_channel(self.endpoint)
+        return self._channel
+
+    def kv(self) -> kv_pb2_grpc.KVStub:
+        return kv_pb2_grpc.KVStub(self.channel())
+
+    def cluster(self) -> kv_pb2_grpc.ClusterStub:
+        return kv_pb2_grpc.ClusterStub(self.channel())
+
+    def status(self, timeout_s: float = 1.0):
+        return self.cluster().Status(kv_pb2.StatusRequest(), timeout=timeout_s)
+
+    def close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+
+class ProcessCluster:
+    """
+    C{size} twistd kvpaxos nodes on 127.0.0.1 under C{directory}.
+
+    @param storage: the storage provider name for every node.
+    """
+
+    def __init__(self, directory: str, size: int = 3, storage: str = "lmdb") -> None:
+        directory = os.path.abspath(directory)
+        os.makedirs(directory, exist_ok=True)
+        self.directory = directory
+        self.nodes = {i: Node(i, directory) for i in range(1, size + 1)}
+        for node in self.nodes.values():
+            peers = "\n".join(
+                f'{o.id} = "127.0.0.1:{o.peer_port}"'
+                for o in self.nodes.values() if o.id != node.id
+            )
+            with open(node.config_path, "w") as f:
+                f.write(
+                    f"id = {node.id}\n"
+                    f'addr = "127.0.0.1:{node.peer_port}"\n'
+                    f'client = "127.0.0.1:{node.client_port}"\n'
+                    f'admin = "127.0.0.1:{node.admin_port}"\n'
+                    f'data = "{os.path.join(directory, f"data{node.id}")}"\n'
+                    f'storage = "{storage}"\n'
+                    f"[peers]\n{peers}\n"
+                )
+        self._env = plugin_environment(ROOT)
+
+    # --- processes -------------------------------------------------------------
+
+    def start(self, node_id: Optional[int] = None) -> None:
+        """Start one node (or all that are not running)."""
+        ids = [node_id] if node_id is not None else sorted(self.nodes)
+        for i in ids:
+            node = self.nodes[i]
+            if node.process is not None and node.process.poll() is None:
+                continue
+            log = open(node.log_path, "ab")
+            node.process = subprocess.Popen(
+                twistd_command(node.config_path),
+                env=self._env,
+                cwd=self.directory,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            log.close()
+
+    def kill(self, node_id: int, sig: int = signal.SIGKILL) -> None:
+        """Send C{sig} to a node and, for SIGKILL/SIGTERM, reap it (bounded)."""
+        node = self.nodes[node_id]
+        node.close_channel()
+        if node.process is None or node.process.poll() is not None:
+            return
+        node.process.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            try:
+                node.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                node.process.wait(timeout=5)
+
+    def stop(self) -> None:
+        """End every process this cluster started."""
+        for node in self.nodes.values():
+            node.close_channel()
+        stop_all([n.process for n in self.nodes.values() if n.process is not None], wait_s=10)
+
+    def running(self) -> list[int]:
+        return [i for i, n in self.nodes.items() if n.process is not None and n.process.poll() is None]
+
+    # --- waiting ---------------------------------------------------------------
+
+    def wait_for(self, predicate, timeout_s: float, what: str, interval_s: float = 0.05):
+        """Poll C{predicate} until it returns a true value; fail after C{timeout_s}."""
+        deadline = time.monotonic() + timeout_s
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                value = predicate()
+            except grpc.RpcError as error:
+                last = error
+                value = None
+            if value:
+                return value
+            time.sleep(interval_s)
+        logs = "\n".join(f"--- node {n.id}\n{n.log()[-3000:]}" for n in self.nodes.values())
+        raise AssertionError(f"timed out after {timeout_s}s waiting for {what} ({last})\n{logs}")
+
+    def leader(self, among=None) -> Optional[int]:
+        """Return the leader that the running nodes agree on, or None."""
+        ids = among or self.running()
+        seen = set()
+        for i in ids:
+            try:
+                status = self.nodes[i].status(timeout_s=0.5)
+            except grpc.RpcError:
+                return None
+            if not status.leader_id:
+                return None
+            seen.add(status.leader_id)
+        if len(seen) == 1:
+            (leader,) = seen
+            if leader in ids:
+                return leader
+        return None
+
+    def wait_for_leader(self, timeout_s: float = 15.0, among=None) -> int:
+        return self.wait_for(lambda: self.leader(among), timeout_s, "a leader")

@@ -1,0 +1,393 @@
+"""
+Tests for the C{kvpaxos} command (L{kvpaxos.cli}): argument parsing in both
+forms, output formats, exit statuses and error lines.  No network: the
+connection factory is replaced by L{FakeCluster}, whose endpoints keep one
+shared dict and can be told to fail with a gRPC status.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Optional
+
+import grpc
+from twisted.trial.unittest import SynchronousTestCase
+
+from kvpaxos import cli
+from kvpaxos.client_endpoints import DEFAULT_ENDPOINT
+from kvpaxos.kv.commands import MAX_KEY_BYTES
+from kvpaxos.v1 import kv_pb2
+
+
+class FakeRpcError(grpc.RpcError):
+    """What a grpc stub raises: an error with a status code and details."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self._code = code
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+class FakeStub:
+    """The KV and Cluster stub methods of one endpoint."""
+
+    def __init__(self, cluster: "FakeCluster", endpoint: str) -> None:
+        self._cluster = cluster
+        self._endpoint = endpoint
+
+    def _answer(self, method: str, request, timeout: float):
+        self._cluster.requests.append((self._endpoint, method, request, timeout))
+        error = self._cluster.errors.get(self._endpoint)
+        if error is not None:
+            raise error
+        return getattr(self._cluster, method)(request)
+
+    def __getattr__(self, method: str):
+        return lambda request, timeout: self._answer(method, request, timeout)
+
+
+class FakeConnection:
+    """A connection to one endpoint of a L{FakeCluster}."""
+
+    def __init__(self, cluster: "FakeCluster", endpoint: str) -> None:
+        self.kv = self.cluster = FakeStub(cluster, endpoint)
+        self._cluster = cluster
+        self._endpoint = endpoint
+        cluster.open.add(endpoint)
+
+    def close(self) -> None:
+        self._cluster.open.discard(self._endpoint)
+
+
+class FakeCluster:
+    """
+    Every endpoint serves one dict.  C{errors[endpoint]} makes that endpoint
+    fail every request with the error.
+    """
+
+    HEADER = kv_pb2.ResponseHeader(member_id=1, leader_id=2)
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.errors: dict[str, Exception] = {}
+        self.requests: list[tuple] = []
+        self.open: set[str] = set()
+
+    def connect(self, endpoint: str) -> FakeConnection:
+        return FakeConnection(self, endpoint)
+
+    def Get(self, request):
+        value = self.data.get(request.key)
+        return kv_pb2.GetResponse(header=self.HEADER, found=value is not None, value=value or b"")
+
+    def Put(self, request):
+        existed = request.key in self.data
+        self.data[request.key] = request.value
+        return kv_pb2.PutResponse(header=self.HEADER, existed=existed)
+
+    def Delete(self, request):
+        existed = self.data.pop(request.key, None) is not None
+        return kv_pb2.DeleteResponse(header=self.HEADER, deleted=existed)
+
+    def Append(self, request):
+        existed = request.key in self.data
+        self.data[request.key] = self.data.get(request.key, b"") + request.value
+        return kv_pb2.AppendResponse(header=self.HEADER, value=self.data[request.key], existed=existed)
+
+    def Status(self, request):
+        return kv_pb2.StatusResponse(
+            header=self.HEADER, member_id=1, role="follower", leader_id=2,
+            voters=[1, 2, 3], learners=[], chosen_index=9, applied_index=8,
+        )
+
+
+def unavailable(details: str = "no quorum before deadline; leader is 2") -> FakeRpcError:
+    """An UNAVAILABLE as a node or grpcio would raise it."""
+    return FakeRpcError(grpc.StatusCode.UNAVAILABLE, details)
+
+
+class CliTestCase(SynchronousTestCase):
+    """Runs L{cli.main} against a L{FakeCluster}, capturing its output."""
+
+    def setUp(self) -> None:
+        self.cluster = FakeCluster()
+        self.stdout = b""
+        self.stderr = b""
+
+    def run_cli(self, *argv: str) -> int:
+        """Run the command with C{argv}; keep its output in stdout/stderr."""
+        out, err = io.BytesIO(), io.BytesIO()
+        status = cli.main(list(argv), connect=self.cluster.connect, stdout=out, stderr=err)
+        self.stdout, self.stderr = out.getvalue(), err.getvalue()
+        return status
+
+    def assertUsageError(self, *argv: str, says: str) -> None:
+        """Assert that C{argv} is a usage error: status 2, one error line, no request."""
+        self.assertEqual(self.run_cli(*argv), cli.EXIT_USAGE)
+        self.assertEqual(self.stdout, b"")
+        lines = self.stderr.decode().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(lines[0].startswith("kvpaxos: error: "), lines[0])
+        self.assertIn(says, lines[0])
+        self.assertEqual(self.cluster.requests, [])
+
+
+class ParseTests(SynchronousTestCase):
+    """The command line, in the subcommand form and in the seed's form."""
+
+    def parse(self, *argv: str) -> cli.Invocation:
+        """Parse C{argv}, discarding any output."""
+        return cli.parse(list(argv), io.BytesIO(), io.BytesIO())
+
+    def test_command_form(self) -> None:
+        """C{put KEY VALUE} asks for a put with the defaults."""
+        self.assertEqual(
+            self.parse("put", "k", "v"),
+            cli.Invocation("put", b"k", b"v", "k", [DEFAULT_ENDPOINT], False, 5.0),
+        )
+
+    def test_seed_form(self) -> None:
+        """C{--action=put --key=k --value=v} asks for the same put."""
+        self.assertEqual(self.parse("--action=put", "--key=k", "--value=v"), self.parse("put", "k", "v"))
+
+    def test_seed_form_status(self) -> None:
+        """C{--action=status} needs neither key nor value."""
+        self.assertEqual(self.parse("--action=status").action, "status")
+
+    def test_options_before_command(self) -> None:
+        """Global options before the command are taken."""
+        invocation = self.parse("--endpoints", "a:1,b:2", "--json", "--timeout", "2.5", "get", "k")
+        self.assertEqual((invocation.endpoints, invocation.json, invocation.timeout_s), (["a:1", "b:2"], True, 2.5))
+
+    def test_options_after_command(self) -> None:
+        """Global options after the command are taken too."""
+        invocation = self.parse("get", "k", "--endpoints=a:1", "--json", "--timeout=3")
+        self.assertEqual((invocation.endpoints, invocation.json, invocation.timeout_s), (["a:1"], True, 3.0))
+
+    def test_utf8(self) -> None:
+        """Keys and values from the command line are encoded as UTF-8."""
+        invocation = self.parse("append", "clé", "naïve")
+        self.assertEqual((invocation.key, invocation.value), ("clé".encode(), "naïve".encode()))
+
+    def test_empty_value(self) -> None:
+        """An empty value is a value."""
+        self.assertEqual(self.parse("put", "k", "").value, b"")
+
+
+class UsageTests(CliTestCase):
+    """Bad command lines: exit status 2 and one error line on stderr."""
+
+    def test_no_command(self) -> None:
+        """No command at all is a usage error."""
+        self.assertUsageError(says="a command is required")
+
+    def test_unknown_command(self) -> None:
+        """An unknown command is a usage error."""
+        self.assertUsageError("frob", says="invalid choice")
+
+    def test_missing_value(self) -> None:
+        """C{put} without a value is a usage error."""
+        self.assertUsageError("put", "k", says="VALUE")
+
+    def test_both_forms(self) -> None:
+        """A command and --action together are a usage error."""
+        self.assertUsageError("--action=get", "get", "k", says="not both")
+
+    def test_seed_form_missing_key(self) -> None:
+        """C{--action=get} without --key is a usage error."""
+        self.assertUsageError("--action=get", says="needs --key")
+
+    def test_seed_form_missing_value(self) -> None:
+        """C{--action=append} without --value is a usage error."""
+        self.assertUsageError("--action=append", "--key=k", says="needs --value")
+
+    def test_seed_form_extra_value(self) -> None:
+        """C{--action=delete} with --value is a usage error."""
+        self.assertUsageError("--action=delete", "--key=k", "--value=v", says="takes no --value")
+
+    def test_bad_endpoint(self) -> None:
+        """An endpoint without a port is a usage error."""
+        self.assertUsageError("--endpoints", "a:1,nope", "get", "k", says="not host:port")
+
+    def test_bad_timeout(self) -> None:
+        """A timeout that is not a positive number is a usage error."""
+        self.assertUsageError("--timeout", "0", "get", "k", says="--timeout")
+
+    def test_empty_key(self) -> None:
+        """An empty key is refused before anything is sent."""
+        self.assertUsageError("get", "", says="empty key")
+
+    def test_long_key(self) -> None:
+        """A key over 511 bytes is refused before anything is sent."""
+        self.assertUsageError("put", "k" * (MAX_KEY_BYTES + 1), "v", says="511")
+
+    def test_help(self) -> None:
+        """--help prints usage on stdout and exits 0."""
+        self.assertEqual(self.run_cli("--help"), cli.EXIT_OK)
+        self.assertIn(b"usage: kvpaxos", self.stdout)
+        self.assertEqual(self.stderr, b"")
+
+
+class OutputTests(CliTestCase):
+    """What each command prints, as text and as JSON."""
+
+    def test_put(self) -> None:
+        """put sends the key and value, prints OK and exits 0."""
+        self.assertEqual(self.run_cli("--timeout=2", "put", "k", "v"), cli.EXIT_OK)
+        self.assertEqual((self.stdout, self.stderr), (b"OK\n", b""))
+        endpoint, method, request, timeout = self.cluster.requests[0]
+        self.assertEqual((endpoint, method, request.key, request.value, timeout), (DEFAULT_ENDPOINT, "Put", b"k", b"v", 2.0))
+
+    def test_get(self) -> None:
+        """get prints the raw value with a newline."""
+        self.cluster.data[b"k"] = b"\x00\xffbytes"
+        self.assertEqual(self.run_cli("get", "k"), cli.EXIT_OK)
+        self.assertEqual(self.stdout, b"\x00\xffbytes\n")
+
+    def test_get_missing(self) -> None:
+        """get of a missing key prints nothing on stdout, says so on stderr and exits 1."""
+        self.assertEqual(self.run_cli("get", "k"), cli.EXIT_FAILED)
+        self.assertEqual((self.stdout, self.stderr), (b"", b"kvpaxos: error: key not found\n"))
+
+    def test_delete(self) -> None:
+        """delete prints OK whether or not the key existed."""
+        self.cluster.data[b"k"] = b"v"
+        self.assertEqual(self.run_cli("delete", "k"), cli.EXIT_OK)
+        self.assertEqual(self.run_cli("--action=delete", "--key=k"), cli.EXIT_OK)
+        self.assertEqual(self.stdout, b"OK\n")
+        self.assertEqual(self.cluster.data, {})
+
+    def test_append(self) -> None:
+        """append prints the new value."""
+        self.cluster.data[b"k"] = b"ab"
+        self.assertEqual(self.run_cli("append", "k", "cd"), cli.EXIT_OK)
+        self.assertEqual(self.stdout, b"abcd\n")
+
+    def test_json_put(self) -> None:
+        """put --json prints one object with the answering member."""
+        self.assertEqual(self.run_cli("--json", "put", "k", "v"), cli.EXIT_OK)
+        self.assertEqual(
+            json.loads(self.stdout),
+            {"key": "k", "existed": False, "endpoint": DEFAULT_ENDPOINT, "member_id": 1, "leader_id": 2},
+        )
+
+    def test_json_get(self) -> None:
+        """get --json prints the value as text when it is UTF-8."""
+        self.cluster.data[b"k"] = "é".encode()
+        self.assertEqual(self.run_cli("--json", "get", "k"), cli.EXIT_OK)
+        self.assertEqual(self.stdout.count(b"\n"), 1)
+        result = json.loads(self.stdout)
+        self.assertEqual((result["found"], result["value"]), (True, "é"))
+
+    def test_json_get_binary(self) -> None:
+        """get --json prints a value that is not UTF-8 in base64."""
+        self.cluster.data[b"k"] = b"\xff"
+        self.run_cli("--json", "get", "k")
+        self.assertEqual(json.loads(self.stdout)["value_base64"], "/w==")
+
+    def test_json_get_missing(self) -> None:
+        """get --json of a missing key prints found=false and exits 1."""
+        self.assertEqual(self.run_cli("get", "--json", "k"), cli.EXIT_FAILED)
+        result = json.loads(self.stdout)
+        self.assertEqual((result["found"], "value" in result), (False, False))
+
+    def test_json_delete_and_append(self) -> None:
+        """delete and append --json report what happened."""
+        self.run_cli("--json", "append", "k", "x")
+        appended = json.loads(self.stdout)
+        self.run_cli("--json", "delete", "k")
+        deleted = json.loads(self.stdout)
+        self.assertEqual((appended["value"], appended["existed"], deleted["deleted"]), ("x", False, True))
+
+    def test_status_table(self) -> None:
+        """status prints a header row and one row per endpoint."""
+        self.assertEqual(self.run_cli("status"), cli.EXIT_OK)
+        lines = self.stdout.decode().splitlines()
+        self.assertEqual(lines[0].split(), ["ENDPOINT", "ID", "ROLE", "LEADER", "VOTERS", "LEARNERS", "CHOSEN", "APPLIED"])
+        self.assertEqual(lines[1].split(), [DEFAULT_ENDPOINT, "1", "follower", "2", "1,2,3", "-", "9", "8"])
+        self.assertEqual(len(lines), 2)
+
+    def test_status_json(self) -> None:
+        """status --json prints one object listing each endpoint's view."""
+        self.assertEqual(self.run_cli("--json", "--endpoints=a:1,b:2", "status"), cli.EXIT_OK)
+        members = json.loads(self.stdout)["members"]
+        self.assertEqual([member["endpoint"] for member in members], ["a:1", "b:2"])
+        self.assertEqual(members[0]["voters"], [1, 2, 3])
+
+    def test_status_endpoint_down(self) -> None:
+        """status reports an endpoint that fails on stderr, the others on stdout, and exits 1."""
+        self.cluster.errors["a:1"] = unavailable("failed to connect to all addresses")
+        self.assertEqual(self.run_cli("--endpoints=a:1,b:2", "status"), cli.EXIT_FAILED)
+        self.assertEqual(self.stdout.decode().splitlines()[1].split()[0], "b:2")
+        self.assertEqual(
+            self.stderr, b"kvpaxos: error: a:1: UNAVAILABLE: failed to connect to all addresses\n"
+        )
+
+
+class EndpointTests(CliTestCase):
+    """Trying endpoints in turn."""
+
+    def test_next_endpoint_on_unavailable(self) -> None:
+        """A request UNAVAILABLE on one endpoint is sent to the next."""
+        self.cluster.errors["a:1"] = unavailable()
+        self.assertEqual(self.run_cli("--endpoints=a:1,b:2", "put", "k", "v"), cli.EXIT_OK)
+        self.assertEqual([r[0] for r in self.cluster.requests], ["a:1", "b:2"])
+        self.assertEqual((self.stdout, self.stderr), (b"OK\n", b""))
+
+    def test_first_answer_wins(self) -> None:
+        """Once an endpoint answers, no other is asked."""
+        self.run_cli("--endpoints=a:1,b:2", "get", "k")
+        self.assertEqual([r[0] for r in self.cluster.requests], ["a:1"])
+
+    def test_all_unavailable(self) -> None:
+        """When every endpoint is UNAVAILABLE, one line names each and the status is 1."""
+        self.cluster.errors["a:1"] = unavailable("x")
+        self.cluster.errors["b:2"] = unavailable("y")
+        self.assertEqual(self.run_cli("--endpoints=a:1,b:2", "get", "k"), cli.EXIT_FAILED)
+        self.assertEqual(
+            self.stderr, b"kvpaxos: error: no endpoint answered: a:1: UNAVAILABLE: x; b:2: UNAVAILABLE: y\n"
+        )
+
+    def test_invalid_argument_not_retried(self) -> None:
+        """INVALID_ARGUMENT from a node fails at once with its message."""
+        self.cluster.errors["a:1"] = FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "bad key")
+        self.assertEqual(self.run_cli("--endpoints=a:1,b:2", "put", "k", "v"), cli.EXIT_FAILED)
+        self.assertEqual(self.stderr, b"kvpaxos: error: a:1: INVALID_ARGUMENT: bad key\n")
+        self.assertEqual(len(self.cluster.requests), 1)
+
+    def test_write_deadline_not_retried(self) -> None:
+        """A write that timed out is not sent again: it may yet be applied."""
+        self.cluster.errors["a:1"] = FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        self.assertEqual(self.run_cli("--endpoints=a:1,b:2", "append", "k", "v"), cli.EXIT_FAILED)
+        self.assertEqual(len(self.cluster.requests), 1)
+
+    def test_read_deadline_retried(self) -> None:
+        """A read that timed out is tried on the next endpoint."""
+        self.cluster.errors["a:1"] = FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+        self.cluster.data[b"k"] = b"v"
+        self.assertEqual(self.run_cli("--endpoints=a:1,b:2", "get", "k"), cli.EXIT_OK)
+        self.assertEqual(self.stdout, b"v\n")
+
+    def test_connections_closed(self) -> None:
+        """Every connection opened is closed, after success and after failure."""
+        self.cluster.errors["a:1"] = unavailable()
+        self.run_cli("--endpoints=a:1,b:2,c:3", "status")
+        self.run_cli("--endpoints=a:1,b:2", "put", "k", "v")
+        self.assertEqual(self.cluster.open, set())
+
+
+class DefaultConnectionTests(SynchronousTestCase):
+    """The real connection factory, without sending anything."""
+
+    def test_grpc_connection(self) -> None:
+        """A GrpcConnection has both stubs and closes its channel."""
+        connection = cli.GrpcConnection("127.0.0.1:1")
+        self.assertTrue(callable(connection.kv.Get) and callable(connection.cluster.Status))
+        connection.close()
