@@ -32,6 +32,8 @@ from kvpaxos.paxos.messages import (
     Promise,
     Snapshot,
     TimeoutNow,
+    PreVote,
+    PreVoteReply,
 )
 
 nodes = st.integers(0, 2**32 - 1)
@@ -71,6 +73,8 @@ messages = st.one_of(
     st.builds(Catchup, nodes, nodes, slots, _tuples(st.tuples(ballots, values)), slots),
     st.builds(InstallSnapshot, nodes, nodes, snapshots),
     st.builds(TimeoutNow, nodes, nodes, ballots),
+    st.builds(PreVote, nodes, nodes, ballots, slots),
+    st.builds(PreVoteReply, nodes, nodes, ballots, st.booleans(), slots),
 )
 
 B = Ballot(7, 2)
@@ -96,6 +100,9 @@ EXAMPLES = [
     InstallSnapshot(1, 3, SNAPSHOT),
     InstallSnapshot(1, 3, Snapshot(0, Config(frozenset({1})))),
     TimeoutNow(1, 2, B),
+    PreVote(1, 2, B, 5),
+    PreVoteReply(2, 1, B, True, 4),
+    PreVoteReply(2, 1, B, False, 0),
 ]
 
 

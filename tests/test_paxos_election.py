@@ -19,6 +19,8 @@ from kvpaxos.paxos import (
     Heartbeat,
     Nack,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
 )
 from tests.paxos_helpers import TEST_OPTIONS, Cluster, lone, take
@@ -30,10 +32,13 @@ B3 = Batch((b"three",))
 
 
 def ticks_to_campaign(replica, limit=100):
-    """Tick C{replica} until it campaigns; return how many ticks that took."""
+    """
+    Tick C{replica} until its election timeout fires (it starts the pre-vote
+    that precedes every campaign); return how many ticks that took.
+    """
     for count in range(1, limit + 1):
         replica.tick()
-        if replica.role.name == "candidate":
+        if replica.role.name in ("pre-candidate", "candidate"):
             return count
     raise AssertionError("never campaigned")
 
@@ -87,19 +92,50 @@ class ElectionTimeoutTests(SynchronousTestCase):
             counts.add(count)
         self.assertGreater(len(counts), 1)
 
-    def test_campaign_sends_prepares_and_raises_promise(self):
+    def test_timeout_starts_pre_vote_without_raising_promise(self):
         """
-        A campaign sends a non-transfer Prepare for every slot after the
-        chosen index to each other voter and raises its own promise (§2.2).
+        An election timeout first asks every other voter for a pre-vote and
+        raises no ballot (raft thesis §9.6): a node cut off from the cluster
+        never raises its promise.
         """
         r = lone(1)
         ticks_to_campaign(r)
         rd = take(r)
         self.assertEqual(
             rd.messages,
+            [PreVote(1, 2, Ballot(1, 1), 1), PreVote(1, 3, Ballot(1, 1), 1)],
+        )
+        self.assertIsNone(rd.hard_state)
+        for _ in range(10 * E):
+            r.tick()
+        self.assertEqual(r.promised, Ballot(0, 0))
+
+    def test_campaign_sends_prepares_and_raises_promise(self):
+        """
+        Once a quorum grants the pre-vote, a campaign sends a non-transfer
+        Prepare for every slot after the chosen index to each other voter and
+        raises its own promise (§2.2).
+        """
+        r = lone(1)
+        ticks_to_campaign(r)
+        take(r)
+        r.step(PreVoteReply(2, 1, Ballot(1, 1), True, 0))
+        rd = take(r)
+        self.assertEqual(
+            rd.messages,
             [Prepare(1, 2, Ballot(1, 1), 1, False), Prepare(1, 3, Ballot(1, 1), 1, False)],
         )
         self.assertEqual(rd.hard_state.promised, Ballot(1, 1))
+
+    def test_pre_vote_denied_while_leader_heard(self):
+        """A follower that hears a live leader denies a pre-vote and changes nothing."""
+        r = lone(1)
+        r.step(Heartbeat(2, 1, Ballot(1, 2), 0, 0))
+        take(r)
+        r.step(PreVote(3, 1, Ballot(5, 3), 1))
+        rd = take(r)
+        self.assertEqual(rd.messages, [PreVoteReply(1, 3, Ballot(5, 3), False, 0)])
+        self.assertIsNone(rd.hard_state)
 
     def test_learner_never_campaigns(self):
         """A replica that is not a voter never starts phase 1."""
@@ -188,10 +224,15 @@ class CandidateTests(SynchronousTestCase):
         self.assertEqual(r.role.name, "candidate")
 
     def test_candidate_retries_with_higher_ballot(self):
-        """A candidate that does not win within its timeout campaigns again in a higher round."""
+        """
+        A candidate that does not win within its timeout asks for a pre-vote
+        again and, granted, campaigns in a higher round.
+        """
         r = candidate()
         for _ in range(2 * E):
             r.tick()
+        self.assertEqual(r.role.name, "pre-candidate")
+        r.step(PreVoteReply(2, 1, r.role.probe, True, 0))
         self.assertEqual(r.role.name, "candidate")
         self.assertGreater(r.role.ballot, Ballot(4, 1))
 

@@ -56,6 +56,8 @@ from kvpaxos.paxos.messages import (
     Promise,
     Snapshot,
     TimeoutNow,
+    PreVote,
+    PreVoteReply,
     Value,
 )
 
@@ -93,6 +95,8 @@ _CATCHUP_REQUEST = Struct("<IIQ")  # src dst first_slot
 _CATCHUP = Struct("<IIQQI")  # src dst first_slot chosen_index count
 _INSTALL_SNAPSHOT = Struct("<II")  # src dst, then a snapshot
 _TIMEOUT_NOW = Struct("<IIQI")  # src dst ballot
+_PRE_VOTE = Struct("<IIQIQ")  # src dst ballot first_slot
+_PRE_VOTE_REPLY = Struct("<IIQIBQ")  # src dst ballot granted chosen_index
 
 _NOOP_TAG = 0
 _BATCH_TAG = 1
@@ -372,6 +376,29 @@ def _dec_timeout_now(data: bytes, offset: int):
     return TimeoutNow(src, dst, Ballot(rnd, node)), offset + _TIMEOUT_NOW.size
 
 
+def _enc_pre_vote(m: PreVote, out: list) -> None:
+    out.append(_PRE_VOTE.pack(m.src, m.dst, *m.ballot, m.first_slot))
+
+
+def _dec_pre_vote(data: bytes, offset: int):
+    src, dst, rnd, node, first_slot = _PRE_VOTE.unpack_from(data, offset)
+    return PreVote(src, dst, Ballot(rnd, node), first_slot), offset + _PRE_VOTE.size
+
+
+def _enc_pre_vote_reply(m: PreVoteReply, out: list) -> None:
+    if type(m.granted) is not bool:
+        raise TypeError("PreVoteReply.granted must be a bool")
+    out.append(_PRE_VOTE_REPLY.pack(m.src, m.dst, *m.ballot, m.granted, m.chosen_index))
+
+
+def _dec_pre_vote_reply(data: bytes, offset: int):
+    src, dst, rnd, node, granted, chosen = _PRE_VOTE_REPLY.unpack_from(data, offset)
+    if granted > 1:
+        raise DecodeError(f"bad boolean {granted}")
+    message = PreVoteReply(src, dst, Ballot(rnd, node), granted == 1, chosen)
+    return message, offset + _PRE_VOTE_REPLY.size
+
+
 # Tags are part of the format: never renumber, only append.
 _CODECS = [
     (1, Prepare, _enc_prepare, _dec_prepare),
@@ -385,6 +412,8 @@ _CODECS = [
     (9, Catchup, _enc_catchup, _dec_catchup),
     (10, InstallSnapshot, _enc_install_snapshot, _dec_install_snapshot),
     (11, TimeoutNow, _enc_timeout_now, _dec_timeout_now),
+    (12, PreVote, _enc_pre_vote, _dec_pre_vote),
+    (13, PreVoteReply, _enc_pre_vote_reply, _dec_pre_vote_reply),
 ]
 _ENCODERS = {kind: (_HEAD.pack(VERSION, tag), enc) for tag, kind, enc, _ in _CODECS}
 _DECODERS = {tag: dec for tag, _, _, dec in _CODECS}

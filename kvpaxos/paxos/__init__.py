@@ -28,6 +28,8 @@ from kvpaxos.paxos.messages import (
     Nack,
     Noop,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     Snapshot,
     TimeoutNow,
@@ -41,7 +43,8 @@ __all__ = [
     "NOOP", "ZERO_BALLOT", "Accept", "Accepted", "Ballot", "Batch", "Catchup",
     "CatchupRequest", "ChangeKind", "Config", "ConfigChange", "ConfigError",
     "Entry", "HardState", "Heartbeat", "HeartbeatAck", "InstallSnapshot",
-    "Message", "Nack", "Noop", "NotLeader", "Options", "Prepare", "Promise",
+    "Message", "Nack", "Noop", "NotLeader", "Options", "Prepare", "PreVote",
+    "PreVoteReply", "Promise",
     "ProposalRejected", "ReadState", "Ready", "Replica", "Snapshot",
     "TimeoutNow", "Value", "value_size",
 ]

@@ -318,6 +318,35 @@ class InstallSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class PreVote:
+    """
+    Would the receiver promise C{ballot} to a candidate whose first unchosen
+    slot is C{first_slot}?  Asked before a real campaign, changing nothing, so
+    that a node cut off from the cluster never raises its ballot and, back,
+    deposes a healthy leader (compare raft's PreVote, thesis §9.6).
+    """
+
+    src: int
+    dst: int
+    ballot: Ballot
+    first_slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class PreVoteReply:
+    """
+    The answer to a L{PreVote}; C{chosen_index} lets a candidate that is
+    behind catch up first.
+    """
+
+    src: int
+    dst: int
+    ballot: Ballot
+    granted: bool
+    chosen_index: int
+
+
+@dataclass(frozen=True, slots=True)
 class TimeoutNow:
     """The leader of C{ballot} hands leadership to the receiver: campaign now."""
 
@@ -338,6 +367,8 @@ Message = Union[
     Catchup,
     InstallSnapshot,
     TimeoutNow,
+    PreVote,
+    PreVoteReply,
 ]
 
 

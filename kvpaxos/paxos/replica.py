@@ -44,6 +44,8 @@ from kvpaxos.paxos.messages import (
     Message,
     Nack,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     Snapshot,
     TimeoutNow,
@@ -168,6 +170,7 @@ class Replica:
 
         self._handlers = {
             Prepare: self._on_prepare,
+            PreVote: self._on_pre_vote,
             Accept: self._on_accept,
             Heartbeat: self._on_heartbeat,
             Nack: self._on_nack,
@@ -254,6 +257,12 @@ class Replica:
         """
         self.role.transfer_leadership(target)
 
+    def pre_campaign(self) -> None:
+        """Ask the voters whether a campaign could win, changing nothing."""
+        from kvpaxos.paxos.roles import PreCandidate
+
+        self.become(PreCandidate(self))
+
     def campaign(self, transfer: bool = False) -> None:
         """Start phase 1 with a ballot above every ballot seen."""
         from kvpaxos.paxos.roles import Candidate
@@ -335,17 +344,30 @@ class Replica:
 
     # --- the acceptor ------------------------------------------------------
 
-    def _sticky(self, prepare: Prepare) -> bool:
+    def _hears_leader_other_than(self, node: int) -> bool:
         # Leader stickiness (compare raft's CheckQuorum lease): while this
         # replica hears from a live leader it ignores other campaigns, so a
         # partitioned node that comes back with a high round cannot depose a
-        # healthy leader.  A transfer campaign was asked for by the leader.
+        # healthy leader.
         return (
-            not prepare.transfer
-            and self.leader is not None
-            and self.leader != prepare.src
+            self.leader is not None
+            and self.leader != node
             and self.election_elapsed < self.options.election_ticks
         )
+
+    def _sticky(self, prepare: Prepare) -> bool:
+        # A transfer campaign was asked for by the leader itself.
+        return not prepare.transfer and self._hears_leader_other_than(prepare.src)
+
+    def _on_pre_vote(self, m: PreVote) -> None:
+        # Grant only what _on_prepare would promise: no live leader heard,
+        # and the candidate lacks nothing this replica knows chosen.  No state
+        # changes; the reply needs nothing persisted.
+        granted = (
+            not self._hears_leader_other_than(m.src)
+            and self.chosen_index < m.first_slot
+        )
+        self.send(PreVoteReply(self.id, m.src, m.ballot, granted, self.chosen_index))
 
     def _on_prepare(self, m: Prepare) -> None:
         if m.ballot < self.promised:
@@ -362,8 +384,7 @@ class Replica:
         if m.ballot > self.promised:
             self.promised = m.ballot
             self.max_round = max(self.max_round, m.ballot.round)
-            if self.role.ballot is not None and self.role.ballot < m.ballot:
-                self.step_down(leader=None)
+            self.role.outranked(m.ballot)
         first = m.first_slot
         accepted = tuple(
             (s, e.ballot, e.value) for s, e in sorted(self.log.items()) if s >= first
@@ -418,7 +439,7 @@ class Replica:
     def _on_nack(self, m: Nack) -> None:
         self.max_round = max(self.max_round, m.promised.round)
         if m.chosen_index > self.chosen_index and not self.is_leader:
-            self._request_catchup(m.src)
+            self.request_catchup(m.src)
         if self.role.ballot is not None and m.ballot == self.role.ballot:
             if m.promised > m.ballot:
                 self.step_down(leader=None)
@@ -430,8 +451,7 @@ class Replica:
             self.leader = ballot.node
         if ballot.node == self.leader:
             self.election_elapsed = 0
-        if self.role.ballot is not None and self.role.ballot < ballot:
-            self.step_down(leader=ballot.node)
+        self.role.leader_heard(ballot)
 
     # --- the learner -------------------------------------------------------
 
@@ -448,7 +468,7 @@ class Replica:
         if not self.config.voters:
             # Joining: the log means nothing without the member set it starts
             # from, which only a snapshot brings.
-            self._request_catchup(src)
+            self.request_catchup(src)
             return
         log = self.log
         while slot < leader_chosen:
@@ -459,7 +479,7 @@ class Replica:
         if slot > self.chosen_index:
             self.set_chosen(slot)
         if slot < leader_chosen:
-            self._request_catchup(src)
+            self.request_catchup(src)
 
     def set_chosen(self, index: int) -> None:
         """Every slot through C{index} is chosen; the log holds their values."""
@@ -490,7 +510,7 @@ class Replica:
             config = later
         return config
 
-    def _request_catchup(self, dst: int) -> None:
+    def request_catchup(self, dst: int) -> None:
         if self.catchup_wait or dst == self.id:
             return
         self.catchup_wait = self.options.catchup_retry_ticks
@@ -541,7 +561,7 @@ class Replica:
         if last > self.chosen_index:
             self.set_chosen(last)
         if self.chosen_index < m.chosen_index:
-            self._request_catchup(m.src)
+            self.request_catchup(m.src)
 
     def _on_install_snapshot(self, m: InstallSnapshot) -> None:
         if self.is_leader:

@@ -28,6 +28,8 @@ from kvpaxos.paxos.messages import (
     Heartbeat,
     HeartbeatAck,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     TimeoutNow,
     value_size,
@@ -62,6 +64,16 @@ class Role:
 
     def config_changed(self) -> None:
         """A member-set change was chosen (or a snapshot installed)."""
+
+    def outranked(self, ballot: Ballot) -> None:
+        """This replica promised C{ballot} to another candidate."""
+        if self.ballot is not None and self.ballot < ballot:
+            self.replica.step_down(leader=None)
+
+    def leader_heard(self, ballot: Ballot) -> None:
+        """The leader of C{ballot} (at least the promised one) is alive."""
+        if self.ballot is not None and self.ballot < ballot:
+            self.replica.step_down(leader=ballot.node)
 
     def chosen_advanced(self, first: int, last: int) -> None:
         """The slots [first, last] became known chosen, by any path."""
@@ -103,7 +115,7 @@ class Follower(Role):
         r.election_elapsed += 1
         if r.election_elapsed >= r.election_timeout:
             if r.id in r.config.voters:
-                r.campaign()
+                r.pre_campaign()
             else:
                 r.election_elapsed = 0
 
@@ -111,6 +123,63 @@ class Follower(Role):
         r = self.replica
         if m.ballot >= r.leader_ballot and r.id in r.config.voters:
             r.campaign(transfer=True)
+
+
+class PreCandidate(Role):
+    """
+    Asks the voters whether a campaign could win (L{PreVote}) before raising
+    any ballot; campaigns for real once a quorum says yes.  A node cut off
+    from the cluster stays here, its promise untouched, so when it comes back
+    it cannot depose a healthy leader (raft thesis §9.6).
+    """
+
+    name = "pre-candidate"
+
+    def __init__(self, replica) -> None:
+        super().__init__(replica)
+        self.probe = Ballot(max(replica.max_round, replica.promised.round) + 1, replica.id)
+        self.first_slot = replica.chosen_index + 1
+        self.grants = {replica.id}
+        self.elapsed = 0
+        self.handlers = {PreVoteReply: self._on_reply}
+
+    def enter(self) -> None:
+        r = self.replica
+        r.leader = None
+        self._new_election_timeout()
+        for node in sorted(r.config.voters - {r.id}):
+            r.send(PreVote(r.id, node, self.probe, self.first_slot))
+        self._check()
+
+    def _on_reply(self, m: PreVoteReply) -> None:
+        r = self.replica
+        if m.ballot != self.probe:
+            return
+        if m.chosen_index >= self.first_slot:
+            r.request_catchup(m.src)
+        if m.granted:
+            self.grants.add(m.src)
+            self._check()
+
+    def _check(self) -> None:
+        r = self.replica
+        if r.config.is_quorum(self.grants):
+            r.campaign()
+
+    def tick(self) -> None:
+        r = self.replica
+        self.elapsed += 1
+        if self.elapsed >= r.election_timeout:
+            if r.id in r.config.voters:
+                r.pre_campaign()
+            else:
+                r.step_down(leader=None)
+
+    def outranked(self, ballot: Ballot) -> None:
+        self.replica.step_down(leader=None)
+
+    def leader_heard(self, ballot: Ballot) -> None:
+        self.replica.step_down(leader=ballot.node)
 
 
 class Candidate(Role):
@@ -153,10 +222,11 @@ class Candidate(Role):
         r = self.replica
         self.elapsed += 1
         if self.elapsed >= r.election_timeout:
-            # Split vote or lost messages: try again higher, after a fresh
-            # random timeout, so that duelling candidates drift apart.
+            # Split vote or lost messages: ask again (pre-vote first, so a
+            # candidate cut off from the cluster stops raising its ballot),
+            # after a fresh random timeout, so duelling candidates drift apart.
             if r.id in r.config.voters:
-                r.campaign(self.transfer)
+                r.pre_campaign()
             else:
                 r.step_down(leader=None)
 
