@@ -258,6 +258,33 @@ class TwistdTests(SynchronousTestCase):
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertIn("--peers", done.stdout)
 
+    def test_plugin_in_wheel(self):
+        """
+        A non-editable install (pip install .) ships the dropin, so twistd
+        lists the plugin from site-packages, outside the checkout.
+        """
+        import os
+
+        target = os.path.abspath(self.mktemp())
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+             "--target", target, ROOT],
+            capture_output=True, text=True, timeout=300,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertTrue(os.path.exists(os.path.join(target, "twisted", "plugins", "kvpaxos_plugin.py")))
+        self.assertFalse(os.path.exists(os.path.join(target, "twisted", "plugins", "__init__.py")))
+        env = dict(os.environ, PYTHONPATH=target)
+        done = subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "--help"],
+            capture_output=True, text=True, timeout=60, env=env, cwd=target,
+        )
+        self.assertIn("kvpaxos", done.stdout)
+        self.assertIn(os.path.join(target, "kvpaxos"), subprocess.run(
+            [sys.executable, "-c", "import kvpaxos; print(kvpaxos.__file__)"],
+            capture_output=True, text=True, timeout=60, env=env, cwd=target,
+        ).stdout)
+
     def test_usage_error(self):
         """A bad flag prints a one-line usage error, not a traceback."""
         done = subprocess.run(

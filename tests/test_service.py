@@ -165,6 +165,42 @@ class SingleNodeTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), b"v")
 
 
+class SnapshotTests(SynchronousTestCase):
+    """The service hands the core the store's state machine for snapshots."""
+
+    def test_snapshot_and_lagging_follower(self):
+        """
+        With a small snapshot interval the log is compacted, and a follower
+        that missed the compacted slots installs the snapshot and serves the data.
+        """
+        reactor = FakeReactor()
+        wire = Wire(reactor)
+        config = Config(frozenset({1, 2, 3}))
+        options = Options(election_ticks=10, heartbeat_ticks=2, snapshot_interval=5)
+        for node_id in (1, 2, 3):
+            store = MemoryStore(config)
+            service = ReplicaService(
+                node_id, store, reactor, options, tick_s=TICK_S, rng=random.Random(node_id),
+                run_commit=lambda *args, store=store: defer.maybeDeferred(store.commit, *args),
+            )
+            service.peers = FakePeers(wire, node_id)
+            service.startService()
+            wire.services[node_id] = service
+        run(reactor, 2)
+        leader = leader_of(wire)
+        lagging = next(i for i in wire.services if i != leader)
+        wire.down = {lagging}
+        for n in range(20):
+            d = wire.services[leader].submit(Request(Op.PUT, b"k%d" % n, b"v"), 5)
+            run(reactor, 0.05)
+            self.successResultOf(d)
+        self.assertGreater(wire.services[leader].store.snapshot().index, 0)
+        wire.down = set()
+        run(reactor, 2)
+        self.assertGreater(wire.services[lagging].store.snapshot().index, 0)
+        self.assertEqual(wire.services[lagging].store.get(b"k3"), b"v")
+
+
 class ClusterTests(SynchronousTestCase):
     """Three services over the fake wire."""
 

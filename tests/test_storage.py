@@ -1,19 +1,37 @@
 """
-The storage contract: one test case, L{StorageContractMixin}, run against
-every provider of L{IReplicaStorage}.
+The storage contracts, run against every provider: L{StorageContractMixin}
+(L{IReplicaStorage}: the acceptor state) and L{NodeStoreContractMixin}
+(L{INodeStore}: acceptor state and key-value data committed together).
+Then what is particular to one provider (LMDB's map and files), the two
+providers agreeing byte for byte, the on-disk record format, and finding
+providers as plugins.
 
 A provider is described by a small class with C{open} (a new, bootstrapped
 store) and C{reopen} (the same store as a restarted node would see it; the
-in-memory provider returns the object itself).  Add a provider by appending
-its class to L{PROVIDERS}; a test case class for it is made below.  No
-provider-specific assertions live here.
+in-memory providers return the object itself, LMDB closes and reopens the
+environment).  Add a provider by appending its class to L{PROVIDERS} (and
+L{NODE_STORE_PROVIDERS}); a test case class for it is made below.  No
+provider-specific assertions live in the contracts.
 """
 
 from __future__ import annotations
 
+import os
+
+import lmdb
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from kvpaxos.kv import machine
+from kvpaxos.kv.commands import (
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+    InvalidArgument,
+    Op,
+    Request,
+    Result,
+    encode_request,
+)
 from kvpaxos.paxos.messages import (
     NOOP,
     ZERO_BALLOT,
@@ -25,8 +43,20 @@ from kvpaxos.paxos.messages import (
     Snapshot,
 )
 from kvpaxos.paxos.state import Entry, HardState
-from kvpaxos.storage.interfaces import IReplicaStorage
-from kvpaxos.storage.memory import MemoryStorage
+from kvpaxos.storage import encoding
+from kvpaxos.storage.interfaces import (
+    INodeStore,
+    IReplicaStorage,
+    IStateMachine,
+    IStoreFactory,
+)
+from kvpaxos.storage.lmdb import LMDBStore
+from kvpaxos.storage.memory import MemoryStorage, MemoryStore
+from kvpaxos.storage.providers import (
+    UnknownStoreError,
+    find_store_factory,
+    store_factories,
+)
 
 CONFIG = Config(frozenset({1, 2, 3}))
 B1 = Ballot(1, 1)
@@ -36,6 +66,10 @@ B2 = Ballot(2, 3)
 def entry(ballot: Ballot, *commands: bytes) -> Entry:
     """Return an entry holding a batch of C{commands} accepted in C{ballot}."""
     return Entry(ballot, Batch(tuple(commands)))
+
+
+#: LMDB's map in tests: small, so that growing it is exercised cheaply.
+TEST_MAP_BYTES = 256 << 10
 
 
 class MemoryProvider:
@@ -50,8 +84,45 @@ class MemoryProvider:
         return storage
 
 
-#: Every provider the contract runs against.
-PROVIDERS = [MemoryProvider]
+class MemoryStoreProvider:
+    """L{MemoryStore}: its "disk" is the object, so reopening returns it."""
+
+    name = "MemoryStore"
+
+    def open(self, testcase, config):
+        return MemoryStore(config)
+
+    def reopen(self, testcase, storage):
+        return storage
+
+
+class LMDBProvider:
+    """
+    L{LMDBStore} in a fresh directory with a small map; reopening closes
+    the environment and opens the directory again (with another member set,
+    which must be ignored).
+    """
+
+    name = "LMDB"
+
+    def open(self, testcase, config):
+        directory = testcase.mktemp()
+        return self._open(testcase, directory, config)
+
+    def reopen(self, testcase, storage):
+        storage.close()
+        return self._open(testcase, storage.directory, Config(frozenset({99})))
+
+    def _open(self, testcase, directory, config):
+        store = LMDBStore(directory, config, map_bytes=TEST_MAP_BYTES)
+        testcase.addCleanup(store.close)
+        return store
+
+
+#: Every provider the IReplicaStorage contract runs against.
+PROVIDERS = [MemoryProvider, MemoryStoreProvider, LMDBProvider]
+#: Every provider the INodeStore contract runs against.
+NODE_STORE_PROVIDERS = [MemoryStoreProvider, LMDBProvider]
 
 
 class StorageContractMixin:
@@ -210,3 +281,494 @@ for _provider in PROVIDERS:
         {"provider": _provider, "__module__": __name__},
     )
 del _provider, _name
+
+
+# --- INodeStore -------------------------------------------------------------
+
+
+def put(key: bytes, value: bytes) -> bytes:
+    """Return the log bytes of a put."""
+    return encode_request(Request(Op.PUT, key, value))
+
+
+def append(key: bytes, value: bytes) -> bytes:
+    """Return the log bytes of an append."""
+    return encode_request(Request(Op.APPEND, key, value))
+
+
+def delete(key: bytes) -> bytes:
+    """Return the log bytes of a delete."""
+    return encode_request(Request(Op.DELETE, key))
+
+
+def batch(*commands: bytes) -> Batch:
+    """Return a slot value holding C{commands}."""
+    return Batch(tuple(commands))
+
+
+class NodeStoreContractMixin:
+    """
+    The behaviour every L{INodeStore} provider must have.  Mixed into a
+    L{SynchronousTestCase} with C{provider} set to a provider class.
+    """
+
+    provider: type
+
+    def setUp(self):
+        self.provider = type(self).provider()
+        self.store = self.provider.open(self, CONFIG)
+
+    def reopened(self):
+        """Return the store as a restarted node would read it."""
+        self.store = self.provider.reopen(self, self.store)
+        return self.store
+
+    def state(self, store=None):
+        """Return everything a store holds, for comparing before and after."""
+        store = store or self.store
+        return (
+            store.hard_state(),
+            store.snapshot(),
+            store.entries(0),
+            store.applied_index(),
+            store.snapshot_data(),
+        )
+
+    def apply_slots(self, *values, first=1):
+        """Commit C{values} as the chosen slots C{first}, C{first + 1}, ..."""
+        committed = list(enumerate(values, first))
+        return self.store.commit(None, [], None, False, committed)
+
+    def test_provides_interface(self):
+        """The provider fully implements INodeStore, and its state_machine IStateMachine."""
+        self.assertTrue(verifyObject(INodeStore, self.store))
+        self.assertTrue(verifyObject(IStateMachine, self.store.state_machine))
+
+    def test_fresh_store(self):
+        """A fresh store has applied nothing and holds no data."""
+        self.assertEqual(self.store.applied_index(), 0)
+        self.assertIsNone(self.store.get(b"a"))
+        self.assertEqual(self.store.snapshot_data(), b"")
+
+    def test_commit_persists_acceptor_state(self):
+        """commit stores hard state, entries and snapshot as save does."""
+        values = [(2, entry(B1, put(b"a", b"1"))), (3, Entry(B1, NOOP))]
+        snapshot = Snapshot(1, CONFIG, b"")
+        self.store.commit(HardState(B1, 2), values, snapshot, False, [])
+        store = self.reopened()
+        self.assertEqual(store.hard_state(), HardState(B1, 2))
+        self.assertEqual(store.snapshot(), snapshot)
+        self.assertEqual(store.entries(0), values)
+
+    def test_commit_applies_in_order(self):
+        """Committed batches apply in slot order and their results come back in that order."""
+        results = self.apply_slots(
+            batch(put(b"a", b"1"), append(b"a", b"2")),
+            batch(delete(b"a"), put(b"b", b"x"), append(b"c", b"y")),
+        )
+        self.assertEqual(
+            results,
+            [
+                (Request(Op.PUT, b"a", b"1"), Result(False)),
+                (Request(Op.APPEND, b"a", b"2"), Result(True, b"12")),
+                (Request(Op.DELETE, b"a"), Result(True)),
+                (Request(Op.PUT, b"b", b"x"), Result(False)),
+                (Request(Op.APPEND, b"c", b"y"), Result(False, b"y")),
+            ],
+        )
+        self.assertIsNone(self.store.get(b"a"))
+        self.assertEqual(self.store.get(b"b"), b"x")
+        self.assertEqual(self.store.applied_index(), 2)
+
+    def test_commits_build_on_each_other(self):
+        """A later commit sees the data an earlier one applied."""
+        self.apply_slots(batch(put(b"k", b"one")))
+        results = self.apply_slots(batch(append(b"k", b"+two")), first=2)
+        self.assertEqual(results, [(Request(Op.APPEND, b"k", b"+two"), Result(True, b"one+two"))])
+
+    def test_noop_and_config_change_advance_applied(self):
+        """No-ops and config changes apply nothing to the data but count as applied."""
+        results = self.apply_slots(NOOP, NOOP, ConfigChange(ChangeKind.REMOVE, 3))
+        self.assertEqual(results, [])
+        self.assertEqual(self.store.applied_index(), 3)
+        self.assertEqual(self.store.snapshot_data(), b"")
+
+    def test_corrupt_command_skipped(self):
+        """A command that does not decode is skipped and the rest of its batch applies."""
+        results = self.apply_slots(batch(b"not a command", put(b"a", b"1")))
+        self.assertEqual(results, [(Request(Op.PUT, b"a", b"1"), Result(False))])
+        self.assertEqual(self.store.applied_index(), 1)
+
+    def test_applied_survives_reopen(self):
+        """The applied index and the data it covers are read back after a restart."""
+        self.store.commit(
+            HardState(B1, 2),
+            [(1, entry(B1, put(b"a", b"1"))), (2, entry(B1, put(b"b", b"2")))],
+            None,
+            False,
+            [(1, batch(put(b"a", b"1"))), (2, batch(put(b"b", b"2")))],
+        )
+        store = self.reopened()
+        self.assertEqual(store.applied_index(), 2)
+        self.assertEqual((store.get(b"a"), store.get(b"b")), (b"1", b"2"))
+        self.assertEqual(store.hard_state(), HardState(B1, 2))
+
+    def test_failed_commit_changes_nothing(self):
+        """A commit whose apply fails midway leaves acceptor state, data and applied index as they were."""
+        self.store.commit(
+            HardState(B1, 1), [(1, entry(B1, b"1"))], None, False, [(1, batch(put(b"a", b"1")))]
+        )
+        before = self.state()
+        original = machine.apply
+
+        def apply(txn, request):
+            if request.key == b"boom":
+                raise RuntimeError("disk on fire")
+            return original(txn, request)
+
+        self.patch(machine, "apply", apply)
+        self.assertRaises(
+            RuntimeError,
+            self.store.commit,
+            HardState(B2, 3),
+            [(2, entry(B2, b"2")), (3, entry(B2, b"3"))],
+            Snapshot(1, CONFIG, b""),
+            False,
+            [(2, batch(put(b"a", b"2"), delete(b"a"), put(b"c", b"1"))), (3, batch(put(b"boom", b"")))],
+        )
+        self.assertEqual(self.state(), before)
+        self.assertEqual(self.store.get(b"a"), b"1")
+        self.assertIsNone(self.store.get(b"c"))
+        self.assertEqual(self.state(self.reopened()), before)
+
+    def test_out_of_order_slot_refused(self):
+        """Applying a slot that does not follow the applied index is an AssertionError that changes nothing."""
+        self.apply_slots(batch(put(b"a", b"1")))
+        before = self.state()
+        self.assertRaises(AssertionError, self.apply_slots, batch(put(b"a", b"2")), first=3)
+        self.assertRaises(AssertionError, self.apply_slots, batch(put(b"a", b"2")), first=1)
+        self.assertEqual(self.state(), before)
+
+    def test_install_replaces_data(self):
+        """Installing a snapshot replaces all data and sets the applied index to the snapshot's."""
+        self.apply_slots(batch(put(b"a", b"1"), put(b"b", b"2")))
+        snapshot = Snapshot(5, Config(frozenset({1, 2})), machine.encode_snapshot([(b"c", b"3")]))
+        results = self.store.commit(
+            None, [], snapshot, True, [(6, batch(put(b"d", b"4")))]
+        )
+        self.assertEqual(results, [(Request(Op.PUT, b"d", b"4"), Result(False))])
+        store = self.reopened()
+        self.assertEqual(
+            [store.get(k) for k in (b"a", b"b", b"c", b"d")], [None, None, b"3", b"4"]
+        )
+        self.assertEqual(store.applied_index(), 6)
+        self.assertEqual(store.snapshot(), snapshot)
+
+    def test_install_at_saved_index(self):
+        """A snapshot at the saved snapshot's index (a joining node's bootstrap) installs."""
+        snapshot = Snapshot(0, Config(frozenset({7})), machine.encode_snapshot([(b"k", b"v")]))
+        self.store.commit(None, [], snapshot, True, [])
+        self.assertEqual(self.store.get(b"k"), b"v")
+        self.assertEqual(self.store.snapshot(), snapshot)
+        self.assertEqual(self.store.applied_index(), 0)
+
+    def test_install_needs_snapshot(self):
+        """install without a snapshot is caller misuse: ValueError, nothing changed."""
+        before = self.state()
+        self.assertRaises(ValueError, self.store.commit, None, [], None, True, [])
+        self.assertEqual(self.state(), before)
+
+    def test_install_below_saved_snapshot_refused(self):
+        """Installing a snapshot older than the saved one is a ValueError that changes nothing."""
+        self.apply_slots(*[batch(put(b"a", b"%d" % i)) for i in range(1, 6)])
+        self.store.save(HardState(B1, 5), [], Snapshot(5, CONFIG, self.store.snapshot_data()))
+        before = self.state()
+        old = Snapshot(3, CONFIG, machine.encode_snapshot([(b"z", b"z")]))
+        self.assertRaises(ValueError, self.store.commit, None, [], old, True, [])
+        self.assertEqual(self.state(), before)
+
+    def test_install_truncated_snapshot_refused(self):
+        """A snapshot whose data is truncated raises ValueError and changes nothing."""
+        self.apply_slots(batch(put(b"a", b"1")))
+        before = self.state()
+        data = machine.encode_snapshot([(b"b", b"2"), (b"c", b"3")])[:-1]
+        self.assertRaises(ValueError, self.store.commit, None, [], Snapshot(4, CONFIG, data), True, [])
+        self.assertEqual(self.state(), before)
+
+    def test_snapshot_data_installs_on_another_store(self):
+        """snapshot_data() installed on another store gives it the same data."""
+        self.apply_slots(
+            batch(put(b"b", b"2"), put(b"a", b"1"), put(b"c", b"")),
+            batch(append(b"b", b"2"), delete(b"c")),
+        )
+        data = self.store.snapshot_data()
+        other = self.provider.open(self, Config(frozenset()))
+        other.commit(None, [], Snapshot(2, CONFIG, data), True, [])
+        self.assertEqual(other.snapshot_data(), data)
+        self.assertEqual((other.get(b"a"), other.get(b"b"), other.get(b"c")), (b"1", b"22", None))
+        self.assertEqual(other.applied_index(), 2)
+
+    def test_snapshot_data_in_key_order(self):
+        """snapshot_data() lists every item once, in byte order of the keys."""
+        keys = [b"b", b"a\xff", b"a", b"\x00", b"ab"]
+        self.apply_slots(batch(*[put(k, k.upper()) for k in keys]))
+        self.assertEqual(
+            list(machine.decode_snapshot(self.store.snapshot_data())),
+            [(k, k.upper()) for k in sorted(keys)],
+        )
+
+    def test_state_machine_view(self):
+        """The state_machine's snapshot() is the store's snapshot_data()."""
+        self.apply_slots(batch(put(b"a", b"1")))
+        self.assertEqual(self.store.state_machine.snapshot(), self.store.snapshot_data())
+
+    def test_store_grows(self):
+        """Committing far more than LMDB's initial test map succeeds and all of it reads back."""
+        value = b"v" * (60 << 10)
+        for slot in range(1, 41):
+            self.store.commit(
+                HardState(B1, slot),
+                [(slot, entry(B1, put(b"k%d" % slot, value)))],
+                None,
+                False,
+                [(slot, batch(put(b"k%d" % slot, value)))],
+            )
+        store = self.reopened()
+        self.assertEqual(store.applied_index(), 40)
+        self.assertEqual(len(store.entries(0)), 40)
+        self.assertEqual({store.get(b"k%d" % s) for s in range(1, 41)}, {value})
+
+    def test_largest_key_and_value(self):
+        """A 511-byte key with a 1 MiB value is logged, applied and read back."""
+        key = b"k" * MAX_KEY_BYTES
+        value = bytes(range(256)) * (MAX_VALUE_BYTES // 256)
+        command = put(key, value)
+        self.store.commit(HardState(B1, 1), [(1, entry(B1, command))], None, False, [(1, batch(command))])
+        store = self.reopened()
+        self.assertEqual(store.get(key), value)
+        self.assertEqual(store.entries(1), [(1, entry(B1, command))])
+
+    def test_get_rejects_bad_keys(self):
+        """get of an empty key or one over 511 bytes is the client's fault: InvalidArgument."""
+        self.assertRaises(InvalidArgument, self.store.get, b"")
+        self.assertRaises(InvalidArgument, self.store.get, b"k" * (MAX_KEY_BYTES + 1))
+
+    def test_save_applies_nothing(self):
+        """save stores acceptor state and leaves the data and applied index alone."""
+        self.apply_slots(batch(put(b"a", b"1")))
+        self.store.save(HardState(B1, 2), [(2, entry(B1, put(b"a", b"2")))], None)
+        self.assertEqual(self.store.get(b"a"), b"1")
+        self.assertEqual(self.store.applied_index(), 1)
+
+
+for _provider in NODE_STORE_PROVIDERS:
+    _name = f"{_provider.name}NodeStoreContractTests"
+    globals()[_name] = type(
+        _name,
+        (NodeStoreContractMixin, SynchronousTestCase),
+        {"provider": _provider, "__module__": __name__},
+    )
+del _provider, _name
+
+
+# --- provider specifics ----------------------------------------------------
+
+
+class LMDBStoreTests(SynchronousTestCase):
+    """What is particular to L{LMDBStore}: its environment, map and files."""
+
+    def open(self, directory=None, config=CONFIG, map_bytes=TEST_MAP_BYTES):
+        """Return an LMDBStore in C{directory} (a new one by default), closed on cleanup."""
+        store = LMDBStore(directory or self.mktemp(), config, map_bytes=map_bytes)
+        self.addCleanup(store.close)
+        return store
+
+    def test_durable_environment(self):
+        """The environment fsyncs data and metadata on commit and writes through no writable map."""
+        flags = self.open()._env.flags()
+        self.assertEqual(
+            {k: flags[k] for k in ("sync", "metasync", "writemap", "map_async")},
+            {"sync": True, "metasync": True, "writemap": False, "map_async": False},
+        )
+
+    def test_map_grows(self):
+        """A commit larger than the map grows it instead of failing."""
+        store = self.open()
+        before = store._env.info()["map_size"]
+        command = put(b"big", b"x" * (2 * TEST_MAP_BYTES))
+        store.commit(None, [], None, False, [(1, batch(command))])
+        self.assertGreater(store.map_growths, 0)
+        self.assertGreater(store._env.info()["map_size"], before)
+        self.assertEqual(store.get(b"big"), b"x" * (2 * TEST_MAP_BYTES))
+
+    def test_bootstrap_persisted_at_open(self):
+        """A new store's bootstrap snapshot is on disk before any commit."""
+        store = self.open(config=Config(frozenset({4, 5}), frozenset({6})))
+        directory = store.directory
+        store.close()
+        reopened = self.open(directory, config=CONFIG)
+        self.assertEqual(reopened.snapshot(), Snapshot(0, Config(frozenset({4, 5}), frozenset({6}))))
+
+    def test_no_config_bootstraps_empty_member_set(self):
+        """A store opened without a config bootstraps an empty member set (a joining node)."""
+        self.assertEqual(self.open(config=None).snapshot(), Snapshot(0, Config(frozenset())))
+
+    def test_foreign_environment_refused(self):
+        """A directory holding another format's LMDB environment is refused with CorruptRecord."""
+        directory = self.mktemp()
+        env = lmdb.open(directory, max_dbs=4)
+        meta = env.open_db(b"meta")
+        with env.begin(write=True) as txn:
+            txn.put(b"format", b"something-else", db=meta)
+        env.close()
+        self.assertRaises(encoding.CorruptRecord, LMDBStore, directory, CONFIG)
+
+    def test_log_keys_sort_as_slots(self):
+        """Log keys are 8-byte big-endian, so slots past 255 and 65535 still come back in order."""
+        store = self.open()
+        slots = [70000, 1, 256, 255, 65536]
+        store.save(None, [(s, entry(B1, b"%d" % s)) for s in slots], None)
+        self.assertEqual([s for s, _ in store.entries(0)], sorted(slots))
+        self.assertEqual([s for s, _ in store.entries(256)], [256, 65536, 70000])
+
+
+class ProvidersAgreeTests(SynchronousTestCase):
+    """The LMDB and in-memory stores hold the same data after the same commits."""
+
+    def setUp(self):
+        self.lmdb = LMDBStore(self.mktemp(), CONFIG, map_bytes=TEST_MAP_BYTES)
+        self.addCleanup(self.lmdb.close)
+        self.memory = MemoryStore(CONFIG)
+
+    def test_same_results_and_snapshot(self):
+        """The same committed slots give the same results and byte-identical snapshot data."""
+        committed = [
+            (1, batch(put(b"b", b"1"), append(b"a", b"x"), b"junk")),
+            (2, NOOP),
+            (3, batch(delete(b"b"), put(b"c", b"2"), append(b"a", b"y"))),
+        ]
+        results = [s.commit(None, [], None, False, committed) for s in (self.lmdb, self.memory)]
+        self.assertEqual(results[0], results[1])
+        self.assertEqual(self.lmdb.snapshot_data(), self.memory.snapshot_data())
+
+    def test_snapshot_crosses_providers(self):
+        """Data snapshotted from an LMDB store installs into a memory store, and back."""
+        self.lmdb.commit(None, [], None, False, [(1, batch(put(b"k", b"v"), put(b"j", b"w")))])
+        data = self.lmdb.snapshot_data()
+        self.memory.commit(None, [], Snapshot(1, CONFIG, data), True, [])
+        self.assertEqual(self.memory.snapshot_data(), data)
+        self.memory.commit(None, [], None, False, [(2, batch(delete(b"j")))])
+        self.lmdb.commit(None, [], Snapshot(2, CONFIG, self.memory.snapshot_data()), True, [])
+        self.assertEqual(list(machine.decode_snapshot(self.lmdb.snapshot_data())), [(b"k", b"v")])
+
+
+# --- the on-disk record format -----------------------------------------------
+
+
+class EncodingTests(SynchronousTestCase):
+    """Records round-trip, and anything else is refused with CorruptRecord."""
+
+    def test_round_trip(self):
+        """Hard state, entries of every value kind and snapshot metadata decode to what was encoded."""
+        hard = HardState(Ballot(2**63, 7), 2**40)
+        self.assertEqual(encoding.decode_hard_state(encoding.encode_hard_state(hard)), hard)
+        for value in (NOOP, batch(), batch(b"", b"x" * 70000), ConfigChange(ChangeKind.PROMOTE, 9)):
+            e = Entry(B2, value)
+            self.assertEqual(encoding.decode_entry(encoding.encode_entry(e)), e)
+        snapshot = Snapshot(12, Config(frozenset({3, 1}), frozenset({5})), b"data")
+        self.assertEqual(
+            encoding.decode_snapshot_meta(encoding.encode_snapshot_meta(snapshot), b"data"), snapshot
+        )
+
+    def test_every_change_kind(self):
+        """Every kind of config change has a code and round-trips."""
+        for kind in ChangeKind:
+            e = Entry(B1, ConfigChange(kind, 4))
+            self.assertEqual(encoding.decode_entry(encoding.encode_entry(e)), e)
+
+    def test_unknown_version_refused(self):
+        """A record with another format version is refused."""
+        data = bytearray(encoding.encode_entry(entry(B1, b"x")))
+        data[0] = 2
+        self.assertRaises(encoding.CorruptRecord, encoding.decode_entry, bytes(data))
+
+    def test_every_truncation_refused(self):
+        """Every proper prefix of a record is refused, never misread."""
+        records = [
+            (encoding.decode_hard_state, encoding.encode_hard_state(HardState(B1, 3))),
+            (encoding.decode_entry, encoding.encode_entry(entry(B1, b"ab", b"cd"))),
+            (encoding.decode_entry, encoding.encode_entry(Entry(B1, ConfigChange(ChangeKind.REMOVE, 2)))),
+            (encoding.decode_snapshot_meta, encoding.encode_snapshot_meta(Snapshot(1, CONFIG))),
+        ]
+        for decode, data in records:
+            for end in range(len(data)):
+                self.assertRaises(encoding.CorruptRecord, decode, data[:end])
+
+    def test_trailing_bytes_refused(self):
+        """A record followed by extra bytes is refused."""
+        data = encoding.encode_entry(Entry(B1, NOOP)) + b"\x00"
+        self.assertRaises(encoding.CorruptRecord, encoding.decode_entry, data)
+
+    def test_unknown_tags_refused(self):
+        """An unknown value tag or config change kind is refused."""
+        head = encoding.encode_entry(Entry(B1, NOOP))[:-1]
+        self.assertRaises(encoding.CorruptRecord, encoding.decode_entry, head + b"\x09")
+        self.assertRaises(
+            encoding.CorruptRecord, encoding.decode_entry, head + b"\x02\x07" + b"\x00" * 8
+        )
+
+    def test_huge_count_refused_cheaply(self):
+        """A batch claiming more commands than its bytes can hold is refused before allocating them."""
+        head = encoding.encode_entry(Entry(B1, NOOP))[:-1]
+        self.assertRaises(
+            encoding.CorruptRecord, encoding.decode_entry, head + b"\x01\xff\xff\xff\xff"
+        )
+
+    def test_slot_keys(self):
+        """Slot keys are 8 bytes, big-endian, and decode back; other lengths are refused."""
+        self.assertEqual(encoding.encode_slot(258), b"\x00" * 6 + b"\x01\x02")
+        self.assertEqual(encoding.decode_slot(encoding.encode_slot(2**64 - 1)), 2**64 - 1)
+        self.assertRaises(encoding.CorruptRecord, encoding.decode_slot, b"\x01")
+
+    def test_not_a_value(self):
+        """Encoding something that is not a slot value is a TypeError."""
+        self.assertRaises(TypeError, encoding.encode_value, b"raw")
+
+
+# --- plugins -----------------------------------------------------------------
+
+
+class StoreFactoryTests(SynchronousTestCase):
+    """Storage providers are found by name among the kvpaxos.plugins plugins."""
+
+    def test_both_found(self):
+        """Plugin discovery finds the lmdb and memory factories, each a full IStoreFactory."""
+        factories = store_factories()
+        self.assertTrue({"lmdb", "memory"} <= set(factories))
+        for name, factory in factories.items():
+            self.assertTrue(verifyObject(IStoreFactory, factory))
+            self.assertEqual(factory.name, name)
+            self.assertIsInstance(factory.description, str)
+
+    def test_lmdb_opens_store(self):
+        """The lmdb factory opens an LMDBStore in the directory, bootstrapped with the config."""
+        store = find_store_factory("lmdb").open(self.mktemp(), CONFIG)
+        self.addCleanup(store.close)
+        self.assertIsInstance(store, LMDBStore)
+        self.assertTrue(verifyObject(INodeStore, store))
+        self.assertEqual(store.snapshot(), Snapshot(0, CONFIG))
+
+    def test_memory_ignores_directory(self):
+        """The memory factory opens a MemoryStore and creates nothing in the directory."""
+        directory = self.mktemp()
+        store = find_store_factory("memory").open(directory, CONFIG)
+        self.assertIsInstance(store, MemoryStore)
+        self.assertTrue(verifyObject(INodeStore, store))
+        self.assertEqual(store.snapshot(), Snapshot(0, CONFIG))
+        self.assertFalse(os.path.exists(directory))
+
+    def test_unknown_name(self):
+        """An unknown name raises UnknownStoreError naming the providers there are."""
+        error = self.assertRaises(UnknownStoreError, find_store_factory, "floppy")
+        self.assertIn("floppy", str(error))
+        self.assertIn("lmdb, memory", str(error))

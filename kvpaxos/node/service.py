@@ -120,7 +120,7 @@ class ReplicaService(Service):
             self.store,
             self.rng,
             self.options,
-            state_machine=self.store,
+            state_machine=self.store.state_machine,
             applied=self.store.applied_index(),
         )
         super().startService()

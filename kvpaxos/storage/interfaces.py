@@ -69,7 +69,7 @@ class IStateMachine(Interface):
         """
 
 
-class INodeStore(IReplicaStorage, IStateMachine):
+class INodeStore(IReplicaStorage):
     """
     Everything a node keeps on disk: the acceptor state of
     L{IReplicaStorage} and the key-value data the log applies to, written
@@ -79,9 +79,19 @@ class INodeStore(IReplicaStorage, IStateMachine):
 
     Threading: L{commit} runs on the node's one writer thread;
     L{get}, L{applied_index} and the L{IReplicaStorage} reads may run on any
-    thread.  L{IStateMachine.snapshot} returns the data as of the last
-    L{commit}, encoded with L{kvpaxos.kv.machine.encode_snapshot}.
+    thread.
     """
+
+    state_machine = Attribute(
+        "An IStateMachine over this store's data: what the core asks for"
+        " snapshots (IReplicaStorage.snapshot already means the saved Snapshot)."
+    )
+
+    def snapshot_data():
+        """
+        Return the key-value data as of the last L{commit}, encoded with
+        L{kvpaxos.kv.machine.encode_snapshot}.
+        """
 
     def commit(hard_state, entries, snapshot, install, committed):
         """

@@ -1,0 +1,372 @@
+"""
+The LMDB storage provider: L{LMDBStore}, an L{INodeStore} kept in one LMDB
+environment in a directory.  The default provider of a node.
+
+Layout (named sub-databases of the one environment):
+
+  - C{meta}: C{hard_state}, C{snapshot} (the latest snapshot's index and
+    member set), C{applied} (8-byte big-endian slot), C{format};
+  - C{log}: slot (8-byte big-endian, so keys sort as slots do) → entry;
+  - C{kv}: client key → value, unprefixed (client keys are up to 511 bytes,
+    LMDB's key limit);
+  - C{snapshot}: C{data} → the latest snapshot's data.
+
+Records are encoded by L{kvpaxos.storage.encoding}.
+
+Durability: the environment is opened with C{sync=True} and
+C{metasync=True}, C{writemap} and C{map_async} off, so a committed write
+transaction has been fsynced.  Everything one L{LMDBStore.commit} does is one
+write transaction: the acceptor state, the data it applies and the applied
+index move together or not at all.
+
+Threads: L{LMDBStore.commit} runs on one writer thread (an LMDB write
+transaction begins and ends on one thread; only one is open at a time).
+Reads use read transactions and may run on any thread.  Growing the map
+invalidates open transactions, so reads and growth are kept apart by
+L{_ReadGate}.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from typing import Optional
+
+import lmdb
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from kvpaxos.kv import machine
+from kvpaxos.kv.commands import MAX_KEY_BYTES, InvalidArgument
+from kvpaxos.paxos.messages import Batch, Config, Snapshot
+from kvpaxos.paxos.state import HardState
+from kvpaxos.storage import encoding
+from kvpaxos.storage.interfaces import INodeStore
+from kvpaxos.storage.providers import StateMachineView
+
+#: The map a new environment starts with; it doubles whenever it is full.
+INITIAL_MAP_BYTES = 64 << 20
+
+#: The layout version of the environment (the records carry their own).
+STORE_FORMAT = b"kvpaxos-lmdb-1"
+
+_HARD_STATE = b"hard_state"
+_SNAPSHOT = b"snapshot"
+_APPLIED = b"applied"
+_FORMAT = b"format"
+_SNAPSHOT_DATA = b"data"
+
+_log = Logger()
+
+
+class _ReadGate:
+    """
+    Keeps read transactions apart from map growth and from aborting a write
+    transaction.  C{set_mapsize} invalidates every open transaction of the
+    environment, so it must wait until no read is open; and lmdb 3.0 was
+    seen to starve a write transaction's abort forever while readers on
+    other threads never paused.  The exclusive side goes first once it asks.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._readers = 0
+        self._shut = False
+
+    @contextmanager
+    def reading(self):
+        """Hold the gate open for one read."""
+        with self._condition:
+            while self._shut:
+                self._condition.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._readers -= 1
+                if not self._readers:
+                    self._condition.notify_all()
+
+    @contextmanager
+    def exclusive(self):
+        """Hold the gate shut (no read open) for an abort or a map resize."""
+        with self._condition:
+            self._shut = True
+            while self._readers:
+                self._condition.wait()
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._shut = False
+                self._condition.notify_all()
+
+
+class _KVView:
+    """The C{get}/C{put}/C{delete} transaction that L{machine.apply} expects."""
+
+    __slots__ = ("_txn", "_db")
+
+    def __init__(self, txn, db) -> None:
+        self._txn = txn
+        self._db = db
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        return self._txn.get(key, db=self._db)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value, db=self._db)
+
+    def delete(self, key: bytes) -> bool:
+        return self._txn.delete(key, db=self._db)
+
+
+def _check_key(key: bytes) -> None:
+    if not isinstance(key, bytes) or not 0 < len(key) <= MAX_KEY_BYTES:
+        raise InvalidArgument(f"key must be 1 to {MAX_KEY_BYTES} bytes")
+
+
+@implementer(INodeStore)
+class LMDBStore:
+    """
+    A node's acceptor state and key-value data in one LMDB environment.
+
+    @param directory: where the environment lives (created if missing).
+    @param config: the member set a new store is bootstrapped with (the
+        snapshot at index 0; C{None} means an empty one, for a node that
+        joins an existing cluster).  Ignored when C{directory} already holds
+        a store: everything is read back from it.
+    @param map_bytes: the map size to start with; the map grows (doubling)
+        whenever a commit needs more, so this only tunes how soon.
+
+    @raise encoding.CorruptRecord: C{directory} holds something that is not
+        a store of this format.
+    """
+
+    name = "lmdb"
+
+    def __init__(
+        self,
+        directory: str,
+        config: Optional[Config] = None,
+        map_bytes: int = INITIAL_MAP_BYTES,
+    ) -> None:
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+        self._env = lmdb.open(
+            directory,
+            map_size=map_bytes,
+            subdir=True,
+            max_dbs=4,
+            sync=True,
+            metasync=True,
+            writemap=False,
+            map_async=False,
+        )
+        self._gate = _ReadGate()
+        #: How many times the map grew (for tests and benchmarks).
+        self.map_growths = 0
+        #: The L{IStateMachine} face of this store; see L{StateMachineView}.
+        self.state_machine = StateMachineView(self)
+        try:
+            self._meta = self._env.open_db(b"meta")
+            self._log = self._env.open_db(b"log")
+            self._kv = self._env.open_db(b"kv")
+            self._snapshot = self._env.open_db(b"snapshot")
+            self._bootstrap(config or Config(frozenset()))
+        except BaseException:
+            self._env.close()
+            raise
+
+    def _bootstrap(self, config: Config) -> None:
+        """Write the bootstrap state unless the environment already has a store."""
+        with self._env.begin(write=True) as txn:
+            found = txn.get(_FORMAT, db=self._meta)
+            if found is not None:
+                if found != STORE_FORMAT:
+                    raise encoding.CorruptRecord(
+                        f"{self.directory} holds store format {found!r}, "
+                        f"not {STORE_FORMAT!r}"
+                    )
+                return
+            meta = self._meta
+            txn.put(_FORMAT, STORE_FORMAT, db=meta)
+            txn.put(_HARD_STATE, encoding.encode_hard_state(HardState()), db=meta)
+            txn.put(_SNAPSHOT, encoding.encode_snapshot_meta(Snapshot(0, config)), db=meta)
+            txn.put(_SNAPSHOT_DATA, b"", db=self._snapshot)
+            txn.put(_APPLIED, encoding.encode_slot(0), db=meta)
+
+    # --- reads (any thread) ---------------------------------------------------
+
+    @contextmanager
+    def _reading(self):
+        with self._gate.reading():
+            with self._env.begin() as txn:
+                yield txn
+
+    def hard_state(self) -> HardState:
+        """Return the last committed L{HardState}."""
+        with self._reading() as txn:
+            return encoding.decode_hard_state(txn.get(_HARD_STATE, db=self._meta))
+
+    def snapshot(self) -> Snapshot:
+        """
+        Return the latest saved L{Snapshot} (L{IReplicaStorage}); for the
+        current data as snapshot bytes see L{snapshot_data}.
+        """
+        with self._reading() as txn:
+            return encoding.decode_snapshot_meta(
+                txn.get(_SNAPSHOT, db=self._meta),
+                txn.get(_SNAPSHOT_DATA, db=self._snapshot),
+            )
+
+    def entries(self, first_slot: int) -> list:
+        """Return the saved C{(slot, Entry)} at slots >= C{first_slot}, in order."""
+        with self._reading() as txn:
+            floor = encoding.decode_snapshot_meta(txn.get(_SNAPSHOT, db=self._meta)).index
+            first = max(first_slot, floor + 1)
+            cursor = txn.cursor(db=self._log)
+            if not cursor.set_range(encoding.encode_slot(first)):
+                return []
+            return [
+                (encoding.decode_slot(key), encoding.decode_entry(value))
+                for key, value in cursor.iternext()
+            ]
+
+    def applied_index(self) -> int:
+        """Return the slot through which the data has applied."""
+        with self._reading() as txn:
+            return encoding.decode_slot(txn.get(_APPLIED, db=self._meta))
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        """
+        Return the value under C{key}, or C{None}.
+
+        @raise InvalidArgument: C{key} is empty or over 511 bytes.
+        """
+        _check_key(key)
+        with self._reading() as txn:
+            return txn.get(key, db=self._kv)
+
+    def snapshot_data(self) -> bytes:
+        """
+        Return the data as of the last commit, encoded with
+        L{machine.encode_snapshot} (keys in byte order).  This is the
+        L{IStateMachine} C{snapshot()}; see L{StateMachineView}.
+        """
+        with self._reading() as txn:
+            return machine.encode_snapshot(txn.cursor(db=self._kv).iternext())
+
+    # --- writes (the one writer thread) -------------------------------------
+
+    def save(self, hard_state, entries, snapshot) -> None:
+        """L{IReplicaStorage.save}: L{commit} with nothing to install or apply."""
+        self.commit(hard_state, entries, snapshot, False, [])
+
+    def commit(self, hard_state, entries, snapshot, install, committed) -> list:
+        """
+        Store C{hard_state}, C{entries} and C{snapshot}, install C{snapshot}'s
+        data if C{install}, and apply C{committed}, in one fsynced write
+        transaction (see L{INodeStore.commit}).  If the map fills up, the
+        transaction is aborted, the map doubled and the whole commit redone.
+
+        @return: the C{(Request, Result)} of every command applied, in order.
+        @raise ValueError: C{install} without a snapshot, or with one older
+            than the saved snapshot (caller misuse); or the snapshot's data
+            is truncated.  Nothing is changed.
+        @raise AssertionError: C{committed} does not continue the applied
+            slots one by one.  Nothing is changed.
+        """
+        if install and snapshot is None:
+            raise ValueError("install needs a snapshot")
+        # Encode once, outside the transaction (and its retries).
+        encoded = [(encoding.encode_slot(s), s, encoding.encode_entry(e)) for s, e in entries]
+        while True:
+            txn = self._env.begin(write=True)
+            try:
+                results = self._write(txn, hard_state, encoded, snapshot, install, committed)
+                txn.commit()
+                return results
+            except lmdb.MapFullError:
+                # The map is full: abort, grow and redo it all.
+                with self._gate.exclusive():
+                    txn.abort()
+                    self._grow()
+            except BaseException:
+                with self._gate.exclusive():
+                    txn.abort()
+                raise
+
+    def _write(self, txn, hard_state, encoded, snapshot, install, committed) -> list:
+        meta = self._meta
+        if hard_state is not None:
+            txn.put(_HARD_STATE, encoding.encode_hard_state(hard_state), db=meta)
+
+        floor = encoding.decode_snapshot_meta(txn.get(_SNAPSHOT, db=meta)).index
+        if snapshot is not None:
+            if install and snapshot.index < floor:
+                raise ValueError(
+                    f"cannot install snapshot {snapshot.index} below saved snapshot {floor}"
+                )
+            # A snapshot replaces one at the same or a lower index, never a
+            # higher one, and the log through it is dropped.
+            if snapshot.index >= floor:
+                txn.put(_SNAPSHOT, encoding.encode_snapshot_meta(snapshot), db=meta)
+                txn.put(_SNAPSHOT_DATA, snapshot.data, db=self._snapshot)
+                self._drop_log_through(txn, snapshot.index)
+                floor = snapshot.index
+
+        log = self._log
+        for key, slot, record in encoded:
+            if slot > floor:
+                txn.put(key, record, db=log)
+
+        applied = before = encoding.decode_slot(txn.get(_APPLIED, db=meta))
+        if install:
+            kv = self._kv
+            txn.drop(kv, delete=False)
+            txn.cursor(db=kv).putmulti(machine.decode_snapshot(snapshot.data))
+            applied = snapshot.index
+
+        results: list = []
+        if committed:
+            view = _KVView(txn, self._kv)
+            for slot, value in committed:
+                # Invariant: slots apply one by one, each exactly once (the
+                # applied index lives in this same transaction).
+                assert slot == applied + 1, f"applying slot {slot} after {applied}"
+                if type(value) is Batch:
+                    results.extend(machine.apply_batch(view, value.commands))
+                applied = slot
+
+        if applied != before or install:
+            txn.put(_APPLIED, encoding.encode_slot(applied), db=meta)
+        return results
+
+    def _drop_log_through(self, txn, index: int) -> None:
+        limit = encoding.encode_slot(index)
+        cursor = txn.cursor(db=self._log)
+        doomed = []
+        for key in cursor.iternext(values=False):
+            if key > limit:
+                break
+            doomed.append(key)
+        for key in doomed:
+            txn.delete(key, db=self._log)
+
+    def _grow(self) -> None:
+        """Double the map; the caller holds the gate shut."""
+        size = self._env.info()["map_size"] * 2
+        self._env.set_mapsize(size)
+        self.map_growths += 1
+        _log.info(
+            "LMDB map in {directory} grown to {size} bytes",
+            directory=self.directory,
+            size=size,
+        )
+
+    def close(self) -> None:
+        """Close the environment.  A second close does nothing."""
+        self._env.close()
