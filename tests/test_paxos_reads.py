@@ -15,6 +15,8 @@ from kvpaxos.paxos import (
     HeartbeatAck,
     Nack,
     NotLeader,
+    PreVote,
+    PreVoteReply,
     Promise,
     ReadState,
 )
@@ -50,8 +52,8 @@ class ReadIndexTests(SynchronousTestCase):
         self.assertEqual(c.read_states(1), [])
         c.release(2)
         self.assertEqual(c.read_states(1), [ReadState("r", 1)])
-        rounds = {m.read_round for m in c.sent(1, Heartbeat, mark)}
-        self.assertEqual(rounds, {1})
+        beats = {m.read_round for m in c.sent(1, Heartbeat, mark)}
+        self.assertEqual(beats, {c[1].role.read_beat})
 
     def test_ack_of_another_round_does_not_count(self):
         """
@@ -64,10 +66,11 @@ class ReadIndexTests(SynchronousTestCase):
         c[1].read_index("r")
         c.deliver()
         ballot = c[1].role.ballot
-        c[1].step(HeartbeatAck(2, 1, ballot, 0, 1))
+        beat = c[1].role.read_beat
+        c[1].step(HeartbeatAck(2, 1, ballot, beat - 1, 1))
         c.deliver()
         self.assertEqual(c.read_states(1), [])
-        c[1].step(HeartbeatAck(2, 1, ballot, 1, 1))
+        c[1].step(HeartbeatAck(2, 1, ballot, beat, 1))
         c.deliver()
         self.assertEqual(c.read_states(1), [ReadState("r", 1)])
 
@@ -97,8 +100,8 @@ class ReadIndexTests(SynchronousTestCase):
         c[1].read_index("c")
         c.deliver()
         c.release(2)
-        rounds = {m.read_round for m in c.sent(1, Heartbeat, mark)}
-        self.assertEqual(rounds, {1, 2})
+        beats = {m.read_round for m in c.sent(1, Heartbeat, mark)}
+        self.assertEqual(len(beats), 2)
         with_reads = [rd.read_states for rd in c.readies[1] if rd.read_states]
         self.assertEqual(
             with_reads, [[ReadState("a", 1)], [ReadState("b", 1), ReadState("c", 1)]]
@@ -119,7 +122,7 @@ class ReadIndexTests(SynchronousTestCase):
         c[1].step(Accepted(2, 1, ballot, 2, 1, 1))
         c.deliver()
         self.assertEqual(c[1].chosen_index, 2)
-        c[1].step(HeartbeatAck(2, 1, ballot, 1, 2))
+        c[1].step(HeartbeatAck(2, 1, ballot, c[1].role.read_beat, 2))
         c.deliver()
         self.assertEqual(c.read_states(1), [ReadState("r", 1)])
 
@@ -207,3 +210,61 @@ class NewLeaderReadTests(SynchronousTestCase):
         round_ = max(m.read_round for m in rd.messages if type(m) is Heartbeat)
         r.step(HeartbeatAck(2, 1, Ballot(4, 1), round_, 1))
         self.assertEqual(take(r).read_states, [ReadState("r", 1)])
+
+
+class LeaseTests(SynchronousTestCase):
+    """Lease reads: served without a round while a quorum acked a recent beat."""
+
+    def test_lease_after_quorum_ack(self):
+        """Once a quorum acked a heartbeat, the leader may read at its chosen index without a round."""
+        c = leading_with_one_command()
+        c.tick(TEST_OPTIONS.heartbeat_ticks, nodes=[1])
+        c.deliver()
+        self.assertEqual(c[1].lease_read_index(), 1)
+
+    def test_lease_expires_without_acks(self):
+        """
+        A leader that hears no acks loses its lease election_ticks minus the
+        drift allowance after the last acknowledged beat was sent.
+        """
+        c = leading_with_one_command()
+        c.tick(TEST_OPTIONS.heartbeat_ticks, nodes=[1])
+        c.deliver()
+        sent = c[1].role.beat_ticks[c[1].role._quorum_beat()]
+        c.isolated = {1}
+        valid = []
+        while c[1].ticks < sent + 2 * E:
+            c[1].tick()
+            c.deliver()
+            if not c[1].is_leader:
+                break
+            valid.append((c[1].ticks, c[1].lease_read_index() is not None))
+        last_valid = max(t for t, ok in valid if ok)
+        self.assertEqual(last_valid, sent + E - TEST_OPTIONS.lease_drift_ticks - 1)
+
+    def test_no_lease_during_transfer(self):
+        """A leader handing leadership over serves no lease reads."""
+        c = leading_with_one_command()
+        c.tick(TEST_OPTIONS.heartbeat_ticks, nodes=[1])
+        c.deliver()
+        c[1].transfer_leadership(2)
+        self.assertIsNone(c[1].lease_read_index())
+
+    def test_follower_has_no_lease(self):
+        """A follower asked for a lease read raises NotLeader."""
+        c = leading_with_one_command()
+        self.assertRaises(NotLeader, c[2].lease_read_index)
+
+    def test_fresh_replica_refuses_pre_votes(self):
+        """
+        A replica refuses pre-votes for its first election_ticks after it
+        starts, since it may have acked a leader's beat just before.
+        """
+        r = lone(1)
+        r.step(PreVote(2, 1, Ballot(1, 2), 1))
+        self.assertEqual(take(r).messages, [PreVoteReply(1, 2, Ballot(1, 2), False, 0)])
+        for _ in range(E):
+            r.tick()
+        take(r)
+        r.step(PreVote(2, 1, Ballot(1, 2), 1))
+        self.assertEqual(take(r).messages, [PreVoteReply(1, 2, Ballot(1, 2), True, 0)])

@@ -34,7 +34,10 @@ class SimulatorSafetyTests(SynchronousTestCase):
     def test_seeds(self):
         """Every suite seed passes safety under faults and liveness after heal."""
         failures = []
-        totals = {"acked": 0, "crashes": 0, "config_changes": 0, "transfers": 0, "reads": 0}
+        totals = {
+            "acked": 0, "crashes": 0, "config_changes": 0, "transfers": 0, "reads": 0,
+            "lease_reads": 0,
+        }
         for seed in range(SUITE_SEEDS):
             result = run_seed(seed)
             for name in totals:
@@ -78,6 +81,14 @@ class CheckerBitesTests(SynchronousTestCase):
         stale read index for some seed.
         """
         result = first_violation("unconfirmed-read", {"linearizability"})
+        self.assertIsNotNone(result)
+
+    def test_eternal_lease(self):
+        """
+        A leader that serves lease reads after its lease ran out returns a
+        stale read index for some seed.
+        """
+        result = first_violation("eternal-lease", {"linearizability"})
         self.assertIsNotNone(result)
 
     def test_agreement_check(self):

@@ -77,6 +77,8 @@ class Options:
     @ivar snapshot_interval: take a snapshot of the state machine (and drop
         the log before it) every this many applied slots; 0 never does.
     @ivar committed_max: at most this many slots to apply per L{Ready}.
+    @ivar lease_drift_ticks: how much shorter than election_ticks a leader's
+        read lease is, to allow for clocks ticking at different rates.
     """
 
     election_ticks: int = 10
@@ -88,6 +90,7 @@ class Options:
     catchup_retry_ticks: int = 4
     snapshot_interval: int = 10_000
     committed_max: int = 4096
+    lease_drift_ticks: int = 2
 
     def __post_init__(self):
         if self.election_ticks < 2 or not 1 <= self.heartbeat_ticks < self.election_ticks:
@@ -96,6 +99,8 @@ class Options:
             )
         if self.window_slots < 1 or self.committed_max < 1:
             raise ValueError("window_slots and committed_max must be positive")
+        if not 0 <= self.lease_drift_ticks < self.election_ticks:
+            raise ValueError("need 0 <= lease_drift_ticks < election_ticks")
 
 
 class Replica:
@@ -246,6 +251,20 @@ class Replica:
         """
         self.role.read_index(context)
 
+    def lease_read_index(self) -> Optional[int]:
+        """
+        Return the index at which a read may be served now without a quorum
+        round, if this leader holds a read lease: a quorum acknowledged one
+        of its heartbeats less than C{election_ticks - lease_drift_ticks}
+        ticks ago (so no other leader can have been elected since), it is
+        not handing leadership over, and its re-proposals are chosen.
+        Otherwise return C{None} (use L{read_index}).  Safe only if clocks
+        tick at rates within the drift allowance.
+
+        @raise NotLeader: this replica does not lead.
+        """
+        return self.role.lease_read_index()
+
     def transfer_leadership(self, target: int) -> None:
         """
         Hand leadership to voter C{target}: stop taking proposals, wait until
@@ -361,10 +380,14 @@ class Replica:
 
     def _on_pre_vote(self, m: PreVote) -> None:
         # Grant only what _on_prepare would promise: no live leader heard,
-        # and the candidate lacks nothing this replica knows chosen.  No state
-        # changes; the reply needs nothing persisted.
+        # and the candidate lacks nothing this replica knows chosen.  A
+        # replica also refuses for its first election_ticks after starting:
+        # it may have acked a leader's heartbeat just before it restarted,
+        # and that leader's read lease counts on it.  No state changes; the
+        # reply needs nothing persisted.
         granted = (
             not self._hears_leader_other_than(m.src)
+            and self.ticks >= self.options.election_ticks
             and self.chosen_index < m.first_slot
         )
         self.send(PreVoteReply(self.id, m.src, m.ballot, granted, self.chosen_index))

@@ -87,6 +87,9 @@ class Role:
     def read_index(self, context) -> None:
         raise self.replica.not_leader()
 
+    def lease_read_index(self):
+        raise self.replica.not_leader()
+
     def transfer_leadership(self, target: int) -> None:
         raise self.replica.not_leader()
 
@@ -309,8 +312,14 @@ class Leader(Role):
         self.quorum_elapsed = 0
         self.heard: set[int] = set()
         self.match: dict[int, int] = {}
-        self.read_round = 0
-        self.read_acks: set[int] = set()
+        #: Heartbeats are numbered ("beats"); acks echo the number, so the
+        #: leader knows which broadcast a quorum has answered and when it
+        #: was sent (reads and the lease rest on that).
+        self.beat = 0
+        self.beat_ticks: dict[int, int] = {}
+        self.acked_beat: dict[int, int] = {}
+        self.lease_until = 0
+        self.read_beat = 0
         self.reads_in_round: list[tuple[object, int]] = []
         self.reads_next: list[object] = []
         self.reads_blocked: list[object] = []
@@ -536,8 +545,10 @@ class Leader(Role):
     def _heartbeat(self) -> None:
         r = self.replica
         self.heartbeat_elapsed = 0
+        self.beat += 1
+        self.beat_ticks[self.beat] = r.ticks
         for peer in self.peers:
-            r.send(Heartbeat(r.id, peer, self.ballot, r.chosen_index, self.read_round))
+            r.send(Heartbeat(r.id, peer, self.ballot, r.chosen_index, self.beat))
 
     def _retransmit(self) -> None:
         r = self.replica
@@ -577,18 +588,32 @@ class Leader(Role):
         if self.reads_in_round or not self.reads_next:
             return
         r = self.replica
-        self.read_round += 1
         index = r.chosen_index
         self.reads_in_round = [(context, index) for context in self.reads_next]
         self.reads_next = []
-        self.read_acks = {r.id}
+        # The round is the next beat: acks to it are sent after every read in
+        # the round was asked for.
         self._heartbeat()
+        self.read_beat = self.beat
         self._check_read_round()
+
+    def _quorum_beat(self) -> int:
+        """
+        Return the highest beat a quorum of both member sets has acked (this
+        leader counting as having acked its latest).
+        """
+        r = self.replica
+        acked = dict(self.acked_beat)
+        acked[r.id] = self.beat
+        beat = self.beat
+        for config in (r.config, self.leader_config):
+            beats = sorted((acked.get(v, 0) for v in config.voters), reverse=True)
+            beat = min(beat, beats[config.quorum - 1])
+        return beat
 
     def _check_read_round(self) -> None:
         r = self.replica
-        acks = self.read_acks
-        if r.config.is_quorum(acks) and self.leader_config.is_quorum(acks):
+        if self.reads_in_round and self._quorum_beat() >= self.read_beat:
             r.read_states.extend(ReadState(c, i) for c, i in self.reads_in_round)
             self.reads_in_round = []
             self._start_read_round()
@@ -599,11 +624,41 @@ class Leader(Role):
         self.heard.add(m.src)
         if m.chosen_index > self.match.get(m.src, 0):
             self.match[m.src] = m.chosen_index
-        if self.reads_in_round and m.read_round == self.read_round:
-            self.read_acks.add(m.src)
+        if m.read_round > self.acked_beat.get(m.src, 0) and m.read_round <= self.beat:
+            self.acked_beat[m.src] = m.read_round
+            self._extend_lease()
             self._check_read_round()
         if self.transfer_target is not None:
             self._try_transfer()
+
+    def _extend_lease(self) -> None:
+        # A follower that acked a beat refuses other campaigns (pre-votes
+        # included) for election_ticks of its own ticks after receiving it,
+        # and a restarted one for election_ticks after it starts; so no other
+        # leader can be elected before the beat's send tick plus
+        # election_ticks.  The drift allowance covers clocks that tick at
+        # different rates.
+        r = self.replica
+        beat = self._quorum_beat()
+        sent = self.beat_ticks.get(beat)
+        if sent is None:
+            return
+        options = r.options
+        self.lease_until = max(
+            self.lease_until, sent + options.election_ticks - options.lease_drift_ticks
+        )
+        for old in [b for b in self.beat_ticks if b < beat]:
+            del self.beat_ticks[old]
+
+    def lease_read_index(self):
+        r = self.replica
+        if (
+            self.transfer_target is None
+            and r.ticks < self.lease_until
+            and r.chosen_index >= self.read_barrier
+        ):
+            return r.chosen_index
+        return None
 
     # --- leader transfer -----------------------------------------------------
 

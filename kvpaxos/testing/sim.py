@@ -93,6 +93,7 @@ class Result:
     chosen_slots: int = 0
     acked: int = 0
     reads: int = 0
+    lease_reads: int = 0
     crashes: int = 0
     config_changes: int = 0
     transfers: int = 0
@@ -120,8 +121,21 @@ class UnconfirmedReadReplica(Replica):
             super().read_index(context)
 
 
+class EternalLeaseReplica(Replica):
+    """A planted bug: a leader that believes its read lease never runs out."""
+
+    def lease_read_index(self):
+        if self.is_leader:
+            return self.chosen_index
+        return super().lease_read_index()
+
+
 #: Bugs the simulator can plant, to show that its checker bites.
-PLANTS = ("forgetful-acceptor", "unconfirmed-read")
+PLANTS = ("forgetful-acceptor", "unconfirmed-read", "eternal-lease")
+_PLANTED_REPLICAS = {
+    "unconfirmed-read": UnconfirmedReadReplica,
+    "eternal-lease": EternalLeaseReplica,
+}
 
 
 class SimNode:
@@ -135,6 +149,7 @@ class SimNode:
         self.up = False
         self.epoch = 0
         self.busy = False
+        self.last_tick = 0
         #: A paused process (GC, VM stall) handles nothing until then.
         self.paused_until = 0
         #: The chosen index seen in this epoch; it never goes down.
@@ -313,12 +328,14 @@ class Simulation:
         snapshot = node.storage.snapshot()
         node.machine = DigestKV()
         node.machine.restore(snapshot.data, snapshot.index)
-        kind = UnconfirmedReadReplica if self.plant == "unconfirmed-read" else Replica
+        kind = _PLANTED_REPLICAS.get(self.plant, Replica)
         rng = random.Random(self.node_rng_seed ^ (node_id * 7919 + node.epoch))
         node.replica = kind(
             node_id, node.storage, rng, SIM_OPTIONS, state_machine=node.machine
         )
-        self._schedule(self.rng.randint(1, TICK_MS), "tick", node_id, node.epoch)
+        first = self.rng.randint(1, TICK_MS)
+        node.last_tick = self.now + first - TICK_MS
+        self._schedule(first, "tick", node_id, node.epoch)
         self._log(f"start node {node_id} (epoch {node.epoch})")
 
     def _crash(self, node_id: int) -> None:
@@ -333,9 +350,19 @@ class Simulation:
         node = self.nodes[node_id]
         if not node.up or node.epoch != epoch:
             return
-        self._guarded(node, node.replica.tick)
+        self._catch_up(node)
         self._pump(node)
         self._schedule(TICK_MS, "tick", node_id, epoch)
+
+    def _catch_up(self, node: SimNode) -> None:
+        """
+        Tick the node once per tick period since its last tick, as the node
+        service does: a process back from a pause counts the time it missed.
+        """
+        missed = (self.now - node.last_tick) // TICK_MS
+        for _ in range(missed):
+            self._guarded(node, node.replica.tick)
+        node.last_tick += missed * TICK_MS
 
     def _on_deliver(self, message) -> None:
         node = self.nodes.get(message.dst)
@@ -444,8 +471,9 @@ class Simulation:
                 "state agreement", f"node {node.id} differs after slot {slot}"
             )
 
-    def _check_read(self, node: SimNode, state: ReadState) -> None:
-        required = self.reads.pop(state.context, None)
+    def _check_read(self, node: SimNode, state: ReadState, required=None) -> None:
+        if required is None:
+            required = self.reads.pop(state.context, None)
         if required is None or state.index is None:
             return
         self.result.reads += 1
@@ -522,6 +550,9 @@ class Simulation:
     def _read(self, client: Client, node: SimNode) -> None:
         client.seq += 1
         context = ("read", client.id, client.seq)
+        if self.rng.random() < 0.4:
+            self._lease_read(client, node)
+            return
         try:
             self._guarded(node, node.replica.read_index, context)
         except NotLeader as error:
@@ -529,6 +560,19 @@ class Simulation:
         else:
             self.reads[context] = self.max_acked_slot
             self._pump(node)
+        self._schedule(self.rng.randint(5, 40), "client", client.id)
+
+    def _lease_read(self, client: Client, node: SimNode) -> None:
+        self._catch_up(node)  # what the node service does before a lease read
+        try:
+            index = self._guarded(node, node.replica.lease_read_index)
+        except NotLeader as error:
+            client.guess = error.leader
+            index = None
+        if index is not None:
+            self.result.lease_reads += 1
+            self._check_read(node, ReadState(("lease", client.id, client.seq), index),
+                             required=self.max_acked_slot)
         self._schedule(self.rng.randint(5, 40), "client", client.id)
 
     # --- faults and operators ----------------------------------------------------
@@ -700,7 +744,7 @@ def main(argv=None) -> int:
     failures = 0
     for seed in seeds:
         result = run_seed(seed, plant=args.plant, verbose=args.verbose)
-        for name in ("chosen_slots", "acked", "reads", "crashes", "config_changes", "transfers", "events"):
+        for name in ("chosen_slots", "acked", "reads", "lease_reads", "crashes", "config_changes", "transfers", "events"):
             setattr(totals, name, getattr(totals, name) + getattr(result, name))
         if not result.ok:
             failures += 1
@@ -713,7 +757,7 @@ def main(argv=None) -> int:
     print(
         f"{len(seeds)} seeds, {failures} failed, {elapsed:.1f} s: "
         f"{totals.chosen_slots} slots chosen, {totals.acked} writes acknowledged, "
-        f"{totals.reads} reads checked, {totals.crashes} crashes, "
+        f"{totals.reads} reads checked ({totals.lease_reads} by lease), {totals.crashes} crashes, "
         f"{totals.config_changes} membership changes, {totals.transfers} transfers, "
         f"{totals.events} events"
     )
