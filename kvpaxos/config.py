@@ -33,7 +33,7 @@ DEFAULT_DATA = "kvpaxos-data"
 #: Keys a TOML file may hold.
 _TOML_KEYS = {
     "id", "addr", "client", "admin", "data", "storage", "peers",
-    "tick_ms", "election_ticks", "heartbeat_ticks",
+    "tick_ms", "election_ticks", "heartbeat_ticks", "lease_reads", "lease_drift_ticks",
 }
 
 
@@ -66,6 +66,9 @@ class NodeConfig:
     tick_ms: int = 50
     election_ticks: int = 10
     heartbeat_ticks: int = 2
+    #: Lease reads: opt-in for the whole cluster (set it on every node).
+    lease_reads: bool = False
+    lease_drift_ticks: int = 2
 
     @property
     def voters(self) -> frozenset:
@@ -169,7 +172,16 @@ def build(values: dict) -> NodeConfig:
         changes["storage"] = str(values["storage"])
     if values.get("peers") is not None:
         changes["peers"] = parse_peers(values["peers"])
-    for key in ("tick_ms", "election_ticks", "heartbeat_ticks"):
+    if values.get("lease_reads") is not None:
+        flag = values["lease_reads"]
+        if isinstance(flag, str):
+            if flag.lower() not in ("true", "false", "yes", "no", "1", "0"):
+                raise ConfigError(f"lease_reads must be true or false, got {flag!r}")
+            flag = flag.lower() in ("true", "yes", "1")
+        if not isinstance(flag, bool):
+            raise ConfigError(f"lease_reads must be true or false, got {flag!r}")
+        changes["lease_reads"] = flag
+    for key in ("tick_ms", "election_ticks", "heartbeat_ticks", "lease_drift_ticks"):
         if values.get(key) is not None:
             try:
                 changes[key] = int(values[key])
@@ -182,6 +194,8 @@ def build(values: dict) -> NodeConfig:
         raise ConfigError("tick_ms must be positive")
     if config.election_ticks < 2 or not 1 <= config.heartbeat_ticks < config.election_ticks:
         raise ConfigError("need election_ticks >= 2 and 1 <= heartbeat_ticks < election_ticks")
+    if not 0 <= config.lease_drift_ticks < config.election_ticks:
+        raise ConfigError("need 0 <= lease_drift_ticks < election_ticks")
     ports = [(a.host, a.port) for a in (config.peer, config.client, config.admin) if a.port]
     if len(set(ports)) != len(ports):
         raise ConfigError("addr, client and admin must be different addresses")

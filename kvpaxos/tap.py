@@ -97,8 +97,13 @@ def makeService(options: Options) -> service.MultiService:
         node.node_id,
         store,
         reactor,
-        CoreOptions(election_ticks=node.election_ticks, heartbeat_ticks=node.heartbeat_ticks),
+        CoreOptions(
+            election_ticks=node.election_ticks,
+            heartbeat_ticks=node.heartbeat_ticks,
+            lease_drift_ticks=node.lease_drift_ticks,
+        ),
         tick_s=node.tick_ms / 1000.0,
+        lease_reads=node.lease_reads,
     )
     peers = PeerNetwork(
         node.node_id,

@@ -49,6 +49,15 @@ class BuildTests(SynchronousTestCase):
             error = self.assertRaises(ConfigError, build, values)
             self.assertIn(message, str(error), name)
 
+    def test_lease_reads(self):
+        """lease_reads is a boolean, off by default, and its drift must fit in the election timeout."""
+        self.assertFalse(build({}).lease_reads)
+        self.assertTrue(build({"lease_reads": True}).lease_reads)
+        self.assertTrue(build({"lease_reads": "yes"}).lease_reads)
+        self.assertIn("true or false", str(self.assertRaises(ConfigError, build, {"lease_reads": 3})))
+        error = self.assertRaises(ConfigError, build, {"lease_drift_ticks": 10})
+        self.assertIn("lease_drift_ticks", str(error))
+
     def test_parse_peers_empty(self):
         """An empty --peers means no peers."""
         self.assertEqual(parse_peers(""), {})

@@ -281,3 +281,53 @@ class LifecycleTests(SynchronousTestCase):
         run(reactor, 0.2)
         self.assertTrue(reactor.stopped)
         self.assertTrue(self.flushLoggedErrors(AssertionError))
+
+
+class ReadConsistencyTests(SynchronousTestCase):
+    """Serializable and lease reads."""
+
+    def test_serializable_read_is_local(self):
+        """A serializable read answers from this node's state, even cut off from the cluster."""
+        reactor, wire = make_cluster(3)
+        run(reactor, 2)
+        leader = leader_of(wire)
+        d = wire.services[leader].submit(Request(Op.PUT, b"k", b"v"), 5)
+        run(reactor, 0.5)
+        self.successResultOf(d)
+        follower = next(i for i in wire.services if i != leader)
+        wire.down = {follower}
+        read = wire.services[follower].get(b"k", 5, "serializable")
+        self.assertEqual(self.successResultOf(read), b"v")
+
+    def test_lease_read_needs_no_round(self):
+        """With lease reads enabled, a leader holding its lease answers without any message."""
+        reactor, wire = make_cluster(3)
+        for service in wire.services.values():
+            service.lease_reads = True
+        run(reactor, 2)
+        leader = wire.services[leader_of(wire)]
+        d = leader.submit(Request(Op.PUT, b"k", b"v"), 5)
+        run(reactor, 0.5)
+        self.successResultOf(d)
+        wire.down = {i for i in wire.services if i != leader.node_id}
+        read = leader.get(b"k", 5, "lease")
+        self.assertEqual(self.successResultOf(read), b"v")
+
+    def test_lease_counts_paused_time(self):
+        """
+        A leader back from a pause longer than its lease counts the missed
+        ticks first and falls back to a quorum round (which a cut-off leader
+        cannot finish).
+        """
+        reactor, wire = make_cluster(3)
+        for service in wire.services.values():
+            service.lease_reads = True
+        run(reactor, 2)
+        leader = wire.services[leader_of(wire)]
+        wire.down = {i for i in wire.services if i != leader.node_id}
+        leader._ticker.stop()  # the process stalls: no ticks...
+        reactor.advance(5.0)  # ...for longer than any lease
+        read = leader.get(b"k", 1, "lease")
+        self.assertNoResult(read)
+        run(reactor, 1.2)
+        self.failureResultOf(read, Unavailable)

@@ -81,6 +81,7 @@ class ReplicaService(Service):
         tick_s: float = 0.05,
         rng: Optional[random.Random] = None,
         run_commit=None,
+        lease_reads: bool = False,
     ) -> None:
         self.node_id = node_id
         self.store = store
@@ -88,7 +89,9 @@ class ReplicaService(Service):
         self.options = options
         self.tick_s = tick_s
         self.rng = rng or random.Random()
+        self.lease_reads = lease_reads
         self.peers = None  # a PeerNetwork, set by the wiring in tap.py
+        self._last_tick_at = 0.0
         self.replica: Optional[Replica] = None
         self._pool = ThreadPool(1, 1, name=f"kvpaxos-writer-{node_id}")
         # How a Ready's transaction runs: on the writer thread, unless a test
@@ -126,6 +129,7 @@ class ReplicaService(Service):
         super().startService()
         if self._run_commit == self._commit_on_writer:
             self._pool.start()
+        self._last_tick_at = self.reactor.seconds()
         self._ticker.start(self.tick_s, now=False)
         self.log.info(
             "node {node} started: chosen {chosen}, applied {applied}, members {members}",
@@ -182,8 +186,20 @@ class ReplicaService(Service):
             self._fatal(Failure())
             raise
 
+    def _catch_up_ticks(self) -> None:
+        """
+        Tick the core once per tick period elapsed since the last tick: a
+        process back from a pause (or a busy reactor) counts the time it
+        missed, which the read lease relies on.
+        """
+        elapsed = self.reactor.seconds() - self._last_tick_at
+        count = int(elapsed / self.tick_s)
+        for _ in range(count):
+            self._guard(self.replica.tick)
+        self._last_tick_at += count * self.tick_s
+
     def _tick(self) -> None:
-        self._guard(self.replica.tick)
+        self._catch_up_ticks()
         if self._unsent or self._waiting_for_leader:
             self._route_unsent()
         self._schedule()
@@ -333,7 +349,25 @@ class ReplicaService(Service):
     # --- reads ---------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def get(self, key: bytes, timeout_s: float):
+    def get(self, key: bytes, timeout_s: float, consistency: str = "linearizable"):
+        """
+        Read C{key}.  C{consistency}: C{"linearizable"} (a read index
+        confirmed by a quorum), C{"serializable"} (this node's state as it
+        is, possibly stale), or C{"lease"} (the leader's read lease when the
+        cluster enables lease reads; otherwise, or without a valid lease, as
+        linearizable).
+        """
+        if consistency == "serializable":
+            return self.store.get(key)
+        if consistency == "lease" and self.lease_reads and self.replica.is_leader:
+            self._catch_up_ticks()
+            try:
+                index = self.replica.lease_read_index()
+            except NotLeader:
+                index = None  # the missed ticks ended its leadership
+            if index is not None:
+                yield self._applied(index, timeout_s)
+                return self.store.get(key)
         deadline = self.reactor.seconds() + timeout_s
         while True:
             remaining = deadline - self.reactor.seconds()
