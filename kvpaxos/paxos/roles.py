@@ -93,6 +93,21 @@ class Role:
     def transfer_leadership(self, target: int) -> None:
         raise self.replica.not_leader()
 
+    def _tick_election(self) -> None:
+        """
+        A pre-candidate's or candidate's tick: when its election timeout
+        runs out (split vote, lost messages), it asks again — pre-vote first,
+        so a node cut off from the cluster never raises its ballot — after a
+        fresh random timeout, so that duelling candidates drift apart.
+        """
+        r = self.replica
+        self.elapsed += 1
+        if self.elapsed >= r.election_timeout:
+            if r.id in r.config.voters:
+                r.pre_campaign()
+            else:
+                r.step_down(leader=None)
+
     def _new_election_timeout(self) -> None:
         ticks = self.replica.options.election_ticks
         self.replica.election_timeout = self.replica.rng.randrange(ticks, 2 * ticks)
@@ -169,14 +184,7 @@ class PreCandidate(Role):
         if r.config.is_quorum(self.grants):
             r.campaign()
 
-    def tick(self) -> None:
-        r = self.replica
-        self.elapsed += 1
-        if self.elapsed >= r.election_timeout:
-            if r.id in r.config.voters:
-                r.pre_campaign()
-            else:
-                r.step_down(leader=None)
+    tick = Role._tick_election
 
     def outranked(self, ballot: Ballot) -> None:
         self.replica.step_down(leader=None)
@@ -221,17 +229,7 @@ class Candidate(Role):
             self.asked.add(node)
             r.send(Prepare(r.id, node, self.ballot, self.first_slot, self.transfer))
 
-    def tick(self) -> None:
-        r = self.replica
-        self.elapsed += 1
-        if self.elapsed >= r.election_timeout:
-            # Split vote or lost messages: ask again (pre-vote first, so a
-            # candidate cut off from the cluster stops raising its ballot),
-            # after a fresh random timeout, so duelling candidates drift apart.
-            if r.id in r.config.voters:
-                r.pre_campaign()
-            else:
-                r.step_down(leader=None)
+    tick = Role._tick_election
 
     def _on_promise(self, m: Promise) -> None:
         if m.ballot != self.ballot:
