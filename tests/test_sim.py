@@ -19,10 +19,10 @@ SUITE_SEEDS = 240
 SEARCH_SEEDS = 200
 
 
-def first_violation(plant, kinds):
+def first_violation(plant, kinds, **options):
     """Return the first seed's result whose violation is of one of kinds."""
     for seed in range(SEARCH_SEEDS):
-        result = run_seed(seed, plant=plant)
+        result = run_seed(seed, plant=plant, **options)
         if not result.ok and result.violation.kind in kinds:
             return result
     return None
@@ -36,15 +36,19 @@ class SimulatorSafetyTests(SynchronousTestCase):
         failures = []
         totals = {
             "acked": 0, "crashes": 0, "config_changes": 0, "transfers": 0, "reads": 0,
-            "lease_reads": 0,
+            "lease_reads": 0, "history_ops": 0,
         }
+        unchecked = 0
         for seed in range(SUITE_SEEDS):
             result = run_seed(seed)
             for name in totals:
                 totals[name] += getattr(result, name)
+            unchecked += result.unchecked_histories
             if not result.ok:
                 failures.append(f"seed {seed}: {result.violation}; replay with: {result.replay()}")
         self.assertEqual(failures, [])
+        # Every seed's client history was shown linearizable (none gave up).
+        self.assertEqual(unchecked, 0)
         # The runs exercised what they claim to: writes, reads, crashes,
         # membership changes and leader transfers all happened.
         for name, count in totals.items():
@@ -82,6 +86,15 @@ class CheckerBitesTests(SynchronousTestCase):
         """
         result = first_violation("unconfirmed-read", {"linearizability"})
         self.assertIsNotNone(result)
+
+    def test_history_checker_alone_catches_unconfirmed_read(self):
+        """
+        With read indexes unchecked, the linearizability checker on the
+        clients' history alone catches a leader that reads without a quorum.
+        """
+        result = first_violation("unconfirmed-read", {"linearizability"}, index_check=False)
+        self.assertIsNotNone(result)
+        self.assertIn("have no linearization", result.violation.detail)
 
     def test_eternal_lease(self):
         """

@@ -52,12 +52,16 @@ from kvpaxos.paxos import (
 )
 from kvpaxos.storage.memory import MemoryStorage
 from kvpaxos.testing.kvmachine import DigestKV, encode_command
+from kvpaxos.testing.linearizability import Operation, check
 from kvpaxos.testing.network import Faults, SimNetwork
 
 TICK_MS = 10
 CLIENT_TIMEOUT_MS = 1500
 LIVENESS_BOUND_MS = 6000
 LIVENESS_COMMANDS = 5
+#: Wall-clock bound for checking one seed's history; past it the history
+#: counts as unchecked (never as passed).
+HISTORY_CHECK_S = 20.0
 MAX_NODES = 7
 
 #: Core options for simulation: small batches, windows and snapshot
@@ -94,6 +98,8 @@ class Result:
     acked: int = 0
     reads: int = 0
     lease_reads: int = 0
+    history_ops: int = 0
+    unchecked_histories: int = 0
     crashes: int = 0
     config_changes: int = 0
     transfers: int = 0
@@ -189,6 +195,7 @@ class Simulation:
         plant: Optional[str] = None,
         fault_ms: int = 4000,
         verbose: bool = False,
+        index_check: bool = True,
     ) -> None:
         if plant is not None and plant not in PLANTS:
             raise ValueError(f"unknown plant {plant!r}; choose from {PLANTS}")
@@ -196,6 +203,9 @@ class Simulation:
         self.plant = plant
         self.fault_ms = fault_ms
         self.verbose = verbose
+        #: Whether read indexes are checked as they arrive; without it only
+        #: the history checker judges reads (to show it bites on its own).
+        self.index_check = index_check
         root = random.Random(seed)
         self.rng = random.Random(root.getrandbits(64))
         self.net_rng = random.Random(root.getrandbits(64))
@@ -233,6 +243,13 @@ class Simulation:
         self.max_acked_slot = 0
         self.reads: dict[tuple, int] = {}
         self._liveness_acked = 0
+        # The clients' history, for the linearizability checker: writes by
+        # command ([client, kind, key, value, call, return or None]), reads
+        # as they complete, and reads waiting for their node to apply.
+        self.history_writes: dict[bytes, list] = {}
+        self.history_reads: list[Operation] = []
+        self.read_calls: dict[tuple, int] = {}
+        self.pending_reads: dict[int, list] = {}
 
         self.clients = {i: Client(i) for i in range(1, rng.randint(2, 4) + 1)}
         for client in self.clients.values():
@@ -268,6 +285,7 @@ class Simulation:
             else:
                 raise Violation("liveness", "the simulation ran out of events")
             self._check_converged()
+            self._check_history()
         except Violation as violation:
             self.result.violation = violation
         self.result.chosen_slots = len(self.chosen)
@@ -340,6 +358,7 @@ class Simulation:
 
     def _crash(self, node_id: int) -> None:
         node = self.nodes[node_id]
+        self.pending_reads.pop(node_id, None)  # those reads never return
         node.up = False
         node.epoch += 1
         node.replica = None
@@ -423,6 +442,7 @@ class Simulation:
         for state in rd.read_states:
             self._log(f"node {node.id} read {state}")
             self._check_read(node, state)
+        self._serve_reads(node)
         node.busy = False
         self._guarded(node, node.replica.advance, rd)
         self._pump(node)
@@ -464,6 +484,36 @@ class Simulation:
         self._check_digest(node, slot)
         self._acknowledge(node, slot, value)
 
+    def _serve_reads(self, node: SimNode) -> None:
+        """Answer the reads whose index this node has applied, from its state."""
+        waiting = self.pending_reads.get(node.id)
+        if not waiting:
+            return
+        applied = node.machine.index
+        still = []
+        for index, key, client_id, call in waiting:
+            if index > applied:
+                still.append((index, key, client_id, call))
+                continue
+            value = node.machine.data.get(key)
+            self.history_reads.append(Operation(
+                client_id, "get", key.encode(),
+                output=None if value is None else value.encode(), call=call, ret=self.now,
+            ))
+        self.pending_reads[node.id] = still
+
+    def _check_history(self) -> None:
+        """Every client history must be linearizable (Wing & Gong)."""
+        history = list(self.history_reads)
+        for client_id, kind, key, value, call, ret in self.history_writes.values():
+            history.append(Operation(client_id, kind, key, input=value, call=call, ret=ret))
+        self.result.history_ops = len(history)
+        verdict = check(history, time_limit_s=HISTORY_CHECK_S)
+        if verdict.outcome == "illegal":
+            raise Violation("linearizability", verdict.explain())
+        if verdict.outcome == "unknown":
+            self.result.unchecked_histories += 1
+
     def _check_digest(self, node: SimNode, slot: int) -> None:
         digest = self.digests.setdefault(slot, node.machine.digest)
         if digest != node.machine.digest:
@@ -474,10 +524,13 @@ class Simulation:
     def _check_read(self, node: SimNode, state: ReadState, required=None) -> None:
         if required is None:
             required = self.reads.pop(state.context, None)
+        call = self.read_calls.pop(state.context, None)
         if required is None or state.index is None:
             return
+        _, client_id, _, key = state.context
+        self.pending_reads.setdefault(node.id, []).append((state.index, key, client_id, call))
         self.result.reads += 1
-        if state.index < required:
+        if self.index_check and state.index < required:
             raise Violation(
                 "linearizability",
                 f"node {node.id} gave read index {state.index} but slot {required}"
@@ -496,6 +549,7 @@ class Simulation:
                 and client.waiting in value.commands
             ):
                 self.acked_in_slot.setdefault(slot, set()).add(client.waiting)
+                self.history_writes[client.waiting][5] = self.now
                 self.max_acked_slot = max(self.max_acked_slot, slot)
                 self.result.acked += 1
                 if client.liveness:
@@ -527,10 +581,8 @@ class Simulation:
             self._read(client, node)
             return
         client.seq += 1
-        command = encode_command(
-            client.id, client.seq, rng.choice(("put", "append")),
-            f"k{rng.randint(0, 4)}", str(rng.randint(0, 999)),
-        )
+        kind, key, value = rng.choice(("put", "append")), f"k{rng.randint(0, 4)}", str(rng.randint(0, 999))
+        command = encode_command(client.id, client.seq, kind, key, value)
         try:
             self._guarded(node, node.replica.propose, command)
         except NotLeader as error:
@@ -541,6 +593,7 @@ class Simulation:
             self._schedule(rng.randint(10, 50), "client", client.id)
             return
         self.proposed.add(command)
+        self.history_writes[command] = [client.id, kind, key.encode(), value.encode(), self.now, None]
         client.waiting = command
         client.waiting_node = target
         client.deadline = self.now + CLIENT_TIMEOUT_MS
@@ -549,9 +602,10 @@ class Simulation:
 
     def _read(self, client: Client, node: SimNode) -> None:
         client.seq += 1
-        context = ("read", client.id, client.seq)
+        key = f"k{self.rng.randint(0, 4)}"
+        context = ("read", client.id, client.seq, key)
         if self.rng.random() < 0.4:
-            self._lease_read(client, node)
+            self._lease_read(client, node, key)
             return
         try:
             self._guarded(node, node.replica.read_index, context)
@@ -559,10 +613,11 @@ class Simulation:
             client.guess = error.leader
         else:
             self.reads[context] = self.max_acked_slot
+            self.read_calls[context] = self.now
             self._pump(node)
         self._schedule(self.rng.randint(5, 40), "client", client.id)
 
-    def _lease_read(self, client: Client, node: SimNode) -> None:
+    def _lease_read(self, client: Client, node: SimNode, key: str) -> None:
         self._catch_up(node)  # what the node service does before a lease read
         try:
             index = self._guarded(node, node.replica.lease_read_index)
@@ -571,8 +626,10 @@ class Simulation:
             index = None
         if index is not None:
             self.result.lease_reads += 1
-            self._check_read(node, ReadState(("lease", client.id, client.seq), index),
-                             required=self.max_acked_slot)
+            context = ("lease", client.id, client.seq, key)
+            self.read_calls[context] = self.now
+            self._check_read(node, ReadState(context, index), required=self.max_acked_slot)
+            self._serve_reads(node)
         self._schedule(self.rng.randint(5, 40), "client", client.id)
 
     # --- faults and operators ----------------------------------------------------
@@ -721,9 +778,9 @@ class Simulation:
                 raise Violation("state agreement", f"node {member} differs at {index}")
 
 
-def run_seed(seed: int, plant: Optional[str] = None, verbose: bool = False) -> Result:
+def run_seed(seed: int, plant: Optional[str] = None, verbose: bool = False, **options) -> Result:
     """Run one seed and return its L{Result}."""
-    return Simulation(seed, plant=plant, verbose=verbose).run()
+    return Simulation(seed, plant=plant, verbose=verbose, **options).run()
 
 
 def main(argv=None) -> int:
@@ -744,7 +801,8 @@ def main(argv=None) -> int:
     failures = 0
     for seed in seeds:
         result = run_seed(seed, plant=args.plant, verbose=args.verbose)
-        for name in ("chosen_slots", "acked", "reads", "lease_reads", "crashes", "config_changes", "transfers", "events"):
+        for name in ("chosen_slots", "acked", "reads", "lease_reads", "history_ops",
+                     "unchecked_histories", "crashes", "config_changes", "transfers", "events"):
             setattr(totals, name, getattr(totals, name) + getattr(result, name))
         if not result.ok:
             failures += 1
@@ -757,7 +815,9 @@ def main(argv=None) -> int:
     print(
         f"{len(seeds)} seeds, {failures} failed, {elapsed:.1f} s: "
         f"{totals.chosen_slots} slots chosen, {totals.acked} writes acknowledged, "
-        f"{totals.reads} reads checked ({totals.lease_reads} by lease), {totals.crashes} crashes, "
+        f"{totals.reads} reads checked ({totals.lease_reads} by lease), "
+        f"{totals.history_ops} operations in linearizable histories "
+        f"({totals.unchecked_histories} histories unchecked), {totals.crashes} crashes, "
         f"{totals.config_changes} membership changes, {totals.transfers} transfers, "
         f"{totals.events} events"
     )
