@@ -25,12 +25,25 @@ from zope.interface.verify import verifyObject
 from kvpaxos.kv import machine
 from kvpaxos.kv.commands import (
     MAX_KEY_BYTES,
+    compare_and_swap,
     MAX_VALUE_BYTES,
+    TO_THE_END,
+    Compare,
+    CompareResult,
+    CompareTarget,
+    DeleteRange,
+    DeleteResponse,
     InvalidArgument,
+    KeyValue,
     Op,
+    Put,
+    Range,
+    RangeResult,
     Request,
     Result,
+    Txn,
     encode_request,
+    prefix_end,
 )
 from kvpaxos.paxos.messages import (
     NOOP,
@@ -51,7 +64,7 @@ from kvpaxos.storage.interfaces import (
     IStoreFactory,
 )
 from kvpaxos.storage.lmdb import LMDBStore
-from kvpaxos.storage.memory import MemoryStorage, MemoryStore
+from kvpaxos.storage.memory import MemoryState, MemoryStorage, MemoryStore
 from kvpaxos.storage.providers import (
     UnknownStoreError,
     find_store_factory,
@@ -306,6 +319,13 @@ def batch(*commands: bytes) -> Batch:
     return Batch(tuple(commands))
 
 
+def state_of(*items: tuple) -> bytes:
+    """Return the snapshot data of a state made by putting the (key, value) C{items} in order."""
+    state = MemoryState()
+    machine.apply_batch(state, [put(k, v) for k, v in items], 1)
+    return state.snapshot_data()
+
+
 class NodeStoreContractMixin:
     """
     The behaviour every L{INodeStore} provider must have.  Mixed into a
@@ -369,11 +389,11 @@ class NodeStoreContractMixin:
         self.assertEqual(
             results,
             [
-                (Request(Op.PUT, b"a", b"1"), Result(False)),
-                (Request(Op.APPEND, b"a", b"2"), Result(True, b"12")),
-                (Request(Op.DELETE, b"a"), Result(True)),
-                (Request(Op.PUT, b"b", b"x"), Result(False)),
-                (Request(Op.APPEND, b"c", b"y"), Result(False, b"y")),
+                (Request(Op.PUT, b"a", b"1"), Result(False, None, 1)),
+                (Request(Op.APPEND, b"a", b"2"), Result(True, b"12", 2)),
+                (Request(Op.DELETE, b"a"), Result(True, None, 3)),
+                (Request(Op.PUT, b"b", b"x"), Result(False, None, 4)),
+                (Request(Op.APPEND, b"c", b"y"), Result(False, b"y", 5)),
             ],
         )
         self.assertIsNone(self.store.get(b"a"))
@@ -384,7 +404,7 @@ class NodeStoreContractMixin:
         """A later commit sees the data an earlier one applied."""
         self.apply_slots(batch(put(b"k", b"one")))
         results = self.apply_slots(batch(append(b"k", b"+two")), first=2)
-        self.assertEqual(results, [(Request(Op.APPEND, b"k", b"+two"), Result(True, b"one+two"))])
+        self.assertEqual(results, [(Request(Op.APPEND, b"k", b"+two"), Result(True, b"one+two", 2))])
 
     def test_noop_and_config_change_advance_applied(self):
         """No-ops and config changes apply nothing to the data but count as applied."""
@@ -396,7 +416,7 @@ class NodeStoreContractMixin:
     def test_corrupt_command_skipped(self):
         """A command that does not decode is skipped and the rest of its batch applies."""
         results = self.apply_slots(batch(b"not a command", put(b"a", b"1")))
-        self.assertEqual(results, [(Request(Op.PUT, b"a", b"1"), Result(False))])
+        self.assertEqual(results, [(Request(Op.PUT, b"a", b"1"), Result(False, None, 1))])
         self.assertEqual(self.store.applied_index(), 1)
 
     def test_applied_survives_reopen(self):
@@ -421,10 +441,10 @@ class NodeStoreContractMixin:
         before = self.state()
         original = machine.apply
 
-        def apply(txn, request):
+        def apply(view, request, slot, limits):
             if request.key == b"boom":
                 raise RuntimeError("disk on fire")
-            return original(txn, request)
+            return original(view, request, slot, limits)
 
         self.patch(machine, "apply", apply)
         self.assertRaises(
@@ -452,11 +472,11 @@ class NodeStoreContractMixin:
     def test_install_replaces_data(self):
         """Installing a snapshot replaces all data and sets the applied index to the snapshot's."""
         self.apply_slots(batch(put(b"a", b"1"), put(b"b", b"2")))
-        snapshot = Snapshot(5, Config(frozenset({1, 2})), machine.encode_snapshot([(b"c", b"3")]))
+        snapshot = Snapshot(5, Config(frozenset({1, 2})), state_of((b"c", b"3")))
         results = self.store.commit(
             None, [], snapshot, True, [(6, batch(put(b"d", b"4")))]
         )
-        self.assertEqual(results, [(Request(Op.PUT, b"d", b"4"), Result(False))])
+        self.assertEqual(results, [(Request(Op.PUT, b"d", b"4"), Result(False, None, 2))])
         store = self.reopened()
         self.assertEqual(
             [store.get(k) for k in (b"a", b"b", b"c", b"d")], [None, None, b"3", b"4"]
@@ -466,7 +486,7 @@ class NodeStoreContractMixin:
 
     def test_install_at_saved_index(self):
         """A snapshot at the saved snapshot's index (a joining node's bootstrap) installs."""
-        snapshot = Snapshot(0, Config(frozenset({7})), machine.encode_snapshot([(b"k", b"v")]))
+        snapshot = Snapshot(0, Config(frozenset({7})), state_of((b"k", b"v")))
         self.store.commit(None, [], snapshot, True, [])
         self.assertEqual(self.store.get(b"k"), b"v")
         self.assertEqual(self.store.snapshot(), snapshot)
@@ -483,7 +503,7 @@ class NodeStoreContractMixin:
         self.apply_slots(*[batch(put(b"a", b"%d" % i)) for i in range(1, 6)])
         self.store.save(HardState(B1, 5), [], Snapshot(5, CONFIG, self.store.snapshot_data()))
         before = self.state()
-        old = Snapshot(3, CONFIG, machine.encode_snapshot([(b"z", b"z")]))
+        old = Snapshot(3, CONFIG, state_of((b"z", b"z")))
         self.assertRaises(ValueError, self.store.commit, None, [], old, True, [])
         self.assertEqual(self.state(), before)
 
@@ -491,7 +511,7 @@ class NodeStoreContractMixin:
         """A snapshot whose data is truncated raises ValueError and changes nothing."""
         self.apply_slots(batch(put(b"a", b"1")))
         before = self.state()
-        data = machine.encode_snapshot([(b"b", b"2"), (b"c", b"3")])[:-1]
+        data = state_of((b"b", b"2"), (b"c", b"3"))[:-1]
         self.assertRaises(ValueError, self.store.commit, None, [], Snapshot(4, CONFIG, data), True, [])
         self.assertEqual(self.state(), before)
 
@@ -513,7 +533,7 @@ class NodeStoreContractMixin:
         keys = [b"b", b"a\xff", b"a", b"\x00", b"ab"]
         self.apply_slots(batch(*[put(k, k.upper()) for k in keys]))
         self.assertEqual(
-            list(machine.decode_snapshot(self.store.snapshot_data())),
+            [(r.key, r.value) for r in machine.decode_snapshot(self.store.snapshot_data()).records],
             [(k, k.upper()) for k in sorted(keys)],
         )
 
@@ -559,6 +579,63 @@ class NodeStoreContractMixin:
         self.store.save(HardState(B1, 2), [(2, entry(B1, put(b"a", b"2")))], None)
         self.assertEqual(self.store.get(b"a"), b"1")
         self.assertEqual(self.store.applied_index(), 1)
+
+    def test_records_and_revision(self):
+        """get_record returns version and revisions, revision() the store's, and both survive a restart."""
+        self.apply_slots(batch(put(b"a", b"1"), put(b"b", b"2"), append(b"a", b"1")))
+        store = self.reopened()
+        self.assertEqual(store.revision(), 3)
+        self.assertEqual(store.get_record(b"a"), KeyValue(b"a", b"11", 2, 1, 3))
+        self.assertIsNone(store.get_record(b"zz"))
+        self.assertRaises(InvalidArgument, store.get_record, b"")
+
+    def test_fresh_revision(self):
+        """A fresh store is at revision 0."""
+        self.assertEqual(self.store.revision(), 0)
+
+    def test_range(self):
+        """range reads keys in byte order with etcd's end conventions, limit, keys_only and count_only."""
+        self.apply_slots(batch(*[put(k, k) for k in (b"b", b"a", b"ab", b"a\xff", b"c")]))
+        store = self.reopened()
+        keys = lambda result: [kv.key for kv in result.kvs]  # noqa: E731
+        self.assertEqual(keys(store.range(b"a", prefix_end(b"a"))), [b"a", b"ab", b"a\xff"])
+        self.assertEqual(keys(store.range(b"b")), [b"b"])
+        self.assertEqual(keys(store.range(b"b", TO_THE_END)), [b"b", b"c"])
+        self.assertEqual(store.range(b"c", b"a"), RangeResult((), 0, False, 5))
+        limited = store.range(b"\x00", TO_THE_END, limit=2, keys_only=True)
+        self.assertEqual(limited, RangeResult((KeyValue(b"a", b"", 1, 2, 2),
+                                               KeyValue(b"ab", b"", 1, 3, 3)), 5, True, 5))
+        self.assertEqual(store.range(b"a", b"b", count_only=True), RangeResult((), 3, False, 5))
+
+    def test_range_rejects_bad_input(self):
+        """range with an empty or oversized key or end, or a negative limit, is InvalidArgument."""
+        for args in ((b"",), (b"k" * (MAX_KEY_BYTES + 1),), (b"a", b""), (b"a", b"b", -1)):
+            self.assertRaises(InvalidArgument, self.store.range, *args)
+
+    def test_transaction_applies_atomically(self):
+        """A transaction commits all its writes at one revision, and its result comes back."""
+        self.apply_slots(batch(put(b"a", b"1")))
+        request = Request(Op.TXN, txn=Txn(
+            (Compare(b"a", CompareTarget.VALUE, CompareResult.EQUAL, b"1"),),
+            (Put(b"c", b"2"), Put(b"b", b"2"), DeleteRange(b"a", b"a\x00"), Range(b"b")),
+        ))
+        [(_, result)] = self.apply_slots(batch(encode_request(request)), first=2)
+        self.assertTrue(result.succeeded)
+        self.assertEqual(result.revision, 2)
+        self.assertEqual(result.responses[2], DeleteResponse(1))
+        store = self.reopened()
+        self.assertEqual(store.get_record(b"b"), KeyValue(b"b", b"2", 1, 2, 2))
+        self.assertIsNone(store.get(b"a"))
+        self.assertEqual(store.revision(), 2)
+
+    def test_install_sets_revision(self):
+        """Installing a snapshot brings its revision and records with it."""
+        self.apply_slots(batch(put(b"x", b"1")))
+        self.store.commit(None, [], Snapshot(3, CONFIG, state_of((b"a", b"1"), (b"a", b"2"))), True, [])
+        store = self.reopened()
+        self.assertEqual(store.revision(), 2)
+        self.assertEqual(store.get_record(b"a"), KeyValue(b"a", b"2", 2, 1, 2))
+        self.assertIsNone(store.get(b"x"))
 
 
 for _provider in NODE_STORE_PROVIDERS:
@@ -623,6 +700,30 @@ class LMDBStoreTests(SynchronousTestCase):
         env.close()
         self.assertRaises(encoding.CorruptRecord, LMDBStore, directory, CONFIG)
 
+    def test_old_format_refused(self):
+        """A directory of the version-1 layout (values without revisions) is refused with CorruptRecord."""
+        directory = self.mktemp()
+        env = lmdb.open(directory, max_dbs=4)
+        meta = env.open_db(b"meta")
+        with env.begin(write=True) as txn:
+            txn.put(b"format", b"kvpaxos-lmdb-1", db=meta)
+        env.close()
+        self.assertRaises(encoding.CorruptRecord, LMDBStore, directory, CONFIG)
+
+    def test_session_limits_used(self):
+        """The store applies batches with the session limits it was opened with."""
+        from kvpaxos.kv.sessions import SessionLimits
+
+        store = LMDBStore(self.mktemp(), CONFIG, map_bytes=TEST_MAP_BYTES,
+                          limits=SessionLimits(max_sessions=1))
+        self.addCleanup(store.close)
+        opening = encode_request(Request(Op.OPEN_SESSION))
+        store.commit(None, [], None, False, [(1, batch(opening, opening))])
+        self.assertEqual(store.range(b"\x00", TO_THE_END).count, 0)
+        [(_, result)] = store.commit(None, [], None, False, [(2, batch(encode_request(
+            Request(Op.PUT, b"k", b"v", client_id=1, sequence=1))))])
+        self.assertEqual(type(result).__name__, "SessionExpired")
+
     def test_log_keys_sort_as_slots(self):
         """Log keys are 8-byte big-endian, so slots past 255 and 65535 still come back in order."""
         store = self.open()
@@ -641,11 +742,16 @@ class ProvidersAgreeTests(SynchronousTestCase):
         self.memory = MemoryStore(CONFIG)
 
     def test_same_results_and_snapshot(self):
-        """The same committed slots give the same results and byte-identical snapshot data."""
+        """The same committed slots (writes, transactions, sessions) give the same results and snapshot bytes."""
+        session = Request(Op.APPEND, b"a", b"s", client_id=1, sequence=1)
+        cas = encode_request(compare_and_swap(b"c", b"3", expected_version=1))
         committed = [
             (1, batch(put(b"b", b"1"), append(b"a", b"x"), b"junk")),
             (2, NOOP),
             (3, batch(delete(b"b"), put(b"c", b"2"), append(b"a", b"y"))),
+            (4, batch(encode_request(Request(Op.OPEN_SESSION)), encode_request(session), cas, cas)),
+            (5, batch(encode_request(session), encode_request(Request(Op.TXN, txn=Txn(
+                (), (DeleteRange(b"\x00", TO_THE_END, True), Range(b"a"))))))),
         ]
         results = [s.commit(None, [], None, False, committed) for s in (self.lmdb, self.memory)]
         self.assertEqual(results[0], results[1])
@@ -659,7 +765,10 @@ class ProvidersAgreeTests(SynchronousTestCase):
         self.assertEqual(self.memory.snapshot_data(), data)
         self.memory.commit(None, [], None, False, [(2, batch(delete(b"j")))])
         self.lmdb.commit(None, [], Snapshot(2, CONFIG, self.memory.snapshot_data()), True, [])
-        self.assertEqual(list(machine.decode_snapshot(self.lmdb.snapshot_data())), [(b"k", b"v")])
+        self.assertEqual(
+            [(r.key, r.value) for r in machine.decode_snapshot(self.lmdb.snapshot_data()).records],
+            [(b"k", b"v")],
+        )
 
 
 # --- the on-disk record format -----------------------------------------------

@@ -1,14 +1,33 @@
 """
-Client commands as they travel through the log, and their results.
+Client commands as they travel through the log, and what applying them
+returns.
 
 A L{Request} is encoded to bytes (L{encode_request}) by the node that took it
 from a client and proposed it; every replica decodes it when it is chosen and
-applies it.  C{origin} and C{request_id} let the proposing node find the
-client waiting for the result; they do not affect what is applied.
+applies it (L{kvpaxos.kv.machine}).  C{origin} and C{request_id} let the
+proposing node find the client waiting for the result; they do not affect
+what is applied.  C{client_id} and C{sequence} name a session
+(L{kvpaxos.kv.sessions}): they do.
+
+Ops: C{PUT}, C{DELETE} and C{APPEND} of one key; C{TXN}, an etcd-style
+transaction (L{Txn}: compares, then the C{success} or the C{failure} ops,
+atomically, in one revision); C{OPEN_SESSION}, which assigns a client id.
+Reads that are not part of a transaction are not log commands: the node
+serves them from its store after a read index.
 
 Limits (documented for users in README.md): keys are 1..L{MAX_KEY_BYTES}
-bytes, values 0..L{MAX_VALUE_BYTES} bytes.  Anything else is the client's
-fault: L{InvalidArgument}.
+bytes, values 0..L{MAX_VALUE_BYTES} bytes, a transaction at most
+L{MAX_TXN_OPS} compares and ops per branch and L{MAX_TXN_BYTES} of keys,
+values and operands.
+Anything else is the client's fault: L{InvalidArgument}.
+
+The log format (L{encode_request}) is at the end of this module.  Version 1
+(the original) still encodes a put, delete or append without a session or
+prev_kv, so those commands are byte-for-byte what they were; everything
+else is version 2.  Both decode, and decoding validates: a command in the
+log is always one L{encode_request} would have written.
+Result types live here too; their byte format (for the session table) is in
+L{kvpaxos.kv.sessions}.
 """
 
 from __future__ import annotations
@@ -16,102 +35,690 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
+from typing import Optional, Union
 
 #: LMDB's key limit; the same for every storage provider.
 MAX_KEY_BYTES = 511
 #: 1 MiB.
 MAX_VALUE_BYTES = 1 << 20
+#: Compares, and ops per branch, in one transaction (etcd's default).
+MAX_TXN_OPS = 128
+#: The keys, values and operands of one transaction (etcd takes 1.5 MiB
+#: requests by default).
+MAX_TXN_BYTES = 2 << 20
+#: A range end meaning "every key from the start on" (etcd's convention).
+TO_THE_END = b"\x00"
 
-_VERSION = 1
-_HEADER = struct.Struct(">BBIQH")  # version, op, origin, request_id, key length
+_U64_MAX = (1 << 64) - 1
 
 
 class Op(enum.IntEnum):
-    """What a command does to its key."""
+    """What a command does."""
 
     PUT = 1
     DELETE = 2
     APPEND = 3
+    TXN = 4
+    OPEN_SESSION = 5
+
+
+class CompareTarget(enum.IntEnum):
+    """What a L{Compare} looks at (EXISTS is ours, not etcd's)."""
+
+    VALUE = 1
+    VERSION = 2
+    CREATE_REVISION = 3
+    MOD_REVISION = 4
+    EXISTS = 5
+
+
+class CompareResult(enum.IntEnum):
+    """How a L{Compare} relates the key's field to the operand."""
+
+    EQUAL = 1
+    NOT_EQUAL = 2
+    LESS = 3
+    GREATER = 4
 
 
 class InvalidArgument(ValueError):
-    """A client sent a bad key or value (the client's fault)."""
+    """A client sent a bad key, value or request (the client's fault)."""
 
 
 class CorruptCommand(ValueError):
     """Bytes in the log that are not a command (a misbehaving peer or bug)."""
 
 
+class CorruptRecord(ValueError):
+    """
+    Stored or transferred state (a key's record, a session, a snapshot) that
+    is not of this format: a damaged disk, a misbehaving peer, or data
+    written by another (newer) version of kvpaxos.  Not the caller's fault;
+    the node must not guess what it meant.  Re-exported by
+    L{kvpaxos.storage.encoding}.
+    """
+
+
+# --- requests ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Compare:
+    """
+    One condition of a L{Txn}: C{key}'s C{target} field, related by
+    C{result} to C{operand}.  The operand is C{bytes} for VALUE, an C{int}
+    >= 0 for VERSION, CREATE_REVISION and MOD_REVISION, and a C{bool} for
+    EXISTS.  A missing key has version and revisions 0 and no value: every
+    VALUE compare on it is false (etcd's rule).
+    """
+
+    key: bytes
+    target: CompareTarget
+    result: CompareResult
+    operand: Union[bytes, int, bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """A transaction op: store C{value} under C{key}; C{prev_kv}: return the old record."""
+
+    key: bytes
+    value: bytes = b""
+    prev_kv: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRange:
+    """
+    A transaction op: delete C{key} (C{end} None) or every key in
+    [C{key}, C{end}) (C{end} L{TO_THE_END}: every key >= C{key});
+    C{prev_kv}: return the deleted records.
+    """
+
+    key: bytes
+    end: Optional[bytes] = None
+    prev_kv: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """
+    A transaction op, and the shape of a local read: the records of C{key}
+    (C{end} None) or of [C{key}, C{end}), in key order, at most C{limit}
+    of them (0: all); C{keys_only} leaves values out, C{count_only} returns
+    only the count.
+    """
+
+    key: bytes
+    end: Optional[bytes] = None
+    limit: int = 0
+    keys_only: bool = False
+    count_only: bool = False
+
+
+TxnOp = Union[Put, DeleteRange, Range]
+
+
+@dataclass(frozen=True, slots=True)
+class Txn:
+    """
+    If every one of C{compares} holds, apply the C{success} ops in order,
+    else the C{failure} ops; atomically, all writes in one revision.  Ops
+    see the writes of the ops before them.  A branch may not write one key
+    twice (a put key twice, or a put key inside a deleted range): etcd's
+    rule, refused as L{InvalidArgument}.
+    """
+
+    compares: tuple = ()
+    success: tuple = ()
+    failure: tuple = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One client command: C{op} on C{key}, with C{value} for put/append."""
+    """
+    One client command: C{op} on C{key} with C{value} for put/append;
+    C{txn} for TXN (C{key} and C{value} empty).  C{client_id} and
+    C{sequence} (both 0: no session) make it exactly-once; C{prev_kv} asks
+    a put, delete or append for the record it replaced.
+    """
 
     op: Op
-    key: bytes
+    key: bytes = b""
     value: bytes = b""
     origin: int = 0
     request_id: int = 0
+    client_id: int = 0
+    sequence: int = 0
+    prev_kv: bool = False
+    txn: Optional[Txn] = None
+
+
+# --- results -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    """
+    A key's record.  C{version}: writes since it was created (1 on create);
+    C{create_revision}, C{mod_revision}: the store revisions of its creation
+    and its latest write.
+    """
+
+    key: bytes
+    value: bytes
+    version: int
+    create_revision: int
+    mod_revision: int
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
     """
-    What applying a L{Request} did.  C{existed}: the key was present before.
-    C{value}: the value after an append (None for put and delete).
+    What applying a put, delete or append did.  C{existed}: the key was
+    present before.  C{value}: the value after an append (None for put and
+    delete).  C{revision}: the store's revision after the request.
+    C{prev}: the record before, if the request asked for C{prev_kv}.
     """
 
-    existed: bool
-    value: bytes | None = None
+    existed: bool = False
+    value: Optional[bytes] = None
+    revision: int = 0
+    prev: Optional[KeyValue] = None
 
 
-def validate(op: Op, key: bytes, value: bytes = b"") -> None:
+@dataclass(frozen=True, slots=True)
+class RangeResult:
     """
-    Raise L{InvalidArgument} unless C{key} and C{value} are within limits.
+    What a range read found: C{kvs} in key order, C{count} keys in the
+    range in all (whatever the limit), C{more} if the limit left some out;
+    C{revision}: the store's revision the read saw.
     """
+
+    kvs: tuple = ()
+    count: int = 0
+    more: bool = False
+    revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PutResponse:
+    """A transaction's put: C{prev}, the replaced record if asked for (else None)."""
+
+    prev: Optional[KeyValue] = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteResponse:
+    """A transaction's delete: how many keys it deleted, and their records if asked for."""
+
+    deleted: int = 0
+    prevs: tuple = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TxnResult:
+    """
+    What a transaction did: C{succeeded} (every compare held), one response
+    per op of the branch applied (L{PutResponse}, L{DeleteResponse},
+    L{RangeResult}), and the store's revision after it.
+    """
+
+    succeeded: bool
+    responses: tuple = ()
+    revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOpened:
+    """An OPEN_SESSION applied: the new session's C{client_id}."""
+
+    client_id: int
+    revision: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StaleSequence:
+    """
+    Refused, nothing applied: C{sequence} is below the session's last one,
+    C{last_sequence} (a client bug, or a very late duplicate).
+    """
+
+    client_id: int
+    sequence: int
+    last_sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionExpired:
+    """
+    Refused, nothing applied: the session C{client_id} is not in the table
+    (never opened, evicted, or expired).  The outcome of the session's
+    earlier unanswered requests is unknown; the client opens a new session.
+    """
+
+    client_id: int
+    sequence: int
+
+
+# --- validation ----------------------------------------------------------------
+
+
+def _check_key(key, what: str = "key") -> None:
     if not isinstance(key, bytes) or not key:
-        raise InvalidArgument("key must be 1 to 511 bytes; got an empty key")
+        raise InvalidArgument(f"{what} must be 1 to {MAX_KEY_BYTES} bytes; got an empty {what}")
     if len(key) > MAX_KEY_BYTES:
-        raise InvalidArgument(f"key must be 1 to {MAX_KEY_BYTES} bytes; got {len(key)}")
+        raise InvalidArgument(f"{what} must be 1 to {MAX_KEY_BYTES} bytes; got {len(key)}")
+
+
+def _check_value(value) -> None:
+    if not isinstance(value, bytes):
+        raise InvalidArgument("value must be bytes")
     if len(value) > MAX_VALUE_BYTES:
         raise InvalidArgument(
             f"value must be at most {MAX_VALUE_BYTES} bytes; got {len(value)}"
         )
+
+
+def check_range(key: bytes, end: Optional[bytes]) -> None:
+    """
+    Raise L{InvalidArgument} unless C{key} is a key and C{end} is None, a
+    key, or L{TO_THE_END}.
+    """
+    _check_key(key)
+    if end is not None:
+        _check_key(end, "range end")
+
+
+def validate(op: Op, key: bytes, value: bytes = b"") -> None:
+    """
+    Raise L{InvalidArgument} unless C{key} and C{value} are within limits
+    for a put, delete or append.
+    """
+    _check_key(key)
+    _check_value(value)
     if op is Op.DELETE and value:
         raise InvalidArgument("delete takes no value")
 
 
+def _check_uint(number, what: str, maximum: int = _U64_MAX) -> None:
+    if type(number) is not int or not 0 <= number <= maximum:
+        raise InvalidArgument(f"{what} must be an integer from 0 to {maximum}")
+
+
+def _check_compare(compare) -> None:
+    if type(compare) is not Compare:
+        raise InvalidArgument(f"not a compare: {compare!r}")
+    _check_key(compare.key)
+    target, operand = compare.target, compare.operand
+    if not isinstance(target, CompareTarget) or not isinstance(compare.result, CompareResult):
+        raise InvalidArgument("compare target and result must be CompareTarget and CompareResult")
+    if target is CompareTarget.VALUE:
+        _check_value(operand)
+    elif target is CompareTarget.EXISTS:
+        if type(operand) is not bool:
+            raise InvalidArgument("an EXISTS compare takes True or False")
+    else:
+        _check_uint(operand, f"a {target.name} compare operand", (1 << 63) - 1)
+
+
+def _check_branch(ops, name: str) -> None:
+    if not isinstance(ops, tuple) or len(ops) > MAX_TXN_OPS:
+        raise InvalidArgument(f"{name} must be a tuple of at most {MAX_TXN_OPS} ops")
+    puts: set = set()
+    deletes = []
+    for op in ops:
+        kind = type(op)
+        if kind is Put:
+            _check_key(op.key)
+            _check_value(op.value)
+            if op.key in puts:
+                raise InvalidArgument(f"{name} puts key {op.key!r} twice")
+            puts.add(op.key)
+        elif kind is DeleteRange:
+            check_range(op.key, op.end)
+            deletes.append((op.key, op.end))
+        elif kind is Range:
+            check_range(op.key, op.end)
+            _check_uint(op.limit, "a range limit", (1 << 63) - 1)
+        else:
+            raise InvalidArgument(f"not a transaction op: {op!r}")
+    for key in puts:
+        for start, end in deletes:
+            if in_range(key, start, end):
+                raise InvalidArgument(f"{name} puts key {key!r} inside a range it deletes")
+
+
+def validate_request(request: Request) -> None:
+    """
+    Raise L{InvalidArgument} unless C{request} is a well-formed command
+    within every limit.
+    """
+    if not isinstance(request.op, Op):
+        raise InvalidArgument(f"unknown op {request.op!r}")
+    _check_uint(request.client_id, "client id")
+    _check_uint(request.sequence, "sequence")
+    if (request.client_id == 0) != (request.sequence == 0):
+        raise InvalidArgument("client id and sequence are both 0 (no session) or both set")
+    op = request.op
+    if op in (Op.PUT, Op.DELETE, Op.APPEND):
+        validate(op, request.key, request.value)
+        if request.txn is not None:
+            raise InvalidArgument(f"a {op.name} carries no transaction")
+        return
+    if request.key or request.value or request.prev_kv:
+        raise InvalidArgument(f"a {op.name} takes no key, value or prev_kv")
+    if op is Op.OPEN_SESSION:
+        if request.txn is not None or request.client_id:
+            raise InvalidArgument("OPEN_SESSION carries no transaction and no session")
+        return
+    txn = request.txn
+    if type(txn) is not Txn:
+        raise InvalidArgument("a TXN carries a Txn")
+    if not isinstance(txn.compares, tuple) or len(txn.compares) > MAX_TXN_OPS:
+        raise InvalidArgument(f"a transaction has at most {MAX_TXN_OPS} compares")
+    for compare in txn.compares:
+        _check_compare(compare)
+    _check_branch(txn.success, "success")
+    _check_branch(txn.failure, "failure")
+    size = sum(len(c.key) + (len(c.operand) if type(c.operand) is bytes else 8) for c in txn.compares)
+    for op in txn.success + txn.failure:
+        size += len(op.key) + len(getattr(op, "value", b"")) + len(getattr(op, "end", None) or b"")
+    if size > MAX_TXN_BYTES:
+        raise InvalidArgument(f"a transaction must hold at most {MAX_TXN_BYTES} bytes of keys and values")
+
+
+# --- ranges and helpers ------------------------------------------------------
+
+
+def in_range(key: bytes, start: bytes, end: Optional[bytes]) -> bool:
+    """Whether C{key} is in the range C{start}..C{end} (etcd's conventions, as L{Range})."""
+    if end is None:
+        return key == start
+    if end == TO_THE_END:
+        return key >= start
+    return start <= key < end
+
+
+def range_query(
+    start: bytes,
+    end: Optional[bytes] = None,
+    limit: int = 0,
+    keys_only: bool = False,
+    count_only: bool = False,
+) -> Range:
+    """
+    Return the L{Range} of a local read, checked.
+
+    @raise InvalidArgument: a bad key or end, or a negative limit.
+    """
+    check_range(start, end)
+    _check_uint(limit, "a range limit", (1 << 63) - 1)
+    return Range(start, end, limit, bool(keys_only), bool(count_only))
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """
+    Return the range end that makes [C{prefix}, end) every key starting with
+    C{prefix}: the prefix with its last byte below 0xff incremented (and
+    what follows dropped), or L{TO_THE_END} if every byte is 0xff.
+    """
+    ending = bytearray(prefix)
+    while ending:
+        if ending[-1] < 0xFF:
+            ending[-1] += 1
+            return bytes(ending)
+        ending.pop()
+    return TO_THE_END
+
+
+def compare_and_swap(
+    key: bytes,
+    value: bytes,
+    *,
+    expected_value: Optional[bytes] = None,
+    expected_version: Optional[int] = None,
+    prev_kv: bool = False,
+    client_id: int = 0,
+    sequence: int = 0,
+) -> Request:
+    """
+    Return a TXN request that puts C{value} under C{key} if the key holds
+    C{expected_value}, or is at C{expected_version} (exactly one of the
+    two; version 0 means "the key does not exist", so it creates), and
+    otherwise reads the key.  Its L{TxnResult}: C{succeeded} says whether
+    it swapped; when it did not, C{responses[0]} is a L{RangeResult}
+    holding the current record (none if missing).
+
+    @raise InvalidArgument: neither or both expectations given, or bad
+        key or value.
+    """
+    if (expected_value is None) == (expected_version is None):
+        raise InvalidArgument("compare-and-swap takes an expected value or an expected version")
+    if expected_value is not None:
+        compare = Compare(key, CompareTarget.VALUE, CompareResult.EQUAL, expected_value)
+    else:
+        compare = Compare(key, CompareTarget.VERSION, CompareResult.EQUAL, expected_version)
+    txn = Txn((compare,), (Put(key, value, prev_kv),), (Range(key),))
+    request = Request(Op.TXN, txn=txn, client_id=client_id, sequence=sequence)
+    validate_request(request)
+    return request
+
+
+# --- the log format ----------------------------------------------------------
+
+_V1 = 1
+_V2 = 2
+_HEADER_V1 = struct.Struct(">BBIQH")  # version, op, origin, request_id, key length
+_HEADER_V2 = struct.Struct(">BBIQQQB")  # version, op, origin, request_id, client, sequence, flags
+_KEY = struct.Struct(">H")
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_COMPARE_HEAD = struct.Struct(">BBH")  # target, result, key length
+_OP_HEAD = struct.Struct(">BBH")  # tag, flags, key length
+
+_PREV_KV = 1
+_HAS_END = 2
+_KEYS_ONLY = 4
+_COUNT_ONLY = 8
+_TAG_PUT, _TAG_DELETE, _TAG_RANGE = 1, 2, 3
+
+
 def encode_request(request: Request) -> bytes:
-    """Return the log bytes of C{request} (validated)."""
-    validate(request.op, request.key, request.value)
-    return (
-        _HEADER.pack(
-            _VERSION, request.op, request.origin, request.request_id, len(request.key)
+    """
+    Return the log bytes of C{request}.
+
+    @raise InvalidArgument: C{request} is not valid (L{validate_request}).
+    """
+    validate_request(request)
+    op = request.op
+    if op in (Op.PUT, Op.DELETE, Op.APPEND) and not request.client_id and not request.prev_kv:
+        head = _HEADER_V1.pack(_V1, op, request.origin, request.request_id, len(request.key))
+        return head + request.key + request.value
+    parts = [
+        _HEADER_V2.pack(
+            _V2, op, request.origin, request.request_id, request.client_id,
+            request.sequence, _PREV_KV if request.prev_kv else 0,
         )
-        + request.key
-        + request.value
-    )
+    ]
+    if op is Op.TXN:
+        _encode_txn(request.txn, parts)
+    elif op is not Op.OPEN_SESSION:
+        parts += [_KEY.pack(len(request.key)), request.key, request.value]
+    return b"".join(parts)
+
+
+def _encode_txn(txn: Txn, parts: list) -> None:
+    parts.append(_U16.pack(len(txn.compares)))
+    for c in txn.compares:
+        parts += [_COMPARE_HEAD.pack(c.target, c.result, len(c.key)), c.key]
+        if c.target is CompareTarget.VALUE:
+            parts += [_U32.pack(len(c.operand)), c.operand]
+        elif c.target is CompareTarget.EXISTS:
+            parts.append(_U8.pack(int(c.operand)))
+        else:
+            parts.append(_U64.pack(c.operand))
+    for branch in (txn.success, txn.failure):
+        parts.append(_U16.pack(len(branch)))
+        for op in branch:
+            kind = type(op)
+            end = getattr(op, "end", None)
+            flags = (_HAS_END if end is not None else 0) | (_PREV_KV if getattr(op, "prev_kv", False) else 0)
+            if kind is Range:
+                flags |= (_KEYS_ONLY if op.keys_only else 0) | (_COUNT_ONLY if op.count_only else 0)
+            tag = {Put: _TAG_PUT, DeleteRange: _TAG_DELETE, Range: _TAG_RANGE}[kind]
+            parts += [_OP_HEAD.pack(tag, flags, len(op.key)), op.key]
+            if end is not None:
+                parts += [_KEY.pack(len(end)), end]
+            if kind is Put:
+                parts += [_U32.pack(len(op.value)), op.value]
+            elif kind is Range:
+                parts.append(_U64.pack(op.limit))
+
+
+class _Reader:
+    """Reads fields off hostile bytes; running past the end is L{CorruptCommand}."""
+
+    __slots__ = ("data", "offset")
+
+    def __init__(self, data, offset: int) -> None:
+        self.data = data
+        self.offset = offset
+
+    def take(self, size: int) -> bytes:
+        end = self.offset + size
+        if end > len(self.data):
+            raise CorruptCommand(f"truncated command: needs {end} bytes, has {len(self.data)}")
+        chunk = bytes(self.data[self.offset:end])
+        self.offset = end
+        return chunk
+
+    def unpack(self, layout: struct.Struct) -> tuple:
+        return layout.unpack(self.take(layout.size))
+
+    def rest(self) -> bytes:
+        chunk = bytes(self.data[self.offset:])
+        self.offset = len(self.data)
+        return chunk
 
 
 def decode_request(data: bytes) -> Request:
     """
-    Return the L{Request} encoded in C{data}.
+    Return the L{Request} encoded in C{data} (version 1 or 2).
 
-    @raise CorruptCommand: C{data} is not an encoded request.
+    @raise CorruptCommand: C{data} is not an encoded, valid request.
     """
-    if len(data) < _HEADER.size:
-        raise CorruptCommand(f"command of {len(data)} bytes is too short")
-    version, op, origin, request_id, key_length = _HEADER.unpack_from(data)
-    if version != _VERSION:
+    if not data:
+        raise CorruptCommand("empty command")
+    version = data[0]
+    if version == _V1:
+        request = _decode_v1(data)
+    elif version == _V2:
+        request = _decode_v2(data)
+    else:
         raise CorruptCommand(f"unknown command version {version}")
     try:
-        op = Op(op)
+        validate_request(request)
+    except InvalidArgument as error:
+        raise CorruptCommand(f"invalid command: {error}") from None
+    return request
+
+
+def _op(code: int) -> Op:
+    try:
+        return Op(code)
     except ValueError:
-        raise CorruptCommand(f"unknown op {op}") from None
-    end = _HEADER.size + key_length
-    if key_length == 0 or key_length > MAX_KEY_BYTES or end > len(data):
+        raise CorruptCommand(f"unknown op {code}") from None
+
+
+def _decode_v1(data) -> Request:
+    reader = _Reader(data, 0)
+    _, op, origin, request_id, key_length = reader.unpack(_HEADER_V1)
+    op = _op(op)
+    if op not in (Op.PUT, Op.DELETE, Op.APPEND):
+        raise CorruptCommand(f"op {op.name} has no version 1 encoding")
+    if key_length == 0 or key_length > MAX_KEY_BYTES:
         raise CorruptCommand(f"bad key length {key_length}")
-    key = bytes(data[_HEADER.size:end])
-    value = bytes(data[end:])
+    key = reader.take(key_length)
+    value = reader.rest()
     if len(value) > MAX_VALUE_BYTES:
         raise CorruptCommand(f"value of {len(value)} bytes is too long")
     return Request(op, key, value, origin, request_id)
+
+
+def _decode_v2(data) -> Request:
+    reader = _Reader(data, 0)
+    _, op, origin, request_id, client_id, sequence, flags = reader.unpack(_HEADER_V2)
+    op = _op(op)
+    if flags & ~_PREV_KV:
+        raise CorruptCommand(f"unknown request flags {flags}")
+    key = value = b""
+    txn = None
+    if op is Op.TXN:
+        txn = _decode_txn(reader)
+        if reader.offset != len(data):
+            raise CorruptCommand(f"{len(data) - reader.offset} trailing bytes")
+    elif op is not Op.OPEN_SESSION:
+        (key_length,) = reader.unpack(_KEY)
+        key = reader.take(key_length)
+        value = reader.rest()
+    elif reader.offset != len(data):
+        raise CorruptCommand(f"{len(data) - reader.offset} trailing bytes")
+    return Request(op, key, value, origin, request_id, client_id, sequence, bool(flags), txn)
+
+
+def _enum(kind, code: int):
+    try:
+        return kind(code)
+    except ValueError:
+        raise CorruptCommand(f"unknown {kind.__name__} {code}") from None
+
+
+def _decode_txn(reader: _Reader) -> Txn:
+    (count,) = reader.unpack(_U16)
+    compares = []
+    for _ in range(count):
+        target, result, key_length = reader.unpack(_COMPARE_HEAD)
+        target = _enum(CompareTarget, target)
+        result = _enum(CompareResult, result)
+        key = reader.take(key_length)
+        if target is CompareTarget.VALUE:
+            (length,) = reader.unpack(_U32)
+            operand = reader.take(length)
+        elif target is CompareTarget.EXISTS:
+            (flag,) = reader.unpack(_U8)
+            if flag > 1:
+                raise CorruptCommand(f"EXISTS operand {flag}")
+            operand = bool(flag)
+        else:
+            (operand,) = reader.unpack(_U64)
+        compares.append(Compare(key, target, result, operand))
+    branches = []
+    for _ in range(2):
+        (count,) = reader.unpack(_U16)
+        branches.append(tuple(_decode_op(reader) for _ in range(count)))
+    return Txn(tuple(compares), branches[0], branches[1])
+
+
+def _decode_op(reader: _Reader) -> TxnOp:
+    tag, flags, key_length = reader.unpack(_OP_HEAD)
+    allowed = {_TAG_PUT: _PREV_KV, _TAG_DELETE: _PREV_KV | _HAS_END,
+               _TAG_RANGE: _HAS_END | _KEYS_ONLY | _COUNT_ONLY}.get(tag)
+    if allowed is None:
+        raise CorruptCommand(f"unknown transaction op {tag}")
+    if flags & ~allowed:
+        raise CorruptCommand(f"bad flags {flags} for transaction op {tag}")
+    key = reader.take(key_length)
+    end = None
+    if flags & _HAS_END:
+        (end_length,) = reader.unpack(_KEY)
+        end = reader.take(end_length)
+    if tag == _TAG_PUT:
+        (length,) = reader.unpack(_U32)
+        return Put(key, reader.take(length), bool(flags & _PREV_KV))
+    if tag == _TAG_DELETE:
+        return DeleteRange(key, end, bool(flags & _PREV_KV))
+    (limit,) = reader.unpack(_U64)
+    return Range(key, end, limit, bool(flags & _KEYS_ONLY), bool(flags & _COUNT_ONLY))

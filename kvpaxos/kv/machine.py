@@ -1,90 +1,348 @@
 """
-How commands apply to key-value data, independent of where the data lives.
+How commands apply to the replicated state, independent of where it lives;
+and the byte formats of that state (a key's record, the snapshot).
 
-A storage provider hands L{apply} a transaction object with C{get(key)},
-C{put(key, value)} and C{delete(key) -> bool}; it runs every chosen batch
-through it inside the same atomic write that records the applied index.
+The state: every key's L{KeyValue} record, the store's global C{revision}
+(0 when empty; each applied request that changes data adds exactly one, and
+every write of that request carries it, as in etcd), and the session table
+(L{kvpaxos.kv.sessions}).
 
-Snapshots of the data are encoded with L{encode_snapshot} and read back with
-L{decode_snapshot}: a sequence of (key length, key, value length, value).
+A storage provider hands L{apply_batch} a transaction view, inside the same
+atomic write that records the applied index, with:
+
+  - C{get(key) -> KeyValue | None}, C{put(kv)}, C{delete(key)};
+  - C{scan(start, stop)}: the records with C{start <= key < stop} (C{stop}
+    None: no bound) in key order; the caller does not write while it runs;
+  - C{revision()}, C{set_revision(n)};
+  - the session calls listed in L{kvpaxos.kv.sessions}.
+
+Determinism: apply reads nothing but the view, the request and the slot;
+no clock, no randomness, no iteration over unordered containers.  Every
+replica that applies the same batches at the same slots holds the same
+state (and the same snapshot bytes).
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Iterable, Iterator
+from dataclasses import dataclass, replace
+from typing import Iterable, Optional
 
-from kvpaxos.kv.commands import CorruptCommand, Op, Request, Result, decode_request
+from kvpaxos.kv import sessions
+from kvpaxos.kv.commands import (
+    MAX_KEY_BYTES,
+    TO_THE_END,
+    Compare,
+    CompareResult,
+    CompareTarget,
+    CorruptCommand,
+    CorruptRecord,
+    DeleteRange,
+    DeleteResponse,
+    KeyValue,
+    Op,
+    Put,
+    PutResponse,
+    Range,
+    RangeResult,
+    Request,
+    Result,
+    TxnResult,
+    decode_request,
+)
+from kvpaxos.kv.sessions import DEFAULT_LIMITS, FIRST_CLIENT_ID, RecordReader, SessionLimits
 
-_LENGTH = struct.Struct(">I")
 
-
-def apply(txn, request: Request) -> Result:
-    """Apply one decoded request to C{txn} and return its L{Result}."""
-    key = request.key
-    if request.op is Op.PUT:
-        existed = txn.get(key) is not None
-        txn.put(key, request.value)
-        return Result(existed)
-    if request.op is Op.DELETE:
-        return Result(txn.delete(key))
-    old = txn.get(key)
-    new = (old or b"") + request.value
-    txn.put(key, new)
-    return Result(old is not None, new)
-
-
-def apply_batch(txn, commands: Iterable[bytes]) -> list[tuple[Request, Result]]:
+def apply(view, request: Request, slot: int, limits: SessionLimits = DEFAULT_LIMITS):
     """
-    Apply every command of a chosen batch in order; return each decoded
-    request with its result.  A command that does not decode is skipped on
-    every replica alike (it was validated before it was proposed, so only a
+    Apply one decoded request, chosen at C{slot}, to C{view}; return its
+    result: L{Result} (put, delete, append), L{TxnResult},
+    L{kvpaxos.kv.commands.SessionOpened}, or, changing nothing, a saved
+    result or L{kvpaxos.kv.commands.StaleSequence} /
+    L{kvpaxos.kv.commands.SessionExpired} (see L{kvpaxos.kv.sessions}).
+    """
+    answer = sessions.check(view, request)
+    if answer is not None:
+        return answer
+    op = request.op
+    if op is Op.OPEN_SESSION:
+        return sessions.open_session(view, slot, limits)
+    if op is Op.TXN:
+        result = apply_txn(view, request.txn)
+    else:
+        result = _APPLY[op](view, request)
+    sessions.record(view, request, slot, result)
+    return result
+
+
+def apply_batch(
+    view, commands: Iterable[bytes], slot: int, limits: SessionLimits = DEFAULT_LIMITS
+) -> list:
+    """
+    Apply every command of the batch chosen at C{slot}, in order; return
+    each decoded request with its result.  Sessions unused for too long
+    expire first.  A command that does not decode is skipped on every
+    replica alike (it was validated before it was proposed, so only a
     misbehaving peer can put one in the log).
     """
+    sessions.expire(view, slot, limits)
     results = []
     for data in commands:
         try:
             request = decode_request(data)
         except CorruptCommand:
             continue
-        results.append((request, apply(txn, request)))
+        results.append((request, apply(view, request, slot, limits)))
     return results
 
 
-def encode_snapshot(items: Iterable[tuple[bytes, bytes]]) -> bytes:
-    """Return the snapshot bytes of the (key, value) pairs in C{items}."""
-    parts = []
-    pack = _LENGTH.pack
-    for key, value in items:
-        parts.append(pack(len(key)))
-        parts.append(key)
-        parts.append(pack(len(value)))
-        parts.append(value)
+# --- single-key commands -----------------------------------------------------
+
+
+def _write(view, key: bytes, value: bytes, revision: int) -> Optional[KeyValue]:
+    """Store C{value} under C{key} at C{revision}; return the record it replaced."""
+    prev = view.get(key)
+    if prev is None:
+        view.put(KeyValue(key, value, 1, revision, revision))
+    else:
+        view.put(KeyValue(key, value, prev.version + 1, prev.create_revision, revision))
+    return prev
+
+
+def _put(view, request: Request) -> Result:
+    revision = view.revision() + 1
+    prev = _write(view, request.key, request.value, revision)
+    view.set_revision(revision)
+    return Result(prev is not None, None, revision, prev if request.prev_kv else None)
+
+
+def _delete(view, request: Request) -> Result:
+    prev = view.get(request.key)
+    if prev is not None:
+        view.delete(request.key)
+        view.set_revision(view.revision() + 1)
+    return Result(prev is not None, None, view.revision(), prev if request.prev_kv else None)
+
+
+def _append(view, request: Request) -> Result:
+    revision = view.revision() + 1
+    prev = view.get(request.key)
+    value = (prev.value if prev is not None else b"") + request.value
+    _write(view, request.key, value, revision)
+    view.set_revision(revision)
+    return Result(prev is not None, value, revision, prev if request.prev_kv else None)
+
+
+_APPLY = {Op.PUT: _put, Op.DELETE: _delete, Op.APPEND: _append}
+
+
+# --- transactions --------------------------------------------------------------
+
+
+def compare(view, condition: Compare) -> bool:
+    """
+    Whether C{condition} holds in C{view}.  A missing key has version,
+    create and mod revision 0 and does not exist; any VALUE compare on it
+    is false (etcd: a missing value equals nothing and differs from nothing).
+    """
+    kv = view.get(condition.key)
+    target = condition.target
+    operand = condition.operand
+    if target is CompareTarget.VALUE:
+        if kv is None:
+            return False
+        actual = kv.value
+    elif target is CompareTarget.EXISTS:
+        actual, operand = int(kv is not None), int(operand)
+    elif kv is None:
+        actual = 0
+    elif target is CompareTarget.VERSION:
+        actual = kv.version
+    elif target is CompareTarget.CREATE_REVISION:
+        actual = kv.create_revision
+    else:
+        actual = kv.mod_revision
+    relation = condition.result
+    if relation is CompareResult.EQUAL:
+        return actual == operand
+    if relation is CompareResult.NOT_EQUAL:
+        return actual != operand
+    if relation is CompareResult.LESS:
+        return actual < operand
+    return actual > operand
+
+
+def apply_txn(view, txn) -> TxnResult:
+    """
+    Apply transaction C{txn}: its C{success} ops if every compare holds,
+    else its C{failure} ops, in order, each seeing the writes before it.
+    If any op changed data the revision grows by one, and every write and
+    every response carries it.
+    """
+    succeeded = all(compare(view, c) for c in txn.compares)
+    before = view.revision()
+    revision = before + 1
+    wrote = False
+    responses = []
+    for op in txn.success if succeeded else txn.failure:
+        kind = type(op)
+        if kind is Put:
+            prev = _write(view, op.key, op.value, revision)
+            wrote = True
+            responses.append(PutResponse(prev if op.prev_kv else None))
+        elif kind is DeleteRange:
+            doomed = list(_scan(view, op.key, op.end))
+            for kv in doomed:
+                view.delete(kv.key)
+            wrote = wrote or bool(doomed)
+            responses.append(DeleteResponse(len(doomed), tuple(doomed) if op.prev_kv else ()))
+        else:
+            responses.append(read_range(view, op))
+    if wrote:
+        view.set_revision(revision)
+    else:
+        revision = before
+    responses = tuple(
+        replace(r, revision=revision) if type(r) is RangeResult else r for r in responses
+    )
+    return TxnResult(succeeded, responses, revision)
+
+
+# --- range reads -----------------------------------------------------------------
+
+
+def _scan(view, start: bytes, end: Optional[bytes]):
+    """Yield the records in C{start}..C{end} (conventions of L{Range})."""
+    if end is None:
+        kv = view.get(start)
+        if kv is not None:
+            yield kv
+        return
+    if end == TO_THE_END:
+        yield from view.scan(start, None)
+    elif start < end:
+        yield from view.scan(start, end)
+
+
+def read_range(view, query: Range) -> RangeResult:
+    """
+    Return the L{RangeResult} of C{query} over C{view}: records in key
+    order, at most C{query.limit} (0: no limit), C{count} all in range,
+    C{more} when the limit cut some off; values left out if C{keys_only};
+    no records at all if C{count_only}.  C{revision}: the view's.
+    """
+    kvs = []
+    count = 0
+    limit = query.limit
+    for kv in _scan(view, query.key, query.end):
+        count += 1
+        if query.count_only or (limit and len(kvs) >= limit):
+            continue
+        kvs.append(replace(kv, value=b"") if query.keys_only else kv)
+    return RangeResult(tuple(kvs), count, len(kvs) < count and not query.count_only,
+                       view.revision())
+
+
+# --- the byte formats ----------------------------------------------------------
+
+#: The version byte a non-empty snapshot starts with.
+SNAPSHOT_FORMAT = 2
+
+_RECORD = struct.Struct(">QQQ")  # version, create revision, mod revision
+_SNAPSHOT_HEAD = struct.Struct(">BQQQ")  # format, revision, next client id, record count
+_RECORD_HEAD = struct.Struct(">HI")  # key length, record length
+_SESSIONS_HEAD = struct.Struct(">Q")  # session count
+_SESSION_HEAD = struct.Struct(">QI")  # client id, entry length
+
+
+def encode_record(kv: KeyValue) -> bytes:
+    """Return the stored bytes of C{kv}'s record (its key is stored beside it)."""
+    return _RECORD.pack(kv.version, kv.create_revision, kv.mod_revision) + kv.value
+
+
+def decode_record(key: bytes, data) -> KeyValue:
+    """
+    Return the L{KeyValue} of C{key} whose record is C{data}.
+
+    @raise CorruptRecord: C{data} is not a record.
+    """
+    if len(data) < _RECORD.size:
+        raise CorruptRecord(f"record of {len(data)} bytes is too short")
+    version, created, modified = _RECORD.unpack_from(data)
+    return KeyValue(key, bytes(data[_RECORD.size:]), version, created, modified)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotState:
+    """
+    The state a snapshot holds: the revision, the next client id, every
+    record in key order, every C{(client_id, Session)} in client id order.
+    """
+
+    revision: int = 0
+    next_client_id: int = FIRST_CLIENT_ID
+    records: tuple = ()
+    sessions: tuple = ()
+
+
+def encode_snapshot(revision: int, next_client_id: int, records, session_entries) -> bytes:
+    """
+    Return the snapshot bytes of a state: C{records}, a list of C{(key,
+    encode_record bytes)} in key order; C{session_entries}, a list of
+    C{(client_id, encode_session bytes)} in client id order.  The empty
+    state encodes to C{b""} (the bootstrap snapshot's data); equal states
+    encode to equal bytes, whichever provider holds them.
+    """
+    if not revision and next_client_id == FIRST_CLIENT_ID and not records and not session_entries:
+        return b""
+    parts = [_SNAPSHOT_HEAD.pack(SNAPSHOT_FORMAT, revision, next_client_id, len(records))]
+    for key, record in records:
+        parts += [_RECORD_HEAD.pack(len(key), len(record)), key, record]
+    parts.append(_SESSIONS_HEAD.pack(len(session_entries)))
+    for client_id, entry in session_entries:
+        parts += [_SESSION_HEAD.pack(client_id, len(entry)), entry]
     return b"".join(parts)
 
 
-def decode_snapshot(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+def decode_snapshot(data) -> SnapshotState:
     """
-    Yield the (key, value) pairs of snapshot C{data}.
+    Return the state in snapshot C{data} (hostile bytes from a peer: every
+    length, order and bound is checked).
 
-    @raise ValueError: C{data} is truncated.
+    @raise CorruptRecord: C{data} is not a snapshot of this format.
     """
-    view = memoryview(data)
-    offset = 0
-    size = _LENGTH.size
-    while offset < len(view):
-        if offset + size > len(view):
-            raise ValueError("truncated snapshot")
-        (klen,) = _LENGTH.unpack_from(view, offset)
-        offset += size
-        key = bytes(view[offset:offset + klen])
-        offset += klen
-        if offset + size > len(view):
-            raise ValueError("truncated snapshot")
-        (vlen,) = _LENGTH.unpack_from(view, offset)
-        offset += size
-        value = bytes(view[offset:offset + vlen])
-        offset += vlen
-        if len(key) != klen or len(value) != vlen:
-            raise ValueError("truncated snapshot")
-        yield key, value
+    if not data:
+        return SnapshotState()
+    reader = RecordReader(memoryview(data), "snapshot")
+    form, revision, next_client_id, count = reader.unpack(_SNAPSHOT_HEAD)
+    if form != SNAPSHOT_FORMAT:
+        raise CorruptRecord(f"snapshot has format {form}, not {SNAPSHOT_FORMAT}")
+    if count * (_RECORD_HEAD.size + 1 + _RECORD.size) > len(data):
+        raise CorruptRecord(f"snapshot claims {count} records")
+    records = []
+    previous = b""
+    for _ in range(count):
+        key_length, record_length = reader.unpack(_RECORD_HEAD)
+        if not 0 < key_length <= MAX_KEY_BYTES:
+            raise CorruptRecord(f"snapshot key of {key_length} bytes")
+        key = reader.take(key_length)
+        kv = decode_record(key, reader.take(record_length))
+        if key <= previous:
+            raise CorruptRecord("snapshot keys out of order")
+        if not (kv.version >= 1 and 1 <= kv.create_revision <= kv.mod_revision <= revision):
+            raise CorruptRecord(f"snapshot record of {key!r} has impossible revisions")
+        records.append(kv)
+        previous = key
+    (count,) = reader.unpack(_SESSIONS_HEAD)
+    if count * _SESSION_HEAD.size > len(data):
+        raise CorruptRecord(f"snapshot claims {count} sessions")
+    entries = []
+    last_id = 0
+    for _ in range(count):
+        client_id, length = reader.unpack(_SESSION_HEAD)
+        if not last_id < client_id < next_client_id:
+            raise CorruptRecord(f"snapshot session {client_id} out of order or unassigned")
+        entries.append((client_id, sessions.decode_session(reader.take(length))))
+        last_id = client_id
+    reader.end()
+    return SnapshotState(revision, next_client_id, tuple(records), tuple(entries))

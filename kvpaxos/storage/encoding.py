@@ -8,6 +8,12 @@ parse, by raising L{CorruptRecord}.  Integers are big-endian and unsigned
 (C{struct}); variable-length parts carry a 4-byte length.  No pickle: a
 record means exactly what this module says it means, whatever code wrote it.
 
+Also the keys of the LMDB session sub-databases (L{encode_u64},
+L{encode_use_key}).  The state machine's own records (a key's record, a
+session entry, the snapshot's data) are formatted by L{kvpaxos.kv.machine}
+and L{kvpaxos.kv.sessions}, since snapshots carry them between providers;
+L{CorruptRecord} is the one error for all of them.
+
 Only codecs live here: no I/O, no LMDB.  The snapshot's data is opaque bytes
 and is stored as it is, not through this module.
 """
@@ -16,6 +22,11 @@ from __future__ import annotations
 
 import struct
 
+# CorruptRecord: stored bytes that are not a record of this format (a damaged
+# disk, or data written by a newer kvpaxos).  One class for the acceptor
+# records here and the state machine's (key records, sessions, snapshots),
+# defined in the kv layer so that it need not import storage.
+from kvpaxos.kv.commands import CorruptRecord  # noqa: F401 (re-exported)
 from kvpaxos.paxos.messages import (
     NOOP,
     Ballot,
@@ -52,14 +63,6 @@ _KIND_CODES = {
     ChangeKind.REMOVE: 4,
 }
 _CODE_KINDS = {code: kind for kind, code in _KIND_CODES.items()}
-
-
-class CorruptRecord(ValueError):
-    """
-    Stored bytes that are not a record of this format: a damaged disk, or
-    data written by another (newer) version of kvpaxos.  Not the caller's
-    fault; the node must not guess what the record meant.
-    """
 
 
 def _need(data, offset: int, size: int, what: str) -> None:
@@ -262,3 +265,36 @@ def decode_slot(data) -> int:
     if len(data) != 8:
         raise CorruptRecord(f"slot of {len(data)} bytes, not 8")
     return _U64.unpack(data)[0]
+
+
+# --- state machine metadata and session keys ---------------------------------
+
+_USE_KEY = struct.Struct(">QQ")  # last-used slot, client id
+
+
+def encode_u64(number: int) -> bytes:
+    """Return 8-byte big-endian C{number} (a revision, client id or counter)."""
+    return _U64.pack(number)
+
+
+#: Read back an L{encode_u64}; 8 bytes or L{CorruptRecord}.
+decode_u64 = decode_slot
+
+
+def encode_use_key(last_used: int, client_id: int) -> bytes:
+    """
+    Return the key of a session in the least-recently-used index: sorts by
+    last-used slot, then client id (the eviction order).
+    """
+    return _USE_KEY.pack(last_used, client_id)
+
+
+def decode_use_key(data) -> tuple[int, int]:
+    """
+    Return the C{(last_used, client_id)} of an L{encode_use_key} key.
+
+    @raise CorruptRecord: C{data} is not 16 bytes.
+    """
+    if len(data) != _USE_KEY.size:
+        raise CorruptRecord(f"session index key of {len(data)} bytes, not 16")
+    return _USE_KEY.unpack(data)

@@ -78,8 +78,8 @@ class INodeStore(IReplicaStorage):
     it describes: a restart neither loses nor re-applies a command).
 
     Threading: L{commit} runs on the node's one writer thread;
-    L{get}, L{applied_index} and the L{IReplicaStorage} reads may run on any
-    thread.
+    L{get}, L{get_record}, L{range}, L{revision}, L{applied_index} and the
+    L{IReplicaStorage} reads may run on any thread.
     """
 
     state_machine = Attribute(
@@ -89,28 +89,69 @@ class INodeStore(IReplicaStorage):
 
     def snapshot_data():
         """
-        Return the key-value data as of the last L{commit}, encoded with
-        L{kvpaxos.kv.machine.encode_snapshot}.
+        Return the replicated state (records, revision, session table) as of
+        the last L{commit}, encoded with L{kvpaxos.kv.machine.encode_snapshot}:
+        equal states give equal bytes, whichever provider holds them.
         """
 
     def commit(hard_state, entries, snapshot, install, committed):
         """
         In one atomic, durable (fsynced) transaction: store C{hard_state},
         C{entries} and C{snapshot} as L{IReplicaStorage.save} does; if
-        C{install}, replace all key-value data with C{snapshot}'s and set the
-        applied index to C{snapshot.index}; then apply the C{(slot, value)}
-        pairs of C{committed} in order (batches through
-        L{kvpaxos.kv.machine.apply_batch}) and set the applied index to the
-        last slot.  Never fails for lack of space (the store grows).
+        C{install}, replace the whole replicated state with C{snapshot}'s
+        and set the applied index to C{snapshot.index}; then apply the
+        C{(slot, value)} pairs of C{committed} in order (each batch through
+        L{kvpaxos.kv.machine.apply_batch} with its slot and the store's
+        session limits) and set the applied index to the last slot.  Never
+        fails for lack of space (the store grows).
 
-        @return: a list of C{(Request, Result)} for every command applied.
+        @return: a list of C{(Request, result)} for every command applied,
+            in apply order; a result is a L{kvpaxos.kv.commands.Result}
+            (put, delete, append), L{kvpaxos.kv.commands.TxnResult},
+            L{kvpaxos.kv.commands.SessionOpened}, or one of
+            L{kvpaxos.kv.commands.StaleSequence} and
+            L{kvpaxos.kv.commands.SessionExpired} (nothing applied).
+        @raise ValueError: caller misuse, or a snapshot whose data is not a
+            snapshot (L{kvpaxos.kv.commands.CorruptRecord}); nothing changed.
         """
 
     def applied_index():
         """Return the slot through which the data has applied."""
 
     def get(key):
-        """Return the value stored under C{key}, or C{None}."""
+        """
+        Return the value stored under C{key}, or C{None}.
+
+        @raise kvpaxos.kv.commands.InvalidArgument: C{key} is not a key.
+        """
+
+    def get_record(key):
+        """
+        Return the L{kvpaxos.kv.commands.KeyValue} record of C{key} (value,
+        version, create and mod revision), or C{None}.
+
+        @raise kvpaxos.kv.commands.InvalidArgument: C{key} is not a key.
+        """
+
+    def range(start, end=None, limit=0, keys_only=False, count_only=False):
+        """
+        Return a L{kvpaxos.kv.commands.RangeResult} of the records with keys
+        in C{start}..C{end}, in key order, as of the last L{commit}: C{end}
+        None means the key C{start} alone; C{end}
+        L{kvpaxos.kv.commands.TO_THE_END} (C{b"\\x00"}) every key >=
+        C{start}; otherwise [C{start}, C{end}), empty if C{end <= start}.
+        (L{kvpaxos.kv.commands.prefix_end} gives the end of a prefix.)  At
+        most C{limit} records (0: all); C{count} counts all in range and
+        C{more} says the limit left some out; C{keys_only} blanks values;
+        C{count_only} returns no records.  C{revision} is the store's
+        revision the read saw (one consistent view).  Not a log command: the
+        node serves it after a read index.
+
+        @raise kvpaxos.kv.commands.InvalidArgument: a bad key, end or limit.
+        """
+
+    def revision():
+        """Return the store's revision (0 before any write) as of the last commit."""
 
     def close():
         """Release the store's resources; no call may follow."""

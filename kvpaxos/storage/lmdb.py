@@ -7,11 +7,19 @@ Layout (named sub-databases of the one environment):
   - C{meta}: C{hard_state}, C{snapshot} (the latest snapshot's index and
     member set), C{applied} (8-byte big-endian slot), C{format};
   - C{log}: slot (8-byte big-endian, so keys sort as slots do) → entry;
-  - C{kv}: client key → value, unprefixed (client keys are up to 511 bytes,
-    LMDB's key limit);
+  - C{meta} also holds the state machine's C{revision} and
+    C{next_client_id} (8-byte big-endian);
+  - C{log}: slot (8-byte big-endian, so keys sort as slots do) → entry;
+  - C{kv}: client key → its record (version, create and mod revision,
+    value: L{machine.encode_record}), unprefixed (client keys are up to 511
+    bytes, LMDB's key limit);
+  - C{sessions}: client id (8 bytes) → session entry
+    (L{kvpaxos.kv.sessions.encode_session});
+  - C{session_use}: (last-used slot, client id) → empty: the eviction
+    order, kept in step with C{sessions} by L{_LMDBView};
   - C{snapshot}: C{data} → the latest snapshot's data.
 
-Records are encoded by L{kvpaxos.storage.encoding}.
+Acceptor records are encoded by L{kvpaxos.storage.encoding}.
 
 Durability: the environment is opened with C{sync=True} and
 C{metasync=True}, C{writemap} and C{map_async} off, so a committed write
@@ -38,7 +46,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from kvpaxos.kv import machine
-from kvpaxos.kv.commands import MAX_KEY_BYTES, InvalidArgument
+from kvpaxos.kv.commands import RangeResult, check_range, range_query
+from kvpaxos.kv.sessions import (
+    DEFAULT_LIMITS,
+    FIRST_CLIENT_ID,
+    SessionLimits,
+    decode_session,
+    encode_session,
+)
 from kvpaxos.paxos.messages import Batch, Config, Snapshot
 from kvpaxos.paxos.state import HardState
 from kvpaxos.storage import encoding
@@ -49,13 +64,15 @@ from kvpaxos.storage.providers import StateMachineView
 INITIAL_MAP_BYTES = 64 << 20
 
 #: The layout version of the environment (the records carry their own).
-STORE_FORMAT = b"kvpaxos-lmdb-1"
+STORE_FORMAT = b"kvpaxos-lmdb-2"
 
 _HARD_STATE = b"hard_state"
 _SNAPSHOT = b"snapshot"
 _APPLIED = b"applied"
 _FORMAT = b"format"
 _SNAPSHOT_DATA = b"data"
+_REVISION = b"revision"
+_NEXT_CLIENT_ID = b"next_client_id"
 
 _log = Logger()
 
@@ -104,28 +121,77 @@ class _ReadGate:
                 self._condition.notify_all()
 
 
-class _KVView:
-    """The C{get}/C{put}/C{delete} transaction that L{machine.apply} expects."""
+class _LMDBView:
+    """
+    The transaction view that L{machine.apply_batch} expects (see
+    L{kvpaxos.kv.machine} and L{kvpaxos.kv.sessions}), over one LMDB
+    transaction; read-only use over a read transaction is fine.
+    """
 
-    __slots__ = ("_txn", "_db")
+    __slots__ = ("_txn", "_meta", "_kv", "_sessions", "_use")
 
-    def __init__(self, txn, db) -> None:
+    def __init__(self, txn, store: "LMDBStore") -> None:
         self._txn = txn
-        self._db = db
+        self._meta = store._meta
+        self._kv = store._kv
+        self._sessions = store._sessions
+        self._use = store._session_use
 
-    def get(self, key: bytes) -> Optional[bytes]:
-        return self._txn.get(key, db=self._db)
+    def get(self, key: bytes):
+        data = self._txn.get(key, db=self._kv)
+        return None if data is None else machine.decode_record(key, data)
 
-    def put(self, key: bytes, value: bytes) -> None:
-        self._txn.put(key, value, db=self._db)
+    def put(self, kv) -> None:
+        self._txn.put(kv.key, machine.encode_record(kv), db=self._kv)
 
-    def delete(self, key: bytes) -> bool:
-        return self._txn.delete(key, db=self._db)
+    def delete(self, key: bytes) -> None:
+        self._txn.delete(key, db=self._kv)
 
+    def scan(self, start: bytes, stop):
+        cursor = self._txn.cursor(db=self._kv)
+        if not cursor.set_range(start):
+            return
+        for key, data in cursor.iternext():
+            if stop is not None and key >= stop:
+                return
+            yield machine.decode_record(key, data)
 
-def _check_key(key: bytes) -> None:
-    if not isinstance(key, bytes) or not 0 < len(key) <= MAX_KEY_BYTES:
-        raise InvalidArgument(f"key must be 1 to {MAX_KEY_BYTES} bytes")
+    def revision(self) -> int:
+        return encoding.decode_u64(self._txn.get(_REVISION, db=self._meta))
+
+    def set_revision(self, revision: int) -> None:
+        self._txn.put(_REVISION, encoding.encode_u64(revision), db=self._meta)
+
+    def session(self, client_id: int):
+        data = self._txn.get(encoding.encode_u64(client_id), db=self._sessions)
+        return None if data is None else decode_session(data)
+
+    def put_session(self, client_id: int, session) -> None:
+        self.delete_session(client_id)
+        txn = self._txn
+        txn.put(encoding.encode_u64(client_id), encode_session(session), db=self._sessions)
+        txn.put(encoding.encode_use_key(session.last_used, client_id), b"", db=self._use)
+
+    def delete_session(self, client_id: int) -> None:
+        key = encoding.encode_u64(client_id)
+        old = self._txn.get(key, db=self._sessions)
+        if old is not None:
+            last_used = decode_session(old).last_used
+            self._txn.delete(key, db=self._sessions)
+            self._txn.delete(encoding.encode_use_key(last_used, client_id), db=self._use)
+
+    def session_count(self) -> int:
+        return self._txn.stat(self._sessions)["entries"]
+
+    def sessions_by_use(self):
+        for key in self._txn.cursor(db=self._use).iternext(values=False):
+            yield encoding.decode_use_key(key)
+
+    def next_client_id(self) -> int:
+        return encoding.decode_u64(self._txn.get(_NEXT_CLIENT_ID, db=self._meta))
+
+    def set_next_client_id(self, client_id: int) -> None:
+        self._txn.put(_NEXT_CLIENT_ID, encoding.encode_u64(client_id), db=self._meta)
 
 
 @implementer(INodeStore)
@@ -140,6 +206,7 @@ class LMDBStore:
         a store: everything is read back from it.
     @param map_bytes: the map size to start with; the map grows (doubling)
         whenever a commit needs more, so this only tunes how soon.
+    @param limits: the session table's bounds; the same on every node.
 
     @raise encoding.CorruptRecord: C{directory} holds something that is not
         a store of this format.
@@ -152,14 +219,16 @@ class LMDBStore:
         directory: str,
         config: Optional[Config] = None,
         map_bytes: int = INITIAL_MAP_BYTES,
+        limits: SessionLimits = DEFAULT_LIMITS,
     ) -> None:
         self.directory = directory
+        self.limits = limits
         os.makedirs(directory, exist_ok=True)
         self._env = lmdb.open(
             directory,
             map_size=map_bytes,
             subdir=True,
-            max_dbs=4,
+            max_dbs=6,
             sync=True,
             metasync=True,
             writemap=False,
@@ -175,6 +244,8 @@ class LMDBStore:
             self._log = self._env.open_db(b"log")
             self._kv = self._env.open_db(b"kv")
             self._snapshot = self._env.open_db(b"snapshot")
+            self._sessions = self._env.open_db(b"sessions")
+            self._session_use = self._env.open_db(b"session_use")
             self._bootstrap(config or Config(frozenset()))
         except BaseException:
             self._env.close()
@@ -197,6 +268,8 @@ class LMDBStore:
             txn.put(_SNAPSHOT, encoding.encode_snapshot_meta(Snapshot(0, config)), db=meta)
             txn.put(_SNAPSHOT_DATA, b"", db=self._snapshot)
             txn.put(_APPLIED, encoding.encode_slot(0), db=meta)
+            txn.put(_REVISION, encoding.encode_u64(0), db=meta)
+            txn.put(_NEXT_CLIENT_ID, encoding.encode_u64(FIRST_CLIENT_ID), db=meta)
 
     # --- reads (any thread) ---------------------------------------------------
 
@@ -246,18 +319,53 @@ class LMDBStore:
 
         @raise InvalidArgument: C{key} is empty or over 511 bytes.
         """
-        _check_key(key)
+        kv = self.get_record(key)
+        return None if kv is None else kv.value
+
+    def get_record(self, key: bytes):
+        """
+        Return the L{KeyValue} record of C{key}, or C{None}.
+
+        @raise InvalidArgument: C{key} is empty or over 511 bytes.
+        """
+        check_range(key, None)
         with self._reading() as txn:
-            return txn.get(key, db=self._kv)
+            return _LMDBView(txn, self).get(key)
+
+    def range(self, start: bytes, end=None, limit: int = 0, keys_only: bool = False,
+              count_only: bool = False) -> RangeResult:
+        """
+        L{INodeStore.range}: the records of C{start}..C{end} as of the last
+        commit, read in one read transaction (records and revision agree).
+
+        @raise InvalidArgument: a bad key, end or limit.
+        """
+        query = range_query(start, end, limit, keys_only, count_only)
+        with self._reading() as txn:
+            return machine.read_range(_LMDBView(txn, self), query)
+
+    def revision(self) -> int:
+        """Return the store's revision as of the last commit."""
+        with self._reading() as txn:
+            return _LMDBView(txn, self).revision()
 
     def snapshot_data(self) -> bytes:
         """
-        Return the data as of the last commit, encoded with
-        L{machine.encode_snapshot} (keys in byte order).  This is the
-        L{IStateMachine} C{snapshot()}; see L{StateMachineView}.
+        Return the state as of the last commit, encoded with
+        L{machine.encode_snapshot} (records in byte order of their keys).
+        This is the L{IStateMachine} C{snapshot()}; see L{StateMachineView}.
         """
         with self._reading() as txn:
-            return machine.encode_snapshot(txn.cursor(db=self._kv).iternext())
+            view = _LMDBView(txn, self)
+            return machine.encode_snapshot(
+                view.revision(),
+                view.next_client_id(),
+                list(txn.cursor(db=self._kv).iternext()),
+                [
+                    (encoding.decode_u64(key), value)
+                    for key, value in txn.cursor(db=self._sessions).iternext()
+                ],
+            )
 
     # --- writes (the one writer thread) -------------------------------------
 
@@ -325,25 +433,38 @@ class LMDBStore:
 
         applied = before = encoding.decode_slot(txn.get(_APPLIED, db=meta))
         if install:
-            kv = self._kv
-            txn.drop(kv, delete=False)
-            txn.cursor(db=kv).putmulti(machine.decode_snapshot(snapshot.data))
+            self._install(txn, machine.decode_snapshot(snapshot.data))
             applied = snapshot.index
 
         results: list = []
         if committed:
-            view = _KVView(txn, self._kv)
+            view = _LMDBView(txn, self)
             for slot, value in committed:
                 # Invariant: slots apply one by one, each exactly once (the
                 # applied index lives in this same transaction).
                 assert slot == applied + 1, f"applying slot {slot} after {applied}"
                 if type(value) is Batch:
-                    results.extend(machine.apply_batch(view, value.commands))
+                    results.extend(
+                        machine.apply_batch(view, value.commands, slot, self.limits)
+                    )
                 applied = slot
 
         if applied != before or install:
             txn.put(_APPLIED, encoding.encode_slot(applied), db=meta)
         return results
+
+    def _install(self, txn, state: machine.SnapshotState) -> None:
+        """Replace the whole replicated state with C{state} (decoded, so checked)."""
+        for db in (self._kv, self._sessions, self._session_use):
+            txn.drop(db, delete=False)
+        txn.cursor(db=self._kv).putmulti(
+            (kv.key, machine.encode_record(kv)) for kv in state.records
+        )
+        view = _LMDBView(txn, self)
+        for client_id, session in state.sessions:
+            view.put_session(client_id, session)
+        view.set_revision(state.revision)
+        view.set_next_client_id(state.next_client_id)
 
     def _drop_log_through(self, txn, index: int) -> None:
         limit = encoding.encode_slot(index)

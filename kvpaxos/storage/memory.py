@@ -1,7 +1,8 @@
 """
 The in-memory storage providers: L{MemoryStorage}, a real L{IReplicaStorage}
 whose "disk" is a Python object, and L{MemoryStore}, the L{INodeStore} built
-on it with a dict for the data.  Tests, the simulator and the benchmarks use
+on it with a L{MemoryState} for the replicated state (records, revision,
+sessions).  Tests, the simulator and the benchmarks use
 them; a simulated crash keeps the provider (what was saved) and drops the
 replica (what was not).  Nothing here touches a disk.
 """
@@ -9,11 +10,18 @@ replica (what was not).  Nothing here touches a disk.
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left, insort
 
 from zope.interface import implementer
 
 from kvpaxos.kv import machine
-from kvpaxos.kv.commands import MAX_KEY_BYTES, InvalidArgument
+from kvpaxos.kv.commands import RangeResult, check_range, range_query
+from kvpaxos.kv.sessions import (
+    DEFAULT_LIMITS,
+    FIRST_CLIENT_ID,
+    SessionLimits,
+    encode_session,
+)
 from kvpaxos.paxos.messages import Batch, Config, Snapshot
 from kvpaxos.paxos.state import HardState
 from kvpaxos.storage.interfaces import INodeStore, IReplicaStorage
@@ -64,55 +72,172 @@ class MemoryStorage:
                 self._entries[slot] = entry
 
 
-class _Staged:
+class MemoryState:
     """
-    The C{get}/C{put}/C{delete} transaction of one L{MemoryStore.commit}:
-    writes gather here and reach the data only if the whole commit succeeds.
+    The replicated state in memory, as the transaction view that
+    L{machine.apply_batch} expects (see L{kvpaxos.kv.machine} and
+    L{kvpaxos.kv.sessions}): records by key with their keys kept sorted,
+    the revision, the session table with its least-recently-used order,
+    the next client id.
+
+    While C{journal} is a list, every change notes what it replaced there,
+    so that L{rollback} undoes a commit that failed halfway.
     """
 
-    __slots__ = ("base", "writes")
+    def __init__(self) -> None:
+        self.records: dict = {}
+        self.keys: list = []
+        self.sessions: dict = {}
+        #: (last-used slot, client id), sorted: the eviction order.
+        self.by_use: list = []
+        self._revision = 0
+        self._next_client_id = FIRST_CLIENT_ID
+        self.journal: list | None = None
 
-    def __init__(self, base: dict) -> None:
-        self.base = base
-        #: key → new value, or C{None} for deleted.
-        self.writes: dict = {}
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> "MemoryState":
+        """
+        Return the state in snapshot C{data}.
+
+        @raise CorruptRecord: C{data} is not a snapshot.
+        """
+        found = machine.decode_snapshot(data)
+        state = cls()
+        state._revision = found.revision
+        state._next_client_id = found.next_client_id
+        state.records = {kv.key: kv for kv in found.records}
+        state.keys = [kv.key for kv in found.records]
+        state.sessions = dict(found.sessions)
+        state.by_use = sorted((s.last_used, c) for c, s in found.sessions)
+        return state
+
+    def snapshot_data(self) -> bytes:
+        """Return this state as snapshot bytes (L{machine.encode_snapshot})."""
+        return machine.encode_snapshot(
+            self._revision,
+            self._next_client_id,
+            [(key, machine.encode_record(self.records[key])) for key in self.keys],
+            [(c, encode_session(self.sessions[c])) for c in sorted(self.sessions)],
+        )
+
+    # --- records ---
 
     def get(self, key: bytes):
-        writes = self.writes
-        if key in writes:
-            return writes[key]
-        return self.base.get(key)
+        return self.records.get(key)
 
-    def put(self, key: bytes, value: bytes) -> None:
-        self.writes[key] = value
+    def put(self, kv) -> None:
+        self._set_record(kv.key, kv)
 
-    def delete(self, key: bytes) -> bool:
-        existed = self.get(key) is not None
-        self.writes[key] = None
-        return existed
+    def delete(self, key: bytes) -> None:
+        self._set_record(key, None)
+
+    def scan(self, start: bytes, stop):
+        keys, records = self.keys, self.records
+        for index in range(bisect_left(keys, start), len(keys)):
+            key = keys[index]
+            if stop is not None and key >= stop:
+                return
+            yield records[key]
+
+    def revision(self) -> int:
+        return self._revision
+
+    def set_revision(self, revision: int) -> None:
+        self._note(_REVISION, None, self._revision)
+        self._revision = revision
+
+    # --- sessions ---
+
+    def session(self, client_id: int):
+        return self.sessions.get(client_id)
+
+    def put_session(self, client_id: int, session) -> None:
+        self._set_session(client_id, session)
+
+    def delete_session(self, client_id: int) -> None:
+        self._set_session(client_id, None)
+
+    def session_count(self) -> int:
+        return len(self.sessions)
+
+    def sessions_by_use(self):
+        return iter(self.by_use)
+
+    def next_client_id(self) -> int:
+        return self._next_client_id
+
+    def set_next_client_id(self, client_id: int) -> None:
+        self._note(_NEXT_CLIENT_ID, None, self._next_client_id)
+        self._next_client_id = client_id
+
+    # --- changes and their undoing ---
+
+    def _note(self, kind: int, key, old) -> None:
+        if self.journal is not None:
+            self.journal.append((kind, key, old))
+
+    def _set_record(self, key: bytes, kv) -> None:
+        old = self.records.get(key)
+        self._note(_RECORD, key, old)
+        if kv is None:
+            if old is not None:
+                del self.records[key]
+                del self.keys[bisect_left(self.keys, key)]
+        else:
+            if old is None:
+                insort(self.keys, key)
+            self.records[key] = kv
+
+    def _set_session(self, client_id: int, session) -> None:
+        old = self.sessions.get(client_id)
+        self._note(_SESSION, client_id, old)
+        if old is not None:
+            del self.by_use[bisect_left(self.by_use, (old.last_used, client_id))]
+            del self.sessions[client_id]
+        if session is not None:
+            insort(self.by_use, (session.last_used, client_id))
+            self.sessions[client_id] = session
+
+    def rollback(self) -> None:
+        """Undo every change noted in the journal, newest first."""
+        journal, self.journal = self.journal or [], None
+        for kind, key, old in reversed(journal):
+            if kind == _RECORD:
+                self._set_record(key, old)
+            elif kind == _SESSION:
+                self._set_session(key, old)
+            elif kind == _REVISION:
+                self._revision = old
+            else:
+                self._next_client_id = old
+
+
+_RECORD, _SESSION, _REVISION, _NEXT_CLIENT_ID = range(4)
 
 
 @implementer(INodeStore)
 class MemoryStore:
     """
     An L{INodeStore} in memory: a L{MemoryStorage} for the acceptor state
-    and a dict for the data.  Commits are atomic (a failing one changes
-    nothing) but nothing survives the process; for tests and
-    C{--storage=memory}.
+    and a L{MemoryState} for the replicated state.  Commits are atomic (a
+    failing one is rolled back and changes nothing) but nothing survives the
+    process; for tests and C{--storage=memory}.
 
     Threads: L{commit} on one writer thread; reads on any thread (a lock
     keeps them from seeing half a commit).
 
     @param config: the member set of the bootstrap snapshot (index 0);
         C{None} means an empty one, for a node that joins a cluster.
+    @param limits: the session table's bounds; the same on every node.
     """
 
     name = "memory"
 
-    def __init__(self, config: Config | None = None) -> None:
+    def __init__(self, config: Config | None = None, limits: SessionLimits = DEFAULT_LIMITS) -> None:
         #: The acceptor state, a plain L{MemoryStorage}.
         self.storage = MemoryStorage(config)
-        self._data: dict = {}
+        self.limits = limits
+        self._state = MemoryState()
         self._applied = 0
         self._lock = threading.Lock()
         #: The L{IStateMachine} face of this store; see L{StateMachineView}.
@@ -144,20 +269,45 @@ class MemoryStore:
 
         @raise InvalidArgument: C{key} is empty or over 511 bytes.
         """
-        if not isinstance(key, bytes) or not 0 < len(key) <= MAX_KEY_BYTES:
-            raise InvalidArgument(f"key must be 1 to {MAX_KEY_BYTES} bytes")
+        kv = self.get_record(key)
+        return None if kv is None else kv.value
+
+    def get_record(self, key: bytes):
+        """
+        Return the L{KeyValue} record of C{key}, or C{None}.
+
+        @raise InvalidArgument: C{key} is empty or over 511 bytes.
+        """
+        check_range(key, None)
         with self._lock:
-            return self._data.get(key)
+            return self._state.get(key)
+
+    def range(self, start: bytes, end=None, limit: int = 0, keys_only: bool = False,
+              count_only: bool = False) -> RangeResult:
+        """
+        L{INodeStore.range}: the records of C{start}..C{end}, as of the last
+        commit.
+
+        @raise InvalidArgument: a bad key, end or limit.
+        """
+        query = range_query(start, end, limit, keys_only, count_only)
+        with self._lock:
+            return machine.read_range(self._state, query)
+
+    def revision(self) -> int:
+        """Return the store's revision as of the last commit."""
+        with self._lock:
+            return self._state.revision()
 
     def snapshot_data(self) -> bytes:
         """
-        Return the data as of the last commit, encoded with
-        L{machine.encode_snapshot} (keys in byte order, as LMDB keeps them,
-        so equal data gives equal bytes whichever provider holds it).
+        Return the state as of the last commit, encoded with
+        L{machine.encode_snapshot} (records in byte order of their keys, as
+        LMDB keeps them, so equal states give equal bytes whichever provider
+        holds them).
         """
         with self._lock:
-            items = sorted(self._data.items())
-        return machine.encode_snapshot(items)
+            return self._state.snapshot_data()
 
     def save(self, hard_state, entries, snapshot) -> None:
         """L{IReplicaStorage.save}: L{commit} with nothing to install or apply."""
@@ -166,46 +316,46 @@ class MemoryStore:
     def commit(self, hard_state, entries, snapshot, install, committed) -> list:
         """
         L{INodeStore.commit}, atomically: the install and the batches are
-        worked out first, and the store changes only once all of it worked.
+        worked out under the lock, and a failure rolls the state back.
 
-        @return: the C{(Request, Result)} of every command applied, in order.
+        @return: the C{(Request, result)} of every command applied, in order.
         @raise ValueError: C{install} without a snapshot, or with one older
             than the saved snapshot (caller misuse); or the snapshot's data
-            is truncated.  Nothing is changed.
+            is not a snapshot (L{CorruptRecord}).  Nothing is changed.
         @raise AssertionError: C{committed} does not continue the applied
             slots one by one.  Nothing is changed.
         """
-        if install:
-            if snapshot is None:
-                raise ValueError("install needs a snapshot")
-            floor = self.storage.snapshot().index
-            if snapshot.index < floor:
-                raise ValueError(
-                    f"cannot install snapshot {snapshot.index} below saved snapshot {floor}"
-                )
-            base = dict(machine.decode_snapshot(snapshot.data))
-            applied = snapshot.index
-        else:
-            base = self._data
-            applied = self._applied
-        staged = _Staged(base)
-        results: list = []
-        for slot, value in committed:
-            # Invariant: slots apply one by one, each exactly once.
-            assert slot == applied + 1, f"applying slot {slot} after {applied}"
-            if type(value) is Batch:
-                results.extend(machine.apply_batch(staged, value.commands))
-            applied = slot
-
         with self._lock:
+            if install:
+                if snapshot is None:
+                    raise ValueError("install needs a snapshot")
+                floor = self.storage.snapshot().index
+                if snapshot.index < floor:
+                    raise ValueError(
+                        f"cannot install snapshot {snapshot.index} below saved snapshot {floor}"
+                    )
+                state = MemoryState.from_snapshot(snapshot.data)
+                applied = snapshot.index
+            else:
+                state = self._state
+                applied = self._applied
+            results: list = []
+            state.journal = []
+            try:
+                for slot, value in committed:
+                    # Invariant: slots apply one by one, each exactly once.
+                    assert slot == applied + 1, f"applying slot {slot} after {applied}"
+                    if type(value) is Batch:
+                        results.extend(
+                            machine.apply_batch(state, value.commands, slot, self.limits)
+                        )
+                    applied = slot
+            except BaseException:
+                state.rollback()
+                raise
+            state.journal = None
             self.storage.save(hard_state, list(entries), snapshot)
-            data = base
-            for key, value in staged.writes.items():
-                if value is None:
-                    data.pop(key, None)
-                else:
-                    data[key] = value
-            self._data = data
+            self._state = state
             self._applied = applied
         return results
 
