@@ -55,6 +55,26 @@ class KVStub:
                 request_serializer=kvpaxos_dot_v1_dot_kv__pb2.AppendRequest.SerializeToString,
                 response_deserializer=kvpaxos_dot_v1_dot_kv__pb2.AppendResponse.FromString,
                 _registered_method=True)
+        self.Range = channel.unary_unary(
+                '/kvpaxos.v1.KV/Range',
+                request_serializer=kvpaxos_dot_v1_dot_kv__pb2.RangeRequest.SerializeToString,
+                response_deserializer=kvpaxos_dot_v1_dot_kv__pb2.RangeResponse.FromString,
+                _registered_method=True)
+        self.Txn = channel.unary_unary(
+                '/kvpaxos.v1.KV/Txn',
+                request_serializer=kvpaxos_dot_v1_dot_kv__pb2.TxnRequest.SerializeToString,
+                response_deserializer=kvpaxos_dot_v1_dot_kv__pb2.TxnResponse.FromString,
+                _registered_method=True)
+        self.CompareAndSwap = channel.unary_unary(
+                '/kvpaxos.v1.KV/CompareAndSwap',
+                request_serializer=kvpaxos_dot_v1_dot_kv__pb2.CompareAndSwapRequest.SerializeToString,
+                response_deserializer=kvpaxos_dot_v1_dot_kv__pb2.CompareAndSwapResponse.FromString,
+                _registered_method=True)
+        self.OpenSession = channel.unary_unary(
+                '/kvpaxos.v1.KV/OpenSession',
+                request_serializer=kvpaxos_dot_v1_dot_kv__pb2.OpenSessionRequest.SerializeToString,
+                response_deserializer=kvpaxos_dot_v1_dot_kv__pb2.OpenSessionResponse.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -90,6 +110,36 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Range(self, request, context):
+        """Range reads the keys in [key, range_end), in key order, paged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Txn(self, request, context):
+        """Txn applies one branch of operations atomically, in one revision,
+        depending on whether every compare holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompareAndSwap(self, request, context):
+        """CompareAndSwap sets a key's value if its current value (or version, or
+        absence) is the expected one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenSession(self, request, context):
+        """OpenSession registers a client session for exactly-once writes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +162,26 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.Append,
                     request_deserializer=kvpaxos_dot_v1_dot_kv__pb2.AppendRequest.FromString,
                     response_serializer=kvpaxos_dot_v1_dot_kv__pb2.AppendResponse.SerializeToString,
+            ),
+            'Range': grpc.unary_unary_rpc_method_handler(
+                    servicer.Range,
+                    request_deserializer=kvpaxos_dot_v1_dot_kv__pb2.RangeRequest.FromString,
+                    response_serializer=kvpaxos_dot_v1_dot_kv__pb2.RangeResponse.SerializeToString,
+            ),
+            'Txn': grpc.unary_unary_rpc_method_handler(
+                    servicer.Txn,
+                    request_deserializer=kvpaxos_dot_v1_dot_kv__pb2.TxnRequest.FromString,
+                    response_serializer=kvpaxos_dot_v1_dot_kv__pb2.TxnResponse.SerializeToString,
+            ),
+            'CompareAndSwap': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompareAndSwap,
+                    request_deserializer=kvpaxos_dot_v1_dot_kv__pb2.CompareAndSwapRequest.FromString,
+                    response_serializer=kvpaxos_dot_v1_dot_kv__pb2.CompareAndSwapResponse.SerializeToString,
+            ),
+            'OpenSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenSession,
+                    request_deserializer=kvpaxos_dot_v1_dot_kv__pb2.OpenSessionRequest.FromString,
+                    response_serializer=kvpaxos_dot_v1_dot_kv__pb2.OpenSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +293,114 @@ class KV:
             '/kvpaxos.v1.KV/Append',
             kvpaxos_dot_v1_dot_kv__pb2.AppendRequest.SerializeToString,
             kvpaxos_dot_v1_dot_kv__pb2.AppendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Range(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvpaxos.v1.KV/Range',
+            kvpaxos_dot_v1_dot_kv__pb2.RangeRequest.SerializeToString,
+            kvpaxos_dot_v1_dot_kv__pb2.RangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Txn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvpaxos.v1.KV/Txn',
+            kvpaxos_dot_v1_dot_kv__pb2.TxnRequest.SerializeToString,
+            kvpaxos_dot_v1_dot_kv__pb2.TxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompareAndSwap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvpaxos.v1.KV/CompareAndSwap',
+            kvpaxos_dot_v1_dot_kv__pb2.CompareAndSwapRequest.SerializeToString,
+            kvpaxos_dot_v1_dot_kv__pb2.CompareAndSwapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvpaxos.v1.KV/OpenSession',
+            kvpaxos_dot_v1_dot_kv__pb2.OpenSessionRequest.SerializeToString,
+            kvpaxos_dot_v1_dot_kv__pb2.OpenSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,
