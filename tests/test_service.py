@@ -331,3 +331,56 @@ class ReadConsistencyTests(SynchronousTestCase):
         self.assertNoResult(read)
         run(reactor, 1.2)
         self.failureResultOf(read, Unavailable)
+
+
+class SemanticsTests(SynchronousTestCase):
+    """Sessions, transactions and ranges through the service."""
+
+    def test_session_makes_retries_exactly_once(self):
+        """A write retried with the same (client_id, sequence) is applied once and answered again."""
+        from kvpaxos.kv.commands import SessionOpened
+
+        reactor, wire = make_cluster(3)
+        run(reactor, 2)
+        follower = wire.services[next(i for i in wire.services if i != leader_of(wire))]
+        opened = follower.submit(Request(Op.OPEN_SESSION), 5)
+        run(reactor, 0.5)
+        session = self.successResultOf(opened)
+        self.assertIsInstance(session, SessionOpened)
+        append = Request(Op.APPEND, b"k", b"x", client_id=session.client_id, sequence=1)
+        first = follower.submit(append, 5)
+        run(reactor, 0.5)
+        again = follower.submit(append, 5)
+        run(reactor, 0.5)
+        self.assertEqual(self.successResultOf(first), self.successResultOf(again))
+        read = follower.get(b"k", 5)
+        run(reactor, 0.5)
+        self.assertEqual(self.successResultOf(read), b"x")
+
+    def test_txn_and_range(self):
+        """A transaction applies atomically and a range reads its keys in order with revisions."""
+        from kvpaxos.kv.commands import (
+            Compare, CompareResult, CompareTarget, Put, Range, Txn,
+        )
+
+        reactor, wire = make_cluster(1)
+        run(reactor, 1.5)
+        node = wire.services[1]
+        txn = Txn(
+            compares=(Compare(b"a", CompareTarget.EXISTS, CompareResult.EQUAL, False),),
+            success=(Put(b"a", b"1"), Put(b"b", b"2")),
+        )
+        d = node.submit(Request(Op.TXN, txn=txn), 5)
+        run(reactor, 0.2)
+        result = self.successResultOf(d)
+        self.assertTrue(result.succeeded)
+        d = node.range(Range(b"a", b"c"), 5)
+        run(reactor, 0.2)
+        found = self.successResultOf(d)
+        self.assertEqual([kv.key for kv in found.kvs], [b"a", b"b"])
+        self.assertEqual({kv.mod_revision for kv in found.kvs}, {result.revision})
+
+    def test_bad_consistency(self):
+        """An unknown read consistency is the client's error."""
+        reactor, wire = make_cluster(1)
+        self.failureResultOf(wire.services[1].get(b"k", 5, "eventual"), InvalidArgument)

@@ -77,15 +77,24 @@ class IKeyValueNode(Interface):
         """
         Replicate L{kvpaxos.kv.commands.Request} C{request} (any node takes
         any request; a follower forwards it to the leader).  Returns a
-        Deferred firing with its L{kvpaxos.kv.commands.Result} once applied
-        on this node, or failing with L{Unavailable} after C{timeout_s}, or
-        with L{kvpaxos.kv.commands.InvalidArgument}.
+        Deferred firing once it is applied on this node with what applying
+        it gave: a C{Result} (put, delete, append), a C{TxnResult}, a
+        C{SessionOpened}, or — nothing applied — C{StaleSequence} or
+        C{SessionExpired}; or failing with L{Unavailable} after C{timeout_s},
+        or with L{kvpaxos.kv.commands.InvalidArgument}.
         """
 
-    def get(key, timeout_s):
+    def get(key, timeout_s, consistency="linearizable"):
         """
-        Linearizable read of C{key}: a Deferred firing with the value or
-        None, or failing with L{Unavailable} after C{timeout_s}.
+        Read C{key}: a Deferred firing with the value or None, or failing
+        with L{Unavailable} after C{timeout_s}.  C{consistency}:
+        C{"linearizable"}, C{"serializable"} or C{"lease"}.
+        """
+
+    def range(query, timeout_s, consistency="linearizable"):
+        """
+        Read the keys of a L{kvpaxos.kv.commands.Range}: a Deferred firing
+        with a C{RangeResult}, consistency as for L{get}.
         """
 
     def status():

@@ -26,6 +26,7 @@ the result by applying the command themselves.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from typing import Optional
@@ -54,6 +55,9 @@ from kvpaxos.node.interfaces import (
     Unavailable,
 )
 from kvpaxos.paxos import NotLeader, Options, ProposalRejected, Replica
+
+
+_CONSISTENCIES = ("linearizable", "serializable", "lease")
 
 
 @implementer(IPeerHandler, IKeyValueNode)
@@ -275,7 +279,7 @@ class ReplicaService(Service):
         request_id = (self._boot << 32) | (self._counter & 0xFFFFFFFF)
         try:
             data = encode_request(
-                Request(request.op, request.key, request.value, self.node_id, request_id)
+                dataclasses.replace(request, origin=self.node_id, request_id=request_id)
             )
         except InvalidArgument:
             return defer.fail()
@@ -348,17 +352,40 @@ class ReplicaService(Service):
 
     # --- reads ---------------------------------------------------------------
 
-    @defer.inlineCallbacks
     def get(self, key: bytes, timeout_s: float, consistency: str = "linearizable"):
         """
-        Read C{key}.  C{consistency}: C{"linearizable"} (a read index
-        confirmed by a quorum), C{"serializable"} (this node's state as it
-        is, possibly stale), or C{"lease"} (the leader's read lease when the
-        cluster enables lease reads; otherwise, or without a valid lease, as
+        Read C{key}: a Deferred firing with its value or None.
+        C{consistency}: C{"linearizable"} (a read index confirmed by a
+        quorum), C{"serializable"} (this node's state as it is, possibly
+        stale), or C{"lease"} (the leader's read lease when the cluster
+        enables lease reads; otherwise, or without a valid lease, as
         linearizable).
         """
+        return self._read(lambda: self.store.get(key), timeout_s, consistency)
+
+    def range(self, query, timeout_s: float, consistency: str = "linearizable"):
+        """
+        Read the keys of L{kvpaxos.kv.commands.Range} C{query}: a Deferred
+        firing with a L{kvpaxos.kv.commands.RangeResult} (consistency as for
+        L{get}).
+        """
+        return self._read(
+            lambda: self.store.range(
+                query.key, query.end, query.limit, query.keys_only, query.count_only
+            ),
+            timeout_s,
+            consistency,
+        )
+
+    @defer.inlineCallbacks
+    def _read(self, read, timeout_s: float, consistency: str):
+        """Run C{read()} on the local store once C{consistency} allows."""
+        if consistency not in _CONSISTENCIES:
+            raise InvalidArgument(
+                f"consistency must be one of {', '.join(_CONSISTENCIES)}; got {consistency!r}"
+            )
         if consistency == "serializable":
-            return self.store.get(key)
+            return read()
         if consistency == "lease" and self.lease_reads and self.replica.is_leader:
             self._catch_up_ticks()
             try:
@@ -367,7 +394,7 @@ class ReplicaService(Service):
                 index = None  # the missed ticks ended its leadership
             if index is not None:
                 yield self._applied(index, timeout_s)
-                return self.store.get(key)
+                return read()
         deadline = self.reactor.seconds() + timeout_s
         while True:
             remaining = deadline - self.reactor.seconds()
@@ -383,7 +410,7 @@ class ReplicaService(Service):
                 yield self._wait_for_leader(min(remaining, self.tick_s * 2))
                 continue
             yield self._applied(index, deadline - self.reactor.seconds())
-            return self.store.get(key)
+            return read()
 
     def _read_index(self, timeout_s: float) -> defer.Deferred:
         replica = self.replica
