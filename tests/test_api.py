@@ -28,9 +28,31 @@ from zope.interface.verify import verifyObject
 
 from kvpaxos.api import errors
 from kvpaxos.api.server import SERVICE_NAMES, GrpcServer, ReactorCrossing
-from kvpaxos.client_endpoints import CHANNEL_OPTIONS, BadEndpoint
-from kvpaxos.kv.commands import MAX_KEY_BYTES, MAX_VALUE_BYTES, InvalidArgument, Op, Request, Result
+from kvpaxos.client_endpoints import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, BadEndpoint
+from kvpaxos.kv import machine
+from kvpaxos.kv.commands import (
+    MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+    TO_THE_END,
+    Compare,
+    CompareResult,
+    CompareTarget,
+    DeleteRange,
+    InvalidArgument,
+    Op,
+    Put,
+    Range,
+    Request,
+    SessionExpired,
+    StaleSequence,
+    Txn,
+    compare_and_swap,
+    decode_request,
+    encode_request,
+    prefix_end,
+)
 from kvpaxos.node.interfaces import IKeyValueNode, NodeStatus, Unavailable
+from kvpaxos.storage.memory import MemoryState
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
 
 #: The longest any test waits for anything.
@@ -74,37 +96,43 @@ class ThreadedTestReactor:
 @implementer(IKeyValueNode)
 class FakeNode:
     """
-    An in-memory L{IKeyValueNode} that records its calls and the thread they
-    came from.  C{answer}, when set, replaces the result of C{submit} and
-    C{get}: it is called and returns a Deferred (or raises).
+    An in-memory L{IKeyValueNode}: each submitted request is encoded and
+    decoded as the log would carry it and applied to a L{MemoryState} by the
+    real state machine (revisions, transactions and sessions included);
+    reads are served from that state.  Records its calls and the thread they
+    came from.  C{answer}, when set, replaces the result of C{submit},
+    C{get} and C{range}: it is called and returns a Deferred (or raises).
     """
 
     def __init__(self) -> None:
-        self.data: dict[bytes, bytes] = {}
+        self.state = MemoryState()
+        self.slot = 0
         self.calls: list[tuple] = []
         self.threads: set[int] = set()
         self.answer: Callable[[], defer.Deferred] | None = None
+
+    def write(self, key: bytes, value: bytes) -> None:
+        """Put C{value} under C{key} directly, without recording a call."""
+        self._apply(Request(Op.PUT, key, value))
 
     def submit(self, request: Request, timeout_s: float) -> defer.Deferred:
         self._called("submit", request, timeout_s)
         if self.answer is not None:
             return self.answer()
-        existed = request.key in self.data
-        if request.op is Op.PUT:
-            self.data[request.key] = request.value
-            return defer.succeed(Result(existed))
-        if request.op is Op.DELETE:
-            self.data.pop(request.key, None)
-            return defer.succeed(Result(existed))
-        value = self.data.get(request.key, b"") + request.value
-        self.data[request.key] = value
-        return defer.succeed(Result(existed, value))
+        return defer.succeed(self._apply(request))
 
-    def get(self, key: bytes, timeout_s: float) -> defer.Deferred:
-        self._called("get", key, timeout_s)
+    def get(self, key: bytes, timeout_s: float, consistency: str = "linearizable") -> defer.Deferred:
+        self._called("get", key, timeout_s, consistency)
         if self.answer is not None:
             return self.answer()
-        return defer.succeed(self.data.get(key))
+        kv = self.state.get(key)
+        return defer.succeed(None if kv is None else kv.value)
+
+    def range(self, query: Range, timeout_s: float, consistency: str = "linearizable") -> defer.Deferred:
+        self._called("range", query, timeout_s, consistency)
+        if self.answer is not None:
+            return self.answer()
+        return defer.succeed(machine.read_range(self.state, query))
 
     def status(self) -> NodeStatus:
         self.threads.add(threading.get_ident())
@@ -112,6 +140,10 @@ class FakeNode:
             member_id=1, role="follower", leader=2, voters=(3, 1, 2), learners=(4,),
             chosen_index=17, applied_index=16,
         )
+
+    def _apply(self, request: Request):
+        self.slot += 1
+        return machine.apply(self.state, decode_request(encode_request(request)), self.slot)
 
     def _called(self, *call) -> None:
         self.threads.add(threading.get_ident())
@@ -154,8 +186,8 @@ class ServerFixture:
         return error.details()
 
 
-class GrpcServerTests(ServerFixture, SynchronousTestCase):
-    """A real grpcio server on 127.0.0.1 in front of a L{FakeNode}."""
+class RunningServer(ServerFixture):
+    """A started server in front of a fresh L{FakeNode}, with stubs for it."""
 
     request_timeout_s = 5.0
 
@@ -167,6 +199,10 @@ class GrpcServerTests(ServerFixture, SynchronousTestCase):
         self.kv = kv_pb2_grpc.KVStub(self.channel)
         self.cluster = kv_pb2_grpc.ClusterStub(self.channel)
 
+
+class GrpcServerTests(RunningServer, SynchronousTestCase):
+    """A real grpcio server on 127.0.0.1 in front of a L{FakeNode}."""
+
     def test_put_then_get(self) -> None:
         """A Put reaches the node as a Request and a Get reads the value back."""
         put = self.rpc(self.kv.Put, kv_pb2.PutRequest(key=b"k", value=b"v")).result()
@@ -174,7 +210,7 @@ class GrpcServerTests(ServerFixture, SynchronousTestCase):
         self.assertFalse(put.existed)
         self.assertEqual((got.found, got.value), (True, b"v"))
         self.assertEqual(self.node.calls[0][:2], ("submit", Request(Op.PUT, b"k", b"v")))
-        self.assertEqual(self.node.calls[1][:2], ("get", b"k"))
+        self.assertEqual(self.node.calls[1][:2], ("range", Range(b"k")))
 
     def test_header(self) -> None:
         """Every response names the answering member and the leader it knows of."""
@@ -188,19 +224,19 @@ class GrpcServerTests(ServerFixture, SynchronousTestCase):
         self.assertTrue(put.existed)
 
     def test_get_missing(self) -> None:
-        """A Get of a missing key answers found=false with an empty value."""
+        """A Get of a missing key answers found=false with an empty value and no record."""
         got = self.rpc(self.kv.Get, kv_pb2.GetRequest(key=b"nope")).result()
-        self.assertEqual((got.found, got.value), (False, b""))
+        self.assertEqual((got.found, got.value, got.HasField("kv")), (False, b"", False))
 
     def test_get_empty_value(self) -> None:
         """A key holding the empty value is found."""
-        self.node.data[b"k"] = b""
+        self.node.write(b"k", b"")
         got = self.rpc(self.kv.Get, kv_pb2.GetRequest(key=b"k")).result()
         self.assertEqual((got.found, got.value), (True, b""))
 
     def test_delete(self) -> None:
         """Delete maps to a DELETE request and reports whether the key existed."""
-        self.node.data[b"k"] = b"v"
+        self.node.write(b"k", b"v")
         first = self.rpc(self.kv.Delete, kv_pb2.DeleteRequest(key=b"k")).result()
         second = self.rpc(self.kv.Delete, kv_pb2.DeleteRequest(key=b"k")).result()
         self.assertEqual((first.deleted, second.deleted), (True, False))
@@ -349,6 +385,355 @@ class GrpcServerTests(ServerFixture, SynchronousTestCase):
         self.assertFalse(other.running)
 
 
+class RevisionAndSessionTests(RunningServer, SynchronousTestCase):
+    """Revisions in headers, records in reads, prev_kv, and exactly-once sessions."""
+
+    def open_session(self) -> int:
+        """Open a session through the API and return its client id."""
+        return self.rpc(self.kv.OpenSession, kv_pb2.OpenSessionRequest()).result().client_id
+
+    def test_get_record(self) -> None:
+        """A Get answers the key's record and the revision it read at."""
+        self.node.write(b"a", b"1")
+        self.node.write(b"k", b"v")
+        self.node.write(b"k", b"w")
+        got = self.rpc(self.kv.Get, kv_pb2.GetRequest(key=b"k")).result()
+        self.assertEqual((got.found, got.value, got.header.revision), (True, b"w", 3))
+        self.assertEqual(got.kv, kv_pb2.KeyValue(key=b"k", value=b"w", version=2, create_revision=2, mod_revision=3))
+
+    def test_get_consistency(self) -> None:
+        """A Get's read consistency reaches the node by name."""
+        for consistency, name in ((kv_pb2.LINEARIZABLE, "linearizable"),
+                                  (kv_pb2.SERIALIZABLE, "serializable"), (kv_pb2.LEASE, "lease")):
+            self.rpc(self.kv.Get, kv_pb2.GetRequest(key=b"k", consistency=consistency)).result()
+            self.assertEqual(self.node.calls[-1][3], name)
+
+    def test_unknown_consistency(self) -> None:
+        """A read consistency this server does not know is INVALID_ARGUMENT and never reaches the node."""
+        details = self.assertStatus(
+            self.rpc(self.kv.Get, kv_pb2.GetRequest(key=b"k", consistency=7)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        self.assertIn("consistency", details)
+        self.assertEqual(self.node.calls, [])
+
+    def test_write_revisions(self) -> None:
+        """Put, Append and Delete headers carry the revision each write made."""
+        put = self.rpc(self.kv.Put, kv_pb2.PutRequest(key=b"k", value=b"v")).result()
+        append = self.rpc(self.kv.Append, kv_pb2.AppendRequest(key=b"k", value=b"w")).result()
+        delete = self.rpc(self.kv.Delete, kv_pb2.DeleteRequest(key=b"k")).result()
+        self.assertEqual([r.header.revision for r in (put, append, delete)], [1, 2, 3])
+
+    def test_put_prev_kv(self) -> None:
+        """A Put with prev_kv answers the record it replaced, and none for a new key."""
+        first = self.rpc(self.kv.Put, kv_pb2.PutRequest(key=b"k", value=b"v", prev_kv=True)).result()
+        second = self.rpc(self.kv.Put, kv_pb2.PutRequest(key=b"k", value=b"w", prev_kv=True)).result()
+        self.assertFalse(first.HasField("prev_kv"))
+        self.assertEqual(second.prev_kv, kv_pb2.KeyValue(key=b"k", value=b"v", version=1, create_revision=1, mod_revision=1))
+        self.assertEqual(self.node.calls[1][1], Request(Op.PUT, b"k", b"w", prev_kv=True))
+
+    def test_delete_prev_kv(self) -> None:
+        """A Delete with prev_kv answers the record it deleted."""
+        self.node.write(b"k", b"v")
+        deleted = self.rpc(self.kv.Delete, kv_pb2.DeleteRequest(key=b"k", prev_kv=True)).result()
+        self.assertEqual((deleted.deleted, deleted.prev_kv.value, deleted.header.revision), (True, b"v", 2))
+        self.assertEqual(self.node.calls[0][1], Request(Op.DELETE, b"k", prev_kv=True))
+
+    def test_open_session(self) -> None:
+        """OpenSession submits an OPEN_SESSION request and answers the client id assigned."""
+        self.assertEqual((self.open_session(), self.open_session()), (1, 2))
+        self.assertEqual(self.node.calls[0][1], Request(Op.OPEN_SESSION))
+
+    def test_session_fields(self) -> None:
+        """Put, Delete and Append pass their client id and sequence to the node."""
+        client = self.open_session()
+        self.rpc(self.kv.Put, kv_pb2.PutRequest(key=b"k", value=b"v", client_id=client, sequence=1)).result()
+        self.rpc(self.kv.Append, kv_pb2.AppendRequest(key=b"k", value=b"w", client_id=client, sequence=2)).result()
+        self.rpc(self.kv.Delete, kv_pb2.DeleteRequest(key=b"k", client_id=client, sequence=3)).result()
+        self.assertEqual([call[1] for call in self.node.calls[1:]], [
+            Request(Op.PUT, b"k", b"v", client_id=client, sequence=1),
+            Request(Op.APPEND, b"k", b"w", client_id=client, sequence=2),
+            Request(Op.DELETE, b"k", client_id=client, sequence=3),
+        ])
+
+    def test_retry_answered_again(self) -> None:
+        """A retried Append with the same session and sequence applies once and gets the first answer."""
+        client = self.open_session()
+        request = kv_pb2.AppendRequest(key=b"k", value=b"ab", client_id=client, sequence=1)
+        first = self.rpc(self.kv.Append, request).result()
+        again = self.rpc(self.kv.Append, request).result()
+        self.assertEqual((again.value, again.header.revision), (first.value, first.header.revision))
+        self.assertEqual(self.node.state.get(b"k").value, b"ab")
+
+    def test_half_a_session(self) -> None:
+        """A client id without a sequence is INVALID_ARGUMENT and never reaches the node."""
+        self.assertStatus(
+            self.rpc(self.kv.Put, kv_pb2.PutRequest(key=b"k", value=b"v", client_id=1)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        self.assertEqual(self.node.calls, [])
+
+    def test_stale_sequence(self) -> None:
+        """A sequence below the session's last is FAILED_PRECONDITION "stale sequence: ..."."""
+        client = self.open_session()
+        self.rpc(self.kv.Put, kv_pb2.PutRequest(key=b"k", value=b"v", client_id=client, sequence=2)).result()
+        details = self.assertStatus(
+            self.rpc(self.kv.Put, kv_pb2.PutRequest(key=b"k", value=b"w", client_id=client, sequence=1)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+        self.assertEqual(details, f"stale sequence: sequence 1 of session {client} is below its last sequence, 2")
+
+    def test_session_expired(self) -> None:
+        """A request of a session the node does not hold is FAILED_PRECONDITION "session expired: ..."."""
+        details = self.assertStatus(
+            self.rpc(self.kv.Delete, kv_pb2.DeleteRequest(key=b"k", client_id=99, sequence=1)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+        self.assertEqual(details, errors.SESSION_EXPIRED)
+        self.assertTrue(details.startswith("session expired: "))
+
+    def test_sequence_reused(self) -> None:
+        """A sequence first used by a Txn and then by a Put is FAILED_PRECONDITION, not a wrong answer."""
+        client = self.open_session()
+        self.rpc(self.kv.Txn, kv_pb2.TxnRequest(client_id=client, sequence=1)).result()
+        details = self.assertStatus(
+            self.rpc(self.kv.Put, kv_pb2.PutRequest(key=b"k", value=b"v", client_id=client, sequence=1)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+        self.assertIn("sequence reused", details)
+
+
+class RangeTests(RunningServer, SynchronousTestCase):
+    """The Range RPC: conversion to a L{Range} query, and paging under the message limit."""
+
+    def range(self, **fields) -> kv_pb2.RangeResponse:
+        """Return the answer to a RangeRequest of C{fields}."""
+        return self.rpc(self.kv.Range, kv_pb2.RangeRequest(**fields)).result()
+
+    def write_keys(self, *keys: bytes) -> None:
+        """Write each key with itself as its value."""
+        for key in keys:
+            self.node.write(key, key)
+
+    def test_range(self) -> None:
+        """A Range answers the records in [key, range_end) in key order, with count and revision."""
+        self.write_keys(b"a", b"b", b"c", b"d")
+        got = self.range(key=b"b", range_end=b"d", consistency=kv_pb2.SERIALIZABLE)
+        self.assertEqual([kv.key for kv in got.kvs], [b"b", b"c"])
+        self.assertEqual((got.count, got.more, got.header.revision), (2, False, 4))
+        self.assertEqual(self.node.calls[0][1:2] + self.node.calls[0][3:], (Range(b"b", b"d"), "serializable"))
+
+    def test_one_key(self) -> None:
+        """An empty range_end asks for the one key (end None)."""
+        self.write_keys(b"a", b"ab")
+        got = self.range(key=b"a")
+        self.assertEqual([kv.key for kv in got.kvs], [b"a"])
+        self.assertEqual(self.node.calls[0][1], Range(b"a"))
+
+    def test_limit_keys_only_count_only(self) -> None:
+        """limit, keys_only and count_only reach the node; count stays the range's total."""
+        self.write_keys(b"a", b"b", b"c")
+        limited = self.range(key=b"a", range_end=TO_THE_END, limit=2, keys_only=True)
+        counted = self.range(key=b"a", range_end=TO_THE_END, count_only=True)
+        self.assertEqual([(kv.key, kv.value) for kv in limited.kvs], [(b"a", b""), (b"b", b"")])
+        self.assertEqual((limited.more, limited.count), (True, 3))
+        self.assertEqual((len(counted.kvs), counted.count), (0, 3))
+        self.assertEqual(self.node.calls[0][1], Range(b"a", TO_THE_END, 2, keys_only=True))
+        self.assertEqual(self.node.calls[1][1], Range(b"a", TO_THE_END, count_only=True))
+
+    def test_bad_range(self) -> None:
+        """A negative limit or an empty key is INVALID_ARGUMENT and never reaches the node."""
+        for request in (kv_pb2.RangeRequest(key=b"a", limit=-1), kv_pb2.RangeRequest(range_end=b"z")):
+            self.assertStatus(self.rpc(self.kv.Range, request), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertEqual(self.node.calls, [])
+
+    def test_paging(self) -> None:
+        """Many large values come back in pages under the message limit, each with more=True but the last."""
+        keys = [b"k%d" % i for i in range(8)]
+        for key in keys:
+            self.node.write(key, b"x" * MAX_VALUE_BYTES)
+        seen, pages, start, more = [], 0, b"k", True
+        while more:
+            got = self.range(key=start, range_end=prefix_end(b"k"))
+            self.assertLess(got.ByteSize(), MAX_MESSAGE_BYTES)
+            self.assertGreater(len(got.kvs), 0)
+            self.assertEqual(got.count, len(keys) - len(seen))
+            seen += [kv.key for kv in got.kvs]
+            pages, start, more = pages + 1, got.kvs[-1].key + b"\0", got.more
+        self.assertEqual(seen, keys)
+        self.assertGreater(pages, 2)
+
+
+EQ, NE, LT, GT = (kv_pb2.Compare.EQUAL, kv_pb2.Compare.NOT_EQUAL, kv_pb2.Compare.LESS,
+                  kv_pb2.Compare.GREATER)
+
+
+def put_op(key: bytes, value: bytes, prev_kv: bool = False) -> kv_pb2.RequestOp:
+    """Return a RequestOp putting C{value} under C{key}."""
+    return kv_pb2.RequestOp(request_put=kv_pb2.PutRequest(key=key, value=value, prev_kv=prev_kv))
+
+
+def range_op(key: bytes, range_end: bytes = b"") -> kv_pb2.RequestOp:
+    """Return a RequestOp reading [key, range_end)."""
+    return kv_pb2.RequestOp(request_range=kv_pb2.RangeRequest(key=key, range_end=range_end))
+
+
+def delete_op(key: bytes, range_end: bytes = b"", prev_kv: bool = False) -> kv_pb2.RequestOp:
+    """Return a RequestOp deleting [key, range_end)."""
+    return kv_pb2.RequestOp(request_delete_range=kv_pb2.DeleteRangeRequest(
+        key=key, range_end=range_end, prev_kv=prev_kv))
+
+
+class TxnTests(RunningServer, SynchronousTestCase):
+    """The Txn and CompareAndSwap RPCs."""
+
+    def txn(self, **fields):
+        """Return the call of a TxnRequest of C{fields}."""
+        return self.rpc(self.kv.Txn, kv_pb2.TxnRequest(**fields))
+
+    def test_compare_operands(self) -> None:
+        """Each compare target reaches the node with the operand from its own oneof field."""
+        self.node.write(b"k", b"v")
+        compares = [
+            kv_pb2.Compare(key=b"k", target=kv_pb2.Compare.VALUE, result=EQ, value=b"v"),
+            kv_pb2.Compare(key=b"k", target=kv_pb2.Compare.VERSION, result=GT, version=0),
+            kv_pb2.Compare(key=b"k", target=kv_pb2.Compare.CREATE_REVISION, result=LT, create_revision=2),
+            kv_pb2.Compare(key=b"k", target=kv_pb2.Compare.MOD_REVISION, result=NE, mod_revision=5),
+            kv_pb2.Compare(key=b"k", target=kv_pb2.Compare.EXISTS, result=EQ, exists=True),
+        ]
+        got = self.txn(compare=compares).result()
+        self.assertTrue(got.succeeded)
+        self.assertEqual(self.node.calls[0][1].txn.compares, (
+            Compare(b"k", CompareTarget.VALUE, CompareResult.EQUAL, b"v"),
+            Compare(b"k", CompareTarget.VERSION, CompareResult.GREATER, 0),
+            Compare(b"k", CompareTarget.CREATE_REVISION, CompareResult.LESS, 2),
+            Compare(b"k", CompareTarget.MOD_REVISION, CompareResult.NOT_EQUAL, 5),
+            Compare(b"k", CompareTarget.EXISTS, CompareResult.EQUAL, True),
+        ))
+
+    def test_ops_and_responses(self) -> None:
+        """A Txn's put, delete-range and range ops reach the node, and each answers in kind at one revision."""
+        self.node.write(b"a", b"1")
+        self.node.write(b"b", b"2")
+        got = self.txn(
+            compare=[kv_pb2.Compare(key=b"a", target=kv_pb2.Compare.EXISTS, result=EQ, exists=True)],
+            success=[put_op(b"a", b"one", prev_kv=True), delete_op(b"b", b"c", prev_kv=True), range_op(b"a", TO_THE_END)],
+            failure=[range_op(b"a")],
+            client_id=0,
+        ).result()
+        self.assertEqual(self.node.calls[0][1], Request(Op.TXN, txn=Txn(
+            (Compare(b"a", CompareTarget.EXISTS, CompareResult.EQUAL, True),),
+            (Put(b"a", b"one", True), DeleteRange(b"b", b"c", True), Range(b"a", TO_THE_END)),
+            (Range(b"a"),),
+        )))
+        put, delete, read = (op.WhichOneof("response") for op in got.responses)
+        self.assertEqual((put, delete, read), ("response_put", "response_delete_range", "response_range"))
+        put, delete, read = got.responses
+        self.assertEqual((got.succeeded, got.header.revision), (True, 3))
+        self.assertEqual((put.response_put.existed, put.response_put.prev_kv.value), (True, b"1"))
+        self.assertEqual((delete.response_delete_range.deleted, [kv.key for kv in delete.response_delete_range.prev_kvs]),
+                         (1, [b"b"]))
+        self.assertEqual([(kv.key, kv.value) for kv in read.response_range.kvs], [(b"a", b"one")])
+        self.assertEqual(read.response_range.header, got.header)
+
+    def test_failure_branch(self) -> None:
+        """A compare that fails applies the failure ops and answers succeeded=false."""
+        got = self.txn(
+            compare=[kv_pb2.Compare(key=b"k", target=kv_pb2.Compare.VALUE, result=EQ, value=b"v")],
+            success=[put_op(b"k", b"v")],
+            failure=[put_op(b"other", b"x")],
+        ).result()
+        self.assertFalse(got.succeeded)
+        self.assertEqual((self.node.state.get(b"k"), self.node.state.get(b"other").value), (None, b"x"))
+
+    def test_session_fields(self) -> None:
+        """A Txn's client id and sequence reach the node; those inside its puts are ignored."""
+        client = self.rpc(self.kv.OpenSession, kv_pb2.OpenSessionRequest()).result().client_id
+        op = kv_pb2.RequestOp(request_put=kv_pb2.PutRequest(key=b"k", value=b"v", client_id=7, sequence=9))
+        self.txn(success=[op], client_id=client, sequence=1).result()
+        request = self.node.calls[1][1]
+        self.assertEqual((request.client_id, request.sequence, request.txn.success), (client, 1, (Put(b"k", b"v"),)))
+
+    def test_invalid_txn(self) -> None:
+        """A Txn that converts or validates badly is INVALID_ARGUMENT and never reaches the node."""
+        bad = [
+            {"success": [put_op(b"k", b"1"), put_op(b"k", b"2")]},
+            {"compare": [kv_pb2.Compare(key=b"k", target=kv_pb2.Compare.VERSION, value=b"1")]},
+            {"compare": [kv_pb2.Compare(key=b"k", target=kv_pb2.Compare.VERSION, version=-1)]},
+            {"failure": [kv_pb2.RequestOp()]},
+            {"success": [range_op(b"")]},
+            {"client_id": 3},
+        ]
+        for fields in bad:
+            self.assertStatus(self.txn(**fields), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertEqual(self.node.calls, [])
+
+    def test_range_capped(self) -> None:
+        """Ranges inside a Txn share the size cap and say more=True when cut."""
+        for i in range(4):
+            self.node.write(b"k%d" % i, b"x" * MAX_VALUE_BYTES)
+        got = self.txn(success=[range_op(b"k", TO_THE_END), range_op(b"k", TO_THE_END)]).result()
+        first, second = (op.response_range for op in got.responses)
+        self.assertLess(got.ByteSize(), MAX_MESSAGE_BYTES)
+        self.assertEqual((first.more, first.count, second.more, second.count), (True, 4, True, 4))
+        self.assertGreater(len(first.kvs), 0)
+
+    def test_response_too_large(self) -> None:
+        """A Txn whose deleted records do not fit in one message is RESOURCE_EXHAUSTED naming its revision."""
+        for i in range(5):
+            self.node.write(b"k%d" % i, b"x" * MAX_VALUE_BYTES)
+        details = self.assertStatus(
+            self.txn(success=[delete_op(b"k", TO_THE_END, prev_kv=True)]), grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
+        self.assertIn("applied at revision 6", details)
+        self.assertIsNone(self.node.state.get(b"k0"))
+
+    def test_cas_absent(self) -> None:
+        """A CompareAndSwap with no expectation creates a missing key (expected version 0)."""
+        got = self.rpc(self.kv.CompareAndSwap, kv_pb2.CompareAndSwapRequest(key=b"k", value=b"v")).result()
+        self.assertEqual((got.succeeded, got.HasField("current"), got.header.revision), (True, False, 1))
+        self.assertEqual(self.node.calls[0][1], compare_and_swap(b"k", b"v", expected_version=0))
+
+    def test_cas_expected_value(self) -> None:
+        """A CompareAndSwap on the expected value swaps it, with its session fields passed through."""
+        self.node.write(b"k", b"v")
+        client = self.rpc(self.kv.OpenSession, kv_pb2.OpenSessionRequest()).result().client_id
+        request = kv_pb2.CompareAndSwapRequest(key=b"k", value=b"w", expected_value=b"v", client_id=client, sequence=1)
+        got = self.rpc(self.kv.CompareAndSwap, request).result()
+        self.assertTrue(got.succeeded)
+        self.assertEqual(self.node.calls[1][1],
+                         compare_and_swap(b"k", b"w", expected_value=b"v", client_id=client, sequence=1))
+        self.assertEqual(self.node.state.get(b"k").value, b"w")
+
+    def test_cas_failure_current(self) -> None:
+        """A CompareAndSwap that does not swap answers the key's current record."""
+        self.node.write(b"k", b"v")
+        got = self.rpc(self.kv.CompareAndSwap, kv_pb2.CompareAndSwapRequest(key=b"k", value=b"w", expected_version=5)).result()
+        self.assertFalse(got.succeeded)
+        self.assertEqual(got.current, kv_pb2.KeyValue(key=b"k", value=b"v", version=1, create_revision=1, mod_revision=1))
+        self.assertEqual(got.header.revision, 1)
+
+    def test_cas_failure_absent(self) -> None:
+        """A CompareAndSwap expecting a value of a missing key fails with no current record."""
+        got = self.rpc(self.kv.CompareAndSwap, kv_pb2.CompareAndSwapRequest(key=b"k", value=b"w", expected_value=b"")).result()
+        self.assertEqual((got.succeeded, got.HasField("current")), (False, False))
+
+    def test_cas_sequence_reused(self) -> None:
+        """A CompareAndSwap answered with a failed Txn's saved result is FAILED_PRECONDITION, not a wrong record."""
+        client = self.rpc(self.kv.OpenSession, kv_pb2.OpenSessionRequest()).result().client_id
+        exists = kv_pb2.Compare(key=b"k", target=kv_pb2.Compare.EXISTS, result=EQ, exists=True)
+        self.assertFalse(self.txn(compare=[exists], client_id=client, sequence=1).result().succeeded)
+        request = kv_pb2.CompareAndSwapRequest(key=b"k", value=b"w", expected_value=b"v", client_id=client, sequence=1)
+        details = self.assertStatus(self.rpc(self.kv.CompareAndSwap, request), grpc.StatusCode.FAILED_PRECONDITION)
+        self.assertIn("sequence reused", details)
+
+    def test_cas_invalid(self) -> None:
+        """A CompareAndSwap with a negative expected version is INVALID_ARGUMENT and never reaches the node."""
+        request = kv_pb2.CompareAndSwapRequest(key=b"k", value=b"w", expected_version=-1)
+        self.assertStatus(self.rpc(self.kv.CompareAndSwap, request), grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertEqual(self.node.calls, [])
+
+
 class StoppingTests(ServerFixture, SynchronousTestCase):
     """Requests whose node Deferred never fires, and stopping with requests pending."""
 
@@ -481,6 +866,21 @@ class ErrorsTests(SynchronousTestCase):
         code, details, unexpected = errors.status_for(KeyError("x"))
         self.assertEqual((code, unexpected), (grpc.StatusCode.INTERNAL, True))
         self.assertIn("x", details)
+
+    def test_stale_sequence(self) -> None:
+        """A StaleSequence refusal is FAILED_PRECONDITION "stale sequence: ..." and not logged."""
+        code, details, unexpected = errors.status_for(StaleSequence(4, 2, 3))
+        self.assertEqual((code, unexpected), (grpc.StatusCode.FAILED_PRECONDITION, False))
+        self.assertEqual(details, "stale sequence: sequence 2 of session 4 is below its last sequence, 3")
+
+    def test_session_expired(self) -> None:
+        """A SessionExpired refusal is FAILED_PRECONDITION telling the client to open a new session."""
+        code, details, unexpected = errors.status_for(SessionExpired(4, 2))
+        self.assertEqual((code, details, unexpected), (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "session expired: the outcome of this session's unanswered requests is unknown; open a new session",
+            False,
+        ))
 
     def test_fake_node_provides_interface(self) -> None:
         """The fake node used here provides IKeyValueNode."""

@@ -18,7 +18,9 @@ cannot keep the process alive past SIGTERM.  The reactor thread never waits
 on grpcio (C{server.stop()}'s Event is waited on in a thread of its own).
 
 This module translates and decides nothing: what a request means is the
-node's business; L{kvpaxos.api.errors} names the status for each failure.
+node's business; L{kvpaxos.api.convert} turns messages into commands and
+results into messages (paging ranges under the message limit), and
+L{kvpaxos.api.errors} names the status for each failure or refusal.
 """
 
 from __future__ import annotations
@@ -37,9 +39,28 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from kvpaxos.api.errors import SHUTTING_DOWN, status_for, unavailable_message
-from kvpaxos.client_endpoints import CHANNEL_OPTIONS, parse_endpoint
-from kvpaxos.kv.commands import Op, Request, validate
+from kvpaxos.api import convert
+from kvpaxos.api.errors import (
+    REFUSALS,
+    SHUTTING_DOWN,
+    response_too_large,
+    sequence_reused,
+    status_for,
+    unavailable_message,
+)
+from kvpaxos.client_endpoints import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, parse_endpoint
+from kvpaxos.kv.commands import (
+    InvalidArgument,
+    Op,
+    RangeResult,
+    Request,
+    Result,
+    SessionOpened,
+    TxnResult,
+    compare_and_swap,
+    range_query,
+    validate_request,
+)
 from kvpaxos.node.interfaces import Unavailable
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
 
@@ -164,6 +185,12 @@ class ReactorCrossing:
             self._pending.discard(future)
 
 
+def _abort_for(context: grpc.ServicerContext, error) -> None:
+    """Abort the RPC with the status L{status_for} names for C{error}."""
+    code, details, _ = status_for(error)
+    context.abort(code, details)
+
+
 class _NodeCalls:
     """
     What both servicers share: a call to the node across the crossing, the
@@ -182,14 +209,15 @@ class _NodeCalls:
         """
         Run C{node_call(timeout_s)} in the reactor thread and return its
         result with the response header, or abort the RPC with the status its
-        failure maps to.  Called in a gRPC handler thread.
+        failure, or its refusal (L{REFUSALS}: nothing was applied), maps to.
+        Called in a gRPC handler thread.
         """
         remaining = context.time_remaining()
         wait_s = self._request_timeout_s if remaining is None else min(remaining, self._request_timeout_s)
         node_timeout_s = wait_s * NODE_TIMEOUT_SHARE
         future = self._crossing.enqueue(partial(self._in_reactor, node_call, node_timeout_s))
         try:
-            return future.result(timeout=wait_s)
+            result, header = future.result(timeout=wait_s)
         except concurrent.futures.TimeoutError:
             future.cancel()
             context.abort(
@@ -197,8 +225,10 @@ class _NodeCalls:
                 unavailable_message(f"no answer from the node within {wait_s:.3g}s", self.leader),
             )
         except Exception as error:
-            code, details, _ = status_for(error)
-            context.abort(code, details)
+            _abort_for(context, error)
+        if isinstance(result, REFUSALS):
+            _abort_for(context, result)
+        return result, header
 
     def _in_reactor(self, node_call: Callable[[float], Any], timeout_s: float) -> defer.Deferred:
         d = defer.maybeDeferred(node_call, timeout_s)
@@ -209,7 +239,11 @@ class _NodeCalls:
     def _with_header(self, result: Any) -> tuple[Any, kv_pb2.ResponseHeader]:
         status = self._node.status()
         self.leader = status.leader
-        header = kv_pb2.ResponseHeader(member_id=status.member_id, leader_id=status.leader or 0)
+        # Every result but a status and a refusal names the revision it saw or made.
+        header = kv_pb2.ResponseHeader(
+            member_id=status.member_id, leader_id=status.leader or 0,
+            revision=getattr(result, "revision", 0),
+        )
         return result, header
 
     def _failed(self, failure):
@@ -220,45 +254,124 @@ class _NodeCalls:
         return failure
 
 
-def _check(context: grpc.ServicerContext, op: Op, key: bytes, value: bytes = b"") -> None:
-    """Abort with INVALID_ARGUMENT unless C{key} and C{value} are legal."""
+def _checked(context: grpc.ServicerContext, convert_request: Callable[[], Any]) -> Any:
+    """Return C{convert_request()}, or abort with INVALID_ARGUMENT if it raises L{InvalidArgument}."""
     try:
-        validate(op, key, value)
-    except Exception as error:
-        code, details, _ = status_for(error)
-        context.abort(code, details)
+        return convert_request()
+    except InvalidArgument as error:
+        _abort_for(context, error)
+
+
+def _session_request(context, op: Op, request, value: bytes = b"", prev_kv: bool = False) -> Request:
+    """
+    Return the checked L{Request} of a single-key write with the session
+    fields of C{request} (origin and request_id are the node's to fill in).
+    """
+    command = Request(op, request.key, value, client_id=request.client_id,
+                      sequence=request.sequence, prev_kv=prev_kv)
+    _checked(context, partial(validate_request, command))
+    return command
 
 
 class KVServicer(kv_pb2_grpc.KVServicer):
-    """C{kvpaxos.v1.KV}: each method maps one request to one node call."""
+    """
+    C{kvpaxos.v1.KV}: each method converts its request (L{convert}), makes
+    one node call and converts the result back.  Every response header
+    carries the revision the result names.
+    """
 
     def __init__(self, node, calls: _NodeCalls) -> None:
         self._node = node
         self._calls = calls
 
     def Get(self, request: kv_pb2.GetRequest, context) -> kv_pb2.GetResponse:
-        key = request.key
-        _check(context, Op.PUT, key)  # a read checks its key as a write would
-        value, header = self._calls.call(context, lambda timeout_s: self._node.get(key, timeout_s))
-        return kv_pb2.GetResponse(header=header, found=value is not None, value=value or b"")
+        query = _checked(context, partial(range_query, request.key))
+        consistency = _checked(context, partial(convert.consistency_name, request.consistency))
+        result, header = self._calls.call(
+            context, lambda timeout_s: self._node.range(query, timeout_s, consistency)
+        )
+        if not result.kvs:
+            return kv_pb2.GetResponse(header=header, found=False)
+        kv = result.kvs[0]
+        return kv_pb2.GetResponse(header=header, found=True, value=kv.value,
+                                  kv=convert.key_value_to_proto(kv))
 
     def Put(self, request: kv_pb2.PutRequest, context) -> kv_pb2.PutResponse:
-        result, header = self._submit(context, Op.PUT, request.key, request.value)
-        return kv_pb2.PutResponse(header=header, existed=result.existed)
+        command = _session_request(context, Op.PUT, request, request.value, request.prev_kv)
+        result, header = self._submit(context, command, Result)
+        return kv_pb2.PutResponse(header=header, existed=result.existed,
+                                  prev_kv=convert.optional_key_value_to_proto(result.prev))
 
     def Delete(self, request: kv_pb2.DeleteRequest, context) -> kv_pb2.DeleteResponse:
-        result, header = self._submit(context, Op.DELETE, request.key)
-        return kv_pb2.DeleteResponse(header=header, deleted=result.existed)
+        command = _session_request(context, Op.DELETE, request, prev_kv=request.prev_kv)
+        result, header = self._submit(context, command, Result)
+        return kv_pb2.DeleteResponse(header=header, deleted=result.existed,
+                                     prev_kv=convert.optional_key_value_to_proto(result.prev))
 
     def Append(self, request: kv_pb2.AppendRequest, context) -> kv_pb2.AppendResponse:
-        result, header = self._submit(context, Op.APPEND, request.key, request.value)
+        command = _session_request(context, Op.APPEND, request, request.value)
+        result, header = self._submit(context, command, Result)
         return kv_pb2.AppendResponse(header=header, value=result.value or b"", existed=result.existed)
 
-    def _submit(self, context, op: Op, key: bytes, value: bytes = b""):
-        _check(context, op, key, value)
-        # origin and request_id are the node's to fill in.
-        request = Request(op, key, value)
-        return self._calls.call(context, lambda timeout_s: self._node.submit(request, timeout_s))
+    def Range(self, request: kv_pb2.RangeRequest, context) -> kv_pb2.RangeResponse:
+        query = _checked(context, partial(convert.range_query_from_proto, request))
+        consistency = _checked(context, partial(convert.consistency_name, request.consistency))
+        result, header = self._calls.call(
+            context, lambda timeout_s: self._node.range(query, timeout_s, consistency)
+        )
+        response, _ = convert.range_response(result, header)
+        return response
+
+    def Txn(self, request: kv_pb2.TxnRequest, context) -> kv_pb2.TxnResponse:
+        command = _checked(context, partial(convert.txn_request_from_proto, request))
+        result, header = self._submit(context, command, TxnResult)
+        response = convert.txn_response(result, header)
+        size = response.ByteSize()
+        if size > MAX_MESSAGE_BYTES:
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                response_too_large(size, MAX_MESSAGE_BYTES, result.revision),
+            )
+        return response
+
+    def CompareAndSwap(self, request: kv_pb2.CompareAndSwapRequest, context) -> kv_pb2.CompareAndSwapResponse:
+        # None set means "absent": version 0 is a missing key's.
+        expected = request.WhichOneof("expected") or "expected_version"
+        command = _checked(context, partial(
+            compare_and_swap, request.key, request.value,
+            client_id=request.client_id, sequence=request.sequence,
+            **{expected: getattr(request, expected)},
+        ))
+        result, header = self._submit(context, command, TxnResult)
+        if result.succeeded:
+            return kv_pb2.CompareAndSwapResponse(header=header, succeeded=True)
+        # compare_and_swap's failure branch is one Range of the key; anything
+        # else is the saved answer of another transaction with this sequence.
+        if len(result.responses) != 1 or type(result.responses[0]) is not RangeResult:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, sequence_reused(command))
+        current = result.responses[0]
+        kv = current.kvs[0] if current.kvs else None
+        return kv_pb2.CompareAndSwapResponse(header=header, succeeded=False,
+                                             current=convert.optional_key_value_to_proto(kv))
+
+    def OpenSession(self, request: kv_pb2.OpenSessionRequest, context) -> kv_pb2.OpenSessionResponse:
+        result, header = self._submit(context, Request(Op.OPEN_SESSION), SessionOpened)
+        return kv_pb2.OpenSessionResponse(header=header, client_id=result.client_id)
+
+    def _submit(self, context, command: Request, kind: type):
+        """
+        Submit C{command} and return its result of type C{kind} with the
+        header.  A result of another type is a session retry whose
+        sequence first went with a different request (FAILED_PRECONDITION),
+        or without a session a node bug (INTERNAL).
+        """
+        result, header = self._calls.call(context, lambda timeout_s: self._node.submit(command, timeout_s))
+        if not isinstance(result, kind):
+            if command.client_id:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, sequence_reused(command))
+            _log.error("node answered {command!r} with {result!r}", command=command, result=result)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error: unexpected result {type(result).__name__}")
+        return result, header
 
 
 class ClusterServicer(kv_pb2_grpc.ClusterServicer):
