@@ -1,23 +1,37 @@
 """
-The C{kvpaxos} command: reads and writes a kvpaxos cluster over gRPC.
+The C{kvpaxos} command: reads and writes a kvpaxos cluster over gRPC, with
+the client library (L{kvpaxos.client}).
 
-    kvpaxos [--endpoints HOST:PORT,...] [--json] [--timeout SECONDS] COMMAND
+    kvpaxos [--endpoints HOST:PORT,...] [--json] [--timeout SECONDS] [--session] COMMAND
     kvpaxos put KEY VALUE        prints OK
     kvpaxos get KEY              prints the value (exit 1: key not found)
     kvpaxos delete KEY           prints OK
     kvpaxos append KEY VALUE     prints the new value
+    kvpaxos range START [END]    prints each key and value on lines of their own
+    kvpaxos cas KEY VALUE --expect OLD | --expect-version N | --expect-absent
+                                 prints OK (exit 1: not swapped)
+    kvpaxos txn --compare C ... --then OP ... --else OP ...
+                                 prints SUCCESS or FAILURE, then each op's result
     kvpaxos status               one row per endpoint
 
+C{get} and C{range} take C{--consistency linearizable|serializable|lease};
+C{range} also C{--prefix}, C{--limit N}, C{--keys-only}, C{--count-only}.
 The seed's form works too: C{kvpaxos --action=put --key=k --value=v}.
 
-A request goes to the endpoints in the order given until one answers; an
-endpoint that is unreachable or answers UNAVAILABLE is skipped (so are
-endpoints that time out, for get and status only: a write that timed out
-may still be applied, and is not sent again).  Keys and values given on the
-command line are encoded as UTF-8.
+A request goes to the leader when the client knows it, else to the
+endpoints in the order given; an endpoint that is unreachable or answers
+UNAVAILABLE is skipped, and the request is retried with backoff until
+C{--timeout} (the deadline of the whole command).  A read that timed out
+is retried too; a write that timed out is not (it may have been applied),
+unless C{--session} makes it exactly-once.  C{--session} costs one more
+round trip (OpenSession) and a slot in the cluster's session table, so it
+is off by default: without it a write retried after UNAVAILABLE may apply
+twice (harmless for put and delete, not for append, cas or txn).  Keys and
+values given on the command line are encoded as UTF-8.
 
-Exit status: 0 success, 1 the request failed (or the key was not found),
-2 bad usage.  Errors are one line on stderr: C{kvpaxos: error: ...}.
+Exit status: 0 success, 1 the request failed (or the key was not found, a
+cas did not swap, a txn ran its else branch), 2 bad usage.  Errors are one
+line on stderr: C{kvpaxos: error: ...}.
 
 Nothing here knows how the cluster works beyond the gRPC API
 (C{proto/kvpaxos/v1/kv.proto}).
@@ -28,46 +42,47 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import random
+import re
+import shlex
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Optional, Sequence
 
-import grpc
-
+from kvpaxos import client as kvclient
+from kvpaxos.client import Client, ClientError
 from kvpaxos.client_endpoints import DEFAULT_ENDPOINT, BadEndpoint, open_channel, parse_endpoints
 from kvpaxos.kv.commands import InvalidArgument, Op, validate
-from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
+from kvpaxos.v1 import kv_pb2
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
+#: The actions of the seed's C{--action=} form.
 ACTIONS = ("put", "get", "delete", "append", "status")
+COMMANDS = ACTIONS + ("range", "cas", "txn")
 #: Actions that take a key, and those that take a value too.
 _KEYED = {"put", "get", "delete", "append"}
 _VALUED = {"put", "append"}
 
-#: Status codes after which the next endpoint is tried: it may be served
-#: there.  DEADLINE_EXCEEDED only for requests that are safe to repeat.
-_RETRY_ALWAYS = frozenset({grpc.StatusCode.UNAVAILABLE})
-_RETRY_READS = _RETRY_ALWAYS | {grpc.StatusCode.DEADLINE_EXCEEDED}
+CONSISTENCIES = ("linearizable", "serializable", "lease")
 
-
-class GrpcConnection:
-    """The stubs for one endpoint, over one channel."""
-
-    def __init__(self, endpoint: str) -> None:
-        self._channel = open_channel(endpoint)
-        self.kv = kv_pb2_grpc.KVStub(self._channel)
-        self.cluster = kv_pb2_grpc.ClusterStub(self._channel)
-
-    def close(self) -> None:
-        self._channel.close()
-
-
-#: Makes the connection to one endpoint: an object with C{kv} (a KVStub),
-#: C{cluster} (a ClusterStub) and C{close()}.
-Connect = Callable[[str], Any]
+TXN_HELP = """\
+Compare (all must hold for the --then branch to run; else --else runs):
+  value(KEY) OP VALUE      OP is ==, !=, < or > (bytewise)
+  version(KEY) OP N        writes since the key was created; 0 if missing
+  create(KEY) OP N         revision that created the key; 0 if missing
+  mod(KEY) OP N            revision of the key's latest write; 0 if missing
+  exists(KEY) [== true|false]
+Operations (--then, --else):
+  put KEY VALUE | delete KEY | get KEY | range START [END]
+Quote words with spaces shell-style inside the expression:
+  kvpaxos txn --compare "value(k) == 'a b'" --then 'put k c' --else 'get k'
+Prints SUCCESS or FAILURE, then one result per operation: OK for put, the
+number deleted for delete, key and value lines for get and range.  Exits 0
+when the --then branch ran, 1 when the --else branch ran."""
 
 
 class _Exit(Exception):
@@ -76,10 +91,6 @@ class _Exit(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(status)
         self.status = status
-
-
-class RequestFailed(Exception):
-    """The request failed on every endpoint tried; the message says why."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -118,6 +129,12 @@ def _timeout(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a whole number >= 0: {text!r}")
+    return int(text)
+
+
 def build_parser(stdout: BinaryIO, stderr: BinaryIO) -> argparse.ArgumentParser:
     """Return the argument parser, writing help and errors to the streams."""
     streams = (stdout, stderr)
@@ -130,7 +147,7 @@ def build_parser(stdout: BinaryIO, stderr: BinaryIO) -> argparse.ArgumentParser:
 
         parser.add_argument(
             "--endpoints", default=default(DEFAULT_ENDPOINT), metavar="HOST:PORT,...",
-            help=f"nodes to try, in order (default {DEFAULT_ENDPOINT})",
+            help=f"nodes to try, leader first once known, else in order (default {DEFAULT_ENDPOINT})",
         )
         parser.add_argument(
             "--json", action="store_true", default=default(False),
@@ -138,7 +155,18 @@ def build_parser(stdout: BinaryIO, stderr: BinaryIO) -> argparse.ArgumentParser:
         )
         parser.add_argument(
             "--timeout", type=_timeout, default=default(5.0), metavar="SECONDS",
-            help="deadline for each endpoint tried (default 5)",
+            help="deadline of the command, retries included (default 5)",
+        )
+        parser.add_argument(
+            "--session", action="store_true", default=default(False),
+            help="send the write in an exactly-once session (one more round trip)",
+        )
+
+    def consistency(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--consistency", choices=CONSISTENCIES, default="linearizable",
+            help="linearizable (default), serializable (the answering node's state, maybe stale) "
+                 "or lease (the leader's read lease)",
         )
 
     parser = _Parser(
@@ -161,8 +189,60 @@ def build_parser(stdout: BinaryIO, stderr: BinaryIO) -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text, description=help_text, streams=streams)
         for argument in arguments:
             command.add_argument(argument, metavar=argument.upper())
+        if name == "get":
+            consistency(command)
         global_options(command, defaults=False)
+
+    help_text = "print the keys in [START, END) (every key from START on without END) and their values"
+    command = commands.add_parser("range", help=help_text, description=help_text, streams=streams)
+    command.add_argument("key", metavar="START")
+    command.add_argument("end", metavar="END", nargs="?")
+    command.add_argument("--prefix", action="store_true", help="every key starting with START (no END)")
+    command.add_argument("--limit", type=_count, default=0, metavar="N", help="at most N keys (default: all)")
+    command.add_argument("--keys-only", action="store_true", help="print keys without values")
+    command.add_argument("--count-only", action="store_true", help="print how many keys there are")
+    consistency(command)
+    global_options(command, defaults=False)
+
+    help_text = "set KEY to VALUE if it holds OLD, has version N, or does not exist"
+    command = commands.add_parser("cas", help=help_text, description=help_text, streams=streams)
+    command.add_argument("key", metavar="KEY")
+    command.add_argument("value", metavar="VALUE")
+    expectation = command.add_mutually_exclusive_group(required=True)
+    expectation.add_argument("--expect", metavar="OLD", help="swap if the value is OLD")
+    expectation.add_argument("--expect-version", type=_count, metavar="N", help="swap if the key's version is N")
+    expectation.add_argument("--expect-absent", action="store_true", help="swap if the key does not exist")
+    global_options(command, defaults=False)
+
+    help_text = "apply the --then operations if every --compare holds, else the --else ones, atomically"
+    command = commands.add_parser(
+        "txn", help=help_text, description=help_text, epilog=TXN_HELP, streams=streams,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.add_argument("--compare", action="append", default=[], metavar="EXPR", help="a condition (repeatable)")
+    command.add_argument("--then", action="append", default=[], metavar="OP", help="run if all hold (repeatable)")
+    command.add_argument("--else", dest="otherwise", action="append", default=[], metavar="OP",
+                         help="run otherwise (repeatable)")
+    global_options(command, defaults=False)
     return parser
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What C{cas} expects: exactly one of the three."""
+
+    value: Optional[bytes] = None
+    version: Optional[int] = None
+    absent: bool = False
+
+
+@dataclass(frozen=True)
+class TxnSpec:
+    """The parsed C{txn} flags, as protobuf messages."""
+
+    compares: tuple
+    success: tuple
+    failure: tuple
 
 
 @dataclass(frozen=True)
@@ -176,12 +256,100 @@ class Invocation:
     endpoints: list[str]
     json: bool
     timeout_s: float
+    session: bool = False
+    consistency: str = "linearizable"
+    #: range: END (None: every key from START on), --prefix, --limit, ...
+    end: Optional[bytes] = None
+    prefix: bool = False
+    limit: int = 0
+    keys_only: bool = False
+    count_only: bool = False
+    expect: Optional[Expectation] = None
+    txn: Optional[TxnSpec] = None
 
 
 def _utf8(text: Optional[str]) -> Optional[bytes]:
     # surrogateescape gives back the exact bytes of an argument that was not
     # valid UTF-8 in the first place.
     return None if text is None else text.encode("utf-8", "surrogateescape")
+
+
+class TxnSyntaxError(ValueError):
+    """A C{--compare}, C{--then} or C{--else} expression does not parse (the user's fault)."""
+
+
+_CALL = re.compile(r"^(\w+)\((.*)\)$", re.DOTALL)
+_NUMERIC_TARGETS = {
+    "version": kvclient.compare_version,
+    "create": kvclient.compare_create_revision, "create_revision": kvclient.compare_create_revision,
+    "mod": kvclient.compare_mod_revision, "mod_revision": kvclient.compare_mod_revision,
+}
+
+
+def _words(text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as error:
+        raise TxnSyntaxError(f"{text!r}: {error}") from None
+
+
+def parse_compare(text: str) -> kv_pb2.Compare:
+    """
+    Return the C{Compare} that C{text} (C{"value(k) == v"}, ...; see
+    L{TXN_HELP}) describes.
+
+    @raise TxnSyntaxError: it does not parse.
+    """
+    words = _words(text)
+    match = _CALL.match(words[0]) if words else None
+    if match is None or len(words) not in (1, 3):
+        raise TxnSyntaxError(f"{text!r} is not TARGET(KEY) OP OPERAND")
+    target, key = match.group(1), _utf8(match.group(2))
+    if target == "exists":
+        if len(words) == 1:
+            return kvclient.compare_exists(key)
+        op, operand = words[1], words[2].lower()
+        if op not in ("==", "!=") or operand not in ("true", "false"):
+            raise TxnSyntaxError(f"{text!r}: exists(KEY) compares with == or != to true or false")
+        return kvclient.compare_exists(key, (operand == "true") == (op == "=="))
+    if len(words) != 3:
+        raise TxnSyntaxError(f"{text!r} needs an operator and an operand")
+    op, operand = words[1], words[2]
+    try:
+        if target == "value":
+            return kvclient.compare_value(key, op, _utf8(operand))
+        if target in _NUMERIC_TARGETS:
+            if not operand.isdigit():
+                raise TxnSyntaxError(f"{text!r}: {target} compares with a whole number")
+            return _NUMERIC_TARGETS[target](key, op, int(operand))
+    except kvclient.InvalidArgument as error:
+        raise TxnSyntaxError(f"{text!r}: {error}") from None
+    raise TxnSyntaxError(f"{text!r}: unknown target {target!r} (value, version, create, mod, exists)")
+
+
+def parse_op(text: str) -> kv_pb2.RequestOp:
+    """
+    Return the C{RequestOp} that C{text} (C{"put k v"}, C{"delete k"},
+    C{"get k"}, C{"range a [b]"}) describes.
+
+    @raise TxnSyntaxError: it does not parse.
+    """
+    words = _words(text)
+    name, args = (words[0], [_utf8(word) for word in words[1:]]) if words else ("", [])
+    if name == "put" and len(args) == 2:
+        return kvclient.put_op(*args)
+    if name == "delete" and len(args) == 1:
+        return kvclient.delete_op(args[0])
+    if name == "get" and len(args) == 1:
+        return kvclient.get_op(args[0])
+    if name == "range" and len(args) in (1, 2):
+        return kvclient.range_op(args[0], args[1] if len(args) == 2 else kvclient.TO_THE_END)
+    raise TxnSyntaxError(f"{text!r} is not put KEY VALUE, delete KEY, get KEY or range START [END]")
+
+
+def _parse_txn(args) -> TxnSpec:
+    return TxnSpec(
+        tuple(map(parse_compare, args.compare)), tuple(map(parse_op, args.then)), tuple(map(parse_op, args.otherwise)))
 
 
 def parse(argv: Sequence[str], stdout: BinaryIO, stderr: BinaryIO) -> Invocation:
@@ -209,52 +377,49 @@ def parse(argv: Sequence[str], stdout: BinaryIO, stderr: BinaryIO) -> Invocation
         if action not in _VALUED and value is not None:
             parser.error(f"--action={action} takes no --value")
     else:
-        parser.error("a command is required: " + ", ".join(ACTIONS))
+        parser.error("a command is required: " + ", ".join(COMMANDS))
     try:
         endpoints = parse_endpoints(args.endpoints)
     except BadEndpoint as error:
         parser.error(f"--endpoints: {error}")
-    return Invocation(action, _utf8(key), _utf8(value), key, endpoints, args.json, args.timeout)
-
-
-def _describe(endpoint: str, error: grpc.RpcError) -> str:
-    code = error.code()
-    name = code.name if code is not None else "ERROR"
-    return f"{endpoint}: {name}: {error.details() or 'no details'}"
-
-
-def _request(
-    invocation: Invocation, connect: Connect, call: Callable[[Any, float], Any], retry: frozenset
-) -> tuple[str, Any]:
-    """
-    Return C{(endpoint, call(connection, timeout_s))} from the first endpoint
-    that answers.
-
-    @raise RequestFailed: an endpoint failed with a status not in C{retry},
-        or every endpoint failed.
-    """
-    failures = []
-    for endpoint in invocation.endpoints:
-        connection = connect(endpoint)
+    extra: dict[str, Any] = {}
+    if action in ("get", "range"):
+        extra["consistency"] = getattr(args, "consistency", "linearizable")
+    if action == "range":
+        if args.prefix and args.end is not None:
+            parser.error("give END or --prefix, not both")
+        extra.update(end=_utf8(args.end), prefix=args.prefix, limit=args.limit, keys_only=args.keys_only,
+                     count_only=args.count_only)
+    elif action == "cas":
+        extra["expect"] = Expectation(_utf8(args.expect), args.expect_version, args.expect_absent)
+    elif action == "txn":
         try:
-            return endpoint, call(connection, invocation.timeout_s)
-        except grpc.RpcError as error:
-            if error.code() not in retry:
-                raise RequestFailed(_describe(endpoint, error)) from None
-            failures.append(_describe(endpoint, error))
-        finally:
-            connection.close()
-    if len(failures) == 1:
-        raise RequestFailed(failures[0])
-    raise RequestFailed("no endpoint answered: " + "; ".join(failures))
+            extra["txn"] = _parse_txn(args)
+        except TxnSyntaxError as error:
+            parser.error(str(error))
+    return Invocation(action, _utf8(key), _utf8(value), key, endpoints, args.json, args.timeout,
+                      session=args.session, **extra)
+
+
+def _bytes_fields(name: str, value: bytes) -> dict[str, str]:
+    """C{value} for JSON under C{name}: as text when it is UTF-8, else in base64 under C{name_base64}."""
+    try:
+        return {name: value.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {f"{name}_base64": base64.b64encode(value).decode("ascii")}
 
 
 def _value_fields(value: bytes) -> dict[str, str]:
     """A value for JSON: as text when it is UTF-8, else in base64."""
-    try:
-        return {"value": value.decode("utf-8")}
-    except UnicodeDecodeError:
-        return {"value_base64": base64.b64encode(value).decode("ascii")}
+    return _bytes_fields("value", value)
+
+
+def _kv_fields(kv: kv_pb2.KeyValue, keys_only: bool = False) -> dict[str, Any]:
+    fields = {**_bytes_fields("key", kv.key), "version": kv.version,
+              "create_revision": kv.create_revision, "mod_revision": kv.mod_revision}
+    if not keys_only:
+        fields.update(_value_fields(kv.value))
+    return fields
 
 
 def _header_fields(endpoint: str, header: kv_pb2.ResponseHeader) -> dict[str, Any]:
@@ -266,11 +431,11 @@ def _header_fields(endpoint: str, header: kv_pb2.ResponseHeader) -> dict[str, An
 
 
 class _Run:
-    """Carries out one L{Invocation}; each action returns an exit status."""
+    """Carries out one L{Invocation} with a L{Client}; each action returns an exit status."""
 
-    def __init__(self, invocation: Invocation, connect: Connect, stdout: BinaryIO, stderr: BinaryIO) -> None:
+    def __init__(self, invocation: Invocation, client: Client, stdout: BinaryIO, stderr: BinaryIO) -> None:
         self.invocation = invocation
-        self.connect = connect
+        self.client = client
         self.stdout = stdout
         self.stderr = stderr
 
@@ -287,17 +452,17 @@ class _Run:
         try:
             action = {
                 "put": self.do_put, "get": self.do_get, "delete": self.do_delete,
-                "append": self.do_append, "status": self.do_status,
+                "append": self.do_append, "status": self.do_status, "range": self.do_range,
+                "cas": self.do_cas, "txn": self.do_txn,
             }[self.invocation.action]
             return action()
-        except RequestFailed as failure:
+        except ClientError as failure:
             self.error(str(failure))
             return EXIT_FAILED
 
     def do_put(self) -> int:
         i = self.invocation
-        request = kv_pb2.PutRequest(key=i.key, value=i.value)
-        endpoint, response = _request(i, self.connect, lambda c, t: c.kv.Put(request, timeout=t), _RETRY_ALWAYS)
+        endpoint, response = self.client.call(kvclient.put_operation(i.key, i.value))
         if i.json:
             self.json({"key": i.key_text, "existed": response.existed, **_header_fields(endpoint, response.header)})
         else:
@@ -306,8 +471,7 @@ class _Run:
 
     def do_get(self) -> int:
         i = self.invocation
-        request = kv_pb2.GetRequest(key=i.key)
-        endpoint, response = _request(i, self.connect, lambda c, t: c.kv.Get(request, timeout=t), _RETRY_READS)
+        endpoint, response = self.client.call(kvclient.get_operation(i.key, i.consistency))
         if i.json:
             fields = _value_fields(response.value) if response.found else {}
             self.json({"key": i.key_text, "found": response.found, **fields, **_header_fields(endpoint, response.header)})
@@ -319,8 +483,7 @@ class _Run:
 
     def do_delete(self) -> int:
         i = self.invocation
-        request = kv_pb2.DeleteRequest(key=i.key)
-        endpoint, response = _request(i, self.connect, lambda c, t: c.kv.Delete(request, timeout=t), _RETRY_ALWAYS)
+        endpoint, response = self.client.call(kvclient.delete_operation(i.key))
         if i.json:
             self.json({"key": i.key_text, "deleted": response.deleted, **_header_fields(endpoint, response.header)})
         else:
@@ -329,8 +492,7 @@ class _Run:
 
     def do_append(self) -> int:
         i = self.invocation
-        request = kv_pb2.AppendRequest(key=i.key, value=i.value)
-        endpoint, response = _request(i, self.connect, lambda c, t: c.kv.Append(request, timeout=t), _RETRY_ALWAYS)
+        endpoint, response = self.client.call(kvclient.append_operation(i.key, i.value))
         if i.json:
             self.json({
                 "key": i.key_text, "existed": response.existed,
@@ -340,18 +502,90 @@ class _Run:
             self.stdout.write(response.value + b"\n")
         return EXIT_OK
 
+    def _print_kvs(self, kvs, keys_only: bool) -> None:
+        for kv in kvs:
+            self.stdout.write(kv.key + b"\n")
+            if not keys_only:
+                self.stdout.write(kv.value + b"\n")
+
+    def do_range(self) -> int:
+        i = self.invocation
+        end = kvclient.TO_THE_END if i.end is None and not i.prefix else i.end
+        result = self.client.range(i.key, end, prefix=i.prefix, limit=i.limit, keys_only=i.keys_only,
+                                   count_only=i.count_only, consistency=i.consistency)
+        if i.json:
+            obj = {"count": result.count, "more": result.more, "revision": result.revision}
+            if not i.count_only:
+                obj["kvs"] = [_kv_fields(kv, i.keys_only) for kv in result.kvs]
+            self.json(obj)
+        elif i.count_only:
+            self.text(str(result.count))
+        else:
+            self._print_kvs(result.kvs, i.keys_only)
+        return EXIT_OK
+
+    def do_cas(self) -> int:
+        i = self.invocation
+        operation = kvclient.cas_operation(
+            i.key, i.value, expected_value=i.expect.value, expected_version=i.expect.version,
+            expected_absent=i.expect.absent)
+        endpoint, response = self.client.call(operation)
+        succeeded, current = kvclient.cas_result(response)
+        if i.json:
+            self.json({
+                "key": i.key_text, "succeeded": succeeded,
+                "current": None if current is None else _kv_fields(current),
+                **_header_fields(endpoint, response.header),
+            })
+        elif succeeded:
+            self.text("OK")
+        elif current is None:
+            self.error("not swapped: the key does not exist")
+        else:
+            self.error(f"not swapped: the key has version {current.version}")
+        return EXIT_OK if succeeded else EXIT_FAILED
+
+    def do_txn(self) -> int:
+        i = self.invocation
+        spec = i.txn
+        operation = kvclient.txn_operation(spec.compares, spec.success, spec.failure)
+        endpoint, response = self.client.call(operation)
+        branch = spec.success if response.succeeded else spec.failure
+        if i.json:
+            results = []
+            for op in response.responses:
+                kind = op.WhichOneof("response")
+                if kind == "response_put":
+                    results.append({"put": {"existed": op.response_put.existed}})
+                elif kind == "response_delete_range":
+                    results.append({"delete": {"deleted": op.response_delete_range.deleted}})
+                else:
+                    found = op.response_range
+                    results.append({"range": {"count": found.count, "more": found.more,
+                                              "kvs": [_kv_fields(kv) for kv in found.kvs]}})
+            self.json({"succeeded": response.succeeded, "responses": results,
+                       **_header_fields(endpoint, response.header)})
+        else:
+            self.text("SUCCESS" if response.succeeded else "FAILURE")
+            for request, op in zip(branch, response.responses):
+                kind = op.WhichOneof("response")
+                if kind == "response_put":
+                    self.text("OK")
+                elif kind == "response_delete_range":
+                    self.text(str(op.response_delete_range.deleted))
+                else:
+                    self._print_kvs(op.response_range.kvs, request.request_range.keys_only)
+        return EXIT_OK if response.succeeded else EXIT_FAILED
+
     def do_status(self) -> int:
-        """Ask every endpoint (not just the first that answers)."""
+        """Ask every endpoint (not just the first that answers), once each."""
         i = self.invocation
         members: list[dict[str, Any]] = []
         failed = False
         for endpoint in i.endpoints:
-            one = Invocation(i.action, None, None, None, [endpoint], i.json, i.timeout_s)
             try:
-                _, response = _request(
-                    one, self.connect, lambda c, t: c.cluster.Status(kv_pb2.StatusRequest(), timeout=t), frozenset()
-                )
-            except RequestFailed as failure:
+                response = self.client.member_status(endpoint)
+            except ClientError as failure:
                 failed = True
                 members.append({"endpoint": endpoint, "error": str(failure)})
                 continue
@@ -395,7 +629,10 @@ class _Run:
 def main(
     argv: Optional[Sequence[str]] = None,
     *,
-    connect: Connect = GrpcConnection,
+    channel_factory: Callable[[str], Any] = open_channel,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    rng: Optional[random.Random] = None,
     stdout: Optional[BinaryIO] = None,
     stderr: Optional[BinaryIO] = None,
 ) -> int:
@@ -403,7 +640,9 @@ def main(
     Run the C{kvpaxos} command; return its exit status.
 
     @param argv: the arguments (default C{sys.argv[1:]}).
-    @param connect: makes the connection to an endpoint (tests pass a fake).
+    @param channel_factory: makes the gRPC channel to an endpoint; with
+        C{sleep}, C{clock} and C{rng}, passed to the L{Client} (tests pass
+        fakes).
     @param stdout: binary stream for output (default C{sys.stdout.buffer}).
     @param stderr: binary stream for errors (default C{sys.stderr.buffer}).
     """
@@ -421,7 +660,12 @@ def main(
         except InvalidArgument as error:
             stderr.write(f"kvpaxos: error: {error}\n".encode("utf-8"))
             return EXIT_USAGE
-        return _Run(invocation, connect, stdout, stderr).run()
+        client = Client(
+            invocation.endpoints, timeout_s=invocation.timeout_s, session=invocation.session,
+            channel_factory=channel_factory, sleep=sleep, clock=clock, rng=rng,
+        )
+        with client:
+            return _Run(invocation, client, stdout, stderr).run()
     finally:
         for stream in (stdout, stderr):
             try:

@@ -3,13 +3,15 @@ Where clients find kvpaxos nodes, and the gRPC channel settings both ends
 share: the default client port, parsing of C{host:port,host:port} endpoint
 lists, and channel options sized for the largest legal request.
 
-No request logic lives here; the CLI (L{kvpaxos.cli}) and the server
-(L{kvpaxos.api.server}) import these constants so they cannot drift apart.
+No request logic lives here; the client (L{kvpaxos.client}), the CLI
+(L{kvpaxos.cli}) and the server (L{kvpaxos.api.server}) import these
+constants so they cannot drift apart.
 """
 
 from __future__ import annotations
 
 import grpc
+import grpc.aio
 
 from kvpaxos.kv.commands import MAX_KEY_BYTES, MAX_VALUE_BYTES
 
@@ -79,3 +81,12 @@ def parse_endpoints(text: str) -> list[str]:
 def open_channel(endpoint: str) -> grpc.Channel:
     """Return an insecure gRPC channel to C{endpoint} with L{CHANNEL_OPTIONS}."""
     return grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+
+
+def open_aio_channel(endpoint: str) -> grpc.aio.Channel:
+    """
+    Return an insecure C{grpc.aio} channel to C{endpoint} with
+    L{CHANNEL_OPTIONS}.  Call it inside the running event loop the channel
+    will be used from.
+    """
+    return grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import io
 import json
+import random
 from typing import Optional
 
 import grpc
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvpaxos import cli
+from kvpaxos import client as kvclient
 from kvpaxos.client_endpoints import DEFAULT_ENDPOINT
 from kvpaxos.kv.commands import MAX_KEY_BYTES
 from kvpaxos.v1 import kv_pb2
@@ -35,32 +37,17 @@ class FakeRpcError(grpc.RpcError):
         return self._details
 
 
-class FakeStub:
-    """The KV and Cluster stub methods of one endpoint."""
+class FakeChannel:
+    """A gRPC channel to one endpoint of a L{FakeCluster}: each RPC is answered by the cluster method of its name."""
 
     def __init__(self, cluster: "FakeCluster", endpoint: str) -> None:
-        self._cluster = cluster
-        self._endpoint = endpoint
-
-    def _answer(self, method: str, request, timeout: float):
-        self._cluster.requests.append((self._endpoint, method, request, timeout))
-        error = self._cluster.errors.get(self._endpoint)
-        if error is not None:
-            raise error
-        return getattr(self._cluster, method)(request)
-
-    def __getattr__(self, method: str):
-        return lambda request, timeout: self._answer(method, request, timeout)
-
-
-class FakeConnection:
-    """A connection to one endpoint of a L{FakeCluster}."""
-
-    def __init__(self, cluster: "FakeCluster", endpoint: str) -> None:
-        self.kv = self.cluster = FakeStub(cluster, endpoint)
         self._cluster = cluster
         self._endpoint = endpoint
         cluster.open.add(endpoint)
+
+    def unary_unary(self, path: str, **_):
+        method = path.rsplit("/", 1)[1]
+        return lambda request, timeout: self._cluster.answer(self._endpoint, method, request, timeout)
 
     def close(self) -> None:
         self._cluster.open.discard(self._endpoint)
@@ -69,7 +56,8 @@ class FakeConnection:
 class FakeCluster:
     """
     Every endpoint serves one dict.  C{errors[endpoint]} makes that endpoint
-    fail every request with the error.
+    fail every request with the error.  Txn and CompareAndSwap answer with
+    C{txn_response} and C{cas_response}.
     """
 
     HEADER = kv_pb2.ResponseHeader(member_id=1, leader_id=2)
@@ -79,9 +67,21 @@ class FakeCluster:
         self.errors: dict[str, Exception] = {}
         self.requests: list[tuple] = []
         self.open: set[str] = set()
+        self.txn_response = kv_pb2.TxnResponse(header=self.HEADER, succeeded=True)
+        self.cas_response = kv_pb2.CompareAndSwapResponse(header=self.HEADER, succeeded=True)
 
-    def connect(self, endpoint: str) -> FakeConnection:
-        return FakeConnection(self, endpoint)
+    def channel(self, endpoint: str) -> FakeChannel:
+        return FakeChannel(self, endpoint)
+
+    def answer(self, endpoint: str, method: str, request, timeout: float):
+        self.requests.append((endpoint, method, request, timeout))
+        error = self.errors.get(endpoint)
+        if error is not None:
+            raise error
+        return getattr(self, method)(request)
+
+    def OpenSession(self, request):
+        return kv_pb2.OpenSessionResponse(header=self.HEADER, client_id=5)
 
     def Get(self, request):
         value = self.data.get(request.key)
@@ -101,6 +101,22 @@ class FakeCluster:
         self.data[request.key] = self.data.get(request.key, b"") + request.value
         return kv_pb2.AppendResponse(header=self.HEADER, value=self.data[request.key], existed=existed)
 
+    def Range(self, request):
+        keys = sorted(k for k in self.data if k >= request.key and (request.range_end == b"\0" or k < request.range_end))
+        if request.limit:
+            keys, more = keys[:request.limit], len(keys) > request.limit
+        else:
+            more = False
+        kvs = [] if request.count_only else [
+            kv_pb2.KeyValue(key=k, value=b"" if request.keys_only else self.data[k], version=1) for k in keys]
+        return kv_pb2.RangeResponse(header=self.HEADER, kvs=kvs, more=more, count=len(self.data))
+
+    def Txn(self, request):
+        return self.txn_response
+
+    def CompareAndSwap(self, request):
+        return self.cas_response
+
     def Status(self, request):
         return kv_pb2.StatusResponse(
             header=self.HEADER, member_id=1, role="follower", leader_id=2,
@@ -113,18 +129,37 @@ def unavailable(details: str = "no quorum before deadline; leader is 2") -> Fake
     return FakeRpcError(grpc.StatusCode.UNAVAILABLE, details)
 
 
+class FakeTime:
+    """A clock that moves only when slept on."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
 class CliTestCase(SynchronousTestCase):
-    """Runs L{cli.main} against a L{FakeCluster}, capturing its output."""
+    """Runs L{cli.main} against a L{FakeCluster} with fake time, capturing its output."""
 
     def setUp(self) -> None:
         self.cluster = FakeCluster()
+        self.time = FakeTime()
         self.stdout = b""
         self.stderr = b""
 
     def run_cli(self, *argv: str) -> int:
         """Run the command with C{argv}; keep its output in stdout/stderr."""
         out, err = io.BytesIO(), io.BytesIO()
-        status = cli.main(list(argv), connect=self.cluster.connect, stdout=out, stderr=err)
+        status = cli.main(
+            list(argv), channel_factory=self.cluster.channel, sleep=self.time.sleep, clock=self.time.clock,
+            rng=random.Random(1), stdout=out, stderr=err,
+        )
         self.stdout, self.stderr = out.getvalue(), err.getvalue()
         return status
 
@@ -383,11 +418,177 @@ class EndpointTests(CliTestCase):
         self.assertEqual(self.cluster.open, set())
 
 
-class DefaultConnectionTests(SynchronousTestCase):
-    """The real connection factory, without sending anything."""
+class RetryTests(CliTestCase):
+    """Retries until the command's deadline (new with the client library)."""
 
-    def test_grpc_connection(self) -> None:
-        """A GrpcConnection has both stubs and closes its channel."""
-        connection = cli.GrpcConnection("127.0.0.1:1")
+    def test_retries_until_deadline(self) -> None:
+        """With every endpoint UNAVAILABLE the command retries with backoff and gives up within --timeout."""
+        self.cluster.errors["a:1"] = unavailable("x")
+        self.assertEqual(self.run_cli("--endpoints=a:1", "--timeout=2", "get", "k"), cli.EXIT_FAILED)
+        self.assertGreater(len(self.cluster.requests), 3)
+        self.assertLess(self.time.now, 2.0)
+        self.assertEqual(self.stderr, b"kvpaxos: error: a:1: UNAVAILABLE: x\n")
+
+    def test_rpc_deadline_is_time_left(self) -> None:
+        """Each retry's RPC deadline is what is left of --timeout."""
+        self.cluster.errors["a:1"] = unavailable("x")
+        self.run_cli("--endpoints=a:1", "--timeout=2", "get", "k")
+        timeouts = [request[3] for request in self.cluster.requests]
+        self.assertEqual(timeouts[0], 2.0)
+        self.assertEqual(timeouts, sorted(timeouts, reverse=True))
+
+    def test_session(self) -> None:
+        """--session opens a session and sends the write with client_id and sequence 1."""
+        self.assertEqual(self.run_cli("--session", "append", "k", "v"), cli.EXIT_OK)
+        self.assertEqual([r[1] for r in self.cluster.requests], ["OpenSession", "Append"])
+        append = self.cluster.requests[1][2]
+        self.assertEqual((append.client_id, append.sequence), (5, 1))
+
+
+class RangeTests(CliTestCase):
+    """The range command."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.cluster.data.update({b"a": b"1", b"b": b"2", b"b1": b"3", b"c": b"4"})
+
+    def test_from_start(self) -> None:
+        """range START prints every key from START on, each key and value on a line of its own."""
+        self.assertEqual(self.run_cli("range", "b"), cli.EXIT_OK)
+        self.assertEqual(self.stdout, b"b\n2\nb1\n3\nc\n4\n")
+        self.assertEqual(self.cluster.requests[0][2].range_end, b"\0")
+
+    def test_end_and_keys_only(self) -> None:
+        """range START END --keys-only prints the keys in [START, END)."""
+        self.assertEqual(self.run_cli("range", "a", "b1", "--keys-only"), cli.EXIT_OK)
+        self.assertEqual(self.stdout, b"a\nb\n")
+
+    def test_prefix_limit_consistency(self) -> None:
+        """--prefix, --limit and --consistency reach the request."""
+        self.run_cli("range", "b", "--prefix", "--limit=1", "--consistency=serializable")
+        request = self.cluster.requests[0][2]
+        self.assertEqual((request.range_end, request.limit, request.consistency), (b"c", 1, kv_pb2.SERIALIZABLE))
+        self.assertEqual(self.stdout, b"b\n2\n")
+
+    def test_count_only(self) -> None:
+        """--count-only prints the count."""
+        self.assertEqual(self.run_cli("range", "a", "--count-only"), cli.EXIT_OK)
+        self.assertEqual(self.stdout, b"4\n")
+
+    def test_json(self) -> None:
+        """range --json prints the records, the count and whether keys were left out."""
+        self.run_cli("--json", "range", "b", "c")
+        result = json.loads(self.stdout)
+        self.assertEqual([(kv["key"], kv["value"]) for kv in result["kvs"]], [("b", "2"), ("b1", "3")])
+        self.assertEqual(result["more"], False)
+
+    def test_prefix_and_end(self) -> None:
+        """END and --prefix together are a usage error."""
+        self.assertUsageError("range", "a", "b", "--prefix", says="not both")
+
+    def test_get_consistency(self) -> None:
+        """get --consistency lease asks for a lease read."""
+        self.run_cli("get", "k", "--consistency", "lease")
+        self.assertEqual(self.cluster.requests[0][2].consistency, kv_pb2.LEASE)
+
+
+class CasTests(CliTestCase):
+    """The cas command."""
+
+    def test_expect_value(self) -> None:
+        """cas --expect OLD sends the expected value and prints OK."""
+        self.assertEqual(self.run_cli("cas", "k", "new", "--expect", "old"), cli.EXIT_OK)
+        self.assertEqual(self.stdout, b"OK\n")
+        self.assertEqual(self.cluster.requests[0][2].expected_value, b"old")
+
+    def test_expect_version_and_absent(self) -> None:
+        """--expect-version and --expect-absent set the matching expectation."""
+        self.run_cli("cas", "k", "v", "--expect-version", "3")
+        self.run_cli("cas", "k", "v", "--expect-absent")
+        kinds = [r[2].WhichOneof("expected") for r in self.cluster.requests]
+        self.assertEqual((kinds, self.cluster.requests[0][2].expected_version), (["expected_version", None], 3))
+
+    def test_not_swapped(self) -> None:
+        """A cas that did not swap says why on stderr and exits 1."""
+        self.cluster.cas_response = kv_pb2.CompareAndSwapResponse(
+            header=FakeCluster.HEADER, succeeded=False, current=kv_pb2.KeyValue(key=b"k", value=b"x", version=2))
+        self.assertEqual(self.run_cli("cas", "k", "v", "--expect", "y"), cli.EXIT_FAILED)
+        self.assertEqual((self.stdout, self.stderr), (b"", b"kvpaxos: error: not swapped: the key has version 2\n"))
+        self.run_cli("--json", "cas", "k", "v", "--expect", "y")
+        self.assertEqual(json.loads(self.stdout)["current"]["value"], "x")
+
+    def test_one_expectation(self) -> None:
+        """cas needs exactly one expectation."""
+        self.assertUsageError("cas", "k", "v", says="one of the arguments")
+        self.assertUsageError("cas", "k", "v", "--expect", "a", "--expect-absent", says="not allowed with")
+
+
+class TxnTests(CliTestCase):
+    """The txn command and its expression syntax."""
+
+    def test_request(self) -> None:
+        """--compare, --then and --else become the Txn's compares and branches."""
+        self.assertEqual(self.run_cli(
+            "txn", "--compare", "value(k) == 'a b'", "--compare", "version(k) > 2", "--compare", "exists(j)",
+            "--then", "put k 'c d'", "--then", "delete j", "--else", "get k", "--else", "range a z",
+        ), cli.EXIT_OK)
+        request = self.cluster.requests[0][2]
+        self.assertEqual(list(request.compare), [
+            kv_pb2.Compare(key=b"k", target=kv_pb2.Compare.VALUE, result=kv_pb2.Compare.EQUAL, value=b"a b"),
+            kv_pb2.Compare(key=b"k", target=kv_pb2.Compare.VERSION, result=kv_pb2.Compare.GREATER, version=2),
+            kv_pb2.Compare(key=b"j", target=kv_pb2.Compare.EXISTS, result=kv_pb2.Compare.EQUAL, exists=True),
+        ])
+        self.assertEqual([op.WhichOneof("request") for op in request.success], ["request_put", "request_delete_range"])
+        self.assertEqual(request.success[0].request_put.value, b"c d")
+        self.assertEqual([op.request_range.range_end for op in request.failure], [b"", b"z"])
+
+    def test_output(self) -> None:
+        """txn prints SUCCESS or FAILURE and then one result per operation; FAILURE exits 1."""
+        self.cluster.txn_response = kv_pb2.TxnResponse(header=FakeCluster.HEADER, succeeded=False, responses=[
+            kv_pb2.ResponseOp(response_range=kv_pb2.RangeResponse(kvs=[kv_pb2.KeyValue(key=b"k", value=b"v")], count=1)),
+            kv_pb2.ResponseOp(response_delete_range=kv_pb2.DeleteRangeResponse(deleted=1)),
+        ])
+        self.assertEqual(self.run_cli("txn", "--compare", "mod(k) < 3", "--else", "get k", "--else", "delete j"),
+                         cli.EXIT_FAILED)
+        self.assertEqual(self.stdout, b"FAILURE\nk\nv\n1\n")
+        self.run_cli("--json", "txn", "--else", "get k", "--else", "delete j")
+        self.assertEqual(json.loads(self.stdout)["responses"][1], {"delete": {"deleted": 1}})
+
+    def test_success_output(self) -> None:
+        """A txn whose compares held prints SUCCESS and OK for a put, and exits 0."""
+        self.cluster.txn_response = kv_pb2.TxnResponse(header=FakeCluster.HEADER, succeeded=True, responses=[
+            kv_pb2.ResponseOp(response_put=kv_pb2.PutResponse())])
+        self.assertEqual(self.run_cli("txn", "--then", "put k v"), cli.EXIT_OK)
+        self.assertEqual(self.stdout, b"SUCCESS\nOK\n")
+
+    def test_exists_false(self) -> None:
+        """exists(KEY) == false and != true both ask for absence."""
+        self.run_cli("txn", "--compare", "exists(k) == false", "--compare", "exists(k) != true")
+        self.assertEqual([c.exists for c in self.cluster.requests[0][2].compare], [False, False])
+
+    def test_bad_compare(self) -> None:
+        """A compare that does not parse is a usage error naming it."""
+        self.assertUsageError("txn", "--compare", "value k == v", says="value k == v")
+        self.assertUsageError("txn", "--compare", "version(k) == x", says="whole number")
+        self.assertUsageError("txn", "--compare", "value(k) = v", says="comparison")
+        self.assertUsageError("txn", "--compare", "size(k) > 1", says="unknown target")
+
+    def test_bad_op(self) -> None:
+        """An operation that does not parse is a usage error."""
+        self.assertUsageError("txn", "--then", "put k", says="put KEY VALUE")
+        self.assertUsageError("txn", "--else", "frob k", says="put KEY VALUE")
+
+    def test_help_documents_syntax(self) -> None:
+        """txn --help documents the expression syntax."""
+        self.assertEqual(self.run_cli("txn", "--help"), cli.EXIT_OK)
+        self.assertIn(b"value(KEY) OP VALUE", self.stdout)
+
+
+class DefaultChannelTests(SynchronousTestCase):
+    """The real channel factory, without sending anything."""
+
+    def test_grpc_channel(self) -> None:
+        """The default channel factory gives a channel the client's stubs work over, and closes it."""
+        connection = kvclient.Connection(cli.open_channel("127.0.0.1:1"))
         self.assertTrue(callable(connection.kv.Get) and callable(connection.cluster.Status))
-        connection.close()
+        connection.channel.close()
