@@ -82,11 +82,11 @@ class LinearizableClusterTests(SynchronousTestCase):
     def test_history_under_faults(self):
         """
         Clients writing and reading through different nodes while the leader
-        is killed and a follower is paused leave a linearizable history,
+        is killed and a follower is isolated leave a linearizable history,
         every acknowledged append is in the final values, and none is applied
         twice.
         """
-        cluster = ProcessCluster(self.mktemp(), size=3)
+        cluster = ProcessCluster(self.mktemp(), size=3, proxied=True)
         self.addCleanup(cluster.stop)
         cluster.start()
         leader = cluster.wait_for_leader(timeout_s=20)
@@ -108,13 +108,17 @@ class LinearizableClusterTests(SynchronousTestCase):
             cluster.wait_for(lambda: len(acked) >= count + 20, 30, "appends after the kill")
             cluster.start(leader)
             new_leader = cluster.wait_for_leader(timeout_s=20)
-            paused = next(i for i in cluster.nodes if i != new_leader)
-            cluster.kill(paused, signal.SIGSTOP)
+            isolated = next(i for i in cluster.nodes if i != new_leader)
+            cluster.isolate(isolated)
             count = len(acked)
-            cluster.wait_for(lambda: len(acked) >= count + 20, 30, "appends while a follower is paused")
-            cluster.kill(paused, signal.SIGCONT)
+            cluster.wait_for(lambda: len(acked) >= count + 20, 30, "appends while a follower is isolated")
+            time.sleep(1.5)  # long enough for the isolated node to time out and try to campaign
+            behind = cluster.nodes[isolated].status().applied_index
+            ahead = cluster.nodes[new_leader].status().chosen_index
+            self.assertLess(behind, ahead, "the isolated node kept up: it was not isolated")
+            cluster.reconnect(isolated)
             count = len(acked)
-            cluster.wait_for(lambda: len(acked) >= count + 20, 30, "appends after the pause")
+            cluster.wait_for(lambda: len(acked) >= count + 20, 30, "appends after the isolation")
         finally:
             stop.set()
             for thread in threads:

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from typing import Optional
 
@@ -30,6 +31,87 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class LinkProxy:
+    """
+    A TCP relay for one directed peer link (node i's connections to node j),
+    on 127.0.0.1, that the test can cut and mend: a cut closes the open
+    connections and refuses new ones, so the two nodes cannot talk while
+    both keep running.  Threads are daemons; L{close} ends them.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.enabled = True
+        self._sockets: set = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.enabled:
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
+            except OSError:
+                client.close()
+                continue
+            server.settimeout(None)
+            with self._lock:
+                self._sockets.update((client, server))
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source, sink) -> None:
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            with self._lock:
+                self._sockets.discard(source)
+                self._sockets.discard(sink)
+
+    def cut(self) -> None:
+        """Drop the link: close its connections and refuse new ones."""
+        self.enabled = False
+        with self._lock:
+            sockets = list(self._sockets)
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def mend(self) -> None:
+        self.enabled = True
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self.listener.close()
 
 
 class Node:
@@ -84,14 +166,24 @@ class ProcessCluster:
     @param storage: the storage provider name for every node.
     """
 
-    def __init__(self, directory: str, size: int = 3, storage: str = "lmdb") -> None:
+    def __init__(
+        self, directory: str, size: int = 3, storage: str = "lmdb", proxied: bool = False
+    ) -> None:
         directory = os.path.abspath(directory)
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
         self.nodes = {i: Node(i, directory) for i in range(1, size + 1)}
+        #: With C{proxied}, every directed peer link (i, j) runs through a
+        #: L{LinkProxy}, so that tests can partition running nodes.
+        self.links: dict[tuple[int, int], LinkProxy] = {}
+        if proxied:
+            for i in self.nodes:
+                for j, other in self.nodes.items():
+                    if i != j:
+                        self.links[i, j] = LinkProxy(other.peer_port)
         for node in self.nodes.values():
             peers = "\n".join(
-                f'{o.id} = "127.0.0.1:{o.peer_port}"'
+                f'{o.id} = "127.0.0.1:{self._peer_port(node.id, o)}"'
                 for o in self.nodes.values() if o.id != node.id
             )
             with open(node.config_path, "w") as f:
@@ -105,6 +197,22 @@ class ProcessCluster:
                     f"[peers]\n{peers}\n"
                 )
         self._env = plugin_environment(ROOT)
+
+    def _peer_port(self, src: int, dst: "Node") -> int:
+        link = self.links.get((src, dst.id))
+        return dst.peer_port if link is None else link.port
+
+    def isolate(self, node_id: int) -> None:
+        """Cut every peer link to and from a node (it keeps running)."""
+        for (i, j), link in self.links.items():
+            if node_id in (i, j):
+                link.cut()
+
+    def reconnect(self, node_id: int) -> None:
+        """Mend every peer link to and from a node."""
+        for (i, j), link in self.links.items():
+            if node_id in (i, j):
+                link.mend()
 
     # --- processes -------------------------------------------------------------
 
@@ -140,10 +248,12 @@ class ProcessCluster:
                 node.process.wait(timeout=5)
 
     def stop(self) -> None:
-        """End every process this cluster started."""
+        """End every process this cluster started, and every link proxy."""
         for node in self.nodes.values():
             node.close_channel()
         stop_all([n.process for n in self.nodes.values() if n.process is not None], wait_s=10)
+        for link in self.links.values():
+            link.close()
 
     def running(self) -> list[int]:
         return [i for i, n in self.nodes.items() if n.process is not None and n.process.poll() is None]
