@@ -94,6 +94,7 @@ from kvpaxos.client_endpoints import (
     parse_endpoint,
     parse_endpoints,
 )
+from kvpaxos.kv.commands import TO_THE_END, prefix_end  # "\0": every key from the start on
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
 
 __all__ = [
@@ -104,10 +105,6 @@ __all__ = [
 ]
 
 BytesLike = Union[bytes, str]
-
-#: A range end meaning "every key from the start key on".
-TO_THE_END = b"\0"
-
 
 # --- errors ------------------------------------------------------------------
 
@@ -277,19 +274,6 @@ def compare_exists(key: BytesLike, exists: bool = True) -> kv_pb2.Compare:
                           exists=bool(exists))
 
 
-def prefix_end(prefix: bytes) -> bytes:
-    """
-    Return the range end that makes [C{prefix}, end) every key starting with
-    C{prefix}: the prefix with its last byte below 0xff incremented (and what
-    follows dropped), or L{TO_THE_END} if there is no such byte.
-    """
-    ending = bytearray(prefix)
-    while ending:
-        if ending[-1] < 0xFF:
-            ending[-1] += 1
-            return bytes(ending)
-        ending.pop()
-    return TO_THE_END
 
 
 def _range_end(key: bytes, range_end: Optional[BytesLike], prefix: bool) -> bytes:
