@@ -193,6 +193,51 @@ class FaultTests(ClusterTestCase):
         self.assertRaises(grpc.RpcError, future.result, 5)
 
 
+class ExactlyOnceTests(ClusterTestCase):
+    """A write carried by a session is applied once, however it is repeated."""
+
+    def test_duplicate_across_leader_change(self):
+        """
+        The same (client_id, sequence) append sent through a follower, then
+        again through the other follower after the leader is killed, is
+        applied once and both sends get the same answer.
+        """
+        first, second = self.followers()
+        opened = self.cluster.nodes[first].kv().OpenSession(
+            kv_pb2.OpenSessionRequest(), timeout=TIMEOUT_S
+        )
+        request = kv_pb2.AppendRequest(
+            key=b"once", value=b"<x>", client_id=opened.client_id, sequence=1
+        )
+        answer = self.cluster.nodes[first].kv().Append(request, timeout=TIMEOUT_S)
+        self.cluster.kill(self.leader, signal.SIGKILL)
+        self.cluster.wait_for_leader(timeout_s=20, among=[first, second])
+        again = self.cluster.wait_for(
+            lambda: self.cluster.nodes[second].kv().Append(request, timeout=TIMEOUT_S),
+            20, "the retried append",
+        )
+        self.assertEqual((again.value, again.existed), (answer.value, answer.existed))
+        self.assertEqual(self.get(second, b"once"), b"<x>")
+
+    def test_stale_and_unknown_sessions(self):
+        """A lower sequence and an unknown session are refused and change nothing."""
+        node = self.cluster.nodes[self.leader].kv()
+        opened = node.OpenSession(kv_pb2.OpenSessionRequest(), timeout=TIMEOUT_S)
+        node.Put(kv_pb2.PutRequest(key=b"s", value=b"2", client_id=opened.client_id, sequence=2),
+                 timeout=TIMEOUT_S)
+        for request, words in (
+            (kv_pb2.PutRequest(key=b"s", value=b"1", client_id=opened.client_id, sequence=1),
+             "stale sequence"),
+            (kv_pb2.PutRequest(key=b"s", value=b"9", client_id=opened.client_id + 999, sequence=1),
+             "session expired"),
+        ):
+            with self.assertRaises(grpc.RpcError) as caught:
+                node.Put(request, timeout=TIMEOUT_S)
+            self.assertEqual(caught.exception.code(), grpc.StatusCode.FAILED_PRECONDITION)
+            self.assertIn(words, caught.exception.details())
+        self.assertEqual(self.get(self.leader, b"s"), b"2")
+
+
 class BadInputTests(ClusterTestCase):
     """Bad input gets a clear error; the node keeps serving and loses nothing."""
 
