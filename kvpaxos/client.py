@@ -94,7 +94,7 @@ from kvpaxos.client_endpoints import (
     parse_endpoint,
     parse_endpoints,
 )
-from kvpaxos.kv.commands import TO_THE_END, prefix_end  # "\0": every key from the start on
+from kvpaxos.kv.commands import MAX_KEY_BYTES, TO_THE_END, prefix_end  # "\0": every key from the start on
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
 
 __all__ = [
@@ -489,11 +489,27 @@ class RangePager:
             # "more" with nothing returned would page forever: stop and
             # report more=True rather than loop.
             return
+        start = _key_after(response.kvs[-1].key)
+        if start is None:
+            return  # nothing can follow the greatest possible key
         request = kv_pb2.RangeRequest()
         request.CopyFrom(self._request)
-        request.key = response.kvs[-1].key + b"\0"
+        request.key = start
         request.limit = self._limit - got if self._limit else 0
         self._next = request
+
+
+def _key_after(key: bytes) -> Optional[bytes]:
+    """
+    Return the least valid key greater than C{key}: C{key + b"\0"} while
+    that fits the key limit; for a key of the greatest length, the key with
+    its last byte below 0xff incremented (trailing 0xff bytes dropped), or
+    None if there is none.
+    """
+    if len(key) < MAX_KEY_BYTES:
+        return key + b"\0"
+    following = prefix_end(key)
+    return None if following == TO_THE_END else following
 
 
 # --- the retry policy (pure) -------------------------------------------------

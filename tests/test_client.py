@@ -700,3 +700,21 @@ class AsyncClientTests(SynchronousTestCase):
 
         self.assertRaises(Unavailable, self.run_client, body, timeout_s=1.0)
         self.assertLess(self.time.now, 101.0)
+
+
+class KeyAfterTests(SynchronousTestCase):
+    """The next page of a range starts at the least valid key after the last one."""
+
+    def test_short_key(self):
+        """After a key below the length limit comes the key with a zero byte appended."""
+        from kvpaxos.client import _key_after
+
+        self.assertEqual(_key_after(b"abc"), b"abc\x00")
+
+    def test_longest_key(self):
+        """After a 511-byte key comes its last byte incremented, not a 512-byte key."""
+        from kvpaxos.client import _key_after
+
+        self.assertEqual(_key_after(b"b" * 511), b"b" * 510 + b"c")
+        self.assertEqual(_key_after(b"b" * 509 + b"\xff\xff"), b"b" * 508 + b"c")
+        self.assertIsNone(_key_after(b"\xff" * 511))

@@ -21,6 +21,7 @@ from kvpaxos.node.peers import (
     CHUNK_BYTES,
     ChunkError,
     Forward,
+    ForwardFailed,
     PaxosChunk,
     PaxosMessage,
     PeerNetwork,
@@ -257,37 +258,53 @@ class ForwardTests(PairMixin, SynchronousTestCase):
         self.assertIsNone(self.results(d))
         self.assertEqual(self.node.forwarded, [[b"before"], [huge], [b"after"]])
 
+    def cause(self, failure, kind):
+        """Return the cause of a ForwardFailed, checking it is of C{kind}."""
+        failure.trap(ForwardFailed)
+        self.assertTrue(failure.value.cause.check(kind), failure.value.cause)
+        return failure.value
+
     def test_forward_not_leader(self):
-        """NOT_LEADER comes back as NotLeaderError carrying the leader id."""
+        """NOT_LEADER comes back as a refusal: not proposed, safe to resend, with the leader id."""
         self.node.answer = lambda: fail(NotLeaderError(3))
-        failure = self.results(self.client.forward([b"a"]))
-        failure.trap(NotLeaderError)
-        self.assertEqual(failure.value.leader, 3)
+        failed = self.cause(self.results(self.client.forward([b"a"])), NotLeaderError)
+        self.assertEqual(failed.cause.value.leader, 3)
+        self.assertEqual((failed.refused, failed.unknown), ([b"a"], []))
 
     def test_forward_not_leader_unknown(self):
-        """NOT_LEADER with no known leader comes back as NotLeaderError(None)."""
+        """NOT_LEADER with no known leader, for a chunked command, is a refusal of that command."""
         self.node.answer = lambda: fail(NotLeaderError(None))
-        failure = self.results(self.client.forward([b"a" * 70_000]))
-        failure.trap(NotLeaderError)
-        self.assertIsNone(failure.value.leader)
+        big = b"a" * 70_000
+        failed = self.cause(self.results(self.client.forward([big])), NotLeaderError)
+        self.assertIsNone(failed.cause.value.leader)
+        self.assertEqual((failed.refused, failed.unknown), ([big], []))
 
     def test_forward_node_error(self):
-        """Any other failure comes back as PeerRequestError; the link stays."""
+        """Any other failure is an unknown outcome (PeerRequestError cause); the link stays."""
         self.node.answer = lambda: fail(RuntimeError("disk on fire"))
-        failure = self.results(self.client.forward([b"a"]))
-        failure.trap(PeerRequestError)
-        self.assertIn("disk on fire", str(failure.value))
+        failed = self.cause(self.results(self.client.forward([b"a"])), PeerRequestError)
+        self.assertIn("disk on fire", str(failed.cause.value))
+        self.assertEqual((failed.refused, failed.unknown), ([], [b"a"]))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertFalse(self.client.transport.disconnecting)
 
     def test_forward_timeout(self):
-        """A forward the leader never answers fails after the timeout."""
+        """A forward the leader never answers fails after the timeout with an unknown outcome."""
         self.node.answer = Deferred
         d = self.client.forward([b"a"])
         self.pump.flush()
         self.clock.advance(5)
-        failure = self.results(d)
-        failure.trap(TimeoutError)
+        failed = self.cause(self.results(d), TimeoutError)
+        self.assertEqual(failed.unknown, [b"a"])
+
+    def test_forward_partial_refusal(self):
+        """When only some calls of a forward are refused, only their commands count as refused."""
+        answers = iter([succeed(None), fail(NotLeaderError(2))])
+        self.node.answer = lambda: next(answers)
+        first = [b"x" * 40_000]
+        second = [b"y" * 40_000]
+        failed = self.cause(self.results(self.client.forward(first + second)), NotLeaderError)
+        self.assertEqual((failed.refused, failed.unknown), (second, []))
 
     def test_forward_rejects_text(self):
         """Commands must be bytes: anything else is caller misuse."""

@@ -5,11 +5,13 @@ with an injected clock and synchronous commits (no threads, no ports).
 """
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvpaxos.kv.commands import InvalidArgument, Op, Request
 from kvpaxos.node.interfaces import NotLeaderError, Unavailable
+from kvpaxos.node.peers import ForwardFailed, PeerUnreachable
 from kvpaxos.node.service import ReplicaService
 from kvpaxos.paxos import Config, Options
 import random
@@ -60,12 +62,19 @@ class FakePeers:
 
     def forward(self, node_id, commands):
         if not self.wire.reachable(self.node_id, node_id):
-            return defer.fail(ConnectionError("link down"))
-        return self.wire.later(self.wire.services[node_id].proposals_forwarded, commands)
+            return defer.fail(PeerUnreachable("link down"))
+        d = self.wire.later(self.wire.services[node_id].proposals_forwarded, commands)
+        return d.addErrback(self._sorted, commands)
+
+    def _sorted(self, failure, commands):
+        # As PeerProtocol.forward reports: refused, or unknown outcome.
+        refused = commands if failure.check(NotLeaderError) else []
+        unknown = [] if refused else commands
+        raise ForwardFailed(refused, unknown, failure)
 
     def read_index(self, node_id):
         if not self.wire.reachable(self.node_id, node_id):
-            return defer.fail(ConnectionError("link down"))
+            return defer.fail(PeerUnreachable("link down"))
         return self.wire.later(self.wire.services[node_id].read_index_requested)
 
 
@@ -217,6 +226,30 @@ class ClusterTests(SynchronousTestCase):
         read = wire.services[follower].get(b"k", 5)
         run(reactor, 0.5)
         self.assertEqual(self.successResultOf(read), b"v")
+
+    def test_lost_forward_reply_is_not_resent(self):
+        """
+        A forward whose reply is lost (the leader may have proposed it) is not
+        forwarded again: a write without a session is applied once.
+        """
+        reactor, wire = make_cluster(3)
+        run(reactor, 2)
+        leader = leader_of(wire)
+        follower = wire.services[next(i for i in wire.services if i != leader)]
+        peers = follower.peers
+        forward = peers.forward
+
+        def lose_reply(node_id, commands):
+            def lost(_):
+                raise ForwardFailed([], commands, Failure(ConnectionError("reply lost")))
+            return forward(node_id, commands).addCallback(lost)
+
+        peers.forward = lose_reply
+        d = follower.submit(Request(Op.APPEND, b"log", b"x"), 4)
+        run(reactor, 1)
+        self.assertEqual(self.successResultOf(d).value, b"x")
+        for service in wire.services.values():
+            self.assertEqual(service.store.get(b"log"), b"x")
 
     def test_no_quorum_is_unavailable(self):
         """Without a quorum a write fails with Unavailable by its deadline, naming the leader."""
@@ -384,3 +417,39 @@ class SemanticsTests(SynchronousTestCase):
         """An unknown read consistency is the client's error."""
         reactor, wire = make_cluster(1)
         self.failureResultOf(wire.services[1].get(b"k", 5, "eventual"), InvalidArgument)
+
+
+class LaggingAndFailingTests(SynchronousTestCase):
+    """Reads on a lagging node and a write failing during shutdown."""
+
+    def test_lagging_read_is_unavailable(self):
+        """A read whose index the node has not applied by its deadline fails with Unavailable, not a timeout."""
+        reactor, wire = make_cluster(1)
+        run(reactor, 1.5)
+        node = wire.services[1]
+        d = node._applied(node.replica.applied + 5, 0.5)
+        run(reactor, 0.6)
+        failure = self.failureResultOf(d, Unavailable)
+        self.assertIn("had not applied", failure.getErrorMessage())
+        self.assertEqual(node._read_waiters, [])
+
+    def test_commit_failing_during_stop(self):
+        """A write that fails while the service stops still lets it finish: clients failed, store closed."""
+        reactor, wire = make_cluster(3)
+        run(reactor, 2)
+        leader = wire.services[leader_of(wire)]
+        wire.down = {i for i in wire.services if i != leader.node_id}
+        pending = leader.submit(Request(Op.PUT, b"k", b"v"), 30)
+        stuck = defer.Deferred()
+        leader._run_commit = lambda *args: stuck  # the put's Ready hangs on disk
+        run(reactor, 0.01)
+        self.assertIs(leader._busy, stuck)
+        closed = []
+        leader.store.close = lambda: closed.append(True)
+        stopping = leader.stopService()
+        stuck.errback(Failure(OSError("disk gone")))
+        self.successResultOf(stopping)
+        self.failureResultOf(pending, Unavailable)
+        self.assertEqual(closed, [True])
+        self.assertFalse(reactor.stopped)  # stopping already: no second reactor.stop()
+        self.assertTrue(self.flushLoggedErrors(OSError))

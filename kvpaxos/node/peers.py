@@ -27,9 +27,8 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import (
     Deferred,
-    FirstError,
+    DeferredList,
     fail,
-    gatherResults,
     maybeDeferred,
     succeed,
 )
@@ -100,6 +99,26 @@ class PeerRequestError(Exception):
 
 class PeerUnreachable(ConnectionError):
     """There is no link to the peer now (down, connecting, or not a peer)."""
+
+
+class ForwardFailed(Exception):
+    """
+    Some calls of a L{PeerProtocol.forward} failed.  C{refused}: commands
+    the peer certainly did not propose (it answered NOT_LEADER, which it does
+    before proposing anything of a call), safe to send again; C{unknown}:
+    commands whose call failed otherwise (connection lost, timeout) and that
+    may have been proposed: sending them again could apply them twice.
+    C{cause} is the first failure.
+    """
+
+    def __init__(self, refused: list, unknown: list, cause) -> None:
+        super().__init__(
+            f"forward failed ({len(refused)} refused, {len(unknown)} unknown):"
+            f" {cause.getErrorMessage()}"
+        )
+        self.refused = refused
+        self.unknown = unknown
+        self.cause = cause
 
 
 _ERRORS = {_NotLeaderOnWire: b"NOT_LEADER", PeerRequestError: b"PEER_ERROR"}
@@ -217,9 +236,18 @@ def _not_leader(failure):
     raise NotLeaderError(leader)
 
 
-def _first_failure(failure):
-    failure.trap(FirstError)
-    return failure.value.subFailure
+def _forward_outcome(results, decided) -> None:
+    """Sort a forward's commands by what their calls' outcomes say of them."""
+    refused: list[bytes] = []
+    unknown: list[bytes] = []
+    cause = None
+    for (ok, outcome), commands in zip(results, decided):
+        if ok:
+            continue
+        cause = cause or outcome
+        (refused if outcome.check(NotLeaderError) else unknown).extend(commands)
+    if cause is not None:
+        raise ForwardFailed(refused, unknown, cause)
 
 
 class PeerProtocol(amp.AMP):
@@ -437,37 +465,40 @@ class PeerProtocol(amp.AMP):
         """
         Forward C{commands} to the peer to propose, in order, in as many
         calls as AMP's value cap requires.  The Deferred fires with None once
-        the peer took all of them, or fails with the first failure:
-        L{NotLeaderError}, L{PeerRequestError}, a connection error or
-        L{twisted.internet.defer.TimeoutError}.  Some of the commands may
-        have been proposed even then (retries must be idempotent).
+        the peer took all of them, or fails with L{ForwardFailed}, which says
+        which commands were certainly not proposed (their call was answered
+        NOT_LEADER) and which may have been.
         """
         for command in commands:
             if type(command) is not bytes:
                 name = type(command).__name__
                 raise TypeError(f"a command must be bytes, not {name}")
-        calls = []
+        # Each call with the commands whose fate it decides (for a chunked
+        # command, the last chunk's call: the peer proposes it only then).
+        calls: list[tuple[Deferred, list[bytes]]] = []
         group: list[bytes] = []
         size = 0
         for command in commands:
             if len(command) + 2 > FORWARD_LIST_BYTES:
                 if group:
-                    calls.append(self._call(Forward, commands=group))
+                    calls.append((self._call(Forward, commands=group), group))
                     group, size = [], 0
-                for chunk in self._chunks(command):
-                    calls.append(self._call(ForwardChunk, **chunk))
+                chunks = list(self._chunks(command))
+                for n, chunk in enumerate(chunks, 1):
+                    decides = [command] if n == len(chunks) else []
+                    calls.append((self._call(ForwardChunk, **chunk), decides))
                 continue
             if size + len(command) + 2 > FORWARD_LIST_BYTES:
-                calls.append(self._call(Forward, commands=group))
+                calls.append((self._call(Forward, commands=group), group))
                 group, size = [], 0
             group.append(command)
             size += len(command) + 2
         if group:
-            calls.append(self._call(Forward, commands=group))
+            calls.append((self._call(Forward, commands=group), group))
         if not calls:
             return succeed(None)
-        gathered = gatherResults(calls, consumeErrors=True)
-        return gathered.addCallbacks(lambda _: None, _first_failure)
+        outcomes = DeferredList([d for d, _ in calls], consumeErrors=True)
+        return outcomes.addCallback(_forward_outcome, [decided for _, decided in calls])
 
     def read_index(self) -> Deferred:
         """

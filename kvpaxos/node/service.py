@@ -54,6 +54,7 @@ from kvpaxos.node.interfaces import (
     NotLeaderError,
     Unavailable,
 )
+from kvpaxos.node.peers import ForwardFailed, PeerUnreachable
 from kvpaxos.paxos import NotLeader, Options, ProposalRejected, Replica
 
 
@@ -152,12 +153,16 @@ class ReplicaService(Service):
         if self._scheduled is not None and self._scheduled.active():
             self._scheduled.cancel()
         self._scheduled = None
-        if self._busy is not None:
-            yield self._busy  # let the write in flight finish
-        self._fail_everything(Unavailable("node shutting down"))
-        if self._pool.started:
-            yield deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._pool.stop)
-        self.store.close()
+        try:
+            if self._busy is not None:
+                # Let the write in flight finish (a failure was logged by
+                # _fatal already).
+                yield self._busy.addErrback(lambda failure: None)
+        finally:
+            self._fail_everything(Unavailable("node shutting down"))
+            if self._pool.started:
+                yield deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._pool.stop)
+            self.store.close()
 
     def _fail_everything(self, error: Exception) -> None:
         pending, self._pending = self._pending, {}
@@ -176,8 +181,9 @@ class ReplicaService(Service):
             "node {node} stops: {error}", node=self.node_id, error=failure.getErrorMessage(),
             log_failure=failure,
         )
+        already = self._stopping
         self._stopping = True
-        if self.reactor.running:
+        if not already and self.reactor.running:
             self.reactor.stop()
 
     # --- feeding the core ----------------------------------------------------
@@ -327,11 +333,20 @@ class ReplicaService(Service):
         d.addErrback(self._forward_failed, unsent)
 
     def _forward_failed(self, failure: Failure, unsent) -> None:
-        # Not proposed (or unknown, if the link broke): keep them queued; the
-        # next tick routes them to whoever leads then, until their deadline.
+        # Only commands certainly not proposed go back in the queue, for the
+        # next tick to route to whoever leads then: the leader refused their
+        # call (NOT_LEADER), or there was no link to send them on.  A command
+        # whose call failed otherwise (link lost, timeout) may have been
+        # proposed; sending it again could apply it twice, so it waits to be
+        # applied (and answered) or for its deadline (outcome unknown).
         self.log.debug("forward failed: {error}", error=failure.getErrorMessage())
-        if not self._stopping:
+        if self._stopping:
+            return
+        if failure.check(PeerUnreachable):
             self._unsent.extend(unsent)
+        elif failure.check(ForwardFailed):
+            refused = set(failure.value.refused)
+            self._unsent.extend((r, c) for r, c in unsent if c in refused)
 
     def proposals_forwarded(self, commands) -> defer.Deferred:
         replica = self.replica
@@ -434,12 +449,28 @@ class ReplicaService(Service):
         return d.addTimeout(self.options.election_ticks * self.tick_s * 2, self.reactor)
 
     def _applied(self, index: int, timeout_s: float) -> defer.Deferred:
-        """Fire once this node has applied through C{index}."""
+        """
+        Fire once this node has applied through C{index}; fail with
+        L{Unavailable} if it has not by C{timeout_s} (a lagging node).
+        """
         if self.replica.applied >= index:
             return defer.succeed(None)
         d = defer.Deferred()
-        self._read_waiters.append((index, d))
-        return d.addTimeout(max(timeout_s, 0), self.reactor)
+        entry = (index, d)
+        self._read_waiters.append(entry)
+
+        def lagging(failure):
+            failure.trap(defer.TimeoutError)
+            if entry in self._read_waiters:
+                self._read_waiters.remove(entry)
+            leader = self.replica.leader
+            raise Unavailable(
+                f"node {self.node_id} had not applied through {index} before the"
+                f" deadline; leader is {leader}",
+                leader,
+            )
+
+        return d.addTimeout(max(timeout_s, 0), self.reactor).addErrback(lagging)
 
     def _release_reads(self) -> None:
         if not self._read_waiters:
