@@ -79,6 +79,10 @@ STOP_WAIT_SLACK_S = 2.0
 _log = Logger()
 
 
+
+#: Requests in flight or queued per node before RESOURCE_EXHAUSTED.
+MAX_CONCURRENT_RPCS = 4096
+
 def _settle_result(future: Future, value: Any) -> None:
     """Resolve C{future} unless it is already done (failed by a stop, or
     cancelled by a handler that gave up)."""
@@ -450,7 +454,14 @@ class GrpcServer(Service):
         )
         # SO_REUSEPORT off: a second node on the same port must fail to bind,
         # not silently share the port.
-        server = grpc.server(executor, options=CHANNEL_OPTIONS + (("grpc.so_reuseport", 0),))
+        # A bound on the requests grpc queues behind the worker threads:
+        # beyond it clients get RESOURCE_EXHAUSTED instead of the node
+        # buffering without limit.
+        server = grpc.server(
+            executor,
+            options=CHANNEL_OPTIONS + (("grpc.so_reuseport", 0),),
+            maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+        )
         kv_pb2_grpc.add_KVServicer_to_server(KVServicer(self._node, self._calls), server)
         kv_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(self._node, self._calls), server)
         health_servicer = health.HealthServicer()
