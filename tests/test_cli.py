@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import random
-from typing import Optional
 
 import grpc
 from twisted.trial.unittest import SynchronousTestCase

@@ -9,7 +9,7 @@ from contextlib import redirect_stdout
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvpaxos.paxos import Batch, Config, NOOP
+from kvpaxos.paxos import Batch, NOOP
 from kvpaxos.testing.sim import Simulation, Violation, main, run_seed
 
 #: Seeds the normal suite runs; `python -m kvpaxos.testing.sim --seeds 10000`

@@ -48,7 +48,6 @@ from kvpaxos.paxos.messages import (
     PreVoteReply,
     Promise,
     Snapshot,
-    TimeoutNow,
     value_size,
 )
 from kvpaxos.paxos.state import Entry, HardState, ReadState, Ready
