@@ -293,12 +293,21 @@ def txn_response(result: TxnResult, header: kv_pb2.ResponseHeader) -> kv_pb2.Txn
     """
     ops: list = [None] * len(result.responses)
     fixed_bytes = 0
+    # Most puts answer the same message (no prev_kv asked): build it once
+    # (the response copies it in).
+    plain_put = plain_put_bytes = None
     for index, response in enumerate(result.responses):
         kind = type(response)
+        if kind is PutResponse and response.prev is None:
+            if plain_put is None:
+                plain_put = kv_pb2.ResponseOp(response_put=kv_pb2.PutResponse(header=header))
+                plain_put_bytes = _field_bytes(plain_put)
+            ops[index] = plain_put
+            fixed_bytes += plain_put_bytes
+            continue
         if kind is PutResponse:
             ops[index] = kv_pb2.ResponseOp(response_put=kv_pb2.PutResponse(
-                header=header, existed=response.prev is not None,
-                prev_kv=optional_key_value_to_proto(response.prev)))
+                header=header, existed=True, prev_kv=key_value_to_proto(response.prev)))
         elif kind is DeleteResponse:
             ops[index] = kv_pb2.ResponseOp(response_delete_range=kv_pb2.DeleteRangeResponse(
                 header=header, deleted=response.deleted,
