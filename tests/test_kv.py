@@ -9,6 +9,7 @@ ranges are in C{test_txn}, sessions in C{test_sessions}.
 from __future__ import annotations
 
 import struct
+from unittest.mock import patch
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -165,6 +166,22 @@ class ApplyTests(SynchronousTestCase):
         )
         self.assertEqual(results, [(Request(Op.PUT, b"a", b"1"), Result(False, None, 1))])
         self.assertEqual(self.state.get(b"a").value, b"1")
+
+    def test_decoded_commands_not_decoded_again(self):
+        """
+        A command given with its request in C{decoded} applies that request
+        without being decoded; the others are decoded as usual.
+        """
+        mine = command(Op.PUT, b"a", b"1", origin=1, request_id=5)
+        theirs = command(Op.PUT, b"b", b"2", origin=2, request_id=6)
+        known = Request(Op.PUT, b"a", b"1", 1, 5)
+        decoded = {mine: known}
+        with patch("kvpaxos.kv.machine.decode_request", side_effect=decode_request) as decode:
+            results = apply_batch(self.state, [mine, theirs], 1, decoded=decoded)
+        self.assertEqual([call.args for call in decode.call_args_list], [(theirs,)])
+        self.assertIs(results[0][0], known)
+        self.assertEqual(results[1][0], Request(Op.PUT, b"b", b"2", 2, 6))
+        self.assertEqual((self.state.get(b"a").value, self.state.get(b"b").value), (b"1", b"2"))
 
     def test_empty_batch(self):
         """An empty batch applies nothing."""

@@ -15,6 +15,7 @@ from kvpaxos.node.peers import ForwardFailed, PeerUnreachable
 from kvpaxos.node.service import ReplicaService
 from kvpaxos.paxos import Config, Options
 import random
+from unittest.mock import patch
 
 from kvpaxos.storage.memory import MemoryStore
 
@@ -142,6 +143,25 @@ class SingleNodeTests(SynchronousTestCase):
         run(reactor, 0.1)
         self.assertTrue(self.successResultOf(deleted).existed)
         self.assertFalse(self.successResultOf(again).existed)
+
+    def test_own_commands_not_decoded_again(self):
+        """
+        The commands a node encodes are applied from their checked requests,
+        not decoded again, and none is kept once applied or timed out.
+        """
+        reactor, wire = make_cluster(1)
+        run(reactor, 1.5)
+        node = wire.services[1]
+        with patch("kvpaxos.kv.machine.decode_request", side_effect=AssertionError("decoded")):
+            d = node.submit(Request(Op.PUT, b"k", b"v"), 5)
+            run(reactor, 0.1)
+        self.assertFalse(self.successResultOf(d).existed)
+        self.assertEqual(node._decoded, {})
+        node._run_commit = lambda *args: defer.Deferred()  # the disk hangs: the next write times out
+        late = node.submit(Request(Op.PUT, b"k", b"w"), 0.5)
+        run(reactor, 0.6)
+        self.failureResultOf(late, Unavailable)
+        self.assertEqual(node._decoded, {})
 
     def test_invalid_argument(self):
         """An empty key fails at once with InvalidArgument and proposes nothing."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, replace
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional
 
 from kvpaxos.kv import sessions
 from kvpaxos.kv.commands import (
@@ -76,7 +76,8 @@ def apply(view, request: Request, slot: int, limits: SessionLimits = DEFAULT_LIM
 
 
 def apply_batch(
-    view, commands: Iterable[bytes], slot: int, limits: SessionLimits = DEFAULT_LIMITS
+    view, commands: Iterable[bytes], slot: int, limits: SessionLimits = DEFAULT_LIMITS,
+    decoded: Optional[Mapping[bytes, Request]] = None,
 ) -> list:
     """
     Apply every command of the batch chosen at C{slot}, in order; return
@@ -84,14 +85,20 @@ def apply_batch(
     expire first.  A command that does not decode is skipped on every
     replica alike (it was validated before it was proposed, so only a
     misbehaving peer can put one in the log).
+
+    @param decoded: commands already decoded, by their encoding (the node
+        encoded them itself from these checked requests): they are not
+        decoded again.
     """
     sessions.expire(view, slot, limits)
     results = []
     for data in commands:
-        try:
-            request = decode_request(data)
-        except CorruptCommand:
-            continue
+        request = decoded.get(data) if decoded else None
+        if request is None:
+            try:
+                request = decode_request(data)
+            except CorruptCommand:
+                continue
         results.append((request, apply(view, request, slot, limits)))
     return results
 

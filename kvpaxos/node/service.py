@@ -55,7 +55,7 @@ from kvpaxos.node.interfaces import (
     Unavailable,
 )
 from kvpaxos.node.peers import ForwardFailed, PeerUnreachable
-from kvpaxos.paxos import NotLeader, Options, ProposalRejected, Replica
+from kvpaxos.paxos import Batch, NotLeader, Options, ProposalRejected, Replica
 
 
 _CONSISTENCIES = ("linearizable", "serializable", "lease")
@@ -112,6 +112,9 @@ class ReplicaService(Service):
         self._boot = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF
         self._counter = 0
         self._pending: dict[int, tuple[defer.Deferred, object]] = {}
+        # The checked requests of commands this node encoded, by encoding,
+        # until they are applied or time out: applying them needs no decode.
+        self._decoded: dict[bytes, Request] = {}
         self._unsent: list[tuple[int, bytes]] = []
         self._reads: dict[int, defer.Deferred] = {}
         self._read_waiters: list[tuple[int, defer.Deferred]] = []
@@ -166,6 +169,7 @@ class ReplicaService(Service):
 
     def _fail_everything(self, error: Exception) -> None:
         pending, self._pending = self._pending, {}
+        self._decoded.clear()
         for d, timer in pending.values():
             _cancel(timer)
             d.errback(Failure(error))
@@ -240,13 +244,32 @@ class ReplicaService(Service):
             self.peers.send(message)
         if rd.must_sync() or rd.committed or rd.install_snapshot:
             d = self._run_commit(
-                rd.hard_state, rd.entries, rd.snapshot, rd.install_snapshot, rd.committed
+                rd.hard_state, rd.entries, rd.snapshot, rd.install_snapshot, rd.committed,
+                self._take_decoded(rd.committed),
             )
         else:
             d = defer.succeed([])
         self._busy = d
         d.addCallback(self._committed, rd)
         d.addErrback(self._fatal)
+
+    def _take_decoded(self, committed) -> Optional[dict]:
+        """
+        Hand the writer thread the requests of the commands in C{committed}
+        that this node encoded (its own dict: the writer never touches
+        C{_decoded}, which only the reactor thread changes).
+        """
+        known = self._decoded
+        if not known or not committed:
+            return None
+        taken = {}
+        for _, value in committed:
+            if type(value) is Batch:
+                for data in value.commands:
+                    request = known.pop(data, None)
+                    if request is not None:
+                        taken[data] = request
+        return taken or None
 
     def _commit_on_writer(self, *args) -> defer.Deferred:
         return deferToThreadPool(self.reactor, self._pool, self.store.commit, *args)
@@ -283,20 +306,21 @@ class ReplicaService(Service):
             return defer.fail(Unavailable("node shutting down"))
         self._counter += 1
         request_id = (self._boot << 32) | (self._counter & 0xFFFFFFFF)
+        request = dataclasses.replace(request, origin=self.node_id, request_id=request_id)
         try:
-            data = encode_request(
-                dataclasses.replace(request, origin=self.node_id, request_id=request_id)
-            )
+            data = encode_request(request)
         except InvalidArgument:
             return defer.fail()
         d = defer.Deferred()
-        timer = self.reactor.callLater(timeout_s, self._expire, request_id)
+        timer = self.reactor.callLater(timeout_s, self._expire, request_id, data)
         self._pending[request_id] = (d, timer)
+        self._decoded[data] = request
         self._unsent.append((request_id, data))
         self._route_unsent()
         return d
 
-    def _expire(self, request_id: int) -> None:
+    def _expire(self, request_id: int, data: bytes) -> None:
+        self._decoded.pop(data, None)
         waiting = self._pending.pop(request_id, None)
         if waiting is None:
             return

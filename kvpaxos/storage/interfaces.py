@@ -94,7 +94,7 @@ class INodeStore(IReplicaStorage):
         equal states give equal bytes, whichever provider holds them.
         """
 
-    def commit(hard_state, entries, snapshot, install, committed):
+    def commit(hard_state, entries, snapshot, install, committed, decoded=None):
         """
         In one atomic, durable (fsynced) transaction: store C{hard_state},
         C{entries} and C{snapshot} as L{IReplicaStorage.save} does; if
@@ -103,7 +103,9 @@ class INodeStore(IReplicaStorage):
         C{(slot, value)} pairs of C{committed} in order (each batch through
         L{kvpaxos.kv.machine.apply_batch} with its slot and the store's
         session limits) and set the applied index to the last slot.  Never
-        fails for lack of space (the store grows).
+        fails for lack of space (the store grows).  C{decoded}, if given,
+        maps encoded commands to their requests, which C{apply_batch} then
+        takes instead of decoding (the node's own checked requests).
 
         @return: a list of C{(Request, result)} for every command applied,
             in apply order; a result is a L{kvpaxos.kv.commands.Result}

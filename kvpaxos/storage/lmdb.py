@@ -373,7 +373,7 @@ class LMDBStore:
         """L{IReplicaStorage.save}: L{commit} with nothing to install or apply."""
         self.commit(hard_state, entries, snapshot, False, [])
 
-    def commit(self, hard_state, entries, snapshot, install, committed) -> list:
+    def commit(self, hard_state, entries, snapshot, install, committed, decoded=None) -> list:
         """
         Store C{hard_state}, C{entries} and C{snapshot}, install C{snapshot}'s
         data if C{install}, and apply C{committed}, in one fsynced write
@@ -394,7 +394,7 @@ class LMDBStore:
         while True:
             txn = self._env.begin(write=True)
             try:
-                results = self._write(txn, hard_state, encoded, snapshot, install, committed)
+                results = self._write(txn, hard_state, encoded, snapshot, install, committed, decoded)
                 txn.commit()
                 return results
             except lmdb.MapFullError:
@@ -407,7 +407,7 @@ class LMDBStore:
                     txn.abort()
                 raise
 
-    def _write(self, txn, hard_state, encoded, snapshot, install, committed) -> list:
+    def _write(self, txn, hard_state, encoded, snapshot, install, committed, decoded) -> list:
         meta = self._meta
         if hard_state is not None:
             txn.put(_HARD_STATE, encoding.encode_hard_state(hard_state), db=meta)
@@ -445,7 +445,7 @@ class LMDBStore:
                 assert slot == applied + 1, f"applying slot {slot} after {applied}"
                 if type(value) is Batch:
                     results.extend(
-                        machine.apply_batch(view, value.commands, slot, self.limits)
+                        machine.apply_batch(view, value.commands, slot, self.limits, decoded)
                     )
                 applied = slot
 

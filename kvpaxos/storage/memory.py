@@ -313,7 +313,7 @@ class MemoryStore:
         """L{IReplicaStorage.save}: L{commit} with nothing to install or apply."""
         self.commit(hard_state, entries, snapshot, False, [])
 
-    def commit(self, hard_state, entries, snapshot, install, committed) -> list:
+    def commit(self, hard_state, entries, snapshot, install, committed, decoded=None) -> list:
         """
         L{INodeStore.commit}, atomically: the install and the batches are
         worked out under the lock, and a failure rolls the state back.
@@ -347,7 +347,7 @@ class MemoryStore:
                     assert slot == applied + 1, f"applying slot {slot} after {applied}"
                     if type(value) is Batch:
                         results.extend(
-                            machine.apply_batch(state, value.commands, slot, self.limits)
+                            machine.apply_batch(state, value.commands, slot, self.limits, decoded)
                         )
                     applied = slot
             except BaseException:
