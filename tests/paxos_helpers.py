@@ -66,6 +66,27 @@ class LogStateMachine:
         self.slots = []
 
 
+class DurableLogStateMachine(LogStateMachine):
+    """
+    A L{LogStateMachine} that is durable (see C{IStateMachine}): it is never
+    copied at compaction, only when a snapshot is sent (L{snapshot_now}).
+    """
+
+    durable = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken: list[int] = []
+
+    def snapshot(self) -> bytes:
+        raise AssertionError("a durable state machine is not copied at compaction")
+
+    def snapshot_now(self) -> tuple[int, bytes]:
+        index = self.slots[-1] if self.slots else 0
+        self.taken.append(index)
+        return index, b"\x00".join(self.commands)
+
+
 def lone(
     node_id: int = 1,
     voters: Iterable[int] = (1, 2, 3),
@@ -138,7 +159,9 @@ class Cluster:
     def add(self, node: int, storage: MemoryStorage) -> Replica:
         """Start replica C{node} over C{storage}."""
         self.storages[node] = storage
-        machine = LogStateMachine() if self.with_state_machines else None
+        # state_machines: True for LogStateMachines, or the class to use.
+        kind = self.with_state_machines
+        machine = (kind if isinstance(kind, type) else LogStateMachine)() if kind else None
         self.machines[node] = machine
         replica = Replica(
             node,

@@ -5,6 +5,8 @@ log before; a follower behind that point is sent the snapshot (compare raft
 §7, InstallSnapshot).
 """
 
+import random
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvpaxos.paxos import (
@@ -13,11 +15,13 @@ from kvpaxos.paxos import (
     Batch,
     Heartbeat,
     InstallSnapshot,
+    Replica,
     Snapshot,
 )
 from tests.paxos_helpers import (
     TEST_OPTIONS,
     Cluster,
+    DurableLogStateMachine,
     LogStateMachine,
     config,
     lone,
@@ -133,3 +137,67 @@ class InstallSnapshotTests(SynchronousTestCase):
         self.assertIsNone(rd.snapshot)
         self.assertFalse(rd.install_snapshot)
         self.assertEqual(r.chosen_index, 2)
+
+
+class DurableStateMachineTests(SynchronousTestCase):
+    """
+    A durable state machine (it keeps its state with its applied index) is
+    its own snapshot: compaction copies nothing, and a snapshot is taken
+    only to be sent.
+    """
+
+    def cluster(self):
+        c = Cluster(opts=options(snapshot_interval=3), state_machines=DurableLogStateMachine)
+        c.elect(1)
+        return c
+
+    def test_compaction_copies_nothing(self):
+        """The compaction point carries no data, and the log before it is dropped."""
+        c = self.cluster()
+        propose_each(c, [b"a", b"b", b"c", b"d"])
+        (rd,) = [rd for rd in c.readies[1] if rd.snapshot is not None]
+        self.assertEqual(rd.snapshot, Snapshot(3, config(1, 2, 3), None))
+        self.assertEqual(c.storages[1].snapshot().index, 3)
+        self.assertEqual([slot for slot, _ in c.storages[1].entries(1)], [4])
+        self.assertEqual(c.machines[1].taken, [])
+
+    def test_lagging_follower_gets_state_now(self):
+        """
+        A follower behind the compaction point is sent the state machine's
+        state as it is when asked, labelled with the index it has applied
+        (here past the compaction point), and catches up from there.
+        """
+        c = self.cluster()
+        c.isolated.add(3)
+        propose_each(c, [b"a", b"b", b"c", b"d"])
+        c.isolated.clear()
+        c.tick(2 * HB)
+        sent = c.sent(1, InstallSnapshot)
+        self.assertEqual([(m.dst, m.snapshot.index, m.snapshot.data) for m in sent],
+                         [(3, 4, b"a\x00b\x00c\x00d")])
+        self.assertEqual(sent[0].snapshot.config, config(1, 2, 3))
+        self.assertEqual(c.machines[1].taken, [4])
+        self.assertEqual(c[3].applied, c[1].applied)
+        self.assertEqual(c.machines[3].commands, [b"a", b"b", b"c", b"d"])
+
+    def test_restarted_replica_sends_state_now(self):
+        """A replica restarted over storage with a data-less compaction point still serves one."""
+        c = self.cluster()
+        c.isolated.add(3)
+        propose_each(c, [b"a", b"b", b"c", b"d"])
+        self.assertIsNone(c.storages[1].snapshot().data)
+        machine = c.machines[1]
+        # Durable: the state and its applied index outlive the process.
+        c.network = [m for m in c.network if m.dst != 1]
+        c.replicas[1] = Replica(1, c.storages[1], random.Random(7), c.opts,
+                                state_machine=machine, applied=machine.slots[-1])
+        self.assertEqual(c[1].snapshot, Snapshot(3, config(1, 2, 3), None))
+        c.elect(1)
+        c.isolated.clear()
+        c.tick(2 * HB)
+        sent = c.sent(1, InstallSnapshot)
+        self.assertTrue(sent)
+        self.assertTrue(all(m.snapshot.data is not None for m in sent))
+        self.assertEqual(c.machines[3].commands, c.machines[1].commands)
+        self.assertEqual(c.machines[1].commands[:4], [b"a", b"b", b"c", b"d"])
+        self.assertEqual(c[3].applied, c[1].applied)

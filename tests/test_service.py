@@ -199,8 +199,9 @@ class SnapshotTests(SynchronousTestCase):
 
     def test_snapshot_and_lagging_follower(self):
         """
-        With a small snapshot interval the log is compacted, and a follower
-        that missed the compacted slots installs the snapshot and serves the data.
+        With a small snapshot interval the log is compacted (without copying
+        the store), and a follower that missed the compacted slots installs
+        the store's state as it was when asked, and serves the data.
         """
         reactor = FakeReactor()
         wire = Wire(reactor)
@@ -224,6 +225,8 @@ class SnapshotTests(SynchronousTestCase):
             run(reactor, 0.05)
             self.successResultOf(d)
         self.assertGreater(wire.services[leader].store.snapshot().index, 0)
+        # The store is its own snapshot: compaction copied none of its data.
+        self.assertIsNone(wire.services[leader].store.snapshot().data)
         wire.down = set()
         run(reactor, 2)
         self.assertGreater(wire.services[lagging].store.snapshot().index, 0)

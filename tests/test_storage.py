@@ -498,6 +498,34 @@ class NodeStoreContractMixin:
         self.assertRaises(ValueError, self.store.commit, None, [], None, True, [])
         self.assertEqual(self.state(), before)
 
+    def test_compaction_point_without_data(self):
+        """
+        A snapshot without data (a durable state machine's compaction point)
+        saves its index and member set, drops the log through it, keeps the
+        data and reads back without data, also after a reopen.
+        """
+        self.apply_slots(batch(put(b"a", b"1")), batch(put(b"b", b"2")))
+        self.store.save(HardState(B1, 2), [(3, entry(B1, b"3"))], Snapshot(1, CONFIG, b"old"))
+        self.store.commit(None, [], Snapshot(2, CONFIG, None), False, [])
+        store = self.reopened()
+        self.assertEqual(store.snapshot(), Snapshot(2, CONFIG, None))
+        self.assertEqual([slot for slot, _ in store.entries(0)], [3])
+        self.assertEqual((store.get(b"a"), store.get(b"b"), store.applied_index()), (b"1", b"2", 2))
+
+    def test_snapshot_now(self):
+        """snapshot_now() is the applied index with the state at it; the state machine says durable."""
+        self.apply_slots(batch(put(b"a", b"1")), batch(put(b"b", b"2")))
+        self.assertEqual(self.store.snapshot_now(), (2, self.store.snapshot_data()))
+        self.assertTrue(self.store.state_machine.durable)
+        self.assertEqual(self.store.state_machine.snapshot_now(), self.store.snapshot_now())
+
+    def test_install_needs_data(self):
+        """Installing a snapshot without data is caller misuse: ValueError, nothing changed."""
+        self.apply_slots(batch(put(b"a", b"1")))
+        before = self.state()
+        self.assertRaises(ValueError, self.store.commit, None, [], Snapshot(4, CONFIG, None), True, [])
+        self.assertEqual(self.state(), before)
+
     def test_install_below_saved_snapshot_refused(self):
         """Installing a snapshot older than the saved one is a ValueError that changes nothing."""
         self.apply_slots(*[batch(put(b"a", b"%d" % i)) for i in range(1, 6)])

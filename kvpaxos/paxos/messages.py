@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import NamedTuple, Union
+from typing import NamedTuple, Optional, Union
 
 
 class Ballot(NamedTuple):
@@ -378,8 +378,14 @@ class Snapshot:
     The state machine's state after applying every slot through C{index},
     with the member set in force after that slot.  C{data} is opaque to the
     core.  Index 0 with empty data is the bootstrap snapshot.
+
+    C{data} None marks a compaction point of a durable state machine (one
+    that keeps its state with its applied index, as a node's store does):
+    the log through C{index} was dropped without copying the state, and a
+    snapshot to send a peer is taken from the state machine when needed.
+    Only such a replica holds one; none is ever sent.
     """
 
     index: int
     config: Config
-    data: bytes = b""
+    data: Optional[bytes] = b""

@@ -545,7 +545,7 @@ class Replica:
     def _on_catchup_request(self, m: CatchupRequest) -> None:
         first = m.first_slot
         if first <= self.snapshot.index:
-            self.send(InstallSnapshot(self.id, m.src, self.snapshot))
+            self.send(InstallSnapshot(self.id, m.src, self._snapshot_to_send()))
             return
         entries = []
         size = 0
@@ -610,15 +610,37 @@ class Replica:
             del self._entries[slot]
 
     def _take_snapshot(self) -> None:
-        """Ask the state machine for its state and drop the log before it."""
+        """
+        Drop the log through the applied slot, with a copy of the state
+        machine's state, or none if the state machine is durable (see
+        L{Snapshot}).
+        """
         index = self.applied
-        snapshot = Snapshot(index, self.config_after(index), self.state_machine.snapshot())
+        machine = self.state_machine
+        data = None if getattr(machine, "durable", False) else machine.snapshot()
+        snapshot = Snapshot(index, self.config_after(index), data)
         self.snapshot = snapshot
         self._snapshot_out = snapshot
         self._install = False
         self._drop_log_through(index)
         keep = [(s, c) for s, c in self._configs if s > index]
         self._configs = [(index, snapshot.config)] + keep
+
+    def _snapshot_to_send(self) -> Snapshot:
+        """
+        The snapshot a peer behind the log is sent: the saved one, or, at a
+        durable state machine's compaction point, its state now (at the
+        index it has applied, which a commit in flight may have moved past
+        C{applied}, never past C{chosen_index}).
+        """
+        snapshot = self.snapshot
+        if snapshot.data is not None:
+            return snapshot
+        index, data = self.state_machine.snapshot_now()
+        assert snapshot.index <= index <= self.chosen_index, (
+            f"state machine at {index} outside [{snapshot.index}, {self.chosen_index}]"
+        )
+        return Snapshot(index, self.config_after(index), data)
 
     # --- helpers for the roles --------------------------------------------
 

@@ -60,12 +60,32 @@ class IStateMachine(Interface):
     """
     What the core asks of the replicated state machine: a snapshot of its
     state, so that the log before it can be dropped.
+
+    A I{durable} state machine keeps its state together with its applied
+    index (a node's store does, in one transaction), so it is its own
+    snapshot: it says C{durable = True} and offers L{snapshot_now}.  The
+    core then compacts its log without copying the state (an O(state) copy
+    every C{snapshot_interval} slots would stall the node as the data
+    grows), and takes the state only to send it to a peer that needs it.
     """
+
+    durable = Attribute(
+        "Optional, default False: the state machine keeps its state with its"
+        " applied index, and offers snapshot_now()."
+    )
 
     def snapshot():
         """
         Return the state, as C{bytes}, after applying every committed slot
         the caller has applied so far.
+        """
+
+    def snapshot_now():
+        """
+        Durable state machines only: return C{(index, data)}, the state as
+        C{bytes} and the slot through which it has applied, read together
+        (the index may be ahead of what the caller has applied yet, never of
+        what is chosen).
         """
 
 

@@ -355,9 +355,16 @@ class LMDBStore:
         L{machine.encode_snapshot} (records in byte order of their keys).
         This is the L{IStateMachine} C{snapshot()}; see L{StateMachineView}.
         """
+        return self.snapshot_now()[1]
+
+    def snapshot_now(self) -> tuple[int, bytes]:
+        """
+        Return the applied index and L{snapshot_data} as of the last commit,
+        read in one read transaction (the data is the state at that index).
+        """
         with self._reading() as txn:
             view = _LMDBView(txn, self)
-            return machine.encode_snapshot(
+            return encoding.decode_slot(txn.get(_APPLIED, db=self._meta)), machine.encode_snapshot(
                 view.revision(),
                 view.next_client_id(),
                 list(txn.cursor(db=self._kv).iternext()),
@@ -387,8 +394,8 @@ class LMDBStore:
         @raise AssertionError: C{committed} does not continue the applied
             slots one by one.  Nothing is changed.
         """
-        if install and snapshot is None:
-            raise ValueError("install needs a snapshot")
+        if install and (snapshot is None or snapshot.data is None):
+            raise ValueError("install needs a snapshot with its data")
         # Encode once, outside the transaction (and its retries).
         encoded = [(encoding.encode_slot(s), s, encoding.encode_entry(e)) for s, e in entries]
         while True:
@@ -422,7 +429,11 @@ class LMDBStore:
             # higher one, and the log through it is dropped.
             if snapshot.index >= floor:
                 txn.put(_SNAPSHOT, encoding.encode_snapshot_meta(snapshot), db=meta)
-                txn.put(_SNAPSHOT_DATA, snapshot.data, db=self._snapshot)
+                if snapshot.data is None:
+                    # A compaction point: the data is this store's own.
+                    txn.delete(_SNAPSHOT_DATA, db=self._snapshot)
+                else:
+                    txn.put(_SNAPSHOT_DATA, snapshot.data, db=self._snapshot)
                 self._drop_log_through(txn, snapshot.index)
                 floor = snapshot.index
 

@@ -306,8 +306,12 @@ class MemoryStore:
         LMDB keeps them, so equal states give equal bytes whichever provider
         holds them).
         """
+        return self.snapshot_now()[1]
+
+    def snapshot_now(self) -> tuple[int, bytes]:
+        """Return the applied index and L{snapshot_data}, as of the last commit."""
         with self._lock:
-            return self._state.snapshot_data()
+            return self._applied, self._state.snapshot_data()
 
     def save(self, hard_state, entries, snapshot) -> None:
         """L{IReplicaStorage.save}: L{commit} with nothing to install or apply."""
@@ -327,8 +331,8 @@ class MemoryStore:
         """
         with self._lock:
             if install:
-                if snapshot is None:
-                    raise ValueError("install needs a snapshot")
+                if snapshot is None or snapshot.data is None:
+                    raise ValueError("install needs a snapshot with its data")
                 floor = self.storage.snapshot().index
                 if snapshot.index < floor:
                     raise ValueError(

@@ -47,12 +47,20 @@ class StateMachineView:
                 applied=store.applied_index())
     """
 
+    #: The store keeps its data with its applied index: the core compacts
+    #: the log without copying the data.
+    durable = True
+
     def __init__(self, store) -> None:
         self._store = store
 
     def snapshot(self) -> bytes:
         """Return the store's data as of its last commit (encode_snapshot)."""
         return self._store.snapshot_data()
+
+    def snapshot_now(self) -> tuple[int, bytes]:
+        """Return the store's applied index and data, as of its last commit."""
+        return self._store.snapshot_now()
 
 
 @implementer(IPlugin, IStoreFactory)
