@@ -60,12 +60,13 @@ class DictNode:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=0, help="gRPC handler threads (default: the server's)")
     args = parser.parse_args(argv)
     from twisted.internet import reactor
 
     from kvpaxos.api.server import GrpcServer
 
-    server = GrpcServer(DictNode(), f"127.0.0.1:{args.port}", reactor)
+    server = GrpcServer(DictNode(), f"127.0.0.1:{args.port}", reactor, **({"max_workers": args.workers} if args.workers else {}))
     server.startService()
     print(f"serving on {server.port}", flush=True)
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
