@@ -11,6 +11,8 @@ A storage provider hands L{apply_batch} a transaction view, inside the same
 atomic write that records the applied index, with:
 
   - C{get(key) -> KeyValue | None}, C{put(kv)}, C{delete(key)};
+  - C{write(key, value, revision, want_prev) -> (existed, prev)}: what
+    L{write_record} does (a view may do it on its stored bytes, faster);
   - C{scan(start, stop)}: the records with C{start <= key < stop} (C{stop}
     None: no bound) in key order; the caller does not write while it runs;
   - C{revision()}, C{set_revision(n)};
@@ -106,21 +108,27 @@ def apply_batch(
 # --- single-key commands -----------------------------------------------------
 
 
-def _write(view, key: bytes, value: bytes, revision: int) -> Optional[KeyValue]:
-    """Store C{value} under C{key} at C{revision}; return the record it replaced."""
+def write_record(view, key: bytes, value: bytes, revision: int, want_prev: bool) -> tuple:
+    """
+    Store C{value} under C{key} at C{revision} (version 1 and created now,
+    or the next version of the record there); return C{(existed, prev)}:
+    whether a record was there, and that record if C{want_prev} (a view
+    may return it anyway).  The generic form of a view's C{write}, for
+    views over other stores.
+    """
     prev = view.get(key)
     if prev is None:
         view.put(KeyValue(key, value, 1, revision, revision))
     else:
         view.put(KeyValue(key, value, prev.version + 1, prev.create_revision, revision))
-    return prev
+    return prev is not None, prev
 
 
 def _put(view, request: Request) -> Result:
     revision = view.revision() + 1
-    prev = _write(view, request.key, request.value, revision)
+    existed, prev = view.write(request.key, request.value, revision, request.prev_kv)
     view.set_revision(revision)
-    return Result(prev is not None, None, revision, prev if request.prev_kv else None)
+    return Result(existed, None, revision, prev if request.prev_kv else None)
 
 
 def _delete(view, request: Request) -> Result:
@@ -135,7 +143,7 @@ def _append(view, request: Request) -> Result:
     revision = view.revision() + 1
     prev = view.get(request.key)
     value = (prev.value if prev is not None else b"") + request.value
-    _write(view, request.key, value, revision)
+    view.write(request.key, value, revision, False)
     view.set_revision(revision)
     return Result(prev is not None, value, revision, prev if request.prev_kv else None)
 
@@ -144,6 +152,11 @@ _APPLY = {Op.PUT: _put, Op.DELETE: _delete, Op.APPEND: _append}
 
 
 # --- transactions --------------------------------------------------------------
+
+
+#: The response of every put that did not ask for its previous record
+#: (immutable, so shared).
+_PLAIN_PUT = PutResponse(None)
 
 
 def compare(view, condition: Compare) -> bool:
@@ -194,9 +207,9 @@ def apply_txn(view, txn) -> TxnResult:
     for op in txn.success if succeeded else txn.failure:
         kind = type(op)
         if kind is Put:
-            prev = _write(view, op.key, op.value, revision)
+            _, prev = view.write(op.key, op.value, revision, op.prev_kv)
             wrote = True
-            responses.append(PutResponse(prev if op.prev_kv else None))
+            responses.append(PutResponse(prev) if op.prev_kv else _PLAIN_PUT)
         elif kind is DeleteRange:
             doomed = list(_scan(view, op.key, op.end))
             for kv in doomed:
@@ -273,10 +286,24 @@ def decode_record(key: bytes, data) -> KeyValue:
 
     @raise CorruptRecord: C{data} is not a record.
     """
+    version, created, modified = record_header(data)
+    return KeyValue(key, bytes(data[_RECORD.size:]), version, created, modified)
+
+
+def record_header(data) -> tuple[int, int, int]:
+    """
+    Return the C{(version, create_revision, mod_revision)} of record C{data}.
+
+    @raise CorruptRecord: C{data} is not a record.
+    """
     if len(data) < _RECORD.size:
         raise CorruptRecord(f"record of {len(data)} bytes is too short")
-    version, created, modified = _RECORD.unpack_from(data)
-    return KeyValue(key, bytes(data[_RECORD.size:]), version, created, modified)
+    return _RECORD.unpack_from(data)
+
+
+def encode_record_of(value: bytes, version: int, created: int, modified: int) -> bytes:
+    """Return the stored bytes of a record (L{encode_record}) from its fields."""
+    return _RECORD.pack(version, created, modified) + value
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,6 +144,17 @@ class _LMDBView:
     def put(self, kv) -> None:
         self._txn.put(kv.key, machine.encode_record(kv), db=self._kv)
 
+    def write(self, key: bytes, value: bytes, revision: int, want_prev: bool) -> tuple:
+        """L{machine.write_record}, on the stored bytes (no record built unless asked for)."""
+        txn, db = self._txn, self._kv
+        old = txn.get(key, db=db)
+        if old is None:
+            txn.put(key, machine.encode_record_of(value, 1, revision, revision), db=db)
+            return False, None
+        version, created, _ = machine.record_header(old)
+        txn.put(key, machine.encode_record_of(value, version + 1, created, revision), db=db)
+        return True, (machine.decode_record(key, old) if want_prev else None)
+
     def delete(self, key: bytes) -> None:
         self._txn.delete(key, db=self._kv)
 

@@ -128,6 +128,9 @@ class MemoryState:
     def put(self, kv) -> None:
         self._set_record(kv.key, kv)
 
+    def write(self, key: bytes, value: bytes, revision: int, want_prev: bool) -> tuple:
+        return machine.write_record(self, key, value, revision, want_prev)
+
     def delete(self, key: bytes) -> None:
         self._set_record(key, None)
 
