@@ -416,15 +416,19 @@ class ReplicaService(Service):
             consistency,
         )
 
-    @defer.inlineCallbacks
-    def _read(self, read, timeout_s: float, consistency: str):
+    def _read(self, read, timeout_s: float, consistency: str) -> defer.Deferred:
         """Run C{read()} on the local store once C{consistency} allows."""
-        if consistency not in _CONSISTENCIES:
-            raise InvalidArgument(
-                f"consistency must be one of {', '.join(_CONSISTENCIES)}; got {consistency!r}"
-            )
         if consistency == "serializable":
-            return read()
+            return defer.execute(read)  # this node's state as it is: no wait
+        if consistency not in _CONSISTENCIES:
+            return defer.fail(InvalidArgument(
+                f"consistency must be one of {', '.join(_CONSISTENCIES)}; got {consistency!r}"
+            ))
+        return self._confirmed_read(read, timeout_s, consistency)
+
+    @defer.inlineCallbacks
+    def _confirmed_read(self, read, timeout_s: float, consistency: str):
+        """A linearizable or lease read: C{read()} once a read index (or lease) allows."""
         if consistency == "lease" and self.lease_reads and self.replica.is_leader:
             self._catch_up_ticks()
             try:
