@@ -355,6 +355,50 @@ class ReadConsistencyTests(SynchronousTestCase):
         read = wire.services[follower].get(b"k", 5, "serializable")
         self.assertEqual(self.successResultOf(read), b"v")
 
+    def test_answer_before_durable_and_reads_wait(self):
+        """
+        A write is answered once its result is known, before its
+        transaction is durable; reads at the node, serializable ones too,
+        wait until it is durable and then see it.
+        """
+        reactor, wire = make_cluster(1)
+        run(reactor, 1.5)
+        node = wire.services[1]
+        store = node.store
+        syncing = []
+
+        def slow_disk(*args):
+            # The data is there (and the results known) at once; the fsync
+            # completes when the test says so.
+            results = store.commit(*args)
+            syncing.append(defer.Deferred())
+            syncing[-1].addCallback(lambda _: results)
+            return syncing[-1]
+
+        node._run_commit = slow_disk
+        put = node.submit(Request(Op.PUT, b"k", b"v"), 5)
+        run(reactor, 0.01)
+        # The entry's own Ready (acceptance) must be durable before the put
+        # is chosen; the Ready that applies it is answered before its fsync.
+        while not put.called:
+            self.assertFalse(syncing[-1].called)
+            syncing[-1].callback(None)
+            run(reactor, 0.01)
+        self.assertFalse(self.successResultOf(put).existed)
+        self.assertFalse(syncing[-1].called)
+        serializable = node.get(b"k", 5, "serializable")
+        linearizable = node.get(b"k", 5)
+        run(reactor, 0.01)
+        self.assertNoResult(serializable)
+        self.assertNoResult(linearizable)
+        while not all(d.called for d in syncing):
+            for d in syncing:
+                if not d.called:
+                    d.callback(None)
+            run(reactor, 0.01)
+        self.assertEqual(self.successResultOf(serializable), b"v")
+        self.assertEqual(self.successResultOf(linearizable), b"v")
+
     def test_lease_read_needs_no_round(self):
         """With lease reads enabled, a leader holding its lease answers without any message."""
         reactor, wire = make_cluster(3)

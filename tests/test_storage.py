@@ -519,6 +519,17 @@ class NodeStoreContractMixin:
         self.assertTrue(self.store.state_machine.durable)
         self.assertEqual(self.store.state_machine.snapshot_now(), self.store.snapshot_now())
 
+    def test_on_applied_gets_the_results(self):
+        """on_applied is given the results commit returns, and is not called when nothing applied."""
+        seen = []
+        results = self.store.commit(
+            None, [], None, False, [(1, batch(put(b"a", b"1"), put(b"a", b"2")))], None, seen.append
+        )
+        self.assertEqual(seen, [results])
+        self.assertEqual(len(results), 2)
+        self.store.commit(HardState(B1, 1), [], None, False, [], None, seen.append)
+        self.assertEqual(len(seen), 1)
+
     def test_install_needs_data(self):
         """Installing a snapshot without data is caller misuse: ValueError, nothing changed."""
         self.apply_slots(batch(put(b"a", b"1")))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+from functools import partial
 from typing import Optional
 
 from twisted.application.service import Service
@@ -115,6 +116,9 @@ class ReplicaService(Service):
         # The checked requests of commands this node encoded, by encoding,
         # until they are applied or time out: applying them needs no decode.
         self._decoded: dict[bytes, Request] = {}
+        # The highest slot whose results were answered before their
+        # transaction was durable (serializable reads wait for it).
+        self._answered_through = 0
         self._unsent: list[tuple[int, bytes]] = []
         self._reads: dict[int, defer.Deferred] = {}
         self._read_waiters: list[tuple[int, defer.Deferred]] = []
@@ -243,9 +247,10 @@ class ReplicaService(Service):
         for message in rd.messages:
             self.peers.send(message)
         if rd.must_sync() or rd.committed or rd.install_snapshot:
+            through = rd.committed[-1][0] if rd.committed else 0
             d = self._run_commit(
                 rd.hard_state, rd.entries, rd.snapshot, rd.install_snapshot, rd.committed,
-                self._take_decoded(rd.committed),
+                self._take_decoded(rd.committed), partial(self._answer_early, through),
             )
         else:
             d = defer.succeed([])
@@ -272,7 +277,30 @@ class ReplicaService(Service):
         return taken or None
 
     def _commit_on_writer(self, *args) -> defer.Deferred:
-        return deferToThreadPool(self.reactor, self._pool, self.store.commit, *args)
+        """
+        Run C{store.commit(*args)} on the writer thread; its last argument,
+        C{on_applied}, is called back in the reactor thread.
+        """
+        *args, on_applied = args
+        reactor = self.reactor
+
+        def from_writer(results) -> None:
+            reactor.callFromThread(on_applied, results)
+
+        return deferToThreadPool(reactor, self._pool, self.store.commit, *args, from_writer)
+
+    def _answer_early(self, through: int, results) -> None:
+        """
+        A Ready's commands (chosen through slot C{through}) have their
+        results, and its transaction is not durable yet: answer their
+        clients now.  Each command is chosen, so durable on a quorum, and
+        its result follows from the log alone.  Reads at this node still
+        see the store only once the transaction is durable: linearizable
+        reads wait for the applied index, and serializable ones wait for
+        everything answered here (see L{_read}).
+        """
+        self._answered_through = max(self._answered_through, through)
+        self._answer(results)
 
     def _committed(self, results, rd) -> None:
         self._busy = None
@@ -280,13 +308,7 @@ class ReplicaService(Service):
             return
         for message in rd.durable_messages:
             self.peers.send(message)
-        for request, result in results:
-            if request.origin == self.node_id:
-                waiting = self._pending.pop(request.request_id, None)
-                if waiting is not None:
-                    d, timer = waiting
-                    _cancel(timer)
-                    d.callback(result)
+        self._answer(results)  # those not answered early
         for state in rd.read_states:
             d = self._reads.pop(state.context, None)
             if d is None or d.called:
@@ -298,6 +320,18 @@ class ReplicaService(Service):
         self._guard(self.replica.advance, rd)
         self._release_reads()
         self._schedule()
+
+    def _answer(self, results) -> None:
+        """Answer the clients waiting here for these C{(request, result)}."""
+        pending = self._pending
+        node_id = self.node_id
+        for request, result in results:
+            if request.origin == node_id:
+                waiting = pending.pop(request.request_id, None)
+                if waiting is not None:
+                    d, timer = waiting
+                    _cancel(timer)
+                    d.callback(result)
 
     # --- writes --------------------------------------------------------------
 
@@ -419,7 +453,12 @@ class ReplicaService(Service):
     def _read(self, read, timeout_s: float, consistency: str) -> defer.Deferred:
         """Run C{read()} on the local store once C{consistency} allows."""
         if consistency == "serializable":
-            return defer.execute(read)  # this node's state as it is: no wait
+            # This node's state as it is, but with every write this node has
+            # answered: at most one commit's wait.
+            through = self._answered_through
+            if self.replica.applied >= through:
+                return defer.execute(read)
+            return self._applied(through, timeout_s).addCallback(lambda _: read())
         if consistency not in _CONSISTENCIES:
             return defer.fail(InvalidArgument(
                 f"consistency must be one of {', '.join(_CONSISTENCIES)}; got {consistency!r}"

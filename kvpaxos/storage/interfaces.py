@@ -114,7 +114,7 @@ class INodeStore(IReplicaStorage):
         equal states give equal bytes, whichever provider holds them.
         """
 
-    def commit(hard_state, entries, snapshot, install, committed, decoded=None):
+    def commit(hard_state, entries, snapshot, install, committed, decoded=None, on_applied=None):
         """
         In one atomic, durable (fsynced) transaction: store C{hard_state},
         C{entries} and C{snapshot} as L{IReplicaStorage.save} does; if
@@ -126,6 +126,11 @@ class INodeStore(IReplicaStorage):
         fails for lack of space (the store grows).  C{decoded}, if given,
         maps encoded commands to their requests, which C{apply_batch} then
         takes instead of decoding (the node's own checked requests).
+        C{on_applied}, if given, is called in the committing thread with the
+        results as soon as they are known, before the transaction is durable
+        (and again if a full map makes the store redo it): every command in
+        C{committed} is chosen, durable on a quorum whatever becomes of this
+        transaction, so its result may be answered at once.
 
         @return: a list of C{(Request, result)} for every command applied,
             in apply order; a result is a L{kvpaxos.kv.commands.Result}

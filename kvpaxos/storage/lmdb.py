@@ -391,7 +391,8 @@ class LMDBStore:
         """L{IReplicaStorage.save}: L{commit} with nothing to install or apply."""
         self.commit(hard_state, entries, snapshot, False, [])
 
-    def commit(self, hard_state, entries, snapshot, install, committed, decoded=None) -> list:
+    def commit(self, hard_state, entries, snapshot, install, committed, decoded=None,
+               on_applied=None) -> list:
         """
         Store C{hard_state}, C{entries} and C{snapshot}, install C{snapshot}'s
         data if C{install}, and apply C{committed}, in one fsynced write
@@ -413,6 +414,8 @@ class LMDBStore:
             txn = self._env.begin(write=True)
             try:
                 results = self._write(txn, hard_state, encoded, snapshot, install, committed, decoded)
+                if on_applied is not None and results:
+                    on_applied(results)
                 txn.commit()
                 return results
             except lmdb.MapFullError:

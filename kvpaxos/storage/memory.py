@@ -320,7 +320,8 @@ class MemoryStore:
         """L{IReplicaStorage.save}: L{commit} with nothing to install or apply."""
         self.commit(hard_state, entries, snapshot, False, [])
 
-    def commit(self, hard_state, entries, snapshot, install, committed, decoded=None) -> list:
+    def commit(self, hard_state, entries, snapshot, install, committed, decoded=None,
+               on_applied=None) -> list:
         """
         L{INodeStore.commit}, atomically: the install and the batches are
         worked out under the lock, and a failure rolls the state back.
@@ -364,6 +365,8 @@ class MemoryStore:
             self.storage.save(hard_state, list(entries), snapshot)
             self._state = state
             self._applied = applied
+        if on_applied is not None and results:
+            on_applied(results)
         return results
 
     def close(self) -> None:
