@@ -77,8 +77,9 @@ class IKeyValueNode(Interface):
         """
         Replicate L{kvpaxos.kv.commands.Request} C{request} (any node takes
         any request; a follower forwards it to the leader).  Returns a
-        Deferred firing once it is applied on this node with what applying
-        it gave: a C{Result} (put, delete, append), a C{TxnResult}, a
+        Deferred firing once it is chosen and applied on this node (its
+        result known; reads here see it once that is durable) with what
+        applying it gave: a C{Result} (put, delete, append), a C{TxnResult}, a
         C{SessionOpened}, or — nothing applied — C{StaleSequence} or
         C{SessionExpired}; or failing with L{Unavailable} after C{timeout_s},
         or with L{kvpaxos.kv.commands.InvalidArgument}.

@@ -7,9 +7,11 @@ requests) and performs each L{Ready} in the order the core demands:
   1. send C{messages};
   2. persist and apply, in one durable transaction on the single writer
      thread (C{INodeStore.commit}; an LMDB write transaction must begin and
-     end on one thread, and its commit releases the GIL);
-  3. only then send C{durable_messages} (Promises and Accepteds), answer the
-     clients whose commands were applied, and serve reads;
+     end on one thread, and its commit releases the GIL); the clients whose
+     commands it applies are answered as soon as their results are known,
+     before the fsync (the commands are chosen: durable on a quorum);
+  3. only then send C{durable_messages} (Promises and Accepteds) and serve
+     reads;
   4. C{advance}, then cut the next Ready.
 
 One Ready is in flight at a time; everything that arrives meanwhile is
