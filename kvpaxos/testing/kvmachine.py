@@ -37,6 +37,10 @@ def describe(value) -> bytes:
 class DigestKV:
     """The simulator's state machine: a dict plus a digest chain per slot."""
 
+    #: Set for a durable machine: it outlives crashes, and the core compacts
+    #: without copying it (see C{IStateMachine}).
+    durable = False
+
     def __init__(self) -> None:
         self.data: dict[str, str] = {}
         self.index = 0
@@ -60,6 +64,10 @@ class DigestKV:
         return json.dumps(
             [self.index, self.digest.hex(), sorted(self.data.items())]
         ).encode()
+
+    def snapshot_now(self) -> tuple[int, bytes]:
+        """The state and the slot it has applied through (durable machines)."""
+        return self.index, self.snapshot()
 
     def restore(self, data: bytes, index: int) -> None:
         """Replace the state with a snapshot's C{data} taken at C{index}."""

@@ -6,7 +6,10 @@ and a L{SimNetwork}; a virtual clock jumps from event to event, and one seed
 drives everything: message delay, loss, duplication and reordering,
 partitions (one-way ones too), crashes that lose whatever was not yet
 persisted, restarts, membership changes, leader transfers, and clients that
-propose writes, ask for read indexes and record what they were told.
+propose writes, ask for read indexes and record what they were told.  Half
+the seeds run durable state machines, as a node's store is: the state
+survives a crash with its applied index, compaction copies nothing, and a
+snapshot is taken from the live state when a peer needs one.
 
 A run has a fault phase and then a heal phase (faults stop, every node comes
 back, the network heals).  After every event the checker asserts:
@@ -44,6 +47,7 @@ from kvpaxos.paxos import (
     Config,
     ConfigChange,
     ConfigError,
+    InstallSnapshot,
     NotLeader,
     Options,
     ProposalRejected,
@@ -103,6 +107,8 @@ class Result:
     crashes: int = 0
     config_changes: int = 0
     transfers: int = 0
+    #: Snapshots sent by durable state machines' replicas (taken when sent).
+    durable_snapshots: int = 0
     events: int = 0
 
     @property
@@ -210,6 +216,10 @@ class Simulation:
         self.rng = random.Random(root.getrandbits(64))
         self.net_rng = random.Random(root.getrandbits(64))
         self.node_rng_seed = root.getrandbits(64)
+        #: Half the seeds run durable state machines (as a node's store is:
+        #: the state outlives a crash with its applied index, and compaction
+        #: copies nothing); drawn apart so the other streams stay as they were.
+        self.durable = plant is None and random.Random(seed * 31 + 7).random() < 0.5
         self.now = 0
         self._queue: list[_Event] = []
         self._seq = 0
@@ -344,12 +354,18 @@ class Simulation:
             # The seed project's bug: acceptor state saved, never read back.
             node.storage = MemoryStorage(self.initial if node_id in self.initial.voters else None)
         snapshot = node.storage.snapshot()
-        node.machine = DigestKV()
-        node.machine.restore(snapshot.data, snapshot.index)
+        if self.durable:
+            # What the last persisted Ready left (save and apply are one
+            # atomic step here, as in a node's store).
+            node.machine.durable = True
+        else:
+            node.machine = DigestKV()
+            node.machine.restore(snapshot.data, snapshot.index)
         kind = _PLANTED_REPLICAS.get(self.plant, Replica)
         rng = random.Random(self.node_rng_seed ^ (node_id * 7919 + node.epoch))
         node.replica = kind(
-            node_id, node.storage, rng, SIM_OPTIONS, state_machine=node.machine
+            node_id, node.storage, rng, SIM_OPTIONS, state_machine=node.machine,
+            applied=node.machine.index,
         )
         first = self.rng.randint(1, TICK_MS)
         node.last_tick = self.now + first - TICK_MS
@@ -397,6 +413,8 @@ class Simulation:
             raise Violation("invariant", f"node {node.id}: {error}") from error
 
     def _send(self, message) -> None:
+        if self.durable and type(message) is InstallSnapshot:
+            self.result.durable_snapshots += 1
         for at in self.network.arrivals(message.src, message.dst, self.now):
             self._seq += 1
             heapq.heappush(self._queue, _Event(at, self._seq, "deliver", (message,)))
@@ -819,6 +837,7 @@ def main(argv=None) -> int:
         f"{totals.history_ops} operations in linearizable histories "
         f"({totals.unchecked_histories} histories unchecked), {totals.crashes} crashes, "
         f"{totals.config_changes} membership changes, {totals.transfers} transfers, "
+        f"{totals.durable_snapshots} snapshots sent from durable state machines, "
         f"{totals.events} events"
     )
     return 1 if failures else 0
