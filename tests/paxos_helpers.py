@@ -206,6 +206,11 @@ class Cluster:
             self.committed[node].append((slot, value))
             if machine is not None:
                 machine.apply(slot, value)
+        for peer in rd.snapshot_wanted:
+            message = replica.snapshot_message(peer, *machine.snapshot_now())
+            if message is not None:
+                self._send([message])
+                rd.messages.append(message)  # recorded with the Ready that asked, for sent()
         self.readies[node].append(rd)
         replica.advance(rd)
         return rd

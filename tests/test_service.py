@@ -97,6 +97,7 @@ def start_service(node_id, store, reactor, wire):
         tick_s=TICK_S,
         rng=random.Random(node_id),
         run_commit=lambda *args: defer.maybeDeferred(store.commit, *args),
+        read_snapshot=lambda: defer.maybeDeferred(store.state_machine.snapshot_now),
     )
     service.peers = FakePeers(wire, node_id)
     service.startService()
@@ -197,11 +198,11 @@ class SingleNodeTests(SynchronousTestCase):
 class SnapshotTests(SynchronousTestCase):
     """The service hands the core the store's state machine for snapshots."""
 
-    def test_snapshot_and_lagging_follower(self):
+    def lagging_cluster(self, read_snapshot):
         """
-        With a small snapshot interval the log is compacted (without copying
-        the store), and a follower that missed the compacted slots installs
-        the store's state as it was when asked, and serves the data.
+        Return (reactor, wire, leader, lagging): three nodes compacting every
+        5 slots, one of them cut off while 20 puts were compacted away, then
+        reconnected.  C{read_snapshot(store)} reads a snapshot for a peer.
         """
         reactor = FakeReactor()
         wire = Wire(reactor)
@@ -212,6 +213,7 @@ class SnapshotTests(SynchronousTestCase):
             service = ReplicaService(
                 node_id, store, reactor, options, tick_s=TICK_S, rng=random.Random(node_id),
                 run_commit=lambda *args, store=store: defer.maybeDeferred(store.commit, *args),
+                read_snapshot=lambda store=store: read_snapshot(store),
             )
             service.peers = FakePeers(wire, node_id)
             service.startService()
@@ -225,12 +227,46 @@ class SnapshotTests(SynchronousTestCase):
             run(reactor, 0.05)
             self.successResultOf(d)
         self.assertGreater(wire.services[leader].store.snapshot().index, 0)
+        wire.down = set()
+        return reactor, wire, leader, lagging
+
+    def test_snapshot_and_lagging_follower(self):
+        """
+        With a small snapshot interval the log is compacted (without copying
+        the store), and a follower that missed the compacted slots installs
+        the store's state as it was when asked, and serves the data.
+        """
+        reactor, wire, leader, lagging = self.lagging_cluster(
+            lambda store: defer.maybeDeferred(store.state_machine.snapshot_now)
+        )
         # The store is its own snapshot: compaction copied none of its data.
         self.assertIsNone(wire.services[leader].store.snapshot().data)
-        wire.down = set()
         run(reactor, 2)
         self.assertGreater(wire.services[lagging].store.snapshot().index, 0)
         self.assertEqual(wire.services[lagging].store.get(b"k3"), b"v")
+
+    def test_snapshot_read_once_off_the_call(self):
+        """
+        The state for a lagging peer is read by the injected reader (a pool
+        thread in a node), once while a read is pending however often the
+        peer asks, and sent when the read completes; a stop waits for it.
+        """
+        reads = []
+
+        def held(store):
+            reads.append((store, defer.Deferred()))
+            return reads[-1][1]
+
+        reactor, wire, leader, lagging = self.lagging_cluster(held)
+        run(reactor, 2)  # the lagging node asks again and again meanwhile
+        self.assertEqual(len(reads), 1)
+        self.assertEqual(wire.services[lagging].store.snapshot().index, 0)
+        store, d = reads[0]
+        self.assertIs(store, wire.services[leader].store)
+        stopping = wire.services[leader].stopService()
+        self.assertNoResult(stopping)  # the store stays open for the read
+        d.callback(store.state_machine.snapshot_now())
+        self.successResultOf(stopping)
 
 
 class ClusterTests(SynchronousTestCase):

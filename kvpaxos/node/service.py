@@ -90,6 +90,7 @@ class ReplicaService(Service):
         rng: Optional[random.Random] = None,
         run_commit=None,
         lease_reads: bool = False,
+        read_snapshot=None,
     ) -> None:
         self.node_id = node_id
         self.store = store
@@ -105,6 +106,9 @@ class ReplicaService(Service):
         # How a Ready's transaction runs: on the writer thread, unless a test
         # injects a synchronous stand-in.
         self._run_commit = run_commit or self._commit_on_writer
+        # How a snapshot for a peer is read: in a pool thread, unless a test
+        # injects a synchronous stand-in.
+        self._read_snapshot = read_snapshot or self._read_snapshot_in_thread
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = reactor
         self._scheduled = None
@@ -121,6 +125,8 @@ class ReplicaService(Service):
         # The highest slot whose results were answered before their
         # transaction was durable (serializable reads wait for it).
         self._answered_through = 0
+        # Snapshots being read for peers (by peer), waited for at stop.
+        self._snapshot_sends: dict[int, defer.Deferred] = {}
         self._unsent: list[tuple[int, bytes]] = []
         self._reads: dict[int, defer.Deferred] = {}
         self._read_waiters: list[tuple[int, defer.Deferred]] = []
@@ -171,6 +177,8 @@ class ReplicaService(Service):
             self._fail_everything(Unavailable("node shutting down"))
             if self._pool.started:
                 yield deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._pool.stop)
+            # A snapshot still being read must finish before the store closes.
+            yield defer.DeferredList(list(self._snapshot_sends.values()))
             self.store.close()
 
     def _fail_everything(self, error: Exception) -> None:
@@ -248,6 +256,8 @@ class ReplicaService(Service):
         rd = self._guard(replica.ready)
         for message in rd.messages:
             self.peers.send(message)
+        for peer in rd.snapshot_wanted:
+            self._send_snapshot(peer)
         if rd.must_sync() or rd.committed or rd.install_snapshot:
             through = rd.committed[-1][0] if rd.committed else 0
             d = self._run_commit(
@@ -259,6 +269,38 @@ class ReplicaService(Service):
         self._busy = d
         d.addCallback(self._committed, rd)
         d.addErrback(self._fatal)
+
+    def _send_snapshot(self, peer: int) -> None:
+        """
+        Send C{peer} the store's state as it is now: read (O(state)) in a
+        pool thread, never the reactor's, and at most once at a time per
+        peer (the peer asks again until it has one).
+        """
+        if peer in self._snapshot_sends or self._stopping:
+            return
+        d = self._read_snapshot()
+        self._snapshot_sends[peer] = d
+
+        def taken(index_and_data) -> None:
+            if self._stopping:
+                return
+            message = self._guard(self.replica.snapshot_message, peer, *index_and_data)
+            if message is not None:
+                self.peers.send(message)
+
+        def failed(failure) -> None:
+            self.log.failure("taking a snapshot for node {peer} failed", failure, peer=peer)
+
+        def done(_) -> None:
+            del self._snapshot_sends[peer]
+
+        d.addCallbacks(taken, failed)
+        d.addBoth(done)
+
+    def _read_snapshot_in_thread(self) -> defer.Deferred:
+        return deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), self.store.state_machine.snapshot_now
+        )
 
     def _take_decoded(self, committed) -> Optional[dict]:
         """

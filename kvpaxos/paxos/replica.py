@@ -165,6 +165,8 @@ class Replica:
         self._persisted = HardState(self.promised, self.chosen_index)
         self._entries: dict[int, Entry] = {}
         self._snapshot_out: Optional[Snapshot] = None
+        # Peers behind a data-less compaction point, to be sent the state.
+        self._snapshot_wanted: set[int] = set()
         self._install = False
         self.messages: list[Message] = []
         self.durable_messages: list[Message] = []
@@ -303,6 +305,7 @@ class Replica:
             or self.durable_messages
             or self.self_messages
             or self.read_states
+            or self._snapshot_wanted
             or self.chosen_index > self.applied
             or self.promised != self._persisted.promised
             or self.chosen_index != self._persisted.chosen_index
@@ -332,6 +335,8 @@ class Replica:
         rd.durable_messages, self.durable_messages = self.durable_messages, []
         rd.self_messages, self.self_messages = self.self_messages, []
         rd.read_states, self.read_states = self.read_states, []
+        rd.snapshot_wanted = sorted(self._snapshot_wanted)
+        self._snapshot_wanted.clear()
         start = (rd.snapshot.index if rd.install_snapshot else self.applied) + 1
         end = min(self.chosen_index, start + self.options.committed_max - 1)
         log = self.log
@@ -545,7 +550,12 @@ class Replica:
     def _on_catchup_request(self, m: CatchupRequest) -> None:
         first = m.first_slot
         if first <= self.snapshot.index:
-            self.send(InstallSnapshot(self.id, m.src, self._snapshot_to_send()))
+            if self.snapshot.data is not None:
+                self.send(InstallSnapshot(self.id, m.src, self.snapshot))
+            else:
+                # A durable state machine's compaction point: the state is
+                # taken off this call (it is O(state)), see Ready.
+                self._snapshot_wanted.add(m.src)
             return
         entries = []
         size = 0
@@ -626,21 +636,19 @@ class Replica:
         keep = [(s, c) for s, c in self._configs if s > index]
         self._configs = [(index, snapshot.config)] + keep
 
-    def _snapshot_to_send(self) -> Snapshot:
+    def snapshot_message(self, peer: int, index: int, data: bytes) -> Optional[InstallSnapshot]:
         """
-        The snapshot a peer behind the log is sent: the saved one, or, at a
-        durable state machine's compaction point, its state now (at the
-        index it has applied, which a commit in flight may have moved past
-        C{applied}, never past C{chosen_index}).
+        Return the L{InstallSnapshot} that sends C{peer} (one of a Ready's
+        C{snapshot_wanted}) a durable state machine's state C{data}, taken
+        after it applied slot C{index} (which may be past C{applied}: a
+        commit in flight; never past C{chosen_index}).  None if this replica
+        has compacted past C{index} meanwhile (the member set there is
+        forgotten; the peer asks again).
         """
-        snapshot = self.snapshot
-        if snapshot.data is not None:
-            return snapshot
-        index, data = self.state_machine.snapshot_now()
-        assert snapshot.index <= index <= self.chosen_index, (
-            f"state machine at {index} outside [{snapshot.index}, {self.chosen_index}]"
-        )
-        return Snapshot(index, self.config_after(index), data)
+        assert index <= self.chosen_index, f"state machine at {index}, past chosen {self.chosen_index}"
+        if index < self.snapshot.index:
+            return None
+        return InstallSnapshot(self.id, peer, Snapshot(index, self.config_after(index), data))
 
     # --- helpers for the roles --------------------------------------------
 

@@ -67,6 +67,11 @@ class Ready:
       4. hand C{read_states} to the reads that wait on them (each is
          servable once its index is applied);
       5. call C{Replica.advance} with this object.
+
+    Apart from that order: for each peer in C{snapshot_wanted} (behind a
+    durable state machine's compaction point), take the state machine's
+    state (C{snapshot_now()}) whenever and on whatever thread suits, and
+    send the message L{Replica.snapshot_message} makes of it, if any.
     """
 
     hard_state: Optional[HardState] = None
@@ -77,6 +82,7 @@ class Ready:
     durable_messages: list[Message] = field(default_factory=list)
     committed: list[tuple[int, Value]] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
+    snapshot_wanted: list[int] = field(default_factory=list)
     # Replies the replica owes itself once this Ready is durable (its own
     # Promise or Accepted); stepped in by advance().
     self_messages: list[Message] = field(default_factory=list)

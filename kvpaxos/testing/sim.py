@@ -302,7 +302,7 @@ class Simulation:
         return self.result
 
     def _paused(self, event) -> Optional[SimNode]:
-        if event.kind in ("tick", "persisted"):
+        if event.kind in ("tick", "persisted", "snapshot"):
             node = self.nodes.get(event.args[0])
         elif event.kind == "deliver":
             node = self.nodes.get(event.args[0].dst)
@@ -439,10 +439,22 @@ class Simulation:
         node.busy = True
         for message in rd.messages:
             self._send(message)
+        for peer in rd.snapshot_wanted:
+            # Taken off the event loop, as a node takes it off its reactor.
+            self._schedule(self.rng.randint(0, 20), "snapshot", node.id, node.epoch, peer)
         if rd.must_sync():
             self._schedule(self.rng.randint(*self.disk_ms), "persisted", node.id, node.epoch, rd)
         else:
             self._on_persisted(node.id, node.epoch, rd)
+
+    def _on_snapshot(self, node_id: int, epoch: int, peer: int) -> None:
+        """Send C{peer} the durable state machine's state as it is now."""
+        node = self.nodes[node_id]
+        if not node.up or node.epoch != epoch:
+            return
+        message = node.replica.snapshot_message(peer, *node.machine.snapshot_now())
+        if message is not None:
+            self._send(message)
 
     def _on_persisted(self, node_id: int, epoch: int, rd) -> None:
         node = self.nodes[node_id]
@@ -820,7 +832,8 @@ def main(argv=None) -> int:
     for seed in seeds:
         result = run_seed(seed, plant=args.plant, verbose=args.verbose)
         for name in ("chosen_slots", "acked", "reads", "lease_reads", "history_ops",
-                     "unchecked_histories", "crashes", "config_changes", "transfers", "events"):
+                     "unchecked_histories", "crashes", "config_changes", "transfers",
+                     "durable_snapshots", "events"):
             setattr(totals, name, getattr(totals, name) + getattr(result, name))
         if not result.ok:
             failures += 1
