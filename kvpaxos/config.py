@@ -34,6 +34,7 @@ DEFAULT_DATA = "kvpaxos-data"
 _TOML_KEYS = {
     "id", "addr", "client", "admin", "data", "storage", "peers",
     "tick_ms", "election_ticks", "heartbeat_ticks", "lease_reads", "lease_drift_ticks",
+    "snapshot_interval",
 }
 
 
@@ -69,6 +70,8 @@ class NodeConfig:
     #: Lease reads: opt-in for the whole cluster (set it on every node).
     lease_reads: bool = False
     lease_drift_ticks: int = 2
+    #: Applied slots between log compactions (etcd's --snapshot-count).
+    snapshot_interval: int = 10_000
 
     @property
     def voters(self) -> frozenset:
@@ -181,7 +184,8 @@ def build(values: dict) -> NodeConfig:
         if not isinstance(flag, bool):
             raise ConfigError(f"lease_reads must be true or false, got {flag!r}")
         changes["lease_reads"] = flag
-    for key in ("tick_ms", "election_ticks", "heartbeat_ticks", "lease_drift_ticks"):
+    for key in ("tick_ms", "election_ticks", "heartbeat_ticks", "lease_drift_ticks",
+                "snapshot_interval"):
         if values.get(key) is not None:
             try:
                 changes[key] = int(values[key])
@@ -196,6 +200,8 @@ def build(values: dict) -> NodeConfig:
         raise ConfigError("need election_ticks >= 2 and 1 <= heartbeat_ticks < election_ticks")
     if not 0 <= config.lease_drift_ticks < config.election_ticks:
         raise ConfigError("need 0 <= lease_drift_ticks < election_ticks")
+    if config.snapshot_interval < 1:
+        raise ConfigError("snapshot_interval must be at least 1")
     ports = [(a.host, a.port) for a in (config.peer, config.client, config.admin) if a.port]
     if len(set(ports)) != len(ports):
         raise ConfigError("addr, client and admin must be different addresses")

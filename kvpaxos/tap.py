@@ -101,6 +101,7 @@ def makeService(options: Options) -> service.MultiService:
             election_ticks=node.election_ticks,
             heartbeat_ticks=node.heartbeat_ticks,
             lease_drift_ticks=node.lease_drift_ticks,
+            snapshot_interval=node.snapshot_interval,
         ),
         tick_s=node.tick_ms / 1000.0,
         lease_reads=node.lease_reads,

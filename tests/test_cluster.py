@@ -29,9 +29,12 @@ class ClusterTestCase(SynchronousTestCase):
     """Starts a three-node cluster for each test and stops it afterwards."""
 
     storage = "lmdb"
+    settings: dict = {}
 
     def setUp(self):
-        self.cluster = ProcessCluster(self.mktemp(), size=3, storage=self.storage)
+        self.cluster = ProcessCluster(
+            self.mktemp(), size=3, storage=self.storage, settings=self.settings
+        )
         self.addCleanup(self.cluster.stop)
         self.cluster.start()
         self.leader = self.cluster.wait_for_leader(timeout_s=20)
@@ -381,3 +384,30 @@ class TwistdTests(SynchronousTestCase):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+class SnapshotCatchUpTests(ClusterTestCase):
+    """Nodes that compact their log every 10 slots."""
+
+    settings = {"snapshot_interval": 10}
+
+    def test_follower_behind_compaction_catches_up(self):
+        """
+        A follower killed with -9 while the others compacted past it catches
+        up from the state they send, then from the log, over real links.
+        """
+        follower = self.followers()[0]
+        self.cluster.kill(follower, signal.SIGKILL)
+        for n in range(40):
+            self.put(self.leader, f"s{n}".encode(), f"v{n}".encode())
+        self.cluster.start(follower)
+        leader_status = self.cluster.nodes[self.leader].status()
+        self.cluster.wait_for(
+            lambda: self.cluster.nodes[follower].status().applied_index
+            >= leader_status.chosen_index,
+            20, "the restarted follower to catch up",
+        )
+        for n in (0, 17, 39):
+            self.assertEqual(self.get(follower, f"s{n}".encode()), f"v{n}".encode())
+        self.put(follower, b"after", b"1")
+        self.assertEqual(self.get(self.leader, b"after"), b"1")

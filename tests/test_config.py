@@ -58,6 +58,15 @@ class BuildTests(SynchronousTestCase):
         error = self.assertRaises(ConfigError, build, {"lease_drift_ticks": 10})
         self.assertIn("lease_drift_ticks", str(error))
 
+    def test_snapshot_interval(self):
+        """snapshot_interval is 10,000 slots by default, settable, and at least 1."""
+        self.assertEqual(build({}).snapshot_interval, 10_000)
+        self.assertEqual(build({"snapshot_interval": 50}).snapshot_interval, 50)
+        error = self.assertRaises(ConfigError, build, {"snapshot_interval": 0})
+        self.assertIn("snapshot_interval", str(error))
+        error = self.assertRaises(ConfigError, build, {"snapshot_interval": "often"})
+        self.assertIn("snapshot_interval must be an integer", str(error))
+
     def test_parse_peers_empty(self):
         """An empty --peers means no peers."""
         self.assertEqual(parse_peers(""), {})

@@ -9,6 +9,7 @@ started (by pid, SIGTERM then SIGKILL).  Tests must call it (addCleanup).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -164,10 +165,12 @@ class ProcessCluster:
     C{size} twistd kvpaxos nodes on 127.0.0.1 under C{directory}.
 
     @param storage: the storage provider name for every node.
+    @param settings: more TOML keys for every node (C{{"snapshot_interval": 10}}).
     """
 
     def __init__(
-        self, directory: str, size: int = 3, storage: str = "lmdb", proxied: bool = False
+        self, directory: str, size: int = 3, storage: str = "lmdb", proxied: bool = False,
+        settings: Optional[dict] = None,
     ) -> None:
         directory = os.path.abspath(directory)
         os.makedirs(directory, exist_ok=True)
@@ -194,7 +197,8 @@ class ProcessCluster:
                     f'admin = "127.0.0.1:{node.admin_port}"\n'
                     f'data = "{os.path.join(directory, f"data{node.id}")}"\n'
                     f'storage = "{storage}"\n'
-                    f"[peers]\n{peers}\n"
+                    + "".join(f"{key} = {json.dumps(value)}\n" for key, value in (settings or {}).items())
+                    + f"[peers]\n{peers}\n"
                 )
         self._env = plugin_environment(ROOT)
 
