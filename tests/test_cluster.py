@@ -53,6 +53,22 @@ class ClusterTestCase(SynchronousTestCase):
     def followers(self):
         return [i for i in self.cluster.nodes if i != self.leader]
 
+    def kill_write_restart(self, follower, writes: dict) -> None:
+        """
+        Kill C{follower} with -9, put C{writes} through the leader, restart
+        it and wait until it has applied all the leader knows chosen.
+        """
+        self.cluster.kill(follower, signal.SIGKILL)
+        for key, value in writes.items():
+            self.put(self.leader, key, value)
+        self.cluster.start(follower)
+        leader_status = self.cluster.nodes[self.leader].status()
+        self.cluster.wait_for(
+            lambda: self.cluster.nodes[follower].status().applied_index
+            >= leader_status.chosen_index,
+            20, "the restarted follower to catch up",
+        )
+
 
 class ClientTests(ClusterTestCase):
     """Every node serves every request, through gRPC and through the CLI."""
@@ -154,16 +170,7 @@ class FaultTests(ClusterTestCase):
     def test_follower_catches_up(self):
         """A follower killed with -9 and restarted catches up with what was written meanwhile."""
         follower = self.followers()[0]
-        self.cluster.kill(follower, signal.SIGKILL)
-        for n in range(50):
-            self.put(self.leader, f"c{n}".encode(), b"x")
-        self.cluster.start(follower)
-        leader_status = self.cluster.nodes[self.leader].status()
-        self.cluster.wait_for(
-            lambda: self.cluster.nodes[follower].status().applied_index
-            >= leader_status.chosen_index,
-            20, "the restarted follower to catch up",
-        )
+        self.kill_write_restart(follower, {f"c{n}".encode(): b"x" for n in range(50)})
         self.assertEqual(self.get(follower, b"c49"), b"x")
 
     def test_full_restart_keeps_data(self):
@@ -397,16 +404,7 @@ class SnapshotCatchUpTests(ClusterTestCase):
         up from the state they send, then from the log, over real links.
         """
         follower = self.followers()[0]
-        self.cluster.kill(follower, signal.SIGKILL)
-        for n in range(40):
-            self.put(self.leader, f"s{n}".encode(), f"v{n}".encode())
-        self.cluster.start(follower)
-        leader_status = self.cluster.nodes[self.leader].status()
-        self.cluster.wait_for(
-            lambda: self.cluster.nodes[follower].status().applied_index
-            >= leader_status.chosen_index,
-            20, "the restarted follower to catch up",
-        )
+        self.kill_write_restart(follower, {f"s{n}".encode(): f"v{n}".encode() for n in range(40)})
         for n in (0, 17, 39):
             self.assertEqual(self.get(follower, f"s{n}".encode()), f"v{n}".encode())
         self.put(follower, b"after", b"1")
