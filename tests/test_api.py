@@ -47,10 +47,9 @@ from kvpaxos.kv.commands import (
     StaleSequence,
     Txn,
     compare_and_swap,
-    decode_request,
-    encode_request,
     prefix_end,
 )
+from kvpaxos.kv.logformat import decode_request, encode_request
 from kvpaxos.node.interfaces import IKeyValueNode, NodeStatus, Unavailable
 from kvpaxos.storage.memory import MemoryState
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc

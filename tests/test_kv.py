@@ -25,10 +25,9 @@ from kvpaxos.kv.commands import (
     Op,
     Request,
     Result,
-    decode_request,
-    encode_request,
     validate,
 )
+from kvpaxos.kv.logformat import decode_request, encode_request
 from kvpaxos.kv.machine import (
     SnapshotState,
     apply,

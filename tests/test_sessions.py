@@ -29,9 +29,8 @@ from kvpaxos.kv.commands import (
     StaleSequence,
     Txn,
     TxnResult,
-    decode_request,
-    encode_request,
 )
+from kvpaxos.kv.logformat import decode_request, encode_request
 from kvpaxos.kv.machine import apply, apply_batch
 from kvpaxos.kv.sessions import (
     RecordReader,

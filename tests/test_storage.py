@@ -42,9 +42,9 @@ from kvpaxos.kv.commands import (
     Request,
     Result,
     Txn,
-    encode_request,
     prefix_end,
 )
+from kvpaxos.kv.logformat import encode_request
 from kvpaxos.paxos.messages import (
     NOOP,
     ZERO_BALLOT,

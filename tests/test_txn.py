@@ -34,12 +34,11 @@ from kvpaxos.kv.commands import (
     Txn,
     TxnResult,
     compare_and_swap,
-    decode_request,
-    encode_request,
     prefix_end,
     range_query,
     validate_request,
 )
+from kvpaxos.kv.logformat import decode_request, encode_request
 from kvpaxos.kv.machine import apply, read_range
 from kvpaxos.storage.memory import MemoryState
 from tests.test_kv import FUZZ

@@ -50,8 +50,8 @@ from kvpaxos.kv.commands import (
     Request,
     Result,
     TxnResult,
-    decode_request,
 )
+from kvpaxos.kv.logformat import decode_request
 from kvpaxos.kv.sessions import DEFAULT_LIMITS, FIRST_CLIENT_ID, RecordReader, SessionLimits
 
 

@@ -47,9 +47,8 @@ from kvpaxos.kv.commands import (
     CorruptCommand,
     InvalidArgument,
     Request,
-    decode_request,
-    encode_request,
 )
+from kvpaxos.kv.logformat import decode_request, encode_request
 from kvpaxos.node.interfaces import (
     IKeyValueNode,
     IPeerHandler,
