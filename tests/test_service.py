@@ -286,6 +286,26 @@ class ClusterTests(SynchronousTestCase):
         run(reactor, 0.5)
         self.assertEqual(self.successResultOf(read), b"v")
 
+    def test_follower_forwards_a_turn_in_one_call(self):
+        """The writes a follower takes in one reactor turn reach the leader in one Forward."""
+        reactor, wire = make_cluster(3)
+        run(reactor, 2)
+        leader = leader_of(wire)
+        follower = wire.services[next(i for i in wire.services if i != leader)]
+        calls = []
+        forward = follower.peers.forward
+
+        def counting(node_id, commands):
+            calls.append(len(commands))
+            return forward(node_id, commands)
+
+        follower.peers.forward = counting
+        writes = [follower.submit(Request(Op.PUT, b"k%d" % n, b"v"), 5) for n in range(5)]
+        run(reactor, 0.5)
+        self.assertEqual(calls, [5])
+        self.assertEqual([self.successResultOf(d).existed for d in writes], [False] * 5)
+        self.assertEqual(wire.services[leader].store.get(b"k4"), b"v")
+
     def test_lost_forward_reply_is_not_resent(self):
         """
         A forward whose reply is lost (the leader may have proposed it) is not

@@ -111,6 +111,7 @@ class ReplicaService(Service):
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = reactor
         self._scheduled = None
+        self._routing = None  # a pending end-of-turn _route_unsent
         self._busy: Optional[defer.Deferred] = None
         self._stopping = False
         # Request ids are unique per boot: a command from before a restart
@@ -167,6 +168,8 @@ class ReplicaService(Service):
         if self._scheduled is not None and self._scheduled.active():
             self._scheduled.cancel()
         self._scheduled = None
+        _cancel(self._routing)
+        self._routing = None
         try:
             if self._busy is not None:
                 # Let the write in flight finish (a failure was logged by
@@ -393,8 +396,18 @@ class ReplicaService(Service):
         self._pending[request_id] = (d, timer)
         self._decoded[data] = request
         self._unsent.append((request_id, data))
-        self._route_unsent()
+        if self.replica.is_leader:
+            self._route_unsent()  # proposed now; the Ready batches them
+        elif self._routing is None:
+            # Forwarded once this reactor turn is over: every request taken
+            # in one turn goes to the leader in one Forward call.
+            self._routing = self.reactor.callLater(0, self._route_at_end_of_turn)
         return d
+
+    def _route_at_end_of_turn(self) -> None:
+        self._routing = None
+        if not self._stopping:
+            self._route_unsent()
 
     def _expire(self, request_id: int, data: bytes) -> None:
         self._decoded.pop(data, None)
