@@ -9,7 +9,7 @@ from twisted.python.failure import Failure
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvpaxos.kv.commands import InvalidArgument, Op, Request
+from kvpaxos.kv.commands import InvalidArgument, Op, Range, Request
 from kvpaxos.node.interfaces import NotLeaderError, Unavailable
 from kvpaxos.node.peers import ForwardFailed, PeerUnreachable
 from kvpaxos.node.service import ReplicaService
@@ -454,6 +454,30 @@ class ReadConsistencyTests(SynchronousTestCase):
             run(reactor, 0.01)
         self.assertEqual(self.successResultOf(serializable), b"v")
         self.assertEqual(self.successResultOf(linearizable), b"v")
+
+    def test_reads_of_one_turn_share_one_store_call(self):
+        """Reads that are due in one reactor turn are served by one read_ranges call."""
+        reactor, wire = make_cluster(1)
+        run(reactor, 1.5)
+        node = wire.services[1]
+        put = node.submit(Request(Op.PUT, b"k", b"v"), 5)
+        run(reactor, 0.1)
+        self.successResultOf(put)
+        calls = []
+        read_ranges = node.store.read_ranges
+
+        def counting(queries):
+            calls.append(list(queries))
+            return read_ranges(queries)
+
+        node.store.read_ranges = counting
+        reads = [node.range(Range(b"k"), 5, "serializable") for _ in range(4)]
+        bad = node.range(Range(b""), 5, "serializable")
+        run(reactor, 0.01)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(len(calls[0]), 5)
+        self.assertEqual([self.successResultOf(d).kvs[0].value for d in reads], [b"v"] * 4)
+        self.failureResultOf(bad, InvalidArgument)
 
     def test_lease_read_needs_no_round(self):
         """With lease reads enabled, a leader holding its lease answers without any message."""

@@ -519,6 +519,18 @@ class NodeStoreContractMixin:
         self.assertTrue(self.store.state_machine.durable)
         self.assertEqual(self.store.state_machine.snapshot_now(), self.store.snapshot_now())
 
+    def test_read_ranges(self):
+        """read_ranges answers each query as range would, a bad one with its error, from one view."""
+        self.apply_slots(batch(put(b"a", b"1"), put(b"b", b"2")), batch(put(b"c", b"3")))
+        queries = [Range(b"a"), Range(b"a", b"c"), Range(b"", None), Range(b"b", TO_THE_END, 1)]
+        results = self.store.read_ranges(queries)
+        self.assertEqual(results[0], self.store.range(b"a"))
+        self.assertEqual(results[1], self.store.range(b"a", b"c"))
+        self.assertIsInstance(results[2], InvalidArgument)
+        self.assertEqual(results[3], self.store.range(b"b", TO_THE_END, 1))
+        self.assertEqual({r.revision for r in (results[0], results[1], results[3])}, {3})
+        self.assertEqual(self.store.read_ranges([]), [])
+
     def test_on_applied_gets_the_results(self):
         """on_applied is given the results commit returns, and is not called when nothing applied."""
         seen = []

@@ -244,12 +244,13 @@ def _scan(view, start: bytes, end: Optional[bytes]):
         yield from view.scan(start, end)
 
 
-def read_range(view, query: Range) -> RangeResult:
+def read_range(view, query: Range, revision: Optional[int] = None) -> RangeResult:
     """
     Return the L{RangeResult} of C{query} over C{view}: records in key
     order, at most C{query.limit} (0: no limit), C{count} all in range,
     C{more} when the limit cut some off; values left out if C{keys_only};
-    no records at all if C{count_only}.  C{revision}: the view's.
+    no records at all if C{count_only}.  C{revision}: the view's (pass it
+    when it is known, for many reads over one view).
     """
     kvs = []
     count = 0
@@ -260,7 +261,7 @@ def read_range(view, query: Range) -> RangeResult:
             continue
         kvs.append(replace(kv, value=b"") if query.keys_only else kv)
     return RangeResult(tuple(kvs), count, len(kvs) < count and not query.count_only,
-                       view.revision())
+                       view.revision() if revision is None else revision)
 
 
 # --- the byte formats ----------------------------------------------------------

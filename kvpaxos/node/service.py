@@ -112,6 +112,8 @@ class ReplicaService(Service):
         self._ticker.clock = reactor
         self._scheduled = None
         self._routing = None  # a pending end-of-turn _route_unsent
+        self._reads_due: list = []  # (Range, Deferred) to read at end of turn
+        self._reading = None  # the pending end-of-turn _run_reads
         self._busy: Optional[defer.Deferred] = None
         self._stopping = False
         # Request ids are unique per boot: a command from before a restart
@@ -170,6 +172,8 @@ class ReplicaService(Service):
         self._scheduled = None
         _cancel(self._routing)
         self._routing = None
+        _cancel(self._reading)
+        self._reading = None
         try:
             if self._busy is not None:
                 # Let the write in flight finish (a failure was logged by
@@ -190,6 +194,9 @@ class ReplicaService(Service):
             _cancel(timer)
             d.errback(Failure(error))
         reads, self._reads = self._reads, {}
+        due, self._reads_due = self._reads_due, []
+        for _, d in due:
+            d.errback(Failure(error))
         waiters, self._read_waiters = self._read_waiters, []
         waiting, self._waiting_for_leader = self._waiting_for_leader, []
         for d in [*reads.values(), *(d for _, d in waiters), *waiting]:
@@ -498,13 +505,35 @@ class ReplicaService(Service):
         firing with a L{kvpaxos.kv.commands.RangeResult} (consistency as for
         L{get}).
         """
-        return self._read(
-            lambda: self.store.range(
-                query.key, query.end, query.limit, query.keys_only, query.count_only
-            ),
-            timeout_s,
-            consistency,
-        )
+        return self._read(partial(self._read_at_end_of_turn, query), timeout_s, consistency)
+
+    def _read_at_end_of_turn(self, query) -> defer.Deferred:
+        """
+        Read C{query} once this reactor turn is over, together with every
+        other read ready in this turn, in one store call (one read
+        transaction: each LMDB call is a GIL hand-off under load).
+        """
+        d = defer.Deferred()
+        self._reads_due.append((query, d))
+        if self._reading is None:
+            self._reading = self.reactor.callLater(0, self._run_reads)
+        return d
+
+    def _run_reads(self) -> None:
+        self._reading = None
+        due, self._reads_due = self._reads_due, []
+        try:
+            results = self.store.read_ranges([query for query, _ in due])
+        except Exception:
+            failure = Failure()
+            for _, d in due:
+                d.errback(failure)
+            return
+        for (_, d), result in zip(due, results):
+            if isinstance(result, Exception):
+                d.errback(Failure(result))
+            else:
+                d.callback(result)
 
     def _read(self, read, timeout_s: float, consistency: str) -> defer.Deferred:
         """Run C{read()} on the local store once C{consistency} allows."""
@@ -513,7 +542,7 @@ class ReplicaService(Service):
             # answered: at most one commit's wait.
             through = self._answered_through
             if self.replica.applied >= through:
-                return defer.execute(read)
+                return defer.maybeDeferred(read)
             return self._applied(through, timeout_s).addCallback(lambda _: read())
         if consistency not in _CONSISTENCIES:
             return defer.fail(InvalidArgument(
@@ -532,7 +561,8 @@ class ReplicaService(Service):
                 index = None  # the missed ticks ended its leadership
             if index is not None:
                 yield self._applied(index, timeout_s)
-                return read()
+                result = yield read()
+                return result
         deadline = self.reactor.seconds() + timeout_s
         while True:
             remaining = deadline - self.reactor.seconds()
@@ -548,7 +578,8 @@ class ReplicaService(Service):
                 yield self._wait_for_leader(min(remaining, self.tick_s * 2))
                 continue
             yield self._applied(index, deadline - self.reactor.seconds())
-            return read()
+            result = yield read()
+            return result
 
     def _read_index(self, timeout_s: float) -> defer.Deferred:
         replica = self.replica

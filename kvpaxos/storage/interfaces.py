@@ -177,6 +177,14 @@ class INodeStore(IReplicaStorage):
         @raise kvpaxos.kv.commands.InvalidArgument: a bad key, end or limit.
         """
 
+    def read_ranges(queries):
+        """
+        Return, for each L{kvpaxos.kv.commands.Range} in C{queries}, what
+        L{range} would (or the L{kvpaxos.kv.commands.InvalidArgument} it
+        would raise, as a value), all from one consistent view of the last
+        commit: one read transaction for many reads.
+        """
+
     def revision():
         """Return the store's revision (0 before any write) as of the last commit."""
 

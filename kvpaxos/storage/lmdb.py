@@ -46,7 +46,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from kvpaxos.kv import machine
-from kvpaxos.kv.commands import RangeResult, check_range, range_query
+from kvpaxos.kv.commands import InvalidArgument, RangeResult, check_range, range_query
 from kvpaxos.kv.sessions import (
     DEFAULT_LIMITS,
     FIRST_CLIENT_ID,
@@ -205,6 +205,15 @@ class _LMDBView:
         self._txn.put(_NEXT_CLIENT_ID, encoding.encode_u64(client_id), db=self._meta)
 
 
+def _read_or_error(view, query, revision: int):
+    """The query's L{RangeResult} over C{view}, or the L{InvalidArgument} it raises."""
+    try:
+        checked = range_query(query.key, query.end, query.limit, query.keys_only, query.count_only)
+        return machine.read_range(view, checked, revision)
+    except InvalidArgument as error:
+        return error
+
+
 @implementer(INodeStore)
 class LMDBStore:
     """
@@ -354,6 +363,16 @@ class LMDBStore:
         query = range_query(start, end, limit, keys_only, count_only)
         with self._reading() as txn:
             return machine.read_range(_LMDBView(txn, self), query)
+
+    def read_ranges(self, queries) -> list:
+        """
+        L{INodeStore.read_ranges}: every query's L{RangeResult} (or the
+        L{InvalidArgument} it raised), all read in one read transaction.
+        """
+        with self._reading() as txn:
+            view = _LMDBView(txn, self)
+            revision = view.revision()
+            return [_read_or_error(view, query, revision) for query in queries]
 
     def revision(self) -> int:
         """Return the store's revision as of the last commit."""

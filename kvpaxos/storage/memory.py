@@ -15,7 +15,7 @@ from bisect import bisect_left, insort
 from zope.interface import implementer
 
 from kvpaxos.kv import machine
-from kvpaxos.kv.commands import RangeResult, check_range, range_query
+from kvpaxos.kv.commands import InvalidArgument, RangeResult, check_range, range_query
 from kvpaxos.kv.sessions import (
     DEFAULT_LIMITS,
     FIRST_CLIENT_ID,
@@ -296,6 +296,21 @@ class MemoryStore:
         query = range_query(start, end, limit, keys_only, count_only)
         with self._lock:
             return machine.read_range(self._state, query)
+
+    def read_ranges(self, queries) -> list:
+        """L{INodeStore.read_ranges}, under the lock (one state for all)."""
+        results = []
+        with self._lock:
+            state = self._state
+            for query in queries:
+                try:
+                    checked = range_query(
+                        query.key, query.end, query.limit, query.keys_only, query.count_only
+                    )
+                    results.append(machine.read_range(state, checked))
+                except InvalidArgument as error:
+                    results.append(error)
+        return results
 
     def revision(self) -> int:
         """Return the store's revision as of the last commit."""
