@@ -138,11 +138,8 @@ PROVIDERS = [MemoryProvider, MemoryStoreProvider, LMDBProvider]
 NODE_STORE_PROVIDERS = [MemoryStoreProvider, LMDBProvider]
 
 
-class StorageContractMixin:
-    """
-    The behaviour every L{IReplicaStorage} provider must have.  Mixed into a
-    L{SynchronousTestCase} with C{provider} set to a provider class.
-    """
+class _ProviderFixture:
+    """A fresh store from C{provider} (a provider class) for each test."""
 
     provider: type
 
@@ -154,6 +151,13 @@ class StorageContractMixin:
         """Return the store as a restarted replica would read it."""
         self.store = self.provider.reopen(self, self.store)
         return self.store
+
+
+class StorageContractMixin(_ProviderFixture):
+    """
+    The behaviour every L{IReplicaStorage} provider must have.  Mixed into a
+    L{SynchronousTestCase} with C{provider} set to a provider class.
+    """
 
     def save_slots(self, slots, ballot=B1):
         """Save one entry at each of C{slots}, each with its slot number as command."""
@@ -326,22 +330,11 @@ def state_of(*items: tuple) -> bytes:
     return state.snapshot_data()
 
 
-class NodeStoreContractMixin:
+class NodeStoreContractMixin(_ProviderFixture):
     """
     The behaviour every L{INodeStore} provider must have.  Mixed into a
     L{SynchronousTestCase} with C{provider} set to a provider class.
     """
-
-    provider: type
-
-    def setUp(self):
-        self.provider = type(self).provider()
-        self.store = self.provider.open(self, CONFIG)
-
-    def reopened(self):
-        """Return the store as a restarted node would read it."""
-        self.store = self.provider.reopen(self, self.store)
-        return self.store
 
     def state(self, store=None):
         """Return everything a store holds, for comparing before and after."""
