@@ -37,6 +37,24 @@ class Unavailable(Exception):
 
 
 @dataclass(frozen=True)
+class Timing:
+    """
+    The timing a member runs with.  A read lease is sound only if every
+    member counts the same ticks (issue 9): a member refuses lease reads
+    while a peer reports a timing other than its own.  Exchanged when a
+    peer link comes up.
+
+    @ivar tick_ms: milliseconds per core tick.
+    @ivar election_ticks: the core's election timeout, in ticks.
+    @ivar lease_reads: whether the member serves lease reads.
+    """
+
+    tick_ms: int
+    election_ticks: int
+    lease_reads: bool
+
+
+@dataclass(frozen=True)
 class NodeStatus:
     """A node's view of the cluster."""
 
@@ -51,6 +69,12 @@ class NodeStatus:
 
 class IPeerHandler(Interface):
     """What the peer transport calls on the node."""
+
+    def peer_timing(peer_id, timing):
+        """
+        Peer C{peer_id} (its identity checked by the transport) reported the
+        L{Timing} it runs with, when a link to or from it came up.
+        """
 
     def message_received(message):
         """A Paxos message (L{kvpaxos.paxos.messages.Message}) from a peer."""
@@ -67,6 +91,37 @@ class IPeerHandler(Interface):
         A follower asks for a linearizable read index.  Returns a Deferred
         firing with the index once this node, as leader, confirmed its
         leadership with a quorum; or failing with L{NotLeaderError}.
+        """
+
+
+class IPeerTransport(Interface):
+    """
+    What the node calls to reach its peers: the AMP transport
+    (L{kvpaxos.node.peers.PeerNetwork}) and the simulator's links both
+    provide it.  Called in the reactor thread.
+    """
+
+    def send(message):
+        """
+        Send Paxos C{message} to C{message.dst}, or drop it if there is no
+        usable link (Paxos tolerates loss).
+        """
+
+    def forward(node_id, commands):
+        """
+        Forward encoded client commands (a list of bytes) to node
+        C{node_id} (the leader) to propose.  A Deferred firing with None
+        once the peer took all of them, or failing with
+        L{kvpaxos.node.peers.PeerUnreachable} (no link: none was sent) or
+        L{kvpaxos.node.peers.ForwardFailed} (which were certainly refused,
+        which may have been proposed).
+        """
+
+    def read_index(node_id):
+        """
+        Ask node C{node_id} (the leader) for a confirmed read index: a
+        Deferred firing with it, or failing (L{NotLeaderError},
+        L{kvpaxos.node.peers.PeerUnreachable}, a timeout, ...).
         """
 
 
