@@ -87,23 +87,36 @@ class DurableLogStateMachine(LogStateMachine):
         return index, b"\x00".join(self.commands)
 
 
+def past_start_guard(replica: Replica) -> Replica:
+    """
+    Make C{replica} look as if it had been running for C{election_ticks}
+    ticks (without ticking it, which could start a campaign): it no longer
+    refuses pre-votes and Prepares as a starting replica does.
+    """
+    replica.ticks = max(replica.ticks, replica.options.election_ticks)
+    return replica
+
+
 def lone(
     node_id: int = 1,
     voters: Iterable[int] = (1, 2, 3),
     storage: Optional[MemoryStorage] = None,
     opts: Options = TEST_OPTIONS,
     seed: int = 0,
+    started: bool = True,
     **kwargs,
 ) -> Replica:
     """
     Return a replica over C{storage} (a fresh L{MemoryStorage} holding
     C{voters} by default), for tests that step messages in by hand.
+    C{started}: past its start guard (see L{past_start_guard}); False for a
+    replica that has just started.
     """
     if storage is None:
         storage = MemoryStorage(config(*voters))
     replica = Replica(node_id, storage, random.Random(seed), opts, **kwargs)
     replica.test_storage = storage
-    return replica
+    return past_start_guard(replica) if started else replica
 
 
 def take(replica: Replica) -> Ready:
@@ -138,11 +151,15 @@ class Cluster:
         opts: Options = TEST_OPTIONS,
         state_machines: bool = False,
         voters: Optional[Iterable[int]] = None,
+        started: bool = True,
     ) -> None:
         self.ids = list(ids)
         self.seed = seed
         self.opts = opts
         self.with_state_machines = state_machines
+        #: Whether replicas start past their start guard (L{past_start_guard});
+        #: a restarted one never does.
+        self.started = started
         members = config(*(self.ids if voters is None else voters))
         self.storages: dict[int, MemoryStorage] = {}
         self.replicas: dict[int, Replica] = {}
@@ -156,8 +173,11 @@ class Cluster:
         for node in self.ids:
             self.add(node, MemoryStorage(members))
 
-    def add(self, node: int, storage: MemoryStorage) -> Replica:
-        """Start replica C{node} over C{storage}."""
+    def add(self, node: int, storage: MemoryStorage, started: Optional[bool] = None) -> Replica:
+        """
+        Start replica C{node} over C{storage}, past its start guard if
+        C{started} (by default the cluster's L{started}).
+        """
         self.storages[node] = storage
         # state_machines: True for LogStateMachines, or the class to use.
         kind = self.with_state_machines
@@ -170,6 +190,8 @@ class Cluster:
             self.opts,
             state_machine=machine,
         )
+        if self.started if started is None else started:
+            past_start_guard(replica)
         self.replicas[node] = replica
         self.committed.setdefault(node, [])
         self.readies.setdefault(node, [])
@@ -180,10 +202,14 @@ class Cluster:
         self.ids.append(node)
         return self.add(node, MemoryStorage(Config(frozenset())))
 
-    def restart(self, node: int) -> Replica:
-        """Drop replica C{node} and build a new one from what it saved."""
+    def restart(self, node: int, started: bool = False) -> Replica:
+        """
+        Drop replica C{node} and build a new one from what it saved; it
+        refuses pre-votes and Prepares for its first election_ticks unless
+        C{started}.
+        """
         self.network = [m for m in self.network if m.dst != node]
-        return self.add(node, self.storages[node])
+        return self.add(node, self.storages[node], started)
 
     def __getitem__(self, node: int) -> Replica:
         return self.replicas[node]

@@ -114,7 +114,8 @@ class ElectionTimeoutTests(SynchronousTestCase):
         """
         Once a quorum grants the pre-vote, a campaign sends a non-transfer
         Prepare for every slot after the chosen index to each other voter and
-        raises its own promise (§2.2).
+        raises its own promise (§2.2); the Prepares wait for the raised
+        ballot to be durable (issue 9, hole 1).
         """
         r = lone(1)
         ticks_to_campaign(r)
@@ -122,9 +123,10 @@ class ElectionTimeoutTests(SynchronousTestCase):
         r.step(PreVoteReply(2, 1, Ballot(1, 1), True, 0))
         rd = take(r)
         self.assertEqual(
-            rd.messages,
+            rd.durable_messages,
             [Prepare(1, 2, Ballot(1, 1), 1, False), Prepare(1, 3, Ballot(1, 1), 1, False)],
         )
+        self.assertEqual([m for m in rd.messages if type(m) is Prepare], [])
         self.assertEqual(rd.hard_state.promised, Ballot(1, 1))
 
     def test_pre_vote_denied_while_leader_heard(self):

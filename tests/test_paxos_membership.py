@@ -236,6 +236,6 @@ class CandidateConfigTests(SynchronousTestCase):
         r.step(Promise(2, 1, Ballot(4, 1), 1, ((1, Ballot(1, 2), add),)))
         rd = take(r)
         self.assertFalse(r.is_leader)
-        self.assertIn(Prepare(1, 4, Ballot(4, 1), 1, False), rd.messages)
+        self.assertIn(Prepare(1, 4, Ballot(4, 1), 1, False), rd.durable_messages)
         r.step(Promise(4, 1, Ballot(4, 1), 1, ()))
         self.assertTrue(r.is_leader)

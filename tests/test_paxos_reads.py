@@ -260,7 +260,7 @@ class LeaseTests(SynchronousTestCase):
         A replica refuses pre-votes for its first election_ticks after it
         starts, since it may have acked a leader's beat just before.
         """
-        r = lone(1)
+        r = lone(1, started=False)
         r.step(PreVote(2, 1, Ballot(1, 2), 1))
         self.assertEqual(take(r).messages, [PreVoteReply(1, 2, Ballot(1, 2), False, 0)])
         for _ in range(E):

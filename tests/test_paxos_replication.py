@@ -253,8 +253,10 @@ class LearningTests(SynchronousTestCase):
         self.assertIn(CatchupRequest(1, 3, 1), rd.messages)
 
     def test_catchup_fills_chosen_slots(self):
-        """A Catchup gives a follower chosen slots it persists and applies."""
+        """A Catchup gives a follower that asked for it chosen slots it persists and applies."""
         r = lone(1)
+        r.request_catchup(2)
+        take(r)
         r.step(Catchup(2, 1, 1, ((BAL, B1), (BAL, B2)), 2))
         rd = take(r)
         self.assertEqual(rd.entries, [(1, Entry(BAL, B1)), (2, Entry(BAL, B2))])

@@ -77,7 +77,13 @@ class Options:
         the log before it) every this many applied slots; 0 never does.
     @ivar committed_max: at most this many slots to apply per L{Ready}.
     @ivar lease_drift_ticks: how much shorter than election_ticks a leader's
-        read lease is, to allow for clocks ticking at different rates.
+        read lease is: at least 1, since tick quantisation alone costs one
+        (the leader counts its lease from the tick it sent a beat on, a
+        follower its stickiness from the tick it received it, and the two
+        tick boundaries are up to one tick apart); each tick more allows for
+        clocks ticking at different rates, about election_ticks per
+        lease_drift_ticks - 1 of relative rate error, plus what delivery
+        delay the beat saw (issue 9, hole 6).
     """
 
     election_ticks: int = 10
@@ -98,8 +104,8 @@ class Options:
             )
         if self.window_slots < 1 or self.committed_max < 1:
             raise ValueError("window_slots and committed_max must be positive")
-        if not 0 <= self.lease_drift_ticks < self.election_ticks:
-            raise ValueError("need 0 <= lease_drift_ticks < election_ticks")
+        if not 1 <= self.lease_drift_ticks < self.election_ticks:
+            raise ValueError("need 1 <= lease_drift_ticks < election_ticks")
 
 
 class Replica:
@@ -160,6 +166,10 @@ class Replica:
         self.election_elapsed = 0
         self.election_timeout = options.election_ticks
         self.catchup_wait = 0
+        #: The peers asked for a catch-up and not yet answered: a Catchup or
+        #: InstallSnapshot is taken only from one of them or from the
+        #: current leader (issue 9, hole 9).
+        self.catchup_asked: set[int] = set()
 
         # Work for the next Ready.
         self._persisted = HardState(self.promised, self.chosen_index)
@@ -384,17 +394,20 @@ class Replica:
 
     def _on_pre_vote(self, m: PreVote) -> None:
         # Grant only what _on_prepare would promise: no live leader heard,
-        # and the candidate lacks nothing this replica knows chosen.  A
-        # replica also refuses for its first election_ticks after starting:
-        # it may have acked a leader's heartbeat just before it restarted,
-        # and that leader's read lease counts on it.  No state changes; the
-        # reply needs nothing persisted.
+        # not starting, and the candidate lacks nothing this replica knows
+        # chosen.  No state changes; the reply needs nothing persisted.
         granted = (
             not self._hears_leader_other_than(m.src)
-            and self.ticks >= self.options.election_ticks
+            and not self._starting()
             and self.chosen_index < m.first_slot
         )
         self.send(PreVoteReply(self.id, m.src, m.ballot, granted, self.chosen_index))
+
+    def _starting(self) -> bool:
+        # A replica refuses pre-votes and non-transfer Prepares for its first
+        # election_ticks: it may have acked a leader's heartbeat just before
+        # it restarted, and that leader's read lease counts on it.
+        return self.ticks < self.options.election_ticks
 
     def _on_prepare(self, m: Prepare) -> None:
         if m.ballot < self.promised:
@@ -402,6 +415,8 @@ class Replica:
             return
         if self._sticky(m):
             return
+        if not m.transfer and self._starting():
+            return  # the start guard, as for pre-votes (issue 9, hole 5)
         if self.chosen_index >= m.first_slot:
             # The candidate lacks slots this replica knows chosen: refuse
             # without promising and let it catch up first.  This bounds a
@@ -541,6 +556,7 @@ class Replica:
         if self.catchup_wait or dst == self.id:
             return
         self.catchup_wait = self.options.catchup_retry_ticks
+        self.catchup_asked.add(dst)
         # A node that joined with no member set cannot replay the log from
         # slot 1: it needs the member set the log starts from, so it asks for
         # a snapshot (first_slot 0), even the bootstrap one.
@@ -570,6 +586,17 @@ class Replica:
         if entries:
             self.send(Catchup(self.id, m.src, first, tuple(entries), self.chosen_index))
 
+    def _solicited(self, src: int) -> bool:
+        """
+        Whether chosen values from C{src} may be taken: it leads, or this
+        replica asked it.  A misconfigured neighbour (another cluster on a
+        reused address, a stale process) must not write into this log.
+        """
+        if src in self.catchup_asked:
+            self.catchup_asked.discard(src)
+            return True
+        return src == self.leader
+
     def _on_catchup(self, m: Catchup) -> None:
         if self.is_leader:
             # A leader's chosen index must come from its own quorums only:
@@ -577,6 +604,8 @@ class Replica:
             # in its ballot.  A late answer to a request it made while
             # campaigning could make a deposed leader announce slots chosen
             # in a later ballot (its re-proposals cover everything anyway).
+            return
+        if not self._solicited(m.src):
             return
         self.catchup_wait = 0
         slot = m.first_slot
@@ -598,6 +627,8 @@ class Replica:
     def _on_install_snapshot(self, m: InstallSnapshot) -> None:
         if self.is_leader:
             return  # as for Catchup: a leader learns only from its quorums
+        if not self._solicited(m.src):
+            return
         self.catchup_wait = 0
         snapshot = m.snapshot
         joining = not self.config.voters and self.chosen_index == 0

@@ -227,12 +227,24 @@ class Candidate(Role):
         r = self.replica
         for node in sorted(set(nodes) - self.asked):
             self.asked.add(node)
-            r.send(Prepare(r.id, node, self.ballot, self.first_slot, self.transfer))
+            # A Prepare leaves only once the raised ballot it carries is
+            # durable (Ready.durable_messages).  Sent earlier, a crash before
+            # the write would let the restarted node, its round restored from
+            # its old promise, campaign again in this same ballot from a lower
+            # first slot, and a Promise answering this campaign could
+            # complete that one's quorum (found in review, issue 9).
+            r.durable_messages.append(
+                Prepare(r.id, node, self.ballot, self.first_slot, self.transfer)
+            )
 
     tick = Role._tick_election
 
     def _on_promise(self, m: Promise) -> None:
-        if m.ballot != self.ballot:
+        # A Promise counts only for the campaign it answers: same ballot and
+        # same first slot.  One for another first slot reports nothing below
+        # its own, so counting it could miss a value accepted (even chosen)
+        # in a slot this campaign covers.
+        if m.ballot != self.ballot or m.first_slot != self.first_slot:
             return
         self.promises[m.src] = m
         self._try_to_win()
@@ -324,6 +336,14 @@ class Leader(Role):
         self.transfer_target: int | None = None
         self.transfer_elapsed = 0
         self.transfer_sent = False
+        #: A TimeoutNow went out in this ballot: its target may campaign at
+        #: any later time, skipping the pre-vote and every follower's
+        #: stickiness, even after the transfer was given up; the lease rests
+        #: on those, so it is gone for the rest of this ballot.
+        self.lease_forfeited = False
+        #: The chosen index the followers were last told (Accepts and
+        #: heartbeats carry it).
+        self.announced_chosen = replica.chosen_index
         self.peers: list[int] = []
         self.handlers = {
             Accepted: self._on_accepted,
@@ -400,6 +420,16 @@ class Leader(Role):
     def flush(self) -> None:
         if self.reads_next:
             self._start_read_round()
+        self._place_pending()
+        if self.replica.chosen_index > self.announced_chosen:
+            # The followers learn a new chosen index at once, not with the
+            # next heartbeat: a write a follower forwarded is answered when
+            # the follower applies it (etcd's raft broadcasts after
+            # maybeCommit; issue 9, hole 11).  Accepts sent in this flush
+            # carried it already.
+            self._heartbeat()
+
+    def _place_pending(self) -> None:
         if not (self.batches or self.pending) and self.pending_config is None:
             return
         first = self.next_slot
@@ -455,6 +485,7 @@ class Leader(Role):
             for peer in peers:
                 r.send(Accept(r.id, peer, self.ballot, start, values, r.chosen_index))
             if to is None:
+                self.announced_chosen = r.chosen_index
                 # Our own acceptance counts once our log write is durable.
                 r.self_messages.append(
                     Accepted(r.id, r.id, self.ballot, start, len(values), r.chosen_index)
@@ -543,6 +574,7 @@ class Leader(Role):
     def _heartbeat(self) -> None:
         r = self.replica
         self.heartbeat_elapsed = 0
+        self.announced_chosen = r.chosen_index
         self.beat += 1
         self.beat_ticks[self.beat] = r.ticks
         for peer in self.peers:
@@ -652,6 +684,7 @@ class Leader(Role):
         r = self.replica
         if (
             self.transfer_target is None
+            and not self.lease_forfeited
             and r.ticks < self.lease_until
             and r.chosen_index >= self.read_barrier
         ):
@@ -680,4 +713,5 @@ class Leader(Role):
             return  # proposals taken before the transfer go first
         if self.match.get(target, 0) >= r.chosen_index:
             self.transfer_sent = True
+            self.lease_forfeited = True
             r.send(TimeoutNow(r.id, target, self.ballot))
