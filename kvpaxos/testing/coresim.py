@@ -1,5 +1,11 @@
 """
-The deterministic cluster simulator.
+The deterministic simulator of the bare Paxos core.
+
+It drives L{kvpaxos.paxos.Replica} with its own Ready performer and a string
+state machine (L{DigestKV}); L{kvpaxos.testing.sim} runs the production node
+(L{kvpaxos.node.service.ReplicaService} over the real state machine) instead.
+This one is kept because it is fast and reaches the core's corners directly
+(its plants: forgetful-acceptor, unconfirmed-read, eternal-lease).
 
 All replicas run in one process over L{kvpaxos.storage.memory.MemoryStorage}
 and a L{SimNetwork}; a virtual clock jumps from event to event, and one seed
@@ -27,7 +33,7 @@ back, the network heals).  After every event the checker asserts:
 and in the heal phase, liveness: every new proposal is chosen within a
 bounded virtual time, and every member converges on one state.
 
-Run one seed: C{python -m kvpaxos.testing.sim --seed 7}; many:
+Run one seed: C{python -m kvpaxos.testing.coresim --seed 7}; many:
 C{--seeds 2000}.  A failure prints its seed and the command that replays it.
 """
 
@@ -117,7 +123,7 @@ class Result:
 
     def replay(self, plant: Optional[str] = None) -> str:
         extra = f" --plant {plant}" if plant else ""
-        return f"python -m kvpaxos.testing.sim --seed {self.seed}{extra}"
+        return f"python -m kvpaxos.testing.coresim --seed {self.seed}{extra}"
 
 
 class UnconfirmedReadReplica(Replica):
@@ -815,7 +821,7 @@ def run_seed(seed: int, plant: Optional[str] = None, verbose: bool = False, **op
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m kvpaxos.testing.sim",
+        prog="python -m kvpaxos.testing.coresim",
         description="Run the kvpaxos cluster simulator over one or many seeds.",
     )
     group = parser.add_mutually_exclusive_group()
