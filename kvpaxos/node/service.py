@@ -19,7 +19,16 @@ stepped into the core and goes into the next one, so persistence is
 group-committed: one transaction per Ready, not per request.
 
 An invariant the core breaks (C{AssertionError}) or a storage failure stops
-the node loudly: the reactor is stopped, the error logged critical.
+the node loudly: the reactor is stopped, the error logged critical and kept
+in L{ReplicaService.fatal_error} (the process then exits non-zero).
+
+Time: ticks, the read lease and request deadlines are counted on an injected
+monotonic clock (C{clock}), never on C{reactor.seconds()}, which is wall
+time in Twisted: a step of the wall clock must neither freeze a leader's
+ticks under its lease nor drop a follower's stickiness early.  Twisted's
+timed calls (the tick C{LoopingCall}, timeouts) still run on the reactor's
+clock; a tick that fires late only means more ticks counted at once, and
+every message counts the ticks missed before it is stepped.
 
 Clients reach this service through L{IKeyValueNode} (from the gRPC edge) in
 the reactor thread; followers forward writes to the leader over AMP and learn
@@ -31,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import time
 from functools import partial
 from typing import Optional
 
@@ -45,22 +55,32 @@ from zope.interface import implementer
 
 from kvpaxos.kv.commands import (
     CorruptCommand,
+    CorruptRecord,
     InvalidArgument,
     Request,
 )
 from kvpaxos.kv.logformat import decode_request, encode_request
+from kvpaxos.kv.machine import decode_snapshot
 from kvpaxos.node.interfaces import (
     IKeyValueNode,
     IPeerHandler,
     NodeStatus,
     NotLeaderError,
+    Timing,
     Unavailable,
 )
 from kvpaxos.node.peers import ForwardFailed, PeerUnreachable
-from kvpaxos.paxos import Batch, NotLeader, Options, ProposalRejected, Replica
+from kvpaxos.paxos import Batch, InstallSnapshot, NotLeader, Options, ProposalRejected, Replica
 
 
 _CONSISTENCIES = ("linearizable", "serializable", "lease")
+
+
+class MonotonicClock:
+    """The node's clock: C{seconds()} from C{time.monotonic}, which never steps."""
+
+    def seconds(self) -> float:
+        return time.monotonic()
 
 
 @implementer(IPeerHandler, IKeyValueNode)
@@ -74,6 +94,15 @@ class ReplicaService(Service):
     @param options: the core's L{Options}.
     @param tick_s: seconds per core tick.
     @param rng: randomness for the core (election timeouts).
+    @param run_commit: how a Ready's transaction runs (default: the writer
+        thread); tests and the simulator inject their own.
+    @param lease_reads: whether this node serves lease reads (every member
+        must say the same; see L{peer_timing}).
+    @param read_snapshot: how a snapshot for a peer is read (default: a
+        pool thread).
+    @param clock: what time is counted on (ticks, the lease, deadlines): an
+        object whose C{seconds()} is monotonic; by default
+        L{MonotonicClock}.
     """
 
     log = Logger()
@@ -90,15 +119,23 @@ class ReplicaService(Service):
         run_commit=None,
         lease_reads: bool = False,
         read_snapshot=None,
+        clock=None,
     ) -> None:
         self.node_id = node_id
+        self.clock = clock or MonotonicClock()
+        #: Why the node stopped on a fatal error (one line), else None.
+        self.fatal_error: Optional[str] = None
         self.store = store
         self.reactor = reactor
         self.options = options
         self.tick_s = tick_s
         self.rng = rng or random.Random()
         self.lease_reads = lease_reads
-        self.peers = None  # a PeerNetwork, set by the wiring in tap.py
+        #: What this node runs with; every peer reports its own (peer_timing).
+        self.timing = Timing(round(tick_s * 1000), options.election_ticks, lease_reads)
+        self._peer_timing: dict[int, Timing] = {}
+        self._lease_refused: Optional[str] = None  # the reason last logged
+        self.peers = None  # an IPeerTransport, set by the wiring in tap.py
         self._last_tick_at = 0.0
         self.replica: Optional[Replica] = None
         self._pool = ThreadPool(1, 1, name=f"kvpaxos-writer-{node_id}")
@@ -127,6 +164,12 @@ class ReplicaService(Service):
         # The highest slot whose results were answered before their
         # transaction was durable (serializable reads wait for it).
         self._answered_through = 0
+        # Whether a read index was confirmed since this node started.  Until
+        # one is, a serializable read is served as a linearizable one: before
+        # a crash this node may have answered writes whose transaction the
+        # crash lost (answers go out before the fsync), and only a confirmed
+        # index is sure to cover them.
+        self._index_confirmed = False
         # Snapshots being read for peers (by peer), waited for at stop.
         self._snapshot_sends: dict[int, defer.Deferred] = {}
         self._unsent: list[tuple[int, bytes]] = []
@@ -151,7 +194,7 @@ class ReplicaService(Service):
         super().startService()
         if self._run_commit == self._commit_on_writer:
             self._pool.start()
-        self._last_tick_at = self.reactor.seconds()
+        self._last_tick_at = self.clock.seconds()
         self._ticker.start(self.tick_s, now=False)
         self.log.info(
             "node {node} started: chosen {chosen}, applied {applied}, members {members}",
@@ -204,6 +247,8 @@ class ReplicaService(Service):
                 d.errback(Failure(error))
 
     def _fatal(self, failure: Failure) -> None:
+        if self.fatal_error is None:
+            self.fatal_error = f"node {self.node_id}: {failure.getErrorMessage()}"
         self.log.critical(
             "node {node} stops: {error}", node=self.node_id, error=failure.getErrorMessage(),
             log_failure=failure,
@@ -227,9 +272,10 @@ class ReplicaService(Service):
         """
         Tick the core once per tick period elapsed since the last tick: a
         process back from a pause (or a busy reactor) counts the time it
-        missed, which the read lease relies on.
+        missed, which the read lease relies on.  Counted on the monotonic
+        clock.
         """
-        elapsed = self.reactor.seconds() - self._last_tick_at
+        elapsed = self.clock.seconds() - self._last_tick_at
         count = int(elapsed / self.tick_s)
         for _ in range(count):
             self._guard(self.replica.tick)
@@ -247,8 +293,68 @@ class ReplicaService(Service):
         if message.dst != self.node_id:
             self.log.warn("dropped a message for node {dst}", dst=message.dst)
             return
+        if type(message) is InstallSnapshot and not self._snapshot_decodes(message):
+            return
+        # The ticks missed in a stall are counted before any message is
+        # stepped (issue 9, hole 2): a heartbeat that waited in the socket
+        # must not be acked (extending its leader's lease) by a replica that
+        # then counts, as if after it, the time that passed before it.
+        self._catch_up_ticks()
         self._guard(self.replica.step, message)
         self._schedule()
+
+    def _snapshot_decodes(self, message: InstallSnapshot) -> bool:
+        """
+        Whether C{message}'s state decodes; a peer's corrupt snapshot is a
+        refused message (logged), never a failed commit that stops this node.
+        It is decoded once more when installed: O(state), as its wire decode
+        was.
+        """
+        data = message.snapshot.data
+        if data is None:
+            return True  # the core refuses a data-less snapshot itself
+        try:
+            decode_snapshot(data)
+        except CorruptRecord as error:
+            self.log.warn(
+                "refused a snapshot from node {peer}: {error}", peer=message.src, error=error
+            )
+            return False
+        return True
+
+    def peer_timing(self, peer_id: int, timing: Timing) -> None:
+        """
+        Peer C{peer_id} runs with C{timing}.  A read lease counts on every
+        member ticking alike, so this node refuses lease reads while a voter
+        reports other timing than its own (issue 9, hole 6).
+        """
+        self._peer_timing[peer_id] = timing
+        self._lease_allowed()
+
+    def _lease_allowed(self) -> bool:
+        """
+        Whether lease reads may be served: enabled here, and every other
+        voter reported the same timing as this node.  A change of the
+        reason is logged once.
+        """
+        if not self.lease_reads:
+            return False
+        reason = None
+        for voter in sorted(self.replica.config.voters - {self.node_id}):
+            theirs = self._peer_timing.get(voter)
+            if theirs is None:
+                reason = f"node {voter} has not reported its timing"
+                break
+            if theirs != self.timing:
+                reason = f"node {voter} runs {theirs}, this node {self.timing}"
+                break
+        if reason != self._lease_refused:
+            self._lease_refused = reason
+            if reason is None:
+                self.log.info("lease reads allowed: every voter runs {timing}", timing=self.timing)
+            else:
+                self.log.warn("lease reads refused: {reason}", reason=reason)
+        return reason is None
 
     def _schedule(self) -> None:
         """Cut a Ready once this reactor turn is over (coalescing inputs)."""
@@ -537,6 +643,11 @@ class ReplicaService(Service):
 
     def _read(self, read, timeout_s: float, consistency: str) -> defer.Deferred:
         """Run C{read()} on the local store once C{consistency} allows."""
+        if consistency == "serializable" and not self._index_confirmed:
+            # Since it started this node has not confirmed any read index:
+            # what it answered before a crash may be missing (issue 9, hole
+            # 8).  This read is served as a linearizable one, once.
+            consistency = "linearizable"
         if consistency == "serializable":
             # This node's state as it is, but with every write this node has
             # answered: at most one commit's wait.
@@ -553,7 +664,7 @@ class ReplicaService(Service):
     @defer.inlineCallbacks
     def _confirmed_read(self, read, timeout_s: float, consistency: str):
         """A linearizable or lease read: C{read()} once a read index (or lease) allows."""
-        if consistency == "lease" and self.lease_reads and self.replica.is_leader:
+        if consistency == "lease" and self.replica.is_leader and self._lease_allowed():
             self._catch_up_ticks()
             try:
                 index = self.replica.lease_read_index()
@@ -563,9 +674,10 @@ class ReplicaService(Service):
                 yield self._applied(index, timeout_s)
                 result = yield read()
                 return result
-        deadline = self.reactor.seconds() + timeout_s
+        clock = self.clock
+        deadline = clock.seconds() + timeout_s
         while True:
-            remaining = deadline - self.reactor.seconds()
+            remaining = deadline - clock.seconds()
             if remaining <= 0 or self._stopping:
                 leader = self.replica.leader if self.replica else None
                 raise Unavailable(
@@ -577,7 +689,10 @@ class ReplicaService(Service):
                 self.log.debug("read index failed: {error}", error=error)
                 yield self._wait_for_leader(min(remaining, self.tick_s * 2))
                 continue
-            yield self._applied(index, deadline - self.reactor.seconds())
+            # Every later serializable read here waits for this index too.
+            self._index_confirmed = True
+            self._answered_through = max(self._answered_through, index)
+            yield self._applied(index, deadline - clock.seconds())
             result = yield read()
             return result
 
