@@ -175,12 +175,12 @@ class SingleNodeTests(SynchronousTestCase):
             d = node.submit(Request(Op.PUT, b"k", b"v"), 5)
             run(reactor, 0.1)
         self.assertFalse(self.successResultOf(d).existed)
-        self.assertEqual(node._decoded, {})
+        self.assertEqual(node.writes._decoded, {})
         node._run_commit = lambda *args: defer.Deferred()  # the disk hangs: the next write times out
         late = node.submit(Request(Op.PUT, b"k", b"w"), 0.5)
         run(reactor, 0.6)
         self.failureResultOf(late, Unavailable)
-        self.assertEqual(node._decoded, {})
+        self.assertEqual(node.writes._decoded, {})
 
     def test_invalid_argument(self):
         """An empty key fails at once with InvalidArgument and proposes nothing."""
@@ -624,11 +624,11 @@ class LaggingAndFailingTests(SynchronousTestCase):
         reactor, wire = make_cluster(1)
         run(reactor, 1.5)
         node = wire.services[1]
-        d = node._applied(node.replica.applied + 5, 0.5)
+        d = node.reads._wait_applied(node.replica.applied + 5, 0.5)
         run(reactor, 0.6)
         failure = self.failureResultOf(d, Unavailable)
         self.assertIn("had not applied", failure.getErrorMessage())
-        self.assertEqual(node._read_waiters, [])
+        self.assertEqual(node.reads._read_waiters, [])
 
     def test_commit_failing_during_stop(self):
         """A write that fails while the service stops still lets it finish: clients failed, store closed."""

@@ -31,13 +31,15 @@ clock; a tick that fires late only means more ticks counted at once, and
 every message counts the ticks missed before it is stepped.
 
 Clients reach this service through L{IKeyValueNode} (from the gRPC edge) in
-the reactor thread; followers forward writes to the leader over AMP and learn
-the result by applying the command themselves.
+the reactor thread.  The service owns the Ready loop, the ticks and the
+store's lifecycle; what a write and a read go through is in two
+collaborators handed only what they use: L{kvpaxos.node.writes.WritePath}
+(propose here or forward to the leader, answer once applied) and
+L{kvpaxos.node.reads.ReadPath} (read index, lease, serializable).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import random
 import time
@@ -53,13 +55,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from kvpaxos.kv.commands import (
-    CorruptCommand,
-    CorruptRecord,
-    InvalidArgument,
-    Request,
-)
-from kvpaxos.kv.logformat import decode_request, encode_request
+from kvpaxos.kv.commands import CorruptRecord, Request
 from kvpaxos.kv.machine import decode_snapshot
 from kvpaxos.node.interfaces import (
     IKeyValueNode,
@@ -69,11 +65,9 @@ from kvpaxos.node.interfaces import (
     Timing,
     Unavailable,
 )
-from kvpaxos.node.peers import ForwardFailed, PeerUnreachable
-from kvpaxos.paxos import Batch, InstallSnapshot, NotLeader, Options, ProposalRejected, Replica
-
-
-_CONSISTENCIES = ("linearizable", "serializable", "lease")
+from kvpaxos.node.reads import ReadPath
+from kvpaxos.node.writes import WritePath
+from kvpaxos.paxos import InstallSnapshot, NotLeader, Options, Replica
 
 
 class MonotonicClock:
@@ -103,6 +97,8 @@ class ReplicaService(Service):
     @param clock: what time is counted on (ticks, the lease, deadlines): an
         object whose C{seconds()} is monotonic; by default
         L{MonotonicClock}.
+    @param boot: a number unique to this start of the node, in its request
+        ids (by default random); the simulator passes its own.
     """
 
     log = Logger()
@@ -120,6 +116,7 @@ class ReplicaService(Service):
         lease_reads: bool = False,
         read_snapshot=None,
         clock=None,
+        boot: Optional[int] = None,
     ) -> None:
         self.node_id = node_id
         self.clock = clock or MonotonicClock()
@@ -148,35 +145,18 @@ class ReplicaService(Service):
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = reactor
         self._scheduled = None
-        self._routing = None  # a pending end-of-turn _route_unsent
-        self._reads_due: list = []  # (Range, Deferred) to read at end of turn
-        self._reading = None  # the pending end-of-turn _run_reads
         self._busy: Optional[defer.Deferred] = None
         self._stopping = False
         # Request ids are unique per boot: a command from before a restart
         # can never answer a request made after it.
-        self._boot = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF
-        self._counter = 0
-        self._pending: dict[int, tuple[defer.Deferred, object]] = {}
-        # The checked requests of commands this node encoded, by encoding,
-        # until they are applied or time out: applying them needs no decode.
-        self._decoded: dict[bytes, Request] = {}
-        # The highest slot whose results were answered before their
-        # transaction was durable (serializable reads wait for it).
-        self._answered_through = 0
-        # Whether a read index was confirmed since this node started.  Until
-        # one is, a serializable read is served as a linearizable one: before
-        # a crash this node may have answered writes whose transaction the
-        # crash lost (answers go out before the fsync), and only a confirmed
-        # index is sure to cover them.
-        self._index_confirmed = False
+        if boot is None:
+            boot = int.from_bytes(os.urandom(4), "big")
+        self._boot = boot & 0x7FFFFFFF
         # Snapshots being read for peers (by peer), waited for at stop.
         self._snapshot_sends: dict[int, defer.Deferred] = {}
-        self._unsent: list[tuple[int, bytes]] = []
-        self._reads: dict[int, defer.Deferred] = {}
-        self._read_waiters: list[tuple[int, defer.Deferred]] = []
-        self._read_counter = 0
-        self._waiting_for_leader: list[defer.Deferred] = []
+        #: The write and read paths, made once the replica exists.
+        self.writes: Optional[WritePath] = None
+        self.reads: Optional[ReadPath] = None
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -190,6 +170,19 @@ class ReplicaService(Service):
             self.options,
             state_machine=self.store.state_machine,
             applied=self.store.applied_index(),
+        )
+        stopping = lambda: self._stopping  # noqa: E731
+        self.writes = WritePath(
+            self.node_id, self._boot, self.replica, self.peers, self.reactor,
+            self._guard, self._schedule, stopping,
+        )
+        self.reads = ReadPath(
+            self.node_id, self.replica, self.store, self.peers, self.reactor, self.clock,
+            self._guard, self._schedule, stopping,
+            answered_through=lambda: self.writes.answered_through,
+            lease_index=self._lease_index,
+            retry_s=self.tick_s * 2,
+            read_index_timeout_s=self.options.election_ticks * self.tick_s * 2,
         )
         super().startService()
         if self._run_commit == self._commit_on_writer:
@@ -213,10 +206,6 @@ class ReplicaService(Service):
         if self._scheduled is not None and self._scheduled.active():
             self._scheduled.cancel()
         self._scheduled = None
-        _cancel(self._routing)
-        self._routing = None
-        _cancel(self._reading)
-        self._reading = None
         try:
             if self._busy is not None:
                 # Let the write in flight finish (a failure was logged by
@@ -231,20 +220,10 @@ class ReplicaService(Service):
             self.store.close()
 
     def _fail_everything(self, error: Exception) -> None:
-        pending, self._pending = self._pending, {}
-        self._decoded.clear()
-        for d, timer in pending.values():
-            _cancel(timer)
-            d.errback(Failure(error))
-        reads, self._reads = self._reads, {}
-        due, self._reads_due = self._reads_due, []
-        for _, d in due:
-            d.errback(Failure(error))
-        waiters, self._read_waiters = self._read_waiters, []
-        waiting, self._waiting_for_leader = self._waiting_for_leader, []
-        for d in [*reads.values(), *(d for _, d in waiters), *waiting]:
-            if not d.called:
-                d.errback(Failure(error))
+        if self.writes is not None:
+            self.writes.stop(error)
+        if self.reads is not None:
+            self.reads.stop(error)
 
     def _fatal(self, failure: Failure) -> None:
         if self.fatal_error is None:
@@ -283,8 +262,8 @@ class ReplicaService(Service):
 
     def _tick(self) -> None:
         self._catch_up_ticks()
-        if self._unsent or self._waiting_for_leader:
-            self._route_unsent()
+        self.writes.route()
+        self.reads.leader_may_be_known()
         self._schedule()
 
     def message_received(self, message) -> None:
@@ -330,6 +309,20 @@ class ReplicaService(Service):
         """
         self._peer_timing[peer_id] = timing
         self._lease_allowed()
+
+    def _lease_index(self):
+        """
+        The index a lease read may be served at now, or None: this node
+        leads, allows lease reads, and still holds its lease once the ticks
+        it missed are counted.
+        """
+        if not (self.replica.is_leader and self._lease_allowed()):
+            return None
+        self._catch_up_ticks()
+        try:
+            return self.replica.lease_read_index()
+        except NotLeader:
+            return None  # the missed ticks ended its leadership
 
     def _lease_allowed(self) -> bool:
         """
@@ -377,7 +370,8 @@ class ReplicaService(Service):
             through = rd.committed[-1][0] if rd.committed else 0
             d = self._run_commit(
                 rd.hard_state, rd.entries, rd.snapshot, rd.install_snapshot, rd.committed,
-                self._take_decoded(rd.committed), partial(self._answer_early, through),
+                self.writes.take_decoded(rd.committed),
+                partial(self.writes.answer_early, through),
             )
         else:
             d = defer.succeed([])
@@ -417,24 +411,6 @@ class ReplicaService(Service):
             self.reactor, self.reactor.getThreadPool(), self.store.state_machine.snapshot_now
         )
 
-    def _take_decoded(self, committed) -> Optional[dict]:
-        """
-        Hand the writer thread the requests of the commands in C{committed}
-        that this node encoded (its own dict: the writer never touches
-        C{_decoded}, which only the reactor thread changes).
-        """
-        known = self._decoded
-        if not known or not committed:
-            return None
-        taken = {}
-        for _, value in committed:
-            if type(value) is Batch:
-                for data in value.commands:
-                    request = known.pop(data, None)
-                    if request is not None:
-                        taken[data] = request
-        return taken or None
-
     def _commit_on_writer(self, *args) -> defer.Deferred:
         """
         Run C{store.commit(*args)} on the writer thread; its last argument,
@@ -448,151 +424,29 @@ class ReplicaService(Service):
 
         return deferToThreadPool(reactor, self._pool, self.store.commit, *args, from_writer)
 
-    def _answer_early(self, through: int, results) -> None:
-        """
-        A Ready's commands (chosen through slot C{through}) have their
-        results, and its transaction is not durable yet: answer their
-        clients now.  Each command is chosen, so durable on a quorum, and
-        its result follows from the log alone.  Reads at this node still
-        see the store only once the transaction is durable: linearizable
-        reads wait for the applied index, and serializable ones wait for
-        everything answered here (see L{_read}).
-        """
-        self._answered_through = max(self._answered_through, through)
-        self._answer(results)
-
     def _committed(self, results, rd) -> None:
         self._busy = None
         if self._stopping:
             return
         for message in rd.durable_messages:
             self.peers.send(message)
-        self._answer(results)  # those not answered early
-        for state in rd.read_states:
-            d = self._reads.pop(state.context, None)
-            if d is None or d.called:
-                continue  # timed out meanwhile
-            if state.index is None:
-                d.errback(NotLeaderError(self.replica.leader))
-            else:
-                d.callback(state.index)
+        self.writes.answer(results)  # those not answered early
+        self.reads.read_states(rd.read_states)
         self._guard(self.replica.advance, rd)
-        self._release_reads()
+        self.reads.applied()
         self._schedule()
 
-    def _answer(self, results) -> None:
-        """Answer the clients waiting here for these C{(request, result)}."""
-        pending = self._pending
-        node_id = self.node_id
-        for request, result in results:
-            if request.origin == node_id:
-                waiting = pending.pop(request.request_id, None)
-                if waiting is not None:
-                    d, timer = waiting
-                    _cancel(timer)
-                    d.callback(result)
-
-    # --- writes --------------------------------------------------------------
+    # --- clients and peers: the write and read paths ----------------------
 
     def submit(self, request: Request, timeout_s: float) -> defer.Deferred:
-        if self._stopping:
-            return defer.fail(Unavailable("node shutting down"))
-        self._counter += 1
-        request_id = (self._boot << 32) | (self._counter & 0xFFFFFFFF)
-        request = dataclasses.replace(request, origin=self.node_id, request_id=request_id)
-        try:
-            data = encode_request(request)
-        except InvalidArgument:
-            return defer.fail()
-        d = defer.Deferred()
-        timer = self.reactor.callLater(timeout_s, self._expire, request_id, data)
-        self._pending[request_id] = (d, timer)
-        self._decoded[data] = request
-        self._unsent.append((request_id, data))
-        if self.replica.is_leader:
-            self._route_unsent()  # proposed now; the Ready batches them
-        elif self._routing is None:
-            # Forwarded once this reactor turn is over: every request taken
-            # in one turn goes to the leader in one Forward call.
-            self._routing = self.reactor.callLater(0, self._route_at_end_of_turn)
-        return d
-
-    def _route_at_end_of_turn(self) -> None:
-        self._routing = None
-        if not self._stopping:
-            self._route_unsent()
-
-    def _expire(self, request_id: int, data: bytes) -> None:
-        self._decoded.pop(data, None)
-        waiting = self._pending.pop(request_id, None)
-        if waiting is None:
-            return
-        self._unsent = [(r, c) for r, c in self._unsent if r != request_id]
-        leader = self.replica.leader if self.replica else None
-        waiting[0].errback(
-            Failure(Unavailable(f"no quorum answered before the deadline; leader is {leader}", leader))
-        )
-
-    def _route_unsent(self) -> None:
-        """Propose queued commands here if leading, else forward them."""
-        unsent, self._unsent = self._unsent, []
-        unsent = [(r, c) for r, c in unsent if r in self._pending]
-        waiting, self._waiting_for_leader = self._waiting_for_leader, []
-        for d in waiting:
-            if not d.called:
-                d.callback(None)
-        if not unsent:
-            return
-        replica = self.replica
-        if replica.is_leader:
-            try:
-                for _, data in unsent:
-                    self._guard(replica.propose, data)
-            except (NotLeader, ProposalRejected):
-                self._unsent.extend(unsent)  # try again next tick
-            self._schedule()
-            return
-        leader = replica.leader
-        if leader is None or leader == self.node_id or self.peers is None:
-            self._unsent.extend(unsent)  # no leader yet: wait for one
-            return
-        d = self.peers.forward(leader, [c for _, c in unsent])
-        d.addErrback(self._forward_failed, unsent)
-
-    def _forward_failed(self, failure: Failure, unsent) -> None:
-        # Only commands certainly not proposed go back in the queue, for the
-        # next tick to route to whoever leads then: the leader refused their
-        # call (NOT_LEADER), or there was no link to send them on.  A command
-        # whose call failed otherwise (link lost, timeout) may have been
-        # proposed; sending it again could apply it twice, so it waits to be
-        # applied (and answered) or for its deadline (outcome unknown).
-        self.log.debug("forward failed: {error}", error=failure.getErrorMessage())
-        if self._stopping:
-            return
-        if failure.check(PeerUnreachable):
-            self._unsent.extend(unsent)
-        elif failure.check(ForwardFailed):
-            refused = set(failure.value.refused)
-            self._unsent.extend((r, c) for r, c in unsent if c in refused)
+        if self.writes is None:
+            return defer.fail(Unavailable("node not started"))
+        return self.writes.submit(request, timeout_s)
 
     def proposals_forwarded(self, commands) -> defer.Deferred:
-        replica = self.replica
-        if self._stopping or replica is None or not replica.is_leader:
-            return defer.fail(NotLeaderError(replica.leader if replica else None))
-        for data in commands:
-            try:
-                decode_request(data)
-            except CorruptCommand as error:
-                return defer.fail(InvalidArgument(f"forwarded command is corrupt: {error}"))
-        try:
-            for data in commands:
-                self._guard(replica.propose, data)
-        except (NotLeader, ProposalRejected):
-            return defer.fail(NotLeaderError(replica.leader))
-        self._schedule()
-        return defer.succeed(None)
-
-    # --- reads ---------------------------------------------------------------
+        if self.writes is None:
+            return defer.fail(NotLeaderError(None))
+        return self.writes.proposals_forwarded(commands)
 
     def get(self, key: bytes, timeout_s: float, consistency: str = "linearizable"):
         """
@@ -601,9 +455,11 @@ class ReplicaService(Service):
         quorum), C{"serializable"} (this node's state as it is, possibly
         stale), or C{"lease"} (the leader's read lease when the cluster
         enables lease reads; otherwise, or without a valid lease, as
-        linearizable).
+        linearizable).  See L{kvpaxos.node.reads}.
         """
-        return self._read(lambda: self.store.get(key), timeout_s, consistency)
+        if self.reads is None:
+            return defer.fail(Unavailable("node not started"))
+        return self.reads.get(key, timeout_s, consistency)
 
     def range(self, query, timeout_s: float, consistency: str = "linearizable"):
         """
@@ -611,153 +467,14 @@ class ReplicaService(Service):
         firing with a L{kvpaxos.kv.commands.RangeResult} (consistency as for
         L{get}).
         """
-        return self._read(partial(self._read_at_end_of_turn, query), timeout_s, consistency)
-
-    def _read_at_end_of_turn(self, query) -> defer.Deferred:
-        """
-        Read C{query} once this reactor turn is over, together with every
-        other read ready in this turn, in one store call (one read
-        transaction: each LMDB call is a GIL hand-off under load).
-        """
-        d = defer.Deferred()
-        self._reads_due.append((query, d))
-        if self._reading is None:
-            self._reading = self.reactor.callLater(0, self._run_reads)
-        return d
-
-    def _run_reads(self) -> None:
-        self._reading = None
-        due, self._reads_due = self._reads_due, []
-        try:
-            results = self.store.read_ranges([query for query, _ in due])
-        except Exception:
-            failure = Failure()
-            for _, d in due:
-                d.errback(failure)
-            return
-        for (_, d), result in zip(due, results):
-            if isinstance(result, Exception):
-                d.errback(Failure(result))
-            else:
-                d.callback(result)
-
-    def _read(self, read, timeout_s: float, consistency: str) -> defer.Deferred:
-        """Run C{read()} on the local store once C{consistency} allows."""
-        if consistency == "serializable" and not self._index_confirmed:
-            # Since it started this node has not confirmed any read index:
-            # what it answered before a crash may be missing (issue 9, hole
-            # 8).  This read is served as a linearizable one, once.
-            consistency = "linearizable"
-        if consistency == "serializable":
-            # This node's state as it is, but with every write this node has
-            # answered: at most one commit's wait.
-            through = self._answered_through
-            if self.replica.applied >= through:
-                return defer.maybeDeferred(read)
-            return self._applied(through, timeout_s).addCallback(lambda _: read())
-        if consistency not in _CONSISTENCIES:
-            return defer.fail(InvalidArgument(
-                f"consistency must be one of {', '.join(_CONSISTENCIES)}; got {consistency!r}"
-            ))
-        return self._confirmed_read(read, timeout_s, consistency)
-
-    @defer.inlineCallbacks
-    def _confirmed_read(self, read, timeout_s: float, consistency: str):
-        """A linearizable or lease read: C{read()} once a read index (or lease) allows."""
-        if consistency == "lease" and self.replica.is_leader and self._lease_allowed():
-            self._catch_up_ticks()
-            try:
-                index = self.replica.lease_read_index()
-            except NotLeader:
-                index = None  # the missed ticks ended its leadership
-            if index is not None:
-                yield self._applied(index, timeout_s)
-                result = yield read()
-                return result
-        clock = self.clock
-        deadline = clock.seconds() + timeout_s
-        while True:
-            remaining = deadline - clock.seconds()
-            if remaining <= 0 or self._stopping:
-                leader = self.replica.leader if self.replica else None
-                raise Unavailable(
-                    f"no quorum confirmed a read before the deadline; leader is {leader}", leader
-                )
-            try:
-                index = yield self._read_index(remaining)
-            except Exception as error:  # not leader, link down, timed out: retry
-                self.log.debug("read index failed: {error}", error=error)
-                yield self._wait_for_leader(min(remaining, self.tick_s * 2))
-                continue
-            # Every later serializable read here waits for this index too.
-            self._index_confirmed = True
-            self._answered_through = max(self._answered_through, index)
-            yield self._applied(index, deadline - clock.seconds())
-            result = yield read()
-            return result
-
-    def _read_index(self, timeout_s: float) -> defer.Deferred:
-        replica = self.replica
-        if replica.is_leader:
-            return self.read_index_requested()
-        leader = replica.leader
-        if leader is None or leader == self.node_id:
-            return defer.fail(NotLeaderError(None))
-        return self.peers.read_index(leader)
+        if self.reads is None:
+            return defer.fail(Unavailable("node not started"))
+        return self.reads.range(query, timeout_s, consistency)
 
     def read_index_requested(self) -> defer.Deferred:
-        replica = self.replica
-        if self._stopping or replica is None or not replica.is_leader:
-            return defer.fail(NotLeaderError(replica.leader if replica else None))
-        self._read_counter += 1
-        context = self._read_counter
-        d = defer.Deferred()
-        self._reads[context] = d
-        self._guard(replica.read_index, context)
-        self._schedule()
-        return d.addTimeout(self.options.election_ticks * self.tick_s * 2, self.reactor)
-
-    def _applied(self, index: int, timeout_s: float) -> defer.Deferred:
-        """
-        Fire once this node has applied through C{index}; fail with
-        L{Unavailable} if it has not by C{timeout_s} (a lagging node).
-        """
-        if self.replica.applied >= index:
-            return defer.succeed(None)
-        d = defer.Deferred()
-        entry = (index, d)
-        self._read_waiters.append(entry)
-
-        def lagging(failure):
-            failure.trap(defer.TimeoutError)
-            if entry in self._read_waiters:
-                self._read_waiters.remove(entry)
-            leader = self.replica.leader
-            raise Unavailable(
-                f"node {self.node_id} had not applied through {index} before the"
-                f" deadline; leader is {leader}",
-                leader,
-            )
-
-        return d.addTimeout(max(timeout_s, 0), self.reactor).addErrback(lagging)
-
-    def _release_reads(self) -> None:
-        if not self._read_waiters:
-            return
-        applied = self.replica.applied
-        ready = [(i, d) for i, d in self._read_waiters if i <= applied]
-        if ready:
-            self._read_waiters = [(i, d) for i, d in self._read_waiters if i > applied]
-            for _, d in ready:
-                if not d.called:
-                    d.callback(None)
-
-    def _wait_for_leader(self, timeout_s: float) -> defer.Deferred:
-        d = defer.Deferred()
-        self._waiting_for_leader.append(d)
-        return d.addTimeout(max(timeout_s, 0), self.reactor).addErrback(
-            lambda f: f.trap(defer.TimeoutError)
-        )
+        if self.reads is None:
+            return defer.fail(NotLeaderError(None))
+        return self.reads.read_index_requested()
 
     # --- operations ------------------------------------------------------------
 
