@@ -103,6 +103,11 @@ class ReplicaService(Service):
 
     log = Logger()
     name = "replica"
+    #: The classes the service builds its core and its paths from (a test
+    #: or the simulator may subclass the service to swap one).
+    replica_class = Replica
+    write_path_class = WritePath
+    read_path_class = ReadPath
 
     def __init__(
         self,
@@ -163,7 +168,7 @@ class ReplicaService(Service):
     def startService(self) -> None:
         # Acceptor state is read back here, before any peer can be answered
         # (the peer listener starts after this service).
-        self.replica = Replica(
+        self.replica = self.replica_class(
             self.node_id,
             self.store,
             self.rng,
@@ -172,11 +177,11 @@ class ReplicaService(Service):
             applied=self.store.applied_index(),
         )
         stopping = lambda: self._stopping  # noqa: E731
-        self.writes = WritePath(
+        self.writes = self.write_path_class(
             self.node_id, self._boot, self.replica, self.peers, self.reactor,
             self._guard, self._schedule, stopping,
         )
-        self.reads = ReadPath(
+        self.reads = self.read_path_class(
             self.node_id, self.replica, self.store, self.peers, self.reactor, self.clock,
             self._guard, self._schedule, stopping,
             answered_through=lambda: self.writes.answered_through,
