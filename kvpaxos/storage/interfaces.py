@@ -99,7 +99,11 @@ class INodeStore(IReplicaStorage):
 
     Threading: L{commit} runs on the node's one writer thread;
     L{get}, L{get_record}, L{range}, L{revision}, L{applied_index} and the
-    L{IReplicaStorage} reads may run on any thread.
+    L{IReplicaStorage} reads may run on any thread.  L{snapshot_data} and
+    the state machine's C{snapshot_now} are O(state), for a pool thread;
+    while one runs, the reads the reactor thread makes must not wait for
+    it (the reactor thread never waits behind a long operation), nor should
+    L{commit} wait for more than a bounded step of it.
     """
 
     state_machine = Attribute(

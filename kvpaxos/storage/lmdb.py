@@ -31,7 +31,8 @@ Threads: L{LMDBStore.commit} runs on one writer thread (an LMDB write
 transaction begins and ends on one thread; only one is open at a time).
 Reads use read transactions and may run on any thread.  Growing the map
 invalidates open transactions, so reads and growth are kept apart by
-L{_ReadGate}.
+L{_ReadGate}, which never makes a short read (the reactor's) wait behind
+the long one (a snapshot for a peer, O(state), in a pool thread).
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ from kvpaxos.storage.providers import StateMachineView
 #: The map a new environment starts with; it doubles whenever it is full.
 INITIAL_MAP_BYTES = 64 << 20
 
+#: About how many bytes of stored records one step of a snapshot copy
+#: reads before it looks whether the writer waits for it (L{_ReadGate}):
+#: the bound on that wait.  (A step holds at least one record.)
+SNAPSHOT_STEP_BYTES = 1 << 20
+
 #: The layout version of the environment (the records carry their own).
 STORE_FORMAT = b"kvpaxos-lmdb-2"
 
@@ -80,44 +86,108 @@ _log = Logger()
 class _ReadGate:
     """
     Keeps read transactions apart from map growth and from aborting a write
-    transaction.  C{set_mapsize} invalidates every open transaction of the
-    environment, so it must wait until no read is open; and lmdb 3.0 was
-    seen to starve a write transaction's abort forever while readers on
-    other threads never paused.  The exclusive side goes first once it asks.
+    transaction, without making a short read wait behind a long one.
+
+    Why a gate: C{set_mapsize} replaces the map, and py-lmdb 3.0 then kills
+    every read transaction open in this process (its next use raises
+    C{lmdb.Error}); and a write transaction's abort waits until no LMDB
+    call is in flight on any thread, which readers that never pause were
+    seen to starve forever.  So the writer does both with the gate shut:
+    no read transaction open.
+
+    Two kinds of read hold the gate:
+
+      - a short read (L{reading}): a few keys or ranges in one read
+        transaction, as the reactor thread reads;
+      - a long read (L{reading_long}): the whole state copied for a
+        snapshot, O(state), in a pool thread.  It works in bounded steps
+        (L{SNAPSHOT_STEP_BYTES}) and, between two steps, leaves as soon as
+        L{asked} says the writer waits: it closes its transaction, and
+        starts over once the writer is done.
+
+    The writer (L{exclusive}) first I{asks}: no long read starts, the open
+    ones leave at their next step, and short reads still come and go.  Only
+    once no long read is open does it I{shut} the gate to short reads, wait
+    for those in flight and do its abort or growth; then it opens the gate.
+
+    Invariant (the reactor thread never waits behind a long operation): a
+    short read waits only while the gate is shut, and the gate is shut only
+    while no long read is open, for one write transaction's abort and one
+    remap of the map.  The writer waits for at most one step of each long
+    read and one short read of each reader; a long read waits for the
+    writer.
     """
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
-        self._readers = 0
+        self._short = 0
+        self._long = 0
+        #: The writer waits for the long reads to leave; none may start.
+        self._asked = False
+        #: The writer waits for (or holds) the gate; no read may start.
         self._shut = False
 
     @contextmanager
     def reading(self):
-        """Hold the gate open for one read."""
+        """Hold the gate for one short read (waiting only while it is shut)."""
         with self._condition:
             while self._shut:
                 self._condition.wait()
-            self._readers += 1
+            self._short += 1
         try:
             yield
         finally:
             with self._condition:
-                self._readers -= 1
-                if not self._readers:
+                self._short -= 1
+                if not self._short and self._shut:
                     self._condition.notify_all()
 
     @contextmanager
-    def exclusive(self):
-        """Hold the gate shut (no read open) for an abort or a map resize."""
+    def reading_long(self):
+        """
+        Hold the gate for one long read, which calls L{asked} between its
+        bounded steps and, when that says C{True}, closes its transaction
+        and leaves.  Waits while the writer asks (for one step of the other
+        long reads, and the writer's own work).
+        """
         with self._condition:
-            self._shut = True
-            while self._readers:
+            while self._asked:
                 self._condition.wait()
+            self._long += 1
         try:
             yield
         finally:
             with self._condition:
-                self._shut = False
+                self._long -= 1
+                if not self._long and self._asked:
+                    self._condition.notify_all()
+
+    def asked(self) -> bool:
+        """Whether the writer waits for the long reads to leave."""
+        return self._asked
+
+    @contextmanager
+    def exclusive(self):
+        """
+        Hold the gate shut (no read open) for an abort or a map resize; the
+        writer's, one caller at a time.  The exclusive side goes first once
+        it asks.
+        """
+        try:
+            with self._condition:
+                assert not self._asked, "the gate has one writer"
+                self._asked = True
+                # Wakes anyone watching the gate (a test) as well.
+                self._condition.notify_all()
+                while self._long:
+                    self._condition.wait()
+                self._shut = True
+                while self._short:
+                    self._condition.wait()
+            yield
+        finally:
+            with self._condition:
+                self._asked = self._shut = False
                 self._condition.notify_all()
 
 
@@ -203,6 +273,22 @@ class _LMDBView:
 
     def set_next_client_id(self, client_id: int) -> None:
         self._txn.put(_NEXT_CLIENT_ID, encoding.encode_u64(client_id), db=self._meta)
+
+
+def _step(items, pairs: list, step_bytes: int) -> bool:
+    """
+    Move C{(key, value)} pairs from the iterator C{items} to C{pairs}
+    until they add up to C{step_bytes} (at least one pair); return whether
+    C{items} may hold more.
+    """
+    size = 0
+    add = pairs.append
+    for pair in items:
+        add(pair)
+        size += len(pair[0]) + len(pair[1])
+        if size >= step_bytes:
+            return True
+    return False
 
 
 def _read_or_error(view, query, revision: int):
@@ -384,6 +470,7 @@ class LMDBStore:
         Return the state as of the last commit, encoded with
         L{machine.encode_snapshot} (records in byte order of their keys).
         This is the L{IStateMachine} C{snapshot()}; see L{StateMachineView}.
+        O(state): for a pool thread, as L{snapshot_now}.
         """
         return self.snapshot_now()[1]
 
@@ -391,18 +478,49 @@ class LMDBStore:
         """
         Return the applied index and L{snapshot_data} as of the last commit,
         read in one read transaction (the data is the state at that index).
+
+        O(state), so for a pool thread; it never holds up the reactor's
+        reads.  The stored bytes are copied in bounded steps, a long read of
+        L{_ReadGate}, and encoded once the transaction is closed.  A commit
+        that must grow the map (or abort) in the meantime makes the copy
+        start over after it, which is rare: the map doubles each time.
         """
-        with self._reading() as txn:
-            view = _LMDBView(txn, self)
-            return encoding.decode_slot(txn.get(_APPLIED, db=self._meta)), machine.encode_snapshot(
-                view.revision(),
-                view.next_client_id(),
-                list(txn.cursor(db=self._kv).iternext()),
-                [
-                    (encoding.decode_u64(key), value)
-                    for key, value in txn.cursor(db=self._sessions).iternext()
-                ],
-            )
+        while True:
+            with self._gate.reading_long():
+                with self._env.begin() as txn:
+                    copied = self._copy_state(txn)
+            if copied is not None:
+                break
+        applied, revision, next_client_id, records, sessions = copied
+        return applied, machine.encode_snapshot(
+            revision,
+            next_client_id,
+            records,
+            [(encoding.decode_u64(key), value) for key, value in sessions],
+        )
+
+    def _copy_state(self, txn) -> Optional[tuple]:
+        """
+        Return C{(applied, revision, next_client_id, records, sessions)} as
+        stored in C{txn}, records and sessions as their stored C{(key,
+        bytes)} pairs in key order; or C{None} if the writer asked for the
+        gate meanwhile (then the caller leaves it and starts over).
+        """
+        view = _LMDBView(txn, self)
+        head = (
+            encoding.decode_slot(txn.get(_APPLIED, db=self._meta)),
+            view.revision(),
+            view.next_client_id(),
+        )
+        tables = []
+        for db in (self._kv, self._sessions):
+            pairs: list = []
+            items = txn.cursor(db=db).iternext()
+            while _step(items, pairs, SNAPSHOT_STEP_BYTES):
+                if self._gate.asked():
+                    return None
+            tables.append(pairs)
+        return head + tuple(tables)
 
     # --- writes (the one writer thread) -------------------------------------
 
@@ -438,7 +556,10 @@ class LMDBStore:
                 txn.commit()
                 return results
             except lmdb.MapFullError:
-                # The map is full: abort, grow and redo it all.
+                # The map is full: abort, grow and redo it all.  The gate
+                # waits here (the writer thread) for a step of any snapshot
+                # copy; the reactor's reads wait only for the abort and the
+                # remap (see _ReadGate).
                 with self._gate.exclusive():
                     txn.abort()
                     self._grow()
