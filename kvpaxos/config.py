@@ -12,9 +12,16 @@ the same keys::
     admin = "127.0.0.1:2381"         # AMP admin address
     data = "/var/lib/kvpaxos/1"
     storage = "lmdb"
+    cluster_token = "kvpaxos"        # the same on every member (--cluster-token)
     [peers]
     2 = "127.0.0.1:22380"
     3 = "127.0.0.1:32380"
+
+The cluster id (L{NodeConfig.cluster_id}) is derived from C{cluster_token}
+and the initial members, as etcd derives its cluster ID from
+C{--initial-cluster-token} and the initial cluster: every peer link starts
+by comparing it, so a node started with another token or another seed set
+is refused by this cluster's members.
 
 Every mistake raises L{ConfigError} with a sentence saying what is wrong;
 nothing here touches the network or the disk.
@@ -22,6 +29,8 @@ nothing here touches the network or the disk.
 
 from __future__ import annotations
 
+import hashlib
+import struct
 import tomllib
 from dataclasses import dataclass, field, replace
 
@@ -29,12 +38,13 @@ DEFAULT_CLIENT = "127.0.0.1:2379"
 DEFAULT_PEER = "127.0.0.1:2380"
 DEFAULT_ADMIN = "127.0.0.1:2381"
 DEFAULT_DATA = "kvpaxos-data"
+DEFAULT_CLUSTER_TOKEN = "kvpaxos"
 
 #: Keys a TOML file may hold.
 _TOML_KEYS = {
     "id", "addr", "client", "admin", "data", "storage", "peers",
     "tick_ms", "election_ticks", "heartbeat_ticks", "lease_reads", "lease_drift_ticks",
-    "snapshot_interval",
+    "snapshot_interval", "cluster_token",
 }
 
 
@@ -72,11 +82,28 @@ class NodeConfig:
     lease_drift_ticks: int = 2
     #: Applied slots between log compactions (etcd's --snapshot-count).
     snapshot_interval: int = 10_000
+    #: Names one cluster among others with the same member ids (etcd's
+    #: --initial-cluster-token): the same on every member.
+    cluster_token: str = DEFAULT_CLUSTER_TOKEN
 
     @property
     def voters(self) -> frozenset:
         """The initial member set: this node and its peers."""
         return frozenset(self.peers) | {self.node_id}
+
+    @property
+    def cluster_id(self) -> int:
+        """
+        This cluster's id, a u64 the same on every member: the first 8
+        bytes, big-endian, of SHA-256 over the UTF-8 C{cluster_token}, a
+        zero byte, and each initial voter id as a big-endian u32 in
+        ascending order.  Peer links refuse a node whose id differs.
+        """
+        digest = hashlib.sha256()
+        digest.update(self.cluster_token.encode("utf-8") + b"\0")
+        for voter in sorted(self.voters):
+            digest.update(struct.pack(">I", voter))
+        return int.from_bytes(digest.digest()[:8], "big")
 
 
 def parse_address(text: str, what: str) -> Address:
@@ -173,6 +200,15 @@ def build(values: dict) -> NodeConfig:
         changes["data"] = values["data"]
     if values.get("storage") is not None:
         changes["storage"] = str(values["storage"])
+    if values.get("cluster_token") is not None:
+        token = values["cluster_token"]
+        if not isinstance(token, str) or not token:
+            raise ConfigError(f"cluster_token must be a non-empty string, got {token!r}")
+        try:
+            token.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"cluster_token must be valid text, got {token!r}") from None
+        changes["cluster_token"] = token
     if values.get("peers") is not None:
         changes["peers"] = parse_peers(values["peers"])
     if values.get("lease_reads") is not None:

@@ -17,7 +17,11 @@ from twisted.python import usage
 
 from kvpaxos.config import ConfigError, build, load_toml
 
-_FLAGS = ("id", "addr", "peers", "client", "admin", "data", "storage")
+#: Each flag and the configuration (TOML) key it sets.
+_FLAGS = {
+    "id": "id", "addr": "addr", "peers": "peers", "client": "client", "admin": "admin",
+    "data": "data", "storage": "storage", "cluster-token": "cluster_token",
+}
 
 
 class Options(usage.Options):
@@ -38,6 +42,9 @@ class Options(usage.Options):
         ["admin", None, None, "AMP admin address host:port [default: 127.0.0.1:2381]."],
         ["data", None, None, "Data directory [default: ./kvpaxos-data]."],
         ["storage", None, None, "Storage provider: lmdb, memory, or an installed plugin [default: lmdb]."],
+        ["cluster-token", None, None,
+         "Names this cluster apart from others with the same member ids; the same on"
+         " every member, like etcd's --initial-cluster-token [default: kvpaxos]."],
     ]
 
     def postOptions(self) -> None:
@@ -45,9 +52,9 @@ class Options(usage.Options):
 
         try:
             values = load_toml(self["config"]) if self["config"] else {}
-            for flag in _FLAGS:
+            for flag, key in _FLAGS.items():
                 if self[flag] is not None:
-                    values[flag] = self[flag]
+                    values[key] = self[flag]
             self.node = build(values)
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
@@ -76,13 +83,35 @@ def _tag_with_node(node_id: int):
     return observer
 
 
+def peer_network(node, replica, reactor):
+    """
+    Return the L{kvpaxos.node.peers.PeerNetwork} of C{node} (a
+    L{kvpaxos.config.NodeConfig}) for C{replica}: its links to the initial
+    peers, its cluster id and the timing it reports to them.
+    """
+    from kvpaxos.node.interfaces import Timing
+    from kvpaxos.node.peers import PeerNetwork
+
+    return PeerNetwork(
+        node.node_id,
+        {peer_id: (a.host, a.port) for peer_id, a in node.peers.items()},
+        replica,
+        reactor,
+        cluster_id=node.cluster_id,
+        timing=Timing(
+            tick_ms=node.tick_ms,
+            election_ticks=node.election_ticks,
+            lease_reads=node.lease_reads,
+        ),
+    )
+
+
 def makeService(options: Options) -> service.MultiService:
     """Wire storage, replica, peers, gRPC and admin into one service."""
     from twisted.internet import reactor
 
     from kvpaxos.admin.server import admin_factory
     from kvpaxos.api.server import GrpcServer
-    from kvpaxos.node.peers import PeerNetwork
     from kvpaxos.node.service import ReplicaService
     from kvpaxos.paxos import Config, Options as CoreOptions
     from kvpaxos.storage.providers import find_store_factory
@@ -106,12 +135,7 @@ def makeService(options: Options) -> service.MultiService:
         tick_s=node.tick_ms / 1000.0,
         lease_reads=node.lease_reads,
     )
-    peers = PeerNetwork(
-        node.node_id,
-        {peer_id: (a.host, a.port) for peer_id, a in node.peers.items()},
-        replica,
-        reactor,
-    )
+    peers = peer_network(node, replica, reactor)
     replica.peers = peers
     # Children start in this order: the replica reads its acceptor state
     # back before the peer listener can deliver anything to it.

@@ -393,6 +393,27 @@ class TwistdTests(SynchronousTestCase):
                 process.wait()
 
 
+class ClusterTokenTests(SynchronousTestCase):
+    """Members refuse a node started with another cluster_token, and it them."""
+
+    def test_other_token_refused(self):
+        """Node 3 with another cluster_token gets no link to nodes 1 and 2, who serve without it."""
+        cluster = ProcessCluster(self.mktemp(), size=3, node_settings={3: {"cluster_token": "other"}})
+        self.addCleanup(cluster.stop)
+        cluster.start()
+        leader = cluster.wait_for(lambda: cluster.leader(among=[1, 2]), 20, "a leader of 1 and 2")
+        outsider = cluster.nodes[3]
+        cluster.wait_for(
+            lambda: outsider.log().count("refused the link") >= 2
+            and "refused a peer link" in outsider.log(),
+            20, "node 3 to be refused by, and to refuse, the others",
+        )
+        for node_id in (1, 2):
+            self.assertIn("refused a peer link", cluster.nodes[node_id].log())
+        self.assertEqual(outsider.status().leader_id, 0)
+        cluster.nodes[leader].kv().Put(kv_pb2.PutRequest(key=b"k", value=b"v"), timeout=TIMEOUT_S)
+
+
 class SnapshotCatchUpTests(ClusterTestCase):
     """Nodes that compact their log every 10 slots."""
 

@@ -67,6 +67,32 @@ class BuildTests(SynchronousTestCase):
         error = self.assertRaises(ConfigError, build, {"snapshot_interval": "often"})
         self.assertIn("snapshot_interval must be an integer", str(error))
 
+    def test_cluster_token(self):
+        """cluster_token is "kvpaxos" by default, settable, and a non-empty string."""
+        self.assertEqual(build({}).cluster_token, "kvpaxos")
+        self.assertEqual(build({"cluster_token": "blue"}).cluster_token, "blue")
+        for bad in ("", 7):
+            error = self.assertRaises(ConfigError, build, {"cluster_token": bad})
+            self.assertIn("cluster_token must be a non-empty string", str(error))
+        error = self.assertRaises(ConfigError, build, {"cluster_token": "\udcff"})
+        self.assertIn("cluster_token must be valid text", str(error))
+
+    def test_cluster_id(self):
+        """The cluster id is a u64 fixed by the token and the sorted initial voters, whoever computes it."""
+        three = {"peers": "2=h:2,3=h:3"}
+        one = build(dict(three, id="1"))
+        self.assertEqual(one.cluster_id, build({"id": "3", "peers": "2=h:2,1=h:1"}).cluster_id)
+        # sha256(b"kvpaxos\x00" + u32be(1, 2, 3))[:8], pinned: a change would split running clusters.
+        self.assertEqual(one.cluster_id, 0xD8774361EEFB01E6)
+        self.assertTrue(0 <= one.cluster_id < 2**64)
+        others = {
+            build(dict(three, id="1", cluster_token="other")).cluster_id,
+            build({"id": "1", "peers": "2=h:2,4=h:4"}).cluster_id,
+            build({"id": "1", "peers": "2=h:2"}).cluster_id,
+            one.cluster_id,
+        }
+        self.assertEqual(len(others), 4)
+
     def test_parse_peers_empty(self):
         """An empty --peers means no peers."""
         self.assertEqual(parse_peers(""), {})
@@ -90,6 +116,19 @@ class TomlTests(SynchronousTestCase):
         self.assertEqual(config.node_id, 2)
         self.assertEqual(config.voters, frozenset({1, 2, 3}))
         self.assertEqual(config.client, Address("127.0.0.1", 22379))
+
+    def test_sample_configs_one_cluster(self):
+        """The three shipped node configs name one cluster: the same token, the same cluster id."""
+        import os
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        configs = [
+            build(load_toml(os.path.join(root, "etc", "kvpaxos", f"node{n}.toml")))
+            for n in (1, 2, 3)
+        ]
+        self.assertEqual({c.cluster_token for c in configs}, {"kvpaxos-local"})
+        self.assertEqual(len({c.cluster_id for c in configs}), 1)
+        self.assertEqual(len({c.node_id for c in configs}), 3)
 
     def test_unknown_key(self):
         """An unknown key is an error, not silently ignored."""
@@ -125,6 +164,18 @@ class OptionsTests(SynchronousTestCase):
         options.parseOptions(["--config", path, "--client=127.0.0.1:4001"])
         self.assertEqual(options.node.node_id, 4)
         self.assertEqual(options.node.client, Address("127.0.0.1", 4001))
+
+    def test_cluster_token_flag(self):
+        """--cluster-token sets cluster_token and overrides the file's."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('cluster_token = "from-file"\n')
+        options = Options()
+        options.parseOptions(["--config", path])
+        self.assertEqual(options.node.cluster_token, "from-file")
+        options = Options()
+        options.parseOptions(["--config", path, "--cluster-token=from-flag"])
+        self.assertEqual(options.node.cluster_token, "from-flag")
 
     def test_bad_flag_is_usage_error(self):
         """A bad value is a UsageError carrying the ConfigError's sentence."""

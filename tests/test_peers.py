@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from kvpaxos.node import peers
 from kvpaxos.node.codec import encode
-from kvpaxos.node.interfaces import IPeerHandler, NotLeaderError
+from kvpaxos.node.interfaces import IPeerHandler, NotLeaderError, Timing
 from kvpaxos.node.peers import (
     CHUNK_BYTES,
     ChunkError,
@@ -29,6 +29,11 @@ from kvpaxos.node.peers import (
     PeerRequestError,
     PeerUnreachable,
 )
+
+#: The cluster id both sides of a pair use, and each side's timing.
+CLUSTER = 0x1234_5678_9ABC_DEF0
+CLIENT_TIMING = Timing(tick_ms=50, election_ticks=10, lease_reads=False)
+SERVER_TIMING = Timing(tick_ms=20, election_ticks=12, lease_reads=True)
 from kvpaxos.paxos.messages import (
     Accept,
     Ballot,
@@ -53,8 +58,12 @@ class RecordingNode:
     def __init__(self):
         self.messages = []
         self.forwarded = []
+        self.timings = []
         self.answer = lambda: succeed(None)
         self.index = lambda: succeed(42)
+
+    def peer_timing(self, peer_id, timing):
+        self.timings.append((peer_id, timing))
 
     def message_received(self, message):
         self.messages.append(message)
@@ -67,16 +76,36 @@ class RecordingNode:
         return self.index()
 
 
+def listener(node, clock, node_id=2, cluster_id=CLUSTER, **kwargs):
+    """Return the listening side of a link, for node C{node_id}."""
+    return PeerProtocol(
+        node, node_id, clock=clock, cluster_id=cluster_id, timing=SERVER_TIMING, **kwargs
+    )
+
+
+def opener(node, clock, node_id=1, peer_id=2, cluster_id=CLUSTER, **kwargs):
+    """Return the opening side of a link from node C{node_id} to C{peer_id}."""
+    return PeerProtocol(
+        node, node_id, clock=clock, cluster_id=cluster_id, timing=CLIENT_TIMING,
+        peer_id=peer_id, **kwargs
+    )
+
+
 class PairMixin:
-    """A client L{PeerProtocol} connected to a server one for node 2."""
+    """
+    Node 1's link to node 2: an opening L{PeerProtocol} connected to a
+    listening one, through the handshake.
+    """
 
     def setUp(self):
         self.clock = Clock()
         self.node = RecordingNode()
+        self.client_node = RecordingNode()
         self.client, self.server, self.pump = iosim.connectedServerAndClient(
-            lambda: PeerProtocol(self.node, self.clock, node_id=2),
-            lambda: PeerProtocol(RecordingNode(), self.clock),
+            lambda: listener(self.node, self.clock),
+            lambda: opener(self.client_node, self.clock),
         )
+        self.assertEqual((self.client.peer_id, self.server.peer_id), (2, 1))
 
     def results(self, d):
         out = []
@@ -354,7 +383,7 @@ class SendGateTests(SynchronousTestCase):
     def test_full_buffer_drops(self):
         """A protocol whose transport paused it drops messages past the bound."""
         client, server, pump = iosim.connectedServerAndClient(
-            lambda: PeerProtocol(RecordingNode()), lambda: PeerProtocol(RecordingNode())
+            lambda: listener(RecordingNode(), None), lambda: opener(RecordingNode(), None)
         )
         client.transport.producer.pauseProducing()
         data = encode(heartbeat())
@@ -379,14 +408,19 @@ class NetworkTests(SynchronousTestCase):
     def targets(self):
         return [(host, port) for host, port, *_ in self.reactor.tcpClients]
 
-    def connect(self, index, node_id):
-        """Complete connection attempt C{index} to a node C{node_id} server."""
+    def connect(self, index, node_id, greet=True, **kwargs):
+        """
+        Complete connection attempt C{index} to the listener of a node
+        C{node_id} that lists node 1 among its peers (C{kwargs} go to its
+        L{PeerNetwork}); with C{greet}, through the handshake.
+        """
         factory = self.reactor.tcpClients[index][2]
         client = factory.buildProtocol(None)
-        other = PeerNetwork(node_id, {}, self.node, self.reactor)
-        server = other.server_factory().buildProtocol(None)
+        other = PeerNetwork(node_id, {1: ("h1", 5001)}, self.node, self.reactor, **kwargs)
+        self.server = other.server_factory().buildProtocol(None)
         return iosim.connect(
-            server, iosim.makeFakeServer(server), client, iosim.makeFakeClient(client)
+            self.server, iosim.makeFakeServer(self.server), client,
+            iosim.makeFakeClient(client), greet=greet,
         )
 
     def test_connects_to_each_peer(self):

@@ -10,11 +10,29 @@ bytes) travels as a stream of L{PaxosChunk}s that the receiver reassembles
 per connection (TCP keeps their order).  A forwarded command too large for a
 L{Forward} list travels as L{ForwardChunk}s the same way.
 
+Every link starts with a handshake (L{Hello}), before anything else is
+taken: the node that opened it says which cluster it belongs to (a cluster
+id derived from the cluster token and the initial members, see
+L{kvpaxos.config.NodeConfig.cluster_id}), which member it is and the
+L{Timing} it runs with; the listener checks the cluster id and that the
+member is one of its peers, and answers the same of itself; the opener
+checks that the answer names the cluster and the member it meant to reach,
+and only then takes the link into use.  A Hello from another cluster, or
+from a member the listener does not know, is refused with an AMP error and
+the connection is closed.  From then on a message is taken only if its
+C{src} is the member the handshake named and its C{dst} is this node;
+anything else, and anything before the handshake, is dropped and counted
+(L{PeerProtocol.malformed}); a Forward or ReadIndex before the handshake is
+refused (L{NotIdentified}).  Both sides report the other's timing to the
+node (C{IPeerHandler.peer_timing}).  The handshake tells a misconfigured or
+misrouted node from a peer; it is no authentication: anything that can
+reach the peer port and knows the cluster id can still pose as a member.
+
 Nothing here decides anything about Paxos: a message is decoded and handed
 to the node (an L{IPeerHandler}); Paxos tolerates loss, so a message to a
-peer whose link is down, or whose send buffer is full, is dropped and
-counted.  A peer that sends garbage loses its message or its connection,
-never this node.
+peer whose link is down (or not yet through its handshake), or whose send
+buffer is full, is dropped and counted.  A peer that sends garbage loses
+its message or its connection, never this node.
 """
 
 from __future__ import annotations
@@ -40,7 +58,7 @@ from twisted.protocols import amp
 from zope.interface import implementer
 
 from kvpaxos.node.codec import DecodeError, decode, encode
-from kvpaxos.node.interfaces import NotLeaderError
+from kvpaxos.node.interfaces import IPeerTransport, NotLeaderError, Timing
 
 #: The largest piece of one encoded message or command in one AMP value.
 CHUNK_BYTES = 60_000
@@ -58,6 +76,16 @@ SEND_BUFFER_BYTES_MAX = 16 * 1024 * 1024
 #: The longest error description sent back (a response over AMP's cap would
 #: drop the whole connection).
 _DESCRIPTION_MAX = 1_000
+#: The timing of a node built with the configuration's defaults (what a
+#: L{PeerNetwork} reports when it is not told; tests).
+DEFAULT_TIMING = Timing(tick_ms=50, election_ticks=10, lease_reads=False)
+#: Member ids travel as u32 (L{kvpaxos.node.codec}); 0 is no member.
+_MEMBER_MAX = 2**32 - 1
+#: Tick counts and lengths in a Hello must fit a positive i32.
+_TIMING_MAX = 2**31 - 1
+#: How many distinct handshake refusals one network logs; later ones are
+#: only counted (a hostile peer must not be able to grow the set forever).
+_COMPLAINTS_MAX = 64
 
 _log = Logger()
 
@@ -105,7 +133,8 @@ class ForwardFailed(Exception):
     """
     Some calls of a L{PeerProtocol.forward} failed.  C{refused}: commands
     the peer certainly did not propose (it answered NOT_LEADER, which it does
-    before proposing anything of a call), safe to send again; C{unknown}:
+    before proposing anything of a call, or NOT_IDENTIFIED, which it answers
+    before looking at the call), safe to send again; C{unknown}:
     commands whose call failed otherwise (connection lost, timeout) and that
     may have been proposed: sending them again could apply them twice.
     C{cause} is the first failure.
@@ -121,7 +150,68 @@ class ForwardFailed(Exception):
         self.cause = cause
 
 
-_ERRORS = {_NotLeaderOnWire: b"NOT_LEADER", PeerRequestError: b"PEER_ERROR"}
+class PeerRefused(Exception):
+    """
+    A peer link's handshake (L{Hello}) failed, or a request came before it.
+    The subclass says why and the message says whose fault it is: the
+    operators' configuration (another cluster, an address that reaches
+    another member) or a peer that breaks the protocol.
+    """
+
+
+class WrongCluster(PeerRefused):
+    """
+    The other side belongs to another cluster: the two nodes were started
+    with a different C{cluster_token} or different initial members.
+    """
+
+
+class UnknownMember(PeerRefused):
+    """
+    The other side is not the member expected: the listener does not list
+    it among its peers (or it is the listener itself), or the opener reached
+    another member than the one its peer address is for.
+    """
+
+
+class BadHello(PeerRefused):
+    """A Hello out of place (twice, or from the listener) or with bad values."""
+
+
+class NotIdentified(PeerRefused):
+    """A Forward or ReadIndex arrived before the link's handshake."""
+
+
+_ERRORS = {
+    _NotLeaderOnWire: b"NOT_LEADER",
+    PeerRequestError: b"PEER_ERROR",
+    NotIdentified: b"NOT_IDENTIFIED",
+}
+
+#: What a Hello says of its sender, and its answer of the listener.
+_HELLO_FIELDS = [
+    (b"cluster", amp.Integer()),
+    (b"member", amp.Integer()),
+    (b"tick_ms", amp.Integer()),
+    (b"election_ticks", amp.Integer()),
+    (b"lease_reads", amp.Boolean()),
+]
+
+
+class Hello(amp.Command):
+    """
+    The handshake, the first command on every link, sent by the node that
+    opened it: its cluster id, its member id and its L{Timing}.  The answer
+    says the same of the listener.  A refusal closes the connection.
+    """
+
+    arguments = _HELLO_FIELDS
+    response = _HELLO_FIELDS
+    fatalErrors = {
+        WrongCluster: b"WRONG_CLUSTER",
+        UnknownMember: b"UNKNOWN_MEMBER",
+        BadHello: b"BAD_HELLO",
+    }
 
 
 class Forward(amp.Command):
@@ -245,37 +335,107 @@ def _forward_outcome(results, decided) -> None:
         if ok:
             continue
         cause = cause or outcome
-        (refused if outcome.check(NotLeaderError) else unknown).extend(commands)
+        certain = outcome.check(NotLeaderError, NotIdentified)
+        (refused if certain else unknown).extend(commands)
     if cause is not None:
         raise ForwardFailed(refused, unknown, cause)
 
 
+class _Complaints:
+    """
+    Which complaints were logged already: each is logged the first time,
+    then only counted, and at most C{limit} distinct ones are remembered.
+    """
+
+    def __init__(self, limit: int = _COMPLAINTS_MAX) -> None:
+        self._limit = limit
+        self._seen: set = set()
+
+    def first(self, key) -> bool:
+        """Return whether C{key} is new (and remember it, if there is room)."""
+        if key in self._seen:
+            return False
+        if len(self._seen) >= self._limit:
+            return False
+        self._seen.add(key)
+        return True
+
+    def clear(self) -> None:
+        """Forget every complaint (the trouble is over: log the next one)."""
+        self._seen.clear()
+
+
+def _timing(tick_ms: int, election_ticks: int, lease_reads: bool) -> Timing:
+    """
+    Return the L{Timing} a Hello or its answer reports.
+    @raise BadHello: a count out of range (the peer misbehaves).
+    """
+    for name, value in (("tick_ms", tick_ms), ("election_ticks", election_ticks)):
+        if not 0 < value <= _TIMING_MAX:
+            raise BadHello(f"{name} {value} is out of range")
+    return Timing(tick_ms=tick_ms, election_ticks=election_ticks, lease_reads=lease_reads)
+
+
 class PeerProtocol(amp.AMP):
     """
-    One AMP connection between two nodes.  Incoming commands go to
-    C{handler} (an L{IPeerHandler}); L{send_message}, L{forward} and
-    L{read_index} go out, each call failing after C{timeout_s} on C{clock}.
+    One AMP connection between node C{node_id} and a peer.  Incoming
+    commands go to C{handler} (an L{IPeerHandler}) once the handshake named
+    the peer; L{send_message}, L{forward} and L{read_index} go out, each
+    call failing after C{timeout_s} on C{clock}.
 
-    @param node_id: if given, messages addressed to another node are dropped.
+    The side that opened the connection passes C{peer_id}, the member it
+    means to reach: it says L{Hello} at once and takes the link into use
+    (C{on_identified}) only once the answer names C{cluster_id} and
+    C{peer_id}.  The listening side passes no C{peer_id}: it takes a Hello
+    whose cluster is C{cluster_id} and whose member passes C{is_member} (by
+    default: any member but this node), and drops the connection if none
+    came within C{timeout_s} on C{clock}.
+
+    @param handler: the node, an L{IPeerHandler}.
+    @param node_id: this node's member id; messages addressed to another
+        node are dropped.
+    @param cluster_id: this node's cluster id (a u64).
+    @param timing: this node's L{Timing}, reported to the peer.
+    @param peer_id: on the opening side, the member this link is for.
+    @param is_member: on the listening side, whether a member id may open
+        a link to this node.
+    @param complaints: where handshake refusals are logged once (shared by
+        the connections of one listener or one link); by default this
+        connection's own.
     @param on_made: called with this protocol once connected.
+    @param on_identified: called with this protocol once the handshake is
+        through (C{peer_id} and C{peer_timing} are set by then).
     @param on_lost: called with this protocol once disconnected.
     """
 
     def __init__(
         self,
         handler,
+        node_id: int,
+        *,
         clock=None,
-        node_id: Optional[int] = None,
         timeout_s: float = 5.0,
+        cluster_id: int = 0,
+        timing: Timing = DEFAULT_TIMING,
+        peer_id: Optional[int] = None,
+        is_member: Optional[Callable[[int], bool]] = None,
+        complaints: Optional[_Complaints] = None,
         on_made: Optional[Callable] = None,
+        on_identified: Optional[Callable] = None,
         on_lost: Optional[Callable] = None,
     ) -> None:
         super().__init__()
         self.handler = handler
+        self.node_id = node_id
         self._clock = clock
-        self._node_id = node_id
         self._timeout_s = timeout_s
+        self._cluster_id = cluster_id
+        self._timing = timing
+        self._expected = peer_id
+        self._is_member = is_member
+        self._complaints = complaints if complaints is not None else _Complaints()
         self._on_made = on_made
+        self._on_identified = on_identified
         self._on_lost = on_lost
         self._stream_ids = itertools.count()
         self._messages = _Streams(STREAM_BYTES_MAX, STREAMS_MAX)
@@ -283,7 +443,15 @@ class PeerProtocol(amp.AMP):
         self._gate: Optional[_SendGate] = None
         self._box_bytes = 0
         self._dropped = False
-        #: Messages from the peer that were dropped as malformed or misrouted.
+        self._hello_deadline = None
+        # Drops of single messages are logged once per reason per connection.
+        self._drops = _Complaints()
+        #: The peer's member id, once the handshake named it (else None).
+        self.peer_id: Optional[int] = None
+        #: The L{Timing} the peer reported in the handshake (else None).
+        self.peer_timing: Optional[Timing] = None
+        #: Messages and requests from the peer that were dropped or refused
+        #: as malformed, misrouted, or sent before the handshake.
         self.malformed = 0
 
     # --- connection ---------------------------------------------------------
@@ -298,26 +466,144 @@ class PeerProtocol(amp.AMP):
             self.transport.registerProducer(self._gate, True)
         if self._on_made is not None:
             self._on_made(self)
+        if self._dropped:
+            return
+        if self._expected is not None:
+            self._say_hello()
+        elif self._clock is not None:
+            self._hello_deadline = self._clock.callLater(
+                self._timeout_s, self.drop, f"no Hello within {self._timeout_s} s"
+            )
 
     def connectionLost(self, reason) -> None:
         self._dropped = True
+        self._cancel_hello_deadline()
         super().connectionLost(reason)
         if self._on_lost is not None:
             self._on_lost(self)
 
-    def drop(self, why: str) -> None:
-        """Close this connection because the peer misbehaved: C{why}."""
+    def drop(self, why: str, complaint=None) -> None:
+        """
+        Close this connection because the peer misbehaved or the handshake
+        failed: C{why}.  With a C{complaint} key, C{why} is logged only the
+        first time that key comes up (see C{complaints}).
+        """
         if self._dropped:
             return
         self._dropped = True
         self.paused = True  # stop parsing what is already buffered
-        _log.warn("dropping peer connection {peer}: {why}", peer=self._peer(), why=why)
+        self._cancel_hello_deadline()
+        if complaint is None or self._complaints.first(complaint):
+            _log.warn("dropping peer connection {peer}: {why}", peer=self._peer(), why=why)
         if self._gate is not None:
             self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     def _peer(self):
         return getattr(self.transport, "getPeer", lambda: None)()
+
+    def _cancel_hello_deadline(self) -> None:
+        if self._hello_deadline is not None and self._hello_deadline.active():
+            self._hello_deadline.cancel()
+        self._hello_deadline = None
+
+    # --- the handshake ----------------------------------------------------------
+
+    def _hello_fields(self) -> dict:
+        return dict(
+            cluster=self._cluster_id,
+            member=self.node_id,
+            tick_ms=self._timing.tick_ms,
+            election_ticks=self._timing.election_ticks,
+            lease_reads=self._timing.lease_reads,
+        )
+
+    def _identified(self, peer_id: int, timing: Timing) -> None:
+        """The handshake named peer C{peer_id}, running with C{timing}."""
+        self._cancel_hello_deadline()
+        self.peer_id = peer_id
+        self.peer_timing = timing
+        if self._expected is not None:
+            self._complaints.clear()  # this link's trouble is over
+        report = getattr(self.handler, "peer_timing", None)
+        if report is not None:
+            try:
+                report(peer_id, timing)
+            except Exception:
+                _log.failure("the node failed on the timing of peer {peer}", peer=peer_id)
+        if self._on_identified is not None:
+            self._on_identified(self)
+
+    def _say_hello(self) -> None:
+        """Open the handshake (on the side that opened the connection)."""
+        d = self._call(Hello, **self._hello_fields())
+        d.addCallbacks(self._hello_answered, self._hello_failed)
+        d.addErrback(lambda failure: _log.failure("handshake with {peer}", failure,
+                                                  peer=self._expected))
+
+    def _hello_answered(self, answer: dict) -> None:
+        if self._dropped:
+            return
+        expected = self._expected
+        if answer["cluster"] != self._cluster_id:
+            self.drop(
+                f"node {expected}'s address answered for cluster {answer['cluster']:x},"
+                f" not this cluster ({self._cluster_id:x}): the nodes' cluster_token or"
+                " initial members differ",
+                complaint="wrong cluster",
+            )
+            return
+        if answer["member"] != expected:
+            self.drop(
+                f"node {expected}'s address is served by member {answer['member']}:"
+                f" this node's address for peer {expected} is wrong",
+                complaint="wrong member",
+            )
+            return
+        try:
+            timing = _timing(answer["tick_ms"], answer["election_ticks"], answer["lease_reads"])
+        except BadHello as e:
+            self.drop(f"node {expected} answered Hello with {e}", complaint="bad hello")
+            return
+        self._identified(expected, timing)
+
+    def _hello_failed(self, failure) -> None:
+        if failure.check(PeerRefused):
+            why = f"node {self._expected} refused the link: {failure.getErrorMessage()}"
+        else:
+            why = f"handshake with node {self._expected} failed: {failure.getErrorMessage()}"
+        self.drop(why, complaint=failure.type.__name__)
+
+    @Hello.responder
+    def _hello(self, cluster, member, tick_ms, election_ticks, lease_reads):
+        if self._expected is not None:
+            raise BadHello(
+                f"node {self.node_id} opened this link: only the opening side says Hello"
+            )
+        if self.peer_id is not None:
+            raise BadHello(f"a second Hello on the link of node {self.peer_id}")
+        try:
+            if cluster != self._cluster_id:
+                raise WrongCluster(
+                    f"cluster id {cluster:x} is not this cluster's ({self._cluster_id:x}):"
+                    f" node {member} and node {self.node_id} have a different"
+                    " cluster_token or different initial members"
+                )
+            if member == self.node_id:
+                raise UnknownMember(
+                    f"member {member} is node {self.node_id} itself: a peer address"
+                    " points back at this node"
+                )
+            known = self._is_member(member) if self._is_member else 0 < member <= _MEMBER_MAX
+            if not known:
+                raise UnknownMember(f"member {member} is not a peer of node {self.node_id}")
+            timing = _timing(tick_ms, election_ticks, lease_reads)
+        except PeerRefused as e:
+            if self._complaints.first((type(e).__name__, cluster, member)):
+                _log.warn("refused a peer link from {peer}: {why}", peer=self._peer(), why=e)
+            raise
+        self._identified(member, timing)
+        return self._hello_fields()
 
     # --- defences against a hostile peer -------------------------------------
 
@@ -349,16 +635,36 @@ class PeerProtocol(amp.AMP):
 
     # --- receiving ------------------------------------------------------------
 
+    def _refuse(self, reason: str, why: str) -> None:
+        """Count a message or request dropped for C{reason}; log C{why} once."""
+        self.malformed += 1
+        if self._drops.first(reason):
+            _log.warn(
+                "{why} (from {peer}; further such drops on this connection are only"
+                " counted)", why=why, peer=self._peer(),
+            )
+
+    def _unidentified(self, what: str) -> bool:
+        """Return whether the handshake is still to come (and refuse C{what})."""
+        if self.peer_id is not None:
+            return False
+        self._refuse("before Hello", f"{what} before the handshake dropped")
+        return True
+
     def _deliver(self, data: bytes) -> None:
         try:
             message = decode(data)
         except DecodeError as e:
-            self.malformed += 1
-            _log.warn("malformed message from {peer}: {e}", peer=self._peer(), e=e)
+            self._refuse("malformed", f"malformed message: {e}")
             return
-        if self._node_id is not None and message.dst != self._node_id:
-            self.malformed += 1
-            _log.warn("message for node {dst} dropped", dst=message.dst)
+        if message.src != self.peer_id:
+            self._refuse(
+                "src",
+                f"message from node {message.src} on the link of node {self.peer_id} dropped",
+            )
+            return
+        if message.dst != self.node_id:
+            self._refuse("dst", f"message for node {message.dst} dropped")
             return
         try:
             self.handler.message_received(message)
@@ -367,11 +673,14 @@ class PeerProtocol(amp.AMP):
 
     @PaxosMessage.responder
     def _paxos_message(self, data):
-        self._deliver(data)
+        if not self._unidentified("a message"):
+            self._deliver(data)
         return {}
 
     @PaxosChunk.responder
     def _paxos_chunk(self, stream, index, last, data):
+        if self._unidentified("a message chunk"):
+            return {}
         try:
             whole = self._messages.add(stream, index, last, data)
         except ChunkError as e:
@@ -392,14 +701,24 @@ class PeerProtocol(amp.AMP):
 
         return maybeDeferred(call, *args).addErrback(wire_error)
 
+    def _check_identified(self, what: str) -> None:
+        """
+        @raise NotIdentified: the handshake is still to come (C{what} is
+            refused, and counted).
+        """
+        if self._unidentified(what):
+            raise NotIdentified(f"{what} before the handshake: say Hello first")
+
     @Forward.responder
     def _forward(self, commands):
+        self._check_identified("Forward")
         return self._answer(self.handler.proposals_forwarded, commands).addCallback(
             lambda _: {}
         )
 
     @ForwardChunk.responder
     def _forward_chunk(self, stream, index, last, data):
+        self._check_identified("ForwardChunk")
         try:
             whole = self._commands.add(stream, index, last, data)
         except ChunkError as e:
@@ -413,6 +732,7 @@ class PeerProtocol(amp.AMP):
 
     @ReadIndex.responder
     def _read_index(self):
+        self._check_identified("ReadIndex")
         return self._answer(self.handler.read_index_requested).addCallback(
             lambda index: {"index": index}
         )
@@ -516,25 +836,42 @@ class PeerProtocol(amp.AMP):
 
 
 class _Link:
-    """One peer's reconnecting outgoing link and its live connection."""
+    """
+    One peer's reconnecting outgoing link: its current connection
+    (C{connection}, from connect to loss) and, once that connection is
+    through its handshake, the same as C{protocol}: the one messages go out
+    on.
+    """
 
     def __init__(self, address: tuple[str, int]) -> None:
         self.address = address
         self.service: Optional[ClientService] = None
+        self.connection: Optional[PeerProtocol] = None
         self.protocol: Optional[PeerProtocol] = None
+        #: The link's handshake failures, each logged once until it is up.
+        self.complaints = _Complaints()
 
 
+@implementer(IPeerTransport)
 class PeerNetwork(MultiService):
     """
     This node's links to its peers: one L{ClientService} per peer,
-    reconnecting with a backoff capped at C{retry_delay_max_s}.
+    reconnecting with a backoff capped at C{retry_delay_max_s}, and the
+    factory its peer listener builds connections with.  A link is up (and
+    L{send} uses it) only once its handshake named C{cluster_id} and the
+    peer it is for.
 
     @param node_id: this node's id.
     @param peers: node id -> (host, port) of each peer (this node's own entry,
-        if present, is ignored).
+        if present, is ignored).  Only these may open links to this node.
     @param handler: the node, an L{IPeerHandler}.
     @param reactor: the reactor links connect and time out with.
-    @param timeout_s: how long L{forward} and L{read_index} wait.
+    @param cluster_id: this node's cluster id
+        (L{kvpaxos.config.NodeConfig.cluster_id}); a peer of another is
+        refused.
+    @param timing: the L{Timing} this node runs with, reported to peers.
+    @param timeout_s: how long L{forward} and L{read_index} wait, and how
+        long a handshake may take.
     @param retry_delay_max_s: the longest wait between connection attempts,
         before a jitter of up to a tenth of it drawn from C{rng}.
     @param endpoint_for: (reactor, host, port) -> client endpoint; by default
@@ -548,6 +885,8 @@ class PeerNetwork(MultiService):
         handler,
         reactor,
         *,
+        cluster_id: int = 0,
+        timing: Timing = DEFAULT_TIMING,
         timeout_s: float = 5.0,
         retry_delay_max_s: float = 1.0,
         endpoint_for: Optional[Callable] = None,
@@ -556,6 +895,8 @@ class PeerNetwork(MultiService):
         super().__init__()
         self.node_id = node_id
         self.handler = handler
+        self.cluster_id = cluster_id
+        self.timing = timing
         self._reactor = reactor
         self._timeout_s = timeout_s
         rng = rng or random.Random()
@@ -566,6 +907,8 @@ class PeerNetwork(MultiService):
         )
         self._endpoint_for = endpoint_for or _tcp_endpoint
         self._links: dict[int, _Link] = {}
+        # Refusals of links peers open to this node, each logged once.
+        self._refusals = _Complaints()
         #: Messages dropped because their peer's link was down or full.
         self.dropped_messages = 0
         self.set_peers(peers)
@@ -574,6 +917,8 @@ class PeerNetwork(MultiService):
         """
         Make the links match C{peers}: open links to new peers, close links
         to peers no longer listed, and reopen a link whose address changed.
+        From then on only the listed peers may open links to this node
+        (links they opened before stay open).
         """
         wanted = {i: tuple(a) for i, a in peers.items() if i != self.node_id}
         for peer_id in sorted(self._links):
@@ -590,12 +935,18 @@ class PeerNetwork(MultiService):
 
         def made(protocol):
             if self._links.get(peer_id) is link:
-                link.protocol = protocol
-                _log.info("link to peer {peer} up", peer=peer_id)
+                link.connection = protocol
             else:
                 protocol.transport.abortConnection()
 
+        def identified(protocol):
+            if link.connection is protocol:
+                link.protocol = protocol
+                _log.info("link to peer {peer} up", peer=peer_id)
+
         def lost(protocol):
+            if link.connection is protocol:
+                link.connection = None
             if link.protocol is protocol:
                 link.protocol = None
                 _log.info("link to peer {peer} down", peer=peer_id)
@@ -603,9 +954,15 @@ class PeerNetwork(MultiService):
         factory = Factory.forProtocol(
             lambda: PeerProtocol(
                 self.handler,
-                self._reactor,
+                self.node_id,
+                clock=self._reactor,
                 timeout_s=self._timeout_s,
+                cluster_id=self.cluster_id,
+                timing=self.timing,
+                peer_id=peer_id,
+                complaints=link.complaints,
                 on_made=made,
+                on_identified=identified,
                 on_lost=lost,
             )
         )
@@ -630,12 +987,19 @@ class PeerNetwork(MultiService):
         """Return the factory this node listens with for its peers' links."""
         return Factory.forProtocol(
             lambda: PeerProtocol(
-                self.handler, self._reactor, self.node_id, self._timeout_s
+                self.handler,
+                self.node_id,
+                clock=self._reactor,
+                timeout_s=self._timeout_s,
+                cluster_id=self.cluster_id,
+                timing=self.timing,
+                is_member=self._links.__contains__,
+                complaints=self._refusals,
             )
         )
 
     def connected(self) -> list[int]:
-        """Return the ids of the peers whose link is up, in order."""
+        """Return the ids of the peers whose link is up (through its handshake), in order."""
         return sorted(i for i, link in self._links.items() if link.protocol)
 
     def _protocol(self, peer_id: int) -> Optional[PeerProtocol]:
@@ -645,7 +1009,8 @@ class PeerNetwork(MultiService):
     def send(self, message) -> None:
         """
         Send C{message} to C{message.dst} on its link, or drop it (counted
-        in L{dropped_messages}) if the link is down or its buffer is full.
+        in L{dropped_messages}) if the link is down, not through its
+        handshake yet, or its buffer is full.
         @raise TypeError, ValueError: C{message} cannot be encoded.
         """
         protocol = self._protocol(message.dst)
@@ -676,7 +1041,7 @@ class PeerNetwork(MultiService):
 
 
 def _abort(link: _Link) -> None:
-    protocol = link.protocol
+    protocol = link.connection
     if protocol is not None and protocol.transport is not None:
         protocol.transport.abortConnection()
 

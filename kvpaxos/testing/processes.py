@@ -166,11 +166,13 @@ class ProcessCluster:
 
     @param storage: the storage provider name for every node.
     @param settings: more TOML keys for every node (C{{"snapshot_interval": 10}}).
+    @param node_settings: more TOML keys for some nodes, by node id; they
+        override C{settings} (C{{3: {"cluster_token": "other"}}}).
     """
 
     def __init__(
         self, directory: str, size: int = 3, storage: str = "lmdb", proxied: bool = False,
-        settings: Optional[dict] = None,
+        settings: Optional[dict] = None, node_settings: Optional[dict] = None,
     ) -> None:
         directory = os.path.abspath(directory)
         os.makedirs(directory, exist_ok=True)
@@ -185,6 +187,7 @@ class ProcessCluster:
                     if i != j:
                         self.links[i, j] = LinkProxy(other.peer_port)
         for node in self.nodes.values():
+            keys = dict(settings or {}, **(node_settings or {}).get(node.id, {}))
             peers = "\n".join(
                 f'{o.id} = "127.0.0.1:{self._peer_port(node.id, o)}"'
                 for o in self.nodes.values() if o.id != node.id
@@ -197,7 +200,7 @@ class ProcessCluster:
                     f'admin = "127.0.0.1:{node.admin_port}"\n'
                     f'data = "{os.path.join(directory, f"data{node.id}")}"\n'
                     f'storage = "{storage}"\n'
-                    + "".join(f"{key} = {json.dumps(value)}\n" for key, value in (settings or {}).items())
+                    + "".join(f"{key} = {json.dumps(value)}\n" for key, value in keys.items())
                     + f"[peers]\n{peers}\n"
                 )
         self._env = plugin_environment(ROOT)
