@@ -5,11 +5,16 @@ layers together.
 C{twistd -n kvpaxos} with no arguments runs a one-node cluster with its data
 in C{./kvpaxos-data}, serving gRPC clients on 127.0.0.1:2379.  See
 L{kvpaxos.config} for the flags and the TOML file.
+
+A node that stops on a fatal error (the replica's C{fatal_error}) exits
+with status 1 and says why on stderr (L{exit_if_fatal}), so that a
+supervisor restarts it; any other stop keeps twistd's own exit status.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from twisted.application import internet, service
 from twisted.logger import globalLogPublisher
@@ -106,6 +111,47 @@ def peer_network(node, replica, reactor):
     )
 
 
+def exit_if_fatal(replica, exit=os._exit, stderr=None) -> None:
+    """
+    Run after the reactor has shut down (an C{"after", "shutdown"} trigger):
+    if C{replica} stopped on a fatal error (its C{fatal_error}, a str), write
+    C{kvpaxos: fatal: <reason>} in one line to C{stderr} (by default the
+    process's own, not twistd's redirect into the log) and end the process
+    with C{exit(1)}.  Otherwise do nothing: twistd exits as usual (0, or 143
+    after SIGTERM).
+
+    Why C{os._exit}: twistd has no way to set an exit status.  Its runner
+    returns normally once the reactor stops (status 0); the one other path,
+    re-raising the signal that stopped the reactor (C{_exitSignal}), is
+    private and would report a signal, not a failure.  A C{SystemExit}
+    raised here is caught and logged by the reactor's trigger loop.  By the
+    C{after} phase the services have stopped (the store is closed, the
+    writer thread joined) and the reactor's thread pool is stopped, and log
+    files are unbuffered; what the exit skips is twistd's removal of a pid
+    file (the next twistd removes a stale one), later triggers, C{atexit}
+    handlers, and Python's wait for non-daemon threads, which a stuck gRPC
+    thread would otherwise turn into a node that is dead but never exits.
+    """
+    reason = getattr(replica, "fatal_error", None)
+    if reason is None:
+        return
+    line = " ".join(str(reason).split()) or "(no reason given)"
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    out = stderr if stderr is not None else sys.__stderr__
+    if out is not None:
+        try:
+            out.write(f"kvpaxos: fatal: {line}\n")
+            out.flush()
+        except (OSError, ValueError):
+            pass
+    exit(1)
+
+
 def makeService(options: Options) -> service.MultiService:
     """Wire storage, replica, peers, gRPC and admin into one service."""
     from twisted.internet import reactor
@@ -137,6 +183,8 @@ def makeService(options: Options) -> service.MultiService:
     )
     peers = peer_network(node, replica, reactor)
     replica.peers = peers
+    # A fatal stop must not look like a clean one to systemd (Restart=on-failure).
+    reactor.addSystemEventTrigger("after", "shutdown", exit_if_fatal, replica)
     # Children start in this order: the replica reads its acceptor state
     # back before the peer listener can deliver anything to it.
     replica.setServiceParent(top)

@@ -393,6 +393,37 @@ class TwistdTests(SynchronousTestCase):
                 process.wait()
 
 
+class FatalExitTests(SynchronousTestCase):
+    """A node that stops on a fatal error exits non-zero, so systemd restarts it."""
+
+    def test_failed_commit_exits_1(self):
+        """A node whose store fails a commit exits with status 1 and says why in one line on stderr."""
+        import os
+
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        # A real twistd node on the memory store, with its commit made to
+        # fail: the node's own fatal path (a failed commit) stops it.
+        planted = (
+            "import kvpaxos.storage.memory as m\n"
+            "def commit(self, *a, **kw):\n"
+            "    raise OSError(28, 'planted: no space left on device')\n"
+            "m.MemoryStore.commit = commit\n"
+            "from twisted.scripts.twistd import run; run()\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", planted, "-n", "--pidfile=", "kvpaxos", "--storage=memory",
+             f"--client=127.0.0.1:{free_port()}", f"--addr=127.0.0.1:{free_port()}",
+             f"--admin=127.0.0.1:{free_port()}"],
+            cwd=directory, env=plugin_environment(ROOT), capture_output=True, text=True,
+            timeout=60,
+        )
+        self.assertEqual(done.returncode, 1, done.stdout[-3000:] + done.stderr)
+        fatal = [line for line in done.stderr.splitlines() if line.startswith("kvpaxos: fatal:")]
+        self.assertEqual(len(fatal), 1, done.stderr)
+        self.assertIn("no space left on device", fatal[0])
+
+
 class ClusterTokenTests(SynchronousTestCase):
     """Members refuse a node started with another cluster_token, and it them."""
 
