@@ -126,7 +126,9 @@ class INodeStore(IReplicaStorage):
         and set the applied index to C{snapshot.index}; then apply the
         C{(slot, value)} pairs of C{committed} in order (each batch through
         L{kvpaxos.kv.machine.apply_batch} with its slot and the store's
-        session limits) and set the applied index to the last slot.  Never
+        session limits: L{kvpaxos.storage.apply.apply_committed}, over the
+        provider's transaction view) and set the applied index to the last
+        slot.  Never
         fails for lack of space (the store grows).  C{decoded}, if given,
         maps encoded commands to their requests, which C{apply_batch} then
         takes instead of decoding (the node's own checked requests).

@@ -55,9 +55,10 @@ from kvpaxos.kv.sessions import (
     decode_session,
     encode_session,
 )
-from kvpaxos.paxos.messages import Batch, Config, Snapshot
+from kvpaxos.paxos.messages import Config, Snapshot
 from kvpaxos.paxos.state import HardState
 from kvpaxos.storage import encoding
+from kvpaxos.storage.apply import apply_committed
 from kvpaxos.storage.interfaces import INodeStore
 from kvpaxos.storage.providers import StateMachineView
 
@@ -601,19 +602,10 @@ class LMDBStore:
             self._install(txn, machine.decode_snapshot(snapshot.data))
             applied = snapshot.index
 
-        results: list = []
-        if committed:
-            view = _LMDBView(txn, self)
-            for slot, value in committed:
-                # Invariant: slots apply one by one, each exactly once (the
-                # applied index lives in this same transaction).
-                assert slot == applied + 1, f"applying slot {slot} after {applied}"
-                if type(value) is Batch:
-                    results.extend(
-                        machine.apply_batch(view, value.commands, slot, self.limits, decoded)
-                    )
-                applied = slot
-
+        # The applied index is written below, in this same transaction.
+        applied, results = apply_committed(
+            _LMDBView(txn, self), committed, applied, self.limits, decoded
+        )
         if applied != before or install:
             txn.put(_APPLIED, encoding.encode_slot(applied), db=meta)
         return results

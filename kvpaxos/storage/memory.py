@@ -22,8 +22,9 @@ from kvpaxos.kv.sessions import (
     SessionLimits,
     encode_session,
 )
-from kvpaxos.paxos.messages import Batch, Config, Snapshot
+from kvpaxos.paxos.messages import Config, Snapshot
 from kvpaxos.paxos.state import HardState
+from kvpaxos.storage.apply import apply_committed
 from kvpaxos.storage.interfaces import INodeStore, IReplicaStorage
 from kvpaxos.storage.providers import StateMachineView
 
@@ -396,17 +397,9 @@ class MemoryStore:
             else:
                 state = self._state
                 applied = self._applied
-            results: list = []
             state.journal = []
             try:
-                for slot, value in committed:
-                    # Invariant: slots apply one by one, each exactly once.
-                    assert slot == applied + 1, f"applying slot {slot} after {applied}"
-                    if type(value) is Batch:
-                        results.extend(
-                            machine.apply_batch(state, value.commands, slot, self.limits, decoded)
-                        )
-                    applied = slot
+                applied, results = apply_committed(state, committed, applied, self.limits, decoded)
             except BaseException:
                 state.rollback()
                 raise
