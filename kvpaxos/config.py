@@ -234,8 +234,13 @@ def build(values: dict) -> NodeConfig:
         raise ConfigError("tick_ms must be positive")
     if config.election_ticks < 2 or not 1 <= config.heartbeat_ticks < config.election_ticks:
         raise ConfigError("need election_ticks >= 2 and 1 <= heartbeat_ticks < election_ticks")
-    if not 0 <= config.lease_drift_ticks < config.election_ticks:
-        raise ConfigError("need 0 <= lease_drift_ticks < election_ticks")
+    if not 1 <= config.lease_drift_ticks < config.election_ticks:
+        # One tick at least: tick quantisation alone costs one (see
+        # kvpaxos.paxos.replica.Options).
+        raise ConfigError(
+            "need 1 <= lease_drift_ticks < election_ticks (one tick covers tick"
+            " quantisation; each more covers clock drift)"
+        )
     if config.snapshot_interval < 1:
         raise ConfigError("snapshot_interval must be at least 1")
     ports = [(a.host, a.port) for a in (config.peer, config.client, config.admin) if a.port]

@@ -94,20 +94,17 @@ def peer_network(node, replica, reactor):
     L{kvpaxos.config.NodeConfig}) for C{replica}: its links to the initial
     peers, its cluster id and the timing it reports to them.
     """
-    from kvpaxos.node.interfaces import Timing
     from kvpaxos.node.peers import PeerNetwork
 
+    # The timing reported is the replica's own: the one it compares its
+    # peers' reports with before serving lease reads.
     return PeerNetwork(
         node.node_id,
         {peer_id: (a.host, a.port) for peer_id, a in node.peers.items()},
         replica,
         reactor,
         cluster_id=node.cluster_id,
-        timing=Timing(
-            tick_ms=node.tick_ms,
-            election_ticks=node.election_ticks,
-            lease_reads=node.lease_reads,
-        ),
+        timing=replica.timing,
     )
 
 

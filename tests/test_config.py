@@ -57,6 +57,10 @@ class BuildTests(SynchronousTestCase):
         self.assertIn("true or false", str(self.assertRaises(ConfigError, build, {"lease_reads": 3})))
         error = self.assertRaises(ConfigError, build, {"lease_drift_ticks": 10})
         self.assertIn("lease_drift_ticks", str(error))
+        # Tick quantisation alone costs one tick: 0 is refused (issue 9, hole 6).
+        error = self.assertRaises(ConfigError, build, {"lease_drift_ticks": 0})
+        self.assertIn("1 <= lease_drift_ticks", str(error))
+        self.assertEqual(build({"lease_drift_ticks": 1}).lease_drift_ticks, 1)
 
     def test_snapshot_interval(self):
         """snapshot_interval is 10,000 slots by default, settable, and at least 1."""

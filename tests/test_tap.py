@@ -14,6 +14,9 @@ from zope.interface.verify import verifyObject
 
 from kvpaxos.config import build
 from kvpaxos.node.interfaces import IPeerTransport, Timing
+from kvpaxos.node.service import ReplicaService
+from kvpaxos.paxos import Options as CoreOptions
+from kvpaxos.storage.memory import MemoryStore
 from kvpaxos.tap import exit_if_fatal, peer_network
 
 
@@ -56,12 +59,21 @@ class PeerNetworkWiringTests(SynchronousTestCase):
     """tap.peer_network passes the node's cluster id and timing to its PeerNetwork."""
 
     def test_cluster_id_and_timing(self):
-        """The network carries the config's cluster id, its tick_ms, election_ticks and lease_reads."""
+        """
+        The network carries the config's cluster id, and the replica's own
+        timing (its tick_ms, election_ticks and lease_reads): what the
+        replica compares its peers' reports with.
+        """
         node = build({
             "id": "2", "peers": "1=h1:1,3=h3:3", "cluster_token": "blue",
             "tick_ms": 20, "election_ticks": 15, "lease_reads": True,
         })
-        network = peer_network(node, object(), MemoryReactorClock())
+        replica = ReplicaService(
+            node.node_id, MemoryStore(), MemoryReactorClock(),
+            CoreOptions(election_ticks=node.election_ticks),
+            tick_s=node.tick_ms / 1000.0, lease_reads=node.lease_reads,
+        )
+        network = peer_network(node, replica, MemoryReactorClock())
         self.assertTrue(verifyObject(IPeerTransport, network))
         self.assertEqual(network.cluster_id, node.cluster_id)
         self.assertEqual(network.timing, Timing(tick_ms=20, election_ticks=15, lease_reads=True))
