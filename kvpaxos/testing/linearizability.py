@@ -16,6 +16,20 @@ illegal may visit every set of timed-out writes that could still take
 effect, exponential in how many are pending at once; C{time_limit_s} bounds
 it (the answer is then "unknown").
 
+Transactions and ranges are checked by projection onto the keys they touch
+(L{project_txn}, L{project_range}): a write-only transaction becomes one
+put or delete per key, all with the transaction's interval, and a range read
+becomes one get per key of the range.  Projection is sound for what it
+checks: a history linearizable as a whole has every projection
+linearizable, so an illegal projection is a real violation.  It does not
+check atomicity across keys (two keys of one transaction taking effect at
+different points); the node simulator checks that separately, comparing
+every acknowledged result and every range's records with the chosen log
+replayed through the real state machine.  A multi-key model would check
+both at once, at a search cost exponential in the keys; the simulator's
+conditional transactions are single-key compare-and-swaps, which the
+register model has (C{cas}).
+
 This module is pure: no I/O, no wall clock except the injected C{clock}, no
 randomness, no set iteration on a decision path.  Nothing in the node imports
 it.
@@ -431,3 +445,46 @@ def _illegal(key: bytes, ops: list[Operation], all_ops: list[Operation], best) -
         linearized=len(prefix),
         operations=len(all_ops),
     )
+
+
+def project_range(client: int, keys: Sequence[bytes], values: Sequence, call: float,
+                  ret: float) -> list[Operation]:
+    """
+    Return the gets a linearizable range read of C{keys} stands for: one per
+    key, C{values[i]} the value it returned for C{keys[i]} (C{None}: absent),
+    all with the read's interval.
+    """
+    return [
+        Operation(client, "get", key, output=value, call=call, ret=ret)
+        for key, value in zip(keys, values)
+    ]
+
+
+def project_txn(client: int, txn, answer, call: float, ret: Optional[float]) -> list[Operation]:
+    """
+    Return the per-key operations of an unconditional transaction C{txn}
+    (a L{kvpaxos.kv.commands.Txn} with no compares): a put per C{Put}, a
+    delete per single-key C{DeleteRange}, and, when it was answered
+    (C{answer}, its C{TxnResult}), a get per single-key C{Range} with what
+    it read.  C{ret} None: not answered (outcome unknown).
+
+    @raise ValueError: C{txn} has compares, or ranges over several keys
+        (the register model cannot express them).
+    """
+    if txn.compares or txn.failure:
+        raise ValueError("only unconditional transactions project onto keys")
+    ops = []
+    responses = answer.responses if answer is not None and ret is not None else ()
+    for i, op in enumerate(txn.success):
+        kind = type(op).__name__
+        if getattr(op, "end", None) is not None:
+            raise ValueError("only single-key ranges and deletes project onto keys")
+        if kind == "Put":
+            ops.append(Operation(client, "put", op.key, input=op.value, call=call, ret=ret))
+        elif kind == "DeleteRange":
+            ops.append(Operation(client, "delete", op.key, call=call, ret=ret))
+        elif responses:
+            kvs = responses[i].kvs
+            ops.append(Operation(client, "get", op.key, output=kvs[0].value if kvs else None,
+                                 call=call, ret=ret))
+    return ops

@@ -1,0 +1,173 @@
+"""
+Bugs the node simulator (L{kvpaxos.testing.sim}) can plant, to show that its
+checker bites: each re-opens a bug on purpose from the testing side, by
+subclassing or patching the product, never by editing it.
+
+A L{Plant} may supply any of:
+
+  - C{service_class}: a L{ReplicaService} subclass the simulator builds
+    every node from;
+  - C{replica_class}: a L{kvpaxos.paxos.Replica} subclass the service
+    builds its core from (as C{ReplicaService.replica_class});
+  - C{on_start}: a hook C{(service) -> None} run just before each node's
+    C{startService}.
+
+To add one, write its pieces here and add it to L{PLANTS}: the command
+line (C{--plant NAME}) and the tests (C{tests/test_sim.py}, which asserts
+each plant is caught within 500 seeds) find it there.  C{catches} names
+the violation kinds that count as catching it.
+
+Each plant here overrides one method of the service's write or read path
+(C{ReplicaService.write_path_class}, C{read_path_class}); if that method is
+renamed the plant quietly does nothing, and its test fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from twisted.internet import defer
+
+from kvpaxos.kv import machine
+from kvpaxos.kv.logformat import decode_request
+from kvpaxos.kv.sessions import DEFAULT_LIMITS
+from kvpaxos.node.peers import ForwardFailed
+from kvpaxos.node.reads import ReadPath
+from kvpaxos.node.service import ReplicaService
+from kvpaxos.node.writes import WritePath
+from kvpaxos.storage.memory import MemoryState
+
+
+@dataclass(frozen=True)
+class Plant:
+    """One planted bug: what it replaces, and which violations catch it."""
+
+    name: str
+    doc: str
+    catches: frozenset
+    service_class: Optional[type] = None
+    replica_class: Optional[type] = None
+    on_start: Optional[Callable] = None
+
+
+class EarlyAnswerWrites(WritePath):
+    """
+    Answers a client as soon as its leader proposes the command (before it
+    is chosen), with the result the leader's store predicts for it.
+    """
+
+    store = None  # set by EarlyAnswerService
+
+    def route(self) -> None:
+        replica = self._replica
+        early = []
+        if replica.is_leader:
+            early = [(r, c) for r, c in self._unsent if r in self._pending]
+        super().route()
+        if not early or self.store is None:
+            return
+        queued = {r for r, _ in self._unsent}
+        state = MemoryState.from_snapshot(self.store.snapshot_data())
+        limits = getattr(self.store, "limits", DEFAULT_LIMITS)
+        slot = replica.chosen_index + 1
+        for request_id, data in early:
+            if request_id in queued or request_id not in self._pending:
+                continue
+            request = self._decoded.get(data) or decode_request(data)
+            result = machine.apply(state, request, slot, limits)
+            d, timer = self._pending.pop(request_id)
+            if timer is not None and timer.active():
+                timer.cancel()
+            d.callback(result)
+
+
+class EarlyAnswerService(ReplicaService):
+    write_path_class = EarlyAnswerWrites
+
+    def startService(self) -> None:
+        super().startService()
+        self.writes.store = self.store
+
+
+class ResendUnknownWrites(WritePath):
+    """Sends a forward again though its outcome was unknown (it may have been proposed)."""
+
+    def _forward_failed(self, failure, unsent) -> None:
+        if failure.check(ForwardFailed) and not self._stopping():
+            self._unsent.extend(unsent)
+            return
+        super()._forward_failed(failure, unsent)
+
+
+class ResendUnknownService(ReplicaService):
+    write_path_class = ResendUnknownWrites
+
+
+class SerializableIgnoresAnsweredReads(ReadPath):
+    """Serves a serializable read from the store as it is, ignoring what this node answered."""
+
+    def _read(self, read, timeout_s, consistency):
+        if consistency == "serializable":
+            return defer.maybeDeferred(read)
+        return super()._read(read, timeout_s, consistency)
+
+
+class SerializableIgnoresAnsweredService(ReplicaService):
+    read_path_class = SerializableIgnoresAnsweredReads
+
+
+PLANTS = {
+    plant.name: plant
+    for plant in (
+        Plant(
+            "early-answer-unchosen",
+            "a client is answered when its command is proposed, before it is chosen",
+            frozenset({"result", "durability", "linearizability", "read"}),
+            service_class=EarlyAnswerService,
+        ),
+        Plant(
+            "resend-unknown-forward",
+            "a forward whose outcome was unknown is sent again",
+            frozenset({"validity", "result", "linearizability"}),
+            service_class=ResendUnknownService,
+        ),
+        Plant(
+            "serializable-ignores-answered",
+            "a serializable read does not wait for what its node answered",
+            frozenset({"read"}),
+            service_class=SerializableIgnoresAnsweredService,
+        ),
+    )
+}
+
+
+def names() -> list[str]:
+    return sorted(PLANTS)
+
+
+def get(name: Optional[str]) -> Optional[Plant]:
+    """Return the plant called C{name} (None for None)."""
+    if name is None:
+        return None
+    try:
+        return PLANTS[name]
+    except KeyError:
+        raise ValueError(f"unknown plant {name!r}; choose from {', '.join(names())}") from None
+
+
+def service_class(plant: Optional[Plant], base=ReplicaService) -> type:
+    """Return the service class a node is built from under C{plant}."""
+    if plant is None:
+        return base
+    cls = plant.service_class or base
+    if plant.replica_class is not None:
+        cls = type(f"{cls.__name__}With{plant.replica_class.__name__}", (cls,),
+                   {"replica_class": plant.replica_class})
+    return cls
+
+
+def before_start(plant: Optional[Plant], service) -> None:
+    """Run C{plant}'s hook on a node about to start."""
+    if plant is not None and plant.on_start is not None:
+        plant.on_start(service)
