@@ -32,7 +32,7 @@ FAULT_KINDS = (
 )
 OPERATION_KINDS = (
     "open", "put", "append", "delete", "cas", "txn", "get/linearizable", "get/lease",
-    "range/linearizable", "range/lease", "range/serializable",
+    "range/linearizable", "range/lease", "range/serializable", "served by lease",
 )
 
 
