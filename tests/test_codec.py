@@ -187,7 +187,7 @@ class HostileInputTests(SynchronousTestCase):
     def test_bad_boolean(self):
         """A Prepare whose transfer flag is neither 0 nor 1 is refused."""
         data = bytearray(encode(Prepare(1, 2, B, 5, True)))
-        data[-1] = 2
+        data[-13] = 2  # the flag, before the asked_by ballot (12 bytes)
         self.assertRejected(bytes(data))
 
     def test_huge_counts_and_lengths(self):

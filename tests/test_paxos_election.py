@@ -258,13 +258,27 @@ class StickinessTests(SynchronousTestCase):
         self.assertEqual(r.promised, before)
 
     def test_follower_of_live_leader_promises_transfer(self):
-        """A follower that hears a live leader still promises a transfer campaign."""
+        """A follower that hears a live leader still promises a transfer that leader asked for."""
         r = lone(1)
         r.step(Heartbeat(2, 1, Ballot(1, 2), 0, 0))
         take(r)
-        r.step(Prepare(3, 1, Ballot(9, 3), 1, transfer=True))
+        r.step(Prepare(3, 1, Ballot(9, 3), 1, transfer=True, asked_by=Ballot(1, 2)))
         rd = take(r)
         self.assertEqual(rd.durable_messages, [Promise(1, 3, Ballot(9, 3), 1, ())])
+
+    def test_follower_ignores_transfer_asked_by_another_ballot(self):
+        """
+        A transfer asked for by a leader this follower no longer follows (a
+        late TimeoutNow from a deposed leader) is an ordinary campaign: a
+        follower of a live leader ignores it (found in review, issue 9).
+        """
+        r = lone(1)
+        r.step(Heartbeat(2, 1, Ballot(2, 2), 0, 0))
+        take(r)
+        r.step(Prepare(3, 1, Ballot(9, 3), 1, transfer=True, asked_by=Ballot(1, 1)))
+        rd = take(r)
+        self.assertEqual(rd.durable_messages, [])
+        self.assertNotEqual(r.promised, Ballot(9, 3))
 
 
 class CheckQuorumTests(SynchronousTestCase):

@@ -17,6 +17,7 @@ from kvpaxos.paxos import (
     Prepare,
     Promise,
     Snapshot,
+    TimeoutNow,
 )
 from kvpaxos.storage.memory import MemoryStorage
 from tests.paxos_helpers import TEST_OPTIONS, Cluster, lone, take
@@ -169,12 +170,16 @@ class StartGuardTests(SynchronousTestCase):
         self.assertEqual(rd.durable_messages, [])
         self.assertIsNone(rd.hard_state)
 
-    def test_starting_replica_promises_transfer_prepare(self):
-        """A transfer campaign, which the leader itself asked for, is promised at once."""
+    def test_starting_replica_ignores_transfer_prepare(self):
+        """
+        A transfer campaign is not promised either while starting: whose beat
+        the replica acked before it restarted is unknown, so no transfer can
+        be known to come from that leader (found in review).
+        """
         r = lone(1, started=False)
-        r.step(Prepare(2, 1, Ballot(5, 2), 1, True))
+        r.step(Prepare(2, 1, Ballot(5, 2), 1, True, Ballot(0, 0)))
         rd = take(r)
-        self.assertEqual([type(m) for m in rd.durable_messages], [Promise])
+        self.assertEqual(rd.durable_messages, [])
 
     def test_guard_ends_after_election_ticks(self):
         """After election_ticks of its own ticks the replica promises as usual."""
@@ -250,3 +255,51 @@ class LeaseSettingsTests(SynchronousTestCase):
         error = self.assertRaises(ValueError, Options, lease_drift_ticks=0)
         self.assertIn("1 <= lease_drift_ticks", str(error))
         self.assertEqual(Options(lease_drift_ticks=1).lease_drift_ticks, 1)
+
+
+class LateTimeoutNowTests(SynchronousTestCase):
+    """
+    Found in review (issue 9): a TimeoutNow read after its leader was
+    deposed must not start a transfer campaign that overtakes the newer
+    leader's lease.
+    """
+
+    def test_late_timeout_now_after_a_new_leader(self):
+        """
+        Node 3 pauses with leader 1's TimeoutNow unread; 1 steps down and 2
+        is elected, holding a lease.  Resumed (still a follower), node 3
+        does not campaign, and 2 stays the only leader.
+        """
+        E = TEST_OPTIONS.election_ticks
+        c = Cluster((1, 2, 3))
+        leader = c.elect(1)
+        leader.propose(b"x0")
+        c.deliver()
+        c.drop = lambda m: {m.src, m.dst} == {1, 2}
+        c.tick(3)
+        while leader.role.quorum_elapsed != E - 1:
+            c.tick(1)
+        c[3].election_timeout = 2 * E - 1
+        c.hold(3)  # node 3 is paused: no input, no ticks
+        start = c[1].ticks
+        leader.transfer_leadership(3)
+        c.deliver()
+        self.assertIn(TimeoutNow, {type(m) for m in c.held[3]})
+        while leader.is_leader:
+            c.tick(1, nodes=[1, 2])
+        c.drop = lambda m: False
+        c[2].pre_campaign()
+        c.deliver()
+        self.assertTrue(c[2].is_leader)
+        c.tick(2, nodes=[1, 2])
+        self.assertIsNotNone(c[2].lease_read_index())
+        paused = c[1].ticks - start
+        self.assertLess(paused, c[3].election_timeout)
+        for _ in range(paused):  # the node counts its missed ticks first
+            c[3].tick()
+        self.assertEqual(c[3].role.name, "follower")
+        c.drop = lambda m: m.src == 3 and m.dst == 2  # 3 -> 2 is slow
+        c.release(3)
+        self.assertNotEqual(c[3].role.name, "candidate")
+        self.assertFalse(c[3].is_leader)
+        self.assertEqual(c.leaders(), [2])

@@ -84,7 +84,7 @@ _CONFIG_CHANGE = Struct("<BI")
 _SNAPSHOT_INDEX = Struct("<Q")
 
 # Message bodies; "QI" is a ballot.  The count of a variable part comes last.
-_PREPARE = Struct("<IIQIQB")  # src dst ballot first_slot transfer
+_PREPARE = Struct("<IIQIQBQI")  # src dst ballot first_slot transfer asked_by
 _PROMISE = Struct("<IIQIQI")  # src dst ballot first_slot count
 _NACK = Struct("<IIQIQIQ")  # src dst ballot promised chosen_index
 _ACCEPT = Struct("<IIQIQQI")  # src dst ballot first_slot chosen_index count
@@ -220,14 +220,18 @@ def _decode_snapshot(data: bytes, offset: int) -> tuple[Snapshot, int]:
 def _enc_prepare(m: Prepare, out: list) -> None:
     if type(m.transfer) is not bool:
         raise TypeError("Prepare.transfer must be a bool")
-    out.append(_PREPARE.pack(m.src, m.dst, *m.ballot, m.first_slot, m.transfer))
+    out.append(_PREPARE.pack(
+        m.src, m.dst, *m.ballot, m.first_slot, m.transfer, *m.asked_by
+    ))
 
 
 def _dec_prepare(data: bytes, offset: int):
-    src, dst, rnd, node, first_slot, transfer = _PREPARE.unpack_from(data, offset)
+    src, dst, rnd, node, first_slot, transfer, a_rnd, a_node = _PREPARE.unpack_from(data, offset)
     if transfer > 1:
         raise DecodeError(f"bad boolean {transfer}")
-    message = Prepare(src, dst, Ballot(rnd, node), first_slot, transfer == 1)
+    message = Prepare(
+        src, dst, Ballot(rnd, node), first_slot, transfer == 1, Ballot(a_rnd, a_node)
+    )
     return message, offset + _PREPARE.size
 
 

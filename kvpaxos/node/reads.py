@@ -42,7 +42,7 @@ class ReadPath:
     @param node_id: this node's id.
     @param replica: the node's L{kvpaxos.paxos.Replica}.
     @param store: the node's store (C{get}, C{read_ranges}).
-    @param peers: an L{kvpaxos.node.interfaces.IPeerTransport} (read index).
+    @param peers: C{peers()} is the node's L{kvpaxos.node.interfaces.IPeerTransport} (read index).
     @param reactor: for C{callLater} and timeouts.
     @param clock: the node's monotonic clock (deadlines).
     @param guard: C{guard(call, *args)} runs a core call; a broken
@@ -78,7 +78,7 @@ class ReadPath:
         self.node_id = node_id
         self._replica = replica
         self._store = store
-        self._peers = peers
+        self._peers = peers  # a getter: the wiring may set the transport late
         self._reactor = reactor
         self._clock = clock
         self._guard = guard
@@ -252,9 +252,9 @@ class ReadPath:
         if replica.is_leader:
             return self.read_index_requested()
         leader = replica.leader
-        if leader is None or leader == self.node_id or self._peers is None:
+        if leader is None or leader == self.node_id or self._peers() is None:
             return defer.fail(NotLeaderError(None))
-        return self._peers.read_index(leader)
+        return self._peers().read_index(leader)
 
     def _wait_applied(self, index: int, timeout_s: float) -> defer.Deferred:
         """

@@ -70,6 +70,11 @@ from kvpaxos.node.writes import WritePath
 from kvpaxos.paxos import InstallSnapshot, NotLeader, Options, Replica
 
 
+#: A peer's snapshot at most this large is checked in the reactor thread
+#: (about 15 ms of decoding); a larger one in a pool thread.
+SNAPSHOT_CHECK_INLINE_BYTES = 1 << 20
+
+
 class MonotonicClock:
     """The node's clock: C{seconds()} from C{time.monotonic}, which never steps."""
 
@@ -177,12 +182,13 @@ class ReplicaService(Service):
             applied=self.store.applied_index(),
         )
         stopping = lambda: self._stopping  # noqa: E731
+        peers = lambda: self.peers  # noqa: E731
         self.writes = self.write_path_class(
-            self.node_id, self._boot, self.replica, self.peers, self.reactor,
+            self.node_id, self._boot, self.replica, peers, self.reactor,
             self._guard, self._schedule, stopping,
         )
         self.reads = self.read_path_class(
-            self.node_id, self.replica, self.store, self.peers, self.reactor, self.clock,
+            self.node_id, self.replica, self.store, peers, self.reactor, self.clock,
             self._guard, self._schedule, stopping,
             answered_through=lambda: self.writes.answered_through,
             lease_index=self._lease_index,
@@ -277,28 +283,55 @@ class ReplicaService(Service):
         if message.dst != self.node_id:
             self.log.warn("dropped a message for node {dst}", dst=message.dst)
             return
-        if type(message) is InstallSnapshot and not self._snapshot_decodes(message):
-            return
+        if type(message) is InstallSnapshot and self._checking_snapshot(message):
+            return  # stepped once its state is known to decode
+        self._step(message)
+
+    def _step(self, message) -> None:
         # The ticks missed in a stall are counted before any message is
         # stepped (issue 9, hole 2): a heartbeat that waited in the socket
         # must not be acked (extending its leader's lease) by a replica that
         # then counts, as if after it, the time that passed before it.
         self._catch_up_ticks()
-        self._guard(self.replica.step, message)
+        replica = self.replica
+        leader = replica.leader
+        self._guard(replica.step, message)
+        if replica.leader != leader and replica.leader is not None:
+            self.reads.leader_may_be_known()
         self._schedule()
 
-    def _snapshot_decodes(self, message: InstallSnapshot) -> bool:
+    def _checking_snapshot(self, message: InstallSnapshot) -> bool:
         """
-        Whether C{message}'s state decodes; a peer's corrupt snapshot is a
-        refused message (logged), never a failed commit that stops this node.
-        It is decoded once more when installed: O(state), as its wire decode
-        was.
+        Check that C{message}'s state decodes before the core steps it: a
+        peer's corrupt snapshot is a refused message (logged), never a
+        failed install that stops this node.  Only a snapshot the core would
+        install is decoded (O(state)): a small one at once, a large one in a
+        pool thread, never holding up the reactor.  Return whether the
+        message was taken (it is stepped once checked); False to step it now.
         """
         data = message.snapshot.data
-        if data is None:
-            return True  # the core refuses a data-less snapshot itself
+        if data is None or not self.replica.would_install(message):
+            return False  # the core drops it without looking at the state
+        if len(data) <= SNAPSHOT_CHECK_INLINE_BYTES:
+            if self._snapshot_decodes(message):
+                return False
+            return True
+        d = deferToThreadPool(
+            self.reactor, self.reactor.getThreadPool(), self._snapshot_decodes, message
+        )
+
+        def checked(ok: bool) -> None:
+            if ok and not self._stopping:
+                self._step(message)
+
+        d.addCallback(checked)
+        d.addErrback(lambda failure: self.log.failure("checking a snapshot failed", failure))
+        return True
+
+    def _snapshot_decodes(self, message: InstallSnapshot) -> bool:
+        """Whether C{message}'s state decodes (a refusal is logged)."""
         try:
-            decode_snapshot(data)
+            decode_snapshot(message.snapshot.data)
         except CorruptRecord as error:
             self.log.warn(
                 "refused a snapshot from node {peer}: {error}", peer=message.src, error=error

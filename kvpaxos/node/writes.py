@@ -42,7 +42,7 @@ class WritePath:
     @param boot: a number unique to this start of the node: a command from
         before a restart can never answer a request made after it.
     @param replica: the node's L{kvpaxos.paxos.Replica}.
-    @param peers: an L{kvpaxos.node.interfaces.IPeerTransport} (forwards).
+    @param peers: C{peers()} is the node's L{kvpaxos.node.interfaces.IPeerTransport} (forwards).
     @param reactor: for C{callLater} (deadlines, the end of a turn).
     @param guard: C{guard(call, *args)} runs a core call; a broken
         invariant stops the node.
@@ -66,7 +66,7 @@ class WritePath:
         self.node_id = node_id
         self._boot = boot
         self._replica = replica
-        self._peers = peers
+        self._peers = peers  # a getter: the wiring may set the transport late
         self._reactor = reactor
         self._guard = guard
         self._schedule = schedule
@@ -163,10 +163,10 @@ class WritePath:
             self._schedule()
             return
         leader = replica.leader
-        if leader is None or leader == self.node_id or self._peers is None:
+        if leader is None or leader == self.node_id or self._peers() is None:
             self._unsent.extend(unsent)  # no leader yet: wait for one
             return
-        d = self._peers.forward(leader, [c for _, c in unsent])
+        d = self._peers().forward(leader, [c for _, c in unsent])
         d.addErrback(self._forward_failed, unsent)
 
     def _forward_failed(self, failure: Failure, unsent) -> None:

@@ -184,7 +184,10 @@ class Prepare:
     """
     Phase 1a for every slot from C{first_slot} on (Paxos Made Simple §3: one
     Prepare covers "all instances" at once).  C{transfer} marks a campaign the
-    old leader asked for, which acceptors must not ignore.
+    old leader asked for (L{TimeoutNow}); C{asked_by} is that leader's
+    ballot.  An acceptor waives its stickiness for a transfer only while it
+    follows that very ballot: a late transfer, asked for by a leader since
+    deposed, must not overtake a newer leader's lease.
     """
 
     src: int
@@ -192,6 +195,7 @@ class Prepare:
     ballot: Ballot
     first_slot: int
     transfer: bool = False
+    asked_by: Ballot = ZERO_BALLOT
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ from kvpaxos.paxos.messages import (
     PreVoteReply,
     Promise,
     Snapshot,
+    ZERO_BALLOT,
     value_size,
 )
 from kvpaxos.paxos.state import Entry, HardState, ReadState, Ready
@@ -166,10 +167,12 @@ class Replica:
         self.election_elapsed = 0
         self.election_timeout = options.election_ticks
         self.catchup_wait = 0
-        #: The peers asked for a catch-up and not yet answered: a Catchup or
-        #: InstallSnapshot is taken only from one of them or from the
-        #: current leader (issue 9, hole 9).
-        self.catchup_asked: set[int] = set()
+        #: The peers asked for a catch-up and not yet answered, with the tick
+        #: they were asked at: a Catchup or InstallSnapshot is taken only from
+        #: one of them or from the current leader (issue 9, hole 9).  An ask
+        #: is remembered long enough for a snapshot read off the reactor.
+        self.catchup_asked: dict[int, int] = {}
+        self._catchup_memory_ticks = 10 * max(options.catchup_retry_ticks, options.election_ticks)
 
         # Work for the next Ready.
         self._persisted = HardState(self.promised, self.chosen_index)
@@ -225,6 +228,12 @@ class Replica:
         self.ticks += 1
         if self.catchup_wait:
             self.catchup_wait -= 1
+        if self.catchup_asked:
+            # An ask unanswered this long is forgotten: its peer may no longer
+            # send chosen values unasked (a request is renewed on every retry).
+            expired = self.ticks - self._catchup_memory_ticks
+            for peer in [p for p, at in self.catchup_asked.items() if at <= expired]:
+                del self.catchup_asked[peer]
         self.role.tick()
 
     def propose(self, command: bytes) -> None:
@@ -293,15 +302,18 @@ class Replica:
 
         self.become(PreCandidate(self))
 
-    def campaign(self, transfer: bool = False) -> None:
-        """Start phase 1 with a ballot above every ballot seen."""
+    def campaign(self, transfer: bool = False, asked_by: Ballot = ZERO_BALLOT) -> None:
+        """
+        Start phase 1 with a ballot above every ballot seen; C{transfer}: a
+        campaign the leader of ballot C{asked_by} asked for.
+        """
         from kvpaxos.paxos.roles import Candidate
 
         self.max_round = max(self.max_round, self.promised.round) + 1
         ballot = Ballot(self.max_round, self.id)
         self.promised = ballot
         self.leader = None
-        self.become(Candidate(self, ballot, transfer))
+        self.become(Candidate(self, ballot, transfer, asked_by))
 
     def has_ready(self) -> bool:
         """Whether L{ready} would return any work."""
@@ -388,9 +400,15 @@ class Replica:
             and self.election_elapsed < self.options.election_ticks
         )
 
+    def _waived(self, prepare: Prepare) -> bool:
+        # A transfer campaign asked for by the leader this replica follows:
+        # that leader gave up its lease when it sent the TimeoutNow.  Asked
+        # for by any other ballot (a leader deposed since), it is an
+        # ordinary campaign (found in review, issue 9).
+        return prepare.transfer and prepare.asked_by == self.leader_ballot
+
     def _sticky(self, prepare: Prepare) -> bool:
-        # A transfer campaign was asked for by the leader itself.
-        return not prepare.transfer and self._hears_leader_other_than(prepare.src)
+        return not self._waived(prepare) and self._hears_leader_other_than(prepare.src)
 
     def _on_pre_vote(self, m: PreVote) -> None:
         # Grant only what _on_prepare would promise: no live leader heard,
@@ -415,8 +433,11 @@ class Replica:
             return
         if self._sticky(m):
             return
-        if not m.transfer and self._starting():
-            return  # the start guard, as for pre-votes (issue 9, hole 5)
+        if self._starting():
+            # The start guard, as for pre-votes (issue 9, hole 5), transfers
+            # included: whose beat this replica acked before it restarted is
+            # not known, so no transfer can be known to come from that leader.
+            return
         if self.chosen_index >= m.first_slot:
             # The candidate lacks slots this replica knows chosen: refuse
             # without promising and let it catch up first.  This bounds a
@@ -556,7 +577,7 @@ class Replica:
         if self.catchup_wait or dst == self.id:
             return
         self.catchup_wait = self.options.catchup_retry_ticks
-        self.catchup_asked.add(dst)
+        self.catchup_asked[dst] = self.ticks
         # A node that joined with no member set cannot replay the log from
         # slot 1: it needs the member set the log starts from, so it asks for
         # a snapshot (first_slot 0), even the bootstrap one.
@@ -592,8 +613,7 @@ class Replica:
         replica asked it.  A misconfigured neighbour (another cluster on a
         reused address, a stale process) must not write into this log.
         """
-        if src in self.catchup_asked:
-            self.catchup_asked.discard(src)
+        if self.catchup_asked.pop(src, None) is not None:
             return True
         return src == self.leader
 
@@ -624,6 +644,19 @@ class Replica:
         if self.chosen_index < m.chosen_index:
             self.request_catchup(m.src)
 
+    def would_install(self, m: InstallSnapshot) -> bool:
+        """
+        Whether stepping C{m} now would install its snapshot (a query: it
+        changes nothing), so the caller checks the state only of those.
+        """
+        if self.is_leader or not (m.src in self.catchup_asked or m.src == self.leader):
+            return False
+        return self._wanted(m.snapshot)
+
+    def _wanted(self, snapshot: Snapshot) -> bool:
+        joining = not self.config.voters and self.chosen_index == 0
+        return snapshot.index > self.chosen_index or (joining and bool(snapshot.config.voters))
+
     def _on_install_snapshot(self, m: InstallSnapshot) -> None:
         if self.is_leader:
             return  # as for Catchup: a leader learns only from its quorums
@@ -631,8 +664,7 @@ class Replica:
             return
         self.catchup_wait = 0
         snapshot = m.snapshot
-        joining = not self.config.voters and self.chosen_index == 0
-        if snapshot.index <= self.chosen_index and not (joining and snapshot.config.voters):
+        if not self._wanted(snapshot):
             return
         self.snapshot = snapshot
         self._snapshot_out = snapshot

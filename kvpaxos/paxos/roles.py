@@ -35,6 +35,7 @@ from kvpaxos.paxos.messages import (
     value_size,
     COMMAND_OVERHEAD_BYTES,
     VALUE_OVERHEAD_BYTES,
+    ZERO_BALLOT,
 )
 from kvpaxos.paxos.state import ReadState
 
@@ -138,9 +139,18 @@ class Follower(Role):
                 r.election_elapsed = 0
 
     def _on_timeout_now(self, m: TimeoutNow) -> None:
+        # Obeyed only from the leader this replica follows and heard lately:
+        # a TimeoutNow that arrives late, after that leader was deposed,
+        # would otherwise start a campaign while a newer leader holds a lease
+        # (found in review, issue 9).
         r = self.replica
-        if m.ballot >= r.leader_ballot and r.id in r.config.voters:
-            r.campaign(transfer=True)
+        if (
+            m.ballot == r.leader_ballot
+            and m.src == r.leader
+            and r.election_elapsed < r.options.election_ticks
+            and r.id in r.config.voters
+        ):
+            r.campaign(transfer=True, asked_by=m.ballot)
 
 
 class PreCandidate(Role):
@@ -206,10 +216,11 @@ class Candidate(Role):
 
     name = "candidate"
 
-    def __init__(self, replica, ballot: Ballot, transfer: bool) -> None:
+    def __init__(self, replica, ballot: Ballot, transfer: bool, asked_by: Ballot = ZERO_BALLOT) -> None:
         super().__init__(replica)
         self.ballot = ballot
         self.transfer = transfer
+        self.asked_by = asked_by
         self.first_slot = replica.chosen_index + 1
         self.promises: dict[int, Promise] = {}
         self.asked: set[int] = {replica.id}
@@ -234,7 +245,7 @@ class Candidate(Role):
             # first slot, and a Promise answering this campaign could
             # complete that one's quorum (found in review, issue 9).
             r.durable_messages.append(
-                Prepare(r.id, node, self.ballot, self.first_slot, self.transfer)
+                Prepare(r.id, node, self.ballot, self.first_slot, self.transfer, self.asked_by)
             )
 
     tick = Role._tick_election
@@ -542,7 +553,12 @@ class Leader(Role):
         if self.reads_blocked and last >= self.read_barrier:
             self.reads_next.extend(self.reads_blocked)
             self.reads_blocked = []
-        self.flush()
+        # Not flush(): whether a heartbeat must announce the new chosen index
+        # is decided when the Ready is cut, once this turn's proposals had
+        # their chance to carry it in Accepts.
+        if self.reads_next:
+            self._start_read_round()
+        self._place_pending()
         self._try_transfer()
 
     # --- time --------------------------------------------------------------
