@@ -127,9 +127,17 @@ class PlantTests(SynchronousTestCase):
         """A serializable read that does not wait for what its node answered is caught."""
         self.assertIsNotNone(first_catch("serializable-ignores-answered"))
 
+    def test_unconfirmed_read(self):
+        """A leader that gives read indexes without a quorum round is caught by the history checker."""
+        result = first_catch("unconfirmed-read")
+        self.assertIsNotNone(result)
+
     def test_every_plant_has_a_test(self):
         """Every plant in the registry is one this module searches for."""
-        tested = {"early-answer-unchosen", "resend-unknown-forward", "serializable-ignores-answered"}
+        tested = {
+            "early-answer-unchosen", "resend-unknown-forward", "serializable-ignores-answered",
+            "unconfirmed-read",
+        }
         self.assertEqual(set(plants.names()) - tested, set())
 
 

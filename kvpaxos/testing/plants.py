@@ -37,6 +37,7 @@ from kvpaxos.node.reads import ReadPath
 from kvpaxos.node.service import ReplicaService
 from kvpaxos.node.writes import WritePath
 from kvpaxos.storage.memory import MemoryState
+from kvpaxos.testing.coresim import UnconfirmedReadReplica
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,13 @@ PLANTS = {
             "a forward whose outcome was unknown is sent again",
             frozenset({"validity", "result", "linearizability"}),
             service_class=ResendUnknownService,
+        ),
+        Plant(
+            "unconfirmed-read",
+            "a leader answers a read index from its chosen index, confirming nothing"
+            " (the core simulator's plant, as a replica_class)",
+            frozenset({"linearizability", "read"}),
+            replica_class=UnconfirmedReadReplica,
         ),
         Plant(
             "serializable-ignores-answered",
