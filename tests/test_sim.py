@@ -109,6 +109,26 @@ class SimulatorTests(SynchronousTestCase):
             self.assertEqual(ran, expected)
 
 
+class KnownHoleTests(SynchronousTestCase):
+    """Seeds the long run found failing, kept as regression tests until fixed."""
+
+    def test_wall_clock_steps_back_on_every_member(self):
+        """
+        Seed 1917 of the long run: each of the three members has its wall
+        clock stepped back by 18 to 27 s, and no member ticks until its wall
+        clock catches up, so nobody campaigns after the heal.  The tick
+        C{LoopingCall} (and every C{callLater}) waits on C{reactor.seconds()},
+        which is wall time; ticks are counted on the monotonic clock only
+        once a timer or a message runs.
+        """
+        result = run_seed(1917)
+        self.assertIsNone(result.violation)
+
+    test_wall_clock_steps_back_on_every_member.todo = (
+        "issue 9 hole 3: the tick LoopingCall is scheduled on wall time"
+    )
+
+
 class PlantTests(SynchronousTestCase):
     """Each planted bug is caught within SEARCH_SEEDS seeds."""
 
