@@ -223,6 +223,8 @@ class Client:
     answered: dict = field(default_factory=dict)
     #: key -> the last value seen (for compare-and-swap).
     seen: dict = field(default_factory=dict)
+    #: The leader the last answering node named (a response header).
+    guess: Optional[int] = None
     written: int = 0
 
 
@@ -253,7 +255,12 @@ class Simulation:
     """One seeded run of a cluster of real nodes."""
 
     def __init__(self, seed: int, plant: Optional[str] = None, verbose: bool = False,
-                 fault_s: float = FAULT_S, provider: Optional[str] = None) -> None:
+                 fault_s: float = FAULT_S, provider: Optional[str] = None,
+                 faults: bool = True) -> None:
+        """
+        @param faults: False for no random faults or operator actions (a
+            test then scripts its own, e.g. with L{step_wall_clock}).
+        """
         self.plant = plant_registry.get(plant)
         self.seed = seed
         self.verbose = verbose
@@ -324,8 +331,9 @@ class Simulation:
         self.clients = {i: Client(i) for i in range(1, rng.randint(2, 5) + 1)}
         for client in self.clients.values():
             self.world.later(rng.uniform(0.2, 0.4), self._client_step, client)
-        self.world.later(rng.uniform(0.3, 0.6), self._fault)
-        self.world.later(rng.uniform(0.5, 1.0), self._operator)
+        if faults:
+            self.world.later(rng.uniform(0.3, 0.6), self._fault)
+            self.world.later(rng.uniform(0.5, 1.0), self._operator)
         self.world.later(fault_s, self._heal)
 
     # --- running -------------------------------------------------------------
@@ -628,6 +636,8 @@ class Simulation:
         after the heal only the members of the latest member set.
         """
         if not client.liveness:
+            if client.guess in self.nodes and self.client_rng.random() < 0.7:
+                return [client.guess]  # as a real client: to the leader it knows
             return self._members()
         known = [
             (p.service.replica.chosen_index, p.node_id) for p in self.processes.values()
@@ -750,6 +760,9 @@ class Simulation:
             return  # an attempt given up on
         client.attempt += 1  # nothing later of this attempt counts
         if how == "ok":
+            process = self.processes.get(op.node)
+            replica = getattr(process.service, "replica", None) if process else None
+            client.guess = replica.leader if replica is not None and replica.leader else op.node
             self._succeeded(client, op, value)
             return
         if how == "error" and value.check(InvalidArgument):
@@ -919,13 +932,18 @@ class Simulation:
         choice = rng.random()
         faults = self.result.faults
         if choice < 0.2 and up:
-            victim = rng.choice(up)
+            victim = self._victim(up)
             self._crash(victim)
             self.world.later(rng.uniform(0.03, 1.2), self._restart, victim.id)
         elif choice < 0.32:
             nodes = self._members()
             rng.shuffle(nodes)
             cut = rng.randint(1, len(nodes) - 1)
+            leader = self._leader()
+            if leader is not None and rng.random() < 0.4:
+                # The leader alone on one side: what a lease must survive.
+                nodes = [leader.id] + [n for n in self._members() if n != leader.id]
+                cut = 1
             pairs = {(a, b) for a in nodes[:cut] for b in nodes[cut:]}
             pairs |= {(b, a) for a, b in pairs}
             for a, b in sorted(pairs):
@@ -935,6 +953,11 @@ class Simulation:
             self.world.later(rng.uniform(0.1, 1.5), self._mend, pairs)
         elif choice < 0.42:
             a, b = rng.sample(self._members(), 2)
+            leader = self._leader()
+            if leader is not None and rng.random() < 0.4:
+                # The leader hears nobody (or nobody hears it).
+                a = rng.choice([n for n in self._members() if n != leader.id])
+                a, b = (a, leader.id) if rng.random() < 0.5 else (leader.id, a)
             self.network.block(a, b)
             faults["one-way partition"] += 1
             self._log(f"block {a} -> {b}")
@@ -944,16 +967,11 @@ class Simulation:
             self.network.drop_between(a, b, "reset")
             faults["connection reset"] += 1
         elif choice < 0.6 and up:
-            self._freeze(rng.choice(up), "pause", rng.uniform(0.05, 1.5))
+            self._freeze(self._victim(up), "pause", rng.uniform(0.05, 1.5))
         elif choice < 0.7 and up:
-            self._freeze(rng.choice(up), "stall", rng.uniform(0.05, 1.5))
+            self._freeze(self._victim(up), "stall", rng.uniform(0.05, 1.5))
         elif choice < 0.8 and up and self.wall_steps:
-            node = rng.choice(up)
-            step = rng.choice((-1, 1)) * rng.uniform(0.05, 30.0)
-            node.machine.wall_offset += step
-            node.process.reactor.clock_stepped()
-            faults["wall clock step"] += 1
-            self._log(f"node {node.id} wall clock steps {step:+.3f} s")
+            self.step_wall_clock(self._victim(up).id, rng.choice((-1, 1)) * rng.uniform(0.05, 30.0))
         elif choice < 0.85 and up and self.wall_steps:
             # A forward step of a monotonic clock is a clock running fast:
             # harmless on a leader (its lease ends early), unsound beside a
@@ -966,6 +984,22 @@ class Simulation:
                 node.process.mono.offset += step
                 faults["monotonic clock step"] += 1
                 self._log(f"node {node.id} monotonic clock steps +{step:.3f} s")
+
+    def step_wall_clock(self, node_id: int, step: float) -> None:
+        """Step node C{node_id}'s wall clock (C{reactor.seconds()}) by C{step} seconds."""
+        node = self.nodes[node_id]
+        node.machine.wall_offset += step
+        if node.process is not None:
+            node.process.reactor.clock_stepped()
+        self.result.faults["wall clock step"] += 1
+        self._log(f"node {node_id} wall clock steps {step:+.3f} s")
+
+    def _victim(self, up: list) -> Node:
+        """A node to hurt: the leader half the time (where a lease lives), else any."""
+        leader = self._leader()
+        if leader is not None and self.rng.random() < 0.5:
+            return leader
+        return self.rng.choice(up)
 
     def _freeze(self, node: Node, mode: str, duration: float) -> None:
         process = node.process
