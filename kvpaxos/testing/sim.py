@@ -262,6 +262,7 @@ class Simulation:
             test then scripts its own, e.g. with L{step_wall_clock}).
         """
         self.plant = plant_registry.get(plant)
+        self.random_faults = faults
         self.seed = seed
         self.verbose = verbose
         self.fault_s = fault_s
@@ -323,6 +324,9 @@ class Simulation:
             faults=faults, on_connect=self._connected, log=self._log,
         )
         self.network.reply_loss = rng.choice((0.0, 0.0, 0.05, 0.2))
+        if not self.random_faults:
+            self.network.faults, self.network.reply_loss = None, 0.0
+            self.result.faults.clear()
         self.wall_steps = _accepts(ReplicaService, "clock")
         self.nodes: dict[int, Node] = {}
         for node_id in sorted(self.initial.voters):
@@ -331,7 +335,7 @@ class Simulation:
         self.clients = {i: Client(i) for i in range(1, rng.randint(2, 5) + 1)}
         for client in self.clients.values():
             self.world.later(rng.uniform(0.2, 0.4), self._client_step, client)
-        if faults:
+        if self.random_faults:
             self.world.later(rng.uniform(0.3, 0.6), self._fault)
             self.world.later(rng.uniform(0.5, 1.0), self._operator)
         self.world.later(fault_s, self._heal)
