@@ -159,8 +159,13 @@ def makeService(options: Options) -> service.MultiService:
     from kvpaxos.paxos import Config, Options as CoreOptions
     from kvpaxos.storage.providers import find_store_factory
 
+    from kvpaxos.node.clock import run_timers_on
+
     node = options.node
     globalLogPublisher.addObserver(_tag_with_node(node.node_id))
+    # Every timed call (ticks, timeouts, reconnects) on the monotonic clock,
+    # before any is scheduled: a wall-clock step must not stall the node.
+    run_timers_on(reactor)
     os.makedirs(node.data, exist_ok=True)
     store = find_store_factory(node.storage).open(node.data, Config(node.voters))
 

@@ -23,12 +23,13 @@ the node loudly: the reactor is stopped, the error logged critical and kept
 in L{ReplicaService.fatal_error} (the process then exits non-zero).
 
 Time: ticks, the read lease and request deadlines are counted on an injected
-monotonic clock (C{clock}), never on C{reactor.seconds()}, which is wall
-time in Twisted: a step of the wall clock must neither freeze a leader's
-ticks under its lease nor drop a follower's stickiness early.  Twisted's
-timed calls (the tick C{LoopingCall}, timeouts) still run on the reactor's
-clock; a tick that fires late only means more ticks counted at once, and
-every message counts the ticks missed before it is stepped.
+monotonic clock (C{clock}), never on the wall clock: a step of the wall
+clock must neither freeze a leader's ticks under its lease nor drop a
+follower's stickiness early.  The wiring also runs the reactor's timed calls
+(the tick C{LoopingCall}, timeouts) on the monotonic clock
+(L{kvpaxos.node.clock.run_timers_on}); whatever the timers do, a tick that
+fires late only means more ticks counted at once, and every message counts
+the ticks missed before it is stepped.
 
 Clients reach this service through L{IKeyValueNode} (from the gRPC edge) in
 the reactor thread.  The service owns the Ready loop, the ticks and the
@@ -42,7 +43,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from functools import partial
 from typing import Optional
 
@@ -57,6 +57,7 @@ from zope.interface import implementer
 
 from kvpaxos.kv.commands import CorruptRecord, Request
 from kvpaxos.kv.machine import decode_snapshot
+from kvpaxos.node.clock import MonotonicClock
 from kvpaxos.node.interfaces import (
     IKeyValueNode,
     IPeerHandler,
@@ -75,11 +76,6 @@ from kvpaxos.paxos import InstallSnapshot, NotLeader, Options, Replica
 SNAPSHOT_CHECK_INLINE_BYTES = 1 << 20
 
 
-class MonotonicClock:
-    """The node's clock: C{seconds()} from C{time.monotonic}, which never steps."""
-
-    def seconds(self) -> float:
-        return time.monotonic()
 
 
 @implementer(IPeerHandler, IKeyValueNode)
