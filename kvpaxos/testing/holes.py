@@ -1,0 +1,200 @@
+"""
+The holes issue 9's review found, re-opened on purpose for the node
+simulator's C{--plant} (registered in L{kvpaxos.testing.plants}).
+
+Each class here subclasses the product and undoes exactly one fix, so that
+a test can show the simulator catches that class of bug.  Nothing in the
+product imports this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from kvpaxos.node.reads import ReadPath
+from kvpaxos.node.service import ReplicaService
+from kvpaxos.paxos import Prepare, Promise, Replica, TimeoutNow
+from kvpaxos.paxos.roles import Candidate, Follower, Leader
+
+
+# --- hole 1: a Prepare before its ballot is durable; a Promise for any first slot
+
+
+class EagerCandidate(Candidate):
+    """Sends its Prepares at once and counts a Promise for any first slot."""
+
+    def _ask(self, nodes) -> None:
+        r = self.replica
+        for node in sorted(set(nodes) - self.asked):
+            self.asked.add(node)
+            r.send(Prepare(r.id, node, self.ballot, self.first_slot, self.transfer, self.asked_by))
+
+    def _on_promise(self, m: Promise) -> None:
+        if m.ballot != self.ballot:
+            return
+        self.promises[m.src] = m
+        self._try_to_win()
+
+
+class EagerPrepareReplica(Replica):
+    """A replica whose campaigns are L{EagerCandidate}s."""
+
+    def become(self, role) -> None:
+        if type(role) is Candidate:
+            eager = EagerCandidate(self, role.ballot, role.transfer, role.asked_by)
+            role = eager
+        super().become(role)
+
+
+# --- hole 2: messages stepped before the ticks missed in a stall
+
+
+class AcksFirstService(ReplicaService):
+    """Steps a message before it counts the ticks that passed before it."""
+
+    def _step(self, message) -> None:
+        self._guard(self.replica.step, message)
+        self._catch_up_ticks()
+        self._schedule()
+
+
+# --- hole 3: ticks and the lease counted on the wall clock
+
+
+class WallClockService(ReplicaService):
+    """Counts its ticks, lease and deadlines on C{reactor.seconds()}."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.clock = self.reactor
+
+
+# --- hole 4 (and the review's late TimeoutNow): a lease after a TimeoutNow
+
+
+class LeaseAfterTimeoutNowReplica(Replica):
+    """Serves lease reads after a TimeoutNow, once the transfer is given up."""
+
+    def lease_read_index(self):
+        role = self.role
+        if type(role) is Leader:
+            role.lease_forfeited = False
+        return super().lease_read_index()
+
+
+class LateTimeoutNowReplica(Replica):
+    """Obeys a TimeoutNow however late, as long as its ballot is not old."""
+
+    def become(self, role) -> None:
+        if type(role) is Follower:
+            role.handlers[TimeoutNow] = self._obey_timeout_now
+        super().become(role)
+
+    def _obey_timeout_now(self, m: TimeoutNow) -> None:
+        if m.ballot >= self.leader_ballot and self.id in self.config.voters:
+            self.campaign(transfer=True, asked_by=self.leader_ballot)
+
+
+# --- hole 5: no start guard for Prepares
+
+
+class NoPrepareGuardReplica(Replica):
+    """Promises a Prepare at once after it starts (pre-votes stay guarded)."""
+
+    _in_prepare = False
+
+    def _on_prepare(self, m: Prepare) -> None:
+        self._in_prepare = True
+        try:
+            super()._on_prepare(m)
+        finally:
+            self._in_prepare = False
+
+    def _starting(self) -> bool:
+        return False if self._in_prepare else super()._starting()
+
+
+# --- hole 6: lease reads whatever the peers' timing; no drift allowance
+
+
+class TimingIgnoredService(ReplicaService):
+    """Serves lease reads whatever timing its peers report."""
+
+    def _lease_allowed(self) -> bool:
+        return self.lease_reads
+
+
+class NoDriftReplica(Replica):
+    """A leader whose lease lasts the whole election timeout (no allowance)."""
+
+    def __init__(self, node_id, storage, rng, options, *args, **kwargs) -> None:
+        options = dataclasses.replace(options, lease_drift_ticks=1)
+        object.__setattr__(options, "lease_drift_ticks", 0)
+        super().__init__(node_id, storage, rng, options, *args, **kwargs)
+
+
+# --- hole 8: a restarted node's serializable reads trust its memory
+
+
+class TrustingReads(ReadPath):
+    """Serves serializable reads as if a read index had been confirmed."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._index_confirmed = True
+
+
+class TrustingReadsService(ReplicaService):
+    read_path_class = TrustingReads
+
+
+# --- hole 9: chosen values from anyone
+
+
+class CredulousReplica(Replica):
+    """Takes a Catchup or InstallSnapshot from any peer, asked or not."""
+
+    def _solicited(self, src: int) -> bool:
+        self.catchup_asked.pop(src, None)
+        return True
+
+    def would_install(self, m) -> bool:
+        return not self.is_leader and self._wanted(m.snapshot)
+
+
+class UncheckedSnapshotService(ReplicaService):
+    """Steps a peer's snapshot without checking that its state decodes."""
+
+    def _checking_snapshot(self, message) -> bool:
+        return False
+
+
+# --- hole 10: a fatal stop that leaves no reason (exits 0)
+
+
+class SilentFatalService(ReplicaService):
+    """Stops on a fatal error without recording why (twistd then exits 0)."""
+
+    def _fatal(self, failure) -> None:
+        super()._fatal(failure)
+        self.fatal_error = None
+
+
+# --- hole 11: the chosen index learned only with the next heartbeat
+
+
+class LateLearningReplica(Replica):
+    """A leader that tells followers its chosen index only with its heartbeats."""
+
+    def _quiet(self) -> None:
+        role = self.role
+        if type(role) is Leader:
+            role.announced_chosen = self.chosen_index
+
+    def has_ready(self) -> bool:
+        self._quiet()
+        return super().has_ready()
+
+    def ready(self):
+        self._quiet()
+        return super().ready()
