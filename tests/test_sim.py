@@ -127,6 +127,47 @@ class ScriptedTests(SynchronousTestCase):
         self.assertEqual(result.faults["wall clock step"], len(sim.nodes))
 
 
+def cut_off_leader_with_clock_back(sim):
+    """Script: at 1 s the leader hears nobody for 1 s and its wall clock steps back 20 s."""
+
+    def hurt():
+        leader = sim._leader()
+        if leader is None:
+            return
+        sim.step_wall_clock(leader.id, -20.0)
+        pairs = {(other, leader.id) for other in sorted(sim.nodes) if other != leader.id}
+        for a, b in sorted(pairs):
+            sim.network.block(a, b)
+        sim.world.later(1.0, sim.network.heal, pairs)
+
+    sim.world.at(1.0, hurt)
+
+
+class LeaderClockTests(SynchronousTestCase):
+    """A leader cut off while its wall clock steps back (issue 9, hole 3)."""
+
+    SEEDS = range(60)
+
+    def test_lease_survives(self):
+        """With ticks on the monotonic clock, no read is stale in any of these schedules."""
+        for seed in self.SEEDS:
+            sim = Simulation(seed, faults=False, fault_s=3.0)
+            cut_off_leader_with_clock_back(sim)
+            result = sim.run()
+            self.assertIsNone(result.violation, f"seed {seed}")
+
+    def test_wall_clock_ticks_caught(self):
+        """Counted on the wall clock (plant wall-clock-ticks), a stale lease read is caught."""
+        catches = plants.get("wall-clock-ticks").catches
+        for seed in self.SEEDS:
+            sim = Simulation(seed, faults=False, fault_s=3.0, plant="wall-clock-ticks")
+            cut_off_leader_with_clock_back(sim)
+            result = sim.run()
+            if not result.ok and result.violation.kind in catches:
+                return
+        self.fail("no schedule caught the plant")
+
+
 class PlantTests(SynchronousTestCase):
     """Each planted bug is caught within SEARCH_SEEDS seeds."""
 
@@ -154,7 +195,7 @@ class PlantTests(SynchronousTestCase):
         """Every plant in the registry is one this module searches for."""
         tested = {
             "early-answer-unchosen", "resend-unknown-forward", "serializable-ignores-answered",
-            "unconfirmed-read",
+            "unconfirmed-read", "wall-clock-ticks",
         }
         self.assertEqual(set(plants.names()) - tested, set())
 

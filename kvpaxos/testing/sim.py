@@ -948,6 +948,7 @@ class Simulation:
                 # The leader alone on one side: what a lease must survive.
                 nodes = [leader.id] + [n for n in self._members() if n != leader.id]
                 cut = 1
+                self._and_its_clock(leader)
             pairs = {(a, b) for a in nodes[:cut] for b in nodes[cut:]}
             pairs |= {(b, a) for a, b in pairs}
             for a, b in sorted(pairs):
@@ -962,6 +963,7 @@ class Simulation:
                 # The leader hears nobody (or nobody hears it).
                 a = rng.choice([n for n in self._members() if n != leader.id])
                 a, b = (a, leader.id) if rng.random() < 0.5 else (leader.id, a)
+                self._and_its_clock(leader)
             self.network.block(a, b)
             faults["one-way partition"] += 1
             self._log(f"block {a} -> {b}")
@@ -997,6 +999,12 @@ class Simulation:
             node.process.reactor.clock_stepped()
         self.result.faults["wall clock step"] += 1
         self._log(f"node {node_id} wall clock steps {step:+.3f} s")
+
+    def _and_its_clock(self, leader: Node) -> None:
+        """Now and then a leader being cut off also has its wall clock stepped back."""
+        if self.wall_steps and self.rng.random() < 0.3:
+            self.result.faults["leader cut off, its clock stepped back"] += 1
+            self.step_wall_clock(leader.id, -self.rng.uniform(2.0, 30.0))
 
     def _victim(self, up: list) -> Node:
         """A node to hurt: the leader half the time (where a lease lives), else any."""
