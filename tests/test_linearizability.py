@@ -11,7 +11,8 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvpaxos.testing.linearizability import Operation, check
+from kvpaxos.kv.commands import DeleteRange, KeyValue, Put, PutResponse, Range, RangeResult, Txn, TxnResult
+from kvpaxos.testing.linearizability import Operation, check, project_range, project_txn
 
 K = b"k"
 
@@ -415,3 +416,42 @@ class RandomHistoryTests(SynchronousTestCase):
             self.assertEqual(check(history).outcome, expected, f"seed {seed}: {history}")
             verdicts[expected] += 1
         self.assertGreater(min(verdicts.values()), 100, verdicts)
+
+
+class ProjectionTests(SynchronousTestCase):
+    """Transactions and ranges are checked as per-key operations."""
+
+    def test_range_projects_to_gets(self):
+        """A range read becomes one get per key, absent keys included, with its interval."""
+        ops = project_range(1, (b"a", b"b"), (b"x", None), 2, 3)
+        self.assertEqual(ops, [
+            Operation(1, "get", b"a", output=b"x", call=2, ret=3),
+            Operation(1, "get", b"b", output=None, call=2, ret=3),
+        ])
+
+    def test_txn_projects_to_writes_and_reads(self):
+        """A write-only txn becomes a put or delete per key; its single-key ranges, answered, gets."""
+        txn = Txn((), (Put(b"a", b"1"), DeleteRange(b"b"), Range(b"c")), ())
+        answer = TxnResult(True, (PutResponse(), None, RangeResult((KeyValue(b"c", b"v", 1, 1, 1),), 1)))
+        ops = project_txn(1, txn, answer, 0, 5)
+        self.assertEqual([(o.kind, o.key, o.input, o.output) for o in ops], [
+            ("put", b"a", b"1", None), ("delete", b"b", None, None), ("get", b"c", None, b"v"),
+        ])
+        timed_out = project_txn(1, txn, None, 0, None)
+        self.assertEqual([o.kind for o in timed_out], ["put", "delete"])
+
+    def test_txn_atomicity_is_not_projected(self):
+        """A history that only a non-atomic txn explains still passes per key (the simulator checks atomicity)."""
+        txn = Txn((), (Put(b"a", b"1"), Put(b"b", b"1")), ())
+        history = project_txn(1, txn, TxnResult(True, (PutResponse(), PutResponse())), 0, 10)
+        history += [
+            Operation(2, "get", b"a", output=b"1", call=1, ret=2),
+            Operation(2, "get", b"b", output=None, call=3, ret=4),
+        ]
+        self.assertEqual(check(history).outcome, "ok")
+
+    def test_conditional_txn_refused(self):
+        """A txn with compares cannot be projected onto registers."""
+        from kvpaxos.kv.commands import Compare, CompareResult, CompareTarget
+        txn = Txn((Compare(b"a", CompareTarget.VALUE, CompareResult.EQUAL, b"x"),), (Put(b"a", b"y"),), ())
+        self.assertRaises(ValueError, project_txn, 1, txn, None, 0, None)

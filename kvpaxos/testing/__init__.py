@@ -1,9 +1,20 @@
 """
 Test support that ships with kvpaxos, so that code built on it can be tested
-the same way: the deterministic cluster simulator (L{kvpaxos.testing.sim}),
-its fault-injecting network (L{kvpaxos.testing.network}) and the digesting
-key-value state machine it replicates (L{kvpaxos.testing.kvmachine}).
+the same way:
 
-Nothing here is imported by the node; everything here is deterministic given
-a seed.
+  - L{kvpaxos.testing.sim}: the deterministic simulator of the production
+    node (the real L{kvpaxos.node.service.ReplicaService} over the real
+    state machine and storage providers), with L{kvpaxos.testing.simworld}
+    (virtual time, per-process reactors and clocks, the simulated disk and
+    TCP-like peer links), L{kvpaxos.testing.reference} (the chosen log
+    replayed through the real state machine) and L{kvpaxos.testing.plants}
+    (bugs it can plant to show its checker bites);
+  - L{kvpaxos.testing.coresim}: the faster simulator of the bare Paxos core,
+    with its fault-injecting network (L{kvpaxos.testing.network}) and the
+    digesting state machine it replicates (L{kvpaxos.testing.kvmachine});
+  - L{kvpaxos.testing.linearizability}: the history checker both use;
+  - L{kvpaxos.testing.processes}: a cluster of real twistd processes.
+
+Nothing here is imported by the node; the simulators are deterministic
+given a seed.
 """

@@ -14,13 +14,19 @@ everything, through C{random.Random} streams split from it.
 Faults, in a fault phase: crashes and restarts (a new service over the same
 store, with the durable state only), pauses (SIGSTOP: the overdue tick runs
 first on resume), reactor stalls (a long GC: queued messages first),
-partitions both ways and one way, dropped connections, wall-clock steps both
-ways, forward steps of the monotonic clock (where they cannot outrun a
-lease), tick-rate drift within the lease's allowance, membership changes and
+partitions both ways and one way, dropped connections (some seeds reset a
+connection just as a forward's or read index's answer is sent back, so the
+caller cannot know what its call did), wall-clock steps both ways, forward
+steps of the monotonic clock (where they cannot outrun a lease), tick-rate
+drift within the lease's allowance, slow disks, membership changes and
 leader transfers; in adversarial seeds Paxos messages are also lost,
-duplicated and reordered.  Then a heal phase: faults stop, every node comes
-back, and new writes must be acknowledged and every member converge within
-a bound of virtual time.
+duplicated and reordered.  Half the crashes, pauses, stalls and clock steps
+hit the leader, partitions often cut the leader off (now and then with its
+wall clock stepped back), and clients send to the leader they were last told
+of: that is where a read lease lives.  Then a heal phase: faults stop, every
+node comes back, and new writes must be acknowledged and every member
+converge within a bound of virtual time.  C{faults=False} runs without
+random faults, for tests that script their own.
 
 Clients put, append, delete, compare-and-swap, run transactions, and read
 (get and range, linearizable, lease and serializable) through any node, with
@@ -764,9 +770,10 @@ class Simulation:
             return  # an attempt given up on
         client.attempt += 1  # nothing later of this attempt counts
         if how == "ok":
+            # What a response header says: the leader the answering node knows.
             process = self.processes.get(op.node)
-            replica = getattr(process.service, "replica", None) if process else None
-            client.guess = replica.leader if replica is not None and replica.leader else op.node
+            leader = process.service.status().leader if process is not None else None
+            client.guess = leader or op.node
             self._succeeded(client, op, value)
             return
         if how == "error" and value.check(InvalidArgument):
