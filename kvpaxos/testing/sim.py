@@ -170,7 +170,7 @@ class Violation(Exception):
 
 
 @dataclass
-class Result_:
+class SeedResult:
     """What one seed's run did (named so as not to shadow the kv Result)."""
 
     seed: int
@@ -198,8 +198,6 @@ class Result_:
         extra = f" --plant {plant}" if plant else ""
         return f"python -m kvpaxos.testing.sim --seed {self.seed}{extra}"
 
-
-SeedResult = Result_
 
 
 @dataclass
@@ -247,7 +245,8 @@ class Pending:
     give_up_at: float = 0.0
     node: int = 0
     call: float = 0.0
-    history: list = field(default_factory=list)
+    #: Whether any attempt reached a node (else it certainly did nothing).
+    delivered: bool = False
 
 
 def _accepts(cls, name: str) -> bool:
@@ -279,7 +278,7 @@ class Simulation:
         self.disk_rng = random.Random(root.getrandbits(64))
         self.node_seed = root.getrandbits(64)
         self.world = VirtualTime()
-        self.result = Result_(seed)
+        self.result = SeedResult(seed)
         self.violation: Optional[Violation] = None
         self._trace = hashlib.blake2b(digest_size=16)
 
@@ -358,7 +357,7 @@ class Simulation:
             self.violation = Violation(kind, detail)
             self._log(f"VIOLATION {kind}: {detail}")
 
-    def run(self) -> Result_:
+    def run(self) -> SeedResult:
         """Run to the end of the heal phase, or to the first violation."""
         try:
             self._run()
@@ -748,6 +747,7 @@ class Simulation:
         process.io(0.0005, self._call_node, client, op, attempt, process)
 
     def _call_node(self, client: Client, op: Pending, attempt: int, process: Process) -> None:
+        op.delivered = True
         service = process.service
         if op.request is not None:
             d = service.submit(op.request, REQUEST_TIMEOUT_S)
@@ -789,7 +789,7 @@ class Simulation:
             node = self.client_rng.choice(self._targets(client))
             self.world.later(self.client_rng.uniform(0.01, 0.1), self._attempt, client, op, node)
             return
-        if op.request is not None and op.kind != "open" and not (certain and attempt == 1):
+        if op.request is not None and op.kind != "open" and op.delivered:
             self._record_write(client, op, None)  # outcome unknown
         self._done(client)
 
@@ -1172,7 +1172,7 @@ class _Datagrams:
     straggle_s: tuple = (0.05, 0.4)
 
 
-def run_seed(seed: int, plant: Optional[str] = None, verbose: bool = False, **options) -> Result_:
+def run_seed(seed: int, plant: Optional[str] = None, verbose: bool = False, **options) -> SeedResult:
     """Run one seed and return its result."""
     return Simulation(seed, plant=plant, verbose=verbose, **options).run()
 
