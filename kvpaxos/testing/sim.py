@@ -98,6 +98,7 @@ from kvpaxos.kv.commands import (
     compare_and_swap,
 )
 from kvpaxos.kv.logformat import decode_request
+from kvpaxos.node.clock import run_timers_on
 from kvpaxos.node.interfaces import Timing
 from kvpaxos.node.service import ReplicaService
 from kvpaxos.paxos import (
@@ -441,6 +442,9 @@ class Simulation:
             self._run_in,
         )
         node.process = process
+        # The product's wiring (kvpaxos.tap.makeService): every timed call
+        # on the monotonic clock.
+        run_timers_on(process.reactor, process.mono.seconds)
         node.chosen_seen = 0
         self.processes[node.id] = process
         disk = Disk(
@@ -995,6 +999,7 @@ class Simulation:
             if node is not None:
                 step = rng.uniform(0.01, 0.5)
                 node.process.mono.offset += step
+                node.process.reactor.monotonic_stepped()
                 faults["monotonic clock step"] += 1
                 self._log(f"node {node.id} monotonic clock steps +{step:.3f} s")
 

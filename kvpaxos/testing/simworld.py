@@ -122,12 +122,20 @@ class MonotonicClock:
     def seconds(self) -> float:
         return self._world.now * self._machine.rate + self.offset
 
+    def virtual_of(self, seconds: float) -> float:
+        """The virtual time at which this clock shows C{seconds}."""
+        return (seconds - self.offset) / self._machine.rate
+
 
 @implementer(IReactorTime)
 class NodeReactor:
     """
     The reactor of one process: wall-clock time, timers in wall time,
     C{running}/C{stop()} (a stop is what a node does on a fatal error).
+    As a real reactor, it reads the time only through C{self.seconds}: the
+    simulator moves its timers onto the process's monotonic clock with the
+    product's own L{kvpaxos.node.clock.run_timers_on}, as C{makeService}
+    does, and a wall-clock step then moves none of them.
     """
 
     def __init__(self, process: "Process") -> None:
@@ -171,8 +179,14 @@ class NodeReactor:
     def _cancelled(self, call) -> None:
         self._pending.pop(call, None)
 
+    def _on_monotonic(self) -> bool:
+        return getattr(self.seconds, "__self__", None) is self._process.mono
+
     def _push(self, call) -> None:
-        when = self._machine.virtual_of_wall(call.time)
+        if self._on_monotonic():
+            when = self._process.mono.virtual_of(call.time)
+        else:
+            when = self._machine.virtual_of_wall(call.time)
         self._world.at(when, self._process.timer_due, self._version, call, call.time)
 
     def is_current(self, version: int, call, time: float) -> bool:
@@ -189,7 +203,16 @@ class NodeReactor:
         return call.time <= self.seconds()
 
     def clock_stepped(self) -> None:
-        """The wall clock moved: every timer moves with it (kept in wall time)."""
+        """The wall clock moved: timers kept in wall time move with it."""
+        if not self._on_monotonic():
+            self._repush()
+
+    def monotonic_stepped(self) -> None:
+        """The monotonic clock moved: timers kept on it move with it."""
+        if self._on_monotonic():
+            self._repush()
+
+    def _repush(self) -> None:
         self._version += 1
         for call in list(self._pending):
             self._push(call)
