@@ -58,6 +58,7 @@ from kvpaxos.paxos.messages import (
 from kvpaxos.paxos.state import Entry, HardState
 from kvpaxos.storage import encoding
 from kvpaxos.storage.interfaces import (
+    Commit,
     INodeStore,
     IReplicaStorage,
     IStateMachine,
@@ -350,7 +351,7 @@ class NodeStoreContractMixin(_ProviderFixture):
     def apply_slots(self, *values, first=1):
         """Commit C{values} as the chosen slots C{first}, C{first + 1}, ..."""
         committed = list(enumerate(values, first))
-        return self.store.commit(None, [], None, False, committed)
+        return self.store.commit(Commit(None, [], None, False, committed))
 
     def test_provides_interface(self):
         """The provider fully implements INodeStore, and its state_machine IStateMachine."""
@@ -367,7 +368,7 @@ class NodeStoreContractMixin(_ProviderFixture):
         """commit stores hard state, entries and snapshot as save does."""
         values = [(2, entry(B1, put(b"a", b"1"))), (3, Entry(B1, NOOP))]
         snapshot = Snapshot(1, CONFIG, b"")
-        self.store.commit(HardState(B1, 2), values, snapshot, False, [])
+        self.store.commit(Commit(HardState(B1, 2), values, snapshot, False, []))
         store = self.reopened()
         self.assertEqual(store.hard_state(), HardState(B1, 2))
         self.assertEqual(store.snapshot(), snapshot)
@@ -414,13 +415,13 @@ class NodeStoreContractMixin(_ProviderFixture):
 
     def test_applied_survives_reopen(self):
         """The applied index and the data it covers are read back after a restart."""
-        self.store.commit(
+        self.store.commit(Commit(
             HardState(B1, 2),
             [(1, entry(B1, put(b"a", b"1"))), (2, entry(B1, put(b"b", b"2")))],
             None,
             False,
             [(1, batch(put(b"a", b"1"))), (2, batch(put(b"b", b"2")))],
-        )
+        ))
         store = self.reopened()
         self.assertEqual(store.applied_index(), 2)
         self.assertEqual((store.get(b"a"), store.get(b"b")), (b"1", b"2"))
@@ -429,7 +430,7 @@ class NodeStoreContractMixin(_ProviderFixture):
     def test_failed_commit_changes_nothing(self):
         """A commit whose apply fails midway leaves acceptor state, data and applied index as they were."""
         self.store.commit(
-            HardState(B1, 1), [(1, entry(B1, b"1"))], None, False, [(1, batch(put(b"a", b"1")))]
+            Commit(HardState(B1, 1), [(1, entry(B1, b"1"))], None, False, [(1, batch(put(b"a", b"1")))]),
         )
         before = self.state()
         original = machine.apply
@@ -443,11 +444,13 @@ class NodeStoreContractMixin(_ProviderFixture):
         self.assertRaises(
             RuntimeError,
             self.store.commit,
-            HardState(B2, 3),
-            [(2, entry(B2, b"2")), (3, entry(B2, b"3"))],
-            Snapshot(1, CONFIG, b""),
-            False,
-            [(2, batch(put(b"a", b"2"), delete(b"a"), put(b"c", b"1"))), (3, batch(put(b"boom", b"")))],
+            Commit(
+                HardState(B2, 3),
+                [(2, entry(B2, b"2")), (3, entry(B2, b"3"))],
+                Snapshot(1, CONFIG, b""),
+                False,
+                [(2, batch(put(b"a", b"2"), delete(b"a"), put(b"c", b"1"))), (3, batch(put(b"boom", b"")))],
+            ),
         )
         self.assertEqual(self.state(), before)
         self.assertEqual(self.store.get(b"a"), b"1")
@@ -467,7 +470,7 @@ class NodeStoreContractMixin(_ProviderFixture):
         self.apply_slots(batch(put(b"a", b"1"), put(b"b", b"2")))
         snapshot = Snapshot(5, Config(frozenset({1, 2})), state_of((b"c", b"3")))
         results = self.store.commit(
-            None, [], snapshot, True, [(6, batch(put(b"d", b"4")))]
+            Commit(None, [], snapshot, True, [(6, batch(put(b"d", b"4")))]),
         )
         self.assertEqual(results, [(Request(Op.PUT, b"d", b"4"), Result(False, None, 2))])
         store = self.reopened()
@@ -480,7 +483,7 @@ class NodeStoreContractMixin(_ProviderFixture):
     def test_install_at_saved_index(self):
         """A snapshot at the saved snapshot's index (a joining node's bootstrap) installs."""
         snapshot = Snapshot(0, Config(frozenset({7})), state_of((b"k", b"v")))
-        self.store.commit(None, [], snapshot, True, [])
+        self.store.commit(Commit(None, [], snapshot, True, []))
         self.assertEqual(self.store.get(b"k"), b"v")
         self.assertEqual(self.store.snapshot(), snapshot)
         self.assertEqual(self.store.applied_index(), 0)
@@ -488,7 +491,7 @@ class NodeStoreContractMixin(_ProviderFixture):
     def test_install_needs_snapshot(self):
         """install without a snapshot is caller misuse: ValueError, nothing changed."""
         before = self.state()
-        self.assertRaises(ValueError, self.store.commit, None, [], None, True, [])
+        self.assertRaises(ValueError, self.store.commit, Commit(None, [], None, True, []))
         self.assertEqual(self.state(), before)
 
     def test_compaction_point_without_data(self):
@@ -499,7 +502,7 @@ class NodeStoreContractMixin(_ProviderFixture):
         """
         self.apply_slots(batch(put(b"a", b"1")), batch(put(b"b", b"2")))
         self.store.save(HardState(B1, 2), [(3, entry(B1, b"3"))], Snapshot(1, CONFIG, b"old"))
-        self.store.commit(None, [], Snapshot(2, CONFIG, None), False, [])
+        self.store.commit(Commit(None, [], Snapshot(2, CONFIG, None), False, []))
         store = self.reopened()
         self.assertEqual(store.snapshot(), Snapshot(2, CONFIG, None))
         self.assertEqual([slot for slot, _ in store.entries(0)], [3])
@@ -528,18 +531,18 @@ class NodeStoreContractMixin(_ProviderFixture):
         """on_applied is given the results commit returns, and is not called when nothing applied."""
         seen = []
         results = self.store.commit(
-            None, [], None, False, [(1, batch(put(b"a", b"1"), put(b"a", b"2")))], None, seen.append
+            Commit(None, [], None, False, [(1, batch(put(b"a", b"1"), put(b"a", b"2")))], None), seen.append,
         )
         self.assertEqual(seen, [results])
         self.assertEqual(len(results), 2)
-        self.store.commit(HardState(B1, 1), [], None, False, [], None, seen.append)
+        self.store.commit(Commit(HardState(B1, 1), [], None, False, [], None), seen.append)
         self.assertEqual(len(seen), 1)
 
     def test_install_needs_data(self):
         """Installing a snapshot without data is caller misuse: ValueError, nothing changed."""
         self.apply_slots(batch(put(b"a", b"1")))
         before = self.state()
-        self.assertRaises(ValueError, self.store.commit, None, [], Snapshot(4, CONFIG, None), True, [])
+        self.assertRaises(ValueError, self.store.commit, Commit(None, [], Snapshot(4, CONFIG, None), True, []))
         self.assertEqual(self.state(), before)
 
     def test_install_below_saved_snapshot_refused(self):
@@ -548,7 +551,7 @@ class NodeStoreContractMixin(_ProviderFixture):
         self.store.save(HardState(B1, 5), [], Snapshot(5, CONFIG, self.store.snapshot_data()))
         before = self.state()
         old = Snapshot(3, CONFIG, state_of((b"z", b"z")))
-        self.assertRaises(ValueError, self.store.commit, None, [], old, True, [])
+        self.assertRaises(ValueError, self.store.commit, Commit(None, [], old, True, []))
         self.assertEqual(self.state(), before)
 
     def test_install_truncated_snapshot_refused(self):
@@ -556,7 +559,7 @@ class NodeStoreContractMixin(_ProviderFixture):
         self.apply_slots(batch(put(b"a", b"1")))
         before = self.state()
         data = state_of((b"b", b"2"), (b"c", b"3"))[:-1]
-        self.assertRaises(ValueError, self.store.commit, None, [], Snapshot(4, CONFIG, data), True, [])
+        self.assertRaises(ValueError, self.store.commit, Commit(None, [], Snapshot(4, CONFIG, data), True, []))
         self.assertEqual(self.state(), before)
 
     def test_snapshot_data_installs_on_another_store(self):
@@ -567,7 +570,7 @@ class NodeStoreContractMixin(_ProviderFixture):
         )
         data = self.store.snapshot_data()
         other = self.provider.open(self, Config(frozenset()))
-        other.commit(None, [], Snapshot(2, CONFIG, data), True, [])
+        other.commit(Commit(None, [], Snapshot(2, CONFIG, data), True, []))
         self.assertEqual(other.snapshot_data(), data)
         self.assertEqual((other.get(b"a"), other.get(b"b"), other.get(b"c")), (b"1", b"22", None))
         self.assertEqual(other.applied_index(), 2)
@@ -591,11 +594,11 @@ class NodeStoreContractMixin(_ProviderFixture):
         value = b"v" * (60 << 10)
         for slot in range(1, 41):
             self.store.commit(
-                HardState(B1, slot),
+                Commit(HardState(B1, slot),
                 [(slot, entry(B1, put(b"k%d" % slot, value)))],
                 None,
                 False,
-                [(slot, batch(put(b"k%d" % slot, value)))],
+                [(slot, batch(put(b"k%d" % slot, value)))]),
             )
         store = self.reopened()
         self.assertEqual(store.applied_index(), 40)
@@ -607,7 +610,7 @@ class NodeStoreContractMixin(_ProviderFixture):
         key = b"k" * MAX_KEY_BYTES
         value = bytes(range(256)) * (MAX_VALUE_BYTES // 256)
         command = put(key, value)
-        self.store.commit(HardState(B1, 1), [(1, entry(B1, command))], None, False, [(1, batch(command))])
+        self.store.commit(Commit(HardState(B1, 1), [(1, entry(B1, command))], None, False, [(1, batch(command))]))
         store = self.reopened()
         self.assertEqual(store.get(key), value)
         self.assertEqual(store.entries(1), [(1, entry(B1, command))])
@@ -675,7 +678,7 @@ class NodeStoreContractMixin(_ProviderFixture):
     def test_install_sets_revision(self):
         """Installing a snapshot brings its revision and records with it."""
         self.apply_slots(batch(put(b"x", b"1")))
-        self.store.commit(None, [], Snapshot(3, CONFIG, state_of((b"a", b"1"), (b"a", b"2"))), True, [])
+        self.store.commit(Commit(None, [], Snapshot(3, CONFIG, state_of((b"a", b"1"), (b"a", b"2"))), True, []))
         store = self.reopened()
         self.assertEqual(store.revision(), 2)
         self.assertEqual(store.get_record(b"a"), KeyValue(b"a", b"2", 2, 1, 2))
@@ -717,7 +720,7 @@ class LMDBStoreTests(SynchronousTestCase):
         store = self.open()
         before = store._env.info()["map_size"]
         command = put(b"big", b"x" * (2 * TEST_MAP_BYTES))
-        store.commit(None, [], None, False, [(1, batch(command))])
+        store.commit(Commit(None, [], None, False, [(1, batch(command))]))
         self.assertGreater(store.map_growths, 0)
         self.assertGreater(store._env.info()["map_size"], before)
         self.assertEqual(store.get(b"big"), b"x" * (2 * TEST_MAP_BYTES))
@@ -762,10 +765,10 @@ class LMDBStoreTests(SynchronousTestCase):
                           limits=SessionLimits(max_sessions=1))
         self.addCleanup(store.close)
         opening = encode_request(Request(Op.OPEN_SESSION))
-        store.commit(None, [], None, False, [(1, batch(opening, opening))])
+        store.commit(Commit(None, [], None, False, [(1, batch(opening, opening))]))
         self.assertEqual(store.range(b"\x00", TO_THE_END).count, 0)
-        [(_, result)] = store.commit(None, [], None, False, [(2, batch(encode_request(
-            Request(Op.PUT, b"k", b"v", client_id=1, sequence=1))))])
+        [(_, result)] = store.commit(Commit(None, [], None, False, [(2, batch(encode_request(
+            Request(Op.PUT, b"k", b"v", client_id=1, sequence=1))))]))
         self.assertEqual(type(result).__name__, "SessionExpired")
 
     def test_log_keys_sort_as_slots(self):
@@ -797,18 +800,18 @@ class ProvidersAgreeTests(SynchronousTestCase):
             (5, batch(encode_request(session), encode_request(Request(Op.TXN, txn=Txn(
                 (), (DeleteRange(b"\x00", TO_THE_END, True), Range(b"a"))))))),
         ]
-        results = [s.commit(None, [], None, False, committed) for s in (self.lmdb, self.memory)]
+        results = [s.commit(Commit(None, [], None, False, committed)) for s in (self.lmdb, self.memory)]
         self.assertEqual(results[0], results[1])
         self.assertEqual(self.lmdb.snapshot_data(), self.memory.snapshot_data())
 
     def test_snapshot_crosses_providers(self):
         """Data snapshotted from an LMDB store installs into a memory store, and back."""
-        self.lmdb.commit(None, [], None, False, [(1, batch(put(b"k", b"v"), put(b"j", b"w")))])
+        self.lmdb.commit(Commit(None, [], None, False, [(1, batch(put(b"k", b"v"), put(b"j", b"w")))]))
         data = self.lmdb.snapshot_data()
-        self.memory.commit(None, [], Snapshot(1, CONFIG, data), True, [])
+        self.memory.commit(Commit(None, [], Snapshot(1, CONFIG, data), True, []))
         self.assertEqual(self.memory.snapshot_data(), data)
-        self.memory.commit(None, [], None, False, [(2, batch(delete(b"j")))])
-        self.lmdb.commit(None, [], Snapshot(2, CONFIG, self.memory.snapshot_data()), True, [])
+        self.memory.commit(Commit(None, [], None, False, [(2, batch(delete(b"j")))]))
+        self.lmdb.commit(Commit(None, [], Snapshot(2, CONFIG, self.memory.snapshot_data()), True, []))
         self.assertEqual(
             [(r.key, r.value) for r in machine.decode_snapshot(self.lmdb.snapshot_data()).records],
             [(b"k", b"v")],

@@ -22,6 +22,7 @@ from kvpaxos.kv.commands import TO_THE_END, Op, Range, Request
 from kvpaxos.kv.logformat import encode_request
 from kvpaxos.paxos.messages import Batch, Config
 from kvpaxos.storage import lmdb as lmdb_store
+from kvpaxos.storage.interfaces import Commit
 from kvpaxos.storage.lmdb import LMDBStore
 from kvpaxos.storage.memory import MemoryStore
 
@@ -49,7 +50,7 @@ def put(*keys: bytes, value: bytes = b"v") -> Batch:
 
 def commit_big(store) -> list:
     """Commit a put of L{BIG} at slot 2 of C{store}: past LMDB's map in these tests."""
-    return store.commit(None, [], None, False, [(2, put(b"big", value=BIG))])
+    return store.commit(Commit(None, [], None, False, [(2, put(b"big", value=BIG))]))
 
 
 class _Call:
@@ -143,7 +144,7 @@ class _SnapshotBesideWork:
 
     def setUp(self):
         self.store = self.open()
-        self.store.commit(None, [], None, False, [(1, put(b"a"))])
+        self.store.commit(Commit(None, [], None, False, [(1, put(b"a"))]))
         self.before = self.store.snapshot_data()
         self.encoding = _Pause(machine.encode_snapshot)
         self.patch(machine, "encode_snapshot", self.encoding)
@@ -204,7 +205,7 @@ class LMDBSnapshotStepTests(SynchronousTestCase):
     def setUp(self):
         self.store = LMDBStore(self.mktemp(), CONFIG, map_bytes=MAP_BYTES)
         self.addCleanup(self.store.close)
-        self.store.commit(None, [], None, False, [(1, put(b"a", b"b", b"c"))])
+        self.store.commit(Commit(None, [], None, False, [(1, put(b"a", b"b", b"c"))]))
         self.before = self.store.snapshot_data()
         self.copies: list = []
         copy_state = self.store._copy_state

@@ -69,6 +69,7 @@ from kvpaxos.node.interfaces import (
 from kvpaxos.node.reads import ReadPath
 from kvpaxos.node.writes import WritePath
 from kvpaxos.paxos import InstallSnapshot, NotLeader, Options, Replica
+from kvpaxos.storage.interfaces import Commit
 
 
 #: A peer's snapshot at most this large is checked in the reactor thread
@@ -89,8 +90,10 @@ class ReplicaService(Service):
     @param options: the core's L{Options}.
     @param tick_s: seconds per core tick.
     @param rng: randomness for the core (election timeouts).
-    @param run_commit: how a Ready's transaction runs (default: the writer
-        thread); tests and the simulator inject their own.
+    @param run_commit: how a Ready's transaction runs: C{run_commit(work,
+        on_applied)} with a L{kvpaxos.storage.interfaces.Commit}, a Deferred
+        firing with the results once durable (default: C{store.commit} on
+        the writer thread); tests and the simulator inject their own.
     @param lease_reads: whether this node serves lease reads (every member
         must say the same; see L{peer_timing}).
     @param read_snapshot: how a snapshot for a peer is read (default: a
@@ -402,11 +405,8 @@ class ReplicaService(Service):
             self._send_snapshot(peer)
         if rd.must_sync() or rd.committed or rd.install_snapshot:
             through = rd.committed[-1][0] if rd.committed else 0
-            d = self._run_commit(
-                rd.hard_state, rd.entries, rd.snapshot, rd.install_snapshot, rd.committed,
-                self.writes.take_decoded(rd.committed),
-                partial(self.writes.answer_early, through),
-            )
+            work = Commit.of(rd, self.writes.take_decoded(rd.committed))
+            d = self._run_commit(work, partial(self.writes.answer_early, through))
         else:
             d = defer.succeed([])
         self._busy = d
@@ -445,18 +445,17 @@ class ReplicaService(Service):
             self.reactor, self.reactor.getThreadPool(), self.store.state_machine.snapshot_now
         )
 
-    def _commit_on_writer(self, *args) -> defer.Deferred:
+    def _commit_on_writer(self, work, on_applied) -> defer.Deferred:
         """
-        Run C{store.commit(*args)} on the writer thread; its last argument,
-        C{on_applied}, is called back in the reactor thread.
+        Run C{store.commit(work)} (a L{Commit}) on the writer thread;
+        C{on_applied} is called back in the reactor thread.
         """
-        *args, on_applied = args
         reactor = self.reactor
 
         def from_writer(results) -> None:
             reactor.callFromThread(on_applied, results)
 
-        return deferToThreadPool(reactor, self._pool, self.store.commit, *args, from_writer)
+        return deferToThreadPool(reactor, self._pool, self.store.commit, work, from_writer)
 
     def _committed(self, results, rd) -> None:
         self._busy = None

@@ -12,7 +12,37 @@ Providers: L{kvpaxos.storage.memory.MemoryStorage} (tests, the simulator,
 benchmarks).  A provider is any object that provides L{IReplicaStorage}.
 """
 
+from dataclasses import dataclass
+from typing import Optional
+
 from zope.interface import Attribute, Interface
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """
+    One L{kvpaxos.paxos.Ready}'s work for the store, done in one durable
+    transaction by L{INodeStore.commit}: what to persist (C{hard_state},
+    C{entries}, C{snapshot}), whether to C{install} that snapshot's state,
+    the chosen slots to apply (C{committed}), and the node's own checked
+    requests of commands among them (C{decoded}: encoding -> request, so
+    they are applied without decoding them again).
+    """
+
+    hard_state: object = None
+    entries: list = ()
+    snapshot: object = None
+    install: bool = False
+    committed: list = ()
+    decoded: Optional[dict] = None
+
+    @classmethod
+    def of(cls, ready, decoded: Optional[dict] = None) -> "Commit":
+        """Return the L{Commit} of C{ready} (with the node's C{decoded})."""
+        return cls(
+            ready.hard_state, ready.entries, ready.snapshot, ready.install_snapshot,
+            ready.committed, decoded,
+        )
 
 
 class IReplicaStorage(Interface):
@@ -118,12 +148,13 @@ class INodeStore(IReplicaStorage):
         equal states give equal bytes, whichever provider holds them.
         """
 
-    def commit(hard_state, entries, snapshot, install, committed, decoded=None, on_applied=None):
+    def commit(work, on_applied=None):
         """
-        In one atomic, durable (fsynced) transaction: store C{hard_state},
-        C{entries} and C{snapshot} as L{IReplicaStorage.save} does; if
-        C{install}, replace the whole replicated state with C{snapshot}'s
-        and set the applied index to C{snapshot.index}; then apply the
+        Do L{Commit} C{work} in one atomic, durable (fsynced) transaction:
+        store C{hard_state}, C{entries} and C{snapshot} as
+        L{IReplicaStorage.save} does; if C{install}, replace the whole
+        replicated state with C{snapshot}'s and set the applied index to
+        C{snapshot.index}; then apply the
         C{(slot, value)} pairs of C{committed} in order (each batch through
         L{kvpaxos.kv.machine.apply_batch} with its slot and the store's
         session limits: L{kvpaxos.storage.apply.apply_committed}, over the

@@ -59,7 +59,7 @@ from kvpaxos.paxos.messages import Config, Snapshot
 from kvpaxos.paxos.state import HardState
 from kvpaxos.storage import encoding
 from kvpaxos.storage.apply import apply_committed
-from kvpaxos.storage.interfaces import INodeStore
+from kvpaxos.storage.interfaces import Commit, INodeStore
 from kvpaxos.storage.providers import StateMachineView
 
 #: The map a new environment starts with; it doubles whenever it is full.
@@ -527,10 +527,9 @@ class LMDBStore:
 
     def save(self, hard_state, entries, snapshot) -> None:
         """L{IReplicaStorage.save}: L{commit} with nothing to install or apply."""
-        self.commit(hard_state, entries, snapshot, False, [])
+        self.commit(Commit(hard_state, entries, snapshot))
 
-    def commit(self, hard_state, entries, snapshot, install, committed, decoded=None,
-               on_applied=None) -> list:
+    def commit(self, work: Commit, on_applied=None) -> list:
         """
         Store C{hard_state}, C{entries} and C{snapshot}, install C{snapshot}'s
         data if C{install}, and apply C{committed}, in one fsynced write
@@ -544,6 +543,8 @@ class LMDBStore:
         @raise AssertionError: C{committed} does not continue the applied
             slots one by one.  Nothing is changed.
         """
+        hard_state, entries, snapshot = work.hard_state, work.entries, work.snapshot
+        install, committed, decoded = work.install, work.committed, work.decoded
         if install and (snapshot is None or snapshot.data is None):
             raise ValueError("install needs a snapshot with its data")
         # Encode once, outside the transaction (and its retries).

@@ -25,7 +25,7 @@ from kvpaxos.kv.sessions import (
 from kvpaxos.paxos.messages import Config, Snapshot
 from kvpaxos.paxos.state import HardState
 from kvpaxos.storage.apply import apply_committed
-from kvpaxos.storage.interfaces import INodeStore, IReplicaStorage
+from kvpaxos.storage.interfaces import Commit, INodeStore, IReplicaStorage
 from kvpaxos.storage.providers import StateMachineView
 
 
@@ -368,10 +368,9 @@ class MemoryStore:
 
     def save(self, hard_state, entries, snapshot) -> None:
         """L{IReplicaStorage.save}: L{commit} with nothing to install or apply."""
-        self.commit(hard_state, entries, snapshot, False, [])
+        self.commit(Commit(hard_state, entries, snapshot))
 
-    def commit(self, hard_state, entries, snapshot, install, committed, decoded=None,
-               on_applied=None) -> list:
+    def commit(self, work: Commit, on_applied=None) -> list:
         """
         L{INodeStore.commit}, atomically: the install and the batches are
         worked out under the lock, and a failure rolls the state back.
@@ -383,6 +382,8 @@ class MemoryStore:
         @raise AssertionError: C{committed} does not continue the applied
             slots one by one.  Nothing is changed.
         """
+        hard_state, entries, snapshot = work.hard_state, work.entries, work.snapshot
+        install, committed, decoded = work.install, work.committed, work.decoded
         with self._lock:
             if install:
                 if snapshot is None or snapshot.data is None:

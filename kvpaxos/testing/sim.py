@@ -530,7 +530,7 @@ class Simulation:
 
     def _commit_asked(self, process: Process, args) -> None:
         """A node commits these slots as chosen: agreement and validity."""
-        hard_state, entries, snapshot, install, committed, decoded, _ = args
+        committed = args[0].committed
         for slot, value in committed:
             held = self.chosen.get(slot)
             if held is None:

@@ -368,9 +368,9 @@ class Disk:
 
     def commit(self, *args) -> defer.Deferred:
         """
-        C{run_commit(hard_state, entries, snapshot, install, committed,
-        decoded, on_applied)}: a Deferred that fires with the results once
-        the commit is durable.
+        C{run_commit(work, on_applied)} (C{work} a
+        L{kvpaxos.storage.interfaces.Commit}): a Deferred that fires with
+        the results once the commit is durable.
 
         memory: the commit runs on a copy of the store at a random point
         within its latency (the results, and so the early answer through
@@ -401,10 +401,10 @@ class Disk:
         process = self.process
         if not process.alive:
             return
-        *call_args, on_applied = args
+        work, on_applied = args
         copied = copy_memory_store(self.store)
         try:
-            results = copied.commit(*call_args, self._early(on_applied))
+            results = copied.commit(work, self._early(on_applied))
         except Exception:
             failure = Failure()
             process.io(0, d.errback, failure)
@@ -424,10 +424,10 @@ class Disk:
         process = self.process
         if not process.alive:
             return
-        *call_args, on_applied = args
+        work, on_applied = args
         hand_off = self.rng.random() * 0.002
         try:
-            results = self.store.commit(*call_args, self._early(on_applied, hand_off))
+            results = self.store.commit(work, self._early(on_applied, hand_off))
         except Exception:
             failure = Failure()
             process.io(hand_off, d.errback, failure)
