@@ -15,6 +15,8 @@ from kvpaxos.paxos import (
     Heartbeat,
     InstallSnapshot,
     Prepare,
+    PreVote,
+    PreVoteReply,
     Promise,
     Snapshot,
     TimeoutNow,
@@ -303,3 +305,32 @@ class LateTimeoutNowTests(SynchronousTestCase):
         self.assertNotEqual(c[3].role.name, "candidate")
         self.assertFalse(c[3].is_leader)
         self.assertEqual(c.leaders(), [2])
+
+
+class DuellingElectionTests(SynchronousTestCase):
+    """
+    Found by the node simulator (issue 9): an acceptor that promised one
+    candidate granted another's pre-vote at once, and the second campaign
+    deposed the first just after it won.
+    """
+
+    def test_no_pre_vote_for_another_after_a_promise(self):
+        """For election_ticks after promising a candidate, a replica grants no other node's pre-vote."""
+        r = lone(1)
+        r.step(Prepare(2, 1, Ballot(5, 2), 1, False))
+        take(r)
+        r.step(PreVote(3, 1, Ballot(6, 3), 1))
+        self.assertEqual(take(r).messages, [PreVoteReply(1, 3, Ballot(6, 3), False, 0)])
+        r.step(PreVote(2, 1, Ballot(6, 2), 1))
+        self.assertEqual(take(r).messages, [PreVoteReply(1, 2, Ballot(6, 2), True, 0)])
+
+    def test_pre_vote_granted_again_later(self):
+        """Once election_ticks passed with no leader, another node's pre-vote is granted again."""
+        r = lone(1)
+        r.step(Prepare(2, 1, Ballot(5, 2), 1, False))
+        take(r)
+        for _ in range(TEST_OPTIONS.election_ticks):
+            r.tick()
+        take(r)
+        r.step(PreVote(3, 1, Ballot(6, 3), 1))
+        self.assertEqual(take(r).messages[-1], PreVoteReply(1, 3, Ballot(6, 3), True, 0))

@@ -173,6 +173,11 @@ class Replica:
         #: is remembered long enough for a snapshot read off the reactor.
         self.catchup_asked: dict[int, int] = {}
         self._catchup_memory_ticks = 10 * max(options.catchup_retry_ticks, options.election_ticks)
+        #: The candidate this replica last promised, and the tick it did:
+        #: for election_ticks it grants no other node's pre-vote, so a second
+        #: campaign does not depose one that is still collecting promises.
+        self._promised_to: Optional[int] = None
+        self._promised_tick = 0
 
         # Work for the next Ready.
         self._persisted = HardState(self.promised, self.chosen_index)
@@ -416,10 +421,22 @@ class Replica:
         # chosen.  No state changes; the reply needs nothing persisted.
         granted = (
             not self._hears_leader_other_than(m.src)
+            and not self._hears_candidate_other_than(m.src)
             and not self._starting()
             and self.chosen_index < m.first_slot
         )
         self.send(PreVoteReply(self.id, m.src, m.ballot, granted, self.chosen_index))
+
+    def _hears_candidate_other_than(self, node: int) -> bool:
+        # As raft resets its election timer when it grants a vote: a replica
+        # that promised a candidate within election_ticks does not help
+        # another start a campaign, which would depose the first 10-50 ms
+        # after it won (duelling elections the simulator found).
+        return (
+            self._promised_to is not None
+            and self._promised_to != node
+            and self.ticks - self._promised_tick < self.options.election_ticks
+        )
 
     def _starting(self) -> bool:
         # A replica refuses pre-votes and non-transfer Prepares for its first
@@ -448,6 +465,10 @@ class Replica:
             self.promised = m.ballot
             self.max_round = max(self.max_round, m.ballot.round)
             self.role.outranked(m.ballot)
+        if m.src != self.id:
+            self._promised_to = m.src
+            self._promised_tick = self.ticks
+            self.election_elapsed = 0
         first = m.first_slot
         accepted = tuple(
             (s, e.ballot, e.value) for s, e in sorted(self.log.items()) if s >= first
