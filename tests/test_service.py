@@ -399,7 +399,11 @@ class LifecycleTests(SynchronousTestCase):
         self.assertIn("shutting down", failure.getErrorMessage())
 
     def test_broken_invariant_stops_the_node(self):
-        """An AssertionError from the core stops the reactor loudly."""
+        """
+        An AssertionError from the core stops the reactor loudly and leaves
+        a one-line reason in fatal_error, for the exit status and stderr
+        (issue 9, hole 10).
+        """
         reactor, wire = make_cluster(1)
         run(reactor, 0.1)
         node = wire.services[1]
@@ -410,6 +414,8 @@ class LifecycleTests(SynchronousTestCase):
         node.replica.tick = broken
         run(reactor, 0.2)
         self.assertTrue(reactor.stopped)
+        self.assertIn("agreement broken: planted", node.fatal_error)
+        self.assertNotIn("\n", node.fatal_error)
         self.assertTrue(self.flushLoggedErrors(AssertionError))
 
 

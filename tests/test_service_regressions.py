@@ -2,7 +2,7 @@
 Regression tests for the holes review found in the node service (issue 9):
 ticks counted before messages after a stall, time on a monotonic clock,
 lease reads only among members that tick alike, a corrupt snapshot from a
-peer refused, a fatal stop that says why.  Services run over the fake wire
+peer refused (a fatal stop's reason: L{tests.test_service}).  Services run over the fake wire
 of L{tests.test_service}: an injected clock, synchronous commits, no ports.
 """
 
@@ -171,23 +171,3 @@ class CorruptSnapshotTests(SynchronousTestCase):
         put = follower.submit(Request(Op.PUT, b"k", b"v"), 5)
         run(reactor, 0.5)
         self.successResultOf(put)
-
-
-class FatalErrorTests(SynchronousTestCase):
-    """Hole 10: a fatal stop keeps its reason, for the exit status and stderr."""
-
-    def test_fatal_error_is_recorded(self):
-        """A broken invariant stops the reactor and leaves a one-line reason."""
-        reactor, wire = make_cluster(1)
-        run(reactor, 0.1)
-        node = wire.services[1]
-
-        def broken():
-            raise AssertionError("agreement broken: planted")
-
-        node.replica.tick = broken
-        run(reactor, 0.2)
-        self.assertTrue(reactor.stopped)
-        self.assertIn("agreement broken: planted", node.fatal_error)
-        self.assertNotIn("\n", node.fatal_error)
-        self.flushLoggedErrors(AssertionError)
