@@ -37,6 +37,7 @@ from kvpaxos.node.reads import ReadPath
 from kvpaxos.node.service import ReplicaService
 from kvpaxos.node.writes import WritePath
 from kvpaxos.storage.memory import MemoryState
+from kvpaxos.testing import holes
 from kvpaxos.testing.coresim import UnconfirmedReadReplica
 
 
@@ -163,6 +164,70 @@ PLANTS = {
             "a serializable read does not wait for what its node answered",
             frozenset({"read"}),
             service_class=SerializableIgnoresAnsweredService,
+        ),
+        # Issue 9's holes (kvpaxos.testing.holes), each caught by the random
+        # mix with the targeted scenarios of kvpaxos.testing.scenarios
+        # (tests/test_sim_holes.py).
+        Plant(
+            "acks-before-missed-ticks",
+            "after a reactor stall, queued heartbeats are stepped before the missed ticks"
+            " are counted (issue 9, hole 2)",
+            frozenset({"linearizability", "read"}),
+            service_class=holes.AcksFirstService,
+        ),
+        Plant(
+            "lease-after-timeout-now",
+            "a leader serves lease reads after sending a TimeoutNow, once the transfer is"
+            " given up (issue 9, hole 4)",
+            frozenset({"linearizability", "read"}),
+            replica_class=holes.LeaseAfterTimeoutNowReplica,
+        ),
+        Plant(
+            "no-drift-allowance",
+            "lease_drift_ticks 0: a lease lasts the whole election timeout (issue 9, hole 6)",
+            frozenset({"linearizability", "read"}),
+            replica_class=holes.NoDriftReplica,
+        ),
+        Plant(
+            "timing-ignored",
+            "lease reads served whatever timing the peers report (issue 9, hole 6)",
+            frozenset({"linearizability", "read"}),
+            service_class=holes.TimingIgnoredService,
+        ),
+        Plant(
+            "first-serializable-unconfirmed",
+            "a restarted node serves serializable reads before confirming a read index"
+            " (issue 9, hole 8)",
+            frozenset({"read"}),
+            service_class=holes.TrustingReadsService,
+        ),
+        Plant(
+            "credulous-catchup",
+            "Catchup and InstallSnapshot taken from any peer, asked or not (issue 9, hole 9)",
+            frozenset({"state agreement", "read", "result", "durability", "linearizability",
+                       "invariant"}),
+            replica_class=holes.CredulousReplica,
+        ),
+        Plant(
+            "unchecked-snapshot",
+            "a peer's snapshot is stepped without checking that its state decodes: the node"
+            " stops (issue 9, hole 9)",
+            frozenset({"invariant"}),
+            service_class=holes.UncheckedSnapshotService,
+        ),
+        Plant(
+            "silent-fatal",
+            "a fatal stop records no reason, so the process exits 0 and systemd leaves it"
+            " down (issue 9, hole 10)",
+            frozenset({"liveness"}),
+            service_class=holes.SilentFatalService,
+        ),
+        Plant(
+            "late-learning",
+            "a leader tells followers a slot is chosen only with its next heartbeat"
+            " (issue 9, hole 11)",
+            frozenset({"latency"}),
+            replica_class=holes.LateLearningReplica,
         ),
     )
 }

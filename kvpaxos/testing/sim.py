@@ -28,6 +28,16 @@ node comes back, and new writes must be acknowledged and every member
 converge within a bound of virtual time.  C{faults=False} runs without
 random faults, for tests that script their own.
 
+Half the seeds with random faults also run one targeted scenario chosen by
+the seed (L{kvpaxos.testing.scenarios}, FoundationDB's "buggify"): a
+scripted but randomized sequence of these faults that makes one rare
+interleaving common (a stalled follower waking to one heartbeat, a
+straggling TimeoutNow, a member with another tick, forged peer messages,
+a disk that fails a commit, ...).  A disk failure stops its node on a
+fatal error; a supervisor (systemd, C{Restart=on-failure}) restarts it only
+if it recorded why (C{fatal_error}, exit status 1); every other fatal stop
+is a violation.
+
 Clients put, append, delete, compare-and-swap, run transactions, and read
 (get and range, linearizable, lease and serializable) through any node, with
 exactly-once sessions and retries after timeouts.
@@ -53,7 +63,9 @@ Checks, as events happen (the first violation ends the seed):
   - the node: it never stops on a fatal error (C{reactor.stop()}), no
     exception escapes it, its chosen index never goes down within a boot,
     and a leader keeps no chosen slot in flight;
-  - liveness after the heal.
+  - liveness after the heal;
+  - in a calm scenario only: a write taken by a follower is answered soon
+    after it is chosen (C{latency}).
 
 Run one seed: C{python -m kvpaxos.testing.sim --seed 7 [--verbose]}; many:
 C{--seeds 2000 [--first K]}; a planted bug: C{--plant NAME}
@@ -113,6 +125,7 @@ from kvpaxos.paxos import (
 )
 from kvpaxos.storage.memory import MemoryStore
 from kvpaxos.testing import plants as plant_registry
+from kvpaxos.testing import scenarios as scenario_registry
 from kvpaxos.testing.linearizability import Operation, check, project_range, project_txn
 from kvpaxos.testing.reference import Reference, state_hash, tag_of
 from kvpaxos.testing.simworld import (
@@ -214,6 +227,11 @@ class Node:
     #: The highest revision any read at this node has returned.
     read_revision: int = 0
     chosen_seen: int = 0
+    #: This node's tick period (a scenario may misconfigure one member).
+    tick_s: float = TICK_S
+    #: It stopped on a fatal error with no reason recorded, so its process
+    #: exited 0 and the supervisor (systemd, Restart=on-failure) leaves it down.
+    exited: bool = False
 
 
 @dataclass
@@ -231,6 +249,9 @@ class Client:
     #: The leader the last answering node named (a response header).
     guess: Optional[int] = None
     written: int = 0
+    #: A scenario's script (L{kvpaxos.testing.scenarios}): C{step(client)}
+    #: instead of a random operation, C{answered(client, op, value)} on success.
+    script: Optional[object] = None
 
 
 @dataclass
@@ -262,10 +283,12 @@ class Simulation:
 
     def __init__(self, seed: int, plant: Optional[str] = None, verbose: bool = False,
                  fault_s: float = FAULT_S, provider: Optional[str] = None,
-                 faults: bool = True) -> None:
+                 faults: bool = True, scenario: Optional[str] = scenario_registry.DRAW) -> None:
         """
         @param faults: False for no random faults or operator actions (a
             test then scripts its own, e.g. with L{step_wall_clock}).
+        @param scenario: the targeted scenario to run (L{kvpaxos.testing.scenarios}):
+            drawn from the seed by default (with random faults only), None for none.
         """
         self.plant = plant_registry.get(plant)
         self.random_faults = faults
@@ -323,6 +346,8 @@ class Simulation:
         self.healed = False
         self.done = False
         self._liveness_acked = 0
+        #: slot -> the virtual time a node first committed it as chosen.
+        self.chosen_at: dict[int, float] = {}
 
         self.processes: dict[int, Process] = {}
         self.network = Network(
@@ -335,12 +360,16 @@ class Simulation:
             self.result.faults.clear()
         self.wall_steps = _accepts(ReplicaService, "clock")
         self.nodes: dict[int, Node] = {}
+        # A targeted scenario, drawn from the seed (it may turn random faults off).
+        self.scenario = scenario_registry.draw(self, scenario)
         for node_id in sorted(self.initial.voters):
             self._add_node(node_id, self.initial)
 
         self.clients = {i: Client(i) for i in range(1, rng.randint(2, 5) + 1)}
         for client in self.clients.values():
             self.world.later(rng.uniform(0.2, 0.4), self._client_step, client)
+        if self.scenario is not None:
+            self.scenario.start(self)
         if self.random_faults:
             self.world.later(rng.uniform(0.3, 0.6), self._fault)
             self.world.later(rng.uniform(0.5, 1.0), self._operator)
@@ -399,9 +428,28 @@ class Simulation:
             self.fail("invariant", f"node {process.node_id}: {fatal or repr(error)}")
             if self.verbose:
                 Failure().printTraceback(file=sys.stdout)
-        if process.reactor.stop_requested and self.violation is None:
+        if process.reactor.stop_requested and self.violation is None and process.alive:
             fatal = getattr(process.service, "fatal_error", None)
-            self.fail("invariant", f"node {process.node_id} stopped: {fatal}")
+            disk = getattr(process, "disk", None)
+            if disk is not None and disk.failed:
+                self._exited(process, fatal)  # the disk failure it was given
+            else:
+                self.fail("invariant", f"node {process.node_id} stopped: {fatal}")
+
+    def _exited(self, process: Process, fatal: Optional[str]) -> None:
+        """
+        A node stopped on an injected disk failure: its process exits, 1 if
+        it recorded why (C{fatal_error}), else 0; the supervisor (systemd,
+        C{Restart=on-failure}) restarts it only after exit status 1.
+        """
+        node = self.nodes[process.node_id]
+        self._crash(node, "fatal stop")
+        if fatal:
+            self._log(f"node {node.id} exited 1 ({fatal}); restarted")
+            self.world.later(0.1, self._restart, node.id)
+        else:
+            node.exited = True
+            self._log(f"node {node.id} exited 0; left down")
 
     def _close(self) -> None:
         for node in self.nodes.values():
@@ -429,6 +477,8 @@ class Simulation:
             directory = None
             store = MemoryStore(config)
         node = self.nodes[node_id] = Node(node_id, store, machine, directory)
+        if self.scenario is not None:
+            self.scenario.node_added(self, node)
         self._boot(node)
 
     def _boot(self, node: Node) -> None:
@@ -454,7 +504,7 @@ class Simulation:
         rng = random.Random(self.node_seed ^ (node.id * 7919 + node.epochs))
         cls = plant_registry.service_class(self.plant)
         kwargs = dict(
-            options=SIM_OPTIONS, tick_s=TICK_S, rng=rng, run_commit=disk.commit,
+            options=SIM_OPTIONS, tick_s=node.tick_s, rng=rng, run_commit=disk.commit,
             lease_reads=self.lease_reads, read_snapshot=disk.read_snapshot,
         )
         if _accepts(cls, "clock"):
@@ -505,9 +555,16 @@ class Simulation:
         for here, there in ((src, dst), (dst, src)):
             service = here.service
             if hasattr(service, "peer_timing"):
-                here.io(0, service.peer_timing, there.node_id, self.timing)
+                here.io(0, service.peer_timing, there.node_id, self.timing_of(there.node_id))
 
-    def _crash(self, node: Node) -> None:
+    def timing_of(self, node_id: int) -> Timing:
+        """The timing node C{node_id} runs with (and reports to its peers)."""
+        tick_s = self.nodes[node_id].tick_s
+        if tick_s == TICK_S:
+            return self.timing
+        return Timing(round(tick_s * 1000), SIM_OPTIONS.election_ticks, self.lease_reads)
+
+    def _crash(self, node: Node, kind: str = "crash") -> None:
         process = node.process
         if process is None:
             return
@@ -517,8 +574,8 @@ class Simulation:
         self.network.process_died(process)
         if node.directory is not None:
             node.store.close()
-        self.result.faults["crash"] += 1
-        self._log(f"crash node {node.id}")
+        self.result.faults[kind] += 1
+        self._log(f"{kind} node {node.id}")
 
     def _disk_latency(self) -> float:
         rng = self.disk_rng
@@ -545,6 +602,7 @@ class Simulation:
 
     def _choose(self, node_id: int, slot: int, value) -> None:
         self.chosen[slot] = value
+        self.chosen_at[slot] = self.world.now
         if type(value) is Batch:
             seen = set()
             for data in value.commands:
@@ -667,6 +725,9 @@ class Simulation:
         if self.healed and not client.liveness:
             return
         if client.liveness and self._liveness_acked >= LIVENESS_COMMANDS:
+            return
+        if client.script is not None:
+            client.script.step(client)
             return
         rng = self.client_rng
         node = rng.choice(self._targets(client))
@@ -799,6 +860,8 @@ class Simulation:
 
     def _done(self, client: Client, pause: tuple = (0.001, 0.03)) -> None:
         client.busy = False
+        if client.script is not None:
+            pause = getattr(client.script, "pause", pause)
         self.world.later(self.client_rng.uniform(*pause), self._client_step, client)
 
     def _succeeded(self, client: Client, op: Pending, value) -> None:
@@ -831,6 +894,10 @@ class Simulation:
             if client.liveness:
                 self._liveness_acked += 1
             self._log(f"client {client.id} <- node {op.node}: {value!r}")
+            if client.script is not None:
+                client.script.answered(client, op, value)
+                self._done(client)
+                return
             # Now and then read it back at once, serializably, where it was answered.
             if not client.liveness and self.client_rng.random() < 0.3:
                 follow = Pending("range", consistency="serializable", query=Range(b"k", b"l"))
@@ -1044,7 +1111,7 @@ class Simulation:
 
     def _restart(self, node_id: int) -> None:
         node = self.nodes[node_id]
-        if node.process is None:
+        if node.process is None and not node.exited:
             self.result.faults["restart"] += 1
             self._boot(node)
 
@@ -1099,9 +1166,9 @@ class Simulation:
         self.network.reply_loss = 0.0
         for node_id in sorted(self.nodes):
             node = self.nodes[node_id]
-            if node.process is None:
+            if node.process is None and not node.exited:
                 self._boot(node)
-            elif node.process.frozen:
+            elif node.process is not None and node.process.frozen:
                 self._resume(node.process)
         self._log("heal")
         live = Client(100, liveness=True)
@@ -1192,6 +1259,8 @@ def main(argv=None) -> int:
     group.add_argument("--seeds", type=int, default=100, help="run seeds K..K+N-1")
     parser.add_argument("--first", type=int, default=0, help="first seed of --seeds (K)")
     parser.add_argument("--plant", choices=plant_registry.names(), help="plant a known bug")
+    parser.add_argument("--scenario", choices=scenario_registry.names(),
+                        help="run this targeted scenario in every seed (default: drawn per seed)")
     parser.add_argument("--verbose", action="store_true", help="trace the run")
     args = parser.parse_args(argv)
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
@@ -1202,7 +1271,8 @@ def main(argv=None) -> int:
     unchecked = history = events = lmdb = 0
     ran = 0
     for seed in seeds:
-        result = run_seed(seed, plant=args.plant, verbose=args.verbose)
+        scenario = args.scenario or scenario_registry.DRAW
+        result = run_seed(seed, plant=args.plant, verbose=args.verbose, scenario=scenario)
         ran += 1
         ops.update(result.ops)
         faults.update(result.faults)
@@ -1213,11 +1283,15 @@ def main(argv=None) -> int:
         if not result.ok:
             failures += 1
             print(f"seed {seed}: {result.violation}")
-            print(f"  replay with: {result.replay(args.plant)}")
+            replay = result.replay(args.plant)
+            if args.scenario:
+                replay += f" --scenario {args.scenario}"
+            print(f"  replay with: {replay}")
             sys.stdout.flush()
     elapsed = time.perf_counter() - started
+    scenarios = sum(v for k, v in faults.items() if k.startswith("scenario "))
     print(
-        f"{ran} seeds ({lmdb} on lmdb), {failures} failed, {elapsed:.1f} s;"
+        f"{ran} seeds ({lmdb} on lmdb, {scenarios} with a scenario), {failures} failed, {elapsed:.1f} s;"
         f" {sum(ops.values())} operations checked, {history} in linearizable histories"
         f" ({unchecked} histories unchecked), {events} events"
     )

@@ -27,7 +27,8 @@ depends on hashing.
     forward.
   - L{Disk}: the injected C{run_commit} and C{read_snapshot}.  A commit
     takes a latency drawn per seed (0 to seconds); a crash loses every
-    commit not finished.  See L{Disk.commit} for the two providers.
+    commit not finished; a failing disk (C{Disk.failing}) fails the next
+    commit with an I/O error.  See L{Disk.commit} for the two providers.
   - L{Network} and L{SimTransport} (an L{IPeerTransport}): one connection
     per ordered pair of nodes, opened by the first (as a node's
     C{PeerNetwork} opens one link per peer), ordered in each direction; a
@@ -365,6 +366,9 @@ class Disk:
         #: Commits asked for, and finished (durable), in this process.
         self.commits = 0
         self.finished = 0
+        #: A fault: the next commit fails (an I/O error), and it did.
+        self.failing = False
+        self.failed = False
 
     def commit(self, *args) -> defer.Deferred:
         """
@@ -390,12 +394,23 @@ class Disk:
         d = defer.Deferred()
         latency = self.latency()
         world = process.world
+        if self.failing:
+            # The disk fails this commit (EIO, a full or read-only file
+            # system): nothing of it is written.
+            self.failing = False
+            world.later(latency, self._fail, d)
+            return d
         if self.provider == "memory":
             run_at = self.rng.random() * latency
             world.later(run_at, self._run_memory, d, args, latency - run_at)
         else:
             world.later(latency, self._run_lmdb, d, args)
         return d
+
+    def _fail(self, d) -> None:
+        if self.process.alive:
+            self.failed = True
+            self.process.io(0, d.errback, Failure(OSError(5, "injected disk failure")))
 
     def _run_memory(self, d, args, remaining: float) -> None:
         process = self.process
