@@ -28,7 +28,7 @@ node comes back, and new writes must be acknowledged and every member
 converge within a bound of virtual time.  C{faults=False} runs without
 random faults, for tests that script their own.
 
-Half the seeds with random faults also run one targeted scenario chosen by
+Three seeds in ten with random faults also run one targeted scenario chosen by
 the seed (L{kvpaxos.testing.scenarios}, FoundationDB's "buggify"): a
 scripted but randomized sequence of these faults that makes one rare
 interleaving common (a stalled follower waking to one heartbeat, a
