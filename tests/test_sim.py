@@ -17,7 +17,9 @@ from zope.interface.verify import verifyObject
 from kvpaxos.node.interfaces import IPeerTransport
 from kvpaxos.testing import plants
 from kvpaxos.testing.sim import Simulation, main, run_seed
-from kvpaxos.testing.simworld import MachineClock, Network, Process, SimTransport, VirtualTime
+from kvpaxos.testing.simworld import (
+    InjectedDiskFailure, MachineClock, Network, Process, SimTransport, VirtualTime,
+)
 
 #: Seeds the normal suite runs (about 0.1 s each here);
 #: `python -m kvpaxos.testing.sim --seeds 10000` is the long run.
@@ -62,6 +64,8 @@ class SimulatorTests(SynchronousTestCase):
             unchecked += result.unchecked_histories
             if not result.ok:
                 failures.append(f"seed {seed}: {result.violation}; replay with: {result.replay()}")
+        # A node stopped by a scenario's disk failure logs it, critical.
+        self.flushLoggedErrors(InjectedDiskFailure)
         self.assertEqual(failures, [])
         self.assertEqual(unchecked, 0)
         for kind in FAULT_KINDS:

@@ -343,6 +343,10 @@ def adopt_memory_store(store, copied) -> None:
     store._applied = copied._applied
 
 
+class InjectedDiskFailure(OSError):
+    """The I/O error a failing simulated disk (C{Disk.failing}) gives a commit."""
+
+
 class Disk:
     """
     The simulated disk of one process, injected as the service's
@@ -410,7 +414,7 @@ class Disk:
     def _fail(self, d) -> None:
         if self.process.alive:
             self.failed = True
-            self.process.io(0, d.errback, Failure(OSError(5, "injected disk failure")))
+            self.process.io(0, d.errback, Failure(InjectedDiskFailure(5, "injected disk failure")))
 
     def _run_memory(self, d, args, remaining: float) -> None:
         process = self.process
