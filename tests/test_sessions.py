@@ -42,6 +42,7 @@ from kvpaxos.kv.sessions import (
     encode_session,
 )
 from kvpaxos.paxos.messages import NOOP, Batch, Config, Snapshot
+from kvpaxos.storage.interfaces import Commit
 from kvpaxos.storage.lmdb import LMDBStore
 from kvpaxos.storage.memory import MemoryState, MemoryStore
 from tests.test_kv import FUZZ
@@ -314,7 +315,7 @@ class StoreSessionTests(SynchronousTestCase):
         """Commit C{requests} as the batch at C{slot} (no-ops before it); return their results."""
         batch = Batch(tuple(encode_request(r) for r in requests))
         gap = [(s, NOOP) for s in range(store.applied_index() + 1, slot)]
-        return [result for _, result in store.commit(None, [], None, False, gap + [(slot, batch)])]
+        return [result for _, result in store.commit(Commit(None, [], None, False, gap + [(slot, batch)]))]
 
     def test_providers_agree(self):
         """Opening, retrying, evicting and expiring give identical results and snapshot bytes on both stores."""
@@ -346,7 +347,7 @@ class StoreSessionTests(SynchronousTestCase):
             (first,) = self.commit(source, 2, append(b"a", 1, 1))
             data = source.snapshot_data()
             for target in self.stores():
-                target.commit(None, [], Snapshot(2, CONFIG, data), True, [])
+                target.commit(Commit(None, [], Snapshot(2, CONFIG, data), True, []))
                 self.assertEqual(target.snapshot_data(), data)
                 self.assertEqual(self.commit(target, 3, append(b"a", 1, 1)), [first])
                 self.assertEqual(self.commit(target, 4, OPEN), [SessionOpened(2, 1)])
@@ -356,9 +357,9 @@ class StoreSessionTests(SynchronousTestCase):
         for store in self.stores():
             self.commit(store, 1, OPEN, OPEN)
             before = store.snapshot_data()
-            self.assertRaises(AssertionError, store.commit, None, [], None, False, [
+            self.assertRaises(AssertionError, store.commit, Commit(None, [], None, False, [
                 (2, Batch((encode_request(OPEN), encode_request(append(b"a", 1, 1))))),
                 (9, Batch(())),
-            ])
+            ]))
             self.assertEqual(store.snapshot_data(), before)
             self.assertEqual(store.applied_index(), 1)
