@@ -30,7 +30,6 @@ from twisted.python.failure import Failure
 
 from kvpaxos.kv.commands import InvalidArgument
 from kvpaxos.node.interfaces import NotLeaderError, Unavailable
-from kvpaxos.paxos import NotLeader
 
 CONSISTENCIES = ("linearizable", "serializable", "lease")
 

@@ -87,13 +87,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Optional
 
-from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from kvpaxos.kv.commands import (
-    CompareResult,
     CompareTarget,
-    Compare,
     DeleteRange,
     InvalidArgument,
     Op,
@@ -101,12 +98,10 @@ from kvpaxos.kv.commands import (
     Range,
     RangeResult,
     Request,
-    Result,
     SessionExpired,
     SessionOpened,
     StaleSequence,
     Txn,
-    TxnResult,
     compare_and_swap,
 )
 from kvpaxos.kv.logformat import decode_request
