@@ -951,20 +951,12 @@ class PeerNetwork(MultiService):
                 link.protocol = None
                 _log.info("link to peer {peer} down", peer=peer_id)
 
-        factory = Factory.forProtocol(
-            lambda: PeerProtocol(
-                self.handler,
-                self.node_id,
-                clock=self._reactor,
-                timeout_s=self._timeout_s,
-                cluster_id=self.cluster_id,
-                timing=self.timing,
-                peer_id=peer_id,
-                complaints=link.complaints,
-                on_made=made,
-                on_identified=identified,
-                on_lost=lost,
-            )
+        factory = self._factory(
+            peer_id=peer_id,
+            complaints=link.complaints,
+            on_made=made,
+            on_identified=identified,
+            on_lost=lost,
         )
         host, port = address
         endpoint = self._endpoint_for(self._reactor, host, port)
@@ -985,6 +977,10 @@ class PeerNetwork(MultiService):
 
     def server_factory(self) -> Factory:
         """Return the factory this node listens with for its peers' links."""
+        return self._factory(is_member=self._links.__contains__, complaints=self._refusals)
+
+    def _factory(self, **side) -> Factory:
+        """A factory of this node's L{PeerProtocol}s, with C{side}'s own arguments."""
         return Factory.forProtocol(
             lambda: PeerProtocol(
                 self.handler,
@@ -993,8 +989,7 @@ class PeerNetwork(MultiService):
                 timeout_s=self._timeout_s,
                 cluster_id=self.cluster_id,
                 timing=self.timing,
-                is_member=self._links.__contains__,
-                complaints=self._refusals,
+                **side,
             )
         )
 
