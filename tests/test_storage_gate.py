@@ -246,7 +246,10 @@ class LMDBSnapshotStepTests(SynchronousTestCase):
         self.assertTrue(snapshot.finished())
         self.assertGreater(self.store.map_growths, 0)
         # The copy left and started over, in a new read transaction: one
-        # consistent state, before the commit or after it.
-        self.assertEqual(len(self.copies), 2)
+        # consistent state, before the commit or after it.  It starts over
+        # at most once per growth (the commit may grow the map more than
+        # once, and a copy started meanwhile leaves again).
+        self.assertGreaterEqual(len(self.copies), 2)
+        self.assertLessEqual(len(self.copies), 1 + self.store.map_growths)
         after = self.store.snapshot_data()
         self.assertIn(snapshot.outcome(), [(1, self.before), (2, after)])
