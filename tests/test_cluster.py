@@ -461,3 +461,26 @@ class SnapshotCatchUpTests(ClusterTestCase):
             self.assertEqual(self.get(follower, f"s{n}".encode()), f"v{n}".encode())
         self.put(follower, b"after", b"1")
         self.assertEqual(self.get(self.leader, b"after"), b"1")
+
+
+class HarnessTests(SynchronousTestCase):
+    """The process harness itself: what its waits may hide."""
+
+    def test_ports_never_repeat(self):
+        """free_port hands out no port twice, even when the kernel offers one again."""
+        ports = [free_port() for _ in range(300)]
+        self.assertEqual(len(set(ports)), len(ports))
+
+    def test_wait_fails_when_a_node_exits(self):
+        """
+        A node that exits on its own fails the wait at once, with its log,
+        rather than leaving the others to elect a leader without it.
+        """
+        cluster = ProcessCluster(self.mktemp(), size=3, node_settings={1: {"no_such_key": 1}})
+        self.addCleanup(cluster.stop)
+        cluster.start()
+        with self.assertRaises(AssertionError) as raised:
+            cluster.wait_for_leader(timeout_s=60)
+        # Not "timed out": the wait noticed the exit.
+        self.assertIn("nodes exited (node 1: ", str(raised.exception))
+        self.assertIn("no_such_key", str(raised.exception))

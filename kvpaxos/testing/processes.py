@@ -27,11 +27,26 @@ from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+#: Every port L{free_port} has handed out in this process: the kernel may
+#: offer a port again as soon as its probe socket closes, before the node it
+#: was meant for binds it, and two of a node's addresses on one port stop
+#: that node at start.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """
+    Return a TCP port on 127.0.0.1 that was free a moment ago and that this
+    process has not handed out before.
+    """
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no fresh ephemeral port on 127.0.0.1 after 1000 tries")
 
 
 class LinkProxy:
@@ -127,6 +142,9 @@ class Node:
         self.config_path = os.path.join(directory, f"node{node_id}.toml")
         self.log_path = os.path.join(directory, f"node{node_id}.log")
         self.process: Optional[subprocess.Popen] = None
+        #: Started by the harness and not since stopped by it: a node that
+        #: exits while this holds exited on its own.
+        self.expected = False
         self._channel: Optional[grpc.Channel] = None
 
     @property
@@ -239,11 +257,13 @@ class ProcessCluster:
                 stderr=subprocess.STDOUT,
             )
             log.close()
+            node.expected = True
 
     def kill(self, node_id: int, sig: int = signal.SIGKILL) -> None:
         """Send C{sig} to a node and, for SIGKILL/SIGTERM, reap it (bounded)."""
         node = self.nodes[node_id]
         node.close_channel()
+        node.expected = False
         if node.process is None or node.process.poll() is not None:
             return
         node.process.send_signal(sig)
@@ -258,6 +278,7 @@ class ProcessCluster:
         """End every process this cluster started, and every link proxy."""
         for node in self.nodes.values():
             node.close_channel()
+            node.expected = False
         stop_all([n.process for n in self.nodes.values() if n.process is not None], wait_s=10)
         for link in self.links.values():
             link.close()
@@ -267,11 +288,30 @@ class ProcessCluster:
 
     # --- waiting ---------------------------------------------------------------
 
-    def wait_for(self, predicate, timeout_s: float, what: str, interval_s: float = 0.05):
-        """Poll C{predicate} until it returns a true value; fail after C{timeout_s}."""
+    def exited(self) -> list[int]:
+        """The nodes the harness started that have since exited on their own."""
+        return [
+            i for i, n in self.nodes.items()
+            if n.expected and n.process is not None and n.process.poll() is not None
+        ]
+
+    def _logs(self) -> str:
+        return "\n".join(f"--- node {n.id}\n{n.log()[-3000:]}" for n in self.nodes.values())
+
+    def wait_for(self, predicate, timeout_s: float, what: str, interval_s: float = 0.05,
+                 exits_allowed: bool = False):
+        """
+        Poll C{predicate} until it returns a true value; fail after
+        C{timeout_s}, or at once if a node the harness started exits on its
+        own (unless C{exits_allowed}).
+        """
         deadline = time.monotonic() + timeout_s
         last = None
         while time.monotonic() < deadline:
+            gone = [] if exits_allowed else self.exited()
+            if gone:
+                codes = ", ".join(f"node {i}: {self.nodes[i].process.returncode}" for i in gone)
+                raise AssertionError(f"waiting for {what}, nodes exited ({codes})\n{self._logs()}")
             try:
                 value = predicate()
             except grpc.RpcError as error:
@@ -280,8 +320,7 @@ class ProcessCluster:
             if value:
                 return value
             time.sleep(interval_s)
-        logs = "\n".join(f"--- node {n.id}\n{n.log()[-3000:]}" for n in self.nodes.values())
-        raise AssertionError(f"timed out after {timeout_s}s waiting for {what} ({last})\n{logs}")
+        raise AssertionError(f"timed out after {timeout_s}s waiting for {what} ({last})\n{self._logs()}")
 
     def leader(self, among=None) -> Optional[int]:
         """Return the leader that the running nodes agree on, or None."""
