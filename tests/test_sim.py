@@ -216,13 +216,24 @@ class PlantTests(SynchronousTestCase):
         result = first_catch("unconfirmed-read")
         self.assertIsNotNone(result)
 
+    def test_eager_prepare(self):
+        """
+        Issue 9, hole 1: a Prepare that leaves before its raised ballot is
+        durable is caught as it leaves (it rarely breaks agreement at once:
+        only a crash in that window followed by a late Promise does).
+        """
+        result = first_catch("eager-prepare")
+        self.assertIsNotNone(result)
+        self.assertEqual(result.violation.kind, "sent before durable")
+        self.assertIn("Prepare", str(result.violation))
+
     def test_every_plant_has_a_test(self):
         """Every plant in the registry is one this module searches for."""
         from tests.test_sim_holes import SCENARIO_OF  # issue 9's holes, one scenario each
 
         tested = {
             "early-answer-unchosen", "resend-unknown-forward", "serializable-ignores-answered",
-            "unconfirmed-read", "wall-clock-ticks",
+            "unconfirmed-read", "wall-clock-ticks", "eager-prepare",
         } | set(SCENARIO_OF)
         self.assertEqual(set(plants.names()) - tested, set())
 

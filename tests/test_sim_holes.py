@@ -31,6 +31,7 @@ SCENARIO_OF = {
     "unchecked-snapshot": "forged-peer",
     "silent-fatal": "disk-failure",
     "late-learning": "calm-follower-writes",
+    "no-prepare-guard": "restart-under-lease",
 }
 
 
@@ -92,6 +93,10 @@ class HoleTests(SynchronousTestCase):
     def test_late_learning(self):
         """Hole 11: a follower learning a chosen slot only with the next heartbeat is caught."""
         self.assertEqual(self.caught("late-learning").violation.kind, "latency")
+
+    def test_no_prepare_guard(self):
+        """Hole 5: a restarted replica promising a Prepare while a lease rests on its last ack is caught."""
+        self.assertEqual(self.caught("no-prepare-guard").violation.kind, "lease overlap")
 
     def test_every_hole_plant_has_a_scenario(self):
         """Every plant registered for a hole of issue 9 names a scenario here."""

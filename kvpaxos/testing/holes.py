@@ -7,19 +7,15 @@ a test can show the simulator catches that class of bug.  Nothing in the
 product imports this module.
 
 Registered, each with the scenario of L{kvpaxos.testing.scenarios} that
-catches it (tests/test_sim_holes.py): holes 2, 4, 6 (both halves), 8, 9
-(both), 10 and 11.  Hole 3 is the plant C{wall-clock-ticks}.  Not
-registered, because no scenario catches them yet: L{EagerPrepareReplica}
-(hole 1: it needs a crash while one Ready carries both the slots a
-catch-up taught and the raised ballot, and a Promise held past the
-restart), L{NoPrepareGuardReplica} (hole 5: a Prepare that reaches a node
-in its start window must come from a campaign whose pre-vote that node
-granted before it acked the leader again, and the leader's check of its
-quorum ends most such windows first), and L{LateTimeoutNowReplica} (with
-hole 4 closed and a transfer Prepare waiving stickiness only for the
-ballot that asked, a late TimeoutNow finds no lease to break).  Hole 7
-(the LMDB read gate held by a pool thread) cannot happen in a
-single-threaded simulation.
+catches it (tests/test_sim_holes.py): holes 2, 4, 5, 6 (both halves), 8, 9
+(both), 10 and 11.  Hole 1 is the plant C{eager-prepare}, caught by the
+simulator's check that a Prepare leaves only once its ballot is durable
+(L{kvpaxos.testing.invariants}) in ordinary seeds; hole 3 is the plant
+C{wall-clock-ticks}.  Not registered: L{LateTimeoutNowReplica} (with hole 4
+closed and a transfer Prepare waiving stickiness only for the ballot that
+asked, a late TimeoutNow finds no lease to break).  Hole 7 (the LMDB read
+gate held by a pool thread) cannot happen in a single-threaded
+simulation; tests/test_storage_gate.py covers it with real threads.
 """
 
 from __future__ import annotations

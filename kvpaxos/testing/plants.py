@@ -169,6 +169,20 @@ PLANTS = {
         # mix with the targeted scenarios of kvpaxos.testing.scenarios
         # (tests/test_sim_holes.py).
         Plant(
+            "eager-prepare",
+            "a candidate's Prepares leave before its raised ballot is durable, and a Promise"
+            " for another first slot is counted (issue 9, hole 1)",
+            frozenset({"sent before durable", "agreement"}),
+            replica_class=holes.EagerPrepareReplica,
+        ),
+        Plant(
+            "no-prepare-guard",
+            "a restarted replica promises a Prepare at once, though a leader's lease may rest"
+            " on the ack it sent before it went down (issue 9, hole 5)",
+            frozenset({"lease overlap", "linearizability", "read"}),
+            replica_class=holes.NoPrepareGuardReplica,
+        ),
+        Plant(
             "acks-before-missed-ticks",
             "after a reactor stall, queued heartbeats are stepped before the missed ticks"
             " are counted (issue 9, hole 2)",

@@ -695,11 +695,143 @@ class CalmFollowerWrites(Scenario):
         add_client(sim, Script(sim, follower, put(sim), 0.5, 2.0, answered))
 
 
+class RestartUnderLease(Scenario):
+    """
+    A follower restarts while the leader's lease rests on it, and a
+    campaign's Prepare reaches it in its start window (issue 9, hole 5).
+
+    Three voters.  Just after the leader's check of its quorum, its
+    messages to both followers are held, so both stop hearing it while it
+    stays leader for up to two election periods.  The first follower to
+    campaign (C) wins its pre-vote from the other (F); its disk is slowed,
+    so that its raised ballot, and with it its Prepares, are durable only
+    a little later.  Shortly before that, the leader's messages to F flow
+    again: F acks a heartbeat, extending the leader's lease, and is killed
+    and restarted at once, and C reconnects to it in time for its Prepare.
+    A replica that promised it would let C lead while the old leader's
+    lease still counts on F.  Lease reads go to the old leader, writes to
+    whoever leads.
+    """
+
+    name = "restart-under-lease"
+    holes = "5"
+    lease_reads = True
+    quiet_share = 1.0
+
+    def configure(self, sim) -> None:
+        fast(sim)
+
+    def start(self, sim) -> None:
+        rng = self.rng
+        first = rng.uniform(0.5, 0.8)
+        self.old = None
+        repeat(sim, rng, first, lambda leader: self._hit(sim, leader))
+
+        def reads_at():
+            old = self.old
+            return old if old is not None and sim.nodes[old].process is not None else leader_id(sim)
+
+        aim(sim, rng, first, sim.fault_s, reads_at, lambda: leader_id(sim))
+
+    def _hit(self, sim, leader: int) -> Optional[float]:
+        rng = self.rng
+        members = voters(sim)
+        followers = [n for n in members if n != leader]
+        if len(members) != 3 or any(sim.nodes[n].process is None for n in members):
+            return 0.3
+        role = replica_of(sim, leader).role
+        if role.name != "leader" or role.quorum_elapsed > 1:
+            return 0.002  # aim just after its check of its quorum
+        pairs = {(leader, n) for n in followers}
+        for a, b in sorted(pairs):
+            sim.network.block(a, b)
+        sim.result.faults["partition"] += 1
+        sim._log(f"scenario: hold leader {leader}'s messages to {followers}")
+        self.old = leader
+        disks = {n: sim.nodes[n].process.disk for n in followers}
+        usual = {n: disk.latency for n, disk in disks.items()}
+        commits = {n: [] for n in followers}
+        for n, disk in disks.items():
+            disk.latency = self._slow(sim, commits[n])
+        deadline = sim.world.now + 0.5
+
+        def end(why: str = "done") -> None:
+            sim._log(f"scenario: restart-under-lease ends ({why})")
+            for n, disk in disks.items():
+                disk.latency = usual[n]
+            sim._mend(pairs)
+
+        def leading():
+            l = replica_of(sim, leader)
+            return l if l is not None and l.is_leader and sim.world.now < deadline else None
+
+        #: When each follower was last seen not campaigning.
+        calm = {n: sim.world.now for n in followers}
+
+        def candidate() -> None:
+            if leading() is None:
+                return end("no longer leader")
+            names = {n: getattr(getattr(replica_of(sim, n), "role", None), "name", None)
+                     for n in followers}
+            for n in followers:
+                if names[n] != "candidate":
+                    calm[n] = sim.world.now
+            c = [n for n in followers if names[n] == "candidate"]
+            if not c or not commits[c[0]] or commits[c[0]][-1][0] < calm[c[0]]:
+                return sim.world.later(0.0005, candidate)
+            (f,) = [n for n in followers if n != c[0]]
+            if names[f] != "follower":
+                return end("both campaign")
+            asked, latency = commits[c[0]][-1]
+            durable = asked + latency
+            heal_at = durable - rng.uniform(0.025, 0.045)
+            sim._log(f"scenario: node {c[0]} campaigns; its ballot is durable at {durable:.4f}")
+            sim.world.at(max(sim.world.now, heal_at), reach, c[0], f)
+
+        def reach(c: int, f: int) -> None:
+            l = leading()
+            if l is None:
+                return end("no longer leader")
+            sim._log(f"scenario: leader {leader} reaches node {f} again")
+            sim._mend({(leader, f)})
+            acked(c, f)
+
+        def acked(c: int, f: int) -> None:
+            l = leading()
+            if l is None:
+                return end("no longer leader")
+            # The held beats flow oldest first: wait for an ack that leaves
+            # the lease some ticks to run.
+            if l.role.lease_until < l.ticks + 4:
+                return sim.world.later(0.0002, acked, c, f)
+            node = sim.nodes[f]
+            if node.process is not None:
+                # Its ack is in: it goes down, and the leader's messages
+                # are held again so that C's Prepare is the first it hears.
+                sim.network.block(leader, f)
+                sim._crash(node)
+                sim.world.later(rng.uniform(0.001, 0.003), sim._restart, f)
+            sim.world.later(0.2, end)
+
+        sim.world.later(0.0005, candidate)
+        return rng.uniform(0.8, 1.5)
+
+    def _slow(self, sim, commits: list) -> Callable:
+        rng = self.rng
+
+        def latency() -> float:
+            took = rng.uniform(0.04, 0.08)
+            commits.append((sim.world.now, took))
+            return took
+
+        return latency
+
+
 SCENARIOS = {
     cls.name: cls
     for cls in (
         StalledFollower, TransferHeld, MisconfiguredTick, DriftAtTheLimit, ForgedPeer,
-        EarlyAnswerCrash, DiskFailure, CalmFollowerWrites,
+        EarlyAnswerCrash, DiskFailure, CalmFollowerWrites, RestartUnderLease,
     )
 }
 

@@ -60,6 +60,11 @@ Checks, as events happen (the first violation ends the seed):
     not linearizable) is checked for what it promises: it reflects every
     write its node answered to that client before the read, and never goes
     backwards at one node;
+  - durable before sent: a Prepare or Promise leaves a node only once its
+    ballot is durable, an Accepted only once its slots are
+    (L{kvpaxos.testing.invariants});
+  - one lease at a time: while a leader may serve lease reads, no quorum of
+    its voters has promised a higher ballot (L{kvpaxos.testing.invariants});
   - the node: it never stops on a fatal error (C{reactor.stop()}), no
     exception escapes it, its chosen index never goes down within a boot,
     and a leader keeps no chosen slot in flight;
@@ -109,6 +114,8 @@ from kvpaxos.node.clock import run_timers_on
 from kvpaxos.node.interfaces import Timing
 from kvpaxos.node.service import ReplicaService
 from kvpaxos.paxos import (
+    ZERO_BALLOT,
+    Ballot,
     Batch,
     ChangeKind,
     Config,
@@ -119,6 +126,7 @@ from kvpaxos.paxos import (
     ProposalRejected,
 )
 from kvpaxos.storage.memory import MemoryStore
+from kvpaxos.testing import invariants
 from kvpaxos.testing import plants as plant_registry
 from kvpaxos.testing import scenarios as scenario_registry
 from kvpaxos.testing.linearizability import Operation, check, project_range, project_txn
@@ -224,6 +232,8 @@ class Node:
     chosen_seen: int = 0
     #: This node's tick period (a scenario may misconfigure one member).
     tick_s: float = TICK_S
+    #: While it is down: the ballot its store has promised.
+    promised_down: Ballot = ZERO_BALLOT
     #: It stopped on a fatal error with no reason recorded, so its process
     #: exited 0 and the supervisor (systemd, Restart=on-failure) leaves it down.
     exited: bool = False
@@ -512,7 +522,7 @@ class Simulation:
         service = cls(node.id, node.store, process.reactor, **kwargs)
         if "boot" not in kwargs:
             service._boot = boot
-        service.peers = SimTransport(self.network, process)
+        service.peers = SimTransport(self.network, process, self._check_sent)
         process.service = service
         process.disk = disk
 
@@ -559,10 +569,19 @@ class Simulation:
             return self.timing
         return Timing(round(tick_s * 1000), SIM_OPTIONS.election_ticks, self.lease_reads)
 
+    def _check_sent(self, process: Process, message) -> None:
+        """A message leaves a node: what it depends on must be durable (L{invariants})."""
+        if self.violation is None:
+            problem = invariants.durability_problem(self.nodes[process.node_id].store, message)
+            if problem:
+                self.fail("sent before durable", problem)
+
     def _crash(self, node: Node, kind: str = "crash") -> None:
         process = node.process
         if process is None:
             return
+        # What it has promised while it is down: what a restart will read.
+        node.promised_down = node.store.hard_state().promised
         process.die()
         node.process = None
         self.processes.pop(node.id, None)
@@ -660,7 +679,27 @@ class Simulation:
 
     # --- per-event node checks -------------------------------------------------------
 
+    def _check_leases(self) -> None:
+        leaders = {}
+        for node_id, process in self.processes.items():
+            held = invariants.lease_holder(process.service)
+            if held is not None:
+                leaders[node_id] = held
+        if not leaders:
+            return
+        promised = {}
+        for node_id, node in self.nodes.items():
+            process = self.processes.get(node_id)
+            replica = getattr(process.service, "replica", None) if process is not None else None
+            promised[node_id] = replica.promised if replica is not None else node.promised_down
+        problem = invariants.lease_problem(leaders, promised)
+        if problem:
+            self.fail("lease overlap", problem)
+
     def _check_nodes(self) -> None:
+        self._check_leases()
+        if self.violation is not None:
+            return
         for node_id in sorted(self.processes):
             process = self.processes[node_id]
             service = process.service
