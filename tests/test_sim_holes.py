@@ -6,13 +6,14 @@ within SEARCH_SEEDS seeds of the scenario made for it, and the product
 passes every scenario.
 
 The searches run on the memory provider (an LMDB seed with fast disks
-spends its time in real fsyncs) and stop at the first catch.
+spends its time in real fsyncs), but for hole 7's, which lives in the LMDB
+store's threads, and stop at the first catch.
 """
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvpaxos.testing import plants, scenarios
-from kvpaxos.testing.sim import Simulation, main
+from kvpaxos.testing.sim import Simulation
 
 #: How many seeds a planted bug may take to be caught.
 SEARCH_SEEDS = 500
@@ -32,18 +33,23 @@ SCENARIO_OF = {
     "silent-fatal": "disk-failure",
     "late-learning": "calm-follower-writes",
     "no-prepare-guard": "restart-under-lease",
+    "long-read-holds-gate": "snapshot-during-growth",
 }
 
+#: Plants that live in the LMDB store's threads: searched on LMDB.
+LMDB_PLANTS = {"long-read-holds-gate"}
 
-def run(seed, plant=None, scenario=None):
-    return Simulation(seed, plant=plant, scenario=scenario, provider="memory").run()
+
+def run(seed, plant=None, scenario=None, provider="memory"):
+    return Simulation(seed, plant=plant, scenario=scenario, provider=provider).run()
 
 
 def first_catch(plant):
     """Return the first seed's result (of the plant's scenario) that catches C{plant}, or None."""
     catches = plants.get(plant).catches
     for seed in range(SEARCH_SEEDS):
-        result = run(seed, plant, SCENARIO_OF[plant])
+        provider = "lmdb" if plant in LMDB_PLANTS else "memory"
+        result = run(seed, plant, SCENARIO_OF[plant], provider)
         if not result.ok and result.violation.kind in catches:
             return result
     return None
@@ -98,6 +104,10 @@ class HoleTests(SynchronousTestCase):
         """Hole 5: a restarted replica promising a Prepare while a lease rests on its last ack is caught."""
         self.assertEqual(self.caught("no-prepare-guard").violation.kind, "lease overlap")
 
+    def test_long_read_holds_gate(self):
+        """Hole 7: a snapshot copy that holds the LMDB read gate while the map grows is caught."""
+        self.assertEqual(self.caught("long-read-holds-gate").violation.kind, "reactor blocked")
+
     def test_every_hole_plant_has_a_scenario(self):
         """Every plant registered for a hole of issue 9 names a scenario here."""
         for plant in SCENARIO_OF:
@@ -118,6 +128,13 @@ class ScenarioTests(SynchronousTestCase):
                     failures.append(f"{name} seed {seed}: {result.violation}")
         self.flushLoggedErrors()
         self.assertEqual(failures, [])
+
+    def test_snapshot_during_growth_on_lmdb(self):
+        """The product passes the gate's scenario on LMDB, its threads in turn with the reactor."""
+        for seed in range(2):
+            result = run(seed, scenario="snapshot-during-growth", provider="lmdb")
+            self.assertIsNone(result.violation, f"seed {seed}")
+        self.flushLoggedErrors()
 
     def test_disk_failure_restarts(self):
         """A node stopped by an injected disk failure records why, is restarted, and the cluster converges."""

@@ -7,15 +7,17 @@ a test can show the simulator catches that class of bug.  Nothing in the
 product imports this module.
 
 Registered, each with the scenario of L{kvpaxos.testing.scenarios} that
-catches it (tests/test_sim_holes.py): holes 2, 4, 5, 6 (both halves), 8, 9
+catches it (tests/test_sim_holes.py): holes 2, 4, 5, 6 (both halves), 7, 8, 9
 (both), 10 and 11.  Hole 1 is the plant C{eager-prepare}, caught by the
 simulator's check that a Prepare leaves only once its ballot is durable
 (L{kvpaxos.testing.invariants}) in ordinary seeds; hole 3 is the plant
 C{wall-clock-ticks}.  Not registered: L{LateTimeoutNowReplica} (with hole 4
 closed and a transfer Prepare waiving stickiness only for the ballot that
 asked, a late TimeoutNow finds no lease to break).  Hole 7 (the LMDB read
-gate held by a pool thread) cannot happen in a single-threaded
-simulation; tests/test_storage_gate.py covers it with real threads.
+gate held by a snapshot copy) is L{LongReadHoldsGate}, caught on LMDB
+seeds, where the writer and pool threads run in turn with the reactor
+(L{kvpaxos.testing.simthreads}); tests/test_storage_gate.py covers the
+gate with free-running threads too.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from kvpaxos.node.reads import ReadPath
 from kvpaxos.node.service import ReplicaService
 from kvpaxos.paxos import Prepare, Promise, Replica, TimeoutNow
 from kvpaxos.paxos.roles import Candidate, Follower, Leader
+from kvpaxos.testing.simthreads import SimReadGate
 
 
 # --- hole 1: a Prepare before its ballot is durable; a Promise for any first slot
@@ -142,6 +145,25 @@ class NoDriftReplica(Replica):
         options = dataclasses.replace(options, lease_drift_ticks=1)
         object.__setattr__(options, "lease_drift_ticks", 0)
         super().__init__(node_id, storage, rng, options, *args, **kwargs)
+
+
+# --- hole 7: a snapshot copy holds the LMDB read gate from start to end
+
+
+class LongReadHoldsGate(SimReadGate):
+    """
+    The read gate as it was: a snapshot's copy holds it like any read, from
+    its start to its end, and never leaves for the writer; so a commit that
+    must grow the map shuts the gate and waits for the whole copy, and the
+    reactor's next read waits with it.
+    """
+
+    def reading_long(self):
+        return self.reading()
+
+    def asked(self) -> bool:
+        super().asked()  # its step still takes its time
+        return False
 
 
 # --- hole 8: a restarted node's serializable reads trust its memory

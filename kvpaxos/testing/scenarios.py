@@ -33,6 +33,7 @@ from kvpaxos.kv.logformat import encode_request
 from kvpaxos.kv.machine import encode_snapshot
 from kvpaxos.paxos import Batch
 from kvpaxos.paxos.messages import Catchup, InstallSnapshot, Snapshot, TimeoutNow
+from kvpaxos.testing.simworld import BACKOFF_FIRST_S
 
 #: Draw a scenario from the seed (the default of C{Simulation(scenario=)}).
 DRAW = "draw"
@@ -312,7 +313,8 @@ class StalledFollower(Scenario):
                 sim.network.drop(conn, "reset")
             sim.network.heal({(leader, follower)})
 
-        reset_at = max(0.001, lo - sim.world.now - rng.uniform(0.1, 0.11))
+        backoff = BACKOFF_FIRST_S  # the leader's first reconnect attempt
+        reset_at = max(0.001, lo - sim.world.now - rng.uniform(backoff, backoff * 1.1))
         sim.world.later(reset_at, reset)
 
         def wake() -> None:
@@ -827,11 +829,73 @@ class RestartUnderLease(Scenario):
         return latency
 
 
+class SnapshotDuringGrowth(Scenario):
+    """
+    A snapshot is copied for a lagging follower while commits grow LMDB's
+    map (issue 9, hole 7).  The map starts small; a client writes large
+    values to many keys, so the state grows and the map fills again and
+    again; a follower is killed now and then and restarted once the
+    leader has compacted past it, so the leader copies its state (a long
+    read, in steps, on its pool thread) while its writer thread grows the
+    map.  Clients read at the leader all along (serializable ranges: its
+    reactor thread reads the store for them at once).  (On the memory provider it is a plain stress of
+    large values and snapshots.)
+    """
+
+    name = "snapshot-during-growth"
+    holes = "7"
+
+    def configure(self, sim) -> None:
+        sim.lmdb_map_bytes = 128 << 10
+        sim.disk_s = (0.0, 0.002)
+        sim.slow_disk = 0.0
+        sim.snapshot_step_bytes = 64 << 10
+        if sim.threads is not None:
+            # A few megabytes copied in steps of 64 KiB: some hundreds of
+            # milliseconds for the whole, during which the map may grow.
+            sim.threads.step_s = (0.002, 0.008)
+
+    def start(self, sim) -> None:
+        rng = self.rng
+        first = rng.uniform(0.3, 0.6)
+
+        def big(client):
+            from kvpaxos.testing.sim import Pending
+
+            key = b"big%d" % rng.randrange(256)
+            value = rng.randbytes(rng.randint(1 << 10, 32 << 10))
+            return Pending("put", Request(Op.PUT, key, value), key)
+
+        def scan(client):
+            from kvpaxos.kv.commands import Range
+            from kvpaxos.testing.sim import Pending
+
+            # Served from the store at once, on the reactor's thread.
+            return Pending("range", consistency="serializable", query=Range(b"k", b"l"))
+
+        for _ in range(4):
+            add_client(sim, Script(sim, lambda: leader_id(sim), big, first, sim.fault_s))
+        for _ in range(2):
+            add_client(sim, Script(sim, lambda: leader_id(sim), scan, first, sim.fault_s))
+        repeat(sim, rng, first + 0.1, lambda leader: self._lag(sim, leader))
+
+    def _lag(self, sim, leader: int) -> Optional[float]:
+        rng = self.rng
+        followers = [n for n in voters(sim) if n != leader and sim.nodes[n].process is not None]
+        if not followers:
+            return 0.1
+        node = sim.nodes[rng.choice(followers)]
+        sim._crash(node)
+        sim.world.later(rng.uniform(0.4, 1.0), sim._restart, node.id)
+        return rng.uniform(1.0, 1.6)
+
+
 SCENARIOS = {
     cls.name: cls
     for cls in (
         StalledFollower, TransferHeld, MisconfiguredTick, DriftAtTheLimit, ForgedPeer,
         EarlyAnswerCrash, DiskFailure, CalmFollowerWrites, RestartUnderLease,
+        SnapshotDuringGrowth,
     )
 }
 

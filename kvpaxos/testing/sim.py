@@ -4,8 +4,10 @@ The deterministic simulator of the production node.
 Every node is the real L{kvpaxos.node.service.ReplicaService} (the one twistd
 runs) over the real key-value state machine, in a
 L{kvpaxos.storage.memory.MemoryStore} or, for one seed in five, an
-L{kvpaxos.storage.lmdb.LMDBStore} in a temporary directory.  Only the clock,
-the network and the disk are simulated (L{kvpaxos.testing.simworld}): one
+L{kvpaxos.storage.lmdb.LMDBStore} in a temporary directory, whose writer
+and pool threads run in turn with the reactor (L{kvpaxos.testing.simthreads}).
+Only the clock, the network and the disk are simulated
+(L{kvpaxos.testing.simworld}): one
 event queue in virtual time, a reactor and a monotonic clock per process,
 peer links that behave like TCP, a disk whose commits take from nothing to
 seconds and are lost by a crash until they finish.  One seed drives
@@ -65,6 +67,8 @@ Checks, as events happen (the first violation ends the seed):
     (L{kvpaxos.testing.invariants});
   - one lease at a time: while a leader may serve lease reads, no quorum of
     its voters has promised a higher ballot (L{kvpaxos.testing.invariants});
+  - the reactor never waits behind a long read on the store's read gate
+    (LMDB seeds, L{kvpaxos.testing.simthreads});
   - the node: it never stops on a fatal error (C{reactor.stop()}), no
     exception escapes it, its chosen index never goes down within a boot,
     and a leader keeps no chosen slot in flight;
@@ -126,11 +130,13 @@ from kvpaxos.paxos import (
     ProposalRejected,
 )
 from kvpaxos.storage.memory import MemoryStore
+from kvpaxos.storage import lmdb as lmdb_store
 from kvpaxos.testing import invariants
 from kvpaxos.testing import plants as plant_registry
 from kvpaxos.testing import scenarios as scenario_registry
 from kvpaxos.testing.linearizability import Operation, check, project_range, project_txn
 from kvpaxos.testing.reference import Reference, state_hash, tag_of
+from kvpaxos.testing.simthreads import Threads
 from kvpaxos.testing.simworld import (
     Disk,
     MachineClock,
@@ -175,6 +181,9 @@ HISTORY_CHECK_S = 20.0
 MAX_NODES = 6
 #: One seed in this many runs on LMDB.
 LMDB_ONE_IN = 5
+#: A snapshot copy's step on LMDB (the product's is 1 MiB; states here are
+#: a few kilobytes, and a copy must take steps for a commit to meet it).
+SNAPSHOT_STEP_BYTES = 256
 
 
 class Violation(Exception):
@@ -316,6 +325,12 @@ class Simulation:
             provider = "lmdb" if random.Random(seed * 31 + 7).randrange(LMDB_ONE_IN) == 0 else "memory"
         self.provider = self.result.provider = provider
         self._tmp = tempfile.TemporaryDirectory(prefix="kvpaxos-sim-") if provider == "lmdb" else None
+        #: LMDB's map to start with (it doubles when full), and the step of
+        #: a snapshot's copy.
+        self.lmdb_map_bytes = 1 << 20
+        self.snapshot_step_bytes = SNAPSHOT_STEP_BYTES
+        #: On lmdb, each node's writer and pool threads (simthreads).
+        self.threads = Threads(self.world, self._reactor_blocked) if provider == "lmdb" else None
         count = rng.choice((3, 3, 5))
         self.initial = Config(frozenset(range(1, count + 1)))
         self.next_id = count + 1
@@ -394,9 +409,14 @@ class Simulation:
 
     def run(self) -> SeedResult:
         """Run to the end of the heal phase, or to the first violation."""
+        step_bytes = lmdb_store.SNAPSHOT_STEP_BYTES
+        if self.threads is not None:
+            # States here are a few kilobytes: copy them in many steps.
+            lmdb_store.SNAPSHOT_STEP_BYTES = self.snapshot_step_bytes
         try:
             self._run()
         finally:
+            lmdb_store.SNAPSHOT_STEP_BYTES = step_bytes
             self._close()
         self.result.violation = self.violation
         lost = self.network.counts["replies lost"]
@@ -456,9 +476,13 @@ class Simulation:
             node.exited = True
             self._log(f"node {node.id} exited 0; left down")
 
+    def _reactor_blocked(self, reason: str) -> None:
+        self.fail("reactor blocked", reason)
+
     def _close(self) -> None:
         for node in self.nodes.values():
             if node.process is not None:
+                node.process.disk.stop()
                 node.process.die()
             if node.directory is not None:
                 node.store.close()
@@ -477,7 +501,7 @@ class Simulation:
             from kvpaxos.storage.lmdb import LMDBStore
 
             directory = f"{self._tmp.name}/node{node_id}"
-            store = LMDBStore(directory, config, map_bytes=1 << 20)
+            store = LMDBStore(directory, config, map_bytes=self.lmdb_map_bytes)
         else:
             directory = None
             store = MemoryStore(config)
@@ -491,7 +515,7 @@ class Simulation:
         if node.directory is not None and node.epochs > 1:
             from kvpaxos.storage.lmdb import LMDBStore
 
-            node.store = LMDBStore(node.directory, None, map_bytes=1 << 20)
+            node.store = LMDBStore(node.directory, None, map_bytes=self.lmdb_map_bytes)
         process = Process(
             self.world, node.id, node.epochs, node.machine, self.rng.uniform(100, 1000),
             self._run_in,
@@ -504,7 +528,7 @@ class Simulation:
         self.processes[node.id] = process
         disk = Disk(
             process, node.store, self.provider, self.disk_rng, self._disk_latency,
-            self._commit_asked, self._commit_durable,
+            self._commit_asked, self._commit_durable, self.threads,
         )
         rng = random.Random(self.node_seed ^ (node.id * 7919 + node.epochs))
         cls = plant_registry.service_class(self.plant)
@@ -580,6 +604,7 @@ class Simulation:
         process = node.process
         if process is None:
             return
+        process.disk.stop()
         # What it has promised while it is down: what a restart will read.
         node.promised_down = node.store.hard_state().promised
         process.die()
@@ -650,7 +675,13 @@ class Simulation:
     def _commit_durable(self, process: Process, results) -> None:
         """A node's commit is durable: its store must equal the reference at its applied index."""
         node = self.nodes[process.node_id]
-        applied, data = node.store.snapshot_now()
+        if self.threads is not None:
+            self.threads.checking += 1
+        try:
+            applied, data = node.store.snapshot_now()
+        finally:
+            if self.threads is not None:
+                self.threads.checking -= 1
         self._match_hash(node.id, applied, state_hash(data))
 
     def _match_hash(self, node_id: int, applied: int, digest: bytes) -> bool:

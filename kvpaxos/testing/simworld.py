@@ -43,6 +43,7 @@ depends on hashing.
 from __future__ import annotations
 
 import copy
+import functools
 import heapq
 import itertools
 import threading
@@ -176,6 +177,12 @@ class NodeReactor:
     def getDelayedCalls(self) -> list:
         return list(self._pending)
 
+    def callFromThread(self, f, *args, **kw) -> None:
+        self._process.io(0, functools.partial(f, *args, **kw))
+
+    def getThreadPool(self) -> "SimThreadPool":
+        return SimThreadPool(self._process)
+
     def callWhenRunning(self, f, *args, **kw):
         return f(*args, **kw)
 
@@ -229,6 +236,40 @@ class NodeReactor:
         self._version += 1
         self._pending.clear()
         self.running = False
+
+
+class SimThreadPool:
+    """
+    The reactor's thread pool (C{deferToThreadPool}): the call runs on the
+    process's pool thread where the simulation has threads (LMDB seeds),
+    else a little later on the reactor's.  Either way its result comes back
+    through C{callFromThread}.
+    """
+
+    #: How long a call waits for a pool thread where there are none.
+    DELAY_S = 0.001
+
+    def __init__(self, process: "Process") -> None:
+        self._process = process
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kw) -> None:
+        process = self._process
+        call = functools.partial(f, *args, **kw)
+        disk = getattr(process, "disk", None)
+        if disk is not None and disk.pool_thread is not None:
+            disk.run_in_pool(call, lambda outcome: on_result(*outcome))
+            return
+
+        def run() -> None:
+            if not process.alive:
+                return
+            try:
+                result = (True, call())
+            except BaseException:
+                result = (False, Failure())
+            on_result(*result)
+
+        process.world.later(self.DELAY_S, run)
 
 
 class Process:
@@ -365,7 +406,7 @@ class Disk:
     """
 
     def __init__(self, process: Process, store, provider: str, rng, latency: Callable,
-                 observe: Callable, durable: Callable) -> None:
+                 observe: Callable, durable: Callable, threads=None) -> None:
         self.process = process
         self.store = store
         self.provider = provider
@@ -373,6 +414,17 @@ class Disk:
         self.latency = latency
         self._observe = observe
         self._durable = durable
+        #: lmdb with L{kvpaxos.testing.simthreads}: commits run on a writer
+        #: thread and snapshot reads on a pool thread, in turn with the
+        #: reactor, through the store's real read gate.
+        self._threads = threads
+        self._writer = self._pool = None
+        if threads is not None and provider != "memory":
+            from kvpaxos.testing.simthreads import SimReadGate
+
+            self._writer = threads.worker(f"node {process.node_id} writer")
+            self._pool = threads.worker(f"node {process.node_id} pool", long=True)
+            store._gate = SimReadGate(threads, lambda: rng.uniform(*threads.step_s))
         #: Commits asked for, and finished (durable), in this process.
         self.commits = 0
         self.finished = 0
@@ -445,12 +497,46 @@ class Disk:
         self._durable(process, results)
         process.io(0, d.callback, results)
 
+    @property
+    def pool_thread(self):
+        return self._pool
+
+    def run_in_pool(self, call: Callable, done: Callable) -> None:
+        """C{call()} on the pool thread; C{done((ok, value or Failure))} after, if still alive."""
+        process = self.process
+
+        def finished(outcome) -> None:
+            if process.alive:
+                done(outcome)
+
+        self._threads.submit(self._pool, call, finished)
+
+    def stop(self) -> None:
+        """The process crashed: its threads end (L{simthreads.Threads.kill})."""
+        if self._threads is not None and self._writer is not None:
+            self._threads.kill([self._writer, self._pool])
+
     def _run_lmdb(self, d, args) -> None:
         process = self.process
         if not process.alive:
             return
         work, on_applied = args
         hand_off = self.rng.random() * 0.002
+        if self._writer is not None:
+            def done(outcome) -> None:
+                if not process.alive:
+                    return
+                ok, value = outcome
+                if not ok:
+                    process.io(hand_off, d.errback, value)
+                    return
+                self.finished += 1
+                self._durable(process, value)
+                process.io(hand_off * 2, d.callback, value)
+
+            early = self._early(on_applied, hand_off)
+            self._threads.submit(self._writer, lambda: self.store.commit(work, early), done)
+            return
         try:
             results = self.store.commit(work, self._early(on_applied, hand_off))
         except Exception:
@@ -480,6 +566,14 @@ class Disk:
     def _snapshot_now(self, d) -> None:
         process = self.process
         if not process.alive:
+            return
+        if self._pool is not None:
+            def done(outcome) -> None:
+                ok, value = outcome
+                if process.alive:
+                    process.io(0, d.callback if ok else d.errback, value)
+
+            self._threads.submit(self._pool, self.store.state_machine.snapshot_now, done)
             return
         try:
             value = self.store.state_machine.snapshot_now()
