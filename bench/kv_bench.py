@@ -95,7 +95,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import grpc  # noqa: E402
 import grpc.aio  # noqa: E402
 
-from kvpaxos.client_endpoints import CHANNEL_OPTIONS  # noqa: E402
+from kvpaxos.api.endpoints import CHANNEL_OPTIONS  # noqa: E402
 from kvpaxos.cluster import twistd_command  # noqa: E402
 from kvpaxos.testing.processes import ProcessCluster  # noqa: E402
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc  # noqa: E402

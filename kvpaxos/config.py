@@ -34,6 +34,8 @@ import struct
 import tomllib
 from dataclasses import dataclass, field, replace
 
+from kvpaxos.api.endpoints import BadEndpoint, join_host_port, split_host_port
+
 DEFAULT_CLIENT = "127.0.0.1:2379"
 DEFAULT_PEER = "127.0.0.1:2380"
 DEFAULT_ADMIN = "127.0.0.1:2381"
@@ -54,13 +56,17 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Address:
-    """A host and TCP port; an empty host in C{:5001} means every interface."""
+    """
+    A host (an IPv6 one without brackets) and a TCP port; an empty host
+    in C{:5001} means every interface.  C{str()} is C{host:port} with an
+    IPv6 host in brackets, as gRPC and L{parse_address} take it.
+    """
 
     host: str
     port: int
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        return join_host_port(self.host, self.port)
 
 
 @dataclass(frozen=True)
@@ -108,23 +114,18 @@ class NodeConfig:
 
 def parse_address(text: str, what: str) -> Address:
     """
-    Parse C{host:port} (C{:port} means every interface).
+    Parse C{host:port} with the API's one parser
+    (L{kvpaxos.api.endpoints.split_host_port}, which the gRPC server and
+    the client use too): C{:port} means every interface (C{0.0.0.0}), an
+    IPv6 host is written in brackets (C{[::1]:2379}).
 
     @raise ConfigError: not an address.
     """
-    if not isinstance(text, str) or ":" not in text:
-        raise ConfigError(f"{what} must be host:port, got {text!r}")
-    host, _, port = text.rpartition(":")
-    host = host.strip("[]")
-    if host == "":
-        host = "0.0.0.0"
     try:
-        number = int(port)
-    except ValueError:
-        raise ConfigError(f"{what} has a bad port: {text!r}") from None
-    if not 0 <= number <= 65535:
-        raise ConfigError(f"{what} port must be 0..65535, got {number}")
-    return Address(host, number)
+        host, port = split_host_port(text)
+    except BadEndpoint as error:
+        raise ConfigError(f"{what} must be host:port: {error}") from None
+    return Address(host or "0.0.0.0", port)
 
 
 def parse_node_id(value, what: str = "id") -> int:

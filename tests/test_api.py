@@ -26,9 +26,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from kvpaxos.api import errors
+from kvpaxos.api import errors, statuses
+from kvpaxos.api.endpoints import CHANNEL_OPTIONS, BadEndpoint
+from kvpaxos.api.limits import MAX_MESSAGE_BYTES
 from kvpaxos.api.server import SERVICE_NAMES, GrpcServer, ReactorCrossing
-from kvpaxos.client_endpoints import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, BadEndpoint
 from kvpaxos.kv import machine
 from kvpaxos.kv.commands import (
     MAX_KEY_BYTES,
@@ -50,7 +51,7 @@ from kvpaxos.kv.commands import (
     prefix_end,
 )
 from kvpaxos.kv.logformat import decode_request, encode_request
-from kvpaxos.node.interfaces import IKeyValueNode, NodeStatus, Unavailable
+from kvpaxos.node.interfaces import IKeyValueNode, NodeStatus, NotLeaderError, Unavailable
 from kvpaxos.storage.memory import MemoryState
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
 
@@ -177,11 +178,22 @@ class ServerFixture:
         self.reactor.pump_until(call.done)
         return call
 
-    def assertStatus(self, call, code: grpc.StatusCode) -> str:
-        """Assert that C{call} failed with C{code}; return its details."""
+    def assertStatus(self, call, code: grpc.StatusCode, reason=None, metadata=None) -> str:
+        """
+        Assert that C{call} failed with C{code} and, if given, an ErrorInfo
+        of C{reason} holding C{metadata} (and the answering member's id);
+        return its details.
+        """
         error = call.exception()
         self.assertIsNotNone(error, "the call succeeded")
         self.assertEqual(error.code(), code, error.details())
+        if reason is not None:
+            info = errors.error_details(error)
+            self.assertIsNotNone(info, "no ErrorInfo attached")
+            self.assertEqual(info.reason, reason)
+            self.assertEqual(errors.REASONS[reason], code)
+            for key, value in (metadata or {}).items():
+                self.assertEqual(info.metadata.get(key), str(value), key)
         return error.details()
 
 
@@ -304,7 +316,7 @@ class GrpcServerTests(RunningServer, SynchronousTestCase):
         """A value of 1 MiB + 1 byte is INVALID_ARGUMENT and never reaches the node."""
         details = self.assertStatus(
             self.rpc(self.kv.Append, kv_pb2.AppendRequest(key=b"k", value=b"x" * (MAX_VALUE_BYTES + 1))),
-            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.INVALID_ARGUMENT, errors.INVALID_ARGUMENT,
         )
         self.assertIn(str(MAX_VALUE_BYTES + 1), details)
         self.assertEqual(self.node.calls, [])
@@ -314,24 +326,39 @@ class GrpcServerTests(RunningServer, SynchronousTestCase):
         self.node.answer = lambda: defer.fail(InvalidArgument("bad"))
         details = self.assertStatus(
             self.rpc(self.kv.Put, kv_pb2.PutRequest(key=b"k", value=b"v")),
-            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.INVALID_ARGUMENT, errors.INVALID_ARGUMENT, {errors.MEMBER_ID: 1},
         )
         self.assertEqual(details, "bad")
 
     def test_unavailable(self) -> None:
-        """An Unavailable from the node is UNAVAILABLE naming the leader it knows of."""
+        """An Unavailable from the node is UNAVAILABLE naming the leader it knows of, in words and as data."""
         self.node.answer = lambda: defer.fail(Unavailable("no quorum before deadline", leader=3))
         details = self.assertStatus(
             self.rpc(self.kv.Put, kv_pb2.PutRequest(key=b"k", value=b"v")),
-            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.UNAVAILABLE, errors.UNAVAILABLE, {errors.LEADER_ID: 3, errors.MEMBER_ID: 1},
         )
         self.assertEqual(details, "no quorum before deadline; leader is 3")
+
+    def test_not_leader(self) -> None:
+        """The node's NotLeaderError is the API's one not-leader error: UNAVAILABLE, reason NOT_LEADER, the leader's id."""
+        self.node.answer = lambda: defer.fail(NotLeaderError(2))
+        self.assertStatus(
+            self.rpc(self.kv.Put, kv_pb2.PutRequest(key=b"k", value=b"v")),
+            grpc.StatusCode.UNAVAILABLE, errors.NOT_LEADER, {errors.LEADER_ID: 2},
+        )
+
+    def test_unavailable_leader_unknown(self) -> None:
+        """An Unavailable naming no leader carries no leader id."""
+        self.node.answer = lambda: defer.fail(Unavailable("no quorum before deadline"))
+        call = self.rpc(self.kv.Put, kv_pb2.PutRequest(key=b"k", value=b"v"))
+        self.assertStatus(call, grpc.StatusCode.UNAVAILABLE, errors.UNAVAILABLE)
+        self.assertNotIn(errors.LEADER_ID, errors.error_details(call.exception()).metadata)
 
     def test_internal(self) -> None:
         """Any other node failure is INTERNAL with its message, and is logged."""
         self.node.answer = lambda: defer.fail(RuntimeError("boom"))
         details = self.assertStatus(
-            self.rpc(self.kv.Get, kv_pb2.GetRequest(key=b"k")), grpc.StatusCode.INTERNAL
+            self.rpc(self.kv.Get, kv_pb2.GetRequest(key=b"k")), grpc.StatusCode.INTERNAL, errors.INTERNAL
         )
         self.assertIn("boom", details)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
@@ -478,7 +505,8 @@ class RevisionAndSessionTests(RunningServer, SynchronousTestCase):
         self.rpc(self.kv.Put, kv_pb2.PutRequest(key=b"k", value=b"v", client_id=client, sequence=2)).result()
         details = self.assertStatus(
             self.rpc(self.kv.Put, kv_pb2.PutRequest(key=b"k", value=b"w", client_id=client, sequence=1)),
-            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.FAILED_PRECONDITION, errors.STALE_SEQUENCE,
+            {errors.CLIENT_ID: client, errors.SEQUENCE: 1, errors.LAST_SEQUENCE: 2},
         )
         self.assertEqual(details, f"stale sequence: sequence 1 of session {client} is below its last sequence, 2")
 
@@ -486,9 +514,9 @@ class RevisionAndSessionTests(RunningServer, SynchronousTestCase):
         """A request of a session the node does not hold is FAILED_PRECONDITION "session expired: ..."."""
         details = self.assertStatus(
             self.rpc(self.kv.Delete, kv_pb2.DeleteRequest(key=b"k", client_id=99, sequence=1)),
-            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.FAILED_PRECONDITION, errors.SESSION_EXPIRED, {errors.CLIENT_ID: 99},
         )
-        self.assertEqual(details, errors.SESSION_EXPIRED)
+        self.assertEqual(details, statuses.SESSION_EXPIRED)
         self.assertTrue(details.startswith("session expired: "))
 
     def test_sequence_reused(self) -> None:
@@ -497,7 +525,7 @@ class RevisionAndSessionTests(RunningServer, SynchronousTestCase):
         self.rpc(self.kv.Txn, kv_pb2.TxnRequest(client_id=client, sequence=1)).result()
         details = self.assertStatus(
             self.rpc(self.kv.Put, kv_pb2.PutRequest(key=b"k", value=b"v", client_id=client, sequence=1)),
-            grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.FAILED_PRECONDITION, errors.SEQUENCE_REUSED, {errors.CLIENT_ID: client, errors.SEQUENCE: 1},
         )
         self.assertIn("sequence reused", details)
 
@@ -682,7 +710,8 @@ class TxnTests(RunningServer, SynchronousTestCase):
         for i in range(5):
             self.node.write(b"k%d" % i, b"x" * MAX_VALUE_BYTES)
         details = self.assertStatus(
-            self.txn(success=[delete_op(b"k", TO_THE_END, prev_kv=True)]), grpc.StatusCode.RESOURCE_EXHAUSTED
+            self.txn(success=[delete_op(b"k", TO_THE_END, prev_kv=True)]), grpc.StatusCode.RESOURCE_EXHAUSTED,
+            errors.RESPONSE_TOO_LARGE, {errors.REVISION: 6},
         )
         self.assertIn("applied at revision 6", details)
         self.assertIsNone(self.node.state.get(b"k0"))
@@ -723,7 +752,8 @@ class TxnTests(RunningServer, SynchronousTestCase):
         exists = kv_pb2.Compare(key=b"k", target=kv_pb2.Compare.EXISTS, result=EQ, exists=True)
         self.assertFalse(self.txn(compare=[exists], client_id=client, sequence=1).result().succeeded)
         request = kv_pb2.CompareAndSwapRequest(key=b"k", value=b"w", expected_value=b"v", client_id=client, sequence=1)
-        details = self.assertStatus(self.rpc(self.kv.CompareAndSwap, request), grpc.StatusCode.FAILED_PRECONDITION)
+        details = self.assertStatus(self.rpc(self.kv.CompareAndSwap, request), grpc.StatusCode.FAILED_PRECONDITION,
+                                    errors.SEQUENCE_REUSED)
         self.assertIn("sequence reused", details)
 
     def test_cas_invalid(self) -> None:
@@ -766,8 +796,8 @@ class StoppingTests(ServerFixture, SynchronousTestCase):
         self.reactor.pump_until(lambda: len(self.never) == 1)
         stopped = server.stopService()
         self.reactor.pump_until(lambda: call.done() and stopped.called)
-        details = self.assertStatus(call, grpc.StatusCode.UNAVAILABLE)
-        self.assertIn(errors.SHUTTING_DOWN, details)
+        details = self.assertStatus(call, grpc.StatusCode.UNAVAILABLE, errors.SHUTTING_DOWN)
+        self.assertIn(statuses.SHUTTING_DOWN, details)
         self.assertFalse(server.running)
 
     def test_stop_twice(self) -> None:
@@ -848,38 +878,79 @@ class ReactorCrossingTests(SynchronousTestCase):
 
 
 class ErrorsTests(SynchronousTestCase):
-    """The mapping from failures to gRPC status codes."""
+    """The mapping from failures to gRPC status codes, messages and ErrorInfo reasons."""
+
+    def status(self, error) -> tuple:
+        status = statuses.status_for(error)
+        return status.code, status.message, status.reason, dict(status.metadata), status.unexpected
 
     def test_unavailable_unknown_leader(self) -> None:
         """An Unavailable without a leader says the leader is unknown."""
-        code, details, unexpected = errors.status_for(Unavailable("no quorum"))
-        self.assertEqual((code, details, unexpected), (grpc.StatusCode.UNAVAILABLE, "no quorum; leader unknown", False))
+        self.assertEqual(self.status(Unavailable("no quorum")), (
+            grpc.StatusCode.UNAVAILABLE, "no quorum; leader unknown", errors.UNAVAILABLE,
+            {errors.LEADER_ID: None}, False))
+
+    def test_not_leader(self) -> None:
+        """A NotLeaderError is UNAVAILABLE with reason NOT_LEADER and the leader's id."""
+        code, _, reason, metadata, _ = self.status(NotLeaderError(3))
+        self.assertEqual((code, reason, metadata), (grpc.StatusCode.UNAVAILABLE, errors.NOT_LEADER, {errors.LEADER_ID: 3}))
 
     def test_unavailable_leader_named_once(self) -> None:
         """A message that already names the leader is not repeated."""
-        details = errors.unavailable_message("not reachable; leader is 2", 2)
+        details = statuses.unavailable_message("not reachable; leader is 2", 2)
         self.assertEqual(details, "not reachable; leader is 2")
 
     def test_unexpected(self) -> None:
         """An unexpected exception is INTERNAL and flagged for logging."""
-        code, details, unexpected = errors.status_for(KeyError("x"))
-        self.assertEqual((code, unexpected), (grpc.StatusCode.INTERNAL, True))
+        code, details, reason, _, unexpected = self.status(KeyError("x"))
+        self.assertEqual((code, reason, unexpected), (grpc.StatusCode.INTERNAL, errors.INTERNAL, True))
         self.assertIn("x", details)
 
     def test_stale_sequence(self) -> None:
         """A StaleSequence refusal is FAILED_PRECONDITION "stale sequence: ..." and not logged."""
-        code, details, unexpected = errors.status_for(StaleSequence(4, 2, 3))
-        self.assertEqual((code, unexpected), (grpc.StatusCode.FAILED_PRECONDITION, False))
+        code, details, reason, metadata, unexpected = self.status(StaleSequence(4, 2, 3))
+        self.assertEqual((code, reason, unexpected), (grpc.StatusCode.FAILED_PRECONDITION, errors.STALE_SEQUENCE, False))
+        self.assertEqual(metadata, {errors.CLIENT_ID: 4, errors.SEQUENCE: 2, errors.LAST_SEQUENCE: 3})
         self.assertEqual(details, "stale sequence: sequence 2 of session 4 is below its last sequence, 3")
 
     def test_session_expired(self) -> None:
         """A SessionExpired refusal is FAILED_PRECONDITION telling the client to open a new session."""
-        code, details, unexpected = errors.status_for(SessionExpired(4, 2))
-        self.assertEqual((code, details, unexpected), (
+        self.assertEqual(self.status(SessionExpired(4, 2)), (
             grpc.StatusCode.FAILED_PRECONDITION,
             "session expired: the outcome of this session's unanswered requests is unknown; open a new session",
-            False,
+            errors.SESSION_EXPIRED, {errors.CLIENT_ID: 4}, False,
         ))
+
+    def test_reasons_have_codes(self) -> None:
+        """Every reason the edge can give travels with the one code the catalogue names for it."""
+        for error in (Unavailable("x"), NotLeaderError(1), KeyError("x"), StaleSequence(1, 1, 2),
+                      SessionExpired(1, 1), InvalidArgument("x")):
+            status = statuses.status_for(error)
+            self.assertEqual(errors.REASONS[status.reason], status.code, status.reason)
+
+    def test_details_round_trip(self) -> None:
+        """The ErrorInfo the server attaches is read back by reason and metadata, None values left out."""
+        status = errors.rich_status(grpc.StatusCode.UNAVAILABLE, "text", errors.NOT_LEADER,
+                                    {errors.LEADER_ID: 2, errors.MEMBER_ID: None})
+
+        class Call:
+            def trailing_metadata(self):
+                return status.trailing_metadata
+
+        self.assertEqual(errors.error_details(Call()), errors.ErrorDetails(errors.NOT_LEADER, {errors.LEADER_ID: "2"}))
+
+    def test_details_garbage(self) -> None:
+        """Trailing metadata that is not a Status, or none at all, gives no details (not an error)."""
+        class Call:
+            def __init__(self, metadata):
+                self.metadata = metadata
+
+            def trailing_metadata(self):
+                return self.metadata
+
+        for metadata in (None, (), ((errors.DETAILS_KEY, b"\xff\xff garbage"),), (("other", b"x"),)):
+            self.assertIsNone(errors.error_details(Call(metadata)), metadata)
+        self.assertIsNone(errors.error_details(object()))
 
     def test_fake_node_provides_interface(self) -> None:
         """The fake node used here provides IKeyValueNode."""

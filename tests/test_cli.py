@@ -14,26 +14,14 @@ import random
 import grpc
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvpaxos import cli
 from kvpaxos import client as kvclient
-from kvpaxos.client_endpoints import DEFAULT_ENDPOINT
-from kvpaxos.kv.commands import MAX_KEY_BYTES
+from kvpaxos.api import errors
+from kvpaxos.api.endpoints import DEFAULT_ENDPOINT
+from kvpaxos.api.limits import MAX_KEY_BYTES
+from kvpaxos.client import cli
 from kvpaxos.v1 import kv_pb2
-
-
-class FakeRpcError(grpc.RpcError):
-    """What a grpc stub raises: an error with a status code and details."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self._code = code
-        self._details = details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
+from tests.fake_grpc import FakeRpcError
+from tests.fake_grpc import unavailable as fake_unavailable
 
 
 class FakeChannel:
@@ -124,8 +112,8 @@ class FakeCluster:
 
 
 def unavailable(details: str = "no quorum before deadline; leader is 2") -> FakeRpcError:
-    """An UNAVAILABLE as a node or grpcio would raise it."""
-    return FakeRpcError(grpc.StatusCode.UNAVAILABLE, details)
+    """An UNAVAILABLE as a node would raise it, naming leader 2."""
+    return fake_unavailable(details, 2)
 
 
 class FakeTime:
@@ -357,7 +345,7 @@ class OutputTests(CliTestCase):
 
     def test_status_endpoint_down(self) -> None:
         """status reports an endpoint that fails on stderr, the others on stdout, and exits 1."""
-        self.cluster.errors["a:1"] = unavailable("failed to connect to all addresses")
+        self.cluster.errors["a:1"] = fake_unavailable("failed to connect to all addresses", reason=None)
         self.assertEqual(self.run_cli("--endpoints=a:1,b:2", "status"), cli.EXIT_FAILED)
         self.assertEqual(self.stdout.decode().splitlines()[1].split()[0], "b:2")
         self.assertEqual(
@@ -391,7 +379,7 @@ class EndpointTests(CliTestCase):
 
     def test_invalid_argument_not_retried(self) -> None:
         """INVALID_ARGUMENT from a node fails at once with its message."""
-        self.cluster.errors["a:1"] = FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "bad key")
+        self.cluster.errors["a:1"] = FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "bad key", errors.INVALID_ARGUMENT)
         self.assertEqual(self.run_cli("--endpoints=a:1,b:2", "put", "k", "v"), cli.EXIT_FAILED)
         self.assertEqual(self.stderr, b"kvpaxos: error: a:1: INVALID_ARGUMENT: bad key\n")
         self.assertEqual(len(self.cluster.requests), 1)

@@ -28,28 +28,12 @@ from kvpaxos.client import (
     StaleSequence,
     Unavailable,
 )
-from kvpaxos.client_endpoints import BadEndpoint
+from kvpaxos.api import errors
+from kvpaxos.api.endpoints import BadEndpoint
 from kvpaxos.v1 import kv_pb2
+from tests.fake_grpc import FakeRpcError, unavailable
 
 A, B, C = "a:1", "b:1", "c:1"
-
-
-class FakeRpcError(grpc.RpcError):
-    """What a grpc stub raises: an error with a status code and details."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-
-def unavailable(details: str = "no quorum before deadline") -> FakeRpcError:
-    return FakeRpcError(grpc.StatusCode.UNAVAILABLE, details)
 
 
 class FakeChannel:
@@ -127,23 +111,24 @@ class FakeCluster:
     def serve(self, endpoint: str, rpc: str, request, timeout):
         self.requests.append((endpoint, rpc, request, timeout))
         if endpoint in self.down:
-            raise unavailable("failed to connect to all addresses")
+            raise unavailable("failed to connect to all addresses", reason=None)
         if self.errors.get(endpoint):
             raise self.errors[endpoint].pop(0)
         if self.followers_refuse and self.MEMBERS[endpoint] != self.leader:
-            raise unavailable(f"not the leader; leader is {self.leader}")
+            raise unavailable(f"not the leader; leader is {self.leader}", self.leader, errors.NOT_LEADER)
         return getattr(self, rpc)(endpoint, request)
 
     def _exactly_once(self, request, apply):
         if not request.client_id:
             return apply()
         if request.client_id not in self.sessions:
-            raise FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "session expired: the outcome ... is unknown")
+            raise FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "session expired: the outcome ... is unknown",
+                               errors.SESSION_EXPIRED, {errors.CLIENT_ID: request.client_id})
         last, response = self.sessions[request.client_id]
         if request.sequence == last:
             return response
         if request.sequence < last:
-            raise FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "stale sequence: below 3")
+            raise FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "stale sequence: below 3", errors.STALE_SEQUENCE)
         response = apply()
         self.sessions[request.client_id] = (request.sequence, response)
         return response
@@ -336,7 +321,7 @@ class RetryTests(ClientTestCase):
     def test_retries_keep_session_fields(self) -> None:
         """Every attempt of one write carries the same (client_id, sequence), and it is applied once."""
         self.client.put(b"k", b"0")
-        self.cluster.errors = {C: [unavailable("no quorum; leader is 3")], A: [unavailable()], B: [unavailable()]}
+        self.cluster.errors = {C: [unavailable("no quorum; leader is 3", 3)], A: [unavailable()], B: [unavailable()]}
         self.client.append(b"k", b"1")
         appends = [(r[2].client_id, r[2].sequence) for r in self.cluster.sent("Append")]
         self.assertEqual(appends, [(7, 2)] * 4)
@@ -368,14 +353,14 @@ class RetryTests(ClientTestCase):
 
     def test_unavailable_names_leader(self) -> None:
         """The Unavailable raised at the deadline carries the leader last named."""
-        self.cluster.errors = {e: [unavailable("no quorum; leader is 2")] * 1000 for e in (A, B, C)}
+        self.cluster.errors = {e: [unavailable("no quorum; leader is 2", 2)] * 1000 for e in (A, B, C)}
         with self.assertRaises(Unavailable) as caught:
             self.make_client(session=False).put(b"k", b"v")
         self.assertEqual(caught.exception.leader, 2)
 
     def test_invalid_argument_not_retried(self) -> None:
         """INVALID_ARGUMENT raises InvalidArgument (a ValueError) after one request."""
-        self.cluster.errors[A] = [FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "key is empty")]
+        self.cluster.errors[A] = [FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT, "key is empty", errors.INVALID_ARGUMENT)]
         with self.assertRaises(ValueError) as caught:
             self.client.get(b"k")
         self.assertIsInstance(caught.exception, InvalidArgument)
@@ -384,7 +369,7 @@ class RetryTests(ClientTestCase):
 
     def test_other_status_not_retried(self) -> None:
         """A status the client does not retry raises RequestFailed with its code."""
-        self.cluster.errors[A] = [FakeRpcError(grpc.StatusCode.INTERNAL, "internal error: boom")]
+        self.cluster.errors[A] = [FakeRpcError(grpc.StatusCode.INTERNAL, "internal error: boom", errors.INTERNAL)]
         with self.assertRaises(RequestFailed) as caught:
             self.client.get(b"k")
         self.assertEqual((caught.exception.code, len(self.cluster.requests)), (grpc.StatusCode.INTERNAL, 1))
@@ -436,7 +421,7 @@ class SessionTests(ClientTestCase):
         """Session expired after a retry: the outcome is unknown, the error says so, and the next write uses a new session."""
         self.client.put(b"k", b"v")
         del self.cluster.sessions[7]
-        self.cluster.errors[C] = [unavailable("no answer; leader is 3")]
+        self.cluster.errors[C] = [unavailable("no answer; leader is 3", 3)]
         with self.assertRaises(SessionExpired) as caught:
             self.client.put(b"k", b"w")
         self.assertTrue(caught.exception.maybe_applied)
@@ -707,13 +692,13 @@ class KeyAfterTests(SynchronousTestCase):
 
     def test_short_key(self):
         """After a key below the length limit comes the key with a zero byte appended."""
-        from kvpaxos.client import _key_after
+        from kvpaxos.client.requests import _key_after
 
         self.assertEqual(_key_after(b"abc"), b"abc\x00")
 
     def test_longest_key(self):
         """After a 511-byte key comes its last byte incremented, not a 512-byte key."""
-        from kvpaxos.client import _key_after
+        from kvpaxos.client.requests import _key_after
 
         self.assertEqual(_key_after(b"b" * 511), b"b" * 510 + b"c")
         self.assertEqual(_key_after(b"b" * 509 + b"\xff\xff"), b"b" * 508 + b"c")

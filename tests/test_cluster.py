@@ -17,7 +17,7 @@ import time
 import grpc
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvpaxos.cli import main as cli_main
+from kvpaxos.client.cli import main as cli_main
 from kvpaxos.cluster import plugin_environment
 from kvpaxos.testing.processes import ROOT, ProcessCluster, free_port
 from kvpaxos.v1 import kv_pb2
@@ -118,7 +118,7 @@ class ClientTests(ClusterTestCase):
         """The installed kvpaxos console script talks to the cluster."""
         node = self.cluster.nodes[self.followers()[0]]
         done = subprocess.run(
-            [sys.executable, "-m", "kvpaxos.cli", "--endpoints", node.endpoint, "put", "k", "v"],
+            [sys.executable, "-m", "kvpaxos.client.cli", "--endpoints", node.endpoint, "put", "k", "v"],
             capture_output=True, text=True, timeout=30,
         )
         self.assertEqual(done.returncode, 0, done.stderr)

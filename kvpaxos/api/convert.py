@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from kvpaxos.client_endpoints import MAX_MESSAGE_BYTES
+from kvpaxos.api.limits import MAX_MESSAGE_BYTES
 from kvpaxos.kv.commands import (
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,

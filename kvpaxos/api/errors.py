@@ -1,104 +1,188 @@
 """
-How the gRPC edge reports failures: one function from an exception raised by
-validation or by the node, or a refusal the node answered with
-(L{StaleSequence}, L{SessionExpired}: nothing was applied), to a gRPC status
-code and message.
+The API's errors, as both ends name them: the exceptions every layer may
+raise (L{ApiError} and its subclasses, each saying whose fault it is), the
+reasons a failed RPC carries as data, and how those travel.
 
-The edge translates and decides nothing: whether a request was bad, refused
-or the cluster unavailable is the node's (or
-L{kvpaxos.kv.commands.validate_request}'s) call; this module only names the
-status that says so.
+A failed RPC carries a C{google.rpc.Status} in its trailing metadata
+(C{grpc-status-details-bin}, as C{grpcio-status} writes it) holding one
+C{google.rpc.ErrorInfo}: C{domain} L{DOMAIN}, a C{reason} from L{REASONS}
+and string C{metadata} (the leader's member id under L{LEADER_ID}, ...).
+The status message stays a readable sentence (and etcd's wording where
+etcd has one), for people; the client decides from the reason and the
+metadata only (L{error_details}), never from the message's text.
+
+The catalogue (reason: gRPC code, whose fault, metadata):
+
+  - L{INVALID_ARGUMENT}: INVALID_ARGUMENT; the client's (bad key, value,
+    range, transaction or session fields); nothing changed.
+  - L{SESSION_EXPIRED}: FAILED_PRECONDITION; nobody's (the session was
+    evicted or expired); L{CLIENT_ID}.  Nothing was applied.
+  - L{STALE_SEQUENCE}: FAILED_PRECONDITION; the client's (a bug: a
+    sequence below the session's last); L{CLIENT_ID}, L{SEQUENCE},
+    L{LAST_SEQUENCE}.  Nothing was applied.
+  - L{SEQUENCE_REUSED}: FAILED_PRECONDITION; the client's (a retry that
+    is not the request it retries); L{CLIENT_ID}, L{SEQUENCE}.
+  - L{NOT_LEADER}: UNAVAILABLE; nobody's (the node asked could not reach
+    a leader for work only a leader does); L{LEADER_ID} when known.
+  - L{UNAVAILABLE}: UNAVAILABLE; nobody's (no quorum, or no answer,
+    before the deadline); L{LEADER_ID} when known.
+  - L{SHUTTING_DOWN}: UNAVAILABLE; nobody's (the node is stopping);
+    L{LEADER_ID} when known.
+  - L{RESPONSE_TOO_LARGE}: RESOURCE_EXHAUSTED; the client's (it asked for
+    more C{prev_kv} records than one message holds); L{REVISION} at which
+    the transaction applied.
+  - L{INTERNAL}: INTERNAL; the server's (a bug or a broken dependency).
+
+Every ErrorInfo also names the member that answered (L{MEMBER_ID}).
+
+What must not live here: anything that knows how the cluster works.  This
+module imports nothing of kvpaxos, so that the state machine's
+validation, the node, the gRPC edge and the client can all name the same
+errors (the client imports only C{kvpaxos.api} and C{kvpaxos.v1}).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
-from kvpaxos.kv.commands import InvalidArgument, Request, SessionExpired, StaleSequence
-from kvpaxos.node.interfaces import Unavailable
+#: The C{ErrorInfo.domain} of every kvpaxos error.
+DOMAIN = "kvpaxos"
+#: Where grpcio-status puts the serialized C{google.rpc.Status}.
+DETAILS_KEY = "grpc-status-details-bin"
 
-#: The message of the UNAVAILABLE that failed requests get when the node
-#: stops while they wait.
-SHUTTING_DOWN = "node shutting down"
-#: The FAILED_PRECONDITION message of a request whose session is gone.
-SESSION_EXPIRED = (
-    "session expired: the outcome of this session's unanswered requests is unknown; "
-    "open a new session"
-)
-#: What the node answers instead of applying a request (not exceptions:
-#: the node ran the request through the log and it changed nothing).
-REFUSALS = (StaleSequence, SessionExpired)
+INVALID_ARGUMENT = "INVALID_ARGUMENT"
+SESSION_EXPIRED = "SESSION_EXPIRED"
+STALE_SEQUENCE = "STALE_SEQUENCE"
+SEQUENCE_REUSED = "SEQUENCE_REUSED"
+NOT_LEADER = "NOT_LEADER"
+UNAVAILABLE = "UNAVAILABLE"
+SHUTTING_DOWN = "SHUTTING_DOWN"
+RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
+INTERNAL = "INTERNAL"
+
+#: Each reason and the one gRPC status code it travels with.
+REASONS: Mapping[str, grpc.StatusCode] = {
+    INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    SESSION_EXPIRED: grpc.StatusCode.FAILED_PRECONDITION,
+    STALE_SEQUENCE: grpc.StatusCode.FAILED_PRECONDITION,
+    SEQUENCE_REUSED: grpc.StatusCode.FAILED_PRECONDITION,
+    NOT_LEADER: grpc.StatusCode.UNAVAILABLE,
+    UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
+    RESPONSE_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+#: Metadata keys.
+LEADER_ID = "leader_id"
+MEMBER_ID = "member_id"
+CLIENT_ID = "client_id"
+SEQUENCE = "sequence"
+LAST_SEQUENCE = "last_sequence"
+REVISION = "revision"
 
 
-def describe_leader(leader: Optional[int]) -> str:
-    """Return C{"leader is N"}, or C{"leader unknown"} when C{leader} is None."""
-    return "leader unknown" if leader is None else f"leader is {leader}"
+# --- the exceptions ----------------------------------------------------------
 
 
-def unavailable_message(message: str, leader: Optional[int]) -> str:
+class ApiError(Exception):
     """
-    Return C{message} with the known leader appended (C{"no quorum before
-    deadline; leader is 2"}), unless C{message} already names it.
+    An error the kvpaxos API names.  The client raises only these (it calls
+    this class C{ClientError}); each subclass says whose fault it is.
     """
-    hint = describe_leader(leader)
-    if hint in message:
-        return message
-    return f"{message}; {hint}" if message else hint
 
 
-def status_for(
-    error: Union[BaseException, StaleSequence, SessionExpired],
-) -> tuple[grpc.StatusCode, str, bool]:
+class InvalidArgument(ApiError, ValueError):
     """
-    Return C{(code, details, unexpected)} for C{error}, an exception or one
-    of L{REFUSALS}.
-
-      - L{InvalidArgument} (the client's fault: bad keys, values, ranges,
-        transactions, session fields) → INVALID_ARGUMENT with its message;
-      - L{StaleSequence} (the client's fault) → FAILED_PRECONDITION
-        C{"stale sequence: ..."};
-      - L{SessionExpired} → FAILED_PRECONDITION L{SESSION_EXPIRED};
-      - L{Unavailable} → UNAVAILABLE with the known leader in the message;
-      - anything else → INTERNAL with its message, and C{unexpected} true: the
-        caller logs it, because it is a bug or a broken dependency, not a
-        condition the client can act on.
+    A request is malformed or outside the limits (the client's fault):
+    refused by the client library before sending, or by the server
+    (INVALID_ARGUMENT, reason L{INVALID_ARGUMENT}); nothing changed.
     """
-    if isinstance(error, InvalidArgument):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(error), False
-    if isinstance(error, StaleSequence):
-        return grpc.StatusCode.FAILED_PRECONDITION, (
-            f"stale sequence: sequence {error.sequence} of session {error.client_id} is below "
-            f"its last sequence, {error.last_sequence}"
-        ), False
-    if isinstance(error, SessionExpired):
-        return grpc.StatusCode.FAILED_PRECONDITION, SESSION_EXPIRED, False
-    if isinstance(error, Unavailable):
-        return grpc.StatusCode.UNAVAILABLE, unavailable_message(str(error), error.leader), False
-    detail = str(error) or type(error).__name__
-    return grpc.StatusCode.INTERNAL, f"internal error: {detail}", True
 
 
-def response_too_large(size_bytes: int, limit_bytes: int, revision: int) -> str:
+class Unavailable(ApiError):
     """
-    Return the RESOURCE_EXHAUSTED message of a transaction that applied but
-    whose answer (the records its puts and deletes replaced, which cannot be
-    paged: they are gone) does not fit in one message.
+    The cluster could not serve a request before its deadline (no quorum,
+    no known leader, the leader unreachable, the node stopping): nobody's
+    fault, and worth trying again, elsewhere.  gRPC: UNAVAILABLE.
+
+    @ivar leader: the leader last named (by this node, or to the client),
+        or None.
+    @ivar failures: in the client, the last failure of each endpoint
+        tried, in endpoint order; empty on the server.
+    @ivar reason: the L{REASONS} entry it travels as.
     """
-    return (
-        f"the transaction applied at revision {revision}, but its response of {size_bytes} "
-        f"bytes exceeds the {limit_bytes}-byte message limit; ask for fewer prev_kv records"
+
+    reason = UNAVAILABLE
+
+    def __init__(self, message: str, leader: Optional[int] = None, failures: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.leader = leader
+        self.failures = tuple(failures)
+
+
+# --- the details on the wire -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ErrorDetails:
+    """
+    What a failed RPC says about itself as data: its L{REASONS} entry and
+    string metadata.
+    """
+
+    reason: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    def number(self, key: str) -> Optional[int]:
+        """The metadata value under C{key} as a non-negative integer, or None if absent or not one."""
+        value = self.metadata.get(key, "")
+        return int(value) if value.isdigit() else None
+
+
+def rich_status(code: grpc.StatusCode, message: str, reason: str,
+                metadata: Mapping[str, Any] = ()) -> grpc.Status:
+    """
+    Return the C{grpc.Status} to abort an RPC with (C{context.abort_with_status}):
+    C{code} and C{message}, with an ErrorInfo of C{reason} and C{metadata}
+    (values turned into strings; None values left out) in its details.
+    """
+    info = error_details_pb2.ErrorInfo(
+        reason=reason, domain=DOMAIN,
+        metadata={key: str(value) for key, value in dict(metadata).items() if value is not None},
     )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    return rpc_status.to_status(status_pb2.Status(code=code.value[0], message=message, details=[detail]))
 
 
-def sequence_reused(request: Request) -> str:
+def error_details(error: Any) -> Optional[ErrorDetails]:
     """
-    Return the FAILED_PRECONDITION message of a session request answered
-    with the saved result of a different kind of request: the client reused
-    a sequence (a retry must repeat the request it retries).
+    Return the kvpaxos L{ErrorDetails} a failed RPC (a C{grpc.RpcError}
+    from a blocking or an asyncio stub) carries, or None if it carries none
+    (a connection failure, a server of another kind, garbage).  Read only
+    on failures: it parses the trailing metadata.
     """
-    return (
-        f"sequence reused: sequence {request.sequence} of session {request.client_id} "
-        f"was first used by another kind of request; a retry must repeat its request"
-    )
+    trailing = getattr(error, "trailing_metadata", None)
+    try:
+        pairs = trailing() if callable(trailing) else None
+    except Exception:
+        return None
+    for key, value in pairs or ():
+        if key != DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except Exception:  # a peer's garbage is no reason
+            return None
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Is(info.DESCRIPTOR) and detail.Unpack(info) and info.domain == DOMAIN:
+                return ErrorDetails(info.reason, dict(info.metadata))
+    return None

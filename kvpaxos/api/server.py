@@ -19,15 +19,16 @@ on grpcio (C{server.stop()}'s Event is waited on in a thread of its own).
 
 This module translates and decides nothing: what a request means is the
 node's business; L{kvpaxos.api.convert} turns messages into commands and
-results into messages (paging ranges under the message limit), and
-L{kvpaxos.api.errors} names the status for each failure or refusal.
+results into messages (paging ranges under the message limit),
+L{kvpaxos.api.statuses} names the status (code, message, ErrorInfo) for
+each failure or refusal, and L{kvpaxos.api.crossing} carries calls into
+the reactor.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import threading
-from concurrent.futures import Future
 from functools import partial
 from typing import Any, Callable, Optional
 
@@ -40,17 +41,20 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from kvpaxos.api import convert
-from kvpaxos.api.errors import (
+from kvpaxos.api.crossing import ReactorCrossing  # noqa: F401 (tests import it from here)
+from kvpaxos.api.endpoints import CHANNEL_OPTIONS, parse_endpoint
+from kvpaxos.api.errors import SHUTTING_DOWN as SHUTTING_DOWN_REASON, InvalidArgument, Unavailable
+from kvpaxos.api.limits import MAX_MESSAGE_BYTES
+from kvpaxos.api.statuses import (
     REFUSALS,
     SHUTTING_DOWN,
+    internal,
     response_too_large,
     sequence_reused,
     status_for,
-    unavailable_message,
+    unavailable,
 )
-from kvpaxos.client_endpoints import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES, parse_endpoint
 from kvpaxos.kv.commands import (
-    InvalidArgument,
     Op,
     RangeResult,
     Request,
@@ -61,7 +65,6 @@ from kvpaxos.kv.commands import (
     range_query,
     validate_request,
 )
-from kvpaxos.node.interfaces import Unavailable
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
 
 #: Full names of the services this server offers.
@@ -78,121 +81,19 @@ STOP_WAIT_SLACK_S = 2.0
 
 _log = Logger()
 
-
-
 #: Requests in flight or queued per node before RESOURCE_EXHAUSTED.
 MAX_CONCURRENT_RPCS = 4096
 
-def _settle_result(future: Future, value: Any) -> None:
-    """Resolve C{future} unless it is already done (failed by a stop, or
-    cancelled by a handler that gave up)."""
-    try:
-        future.set_result(value)
-    except concurrent.futures.InvalidStateError:
-        pass
+
+class ShuttingDown(Unavailable):
+    """The node stopped while a request waited (UNAVAILABLE, reason SHUTTING_DOWN)."""
+
+    reason = SHUTTING_DOWN_REASON
 
 
-def _settle_error(future: Future, error: BaseException) -> None:
-    """Fail C{future} with C{error} unless it is already done."""
-    try:
-        future.set_exception(error)
-    except concurrent.futures.InvalidStateError:
-        pass
-
-
-class ReactorCrossing:
-    """
-    Carries calls from any thread into the reactor thread, many per reactor
-    turn.
-
-    L{enqueue} may be called from any thread; the queued calls run in the
-    reactor thread, in the order queued, in a L{drain}.  A call returns a
-    value or a Deferred; its outcome resolves the Future L{enqueue} returned.
-
-    @ivar drains: how many drains ran at least one call (read it in the
-        reactor thread).
-    @ivar calls: how many calls the drains ran.
-    """
-
-    def __init__(self, reactor) -> None:
-        """
-        @param reactor: provides C{callFromThread}; nothing else is used.
-        """
-        self._reactor = reactor
-        self._lock = threading.Lock()
-        # Guarded by _lock:
-        self._queued: list[tuple[Callable[[], Any], Future]] = []
-        self._pending: set[Future] = set()  # queued or running, not yet settled
-        self._drain_scheduled = False
-        self._closed_error: Optional[Callable[[], BaseException]] = None
-        # Reactor thread only:
-        self.drains = 0
-        self.calls = 0
-
-    def enqueue(self, call: Callable[[], Any]) -> Future:
-        """
-        Queue C{call} to run in the reactor thread; return the Future of its
-        outcome.  After L{close}, the Future is already failed.
-
-        Cancelling the Future before the call has run keeps the call from
-        running at all.
-        """
-        future: Future = Future()
-        with self._lock:
-            closed_error = self._closed_error
-            if closed_error is None:
-                self._queued.append((call, future))
-                self._pending.add(future)
-                schedule = not self._drain_scheduled
-                self._drain_scheduled = True
-        if closed_error is not None:
-            future.set_exception(closed_error())
-            return future
-        future.add_done_callback(self._forget)
-        if schedule:
-            # Invariant: at most one drain is scheduled; every call queued
-            # before it runs is run by it (it takes the whole queue).
-            self._reactor.callFromThread(self.drain)
-        return future
-
-    def drain(self) -> None:
-        """Run every queued call.  Called in the reactor thread."""
-        with self._lock:
-            batch, self._queued = self._queued, []
-            self._drain_scheduled = False
-        if not batch:
-            return
-        self.drains += 1
-        for call, future in batch:
-            if future.done():
-                continue
-            self.calls += 1
-            d = defer.maybeDeferred(call)
-            d.addCallbacks(partial(_settle_result, future), lambda f, fu=future: _settle_error(fu, f.value))
-
-    def close(self, error: Callable[[], BaseException]) -> None:
-        """
-        Fail every queued or running call's Future with C{error()}, and every
-        later L{enqueue} too.  Calls already running in the reactor are left
-        to finish; their outcome is dropped.
-        """
-        with self._lock:
-            self._closed_error = error
-            self._queued = []
-            pending = list(self._pending)
-            self._pending.clear()
-        for future in pending:
-            _settle_error(future, error())
-
-    def _forget(self, future: Future) -> None:
-        with self._lock:
-            self._pending.discard(future)
-
-
-def _abort_for(context: grpc.ServicerContext, error) -> None:
+def _abort_for(context: grpc.ServicerContext, error, member_id: Optional[int] = None) -> None:
     """Abort the RPC with the status L{status_for} names for C{error}."""
-    code, details, _ = status_for(error)
-    context.abort(code, details)
+    status_for(error).abort(context, member_id)
 
 
 class _NodeCalls:
@@ -205,9 +106,11 @@ class _NodeCalls:
         self._node = node
         self._crossing = crossing
         self._request_timeout_s = request_timeout_s
-        #: The leader the node last named (written in the reactor thread,
-        #: read by handler threads for timeout messages).
+        #: The leader the node last named, and the node's member id
+        #: (written in the reactor thread, read by handler threads for
+        #: failures).
         self.leader: Optional[int] = None
+        self.member_id: Optional[int] = None
 
     def call(self, context: grpc.ServicerContext, node_call: Callable[[float], Any]) -> tuple[Any, kv_pb2.ResponseHeader]:
         """
@@ -224,14 +127,12 @@ class _NodeCalls:
             result, header = future.result(timeout=wait_s)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                unavailable_message(f"no answer from the node within {wait_s:.3g}s", self.leader),
-            )
+            unavailable(f"no answer from the node within {wait_s:.3g}s", self.leader).abort(
+                context, self.member_id)
         except Exception as error:
-            _abort_for(context, error)
+            _abort_for(context, error, self.member_id)
         if isinstance(result, REFUSALS):
-            _abort_for(context, result)
+            _abort_for(context, result, self.member_id)
         return result, header
 
     def _in_reactor(self, node_call: Callable[[float], Any], timeout_s: float) -> defer.Deferred:
@@ -242,7 +143,7 @@ class _NodeCalls:
 
     def _with_header(self, result: Any) -> tuple[Any, kv_pb2.ResponseHeader]:
         status = self._node.status()
-        self.leader = status.leader
+        self.leader, self.member_id = status.leader, status.member_id
         # Every result but a status and a refusal names the revision it saw or made.
         header = kv_pb2.ResponseHeader(
             member_id=status.member_id, leader_id=status.leader or 0,
@@ -251,9 +152,14 @@ class _NodeCalls:
         return result, header
 
     def _failed(self, failure):
+        if self.member_id is None:
+            try:
+                self.member_id = self._node.status().member_id
+            except Exception:  # a node not started yet: the ErrorInfo names no member
+                pass
         if isinstance(failure.value, Unavailable) and failure.value.leader is not None:
             self.leader = failure.value.leader
-        if status_for(failure.value)[2]:
+        if status_for(failure.value).unexpected:
             _log.failure("gRPC request failed unexpectedly", failure)
         return failure
 
@@ -332,10 +238,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         response = convert.txn_response(result, header)
         size = response.ByteSize()
         if size > MAX_MESSAGE_BYTES:
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                response_too_large(size, MAX_MESSAGE_BYTES, result.revision),
-            )
+            response_too_large(size, MAX_MESSAGE_BYTES, result.revision).abort(context, header.member_id)
         return response
 
     def CompareAndSwap(self, request: kv_pb2.CompareAndSwapRequest, context) -> kv_pb2.CompareAndSwapResponse:
@@ -352,7 +255,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         # compare_and_swap's failure branch is one Range of the key; anything
         # else is the saved answer of another transaction with this sequence.
         if len(result.responses) != 1 or type(result.responses[0]) is not RangeResult:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, sequence_reused(command))
+            sequence_reused(command).abort(context, header.member_id)
         current = result.responses[0]
         kv = current.kvs[0] if current.kvs else None
         return kv_pb2.CompareAndSwapResponse(header=header, succeeded=False,
@@ -372,9 +275,9 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         result, header = self._calls.call(context, lambda timeout_s: self._node.submit(command, timeout_s))
         if not isinstance(result, kind):
             if command.client_id:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, sequence_reused(command))
+                sequence_reused(command).abort(context, header.member_id)
             _log.error("node answered {command!r} with {result!r}", command=command, result=result)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error: unexpected result {type(result).__name__}")
+            internal(f"internal error: unexpected result {type(result).__name__}").abort(context, header.member_id)
         return result, header
 
 
@@ -428,7 +331,7 @@ class GrpcServer(Service):
             whatever the client's deadline; then it gets UNAVAILABLE.
         @param stop_grace_s: how long L{stopService} lets in-flight RPCs
             finish their replies before grpcio cancels them.
-        @raise kvpaxos.client_endpoints.BadEndpoint: C{address} is not
+        @raise kvpaxos.api.endpoints.BadEndpoint: C{address} is not
             C{host:port}.
         """
         self.address = parse_endpoint(address)
@@ -497,7 +400,7 @@ class GrpcServer(Service):
         if server is None:
             return defer.succeed(None)
         self._health.enter_graceful_shutdown()
-        self.crossing.close(lambda: Unavailable(SHUTTING_DOWN, self._calls.leader))
+        self.crossing.close(lambda: ShuttingDown(SHUTTING_DOWN, self._calls.leader))
         stopped = server.stop(self._stop_grace_s)
         done: defer.Deferred = defer.Deferred()
         wait_s = self._stop_grace_s + STOP_WAIT_SLACK_S

@@ -19,7 +19,9 @@ Limits (documented for users in README.md): keys are 1..L{MAX_KEY_BYTES}
 bytes, values 0..L{MAX_VALUE_BYTES} bytes, a transaction at most
 L{MAX_TXN_OPS} compares and ops per branch and L{MAX_TXN_BYTES} of keys,
 values and operands.
-Anything else is the client's fault: L{InvalidArgument}.
+Anything else is the client's fault: L{InvalidArgument}.  The limits, the
+key and value checks and L{InvalidArgument} itself are the API's
+(L{kvpaxos.api.limits}, L{kvpaxos.api.errors}), re-exported here.
 
 The log format (C{encode_request}, C{decode_request}) is
 L{kvpaxos.kv.logformat}.  Result types live here too; their byte format (for the session table) is in
@@ -32,17 +34,19 @@ import enum
 from dataclasses import dataclass
 from typing import Optional, Union
 
-#: LMDB's key limit; the same for every storage provider.
-MAX_KEY_BYTES = 511
-#: 1 MiB.
-MAX_VALUE_BYTES = 1 << 20
-#: Compares, and ops per branch, in one transaction (etcd's default).
-MAX_TXN_OPS = 128
-#: The keys, values and operands of one transaction (etcd takes 1.5 MiB
-#: requests by default).
-MAX_TXN_BYTES = 2 << 20
-#: A range end meaning "every key from the start on" (etcd's convention).
-TO_THE_END = b"\x00"
+# The API's limits and its one InvalidArgument, re-exported: the state
+# machine enforces the numbers the client checks against.
+from kvpaxos.api.errors import InvalidArgument
+from kvpaxos.api.limits import (  # noqa: F401 (re-exported)
+    MAX_KEY_BYTES,
+    MAX_TXN_BYTES,
+    MAX_TXN_OPS,
+    MAX_VALUE_BYTES,
+    TO_THE_END,
+    check_key as _check_key,
+    check_value as _check_value,
+    prefix_end,  # noqa: F401
+)
 
 _U64_MAX = (1 << 64) - 1
 
@@ -74,10 +78,6 @@ class CompareResult(enum.IntEnum):
     NOT_EQUAL = 2
     LESS = 3
     GREATER = 4
-
-
-class InvalidArgument(ValueError):
-    """A client sent a bad key, value or request (the client's fault)."""
 
 
 class CorruptCommand(ValueError):
@@ -299,22 +299,6 @@ class SessionExpired:
 # --- validation ----------------------------------------------------------------
 
 
-def _check_key(key, what: str = "key") -> None:
-    if not isinstance(key, bytes) or not key:
-        raise InvalidArgument(f"{what} must be 1 to {MAX_KEY_BYTES} bytes; got an empty {what}")
-    if len(key) > MAX_KEY_BYTES:
-        raise InvalidArgument(f"{what} must be 1 to {MAX_KEY_BYTES} bytes; got {len(key)}")
-
-
-def _check_value(value) -> None:
-    if not isinstance(value, bytes):
-        raise InvalidArgument("value must be bytes")
-    if len(value) > MAX_VALUE_BYTES:
-        raise InvalidArgument(
-            f"value must be at most {MAX_VALUE_BYTES} bytes; got {len(value)}"
-        )
-
-
 def check_range(key: bytes, end: Optional[bytes]) -> None:
     """
     Raise L{InvalidArgument} unless C{key} is a key and C{end} is None, a
@@ -457,21 +441,6 @@ def range_query(
     check_range(start, end)
     _check_uint(limit, "a range limit", (1 << 63) - 1)
     return Range(start, end, limit, bool(keys_only), bool(count_only))
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """
-    Return the range end that makes [C{prefix}, end) every key starting with
-    C{prefix}: the prefix with its last byte below 0xff incremented (and
-    what follows dropped), or L{TO_THE_END} if every byte is 0xff.
-    """
-    ending = bytearray(prefix)
-    while ending:
-        if ending[-1] < 0xFF:
-            ending[-1] += 1
-            return bytes(ending)
-        ending.pop()
-    return TO_THE_END
 
 
 def compare_and_swap(

@@ -3,6 +3,9 @@ The contracts between the node service and its edges: what the peer
 transport calls on the node (L{IPeerHandler}) and what the gRPC and admin
 edges call (L{IKeyValueNode}).  All of these are called in the reactor
 thread and return Deferreds that fire in it.
+
+The node's failures are the API's errors (L{kvpaxos.api.errors}):
+L{Unavailable}, and L{NotLeaderError}, an Unavailable naming the leader.
 """
 
 from __future__ import annotations
@@ -12,28 +15,25 @@ from typing import Optional
 
 from zope.interface import Interface
 
+# The cluster could not serve a request before its deadline; the API's
+# error (gRPC: UNAVAILABLE), re-exported for the node's callers.
+from kvpaxos.api.errors import NOT_LEADER, Unavailable
 
-class NotLeaderError(Exception):
+
+class NotLeaderError(Unavailable):
     """
-    A peer asked this node for leader work; C{leader} is the leader it knows
-    of (or None).  Crosses AMP as the error code C{NOT_LEADER}.
+    This node was asked (by a peer, or on a client's behalf) for work only
+    a leader does; C{leader} is the leader it knows of (or None).  Crosses
+    AMP as the error code C{NOT_LEADER}; at the gRPC edge it is the API's
+    one not-leader error, UNAVAILABLE with reason
+    L{kvpaxos.api.errors.NOT_LEADER} and the leader's id.  (The core's
+    L{kvpaxos.paxos.NotLeader} is mapped to this by the node.)
     """
+
+    reason = NOT_LEADER
 
     def __init__(self, leader: Optional[int]) -> None:
-        super().__init__(f"not the leader; leader is {leader}")
-        self.leader = leader
-
-
-class Unavailable(Exception):
-    """
-    The cluster could not serve a request before its deadline (no quorum, no
-    known leader, or the leader unreachable).  C{leader} is the leader this
-    node knows of, for the client's next try.  gRPC: UNAVAILABLE.
-    """
-
-    def __init__(self, message: str, leader: Optional[int] = None) -> None:
-        super().__init__(message)
-        self.leader = leader
+        super().__init__(f"not the leader; leader is {leader}", leader)
 
 
 @dataclass(frozen=True)

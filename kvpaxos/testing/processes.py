@@ -20,7 +20,7 @@ from typing import Optional
 
 import grpc
 
-from kvpaxos.client_endpoints import open_channel
+from kvpaxos.client import open_channel
 from kvpaxos.cluster import plugin_environment, stop_all, twistd_command
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
 

@@ -1,6 +1,8 @@
 """
 The C{kvpaxos} command: reads and writes a kvpaxos cluster over gRPC, with
-the client library (L{kvpaxos.client}).
+the client library (L{kvpaxos.client}).  Parsing lives here; the
+txn expressions are L{kvpaxos.client.txn_syntax}'s, and carrying out a
+command L{kvpaxos.client.actions}'.
 
     kvpaxos [--endpoints HOST:PORT,...] [--json] [--timeout SECONDS] [--session] COMMAND
     kvpaxos put KEY VALUE        prints OK
@@ -34,31 +36,28 @@ cas did not swap, a txn ran its else branch), 2 bad usage.  Errors are one
 line on stderr: C{kvpaxos: error: ...}.
 
 Nothing here knows how the cluster works beyond the gRPC API
-(C{proto/kvpaxos/v1/kv.proto}).
+(C{proto/kvpaxos/v1/kv.proto}).  Run it as C{kvpaxos} (the console
+script) or C{python -m kvpaxos.client.cli}.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import random
-import re
-import shlex
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Optional, Sequence
 
-from kvpaxos import client as kvclient
-from kvpaxos.client import Client, ClientError
-from kvpaxos.client_endpoints import DEFAULT_ENDPOINT, BadEndpoint, open_channel, parse_endpoints
-from kvpaxos.kv.commands import InvalidArgument, Op, validate
-from kvpaxos.v1 import kv_pb2
+from kvpaxos.api.endpoints import DEFAULT_ENDPOINT, BadEndpoint, parse_endpoints
+from kvpaxos.api.errors import InvalidArgument
+from kvpaxos.api.limits import check_key, check_value
+from kvpaxos.client.actions import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Actions
+from kvpaxos.client.blocking import Client, open_channel
+from kvpaxos.client.txn_syntax import TXN_HELP, TxnSyntaxError, parse_compare, parse_op
+from kvpaxos.client.txn_syntax import utf8_argument as _utf8
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "Invocation", "main", "parse"]
 
 #: The actions of the seed's C{--action=} form.
 ACTIONS = ("put", "get", "delete", "append", "status")
@@ -68,22 +67,6 @@ _KEYED = {"put", "get", "delete", "append"}
 _VALUED = {"put", "append"}
 
 CONSISTENCIES = ("linearizable", "serializable", "lease")
-
-TXN_HELP = """\
-Compare (all must hold for the --then branch to run; else --else runs):
-  value(KEY) OP VALUE      OP is ==, !=, < or > (bytewise)
-  version(KEY) OP N        writes since the key was created; 0 if missing
-  create(KEY) OP N         revision that created the key; 0 if missing
-  mod(KEY) OP N            revision of the key's latest write; 0 if missing
-  exists(KEY) [== true|false]
-Operations (--then, --else):
-  put KEY VALUE | delete KEY | get KEY | range START [END]
-Quote words with spaces shell-style inside the expression:
-  kvpaxos txn --compare "value(k) == 'a b'" --then 'put k c' --else 'get k'
-Prints SUCCESS or FAILURE, then one result per operation: OK for put, the
-number deleted for delete, key and value lines for get and range.  Exits 0
-when the --then branch ran, 1 when the --else branch ran."""
-
 
 class _Exit(Exception):
     """argparse wants to exit with C{status}."""
@@ -268,85 +251,6 @@ class Invocation:
     txn: Optional[TxnSpec] = None
 
 
-def _utf8(text: Optional[str]) -> Optional[bytes]:
-    # surrogateescape gives back the exact bytes of an argument that was not
-    # valid UTF-8 in the first place.
-    return None if text is None else text.encode("utf-8", "surrogateescape")
-
-
-class TxnSyntaxError(ValueError):
-    """A C{--compare}, C{--then} or C{--else} expression does not parse (the user's fault)."""
-
-
-_CALL = re.compile(r"^(\w+)\((.*)\)$", re.DOTALL)
-_NUMERIC_TARGETS = {
-    "version": kvclient.compare_version,
-    "create": kvclient.compare_create_revision, "create_revision": kvclient.compare_create_revision,
-    "mod": kvclient.compare_mod_revision, "mod_revision": kvclient.compare_mod_revision,
-}
-
-
-def _words(text: str) -> list[str]:
-    try:
-        return shlex.split(text)
-    except ValueError as error:
-        raise TxnSyntaxError(f"{text!r}: {error}") from None
-
-
-def parse_compare(text: str) -> kv_pb2.Compare:
-    """
-    Return the C{Compare} that C{text} (C{"value(k) == v"}, ...; see
-    L{TXN_HELP}) describes.
-
-    @raise TxnSyntaxError: it does not parse.
-    """
-    words = _words(text)
-    match = _CALL.match(words[0]) if words else None
-    if match is None or len(words) not in (1, 3):
-        raise TxnSyntaxError(f"{text!r} is not TARGET(KEY) OP OPERAND")
-    target, key = match.group(1), _utf8(match.group(2))
-    if target == "exists":
-        if len(words) == 1:
-            return kvclient.compare_exists(key)
-        op, operand = words[1], words[2].lower()
-        if op not in ("==", "!=") or operand not in ("true", "false"):
-            raise TxnSyntaxError(f"{text!r}: exists(KEY) compares with == or != to true or false")
-        return kvclient.compare_exists(key, (operand == "true") == (op == "=="))
-    if len(words) != 3:
-        raise TxnSyntaxError(f"{text!r} needs an operator and an operand")
-    op, operand = words[1], words[2]
-    try:
-        if target == "value":
-            return kvclient.compare_value(key, op, _utf8(operand))
-        if target in _NUMERIC_TARGETS:
-            if not operand.isdigit():
-                raise TxnSyntaxError(f"{text!r}: {target} compares with a whole number")
-            return _NUMERIC_TARGETS[target](key, op, int(operand))
-    except kvclient.InvalidArgument as error:
-        raise TxnSyntaxError(f"{text!r}: {error}") from None
-    raise TxnSyntaxError(f"{text!r}: unknown target {target!r} (value, version, create, mod, exists)")
-
-
-def parse_op(text: str) -> kv_pb2.RequestOp:
-    """
-    Return the C{RequestOp} that C{text} (C{"put k v"}, C{"delete k"},
-    C{"get k"}, C{"range a [b]"}) describes.
-
-    @raise TxnSyntaxError: it does not parse.
-    """
-    words = _words(text)
-    name, args = (words[0], [_utf8(word) for word in words[1:]]) if words else ("", [])
-    if name == "put" and len(args) == 2:
-        return kvclient.put_op(*args)
-    if name == "delete" and len(args) == 1:
-        return kvclient.delete_op(args[0])
-    if name == "get" and len(args) == 1:
-        return kvclient.get_op(args[0])
-    if name == "range" and len(args) in (1, 2):
-        return kvclient.range_op(args[0], args[1] if len(args) == 2 else kvclient.TO_THE_END)
-    raise TxnSyntaxError(f"{text!r} is not put KEY VALUE, delete KEY, get KEY or range START [END]")
-
-
 def _parse_txn(args) -> TxnSpec:
     return TxnSpec(
         tuple(map(parse_compare, args.compare)), tuple(map(parse_op, args.then)), tuple(map(parse_op, args.otherwise)))
@@ -401,231 +305,6 @@ def parse(argv: Sequence[str], stdout: BinaryIO, stderr: BinaryIO) -> Invocation
                       session=args.session, **extra)
 
 
-def _bytes_fields(name: str, value: bytes) -> dict[str, str]:
-    """C{value} for JSON under C{name}: as text when it is UTF-8, else in base64 under C{name_base64}."""
-    try:
-        return {name: value.decode("utf-8")}
-    except UnicodeDecodeError:
-        return {f"{name}_base64": base64.b64encode(value).decode("ascii")}
-
-
-def _value_fields(value: bytes) -> dict[str, str]:
-    """A value for JSON: as text when it is UTF-8, else in base64."""
-    return _bytes_fields("value", value)
-
-
-def _kv_fields(kv: kv_pb2.KeyValue, keys_only: bool = False) -> dict[str, Any]:
-    fields = {**_bytes_fields("key", kv.key), "version": kv.version,
-              "create_revision": kv.create_revision, "mod_revision": kv.mod_revision}
-    if not keys_only:
-        fields.update(_value_fields(kv.value))
-    return fields
-
-
-def _header_fields(endpoint: str, header: kv_pb2.ResponseHeader) -> dict[str, Any]:
-    return {
-        "endpoint": endpoint,
-        "member_id": header.member_id,
-        "leader_id": header.leader_id or None,
-    }
-
-
-class _Run:
-    """Carries out one L{Invocation} with a L{Client}; each action returns an exit status."""
-
-    def __init__(self, invocation: Invocation, client: Client, stdout: BinaryIO, stderr: BinaryIO) -> None:
-        self.invocation = invocation
-        self.client = client
-        self.stdout = stdout
-        self.stderr = stderr
-
-    def error(self, message: str) -> None:
-        self.stderr.write(f"kvpaxos: error: {message}\n".encode("utf-8", "replace"))
-
-    def json(self, obj: dict) -> None:
-        self.stdout.write(json.dumps(obj, sort_keys=True).encode("utf-8") + b"\n")
-
-    def text(self, line: str) -> None:
-        self.stdout.write(line.encode("utf-8") + b"\n")
-
-    def run(self) -> int:
-        try:
-            action = {
-                "put": self.do_put, "get": self.do_get, "delete": self.do_delete,
-                "append": self.do_append, "status": self.do_status, "range": self.do_range,
-                "cas": self.do_cas, "txn": self.do_txn,
-            }[self.invocation.action]
-            return action()
-        except ClientError as failure:
-            self.error(str(failure))
-            return EXIT_FAILED
-
-    def do_put(self) -> int:
-        i = self.invocation
-        endpoint, response = self.client.call(kvclient.put_operation(i.key, i.value))
-        if i.json:
-            self.json({"key": i.key_text, "existed": response.existed, **_header_fields(endpoint, response.header)})
-        else:
-            self.text("OK")
-        return EXIT_OK
-
-    def do_get(self) -> int:
-        i = self.invocation
-        endpoint, response = self.client.call(kvclient.get_operation(i.key, i.consistency))
-        if i.json:
-            fields = _value_fields(response.value) if response.found else {}
-            self.json({"key": i.key_text, "found": response.found, **fields, **_header_fields(endpoint, response.header)})
-        elif response.found:
-            self.stdout.write(response.value + b"\n")
-        else:
-            self.error("key not found")
-        return EXIT_OK if response.found else EXIT_FAILED
-
-    def do_delete(self) -> int:
-        i = self.invocation
-        endpoint, response = self.client.call(kvclient.delete_operation(i.key))
-        if i.json:
-            self.json({"key": i.key_text, "deleted": response.deleted, **_header_fields(endpoint, response.header)})
-        else:
-            self.text("OK")
-        return EXIT_OK
-
-    def do_append(self) -> int:
-        i = self.invocation
-        endpoint, response = self.client.call(kvclient.append_operation(i.key, i.value))
-        if i.json:
-            self.json({
-                "key": i.key_text, "existed": response.existed,
-                **_value_fields(response.value), **_header_fields(endpoint, response.header),
-            })
-        else:
-            self.stdout.write(response.value + b"\n")
-        return EXIT_OK
-
-    def _print_kvs(self, kvs, keys_only: bool) -> None:
-        for kv in kvs:
-            self.stdout.write(kv.key + b"\n")
-            if not keys_only:
-                self.stdout.write(kv.value + b"\n")
-
-    def do_range(self) -> int:
-        i = self.invocation
-        end = kvclient.TO_THE_END if i.end is None and not i.prefix else i.end
-        result = self.client.range(i.key, end, prefix=i.prefix, limit=i.limit, keys_only=i.keys_only,
-                                   count_only=i.count_only, consistency=i.consistency)
-        if i.json:
-            obj = {"count": result.count, "more": result.more, "revision": result.revision}
-            if not i.count_only:
-                obj["kvs"] = [_kv_fields(kv, i.keys_only) for kv in result.kvs]
-            self.json(obj)
-        elif i.count_only:
-            self.text(str(result.count))
-        else:
-            self._print_kvs(result.kvs, i.keys_only)
-        return EXIT_OK
-
-    def do_cas(self) -> int:
-        i = self.invocation
-        operation = kvclient.cas_operation(
-            i.key, i.value, expected_value=i.expect.value, expected_version=i.expect.version,
-            expected_absent=i.expect.absent)
-        endpoint, response = self.client.call(operation)
-        succeeded, current = kvclient.cas_result(response)
-        if i.json:
-            self.json({
-                "key": i.key_text, "succeeded": succeeded,
-                "current": None if current is None else _kv_fields(current),
-                **_header_fields(endpoint, response.header),
-            })
-        elif succeeded:
-            self.text("OK")
-        elif current is None:
-            self.error("not swapped: the key does not exist")
-        else:
-            self.error(f"not swapped: the key has version {current.version}")
-        return EXIT_OK if succeeded else EXIT_FAILED
-
-    def do_txn(self) -> int:
-        i = self.invocation
-        spec = i.txn
-        operation = kvclient.txn_operation(spec.compares, spec.success, spec.failure)
-        endpoint, response = self.client.call(operation)
-        branch = spec.success if response.succeeded else spec.failure
-        if i.json:
-            results = []
-            for op in response.responses:
-                kind = op.WhichOneof("response")
-                if kind == "response_put":
-                    results.append({"put": {"existed": op.response_put.existed}})
-                elif kind == "response_delete_range":
-                    results.append({"delete": {"deleted": op.response_delete_range.deleted}})
-                else:
-                    found = op.response_range
-                    results.append({"range": {"count": found.count, "more": found.more,
-                                              "kvs": [_kv_fields(kv) for kv in found.kvs]}})
-            self.json({"succeeded": response.succeeded, "responses": results,
-                       **_header_fields(endpoint, response.header)})
-        else:
-            self.text("SUCCESS" if response.succeeded else "FAILURE")
-            for request, op in zip(branch, response.responses):
-                kind = op.WhichOneof("response")
-                if kind == "response_put":
-                    self.text("OK")
-                elif kind == "response_delete_range":
-                    self.text(str(op.response_delete_range.deleted))
-                else:
-                    self._print_kvs(op.response_range.kvs, request.request_range.keys_only)
-        return EXIT_OK if response.succeeded else EXIT_FAILED
-
-    def do_status(self) -> int:
-        """Ask every endpoint (not just the first that answers), once each."""
-        i = self.invocation
-        members: list[dict[str, Any]] = []
-        failed = False
-        for endpoint in i.endpoints:
-            try:
-                response = self.client.member_status(endpoint)
-            except ClientError as failure:
-                failed = True
-                members.append({"endpoint": endpoint, "error": str(failure)})
-                continue
-            members.append({
-                "endpoint": endpoint,
-                "member_id": response.member_id,
-                "role": response.role,
-                "leader_id": response.leader_id or None,
-                "voters": list(response.voters),
-                "learners": list(response.learners),
-                "chosen_index": response.chosen_index,
-                "applied_index": response.applied_index,
-            })
-        if i.json:
-            self.json({"members": members})
-        else:
-            self._status_table(members)
-        return EXIT_FAILED if failed else EXIT_OK
-
-    def _status_table(self, members: list[dict[str, Any]]) -> None:
-        def ids(values) -> str:
-            return ",".join(map(str, values)) or "-"
-
-        rows = [("ENDPOINT", "ID", "ROLE", "LEADER", "VOTERS", "LEARNERS", "CHOSEN", "APPLIED")]
-        for member in members:
-            if "error" in member:
-                self.error(member["error"])
-                continue
-            rows.append((
-                member["endpoint"], str(member["member_id"]), member["role"],
-                str(member["leader_id"] or "-"), ids(member["voters"]), ids(member["learners"]),
-                str(member["chosen_index"]), str(member["applied_index"]),
-            ))
-        if len(rows) == 1:
-            return
-        widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-        for row in rows:
-            self.text("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-
-
 def main(
     argv: Optional[Sequence[str]] = None,
     *,
@@ -656,7 +335,8 @@ def main(
             return exit.status
         try:
             if invocation.key is not None:
-                validate(Op.PUT, invocation.key, invocation.value or b"")
+                check_key(invocation.key)
+                check_value(invocation.value or b"")
         except InvalidArgument as error:
             stderr.write(f"kvpaxos: error: {error}\n".encode("utf-8"))
             return EXIT_USAGE
@@ -665,7 +345,7 @@ def main(
             channel_factory=channel_factory, sleep=sleep, clock=clock, rng=rng,
         )
         with client:
-            return _Run(invocation, client, stdout, stderr).run()
+            return Actions(invocation, client, stdout, stderr).run()
     finally:
         for stream in (stdout, stderr):
             try:

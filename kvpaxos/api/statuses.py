@@ -1,0 +1,140 @@
+"""
+How the gRPC edge reports failures: one function (L{status_for}) from an
+exception raised by validation or by the node, or a refusal the node
+answered with (L{StaleSequence}, L{SessionExpired}: nothing was applied),
+to the status an RPC is aborted with — a code, a readable message, and
+the ErrorInfo reason and metadata of L{kvpaxos.api.errors}.
+
+The edge translates and decides nothing: whether a request was bad, refused
+or the cluster unavailable is the node's (or
+L{kvpaxos.kv.commands.validate_request}'s) call; this module only names the
+status that says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Union
+
+import grpc
+
+from kvpaxos.api import errors
+from kvpaxos.api.errors import InvalidArgument, Unavailable, rich_status
+from kvpaxos.kv.commands import Request, SessionExpired, StaleSequence
+
+#: The message of the UNAVAILABLE that failed requests get when the node
+#: stops while they wait.
+SHUTTING_DOWN = "node shutting down"
+#: The FAILED_PRECONDITION message of a request whose session is gone.
+SESSION_EXPIRED = (
+    "session expired: the outcome of this session's unanswered requests is unknown; "
+    "open a new session"
+)
+#: What the node answers instead of applying a request (not exceptions:
+#: the node ran the request through the log and it changed nothing).
+REFUSALS = (StaleSequence, SessionExpired)
+
+
+@dataclass(frozen=True)
+class Status:
+    """
+    A failed RPC's status: C{code}, C{message} (for people) and the
+    ErrorInfo C{reason} and C{metadata} (for programs).  C{unexpected}: a
+    bug or a broken dependency, which the edge logs.
+    """
+
+    code: grpc.StatusCode
+    message: str
+    reason: str
+    metadata: Mapping[str, object] = field(default_factory=dict)
+    unexpected: bool = False
+
+    def abort(self, context: grpc.ServicerContext, member_id: Optional[int] = None) -> None:
+        """Abort the RPC of C{context} with this status (raises, as C{context.abort} does)."""
+        metadata = dict(self.metadata)
+        metadata.setdefault(errors.MEMBER_ID, member_id)
+        context.abort_with_status(rich_status(self.code, self.message, self.reason, metadata))
+
+
+def describe_leader(leader: Optional[int]) -> str:
+    """Return C{"leader is N"}, or C{"leader unknown"} when C{leader} is None."""
+    return "leader unknown" if leader is None else f"leader is {leader}"
+
+
+def unavailable_message(message: str, leader: Optional[int]) -> str:
+    """
+    Return C{message} with the known leader appended (C{"no quorum before
+    deadline; leader is 2"}), unless C{message} already names it.  For
+    people only: the leader travels as metadata too.
+    """
+    hint = describe_leader(leader)
+    if hint in message:
+        return message
+    return f"{message}; {hint}" if message else hint
+
+
+def unavailable(message: str, leader: Optional[int], reason: str = errors.UNAVAILABLE) -> Status:
+    """The UNAVAILABLE status of C{message}, naming C{leader} (None: unknown)."""
+    return Status(grpc.StatusCode.UNAVAILABLE, unavailable_message(message, leader), reason,
+                  {errors.LEADER_ID: leader})
+
+
+def status_for(error: Union[BaseException, StaleSequence, SessionExpired]) -> Status:
+    """
+    Return the L{Status} for C{error}, an exception or one of L{REFUSALS}.
+
+      - L{InvalidArgument} (the client's fault: bad keys, values, ranges,
+        transactions, session fields) → INVALID_ARGUMENT with its message;
+      - L{StaleSequence} (the client's fault) → FAILED_PRECONDITION
+        C{"stale sequence: ..."};
+      - L{SessionExpired} → FAILED_PRECONDITION L{SESSION_EXPIRED};
+      - L{Unavailable} (L{kvpaxos.node.interfaces.NotLeaderError} among
+        them) → UNAVAILABLE with its reason and the known leader;
+      - anything else → INTERNAL with its message, and C{unexpected} true: the
+        caller logs it, because it is a bug or a broken dependency, not a
+        condition the client can act on.
+    """
+    if isinstance(error, InvalidArgument):
+        return Status(grpc.StatusCode.INVALID_ARGUMENT, str(error), errors.INVALID_ARGUMENT)
+    if isinstance(error, StaleSequence):
+        return Status(grpc.StatusCode.FAILED_PRECONDITION, (
+            f"stale sequence: sequence {error.sequence} of session {error.client_id} is below "
+            f"its last sequence, {error.last_sequence}"
+        ), errors.STALE_SEQUENCE, {errors.CLIENT_ID: error.client_id, errors.SEQUENCE: error.sequence,
+                                   errors.LAST_SEQUENCE: error.last_sequence})
+    if isinstance(error, SessionExpired):
+        return Status(grpc.StatusCode.FAILED_PRECONDITION, SESSION_EXPIRED, errors.SESSION_EXPIRED,
+                      {errors.CLIENT_ID: error.client_id})
+    if isinstance(error, Unavailable):
+        return unavailable(str(error), error.leader, error.reason)
+    detail = str(error) or type(error).__name__
+    return Status(grpc.StatusCode.INTERNAL, f"internal error: {detail}", errors.INTERNAL, unexpected=True)
+
+
+def response_too_large(size_bytes: int, limit_bytes: int, revision: int) -> Status:
+    """
+    Return the RESOURCE_EXHAUSTED status of a transaction that applied but
+    whose answer (the records its puts and deletes replaced, which cannot be
+    paged: they are gone) does not fit in one message.
+    """
+    return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, (
+        f"the transaction applied at revision {revision}, but its response of {size_bytes} "
+        f"bytes exceeds the {limit_bytes}-byte message limit; ask for fewer prev_kv records"
+    ), errors.RESPONSE_TOO_LARGE, {errors.REVISION: revision})
+
+
+def sequence_reused(request: Request) -> Status:
+    """
+    Return the FAILED_PRECONDITION status of a session request answered
+    with the saved result of a different kind of request: the client reused
+    a sequence (a retry must repeat the request it retries).
+    """
+    return Status(grpc.StatusCode.FAILED_PRECONDITION, (
+        f"sequence reused: sequence {request.sequence} of session {request.client_id} "
+        f"was first used by another kind of request; a retry must repeat its request"
+    ), errors.SEQUENCE_REUSED, {errors.CLIENT_ID: request.client_id, errors.SEQUENCE: request.sequence})
+
+
+def internal(message: str) -> Status:
+    """The INTERNAL status of a node bug the edge noticed (already logged)."""
+    return Status(grpc.StatusCode.INTERNAL, message, errors.INTERNAL)

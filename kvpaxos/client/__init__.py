@@ -1,0 +1,139 @@
+"""
+A client library for kvpaxos over its public gRPC API
+(C{proto/kvpaxos/v1/kv.proto}): a blocking L{Client} on grpcio and an
+L{AsyncClient} on C{grpc.aio} (asyncio), with the same methods.
+
+    with Client("10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379") as kv:
+        kv.put(b"k", b"v")
+        kv.get(b"k")                                    # b"v"
+        kv.cas(b"k", b"w", expected_value=b"v")         # (True, None)
+        kv.txn([compare_value(b"k", "==", b"w")], [put_op(b"k", b"x")], [get_op(b"k")])
+
+Keys and values are C{bytes}; C{str} is accepted and encoded as UTF-8.
+
+The package, module by module: L{errors} (one hierarchy under
+L{ClientError}, and how a failed RPC is read: by its code and the
+ErrorInfo reason and metadata the server attached, never by its message's
+text); L{requests} (the txn builders, the operations: a request, which
+RPC, how to read the answer; range paging); L{retry} (L{Directory},
+L{Backoff}, L{Attempts}: pure objects that are told the time and never
+sleep, send or read a clock; the L{SessionPool}); L{blocking} and L{aio},
+the two clients, which only drive the policy with their own I/O; L{cli},
+L{txn_syntax} and L{actions}, the C{kvpaxos} command.
+
+Nothing here knows how the cluster works beyond the gRPC API: the package
+imports only the API's contract (C{kvpaxos.api.errors}, C{.limits},
+C{.endpoints}) and the generated C{kvpaxos.v1} messages, never
+C{kvpaxos.kv}, C{.node}, C{.paxos} or C{.storage}
+(C{tests/test_import_rules.py} enforces it).
+
+Routing and retries
+===================
+  - Writes and linearizable or lease reads go to the leader when the
+    client knows its address; serializable reads, and everything while the
+    leader's address is unknown, go to the endpoint that last answered.
+    (Any node serves any request: a follower forwards, so this only saves
+    a hop.)  The client learns C{member_id -> endpoint} and the leader from
+    every response header, and the leader from the C{leader_id} metadata
+    of an UNAVAILABLE's ErrorInfo.  While the leader's address is unknown it
+    prefers endpoints whose member id it has not seen yet, so ordinary
+    traffic finds the leader without extra RPCs.
+  - UNAVAILABLE (which is also how grpcio reports a connection failure)
+    moves on to the named leader or the next endpoint at once; once every
+    endpoint has failed since the last pause, the client pauses, with
+    exponential backoff and jitter (L{Backoff}), and starts another round.
+    It gives up with L{Unavailable} when the next pause would pass the
+    call's deadline: C{timeout_s} from the start of the call, shared by
+    every RPC of the call (each RPC gets the time remaining).
+  - DEADLINE_EXCEEDED is retried like UNAVAILABLE for reads and for writes
+    in a session; a write without a session raises L{OutcomeUnknown}.
+  - INVALID_ARGUMENT raises L{InvalidArgument} at once; any other status
+    raises L{RequestFailed} at once.
+
+Exactly-once writes
+===================
+With C{session=True} (the default) every write (put, delete, append, txn,
+cas) carries C{(client_id, sequence)}: the client opens a session lazily
+(OpenSession) before its first write, numbers writes 1, 2, 3, ..., and sends
+every retry of one write with the same pair, so the cluster applies it at
+most once and a retry gets the original answer.
+
+Concurrency: a session has one write in flight at a time (the server
+requires it).  The client keeps a small pool of sessions: a write takes an
+idle one or opens a new one, and puts it back when its outcome is settled.
+A client used by one thread at a time therefore uses one session; N threads
+writing at once use up to N sessions.  Sessions live in the cluster's
+session table (10,000 by default, least recently used evicted), so prefer
+one long-lived client per process over many short-lived ones.
+
+FAILED_PRECONDITION with reason C{SESSION_EXPIRED} drops the session (the next write
+opens a new one) and raises L{SessionExpired}: the outcome of the write is
+unknown when an earlier attempt of it may have been applied.  If the very
+first attempt of a write found its session expired (while it was idle), the cluster applied nothing, and the write is sent once more in a
+fresh session instead.  C{STALE_SEQUENCE} means this client numbered its
+requests wrongly (a bug): L{StaleSequence}, and the session is dropped.
+
+An L{Unavailable} or L{OutcomeUnknown} from a write means the outcome is
+unknown (an attempt may have been applied, or still be); the next write
+uses the next sequence, which the cluster handles correctly.
+
+Without a session, a write that got UNAVAILABLE is still sent again
+(at-least-once: an append may then apply twice); use sessions for
+anything that is not idempotent.
+"""
+
+from __future__ import annotations
+
+from kvpaxos.api.limits import TO_THE_END, prefix_end
+from kvpaxos.client.aio import AsyncClient, open_aio_channel
+from kvpaxos.client.blocking import Client, Connection, Reply, open_channel
+from kvpaxos.client.errors import (
+    ClientError,
+    InvalidArgument,
+    OutcomeUnknown,
+    RequestFailed,
+    SessionExpired,
+    StaleSequence,
+    Unavailable,
+)
+from kvpaxos.client.requests import (
+    OPEN_SESSION,
+    BytesLike,
+    Operation,
+    RangePager,
+    RangeResult,
+    append_operation,
+    cas_operation,
+    cas_result,
+    compare_create_revision,
+    compare_exists,
+    compare_mod_revision,
+    compare_value,
+    compare_version,
+    delete_op,
+    delete_operation,
+    get_op,
+    get_operation,
+    put_op,
+    put_operation,
+    range_op,
+    range_request,
+    status_operation,
+    txn_operation,
+)
+from kvpaxos.client.retry import (
+    Attempts, Backoff, Directory, Pause, RetryPolicy, Session, SessionPool, Try,
+)
+
+__all__ = [
+    "AsyncClient", "Client", "ClientError", "InvalidArgument", "OutcomeUnknown", "RangeResult",
+    "RequestFailed", "SessionExpired", "StaleSequence", "TO_THE_END", "Unavailable",
+    "compare_create_revision", "compare_exists", "compare_mod_revision", "compare_value",
+    "compare_version", "delete_op", "get_op", "open_aio_channel", "open_channel", "prefix_end",
+    "put_op", "range_op",
+    # The operations and the policy objects, for the CLI and for tests.
+    "Attempts", "Backoff", "BytesLike", "Connection", "Directory", "OPEN_SESSION", "Operation",
+    "Pause", "RangePager", "Reply", "RetryPolicy", "Session", "SessionPool", "Try",
+    "append_operation", "cas_operation", "cas_result", "delete_operation", "get_operation",
+    "put_operation", "range_request", "status_operation", "txn_operation",
+]

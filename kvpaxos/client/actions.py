@@ -1,0 +1,249 @@
+"""
+The C{kvpaxos} command's actions: L{Actions} carries out one parsed
+L{kvpaxos.client.cli.Invocation} with a L{Client} and prints its result
+(text, or one JSON object with C{--json}); each action returns the exit
+status.  Argument parsing is L{kvpaxos.client.cli}'s.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from kvpaxos import client as kvclient
+from kvpaxos.client.blocking import Client
+from kvpaxos.client.errors import ClientError
+from kvpaxos.v1 import kv_pb2
+
+if TYPE_CHECKING:
+    from kvpaxos.client.cli import Invocation
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _bytes_fields(name: str, value: bytes) -> dict[str, str]:
+    """C{value} for JSON under C{name}: as text when it is UTF-8, else in base64 under C{name_base64}."""
+    try:
+        return {name: value.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {f"{name}_base64": base64.b64encode(value).decode("ascii")}
+
+
+def _value_fields(value: bytes) -> dict[str, str]:
+    """A value for JSON: as text when it is UTF-8, else in base64."""
+    return _bytes_fields("value", value)
+
+
+def _kv_fields(kv: kv_pb2.KeyValue, keys_only: bool = False) -> dict[str, Any]:
+    fields = {**_bytes_fields("key", kv.key), "version": kv.version,
+              "create_revision": kv.create_revision, "mod_revision": kv.mod_revision}
+    if not keys_only:
+        fields.update(_value_fields(kv.value))
+    return fields
+
+
+def _header_fields(endpoint: str, header: kv_pb2.ResponseHeader) -> dict[str, Any]:
+    return {
+        "endpoint": endpoint,
+        "member_id": header.member_id,
+        "leader_id": header.leader_id or None,
+    }
+
+
+class Actions:
+    """Carries out one L{Invocation} with a L{Client}; each action returns an exit status."""
+
+    def __init__(self, invocation: "Invocation", client: Client, stdout: BinaryIO, stderr: BinaryIO) -> None:
+        self.invocation = invocation
+        self.client = client
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def error(self, message: str) -> None:
+        self.stderr.write(f"kvpaxos: error: {message}\n".encode("utf-8", "replace"))
+
+    def json(self, obj: dict) -> None:
+        self.stdout.write(json.dumps(obj, sort_keys=True).encode("utf-8") + b"\n")
+
+    def text(self, line: str) -> None:
+        self.stdout.write(line.encode("utf-8") + b"\n")
+
+    def run(self) -> int:
+        try:
+            action = {
+                "put": self.do_put, "get": self.do_get, "delete": self.do_delete,
+                "append": self.do_append, "status": self.do_status, "range": self.do_range,
+                "cas": self.do_cas, "txn": self.do_txn,
+            }[self.invocation.action]
+            return action()
+        except ClientError as failure:
+            self.error(str(failure))
+            return EXIT_FAILED
+
+    def do_put(self) -> int:
+        i = self.invocation
+        endpoint, response = self.client.call(kvclient.put_operation(i.key, i.value))
+        if i.json:
+            self.json({"key": i.key_text, "existed": response.existed, **_header_fields(endpoint, response.header)})
+        else:
+            self.text("OK")
+        return EXIT_OK
+
+    def do_get(self) -> int:
+        i = self.invocation
+        endpoint, response = self.client.call(kvclient.get_operation(i.key, i.consistency))
+        if i.json:
+            fields = _value_fields(response.value) if response.found else {}
+            self.json({"key": i.key_text, "found": response.found, **fields, **_header_fields(endpoint, response.header)})
+        elif response.found:
+            self.stdout.write(response.value + b"\n")
+        else:
+            self.error("key not found")
+        return EXIT_OK if response.found else EXIT_FAILED
+
+    def do_delete(self) -> int:
+        i = self.invocation
+        endpoint, response = self.client.call(kvclient.delete_operation(i.key))
+        if i.json:
+            self.json({"key": i.key_text, "deleted": response.deleted, **_header_fields(endpoint, response.header)})
+        else:
+            self.text("OK")
+        return EXIT_OK
+
+    def do_append(self) -> int:
+        i = self.invocation
+        endpoint, response = self.client.call(kvclient.append_operation(i.key, i.value))
+        if i.json:
+            self.json({
+                "key": i.key_text, "existed": response.existed,
+                **_value_fields(response.value), **_header_fields(endpoint, response.header),
+            })
+        else:
+            self.stdout.write(response.value + b"\n")
+        return EXIT_OK
+
+    def _print_kvs(self, kvs, keys_only: bool) -> None:
+        for kv in kvs:
+            self.stdout.write(kv.key + b"\n")
+            if not keys_only:
+                self.stdout.write(kv.value + b"\n")
+
+    def do_range(self) -> int:
+        i = self.invocation
+        end = kvclient.TO_THE_END if i.end is None and not i.prefix else i.end
+        result = self.client.range(i.key, end, prefix=i.prefix, limit=i.limit, keys_only=i.keys_only,
+                                   count_only=i.count_only, consistency=i.consistency)
+        if i.json:
+            obj = {"count": result.count, "more": result.more, "revision": result.revision}
+            if not i.count_only:
+                obj["kvs"] = [_kv_fields(kv, i.keys_only) for kv in result.kvs]
+            self.json(obj)
+        elif i.count_only:
+            self.text(str(result.count))
+        else:
+            self._print_kvs(result.kvs, i.keys_only)
+        return EXIT_OK
+
+    def do_cas(self) -> int:
+        i = self.invocation
+        operation = kvclient.cas_operation(
+            i.key, i.value, expected_value=i.expect.value, expected_version=i.expect.version,
+            expected_absent=i.expect.absent)
+        endpoint, response = self.client.call(operation)
+        succeeded, current = kvclient.cas_result(response)
+        if i.json:
+            self.json({
+                "key": i.key_text, "succeeded": succeeded,
+                "current": None if current is None else _kv_fields(current),
+                **_header_fields(endpoint, response.header),
+            })
+        elif succeeded:
+            self.text("OK")
+        elif current is None:
+            self.error("not swapped: the key does not exist")
+        else:
+            self.error(f"not swapped: the key has version {current.version}")
+        return EXIT_OK if succeeded else EXIT_FAILED
+
+    def do_txn(self) -> int:
+        i = self.invocation
+        spec = i.txn
+        operation = kvclient.txn_operation(spec.compares, spec.success, spec.failure)
+        endpoint, response = self.client.call(operation)
+        branch = spec.success if response.succeeded else spec.failure
+        if i.json:
+            results = []
+            for op in response.responses:
+                kind = op.WhichOneof("response")
+                if kind == "response_put":
+                    results.append({"put": {"existed": op.response_put.existed}})
+                elif kind == "response_delete_range":
+                    results.append({"delete": {"deleted": op.response_delete_range.deleted}})
+                else:
+                    found = op.response_range
+                    results.append({"range": {"count": found.count, "more": found.more,
+                                              "kvs": [_kv_fields(kv) for kv in found.kvs]}})
+            self.json({"succeeded": response.succeeded, "responses": results,
+                       **_header_fields(endpoint, response.header)})
+        else:
+            self.text("SUCCESS" if response.succeeded else "FAILURE")
+            for request, op in zip(branch, response.responses):
+                kind = op.WhichOneof("response")
+                if kind == "response_put":
+                    self.text("OK")
+                elif kind == "response_delete_range":
+                    self.text(str(op.response_delete_range.deleted))
+                else:
+                    self._print_kvs(op.response_range.kvs, request.request_range.keys_only)
+        return EXIT_OK if response.succeeded else EXIT_FAILED
+
+    def do_status(self) -> int:
+        """Ask every endpoint (not just the first that answers), once each."""
+        i = self.invocation
+        members: list[dict[str, Any]] = []
+        failed = False
+        for endpoint in i.endpoints:
+            try:
+                response = self.client.member_status(endpoint)
+            except ClientError as failure:
+                failed = True
+                members.append({"endpoint": endpoint, "error": str(failure)})
+                continue
+            members.append({
+                "endpoint": endpoint,
+                "member_id": response.member_id,
+                "role": response.role,
+                "leader_id": response.leader_id or None,
+                "voters": list(response.voters),
+                "learners": list(response.learners),
+                "chosen_index": response.chosen_index,
+                "applied_index": response.applied_index,
+            })
+        if i.json:
+            self.json({"members": members})
+        else:
+            self._status_table(members)
+        return EXIT_FAILED if failed else EXIT_OK
+
+    def _status_table(self, members: list[dict[str, Any]]) -> None:
+        def ids(values) -> str:
+            return ",".join(map(str, values)) or "-"
+
+        rows = [("ENDPOINT", "ID", "ROLE", "LEADER", "VOTERS", "LEARNERS", "CHOSEN", "APPLIED")]
+        for member in members:
+            if "error" in member:
+                self.error(member["error"])
+                continue
+            rows.append((
+                member["endpoint"], str(member["member_id"]), member["role"],
+                str(member["leader_id"] or "-"), ids(member["voters"]), ids(member["learners"]),
+                str(member["chosen_index"]), str(member["applied_index"]),
+            ))
+        if len(rows) == 1:
+            return
+        widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+        for row in rows:
+            self.text("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -1,0 +1,175 @@
+"""
+L{AsyncClient}: the asyncio twin of the blocking client, on C{grpc.aio},
+driving the same retry policy and session pool
+(L{kvpaxos.client.blocking}).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any, AsyncIterator, Callable, Iterable, Optional, Sequence, Union
+
+import grpc
+import grpc.aio
+
+from kvpaxos.api.endpoints import CHANNEL_OPTIONS, parse_endpoint
+from kvpaxos.client import requests
+from kvpaxos.client.blocking import Reply, _Base
+from kvpaxos.client.errors import member_error, rpc_failure
+from kvpaxos.client.requests import BytesLike, Operation, RangePager, RangeResult
+from kvpaxos.client.retry import Backoff, Pause, Session
+from kvpaxos.v1 import kv_pb2
+
+__all__ = ["AsyncClient", "open_aio_channel"]
+
+
+def open_aio_channel(endpoint: str) -> grpc.aio.Channel:
+    """
+    Return an insecure C{grpc.aio} channel to C{endpoint} with the API's
+    C{CHANNEL_OPTIONS}.  Call it inside the running event loop the channel
+    will be used from.
+    """
+    return grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+
+
+class AsyncClient(_Base):
+    """
+    The asyncio twin of L{Client} on C{grpc.aio}: the same arguments
+    (C{sleep} is a coroutine function, default C{asyncio.sleep}) and the
+    same methods as coroutines; C{range_pages} is an async iterator,
+    C{close} a coroutine, and it is an async context manager.  Use one
+    AsyncClient from one event loop; concurrent coroutines share the
+    session pool as threads do with L{Client}.  Channels are opened on
+    first use, inside the running loop.
+    """
+
+    def __init__(
+        self, endpoints: Union[Sequence[str], str], timeout_s: float = 5.0, session: bool = True,
+        channel_factory: Optional[Callable[[str], Any]] = None, sleep: Callable[[float], Any] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic, rng: Optional[random.Random] = None,
+        backoff: Optional[Backoff] = None,
+    ) -> None:
+        super().__init__(endpoints, timeout_s, session, channel_factory or open_aio_channel, clock, rng, backoff)
+        self._sleep = sleep
+
+    async def _attempt(self, operation: Operation, request: Any, deadline: float, in_session: bool) -> Reply:
+        attempts = self._policy.attempts(operation, deadline, in_session)
+        while True:
+            step = attempts.next_step(self._clock())
+            if isinstance(step, Pause):
+                await self._sleep(step.delay_s)
+                continue
+            stub = getattr(self._connection(step.endpoint), operation.service)
+            try:
+                response = await getattr(stub, operation.rpc)(request, timeout=step.timeout_s)
+            except grpc.RpcError as error:
+                attempts.failed(step.endpoint, rpc_failure(error))
+                continue
+            attempts.answered(step.endpoint, response.header)
+            return Reply(step.endpoint, response)
+
+    async def call(self, operation: Operation) -> Reply:
+        """See L{Client.call}."""
+        deadline = self._policy.deadline(self._clock())
+        if not operation.write or self._sessions is None:
+            return await self._attempt(operation, operation.request, deadline, False)
+        resent = False
+        while True:
+            session = self._sessions.take()
+            if session is None:
+                opened = await self._attempt(requests.OPEN_SESSION, requests.OPEN_SESSION.request, deadline, False)
+                session = Session(opened.response.client_id)
+            request = operation.stamped(session.client_id, session.next_sequence())
+            try:
+                reply = await self._attempt(operation, request, deadline, True)
+            except BaseException as error:
+                if self._sessions.settle(session, error, resent):
+                    resent = True
+                    continue
+                raise
+            self._sessions.settle(session, None, resent)
+            return reply
+
+    async def get(self, key: BytesLike, consistency: Union[str, int] = "linearizable") -> Optional[bytes]:
+        """See L{Client.get}."""
+        response = (await self.call(requests.get_operation(key, consistency))).response
+        return response.value if response.found else None
+
+    async def get_kv(self, key: BytesLike, consistency: Union[str, int] = "linearizable") -> Optional[kv_pb2.KeyValue]:
+        """See L{Client.get_kv}."""
+        response = (await self.call(requests.get_operation(key, consistency))).response
+        return response.kv if response.found else None
+
+    async def put(self, key: BytesLike, value: BytesLike, prev_kv: bool = False) -> kv_pb2.PutResponse:
+        """See L{Client.put}."""
+        return (await self.call(requests.put_operation(key, value, prev_kv))).response
+
+    async def delete(self, key: BytesLike, prev_kv: bool = False) -> kv_pb2.DeleteResponse:
+        """See L{Client.delete}."""
+        return (await self.call(requests.delete_operation(key, prev_kv))).response
+
+    async def append(self, key: BytesLike, value: BytesLike) -> bytes:
+        """See L{Client.append}."""
+        return (await self.call(requests.append_operation(key, value))).response.value
+
+    async def range_pages(self, key: BytesLike, range_end: Optional[BytesLike] = None, prefix: bool = False,
+                          limit: int = 0, keys_only: bool = False, count_only: bool = False,
+                          consistency: Union[str, int] = "linearizable") -> AsyncIterator[kv_pb2.RangeResponse]:
+        """See L{Client.range_pages}."""
+        pager = RangePager(requests.range_request(key, range_end, prefix, limit, keys_only, count_only, consistency))
+        leader = requests.to_leader(consistency)
+        while (request := pager.next_request()) is not None:
+            response = (await self.call(Operation("kv", "Range", request, leader=leader))).response
+            pager.add(response)
+            yield response
+
+    async def range(self, key: BytesLike, range_end: Optional[BytesLike] = None, prefix: bool = False,
+                    limit: int = 0, keys_only: bool = False, count_only: bool = False,
+                    consistency: Union[str, int] = "linearizable") -> RangeResult:
+        """See L{Client.range}."""
+        pager = RangePager(requests.range_request(key, range_end, prefix, limit, keys_only, count_only, consistency))
+        leader = requests.to_leader(consistency)
+        while (request := pager.next_request()) is not None:
+            pager.add((await self.call(Operation("kv", "Range", request, leader=leader))).response)
+        return pager.result
+
+    async def txn(self, compares: Iterable[kv_pb2.Compare], success: Iterable[kv_pb2.RequestOp] = (),
+                  failure: Iterable[kv_pb2.RequestOp] = ()) -> kv_pb2.TxnResponse:
+        """See L{Client.txn}."""
+        return (await self.call(requests.txn_operation(compares, success, failure))).response
+
+    async def cas(self, key: BytesLike, value: BytesLike, *, expected_value: Optional[BytesLike] = None,
+                  expected_version: Optional[int] = None,
+                  expected_absent: bool = False) -> tuple[bool, Optional[kv_pb2.KeyValue]]:
+        """See L{Client.cas}."""
+        operation = requests.cas_operation(key, value, expected_value=expected_value, expected_version=expected_version,
+                                  expected_absent=expected_absent)
+        return requests.cas_result((await self.call(operation)).response)
+
+    async def status(self) -> kv_pb2.StatusResponse:
+        """See L{Client.status}."""
+        return (await self.call(requests.status_operation())).response
+
+    async def member_status(self, endpoint: str) -> kv_pb2.StatusResponse:
+        """See L{Client.member_status}."""
+        endpoint = parse_endpoint(endpoint)
+        try:
+            response = await self._connection(endpoint).cluster.Status(
+                kv_pb2.StatusRequest(), timeout=self._policy.timeout_s)
+        except grpc.RpcError as error:
+            raise member_error(endpoint, rpc_failure(error)) from None
+        self._policy.directory.answered(endpoint, response.header)
+        return response
+
+    async def close(self) -> None:
+        """Close every channel; the client cannot be used afterwards."""
+        for connection in self._take_connections():
+            await connection.channel.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()

@@ -1,0 +1,272 @@
+"""
+The blocking L{Client} (on grpcio) and what it shares with the asyncio one
+(L{kvpaxos.client.aio.AsyncClient}): the connections, the retry policy and
+the session pool.  The client only drives the policy
+(L{kvpaxos.client.retry}) with its own sleep and RPCs; see the package
+docstring (L{kvpaxos.client}) for routing, retries and sessions.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, Union
+
+import grpc
+
+from kvpaxos.api.endpoints import CHANNEL_OPTIONS, BadEndpoint, parse_endpoint, parse_endpoints
+from kvpaxos.client import requests
+from kvpaxos.client.errors import ClientError, member_error, rpc_failure
+from kvpaxos.client.requests import BytesLike, Operation, RangePager, RangeResult
+from kvpaxos.client.retry import Backoff, Directory, Pause, RetryPolicy, Session, SessionPool
+from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
+
+__all__ = ["Client", "Connection", "Reply", "open_channel"]
+
+
+def open_channel(endpoint: str) -> grpc.Channel:
+    """Return an insecure gRPC channel to C{endpoint} with the API's C{CHANNEL_OPTIONS}."""
+    return grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+
+
+class Reply(NamedTuple):
+    """A response and the endpoint that gave it."""
+
+    endpoint: str
+    response: Any
+
+
+class Connection:
+    """The stubs for one endpoint, over one channel."""
+
+    def __init__(self, channel) -> None:
+        self.channel = channel
+        self.kv = kv_pb2_grpc.KVStub(channel)
+        self.cluster = kv_pb2_grpc.ClusterStub(channel)
+
+
+def _endpoint_list(endpoints: Union[Sequence[str], str]) -> list[str]:
+    if isinstance(endpoints, str):
+        return parse_endpoints(endpoints)
+    parsed: list[str] = []
+    for endpoint in endpoints:
+        endpoint = parse_endpoint(endpoint)
+        if endpoint not in parsed:
+            parsed.append(endpoint)
+    if not parsed:
+        raise BadEndpoint("no endpoints given")
+    return parsed
+
+
+class _Base:
+    """What both clients share: the policy, the sessions and the connections."""
+
+    def __init__(self, endpoints, timeout_s, session, channel_factory, clock, rng, backoff) -> None:
+        self._policy = RetryPolicy(
+            Directory(_endpoint_list(endpoints)), backoff or Backoff(), rng or random.Random(), timeout_s)
+        self._sessions = SessionPool() if session else None
+        self._channel_factory = channel_factory
+        self._clock = clock
+        self._connections: dict[str, Connection] = {}
+        self._connections_lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self._policy.directory.endpoints
+
+    @property
+    def leader(self) -> Optional[int]:
+        """The leader last heard of, or None."""
+        return self._policy.directory.leader
+
+    def _connection(self, endpoint: str) -> Connection:
+        with self._connections_lock:
+            if self._closed:
+                raise ClientError("the client is closed")
+            connection = self._connections.get(endpoint)
+            if connection is None:
+                connection = self._connections[endpoint] = Connection(self._channel_factory(endpoint))
+            return connection
+
+    def _take_connections(self) -> list[Connection]:
+        with self._connections_lock:
+            self._closed = True
+            connections, self._connections = list(self._connections.values()), {}
+        return connections
+
+
+class Client(_Base):
+    """
+    A blocking kvpaxos client.  Thread-safe: see the module docstring for
+    how sessions are shared.  Every method may raise L{ClientError} (see the
+    subclasses); each call takes at most about C{timeout_s}.
+
+    @param endpoints: C{["host:port", ...]} or C{"host:port,host:port"}.
+    @param timeout_s: the deadline of each call, retries included.
+    @param session: send writes in exactly-once sessions.
+    @param channel_factory: endpoint -> C{grpc.Channel} (tests pass a fake).
+    @param sleep: waits between rounds of retries.
+    @param clock: monotonic seconds.
+    @param rng: jitter for the pauses.
+    @raise kvpaxos.api.endpoints.BadEndpoint: an endpoint is not
+        C{host:port} (a ValueError).
+    """
+
+    def __init__(
+        self, endpoints: Union[Sequence[str], str], timeout_s: float = 5.0, session: bool = True,
+        channel_factory: Optional[Callable[[str], Any]] = None, sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic, rng: Optional[random.Random] = None,
+        backoff: Optional[Backoff] = None,
+    ) -> None:
+        super().__init__(endpoints, timeout_s, session, channel_factory or open_channel, clock, rng, backoff)
+        self._sleep = sleep
+
+    # -- driving the policy
+
+    def _attempt(self, operation: Operation, request: Any, deadline: float, in_session: bool) -> Reply:
+        attempts = self._policy.attempts(operation, deadline, in_session)
+        while True:
+            step = attempts.next_step(self._clock())
+            if isinstance(step, Pause):
+                self._sleep(step.delay_s)
+                continue
+            stub = getattr(self._connection(step.endpoint), operation.service)
+            try:
+                response = getattr(stub, operation.rpc)(request, timeout=step.timeout_s)
+            except grpc.RpcError as error:
+                attempts.failed(step.endpoint, rpc_failure(error))
+                continue
+            attempts.answered(step.endpoint, response.header)
+            return Reply(step.endpoint, response)
+
+    def call(self, operation: Operation) -> Reply:
+        """
+        Send C{operation} (in a session if it is a write and sessions are
+        on), retrying as the module docstring says; return the reply.
+        """
+        deadline = self._policy.deadline(self._clock())
+        if not operation.write or self._sessions is None:
+            return self._attempt(operation, operation.request, deadline, False)
+        resent = False
+        while True:
+            session = self._sessions.take()
+            if session is None:
+                session = Session(self._attempt(requests.OPEN_SESSION, requests.OPEN_SESSION.request, deadline, False).response.client_id)
+            request = operation.stamped(session.client_id, session.next_sequence())
+            try:
+                reply = self._attempt(operation, request, deadline, True)
+            except BaseException as error:
+                if self._sessions.settle(session, error, resent):
+                    resent = True
+                    continue
+                raise
+            self._sessions.settle(session, None, resent)
+            return reply
+
+    # -- the API
+
+    def get(self, key: BytesLike, consistency: Union[str, int] = "linearizable") -> Optional[bytes]:
+        """Return C{key}'s value, or None when it does not exist."""
+        response = self.call(requests.get_operation(key, consistency)).response
+        return response.value if response.found else None
+
+    def get_kv(self, key: BytesLike, consistency: Union[str, int] = "linearizable") -> Optional[kv_pb2.KeyValue]:
+        """Return C{key}'s record (value, version, revisions), or None when it does not exist."""
+        response = self.call(requests.get_operation(key, consistency)).response
+        return response.kv if response.found else None
+
+    def put(self, key: BytesLike, value: BytesLike, prev_kv: bool = False) -> kv_pb2.PutResponse:
+        """Set C{key} to C{value}; the response says whether it existed (and, if asked, its old record)."""
+        return self.call(requests.put_operation(key, value, prev_kv)).response
+
+    def delete(self, key: BytesLike, prev_kv: bool = False) -> kv_pb2.DeleteResponse:
+        """Delete C{key}; C{response.deleted} is false when it did not exist."""
+        return self.call(requests.delete_operation(key, prev_kv)).response
+
+    def append(self, key: BytesLike, value: BytesLike) -> bytes:
+        """Append C{value} to C{key}'s value (missing: empty) and return the new value."""
+        return self.call(requests.append_operation(key, value)).response.value
+
+    def range_pages(self, key: BytesLike, range_end: Optional[BytesLike] = None, prefix: bool = False,
+                    limit: int = 0, keys_only: bool = False, count_only: bool = False,
+                    consistency: Union[str, int] = "linearizable") -> Iterator[kv_pb2.RangeResponse]:
+        """
+        Yield the pages (C{RangeResponse}s) of the keys in [key, range_end):
+        C{range_end} None is the one key, L{TO_THE_END} every key from
+        C{key} on; C{prefix=True} every key starting with C{key}.  At most
+        C{limit} keys in all (0: no limit).  Each page is its own read.
+        """
+        pager = RangePager(requests.range_request(key, range_end, prefix, limit, keys_only, count_only, consistency))
+        leader = requests.to_leader(consistency)
+        while (request := pager.next_request()) is not None:
+            response = self.call(Operation("kv", "Range", request, leader=leader)).response
+            pager.add(response)
+            yield response
+
+    def range(self, key: BytesLike, range_end: Optional[BytesLike] = None, prefix: bool = False,
+              limit: int = 0, keys_only: bool = False, count_only: bool = False,
+              consistency: Union[str, int] = "linearizable") -> RangeResult:
+        """Return every page of L{range_pages} joined in one L{RangeResult}."""
+        pager = RangePager(requests.range_request(key, range_end, prefix, limit, keys_only, count_only, consistency))
+        leader = requests.to_leader(consistency)
+        while (request := pager.next_request()) is not None:
+            pager.add(self.call(Operation("kv", "Range", request, leader=leader)).response)
+        return pager.result
+
+    def txn(self, compares: Iterable[kv_pb2.Compare], success: Iterable[kv_pb2.RequestOp] = (),
+            failure: Iterable[kv_pb2.RequestOp] = ()) -> kv_pb2.TxnResponse:
+        """
+        If every compare holds apply C{success}, else C{failure}, atomically
+        (build them with L{compare_value}, L{put_op}, ...); return the
+        C{TxnResponse} (C{succeeded}, one C{responses} entry per op).
+        """
+        return self.call(requests.txn_operation(compares, success, failure)).response
+
+    def cas(self, key: BytesLike, value: BytesLike, *, expected_value: Optional[BytesLike] = None,
+            expected_version: Optional[int] = None,
+            expected_absent: bool = False) -> tuple[bool, Optional[kv_pb2.KeyValue]]:
+        """
+        Set C{key} to C{value} if it holds C{expected_value}, has version
+        C{expected_version}, or (C{expected_absent=True}) does not exist;
+        give exactly one.  Return C{(succeeded, current)}: C{current} is the
+        key's record when the swap did not happen (None if absent, and on
+        success).
+
+        @raise InvalidArgument: not exactly one expectation given.
+        """
+        operation = requests.cas_operation(key, value, expected_value=expected_value, expected_version=expected_version,
+                                  expected_absent=expected_absent)
+        return requests.cas_result(self.call(operation).response)
+
+    def status(self) -> kv_pb2.StatusResponse:
+        """Return the cluster status as some member (retried like a read) sees it."""
+        return self.call(requests.status_operation()).response
+
+    def member_status(self, endpoint: str) -> kv_pb2.StatusResponse:
+        """
+        Return the status as the member at C{endpoint} sees it: one attempt,
+        no retry (an operator's view of that member).
+
+        @raise ClientError: that member did not answer (L{Unavailable}) or failed.
+        """
+        endpoint = parse_endpoint(endpoint)
+        timeout_s = self._policy.timeout_s
+        try:
+            response = self._connection(endpoint).cluster.Status(kv_pb2.StatusRequest(), timeout=timeout_s)
+        except grpc.RpcError as error:
+            raise member_error(endpoint, rpc_failure(error)) from None
+        self._policy.directory.answered(endpoint, response.header)
+        return response
+
+    def close(self) -> None:
+        """Close every channel; the client cannot be used afterwards."""
+        for connection in self._take_connections():
+            connection.channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

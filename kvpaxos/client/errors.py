@@ -1,0 +1,147 @@
+"""
+The client's errors (one hierarchy under L{ClientError}, which is the API's
+L{kvpaxos.api.errors.ApiError}) and how a failed RPC becomes one.
+
+A failed RPC is read once, into a L{Failure}: its status code, its message
+(kept for people: every error message quotes it) and the ErrorInfo reason
+and metadata the server attached.  L{error_for} decides from the code and
+the reason alone; the leader hint is the metadata's C{leader_id}.  Nothing
+here reads the message's text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+import grpc
+
+from kvpaxos.api import errors as api_errors
+from kvpaxos.api.errors import ApiError, InvalidArgument, Unavailable, error_details
+
+__all__ = [
+    "ClientError", "Failure", "InvalidArgument", "OutcomeUnknown", "RequestFailed", "SessionExpired",
+    "StaleSequence", "Unavailable", "describe_failure", "error_for", "rpc_failure",
+]
+
+#: Every error the client raises derives from this: the API's own root
+#: (L{InvalidArgument} and L{Unavailable} are the API's, shared with the
+#: server; the rest are the client's outcomes).
+ClientError = ApiError
+
+
+class OutcomeUnknown(ClientError):
+    """A write may or may not have been applied, and cannot be retried safely."""
+
+
+class SessionExpired(OutcomeUnknown):
+    """
+    The write's session was expired or evicted by the cluster (reason
+    C{SESSION_EXPIRED}).
+
+    @ivar maybe_applied: an earlier attempt of the write may have been
+        applied (when false, the cluster applied nothing).
+    """
+
+    def __init__(self, message: str, maybe_applied: bool) -> None:
+        super().__init__(message)
+        self.maybe_applied = maybe_applied
+
+
+class StaleSequence(ClientError):
+    """
+    The cluster saw a sequence below the session's last one (reason
+    C{STALE_SEQUENCE}): a bug in this client.
+    """
+
+
+class RequestFailed(ClientError):
+    """
+    The cluster answered with a status this library does not retry
+    (INTERNAL, UNIMPLEMENTED, RESOURCE_EXHAUSTED, ...).
+
+    @ivar code: the C{grpc.StatusCode}.
+    @ivar details: the server's message.
+    @ivar reason: the ErrorInfo reason, or None.
+    """
+
+    def __init__(self, message: str, code: Optional[grpc.StatusCode], details: str,
+                 reason: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.details = details
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Failure:
+    """
+    One failed RPC, read once: C{code}, C{details} (the message, for
+    people), and the server's ErrorInfo C{reason} (None: none attached, as
+    for a connection failure) and C{metadata}.
+    """
+
+    code: Optional[grpc.StatusCode]
+    details: str
+    reason: Optional[str] = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def leader(self) -> Optional[int]:
+        """The leader the server named in its metadata, or None."""
+        value = self.metadata.get(api_errors.LEADER_ID, "")
+        return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def rpc_failure(error: grpc.RpcError) -> Failure:
+    """Return the L{Failure} of C{error}, from a blocking or an asyncio stub."""
+    code = getattr(error, "code", None)
+    details = getattr(error, "details", None)
+    info = error_details(error)
+    return Failure(
+        code() if callable(code) else None,
+        (details() if callable(details) else None) or str(error),
+        info.reason if info is not None else None,
+        info.metadata if info is not None else {},
+    )
+
+
+def describe_failure(endpoint: str, failure: Failure) -> str:
+    """Return C{"endpoint: CODE: details"}, the form every error message uses."""
+    name = failure.code.name if failure.code is not None else "ERROR"
+    return f"{endpoint}: {name}: {failure.details or 'no details'}"
+
+
+def error_for(endpoint: str, failure: Failure, *, retry_deadline: bool, maybe_applied: bool) -> Optional[ClientError]:
+    """
+    Return the error a failed RPC means, or None when the request may be
+    sent again (UNAVAILABLE; DEADLINE_EXCEEDED when C{retry_deadline}).
+
+    @param maybe_applied: an earlier attempt of the same request was sent.
+    """
+    code, reason = failure.code, failure.reason
+    described = describe_failure(endpoint, failure)
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return None
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return None if retry_deadline else OutcomeUnknown(f"{described} (the write may have been applied)")
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(described)
+    if reason == api_errors.SESSION_EXPIRED:
+        outcome = (
+            "the outcome of this write is unknown: an earlier attempt may have been applied"
+            if maybe_applied else "this write was not applied"
+        )
+        return SessionExpired(f"{described} ({outcome}; the next write uses a new session)", maybe_applied)
+    if reason == api_errors.STALE_SEQUENCE:
+        return StaleSequence(f"{described} (a bug in the client: it reused a sequence number)")
+    return RequestFailed(described, code, failure.details, reason)
+
+
+def member_error(endpoint: str, failure: Failure) -> ClientError:
+    """The error of a one-attempt call to one member (a status view): anything retriable is L{Unavailable}."""
+    error = error_for(endpoint, failure, retry_deadline=False, maybe_applied=False)
+    if error is None or isinstance(error, OutcomeUnknown):
+        described = describe_failure(endpoint, failure)
+        return Unavailable(described, failure.leader, [described])
+    return error

@@ -1,0 +1,322 @@
+"""
+What the client sends (pure: no I/O): the txn builders (L{compare_value},
+L{put_op}, ...), the L{Operation}s (a request, which RPC, whether it is a
+write and goes to the leader), and the paging of ranges (L{RangePager}).
+
+Keys and values are C{bytes}; C{str} is accepted and encoded as UTF-8.  A
+builder given something that is not a key, a value or a known comparison
+raises L{InvalidArgument} before anything is sent.  The limits are the
+API's (L{kvpaxos.api.limits}).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Union
+
+from kvpaxos.api.limits import MAX_KEY_BYTES, TO_THE_END, prefix_end
+from kvpaxos.client.errors import InvalidArgument
+from kvpaxos.v1 import kv_pb2
+
+__all__ = [
+    "BytesLike", "Operation", "RangePager", "RangeResult", "TO_THE_END",
+    "compare_create_revision", "compare_exists", "compare_mod_revision", "compare_value",
+    "compare_version", "delete_op", "get_op", "prefix_end", "put_op", "range_op",
+]
+
+BytesLike = Union[bytes, str]
+
+# --- txn builders ------------------------------------------------------------
+
+
+def _bytes(value: BytesLike, what: str = "key") -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise InvalidArgument(f"{what} must be bytes or str, not {type(value).__name__}")
+
+
+_COMPARISONS = {
+    "==": kv_pb2.Compare.EQUAL, "!=": kv_pb2.Compare.NOT_EQUAL,
+    "<": kv_pb2.Compare.LESS, ">": kv_pb2.Compare.GREATER,
+}
+
+
+def _comparison(op: str) -> int:
+    try:
+        return _COMPARISONS[op]
+    except KeyError:
+        raise InvalidArgument(f"comparison {op!r} is not one of {', '.join(_COMPARISONS)}") from None
+
+
+def compare_value(key: BytesLike, op: str, value: BytesLike) -> kv_pb2.Compare:
+    """
+    A Txn condition on C{key}'s value; C{op} is C{"=="}, C{"!="}, C{"<"} or
+    C{">"} (bytewise).  Every value compare on a missing key is false.
+    """
+    return kv_pb2.Compare(key=_bytes(key), target=kv_pb2.Compare.VALUE, result=_comparison(op),
+                          value=_bytes(value, "value"))
+
+
+def compare_version(key: BytesLike, op: str, version: int) -> kv_pb2.Compare:
+    """A Txn condition on C{key}'s version (0 for a missing key)."""
+    return kv_pb2.Compare(key=_bytes(key), target=kv_pb2.Compare.VERSION, result=_comparison(op), version=version)
+
+
+def compare_create_revision(key: BytesLike, op: str, revision: int) -> kv_pb2.Compare:
+    """A Txn condition on the revision that created C{key} (0 for a missing key)."""
+    return kv_pb2.Compare(key=_bytes(key), target=kv_pb2.Compare.CREATE_REVISION, result=_comparison(op),
+                          create_revision=revision)
+
+
+def compare_mod_revision(key: BytesLike, op: str, revision: int) -> kv_pb2.Compare:
+    """A Txn condition on the revision of C{key}'s latest write (0 for a missing key)."""
+    return kv_pb2.Compare(key=_bytes(key), target=kv_pb2.Compare.MOD_REVISION, result=_comparison(op),
+                          mod_revision=revision)
+
+
+def compare_exists(key: BytesLike, exists: bool = True) -> kv_pb2.Compare:
+    """A Txn condition that holds when C{key} exists (or, with C{exists=False}, when it does not)."""
+    return kv_pb2.Compare(key=_bytes(key), target=kv_pb2.Compare.EXISTS, result=kv_pb2.Compare.EQUAL,
+                          exists=bool(exists))
+
+
+
+
+def _range_end(key: bytes, range_end: Optional[BytesLike], prefix: bool) -> bytes:
+    if prefix:
+        if range_end is not None:
+            raise InvalidArgument("give a range end or prefix=True, not both")
+        return prefix_end(key)
+    return b"" if range_end is None else _bytes(range_end, "range end")
+
+
+def put_op(key: BytesLike, value: BytesLike, prev_kv: bool = False) -> kv_pb2.RequestOp:
+    """A Txn operation that sets C{key} to C{value}."""
+    return kv_pb2.RequestOp(request_put=kv_pb2.PutRequest(key=_bytes(key), value=_bytes(value, "value"),
+                                                          prev_kv=prev_kv))
+
+
+def delete_op(
+    key: BytesLike, range_end: Optional[BytesLike] = None, prefix: bool = False, prev_kv: bool = False
+) -> kv_pb2.RequestOp:
+    """A Txn operation that deletes C{key} (or the keys in [key, range_end), or those starting with C{key})."""
+    key = _bytes(key)
+    return kv_pb2.RequestOp(request_delete_range=kv_pb2.DeleteRangeRequest(
+        key=key, range_end=_range_end(key, range_end, prefix), prev_kv=prev_kv))
+
+
+def range_op(
+    key: BytesLike, range_end: Optional[BytesLike] = None, prefix: bool = False, limit: int = 0,
+    keys_only: bool = False, count_only: bool = False,
+) -> kv_pb2.RequestOp:
+    """
+    A Txn operation that reads the keys in [key, range_end): C{range_end}
+    None means the one key, L{TO_THE_END} every key from C{key} on;
+    C{prefix=True} every key starting with C{key}.  Not paged: a Txn read
+    returns at most what fits one response.
+    """
+    key = _bytes(key)
+    return kv_pb2.RequestOp(request_range=kv_pb2.RangeRequest(
+        key=key, range_end=_range_end(key, range_end, prefix), limit=limit,
+        keys_only=keys_only, count_only=count_only))
+
+
+def get_op(key: BytesLike) -> kv_pb2.RequestOp:
+    """A Txn operation that reads C{key}."""
+    return range_op(key)
+
+
+# --- operations: requests and how to read their answers (pure) --------------
+
+_CONSISTENCIES = {
+    "linearizable": kv_pb2.LINEARIZABLE, "serializable": kv_pb2.SERIALIZABLE, "lease": kv_pb2.LEASE,
+}
+
+
+def _consistency(consistency: Union[str, int]) -> int:
+    if isinstance(consistency, str):
+        try:
+            return _CONSISTENCIES[consistency.lower()]
+        except KeyError:
+            raise InvalidArgument(
+                f"consistency {consistency!r} is not one of {', '.join(_CONSISTENCIES)}") from None
+    if consistency in _CONSISTENCIES.values():
+        return consistency
+    raise InvalidArgument(f"unknown consistency {consistency!r}")
+
+
+@dataclass(frozen=True)
+class Operation:
+    """
+    One request and what to do with it.
+
+    @ivar service: C{"kv"} or C{"cluster"}, the stub to call C{rpc} on.
+    @ivar write: a write: stamped with the session's C{(client_id,
+        sequence)}, and a DEADLINE_EXCEEDED is not retried without a session.
+    @ivar leader: send it to the leader when its address is known.
+    """
+
+    service: str
+    rpc: str
+    request: Any
+    write: bool = False
+    leader: bool = True
+
+    def stamped(self, client_id: int, sequence: int) -> Any:
+        """Return a copy of the request carrying the session fields."""
+        request = type(self.request)()
+        request.CopyFrom(self.request)
+        request.client_id, request.sequence = client_id, sequence
+        return request
+
+
+def to_leader(consistency: Union[str, int]) -> bool:
+    """Whether a read of this consistency is best sent to the leader (all but serializable)."""
+    return _consistency(consistency) != kv_pb2.SERIALIZABLE
+
+
+def get_operation(key: BytesLike, consistency: Union[str, int] = "linearizable") -> Operation:
+    request = kv_pb2.GetRequest(key=_bytes(key), consistency=_consistency(consistency))
+    return Operation("kv", "Get", request, leader=to_leader(consistency))
+
+
+def put_operation(key: BytesLike, value: BytesLike, prev_kv: bool = False) -> Operation:
+    request = kv_pb2.PutRequest(key=_bytes(key), value=_bytes(value, "value"), prev_kv=prev_kv)
+    return Operation("kv", "Put", request, write=True)
+
+
+def delete_operation(key: BytesLike, prev_kv: bool = False) -> Operation:
+    return Operation("kv", "Delete", kv_pb2.DeleteRequest(key=_bytes(key), prev_kv=prev_kv), write=True)
+
+
+def append_operation(key: BytesLike, value: BytesLike) -> Operation:
+    return Operation("kv", "Append", kv_pb2.AppendRequest(key=_bytes(key), value=_bytes(value, "value")), write=True)
+
+
+def txn_operation(
+    compares: Iterable[kv_pb2.Compare], success: Iterable[kv_pb2.RequestOp] = (),
+    failure: Iterable[kv_pb2.RequestOp] = (),
+) -> Operation:
+    request = kv_pb2.TxnRequest(compare=list(compares), success=list(success), failure=list(failure))
+    return Operation("kv", "Txn", request, write=True)
+
+
+def cas_operation(
+    key: BytesLike, value: BytesLike, *, expected_value: Optional[BytesLike] = None,
+    expected_version: Optional[int] = None, expected_absent: bool = False,
+) -> Operation:
+    given = (expected_value is not None) + (expected_version is not None) + bool(expected_absent)
+    if given != 1:
+        raise InvalidArgument("give exactly one of expected_value, expected_version, expected_absent=True")
+    request = kv_pb2.CompareAndSwapRequest(key=_bytes(key), value=_bytes(value, "value"))
+    if expected_value is not None:
+        request.expected_value = _bytes(expected_value, "expected value")
+    elif expected_version is not None:
+        request.expected_version = expected_version
+    return Operation("kv", "CompareAndSwap", request, write=True)
+
+
+def cas_result(response: kv_pb2.CompareAndSwapResponse) -> tuple[bool, Optional[kv_pb2.KeyValue]]:
+    """Return C{(succeeded, current)}: the key's record when the swap did not happen (None if absent)."""
+    current = response.current if response.HasField("current") else None
+    return response.succeeded, current
+
+
+OPEN_SESSION = Operation("kv", "OpenSession", kv_pb2.OpenSessionRequest())
+
+
+def status_operation() -> Operation:
+    return Operation("cluster", "Status", kv_pb2.StatusRequest(), leader=False)
+
+
+def range_request(
+    key: BytesLike, range_end: Optional[BytesLike] = None, prefix: bool = False, limit: int = 0,
+    keys_only: bool = False, count_only: bool = False, consistency: Union[str, int] = "linearizable",
+) -> kv_pb2.RangeRequest:
+    """The first page's request of L{Client.range}."""
+    key = _bytes(key)
+    if limit < 0:
+        raise InvalidArgument(f"limit must be 0 (no limit) or more, not {limit}")
+    return kv_pb2.RangeRequest(
+        key=key, range_end=_range_end(key, range_end, prefix), limit=limit, keys_only=keys_only,
+        count_only=count_only, consistency=_consistency(consistency))
+
+
+@dataclass
+class RangeResult:
+    """
+    Every page of a range, joined.
+
+    @ivar kvs: the records, in key order.
+    @ivar count: how many keys the range held when the first page was read.
+    @ivar more: keys were left out because of the limit.
+    @ivar revision: the store's revision when the first page was read.
+    """
+
+    kvs: list = field(default_factory=list)
+    count: int = 0
+    more: bool = False
+    revision: int = 0
+
+
+class RangePager:
+    """
+    The pages of one range (pure): C{next_request()} is the request for the
+    next page, or None when done; C{add(response)} takes a page.  A page
+    continues just after the previous page's last key, while the server says
+    C{more} and the limit is not reached.  Pages are separate reads: a key
+    written between two pages may or may not be seen.
+    """
+
+    def __init__(self, request: kv_pb2.RangeRequest) -> None:
+        self._request = request
+        self._limit = request.limit
+        self._next: Optional[kv_pb2.RangeRequest] = request
+        self.result = RangeResult()
+        self._pages = 0
+
+    def next_request(self) -> Optional[kv_pb2.RangeRequest]:
+        return self._next
+
+    def add(self, response: kv_pb2.RangeResponse) -> None:
+        if self._pages == 0:
+            self.result.count = response.count
+            self.result.revision = response.header.revision
+        self._pages += 1
+        self.result.kvs.extend(response.kvs)
+        got = len(self.result.kvs)
+        self._next = None
+        self.result.more = response.more
+        if self._request.count_only or not response.more:
+            return
+        if self._limit and got >= self._limit:
+            return
+        if not response.kvs:
+            # "more" with nothing returned would page forever: stop and
+            # report more=True rather than loop.
+            return
+        start = _key_after(response.kvs[-1].key)
+        if start is None:
+            return  # nothing can follow the greatest possible key
+        request = kv_pb2.RangeRequest()
+        request.CopyFrom(self._request)
+        request.key = start
+        request.limit = self._limit - got if self._limit else 0
+        self._next = request
+
+
+def _key_after(key: bytes) -> Optional[bytes]:
+    """
+    Return the least valid key greater than C{key}: C{key + b"\0"} while
+    that fits the key limit; for a key of the greatest length, the key with
+    its last byte below 0xff incremented (trailing 0xff bytes dropped), or
+    None if there is none.
+    """
+    if len(key) < MAX_KEY_BYTES:
+        return key + b"\0"
+    following = prefix_end(key)
+    return None if following == TO_THE_END else following
+
+
