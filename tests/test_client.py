@@ -395,6 +395,58 @@ class RetryTests(ClientTestCase):
         self.assertEqual([r[2].sequence for r in self.cluster.sent("Put")], [1, 2, 2])
 
 
+class ErrorDetailsTests(ClientTestCase):
+    """The client decides from a failure's code and ErrorInfo, never from its message's text."""
+
+    def test_session_expired_in_other_words(self) -> None:
+        """SESSION_EXPIRED with a message in other words is still a session expired: resent in a new session."""
+        self.client.put(b"k", b"v")
+        self.cluster.errors[C] = [FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "Sitzung abgelaufen",
+                                               errors.SESSION_EXPIRED, {errors.CLIENT_ID: 7})]
+        self.client.put(b"k", b"w")
+        self.assertEqual([(r[2].client_id, r[2].sequence) for r in self.cluster.sent("Put")], [(7, 1), (7, 2), (8, 1)])
+
+    def test_words_alone_not_understood(self) -> None:
+        """A message that reads "session expired" but carries no ErrorInfo is no SessionExpired: not resent."""
+        self.client.put(b"k", b"v")
+        self.cluster.errors[C] = [FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "session expired: open a new one")]
+        with self.assertRaises(RequestFailed) as caught:
+            self.client.put(b"k", b"w")
+        self.assertIsNone(caught.exception.reason)
+        self.assertEqual(len(self.cluster.sent("Put")), 2)
+
+    def test_stale_sequence_in_other_words(self) -> None:
+        """STALE_SEQUENCE is StaleSequence whatever the message says."""
+        self.client.put(b"k", b"v")
+        self.cluster.errors[C] = [FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "?", errors.STALE_SEQUENCE)]
+        self.assertRaises(StaleSequence, self.client.put, b"k", b"w")
+
+    def test_leader_from_metadata_not_words(self) -> None:
+        """The leader hint is the ErrorInfo's leader_id: a message naming another leader is not read."""
+        for endpoint in (A, B, C):
+            self.client.member_status(endpoint)
+        self.cluster.requests.clear()
+        self.cluster.leader = 2
+        self.cluster.errors[C] = [unavailable("not the leader; leader is 1", 2, errors.NOT_LEADER)]
+        self.client.get(b"k")
+        self.assertEqual(self.endpoints_sent(), [C, B])
+        self.assertEqual(self.client.leader, 2)
+
+    def test_unavailable_words_name_no_leader(self) -> None:
+        """An UNAVAILABLE whose words name a leader but whose ErrorInfo does not leaves the leader unknown."""
+        self.cluster.errors = {e: [unavailable("no quorum; leader is 2")] * 1000 for e in (A, B, C)}
+        with self.assertRaises(Unavailable) as caught:
+            self.make_client(session=False).put(b"k", b"v")
+        self.assertIsNone(caught.exception.leader)
+
+    def test_member_status_leader_from_metadata(self) -> None:
+        """member_status's Unavailable names the leader from the ErrorInfo."""
+        self.cluster.errors[A] = [unavailable("stopping", 3, errors.SHUTTING_DOWN)]
+        with self.assertRaises(Unavailable) as caught:
+            self.client.member_status(A)
+        self.assertEqual(caught.exception.leader, 3)
+
+
 class SessionTests(ClientTestCase):
     """Exactly-once sessions."""
 

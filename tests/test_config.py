@@ -7,6 +7,8 @@ errors for every mistake.
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from kvpaxos.api.endpoints import BadEndpoint, parse_endpoint
+from kvpaxos.api.server import GrpcServer
 from kvpaxos.config import Address, ConfigError, NodeConfig, build, load_toml, parse_peers
 from kvpaxos.tap import Options
 
@@ -48,6 +50,22 @@ class BuildTests(SynchronousTestCase):
         for name, (values, message) in cases.items():
             error = self.assertRaises(ConfigError, build, values)
             self.assertIn(message, str(error), name)
+
+    def test_ipv6_addresses(self):
+        """An IPv6 host in brackets is accepted by the config and serves the gRPC edge as it is (one parser for both)."""
+        config = build({"client": "[::1]:2379", "addr": "[::1]:2380", "peers": "2=[::1]:22380"})
+        self.assertEqual((config.client, config.peer, config.peers[2]),
+                         (Address("::1", 2379), Address("::1", 2380), Address("::1", 22380)))
+        self.assertEqual(str(config.client), "[::1]:2379")
+        self.assertEqual(parse_endpoint(str(config.client)), "[::1]:2379")
+        self.assertEqual(GrpcServer(None, str(config.client), None).address, "[::1]:2379")
+
+    def test_addresses_refused_alike(self):
+        """An address the gRPC edge would refuse is refused by the config, before any store is opened."""
+        for text in ("::1:2379", "[x]:1", "h:99999", "nowhere", "h:port"):
+            self.assertRaises(BadEndpoint, parse_endpoint, text)
+            error = self.assertRaises(ConfigError, build, {"client": text})
+            self.assertIn(repr(text), str(error))
 
     def test_lease_reads(self):
         """lease_reads is a boolean, off by default, and its drift must fit in the election timeout."""
