@@ -316,7 +316,7 @@ class GrpcServerTests(RunningServer, SynchronousTestCase):
         """A value of 1 MiB + 1 byte is INVALID_ARGUMENT and never reaches the node."""
         details = self.assertStatus(
             self.rpc(self.kv.Append, kv_pb2.AppendRequest(key=b"k", value=b"x" * (MAX_VALUE_BYTES + 1))),
-            grpc.StatusCode.INVALID_ARGUMENT, errors.INVALID_ARGUMENT,
+            grpc.StatusCode.INVALID_ARGUMENT, errors.INVALID_ARGUMENT, {errors.MEMBER_ID: 1},
         )
         self.assertIn(str(MAX_VALUE_BYTES + 1), details)
         self.assertEqual(self.node.calls, [])

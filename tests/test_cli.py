@@ -1,5 +1,5 @@
 """
-Tests for the C{kvpaxos} command (L{kvpaxos.cli}): argument parsing in both
+Tests for the C{kvpaxos} command (L{kvpaxos.client.cli}): argument parsing in both
 forms, output formats, exit statuses and error lines.  No network: the
 connection factory is replaced by L{FakeCluster}, whose endpoints keep one
 shared dict and can be told to fail with a gRPC status.

@@ -164,22 +164,26 @@ class _NodeCalls:
         return failure
 
 
-def _checked(context: grpc.ServicerContext, convert_request: Callable[[], Any]) -> Any:
-    """Return C{convert_request()}, or abort with INVALID_ARGUMENT if it raises L{InvalidArgument}."""
+def _checked(context: grpc.ServicerContext, member_id: Optional[int], convert_request: Callable[[], Any]) -> Any:
+    """
+    Return C{convert_request()}, or abort with INVALID_ARGUMENT (naming
+    member C{member_id}) if it raises L{InvalidArgument}.
+    """
     try:
         return convert_request()
     except InvalidArgument as error:
-        _abort_for(context, error)
+        _abort_for(context, error, member_id)
 
 
-def _session_request(context, op: Op, request, value: bytes = b"", prev_kv: bool = False) -> Request:
+def _session_request(context, member_id: Optional[int], op: Op, request, value: bytes = b"",
+                     prev_kv: bool = False) -> Request:
     """
     Return the checked L{Request} of a single-key write with the session
     fields of C{request} (origin and request_id are the node's to fill in).
     """
     command = Request(op, request.key, value, client_id=request.client_id,
                       sequence=request.sequence, prev_kv=prev_kv)
-    _checked(context, partial(validate_request, command))
+    _checked(context, member_id, partial(validate_request, command))
     return command
 
 
@@ -195,8 +199,8 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         self._calls = calls
 
     def Get(self, request: kv_pb2.GetRequest, context) -> kv_pb2.GetResponse:
-        query = _checked(context, partial(range_query, request.key))
-        consistency = _checked(context, partial(convert.consistency_name, request.consistency))
+        query = _checked(context, self._calls.member_id, partial(range_query, request.key))
+        consistency = _checked(context, self._calls.member_id, partial(convert.consistency_name, request.consistency))
         result, header = self._calls.call(
             context, lambda timeout_s: self._node.range(query, timeout_s, consistency)
         )
@@ -207,25 +211,25 @@ class KVServicer(kv_pb2_grpc.KVServicer):
                                   kv=convert.key_value_to_proto(kv))
 
     def Put(self, request: kv_pb2.PutRequest, context) -> kv_pb2.PutResponse:
-        command = _session_request(context, Op.PUT, request, request.value, request.prev_kv)
+        command = _session_request(context, self._calls.member_id, Op.PUT, request, request.value, request.prev_kv)
         result, header = self._submit(context, command, Result)
         return kv_pb2.PutResponse(header=header, existed=result.existed,
                                   prev_kv=convert.optional_key_value_to_proto(result.prev))
 
     def Delete(self, request: kv_pb2.DeleteRequest, context) -> kv_pb2.DeleteResponse:
-        command = _session_request(context, Op.DELETE, request, prev_kv=request.prev_kv)
+        command = _session_request(context, self._calls.member_id, Op.DELETE, request, prev_kv=request.prev_kv)
         result, header = self._submit(context, command, Result)
         return kv_pb2.DeleteResponse(header=header, deleted=result.existed,
                                      prev_kv=convert.optional_key_value_to_proto(result.prev))
 
     def Append(self, request: kv_pb2.AppendRequest, context) -> kv_pb2.AppendResponse:
-        command = _session_request(context, Op.APPEND, request, request.value)
+        command = _session_request(context, self._calls.member_id, Op.APPEND, request, request.value)
         result, header = self._submit(context, command, Result)
         return kv_pb2.AppendResponse(header=header, value=result.value or b"", existed=result.existed)
 
     def Range(self, request: kv_pb2.RangeRequest, context) -> kv_pb2.RangeResponse:
-        query = _checked(context, partial(convert.range_query_from_proto, request))
-        consistency = _checked(context, partial(convert.consistency_name, request.consistency))
+        query = _checked(context, self._calls.member_id, partial(convert.range_query_from_proto, request))
+        consistency = _checked(context, self._calls.member_id, partial(convert.consistency_name, request.consistency))
         result, header = self._calls.call(
             context, lambda timeout_s: self._node.range(query, timeout_s, consistency)
         )
@@ -233,7 +237,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         return response
 
     def Txn(self, request: kv_pb2.TxnRequest, context) -> kv_pb2.TxnResponse:
-        command = _checked(context, partial(convert.txn_request_from_proto, request))
+        command = _checked(context, self._calls.member_id, partial(convert.txn_request_from_proto, request))
         result, header = self._submit(context, command, TxnResult)
         response = convert.txn_response(result, header)
         size = response.ByteSize()
@@ -244,7 +248,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
     def CompareAndSwap(self, request: kv_pb2.CompareAndSwapRequest, context) -> kv_pb2.CompareAndSwapResponse:
         # None set means "absent": version 0 is a missing key's.
         expected = request.WhichOneof("expected") or "expected_version"
-        command = _checked(context, partial(
+        command = _checked(context, self._calls.member_id, partial(
             compare_and_swap, request.key, request.value,
             client_id=request.client_id, sequence=request.sequence,
             **{expected: getattr(request, expected)},
@@ -379,6 +383,10 @@ class GrpcServer(Service):
         if not bound:
             executor.shutdown(wait=False)
             raise CannotListenError(host, int(port), "grpc could not bind")
+        try:  # for the ErrorInfo of requests refused before they reach the node
+            self._calls.member_id = self._node.status().member_id
+        except Exception:
+            pass
         for name in ("", KV_SERVICE, CLUSTER_SERVICE):
             health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         server.start()
