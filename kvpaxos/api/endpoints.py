@@ -10,6 +10,8 @@ leaves (L{kvpaxos.api.errors}, L{kvpaxos.api.limits}) is imported.
 
 from __future__ import annotations
 
+from typing import Iterable, Union
+
 from kvpaxos.api.errors import InvalidArgument
 from kvpaxos.api.limits import MAX_MESSAGE_BYTES
 
@@ -75,20 +77,20 @@ def parse_endpoint(text: str) -> str:
     return join_host_port(host or "::", port)
 
 
-def parse_endpoints(text: str) -> list[str]:
+def parse_endpoints(endpoints: Union[str, Iterable[str]]) -> list[str]:
     """
-    Return the endpoints in the comma-separated list C{text}, in order and
+    Return the endpoints of C{endpoints} — a comma-separated list (blank
+    entries skipped) or a sequence of C{host:port} strings — in order and
     without duplicates.
 
     @raise BadEndpoint: the list is empty or an entry is not C{host:port}.
     """
-    endpoints: list[str] = []
-    for item in text.split(","):
-        if not item.strip():
-            continue
+    items = [item for item in endpoints.split(",") if item.strip()] if isinstance(endpoints, str) else endpoints
+    parsed: list[str] = []
+    for item in items:
         endpoint = parse_endpoint(item)
-        if endpoint not in endpoints:
-            endpoints.append(endpoint)
-    if not endpoints:
+        if endpoint not in parsed:
+            parsed.append(endpoint)
+    if not parsed:
         raise BadEndpoint("no endpoints given")
-    return endpoints
+    return parsed

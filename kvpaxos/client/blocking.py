@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequ
 
 import grpc
 
-from kvpaxos.api.endpoints import CHANNEL_OPTIONS, BadEndpoint, parse_endpoint, parse_endpoints
+from kvpaxos.api.endpoints import CHANNEL_OPTIONS, parse_endpoint, parse_endpoints
 from kvpaxos.client import requests
 from kvpaxos.client.errors import ClientError, member_error, rpc_failure
 from kvpaxos.client.requests import BytesLike, Operation, RangePager, RangeResult
@@ -46,25 +46,12 @@ class Connection:
         self.cluster = kv_pb2_grpc.ClusterStub(channel)
 
 
-def _endpoint_list(endpoints: Union[Sequence[str], str]) -> list[str]:
-    if isinstance(endpoints, str):
-        return parse_endpoints(endpoints)
-    parsed: list[str] = []
-    for endpoint in endpoints:
-        endpoint = parse_endpoint(endpoint)
-        if endpoint not in parsed:
-            parsed.append(endpoint)
-    if not parsed:
-        raise BadEndpoint("no endpoints given")
-    return parsed
-
-
 class _Base:
     """What both clients share: the policy, the sessions and the connections."""
 
     def __init__(self, endpoints, timeout_s, session, channel_factory, clock, rng, backoff) -> None:
         self._policy = RetryPolicy(
-            Directory(_endpoint_list(endpoints)), backoff or Backoff(), rng or random.Random(), timeout_s)
+            Directory(parse_endpoints(endpoints)), backoff or Backoff(), rng or random.Random(), timeout_s)
         self._sessions = SessionPool() if session else None
         self._channel_factory = channel_factory
         self._clock = clock
