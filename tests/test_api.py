@@ -1,5 +1,5 @@
 """
-Tests for the gRPC edge (L{kvpaxos.api.server}, L{kvpaxos.api.errors}).
+Tests for the gRPC edge (L{kvpaxos.api.server}, L{kvpaxos.api.statuses}, L{kvpaxos.api.errors}).
 
 A real grpcio server listens on 127.0.0.1 with an ephemeral port, in front of
 L{FakeNode}.  There is no global reactor: L{ThreadedTestReactor} queues what
