@@ -273,7 +273,7 @@ class Replica(Acceptor, Learner):
 
         @raise NotLeader: this replica does not lead.
         @raise ProposalRejected: another change is still in flight.
-        @raise kvpaxos.paxos.messages.ConfigError: the change does not apply.
+        @raise kvpaxos.paxos.config.ConfigError: the change does not apply.
         """
         self.role.propose_config_change(change)
 
