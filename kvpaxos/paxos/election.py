@@ -41,20 +41,11 @@ class Campaigning(Role):
         self.elapsed = 0
 
     def tick(self) -> None:
-        r = self.replica
         self.elapsed += 1
-        if self.elapsed >= r.election_timeout:
-            r.step(ElectionTimeout(r.id, r.id))
+        self._count_to_election_timeout(self.elapsed)
 
-    def _on_election_timeout(self, m: ElectionTimeout) -> None:
-        # The election did not end (split vote, lost messages): ask again,
-        # pre-vote first, so a node cut off from the cluster never raises
-        # its ballot.  A node no longer a voter stops campaigning.
-        r = self.replica
-        if r.id in r.config.voters:
-            r.pre_campaign()
-        else:
-            r.step_down(leader=None)
+    def _not_a_voter(self) -> None:
+        self.replica.step_down(leader=None)  # removed meanwhile: it stops campaigning
 
 
 class PreCandidate(Campaigning):

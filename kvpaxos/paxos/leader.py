@@ -245,12 +245,23 @@ class Leader(ReadRounds, Role):
                 )
             start = slot
 
-    def _on_accepted(self, m: Accepted) -> None:
+    def _heard(self, m) -> bool:
+        """
+        Note a reply (Accepted or HeartbeatAck) from a follower of this
+        ballot: it is alive (check quorum) and has learned through its
+        C{chosen_index} (transfer).  Return False for a reply to another
+        ballot, which counts for nothing.
+        """
         if m.ballot != self.ballot:
-            return
+            return False
         self.heard.add(m.src)
         if m.chosen_index > self.match.get(m.src, 0):
             self.match[m.src] = m.chosen_index
+        return True
+
+    def _on_accepted(self, m: Accepted) -> None:
+        if not self._heard(m):
+            return
         inflight = self.inflight
         newly = False
         for slot in range(m.first_slot, m.first_slot + m.count):

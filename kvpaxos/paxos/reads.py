@@ -96,11 +96,8 @@ class ReadRounds:
             self._start_read_round()
 
     def _on_heartbeat_ack(self, m: HeartbeatAck) -> None:
-        if m.ballot != self.ballot:
+        if not self._heard(m):
             return
-        self.heard.add(m.src)
-        if m.chosen_index > self.match.get(m.src, 0):
-            self.match[m.src] = m.chosen_index
         if m.read_round > self.acked_beat.get(m.src, 0) and m.read_round <= self.beat:
             self.acked_beat[m.src] = m.read_round
             self._extend_lease()

@@ -85,6 +85,26 @@ class Role:
     def transfer_leadership(self, target: int) -> None:
         raise self.replica.not_leader()
 
+    def _count_to_election_timeout(self, elapsed: int) -> None:
+        """C{elapsed} ticks passed: at the election timeout, step an L{ElectionTimeout}."""
+        r = self.replica
+        if elapsed >= r.election_timeout:
+            r.step(ElectionTimeout(r.id, r.id))
+
+    def _on_election_timeout(self, m: ElectionTimeout) -> None:
+        # No leader heard, or no election won, for the election timeout: a
+        # voter asks for pre-votes (etcd raft's MsgHup), so a node cut off
+        # from the cluster never raises its ballot; anyone else stops
+        # waiting for an election.
+        r = self.replica
+        if r.id in r.config.voters:
+            r.pre_campaign()
+        else:
+            self._not_a_voter()
+
+    def _not_a_voter(self) -> None:
+        """The election timeout ran out on a node that is not a voter."""
+
     def _new_election_timeout(self) -> None:
         ticks = self.replica.options.election_ticks
         self.replica.election_timeout = self.replica.rng.randrange(ticks, 2 * ticks)
@@ -111,17 +131,10 @@ class Follower(Role):
     def tick(self) -> None:
         r = self.replica
         r.election_elapsed += 1
-        if r.election_elapsed >= r.election_timeout:
-            r.step(ElectionTimeout(r.id, r.id))
+        self._count_to_election_timeout(r.election_elapsed)
 
-    def _on_election_timeout(self, m: ElectionTimeout) -> None:
-        # No leader heard for the election timeout: a voter asks for
-        # pre-votes (etcd raft's MsgHup); anyone else waits again.
-        r = self.replica
-        if r.id in r.config.voters:
-            r.pre_campaign()
-        else:
-            r.election_elapsed = 0
+    def _not_a_voter(self) -> None:
+        self.replica.election_elapsed = 0  # it waits again
 
     def _on_timeout_now(self, m: TimeoutNow) -> None:
         # Obeyed only from the leader this replica follows and heard lately:
