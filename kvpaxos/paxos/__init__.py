@@ -2,11 +2,13 @@
 The sans-I/O Multi-Paxos core.
 
 L{Replica} is the state machine; feed it with C{step}, C{tick}, C{propose},
-C{read_index}, take a L{Ready}, perform it, and C{advance}.  Nothing in this
+C{read_index}, take a L{Ready}, perform it, and C{advance}.  The
+member set (L{Config}, L{ConfigChange}) is in L{kvpaxos.paxos.config}.  Nothing in this
 package imports twisted, grpc, lmdb, time, socket or threading, or uses the
 module-level C{random}: the same inputs always give the same outputs.
 """
 
+from kvpaxos.paxos.config import ChangeKind, Config, ConfigChange, ConfigError
 from kvpaxos.paxos.errors import NotLeader, ProposalRejected
 from kvpaxos.paxos.messages import (
     NOOP,
@@ -17,12 +19,11 @@ from kvpaxos.paxos.messages import (
     Batch,
     Catchup,
     CatchupRequest,
-    ChangeKind,
-    Config,
-    ConfigChange,
-    ConfigError,
+    CheckQuorum,
+    ElectionTimeout,
     Heartbeat,
     HeartbeatAck,
+    HeartbeatTimeout,
     InstallSnapshot,
     Message,
     Nack,
@@ -41,8 +42,9 @@ from kvpaxos.paxos.state import Entry, HardState, ReadState, Ready
 
 __all__ = [
     "NOOP", "ZERO_BALLOT", "Accept", "Accepted", "Ballot", "Batch", "Catchup",
-    "CatchupRequest", "ChangeKind", "Config", "ConfigChange", "ConfigError",
-    "Entry", "HardState", "Heartbeat", "HeartbeatAck", "InstallSnapshot",
+    "CatchupRequest", "ChangeKind", "CheckQuorum", "Config", "ConfigChange", "ConfigError",
+    "ElectionTimeout", "Entry", "HardState", "Heartbeat", "HeartbeatAck",
+    "HeartbeatTimeout", "InstallSnapshot",
     "Message", "Nack", "Noop", "NotLeader", "Options", "Prepare", "PreVote",
     "PreVoteReply", "Promise",
     "ProposalRejected", "ReadState", "Ready", "Replica", "Snapshot",

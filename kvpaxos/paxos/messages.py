@@ -14,9 +14,13 @@ and a value is *chosen* once a quorum of acceptors accepted it in one ballot.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Union
+
+# The member set and its changes live in kvpaxos.paxos.config; a ConfigChange
+# is also a slot value, so this module names them too (re-exported for the
+# storage and codec importers).
+from kvpaxos.paxos.config import ChangeKind, Config, ConfigChange, ConfigError  # noqa: F401
 
 
 class Ballot(NamedTuple):
@@ -61,26 +65,6 @@ class Batch:
     commands: tuple[bytes, ...]
 
 
-class ChangeKind(enum.Enum):
-    """What a L{ConfigChange} does to the member set."""
-
-    ADD_VOTER = "add-voter"
-    ADD_LEARNER = "add-learner"
-    PROMOTE = "promote"
-    REMOVE = "remove"
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigChange:
-    """
-    One change of the member set, replicated through the log.  It governs the
-    slots after its own one, and only once it is chosen.
-    """
-
-    kind: ChangeKind
-    node: int
-
-
 Value = Union[Noop, Batch, ConfigChange]
 
 #: Bytes counted for every command in a batch on top of its own length: the
@@ -100,77 +84,6 @@ def value_size(value: Value) -> int:
             COMMAND_OVERHEAD_BYTES * len(value.commands)
         )
     return VALUE_OVERHEAD_BYTES
-
-
-class ConfigError(ValueError):
-    """
-    A configuration change that cannot apply to the current member set
-    (caller misuse: adding a member twice, removing the last voter, ...).
-    """
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    """
-    The member set: C{voters} form quorums, C{learners} receive the log but
-    neither vote nor lead.  A node that is in neither set takes no part.
-    """
-
-    voters: frozenset[int]
-    learners: frozenset[int] = frozenset()
-
-    @property
-    def members(self) -> frozenset[int]:
-        """Every node that receives the log."""
-        return self.voters | self.learners
-
-    @property
-    def quorum(self) -> int:
-        """The number of voters that make a majority."""
-        return len(self.voters) // 2 + 1
-
-    def is_quorum(self, nodes) -> bool:
-        """Return whether C{nodes} contains a majority of the voters."""
-        return len(self.voters.intersection(nodes)) >= self.quorum
-
-    def check(self, change: ConfigChange) -> None:
-        """
-        Raise L{ConfigError} unless C{change} applies to this member set and
-        changes the voters by at most one node.
-        """
-        node = change.node
-        kind = change.kind
-        if kind in (ChangeKind.ADD_VOTER, ChangeKind.ADD_LEARNER):
-            if node in self.members:
-                raise ConfigError(f"node {node} is already a member")
-        elif kind is ChangeKind.PROMOTE:
-            if node not in self.learners:
-                raise ConfigError(f"node {node} is not a learner")
-        elif kind is ChangeKind.REMOVE:
-            if node not in self.members:
-                raise ConfigError(f"node {node} is not a member")
-            if self.voters == {node}:
-                raise ConfigError(f"node {node} is the last voter")
-
-    def apply(self, change: ConfigChange) -> Config:
-        """
-        Return the member set after C{change}.  A change that does not apply
-        leaves it as it is, the same way on every replica (it was checked when
-        proposed; this keeps replay deterministic).
-        """
-        try:
-            self.check(change)
-        except ConfigError:
-            return self
-        node = change.node
-        kind = change.kind
-        if kind is ChangeKind.ADD_VOTER:
-            return Config(self.voters | {node}, self.learners)
-        if kind is ChangeKind.ADD_LEARNER:
-            return Config(self.voters, self.learners | {node})
-        if kind is ChangeKind.PROMOTE:
-            return Config(self.voters | {node}, self.learners - {node})
-        return Config(self.voters - {node}, self.learners - {node})
 
 
 # --- messages --------------------------------------------------------------
@@ -374,6 +287,47 @@ Message = Union[
     PreVote,
     PreVoteReply,
 ]
+
+
+# --- local inputs ------------------------------------------------------------
+#
+# Timeouts are stepped into a replica like any message (etcd raft's MsgHup,
+# MsgBeat and MsgCheckQuorum): L{kvpaxos.paxos.replica.Replica.tick} makes
+# them when a count of ticks runs out, and a test may step one directly.
+# They are addressed from a replica to itself and never leave it (they are
+# not in L{Message}, and the codec knows none of them).
+
+
+@dataclass(frozen=True, slots=True)
+class ElectionTimeout:
+    """
+    No leader was heard for the election timeout (a follower), or the
+    election did not end in time (a pre-candidate or candidate): a voter asks
+    for pre-votes; a node that is not a voter goes back to following.  A
+    leader ignores it.
+    """
+
+    src: int
+    dst: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatTimeout:
+    """A leader's heartbeat interval ran out: it sends a heartbeat to every peer."""
+
+    src: int
+    dst: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckQuorum:
+    """
+    An election timeout passed for a leader: it steps down unless it heard
+    from a quorum (of both member sets) since the last check.
+    """
+
+    src: int
+    dst: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,15 +12,29 @@ What must not live here: I/O of any kind, clocks, threads, sockets, module
 level randomness, or imports of twisted, grpc or lmdb.  The same state and the
 same inputs always give the same outputs; the simulator depends on it.
 
-Every replica is an acceptor and a learner.  What it does beyond that depends
-on its role, an object swapped on a role change (L{Follower}, L{Candidate},
-L{Leader}); the role handles ticks, proposals and the replies meant for a
-candidate or a leader.  The acceptor rules (Paxos Made Simple §2.2) are here:
+The core, module by module, as the paper tells it:
 
-  - promise a ballot only if it is above every ballot promised so far, and
-    persist the promise before the Promise leaves;
-  - accept in a ballot only if no higher ballot was promised, and persist the
-    accepted entries before the Accepted leaves.
+  - L{kvpaxos.paxos.acceptor}: the acceptor rules (Paxos Made Simple §2.2),
+    the one ballot check, stickiness, the start guard, the pre-vote answer;
+  - L{kvpaxos.paxos.learner}: the chosen index, catch-up, snapshots and the
+    member set in force per slot;
+  - L{kvpaxos.paxos.roles}, L{kvpaxos.paxos.election}: following, pre-vote
+    and phase 1;
+  - L{kvpaxos.paxos.leader}: phase 2, heartbeats, check quorum, transfer;
+  - L{kvpaxos.paxos.reads}: read rounds and the read lease;
+  - L{kvpaxos.paxos.config}, L{kvpaxos.paxos.messages},
+    L{kvpaxos.paxos.state}: the values.
+
+Every replica is an acceptor and a learner (the mixins L{Acceptor} and
+L{Learner} over the state declared in L{Replica.__init__}).  What it does
+beyond that depends on its role, an object swapped on a role change
+(L{Follower}, L{PreCandidate}, L{Candidate}, L{Leader}).  This module holds
+the caller's interface: step, tick, the requests, and the L{Ready} cycle.
+
+Time is ticks counted here.  A timeout that runs out becomes a message the
+replica steps into itself (L{kvpaxos.paxos.messages.ElectionTimeout},
+C{HeartbeatTimeout}, C{CheckQuorum}; etcd raft's MsgHup, MsgBeat,
+MsgCheckQuorum), so a test can step a timeout directly.
 """
 
 from __future__ import annotations
@@ -29,28 +43,26 @@ import random
 from dataclasses import dataclass
 from typing import Optional
 
+from kvpaxos.paxos.acceptor import Acceptor
+from kvpaxos.paxos.config import Config, ConfigChange
+from kvpaxos.paxos.election import Candidate, PreCandidate
 from kvpaxos.paxos.errors import NotLeader, ProposalRejected
+from kvpaxos.paxos.learner import Learner
 from kvpaxos.paxos.messages import (
     Accept,
-    Accepted,
     Ballot,
     Catchup,
     CatchupRequest,
-    Config,
-    ConfigChange,
     Heartbeat,
-    HeartbeatAck,
     InstallSnapshot,
     Message,
     Nack,
     Prepare,
     PreVote,
-    PreVoteReply,
-    Promise,
     Snapshot,
     ZERO_BALLOT,
-    value_size,
 )
+from kvpaxos.paxos.roles import Follower
 from kvpaxos.paxos.state import Entry, HardState, ReadState, Ready
 
 
@@ -109,7 +121,7 @@ class Options:
             raise ValueError("need 1 <= lease_drift_ticks < election_ticks")
 
 
-class Replica:
+class Replica(Acceptor, Learner):
     """
     One Multi-Paxos replica.
 
@@ -202,8 +214,6 @@ class Replica:
             Catchup: self._on_catchup,
             InstallSnapshot: self._on_install_snapshot,
         }
-        from kvpaxos.paxos.roles import Follower
-
         self.role = None
         self.become(Follower(self))
 
@@ -212,7 +222,7 @@ class Replica:
     @property
     def is_leader(self) -> bool:
         """Whether this replica currently leads."""
-        return self.role.name == "leader"
+        return self.role.leads
 
     def step(self, message: Message) -> None:
         """
@@ -229,7 +239,10 @@ class Replica:
             handler(message)
 
     def tick(self) -> None:
-        """Advance this replica's clock by one tick."""
+        """
+        Advance this replica's clock by one tick.  A timeout that runs out
+        is stepped in as a message (see the module docstring).
+        """
         self.ticks += 1
         if self.catchup_wait:
             self.catchup_wait -= 1
@@ -260,7 +273,7 @@ class Replica:
 
         @raise NotLeader: this replica does not lead.
         @raise ProposalRejected: another change is still in flight.
-        @raise kvpaxos.paxos.messages.ConfigError: the change does not apply.
+        @raise kvpaxos.paxos.config.ConfigError: the change does not apply.
         """
         self.role.propose_config_change(change)
 
@@ -303,8 +316,6 @@ class Replica:
 
     def pre_campaign(self) -> None:
         """Ask the voters whether a campaign could win, changing nothing."""
-        from kvpaxos.paxos.roles import PreCandidate
-
         self.become(PreCandidate(self))
 
     def campaign(self, transfer: bool = False, asked_by: Ballot = ZERO_BALLOT) -> None:
@@ -312,8 +323,6 @@ class Replica:
         Start phase 1 with a ballot above every ballot seen; C{transfer}: a
         campaign the leader of ballot C{asked_by} asked for.
         """
-        from kvpaxos.paxos.roles import Candidate
-
         self.max_round = max(self.max_round, self.promised.round) + 1
         ballot = Ballot(self.max_round, self.id)
         self.promised = ballot
@@ -321,12 +330,15 @@ class Replica:
         self.become(Candidate(self, ballot, transfer, asked_by))
 
     def has_ready(self) -> bool:
-        """Whether L{ready} would return any work."""
+        """
+        Whether L{ready} would return any work.  A query: it changes nothing
+        (the role's queued requests are turned into messages by L{ready}).
+        """
         if self._outstanding is not None:
             return False
-        self.role.flush()
         return bool(
-            self._entries
+            self.role.has_work()
+            or self._entries
             or self._snapshot_out is not None
             or self.messages
             or self.durable_messages
@@ -392,348 +404,6 @@ class Replica:
         ):
             self._take_snapshot()
 
-    # --- the acceptor ------------------------------------------------------
-
-    def _hears_leader_other_than(self, node: int) -> bool:
-        # Leader stickiness (compare raft's CheckQuorum lease): while this
-        # replica hears from a live leader it ignores other campaigns, so a
-        # partitioned node that comes back with a high round cannot depose a
-        # healthy leader.
-        return (
-            self.leader is not None
-            and self.leader != node
-            and self.election_elapsed < self.options.election_ticks
-        )
-
-    def _waived(self, prepare: Prepare) -> bool:
-        # A transfer campaign asked for by the leader this replica follows:
-        # that leader gave up its lease when it sent the TimeoutNow.  Asked
-        # for by any other ballot (a leader deposed since), it is an
-        # ordinary campaign (found in review, issue 9).
-        return prepare.transfer and prepare.asked_by == self.leader_ballot
-
-    def _sticky(self, prepare: Prepare) -> bool:
-        return not self._waived(prepare) and self._hears_leader_other_than(prepare.src)
-
-    def _on_pre_vote(self, m: PreVote) -> None:
-        # Grant only what _on_prepare would promise: no live leader heard,
-        # not starting, and the candidate lacks nothing this replica knows
-        # chosen.  No state changes; the reply needs nothing persisted.
-        granted = (
-            not self._hears_leader_other_than(m.src)
-            and not self._hears_candidate_other_than(m.src)
-            and not self._starting()
-            and self.chosen_index < m.first_slot
-        )
-        self.send(PreVoteReply(self.id, m.src, m.ballot, granted, self.chosen_index))
-
-    def _hears_candidate_other_than(self, node: int) -> bool:
-        # As raft resets its election timer when it grants a vote: a replica
-        # that promised a candidate within election_ticks does not help
-        # another start a campaign, which would depose the first 10-50 ms
-        # after it won (duelling elections the simulator found).
-        return (
-            self._promised_to is not None
-            and self._promised_to != node
-            and self.ticks - self._promised_tick < self.options.election_ticks
-        )
-
-    def _starting(self) -> bool:
-        # A replica refuses pre-votes and non-transfer Prepares for its first
-        # election_ticks: it may have acked a leader's heartbeat just before
-        # it restarted, and that leader's read lease counts on it.
-        return self.ticks < self.options.election_ticks
-
-    def _on_prepare(self, m: Prepare) -> None:
-        if m.ballot < self.promised:
-            self.send(Nack(self.id, m.src, m.ballot, self.promised, self.chosen_index))
-            return
-        if self._sticky(m):
-            return
-        if self._starting():
-            # The start guard, as for pre-votes (issue 9, hole 5), transfers
-            # included: whose beat this replica acked before it restarted is
-            # not known, so no transfer can be known to come from that leader.
-            return
-        if self.chosen_index >= m.first_slot:
-            # The candidate lacks slots this replica knows chosen: refuse
-            # without promising and let it catch up first.  This bounds a
-            # Promise to the slots not yet chosen.
-            self.send(Nack(self.id, m.src, m.ballot, self.promised, self.chosen_index))
-            return
-        if m.ballot > self.promised:
-            self.promised = m.ballot
-            self.max_round = max(self.max_round, m.ballot.round)
-            self.role.outranked(m.ballot)
-        if m.src != self.id:
-            self._promised_to = m.src
-            self._promised_tick = self.ticks
-            self.election_elapsed = 0
-        first = m.first_slot
-        accepted = tuple(
-            (s, e.ballot, e.value) for s, e in sorted(self.log.items()) if s >= first
-        )
-        # Paxos Made Simple §2.2: the promise holds only once it is durable.
-        self.durable_messages.append(Promise(self.id, m.src, m.ballot, first, accepted))
-
-    def _on_accept(self, m: Accept) -> None:
-        ballot = m.ballot
-        if ballot < self.promised:
-            self.send(Nack(self.id, m.src, ballot, self.promised, self.chosen_index))
-            return
-        if ballot > self.promised:
-            self.promised = ballot
-            self.max_round = max(self.max_round, ballot.round)
-        chosen = self.chosen_index
-        log = self.log
-        floor = self.snapshot.index
-        slot = m.first_slot
-        for value in m.values:
-            if slot > chosen:
-                break
-            if slot > floor and log[slot].value != value:
-                # A stale Accept from a deposed leader for a slot this
-                # replica already learned chosen otherwise: that ballot can
-                # no longer gather a quorum (Paxos Made Simple §2.2, P2b);
-                # neither store nor acknowledge it.
-                return
-            slot += 1
-        self._follow(ballot)
-        entries = self._entries
-        slot = m.first_slot
-        for value in m.values:
-            if slot > chosen:
-                entry = Entry(ballot, value)
-                log[slot] = entry
-                entries[slot] = entry
-            slot += 1
-        self.durable_messages.append(
-            Accepted(self.id, m.src, ballot, m.first_slot, len(m.values), self.chosen_index)
-        )
-        self._learn(ballot, m.chosen_index, m.src)
-
-    def _on_heartbeat(self, m: Heartbeat) -> None:
-        if m.ballot < self.promised:
-            self.send(Nack(self.id, m.src, m.ballot, self.promised, self.chosen_index))
-            return
-        self._follow(m.ballot)
-        self._learn(m.ballot, m.chosen_index, m.src)
-        self.send(HeartbeatAck(self.id, m.src, m.ballot, m.read_round, self.chosen_index))
-
-    def _on_nack(self, m: Nack) -> None:
-        self.max_round = max(self.max_round, m.promised.round)
-        if m.chosen_index > self.chosen_index and not self.is_leader:
-            self.request_catchup(m.src)
-        if self.role.ballot is not None and m.ballot == self.role.ballot:
-            if m.promised > m.ballot:
-                self.step_down(leader=None)
-
-    def _follow(self, ballot: Ballot) -> None:
-        """Note that the leader of C{ballot} is alive."""
-        if ballot >= self.leader_ballot:
-            self.leader_ballot = ballot
-            self.leader = ballot.node
-        if ballot.node == self.leader:
-            self.election_elapsed = 0
-        self.role.leader_heard(ballot)
-
-    # --- the learner -------------------------------------------------------
-
-    def _learn(self, ballot: Ballot, leader_chosen: int, src: int) -> None:
-        """
-        The leader of C{ballot} has chosen every slot through
-        C{leader_chosen}.  A slot this replica accepted in that same ballot
-        holds the leader's value, which is the chosen one; any other slot
-        must be fetched.
-        """
-        slot = self.chosen_index
-        if slot >= leader_chosen:
-            return
-        if not self.config.voters:
-            # Joining: the log means nothing without the member set it starts
-            # from, which only a snapshot brings.
-            self.request_catchup(src)
-            return
-        log = self.log
-        while slot < leader_chosen:
-            entry = log.get(slot + 1)
-            if entry is None or entry.ballot != ballot:
-                break
-            slot += 1
-        if slot > self.chosen_index:
-            self.set_chosen(slot)
-        if slot < leader_chosen:
-            self.request_catchup(src)
-
-    def set_chosen(self, index: int) -> None:
-        """Every slot through C{index} is chosen; the log holds their values."""
-        assert index > self.chosen_index, "the chosen index only grows"
-        first = self.chosen_index + 1
-        self.chosen_index = index
-        if self._track_config_changes(first, index):
-            self.role.config_changed()
-        self.role.chosen_advanced(first, index)
-
-    def _track_config_changes(self, first: int, last: int) -> bool:
-        changed = False
-        log = self.log
-        for slot in range(first, last + 1):
-            value = log[slot].value
-            if type(value) is ConfigChange:
-                self.config = self.config.apply(value)
-                self._configs.append((slot, self.config))
-                changed = True
-        return changed
-
-    def config_after(self, index: int) -> Config:
-        """Return the member set that governs the slot after C{index}."""
-        config = self._configs[0][1]
-        for slot, later in self._configs:
-            if slot > index:
-                break
-            config = later
-        return config
-
-    def request_catchup(self, dst: int) -> None:
-        if self.catchup_wait or dst == self.id:
-            return
-        self.catchup_wait = self.options.catchup_retry_ticks
-        self.catchup_asked[dst] = self.ticks
-        # A node that joined with no member set cannot replay the log from
-        # slot 1: it needs the member set the log starts from, so it asks for
-        # a snapshot (first_slot 0), even the bootstrap one.
-        first = self.chosen_index + 1 if self.config.voters else 0
-        self.send(CatchupRequest(self.id, dst, first))
-
-    def _on_catchup_request(self, m: CatchupRequest) -> None:
-        first = m.first_slot
-        if first <= self.snapshot.index:
-            if self.snapshot.data is not None:
-                self.send(InstallSnapshot(self.id, m.src, self.snapshot))
-            else:
-                # A durable state machine's compaction point: the state is
-                # taken off this call (it is O(state)), see Ready.
-                self._snapshot_wanted.add(m.src)
-            return
-        entries = []
-        size = 0
-        log = self.log
-        limit = self.options.message_bytes_max
-        for slot in range(first, self.chosen_index + 1):
-            entry = log[slot]
-            size += value_size(entry.value)
-            if entries and size > limit:
-                break  # the rest next time; one oversized slot goes alone
-            entries.append((entry.ballot, entry.value))
-        if entries:
-            self.send(Catchup(self.id, m.src, first, tuple(entries), self.chosen_index))
-
-    def _solicited(self, src: int) -> bool:
-        """
-        Whether chosen values from C{src} may be taken: it leads, or this
-        replica asked it.  A misconfigured neighbour (another cluster on a
-        reused address, a stale process) must not write into this log.
-        """
-        if self.catchup_asked.pop(src, None) is not None:
-            return True
-        return src == self.leader
-
-    def _on_catchup(self, m: Catchup) -> None:
-        if self.is_leader:
-            # A leader's chosen index must come from its own quorums only:
-            # followers learn a slot as chosen from it when they accepted it
-            # in its ballot.  A late answer to a request it made while
-            # campaigning could make a deposed leader announce slots chosen
-            # in a later ballot (its re-proposals cover everything anyway).
-            return
-        if not self._solicited(m.src):
-            return
-        self.catchup_wait = 0
-        slot = m.first_slot
-        if slot > self.chosen_index + 1 or not self.config.voters:
-            return
-        log = self.log
-        for ballot, value in m.entries:
-            if slot > self.chosen_index:
-                entry = Entry(ballot, value)
-                log[slot] = entry
-                self._entries[slot] = entry
-            slot += 1
-        last = m.first_slot + len(m.entries) - 1
-        if last > self.chosen_index:
-            self.set_chosen(last)
-        if self.chosen_index < m.chosen_index:
-            self.request_catchup(m.src)
-
-    def would_install(self, m: InstallSnapshot) -> bool:
-        """
-        Whether stepping C{m} now would install its snapshot (a query: it
-        changes nothing), so the caller checks the state only of those.
-        """
-        if self.is_leader or not (m.src in self.catchup_asked or m.src == self.leader):
-            return False
-        return self._wanted(m.snapshot)
-
-    def _wanted(self, snapshot: Snapshot) -> bool:
-        joining = not self.config.voters and self.chosen_index == 0
-        return snapshot.index > self.chosen_index or (joining and bool(snapshot.config.voters))
-
-    def _on_install_snapshot(self, m: InstallSnapshot) -> None:
-        if self.is_leader:
-            return  # as for Catchup: a leader learns only from its quorums
-        if not self._solicited(m.src):
-            return
-        self.catchup_wait = 0
-        snapshot = m.snapshot
-        if not self._wanted(snapshot):
-            return
-        self.snapshot = snapshot
-        self._snapshot_out = snapshot
-        self._install = True
-        self._drop_log_through(snapshot.index)
-        self.chosen_index = snapshot.index
-        self._configs = [(snapshot.index, snapshot.config)]
-        self.config = snapshot.config
-        self.role.config_changed()
-
-    def _drop_log_through(self, index: int) -> None:
-        log = self.log
-        for slot in [s for s in log if s <= index]:
-            del log[slot]
-        for slot in [s for s in self._entries if s <= index]:
-            del self._entries[slot]
-
-    def _take_snapshot(self) -> None:
-        """
-        Drop the log through the applied slot, with a copy of the state
-        machine's state, or none if the state machine is durable (see
-        L{Snapshot}).
-        """
-        index = self.applied
-        machine = self.state_machine
-        data = None if getattr(machine, "durable", False) else machine.snapshot()
-        snapshot = Snapshot(index, self.config_after(index), data)
-        self.snapshot = snapshot
-        self._snapshot_out = snapshot
-        self._install = False
-        self._drop_log_through(index)
-        keep = [(s, c) for s, c in self._configs if s > index]
-        self._configs = [(index, snapshot.config)] + keep
-
-    def snapshot_message(self, peer: int, index: int, data: bytes) -> Optional[InstallSnapshot]:
-        """
-        Return the L{InstallSnapshot} that sends C{peer} (one of a Ready's
-        C{snapshot_wanted}) a durable state machine's state C{data}, taken
-        after it applied slot C{index} (which may be past C{applied}: a
-        commit in flight; never past C{chosen_index}).  None if this replica
-        has compacted past C{index} meanwhile (the member set there is
-        forgotten; the peer asks again).
-        """
-        assert index <= self.chosen_index, f"state machine at {index}, past chosen {self.chosen_index}"
-        if index < self.snapshot.index:
-            return None
-        return InstallSnapshot(self.id, peer, Snapshot(index, self.config_after(index), data))
-
     # --- helpers for the roles --------------------------------------------
 
     def send(self, message: Message) -> None:
@@ -750,20 +420,9 @@ class Replica:
 
     def step_down(self, leader: Optional[int]) -> None:
         """Become a follower of C{leader} (or of nobody yet)."""
-        from kvpaxos.paxos.roles import Follower
-
         self.leader = leader
         self.election_elapsed = 0
         self.become(Follower(self))
-
-    def promise_for(self, ballot: Ballot, first_slot: int) -> Promise:
-        """Return this replica's own Promise for its campaign in C{ballot}."""
-        accepted = tuple(
-            (s, e.ballot, e.value)
-            for s, e in sorted(self.log.items())
-            if s >= first_slot
-        )
-        return Promise(self.id, self.id, ballot, first_slot, accepted)
 
     def accept_own(self, ballot: Ballot, slot: int, value) -> None:
         """Write the leader's own proposal into its log, to be persisted."""

@@ -27,7 +27,9 @@ import dataclasses
 from kvpaxos.node.reads import ReadPath
 from kvpaxos.node.service import ReplicaService
 from kvpaxos.paxos import Prepare, Promise, Replica, TimeoutNow
-from kvpaxos.paxos.roles import Candidate, Follower, Leader
+from kvpaxos.paxos.election import Candidate
+from kvpaxos.paxos.leader import Leader
+from kvpaxos.paxos.roles import Follower
 from kvpaxos.testing.simthreads import SimReadGate
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Optional
 
 from kvpaxos.paxos import Accepted, Prepare, Promise
-from kvpaxos.paxos.roles import Leader
+from kvpaxos.paxos.leader import Leader
 
 
 def durability_problem(store, message) -> Optional[str]:
