@@ -27,7 +27,7 @@ from kvpaxos.kv.commands import (
     Result,
     validate,
 )
-from kvpaxos.kv.logformat import decode_request, encode_request
+from kvpaxos.encoding.commands import decode_request, encode_request
 from kvpaxos.kv.machine import (
     SnapshotState,
     apply,

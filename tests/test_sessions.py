@@ -30,7 +30,7 @@ from kvpaxos.kv.commands import (
     Txn,
     TxnResult,
 )
-from kvpaxos.kv.logformat import decode_request, encode_request
+from kvpaxos.encoding.commands import decode_request, encode_request
 from kvpaxos.kv.machine import apply, apply_batch
 from kvpaxos.kv.sessions import (
     RecordReader,

@@ -44,7 +44,7 @@ from kvpaxos.kv.commands import (
     Txn,
     prefix_end,
 )
-from kvpaxos.kv.logformat import encode_request
+from kvpaxos.encoding.commands import encode_request
 from kvpaxos.paxos.messages import (
     NOOP,
     ZERO_BALLOT,

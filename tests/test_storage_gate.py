@@ -19,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kvpaxos.kv import machine
 from kvpaxos.kv.commands import TO_THE_END, Op, Range, Request
-from kvpaxos.kv.logformat import encode_request
+from kvpaxos.encoding.commands import encode_request
 from kvpaxos.paxos.messages import Batch, Config
 from kvpaxos.storage import lmdb as lmdb_store
 from kvpaxos.storage.interfaces import Commit

@@ -38,7 +38,7 @@ from kvpaxos.kv.commands import (
     range_query,
     validate_request,
 )
-from kvpaxos.kv.logformat import decode_request, encode_request
+from kvpaxos.encoding.commands import decode_request, encode_request
 from kvpaxos.kv.machine import apply, read_range
 from kvpaxos.storage.memory import MemoryState
 from tests.test_kv import FUZZ
