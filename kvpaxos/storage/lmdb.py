@@ -17,7 +17,7 @@ Layout (named sub-databases of the one environment):
   - C{snapshot}: C{data} → the latest snapshot's data.
 
 Every record is laid out by L{kvpaxos.encoding} (acceptor records by
-L{kvpaxos.values.values}, the state by L{kvpaxos.values.state}), as it
+L{kvpaxos.encoding.values}, the state by L{kvpaxos.encoding.state}), as it
 is on the wire.  A directory of another L{STORE_FORMAT} is refused when
 the store opens (L{StoreFormatError}), never read.
 
@@ -46,7 +46,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from kvpaxos.encoding import state, values
-from kvpaxos.values.errors import StoreFormatError
+from kvpaxos.encoding.errors import StoreFormatError
 from kvpaxos.kv import machine
 from kvpaxos.kv.commands import InvalidArgument, RangeResult, check_range, range_query
 from kvpaxos.kv.sessions import DEFAULT_LIMITS, FIRST_CLIENT_ID, SessionLimits
