@@ -41,18 +41,12 @@ from kvpaxos.paxos.messages import (
     Snapshot,
 )
 from kvpaxos.paxos.state import Entry, HardState
+from tests.test_codec import ballots, configs, nodes
+from tests.test_codec import slots as u64s
+from tests.test_codec import values as slot_values
 
 FUZZ = settings(max_examples=300, derandomize=True, database=None, deadline=None)
 
-nodes = st.integers(0, 2**32 - 1)
-u64s = st.integers(0, 2**64 - 1)
-ballots = st.builds(Ballot, u64s, nodes)
-slot_values = st.one_of(
-    st.just(NOOP),
-    st.builds(Batch, st.lists(st.binary(max_size=64), max_size=8).map(tuple)),
-    st.builds(ConfigChange, st.sampled_from(ChangeKind), nodes),
-)
-configs = st.builds(Config, st.frozensets(nodes, max_size=5), st.frozensets(nodes, max_size=3))
 key_values = st.builds(
     KeyValue, st.binary(min_size=1, max_size=40), st.binary(max_size=80), u64s, u64s, u64s
 )

@@ -29,7 +29,8 @@ evicts the same sessions at the same slot (L{SessionLimits}):
   - opening a session when C{max_sessions} are open evicts the least
     recently used first, ordered by (last-used slot, client id).
 
-A provider's transaction view offers: C{session(client_id)},
+A provider's transaction view (L{kvpaxos.storage.interfaces.IStateView})
+offers: C{session(client_id)},
 C{put_session(client_id, session)}, C{delete_session(client_id)},
 C{session_count()}, C{sessions_by_use()} (an iterator of
 C{(last_used, client_id)} in that order) and C{next_client_id()} /
