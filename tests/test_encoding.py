@@ -286,3 +286,22 @@ class HostileRecordTests(SynchronousTestCase):
         except CorruptState:
             return
         self.assertEqual(values.encode_entry(entry), data)
+
+
+class StateRoundTripTests(SynchronousTestCase):
+    """Session entries holding any records round-trip (the records in the layout snapshots use)."""
+
+    @FUZZ
+    @given(u64s, u64s, st.booleans(), st.one_of(st.none(), key_values), st.lists(key_values, max_size=3))
+    def test_session(self, sequence, last_used, existed, prev, prevs):
+        """A session saving a Result or a TxnResult with records round-trips."""
+        from kvpaxos.kv.commands import DeleteResponse, PutResponse, RangeResult, Result, TxnResult
+        from kvpaxos.kv.sessions import Session
+
+        for result in (
+            Result(existed, None, sequence, prev),
+            TxnResult(existed, (PutResponse(prev), DeleteResponse(len(prevs), tuple(prevs)),
+                                RangeResult(tuple(prevs), last_used, existed, sequence)), last_used),
+        ):
+            session = Session(sequence, last_used, result)
+            self.assertEqual(state.decode_session(state.encode_session(session)), session)

@@ -850,3 +850,20 @@ class StoreFactoryTests(SynchronousTestCase):
         error = self.assertRaises(UnknownStoreError, find_store_factory, "floppy")
         self.assertIn("floppy", str(error))
         self.assertIn("lmdb, memory", str(error))
+
+
+class ImportTests(SynchronousTestCase):
+    """The store modules do not import the provider registry (no import circle)."""
+
+    def test_providers_not_imported_by_stores(self):
+        """Importing both store modules in a fresh interpreter loads neither providers.py nor the plugins."""
+        import subprocess
+        import sys
+
+        code = (
+            "import sys, kvpaxos.storage.lmdb, kvpaxos.storage.memory;"
+            "print(sorted(m for m in sys.modules"
+            " if m in ('kvpaxos.storage.providers', 'kvpaxos.plugins')))"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+        self.assertEqual((done.returncode, done.stdout.strip()), (0, b"[]"), done.stderr)
