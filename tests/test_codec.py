@@ -167,9 +167,11 @@ class HostileInputTests(SynchronousTestCase):
             self.assertRejected(encode(message) + b"\x00")
 
     def test_unknown_version(self):
-        """An encoding of another format version is refused."""
+        """An encoding of another format version, such as 1 (the old little-endian codec), is refused."""
+        self.assertEqual(VERSION, 2)
         data = encode(EXAMPLES[0])
-        self.assertRejected(bytes([VERSION + 1]) + data[1:])
+        for version in (0, 1, VERSION + 1):
+            self.assertRejected(bytes([version]) + data[1:])
 
     def test_unknown_tags(self):
         """Unknown message tags and value tags are refused."""

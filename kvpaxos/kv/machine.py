@@ -31,8 +31,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterable, Mapping, Optional
 
-from kvpaxos.kv import sessions
 from kvpaxos.encoding.commands import decode_request
+from kvpaxos.kv import sessions
 from kvpaxos.kv.commands import (
     TO_THE_END,
     Compare,

@@ -31,8 +31,9 @@ Threads: L{LMDBStore.commit} runs on one writer thread (an LMDB write
 transaction begins and ends on one thread; only one is open at a time).
 Reads use read transactions and may run on any thread.  Growing the map
 invalidates open transactions, so reads and growth are kept apart by
-L{kvpaxos.storage.gate.ReadGate}, which never makes a short read (the reactor's) wait behind
-the long one (a snapshot for a peer, O(state), in a pool thread).
+L{kvpaxos.storage.gate.ReadGate}, which never makes a short read (the
+reactor's) wait behind the long one (a snapshot for a peer, O(state), in a
+pool thread).
 """
 
 from __future__ import annotations
