@@ -50,7 +50,7 @@ from kvpaxos.kv.commands import (
     compare_and_swap,
     prefix_end,
 )
-from kvpaxos.kv.logformat import decode_request, encode_request
+from kvpaxos.encoding.commands import decode_request, encode_request
 from kvpaxos.node.interfaces import IKeyValueNode, NodeStatus, NotLeaderError, Unavailable
 from kvpaxos.storage.memory import MemoryState
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc

@@ -1,6 +1,6 @@
 """
-Tests for L{kvpaxos.node.codec}: every message round-trips to an equal one,
-and hostile bytes raise L{DecodeError} and nothing else.
+Tests for L{kvpaxos.encoding.messages} (the wire format): every message round-trips to an equal one,
+and hostile bytes raise L{MalformedMessage} and nothing else.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvpaxos.node.codec import VERSION, DecodeError, decode, encode
+from kvpaxos.encoding.errors import MalformedMessage
+from kvpaxos.encoding.messages import WIRE_VERSION as VERSION, decode, encode
 from kvpaxos.paxos.messages import (
     NOOP,
     Accept,
@@ -148,10 +149,10 @@ class RoundTripTests(SynchronousTestCase):
 
 
 class HostileInputTests(SynchronousTestCase):
-    """Whatever the bytes, L{decode} raises L{DecodeError} or returns a message."""
+    """Whatever the bytes, L{decode} raises L{MalformedMessage} or returns a message."""
 
     def assertRejected(self, data):
-        self.assertRaises(DecodeError, decode, data)
+        self.assertRaises(MalformedMessage, decode, data)
 
     def test_every_truncation(self):
         """Every proper prefix of every valid encoding is refused."""
@@ -166,9 +167,11 @@ class HostileInputTests(SynchronousTestCase):
             self.assertRejected(encode(message) + b"\x00")
 
     def test_unknown_version(self):
-        """An encoding of another format version is refused."""
+        """An encoding of another format version, such as 1 (the old little-endian codec), is refused."""
+        self.assertEqual(VERSION, 2)
         data = encode(EXAMPLES[0])
-        self.assertRejected(bytes([VERSION + 1]) + data[1:])
+        for version in (0, 1, VERSION + 1):
+            self.assertRejected(bytes([version]) + data[1:])
 
     def test_unknown_tags(self):
         """Unknown message tags and value tags are refused."""
@@ -180,9 +183,10 @@ class HostileInputTests(SynchronousTestCase):
 
     def test_unknown_change_kind(self):
         """A config change of an unknown kind is refused."""
-        data = bytearray(encode(Accept(1, 2, B, 1, (CHANGE,), 0)))
-        data[-5] = 4
-        self.assertRejected(bytes(data))
+        for code in (0, 5, 255):
+            data = bytearray(encode(Accept(1, 2, B, 1, (CHANGE,), 0)))
+            data[-5] = code
+            self.assertRejected(bytes(data))
 
     def test_bad_boolean(self):
         """A Prepare whose transfer flag is neither 0 nor 1 is refused."""
@@ -193,26 +197,26 @@ class HostileInputTests(SynchronousTestCase):
     def test_huge_counts_and_lengths(self):
         """Counts and lengths beyond the data are refused without allocating them."""
         head = bytes([VERSION])
-        accept = struct.pack("<IIQIQQ", 1, 2, 7, 2, 1, 0)
-        self.assertRejected(head + b"\x04" + accept + struct.pack("<I", 2**32 - 1))
-        batch = b"\x01" + struct.pack("<I", 2**32 - 1)
-        self.assertRejected(head + b"\x04" + accept + struct.pack("<I", 1) + batch)
-        one_huge = b"\x01" + struct.pack("<II", 1, 2**32 - 1) + b"xy"
-        self.assertRejected(head + b"\x04" + accept + struct.pack("<I", 1) + one_huge)
-        promise = struct.pack("<IIQIQI", 1, 2, 7, 2, 1, 2**32 - 1)
+        accept = struct.pack(">IIQIQQ", 1, 2, 7, 2, 1, 0)
+        self.assertRejected(head + b"\x04" + accept + struct.pack(">I", 2**32 - 1))
+        batch = b"\x01" + struct.pack(">I", 2**32 - 1)
+        self.assertRejected(head + b"\x04" + accept + struct.pack(">I", 1) + batch)
+        one_huge = b"\x01" + struct.pack(">II", 1, 2**32 - 1) + b"xy"
+        self.assertRejected(head + b"\x04" + accept + struct.pack(">I", 1) + one_huge)
+        promise = struct.pack(">IIQIQI", 1, 2, 7, 2, 1, 2**32 - 1)
         self.assertRejected(head + b"\x02" + promise)
-        catchup = struct.pack("<IIQQI", 1, 2, 1, 0, 2**32 - 1)
+        catchup = struct.pack(">IIQQI", 1, 2, 1, 0, 2**32 - 1)
         self.assertRejected(head + b"\x09" + catchup)
-        snapshot = struct.pack("<IIQ", 1, 2, 5)
-        self.assertRejected(head + b"\x0a" + snapshot + struct.pack("<I", 2**32 - 1))
-        no_data = struct.pack("<IIQIIQ", 1, 2, 5, 0, 0, 2**64 - 1)
+        snapshot = struct.pack(">IIQ", 1, 2, 5)
+        self.assertRejected(head + b"\x0a" + snapshot + struct.pack(">I", 2**32 - 1))
+        no_data = struct.pack(">IIQIIQ", 1, 2, 5, 0, 0, 2**64 - 1)
         self.assertRejected(head + b"\x0a" + no_data)
 
     def test_duplicate_member(self):
         """A member set that names a node twice, or out of order, is refused."""
-        body = struct.pack("<IIQI2II", 1, 2, 5, 2, 3, 3, 0) + struct.pack("<Q", 0)
+        body = struct.pack(">IIQI2II", 1, 2, 5, 2, 3, 3, 0) + struct.pack(">Q", 0)
         self.assertRejected(bytes([VERSION, 10]) + body)
-        body = struct.pack("<IIQI2II", 1, 2, 5, 2, 4, 3, 0) + struct.pack("<Q", 0)
+        body = struct.pack(">IIQI2II", 1, 2, 5, 2, 4, 3, 0) + struct.pack(">Q", 0)
         self.assertRejected(bytes([VERSION, 10]) + body)
 
     def test_not_bytes(self):
@@ -234,11 +238,11 @@ class HostileInputTests(SynchronousTestCase):
                 data = bytes([VERSION, rng.randrange(1, 12)]) + data
             try:
                 decode(data)
-            except DecodeError:
+            except MalformedMessage:
                 pass
 
     def test_mutations(self):
-        """Valid encodings with random bytes flipped decode or raise DecodeError."""
+        """Valid encodings with random bytes flipped decode or raise MalformedMessage."""
         rng = random.Random(2)
         for _ in range(3_000):
             data = bytearray(encode(rng.choice(EXAMPLES)))
@@ -246,7 +250,7 @@ class HostileInputTests(SynchronousTestCase):
                 data[rng.randrange(len(data))] = rng.getrandbits(8)
             try:
                 decode(bytes(data))
-            except DecodeError:
+            except MalformedMessage:
                 pass
 
     @settings(max_examples=300, deadline=None)
@@ -255,6 +259,6 @@ class HostileInputTests(SynchronousTestCase):
         """Any bytes are refused or decode to a message that re-encodes to them."""
         try:
             message = decode(data)
-        except DecodeError:
+        except MalformedMessage:
             return
         self.assertEqual(encode(message), data)

@@ -27,23 +27,24 @@ from kvpaxos.kv.commands import (
     Result,
     validate,
 )
-from kvpaxos.kv.logformat import decode_request, encode_request
-from kvpaxos.kv.machine import (
+from kvpaxos.encoding.commands import COMMAND_VERSION, decode_request, encode_request
+from kvpaxos.encoding.state import (
+    SNAPSHOT_FORMAT,
     SnapshotState,
-    apply,
-    apply_batch,
     decode_snapshot,
     encode_record,
+    encode_session,
     encode_snapshot,
 )
-from kvpaxos.kv.sessions import Session, encode_session
+from kvpaxos.kv.machine import apply, apply_batch
+from kvpaxos.kv.sessions import Session
 from kvpaxos.storage.memory import MemoryState
 
 #: Deterministic and leaves no example database behind.
 FUZZ = settings(max_examples=400, derandomize=True, database=None, deadline=None)
 
-#: The command header: version, op, origin, request id, key length.
-HEADER = struct.Struct(">BBIQH")
+#: The command header: version, op, origin, request id, flags.
+HEADER = struct.Struct(">BBIQB")
 
 
 def command(op, key, value=b"", origin=0, request_id=0):
@@ -51,10 +52,11 @@ def command(op, key, value=b"", origin=0, request_id=0):
     return encode_request(Request(op, key, value, origin, request_id))
 
 
-def raw(op=1, key=b"k", value=b"", version=1, key_length=None):
-    """Return version-1 command bytes built by hand, bypassing validation."""
+def raw(op=1, key=b"k", value=b"", version=COMMAND_VERSION, key_length=None):
+    """Return sessionless command bytes built by hand, bypassing validation."""
     length = len(key) if key_length is None else key_length
-    return HEADER.pack(version, op, 0, 0, length) + key + value
+    return (HEADER.pack(version, op, 0, 0, 0) + struct.pack(">H", length) + key
+            + struct.pack(">I", len(value)) + value)
 
 
 def kv(key, value, version, created, modified):
@@ -247,10 +249,11 @@ class SnapshotTests(SynchronousTestCase):
         self.assertRaises(CorruptRecord, decode_snapshot, data)
 
     def test_unknown_format(self):
-        """A snapshot whose format byte is not 2 (such as a version-1 snapshot) is refused."""
-        data = bytearray(self.state().snapshot_data())
-        data[0] = 1
-        self.assertRaises(CorruptRecord, decode_snapshot, bytes(data))
+        """A snapshot whose format byte is not the current one (such as a format-2 snapshot) is refused."""
+        for form in (1, 2, SNAPSHOT_FORMAT + 1):
+            data = bytearray(self.state().snapshot_data())
+            data[0] = form
+            self.assertRaises(CorruptRecord, decode_snapshot, bytes(data))
 
     def test_keys_out_of_order(self):
         """Records not in strictly increasing key order are refused."""
@@ -276,7 +279,7 @@ class SnapshotTests(SynchronousTestCase):
 
     def test_huge_counts_refused_cheaply(self):
         """A snapshot claiming more records than its bytes can hold is refused before reading them."""
-        data = struct.pack(">BQQQ", 2, 1, 1, 2**40)
+        data = struct.pack(">BQQQ", SNAPSHOT_FORMAT, 1, 1, 2**40)
         self.assertRaises(CorruptRecord, decode_snapshot, data)
 
     @FUZZ
@@ -351,13 +354,13 @@ class RequestEncodingTests(SynchronousTestCase):
             self.assertRaises(CorruptCommand, decode_request, data)
 
     def test_unknown_version(self):
-        """A command version other than 1 and 2 is CorruptCommand."""
-        for version in (0, 3, 255):
+        """A command version other than the current one (such as 1 or 2, the old layouts) is CorruptCommand."""
+        for version in (0, 1, 2, COMMAND_VERSION + 1, 255):
             self.assertRaises(CorruptCommand, decode_request, raw(version=version))
 
     def test_unknown_op(self):
-        """An unknown op code, or a transaction or session op in version 1, is CorruptCommand."""
-        for op in (0, 4, 5, 6, 255):
+        """An unknown op code, or an OPEN_SESSION with a key and value, is CorruptCommand."""
+        for op in (0, 5, 6, 255):
             self.assertRaises(CorruptCommand, decode_request, raw(op=op))
 
     def test_bad_key_length(self):
@@ -365,6 +368,7 @@ class RequestEncodingTests(SynchronousTestCase):
         self.assertRaises(CorruptCommand, decode_request, raw(key=b"", key_length=0))
         self.assertRaises(CorruptCommand, decode_request, raw(key=b"k" * 512))
         self.assertRaises(CorruptCommand, decode_request, raw(key=b"kk", key_length=3))
+        self.assertRaises(CorruptCommand, decode_request, raw(key=b"kk", key_length=9))
 
     def test_value_too_long(self):
         """A value over 1 MiB is CorruptCommand."""

@@ -1,5 +1,5 @@
 """
-Tests for the peer links' handshake (L{kvpaxos.node.peers.Hello}, issue 9):
+Tests for the peer links' handshake (L{kvpaxos.node.peer_commands.Hello}, issue 9):
 who may open a link, what is taken before and after it, and what each side
 reports to its node.  AMP pairs wired with L{twisted.test.iosim} and
 L{PeerNetwork} on a L{MemoryReactorClock}; no real ports, no sleeps.
@@ -18,9 +18,9 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from kvpaxos.node.codec import encode
+from kvpaxos.encoding.messages import encode
 from kvpaxos.node.interfaces import IPeerTransport, Timing
-from kvpaxos.node.peers import (
+from kvpaxos.node.peer_commands import (
     BadHello,
     Forward,
     ForwardChunk,
@@ -28,11 +28,11 @@ from kvpaxos.node.peers import (
     NotIdentified,
     PaxosChunk,
     PaxosMessage,
-    PeerNetwork,
     ReadIndex,
     UnknownMember,
     WrongCluster,
 )
+from kvpaxos.node.peers import PeerNetwork
 from kvpaxos.paxos.messages import Heartbeat
 from tests.test_peers import (
     B,

@@ -1,5 +1,5 @@
 """
-Tests for L{kvpaxos.node.peers}: AMP pairs wired with
+Tests for the peer transport (L{kvpaxos.node.peers} and its modules): AMP pairs wired with
 L{twisted.test.iosim}, and L{PeerNetwork} on a L{MemoryReactorClock}.  No
 real ports, no sleeps.
 """
@@ -14,21 +14,21 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from kvpaxos.node import peers
-from kvpaxos.node.codec import encode
+from kvpaxos.encoding.messages import encode
 from kvpaxos.node.interfaces import IPeerHandler, NotLeaderError, Timing
-from kvpaxos.node.peers import (
+from kvpaxos.node.peer_commands import (
     CHUNK_BYTES,
     ChunkError,
     Forward,
     ForwardFailed,
     PaxosChunk,
     PaxosMessage,
-    PeerNetwork,
-    PeerProtocol,
     PeerRequestError,
     PeerUnreachable,
 )
+from kvpaxos.node.peer_flow import ChunkStreams, SendGate
+from kvpaxos.node.peer_protocol import PeerProtocol
+from kvpaxos.node.peers import PeerNetwork
 
 #: The cluster id both sides of a pair use, and each side's timing.
 CLUSTER = 0x1234_5678_9ABC_DEF0
@@ -242,13 +242,13 @@ class HostileTests(PairMixin, SynchronousTestCase):
 
     def test_streams_bound_bytes(self):
         """Reassembly refuses streams that together exceed the byte bound."""
-        streams = peers._Streams(bytes_max=10, streams_max=4)
+        streams = ChunkStreams(bytes_max=10, streams_max=4)
         streams.add(1, 0, False, b"123456")
         self.assertRaises(ChunkError, streams.add, 2, 0, False, b"12345")
 
     def test_streams_bound_count(self):
         """Reassembly refuses more concurrent streams than its bound."""
-        streams = peers._Streams(bytes_max=100, streams_max=2)
+        streams = ChunkStreams(bytes_max=100, streams_max=2)
         streams.add(1, 0, False, b"a")
         streams.add(2, 0, False, b"b")
         self.assertRaises(ChunkError, streams.add, 3, 0, False, b"c")
@@ -371,7 +371,7 @@ class SendGateTests(SynchronousTestCase):
 
     def test_gate(self):
         """While paused (however often told), the gate admits up to its bound."""
-        gate = peers._SendGate(transport=None, bytes_max=100)
+        gate = SendGate(transport=None, bytes_max=100)
         self.assertTrue(gate.admit(1_000))
         gate.pauseProducing()
         self.assertTrue(gate.admit(60))

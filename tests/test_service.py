@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kvpaxos.kv.commands import InvalidArgument, Op, Range, Request
 from kvpaxos.node.interfaces import NotLeaderError, Unavailable
-from kvpaxos.node.peers import ForwardFailed, PeerUnreachable
+from kvpaxos.node.peer_commands import ForwardFailed, PeerUnreachable
 from kvpaxos.node.service import ReplicaService
 from kvpaxos.paxos import Config, Options
 import random

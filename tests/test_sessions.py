@@ -30,17 +30,12 @@ from kvpaxos.kv.commands import (
     Txn,
     TxnResult,
 )
-from kvpaxos.kv.logformat import decode_request, encode_request
+from kvpaxos.encoding.commands import COMMAND_VERSION, decode_request, encode_request
 from kvpaxos.kv.machine import apply, apply_batch
-from kvpaxos.kv.sessions import (
-    RecordReader,
-    Session,
-    SessionLimits,
-    decode_result,
-    decode_session,
-    encode_result,
-    encode_session,
-)
+from kvpaxos.encoding.errors import CorruptState
+from kvpaxos.encoding.reader import Reader
+from kvpaxos.encoding.state import decode_session, encode_session, read_result, write_result
+from kvpaxos.kv.sessions import Session, SessionLimits
 from kvpaxos.paxos.messages import NOOP, Batch, Config, Snapshot
 from kvpaxos.storage.interfaces import Commit
 from kvpaxos.storage.lmdb import LMDBStore
@@ -237,11 +232,12 @@ class SessionEncodingTests(SynchronousTestCase):
 
     def test_only_saved_results(self):
         """Encoding a result sessions never save is a TypeError."""
-        self.assertRaises(TypeError, encode_result, SessionExpired(1, 1), [])
+        self.assertRaises(TypeError, write_result, SessionExpired(1, 1), [])
 
     def test_reader_refuses_overrun(self):
         """A length running past the end is CorruptRecord, not a short read."""
-        self.assertRaises(CorruptRecord, decode_result, RecordReader(b"\x02\x01" + b"\x00" * 8 + b"\x00\x09", "x"))
+        reader = Reader(b"\x02\x01" + b"\x00" * 8 + b"\x00\x09", CorruptState, "x")
+        self.assertRaises(CorruptRecord, read_result, reader)
 
     @FUZZ
     @given(st.data())
@@ -261,7 +257,7 @@ class SessionRequestTests(SynchronousTestCase):
     """Session fields of requests: validation and the log format."""
 
     def test_round_trip(self):
-        """Requests with sessions, prev_kv and OPEN_SESSION round-trip through version 2."""
+        """Requests with sessions, prev_kv and OPEN_SESSION round-trip, in the one command version."""
         for request in (
             Request(Op.PUT, b"k", b"v", 1, 2, client_id=2**64 - 1, sequence=2**64 - 1),
             Request(Op.DELETE, b"k", prev_kv=True),
@@ -269,13 +265,16 @@ class SessionRequestTests(SynchronousTestCase):
             Request(Op.OPEN_SESSION, origin=3, request_id=4),
         ):
             data = encode_request(request)
-            self.assertEqual(data[0], 2)
+            self.assertEqual(data[0], COMMAND_VERSION)
             self.assertEqual(decode_request(data), request)
 
-    def test_plain_commands_stay_version_1(self):
-        """A put, delete or append without session or prev_kv is still a version-1 command."""
+    def test_plain_commands_carry_no_session(self):
+        """A put, delete or append without a session is 16 bytes shorter than one with."""
         for op in (Op.PUT, Op.DELETE, Op.APPEND):
-            self.assertEqual(encode_request(Request(op, b"k"))[0], 1)
+            plain = encode_request(Request(op, b"k"))
+            with_session = encode_request(Request(op, b"k", client_id=1, sequence=1))
+            self.assertEqual(len(with_session) - len(plain), 16)
+            self.assertEqual(plain[0], COMMAND_VERSION)
 
     def test_session_fields_go_together(self):
         """A client id without a sequence, or a sequence without a client id, is InvalidArgument."""
@@ -290,10 +289,13 @@ class SessionRequestTests(SynchronousTestCase):
             self.assertRaises(InvalidArgument, encode_request, request)
 
     def test_unknown_flags(self):
-        """A version-2 command with unknown header flags is CorruptCommand."""
-        data = bytearray(encode_request(Request(Op.OPEN_SESSION)))
-        data[-1] = 2
-        self.assertRaises(CorruptCommand, decode_request, bytes(data))
+        """A command with unknown header flags, or a session flag without a session, is CorruptCommand."""
+        for flags in (4, 128, 2):
+            data = bytearray(encode_request(Request(Op.OPEN_SESSION)))
+            data[-1] = flags
+            if flags == 2:
+                data += bytes(16)
+            self.assertRaises(CorruptCommand, decode_request, bytes(data))
 
 
 class StoreSessionTests(SynchronousTestCase):

@@ -8,7 +8,7 @@ read is reported.  Deterministic: virtual time, one thread at a time.
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvpaxos.kv.commands import Op, Request
-from kvpaxos.kv.logformat import encode_request
+from kvpaxos.encoding.commands import encode_request
 from kvpaxos.paxos.messages import Batch, Config
 from kvpaxos.storage import lmdb as lmdb_store
 from kvpaxos.storage.interfaces import Commit

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 
-import lmdb
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -44,7 +43,8 @@ from kvpaxos.kv.commands import (
     Txn,
     prefix_end,
 )
-from kvpaxos.kv.logformat import encode_request
+from kvpaxos.encoding.commands import encode_request
+from kvpaxos.encoding.state import decode_snapshot
 from kvpaxos.paxos.messages import (
     NOOP,
     ZERO_BALLOT,
@@ -56,12 +56,12 @@ from kvpaxos.paxos.messages import (
     Snapshot,
 )
 from kvpaxos.paxos.state import Entry, HardState
-from kvpaxos.storage import encoding
 from kvpaxos.storage.interfaces import (
     Commit,
     INodeStore,
     IReplicaStorage,
     IStateMachine,
+    IStateView,
     IStoreFactory,
 )
 from kvpaxos.storage.lmdb import LMDBStore
@@ -358,6 +358,21 @@ class NodeStoreContractMixin(_ProviderFixture):
         self.assertTrue(verifyObject(INodeStore, self.store))
         self.assertTrue(verifyObject(IStateMachine, self.store.state_machine))
 
+    def test_state_view_provides_interface(self):
+        """The view the state machine applies through, inside a commit, fully implements IStateView."""
+        views = []
+        original = machine.apply_batch
+
+        def spy(view, *args, **kwargs):
+            views.append(view)
+            return original(view, *args, **kwargs)
+
+        self.patch(machine, "apply_batch", spy)
+        self.apply_slots(batch(put(b"a", b"1")))
+        self.assertEqual(len(views), 1)
+        self.assertTrue(verifyObject(IStateView, views[0]))
+        self.assertEqual(self.store.get(b"a"), b"1")
+
     def test_fresh_store(self):
         """A fresh store has applied nothing and holds no data."""
         self.assertEqual(self.store.applied_index(), 0)
@@ -580,7 +595,7 @@ class NodeStoreContractMixin(_ProviderFixture):
         keys = [b"b", b"a\xff", b"a", b"\x00", b"ab"]
         self.apply_slots(batch(*[put(k, k.upper()) for k in keys]))
         self.assertEqual(
-            [(r.key, r.value) for r in machine.decode_snapshot(self.store.snapshot_data()).records],
+            [(r.key, r.value) for r in decode_snapshot(self.store.snapshot_data()).records],
             [(k, k.upper()) for k in sorted(keys)],
         )
 
@@ -737,26 +752,6 @@ class LMDBStoreTests(SynchronousTestCase):
         """A store opened without a config bootstraps an empty member set (a joining node)."""
         self.assertEqual(self.open(config=None).snapshot(), Snapshot(0, Config(frozenset())))
 
-    def test_foreign_environment_refused(self):
-        """A directory holding another format's LMDB environment is refused with CorruptRecord."""
-        directory = self.mktemp()
-        env = lmdb.open(directory, max_dbs=4)
-        meta = env.open_db(b"meta")
-        with env.begin(write=True) as txn:
-            txn.put(b"format", b"something-else", db=meta)
-        env.close()
-        self.assertRaises(encoding.CorruptRecord, LMDBStore, directory, CONFIG)
-
-    def test_old_format_refused(self):
-        """A directory of the version-1 layout (values without revisions) is refused with CorruptRecord."""
-        directory = self.mktemp()
-        env = lmdb.open(directory, max_dbs=4)
-        meta = env.open_db(b"meta")
-        with env.begin(write=True) as txn:
-            txn.put(b"format", b"kvpaxos-lmdb-1", db=meta)
-        env.close()
-        self.assertRaises(encoding.CorruptRecord, LMDBStore, directory, CONFIG)
-
     def test_session_limits_used(self):
         """The store applies batches with the session limits it was opened with."""
         from kvpaxos.kv.sessions import SessionLimits
@@ -813,82 +808,9 @@ class ProvidersAgreeTests(SynchronousTestCase):
         self.memory.commit(Commit(None, [], None, False, [(2, batch(delete(b"j")))]))
         self.lmdb.commit(Commit(None, [], Snapshot(2, CONFIG, self.memory.snapshot_data()), True, []))
         self.assertEqual(
-            [(r.key, r.value) for r in machine.decode_snapshot(self.lmdb.snapshot_data()).records],
+            [(r.key, r.value) for r in decode_snapshot(self.lmdb.snapshot_data()).records],
             [(b"k", b"v")],
         )
-
-
-# --- the on-disk record format -----------------------------------------------
-
-
-class EncodingTests(SynchronousTestCase):
-    """Records round-trip, and anything else is refused with CorruptRecord."""
-
-    def test_round_trip(self):
-        """Hard state, entries of every value kind and snapshot metadata decode to what was encoded."""
-        hard = HardState(Ballot(2**63, 7), 2**40)
-        self.assertEqual(encoding.decode_hard_state(encoding.encode_hard_state(hard)), hard)
-        for value in (NOOP, batch(), batch(b"", b"x" * 70000), ConfigChange(ChangeKind.PROMOTE, 9)):
-            e = Entry(B2, value)
-            self.assertEqual(encoding.decode_entry(encoding.encode_entry(e)), e)
-        snapshot = Snapshot(12, Config(frozenset({3, 1}), frozenset({5})), b"data")
-        self.assertEqual(
-            encoding.decode_snapshot_meta(encoding.encode_snapshot_meta(snapshot), b"data"), snapshot
-        )
-
-    def test_every_change_kind(self):
-        """Every kind of config change has a code and round-trips."""
-        for kind in ChangeKind:
-            e = Entry(B1, ConfigChange(kind, 4))
-            self.assertEqual(encoding.decode_entry(encoding.encode_entry(e)), e)
-
-    def test_unknown_version_refused(self):
-        """A record with another format version is refused."""
-        data = bytearray(encoding.encode_entry(entry(B1, b"x")))
-        data[0] = 2
-        self.assertRaises(encoding.CorruptRecord, encoding.decode_entry, bytes(data))
-
-    def test_every_truncation_refused(self):
-        """Every proper prefix of a record is refused, never misread."""
-        records = [
-            (encoding.decode_hard_state, encoding.encode_hard_state(HardState(B1, 3))),
-            (encoding.decode_entry, encoding.encode_entry(entry(B1, b"ab", b"cd"))),
-            (encoding.decode_entry, encoding.encode_entry(Entry(B1, ConfigChange(ChangeKind.REMOVE, 2)))),
-            (encoding.decode_snapshot_meta, encoding.encode_snapshot_meta(Snapshot(1, CONFIG))),
-        ]
-        for decode, data in records:
-            for end in range(len(data)):
-                self.assertRaises(encoding.CorruptRecord, decode, data[:end])
-
-    def test_trailing_bytes_refused(self):
-        """A record followed by extra bytes is refused."""
-        data = encoding.encode_entry(Entry(B1, NOOP)) + b"\x00"
-        self.assertRaises(encoding.CorruptRecord, encoding.decode_entry, data)
-
-    def test_unknown_tags_refused(self):
-        """An unknown value tag or config change kind is refused."""
-        head = encoding.encode_entry(Entry(B1, NOOP))[:-1]
-        self.assertRaises(encoding.CorruptRecord, encoding.decode_entry, head + b"\x09")
-        self.assertRaises(
-            encoding.CorruptRecord, encoding.decode_entry, head + b"\x02\x07" + b"\x00" * 8
-        )
-
-    def test_huge_count_refused_cheaply(self):
-        """A batch claiming more commands than its bytes can hold is refused before allocating them."""
-        head = encoding.encode_entry(Entry(B1, NOOP))[:-1]
-        self.assertRaises(
-            encoding.CorruptRecord, encoding.decode_entry, head + b"\x01\xff\xff\xff\xff"
-        )
-
-    def test_slot_keys(self):
-        """Slot keys are 8 bytes, big-endian, and decode back; other lengths are refused."""
-        self.assertEqual(encoding.encode_slot(258), b"\x00" * 6 + b"\x01\x02")
-        self.assertEqual(encoding.decode_slot(encoding.encode_slot(2**64 - 1)), 2**64 - 1)
-        self.assertRaises(encoding.CorruptRecord, encoding.decode_slot, b"\x01")
-
-    def test_not_a_value(self):
-        """Encoding something that is not a slot value is a TypeError."""
-        self.assertRaises(TypeError, encoding.encode_value, b"raw")
 
 
 # --- plugins -----------------------------------------------------------------
@@ -928,3 +850,20 @@ class StoreFactoryTests(SynchronousTestCase):
         error = self.assertRaises(UnknownStoreError, find_store_factory, "floppy")
         self.assertIn("floppy", str(error))
         self.assertIn("lmdb, memory", str(error))
+
+
+class ImportTests(SynchronousTestCase):
+    """The store modules do not import the provider registry (no import circle)."""
+
+    def test_providers_not_imported_by_stores(self):
+        """Importing both store modules in a fresh interpreter loads neither providers.py nor the plugins."""
+        import subprocess
+        import sys
+
+        code = (
+            "import sys, kvpaxos.storage.lmdb, kvpaxos.storage.memory;"
+            "print(sorted(m for m in sys.modules"
+            " if m in ('kvpaxos.storage.providers', 'kvpaxos.plugins')))"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
+        self.assertEqual((done.returncode, done.stdout.strip()), (0, b"[]"), done.stderr)

@@ -7,7 +7,7 @@ commits are pinned by the contract in L{tests.test_storage}).
 from twisted.trial.unittest import SynchronousTestCase
 
 from kvpaxos.kv.commands import Op, Request
-from kvpaxos.kv.logformat import encode_request
+from kvpaxos.encoding.commands import encode_request
 from kvpaxos.kv.sessions import DEFAULT_LIMITS
 from kvpaxos.paxos.messages import NOOP, Batch, ChangeKind, ConfigChange
 from kvpaxos.storage.apply import apply_committed

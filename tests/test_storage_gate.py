@@ -17,9 +17,9 @@ import threading
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvpaxos.kv import machine
+from kvpaxos.encoding import state as snapshot_format
 from kvpaxos.kv.commands import TO_THE_END, Op, Range, Request
-from kvpaxos.kv.logformat import encode_request
+from kvpaxos.encoding.commands import encode_request
 from kvpaxos.paxos.messages import Batch, Config
 from kvpaxos.storage import lmdb as lmdb_store
 from kvpaxos.storage.interfaces import Commit
@@ -146,8 +146,8 @@ class _SnapshotBesideWork:
         self.store = self.open()
         self.store.commit(Commit(None, [], None, False, [(1, put(b"a"))]))
         self.before = self.store.snapshot_data()
-        self.encoding = _Pause(machine.encode_snapshot)
-        self.patch(machine, "encode_snapshot", self.encoding)
+        self.encoding = _Pause(snapshot_format.encode_snapshot)
+        self.patch(snapshot_format, "encode_snapshot", self.encoding)
         self.calls = _Calls(self, self.encoding)
 
     def test_commit_and_reads_beside_snapshot(self):

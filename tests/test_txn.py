@@ -38,7 +38,7 @@ from kvpaxos.kv.commands import (
     range_query,
     validate_request,
 )
-from kvpaxos.kv.logformat import decode_request, encode_request
+from kvpaxos.encoding.commands import COMMAND_VERSION, decode_request, encode_request
 from kvpaxos.kv.machine import apply, read_range
 from kvpaxos.storage.memory import MemoryState
 from tests.test_kv import FUZZ
@@ -364,12 +364,12 @@ ALL_OPS_TXN = txn(
 
 
 class TxnEncodingTests(SynchronousTestCase):
-    """Transaction requests round-trip through version 2; damaged bytes are CorruptCommand only."""
+    """Transaction requests round-trip through the command format; damaged bytes are CorruptCommand only."""
 
     def test_round_trip(self):
         """A transaction with every compare target and op kind decodes to what was encoded."""
         data = encode_request(ALL_OPS_TXN)
-        self.assertEqual(data[0], 2)
+        self.assertEqual(data[0], COMMAND_VERSION)
         self.assertEqual(decode_request(data), ALL_OPS_TXN)
 
     def test_empty_txn_round_trip(self):

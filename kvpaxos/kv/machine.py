@@ -1,14 +1,16 @@
 """
-How commands apply to the replicated state, independent of where it lives;
-and the byte formats of that state (a key's record, the snapshot).
+How commands apply to the replicated state, independent of where it lives.
+The byte formats of that state (a key's record, a session, the snapshot)
+are L{kvpaxos.encoding.state}; of the commands, L{kvpaxos.encoding.commands}.
 
 The state: every key's L{KeyValue} record, the store's global C{revision}
 (0 when empty; each applied request that changes data adds exactly one, and
 every write of that request carries it, as in etcd), and the session table
 (L{kvpaxos.kv.sessions}).
 
-A storage provider hands L{apply_batch} a transaction view, inside the same
-atomic write that records the applied index, with:
+A storage provider hands L{apply_batch} a transaction view (an
+L{kvpaxos.storage.interfaces.IStateView}), inside the same atomic write that
+records the applied index, with:
 
   - C{get(key) -> KeyValue | None}, C{put(kv)}, C{delete(key)};
   - C{write(key, value, revision, want_prev) -> (existed, prev)}: what
@@ -26,19 +28,17 @@ state (and the same snapshot bytes).
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Iterable, Mapping, Optional
 
+from kvpaxos.encoding.commands import decode_request
 from kvpaxos.kv import sessions
 from kvpaxos.kv.commands import (
-    MAX_KEY_BYTES,
     TO_THE_END,
     Compare,
     CompareResult,
     CompareTarget,
     CorruptCommand,
-    CorruptRecord,
     DeleteRange,
     DeleteResponse,
     KeyValue,
@@ -51,8 +51,7 @@ from kvpaxos.kv.commands import (
     Result,
     TxnResult,
 )
-from kvpaxos.kv.logformat import decode_request
-from kvpaxos.kv.sessions import DEFAULT_LIMITS, FIRST_CLIENT_ID, RecordReader, SessionLimits
+from kvpaxos.kv.sessions import DEFAULT_LIMITS, SessionLimits
 
 
 def apply(view, request: Request, slot: int, limits: SessionLimits = DEFAULT_LIMITS):
@@ -262,122 +261,3 @@ def read_range(view, query: Range, revision: Optional[int] = None) -> RangeResul
         kvs.append(replace(kv, value=b"") if query.keys_only else kv)
     return RangeResult(tuple(kvs), count, len(kvs) < count and not query.count_only,
                        view.revision() if revision is None else revision)
-
-
-# --- the byte formats ----------------------------------------------------------
-
-#: The version byte a non-empty snapshot starts with.
-SNAPSHOT_FORMAT = 2
-
-_RECORD = struct.Struct(">QQQ")  # version, create revision, mod revision
-_SNAPSHOT_HEAD = struct.Struct(">BQQQ")  # format, revision, next client id, record count
-_RECORD_HEAD = struct.Struct(">HI")  # key length, record length
-_SESSIONS_HEAD = struct.Struct(">Q")  # session count
-_SESSION_HEAD = struct.Struct(">QI")  # client id, entry length
-
-
-def encode_record(kv: KeyValue) -> bytes:
-    """Return the stored bytes of C{kv}'s record (its key is stored beside it)."""
-    return _RECORD.pack(kv.version, kv.create_revision, kv.mod_revision) + kv.value
-
-
-def decode_record(key: bytes, data) -> KeyValue:
-    """
-    Return the L{KeyValue} of C{key} whose record is C{data}.
-
-    @raise CorruptRecord: C{data} is not a record.
-    """
-    version, created, modified = record_header(data)
-    return KeyValue(key, bytes(data[_RECORD.size:]), version, created, modified)
-
-
-def record_header(data) -> tuple[int, int, int]:
-    """
-    Return the C{(version, create_revision, mod_revision)} of record C{data}.
-
-    @raise CorruptRecord: C{data} is not a record.
-    """
-    if len(data) < _RECORD.size:
-        raise CorruptRecord(f"record of {len(data)} bytes is too short")
-    return _RECORD.unpack_from(data)
-
-
-def encode_record_of(value: bytes, version: int, created: int, modified: int) -> bytes:
-    """Return the stored bytes of a record (L{encode_record}) from its fields."""
-    return _RECORD.pack(version, created, modified) + value
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotState:
-    """
-    The state a snapshot holds: the revision, the next client id, every
-    record in key order, every C{(client_id, Session)} in client id order.
-    """
-
-    revision: int = 0
-    next_client_id: int = FIRST_CLIENT_ID
-    records: tuple = ()
-    sessions: tuple = ()
-
-
-def encode_snapshot(revision: int, next_client_id: int, records, session_entries) -> bytes:
-    """
-    Return the snapshot bytes of a state: C{records}, a list of C{(key,
-    encode_record bytes)} in key order; C{session_entries}, a list of
-    C{(client_id, encode_session bytes)} in client id order.  The empty
-    state encodes to C{b""} (the bootstrap snapshot's data); equal states
-    encode to equal bytes, whichever provider holds them.
-    """
-    if not revision and next_client_id == FIRST_CLIENT_ID and not records and not session_entries:
-        return b""
-    parts = [_SNAPSHOT_HEAD.pack(SNAPSHOT_FORMAT, revision, next_client_id, len(records))]
-    for key, record in records:
-        parts += [_RECORD_HEAD.pack(len(key), len(record)), key, record]
-    parts.append(_SESSIONS_HEAD.pack(len(session_entries)))
-    for client_id, entry in session_entries:
-        parts += [_SESSION_HEAD.pack(client_id, len(entry)), entry]
-    return b"".join(parts)
-
-
-def decode_snapshot(data) -> SnapshotState:
-    """
-    Return the state in snapshot C{data} (hostile bytes from a peer: every
-    length, order and bound is checked).
-
-    @raise CorruptRecord: C{data} is not a snapshot of this format.
-    """
-    if not data:
-        return SnapshotState()
-    reader = RecordReader(memoryview(data), "snapshot")
-    form, revision, next_client_id, count = reader.unpack(_SNAPSHOT_HEAD)
-    if form != SNAPSHOT_FORMAT:
-        raise CorruptRecord(f"snapshot has format {form}, not {SNAPSHOT_FORMAT}")
-    if count * (_RECORD_HEAD.size + 1 + _RECORD.size) > len(data):
-        raise CorruptRecord(f"snapshot claims {count} records")
-    records = []
-    previous = b""
-    for _ in range(count):
-        key_length, record_length = reader.unpack(_RECORD_HEAD)
-        if not 0 < key_length <= MAX_KEY_BYTES:
-            raise CorruptRecord(f"snapshot key of {key_length} bytes")
-        key = reader.take(key_length)
-        kv = decode_record(key, reader.take(record_length))
-        if key <= previous:
-            raise CorruptRecord("snapshot keys out of order")
-        if not (kv.version >= 1 and 1 <= kv.create_revision <= kv.mod_revision <= revision):
-            raise CorruptRecord(f"snapshot record of {key!r} has impossible revisions")
-        records.append(kv)
-        previous = key
-    (count,) = reader.unpack(_SESSIONS_HEAD)
-    if count * _SESSION_HEAD.size > len(data):
-        raise CorruptRecord(f"snapshot claims {count} sessions")
-    entries = []
-    last_id = 0
-    for _ in range(count):
-        client_id, length = reader.unpack(_SESSION_HEAD)
-        if not last_id < client_id < next_client_id:
-            raise CorruptRecord(f"snapshot session {client_id} out of order or unassigned")
-        entries.append((client_id, sessions.decode_session(reader.take(length))))
-        last_id = client_id
-    reader.end()
-    return SnapshotState(revision, next_client_id, tuple(records), tuple(entries))

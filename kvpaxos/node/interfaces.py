@@ -112,8 +112,8 @@ class IPeerTransport(Interface):
         Forward encoded client commands (a list of bytes) to node
         C{node_id} (the leader) to propose.  A Deferred firing with None
         once the peer took all of them, or failing with
-        L{kvpaxos.node.peers.PeerUnreachable} (no link: none was sent) or
-        L{kvpaxos.node.peers.ForwardFailed} (which were certainly refused,
+        L{kvpaxos.node.peer_commands.PeerUnreachable} (no link: none was sent) or
+        L{kvpaxos.node.peer_commands.ForwardFailed} (which were certainly refused,
         which may have been proposed).
         """
 
@@ -121,7 +121,7 @@ class IPeerTransport(Interface):
         """
         Ask node C{node_id} (the leader) for a confirmed read index: a
         Deferred firing with it, or failing (L{NotLeaderError},
-        L{kvpaxos.node.peers.PeerUnreachable}, a timeout, ...).
+        L{kvpaxos.node.peer_commands.PeerUnreachable}, a timeout, ...).
         """
 
 

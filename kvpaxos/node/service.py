@@ -56,7 +56,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from kvpaxos.kv.commands import CorruptRecord, Request
-from kvpaxos.kv.machine import decode_snapshot
+from kvpaxos.encoding.state import decode_snapshot
 from kvpaxos.node.clock import MonotonicClock
 from kvpaxos.node.interfaces import (
     IKeyValueNode,

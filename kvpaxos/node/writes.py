@@ -28,9 +28,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from kvpaxos.kv.commands import CorruptCommand, InvalidArgument, Request
-from kvpaxos.kv.logformat import decode_request, encode_request
+from kvpaxos.encoding.commands import decode_request, encode_request
 from kvpaxos.node.interfaces import NotLeaderError, Unavailable
-from kvpaxos.node.peers import ForwardFailed, PeerUnreachable
+from kvpaxos.node.peer_commands import ForwardFailed, PeerUnreachable
 from kvpaxos.paxos import Batch, NotLeader, ProposalRejected
 
 

@@ -1,15 +1,27 @@
 """
-The storage interfaces the Paxos core reads and the node writes through.
+The storage interfaces the Paxos core reads, the node writes through and
+the state machine applies through.
 
 A provider keeps, durably, what a replica must never forget: its
 L{HardState} (the promised ballot and the chosen marker), the accepted log
 entries after its latest snapshot, and that snapshot.  The core reads it all
 back when a replica is constructed, before it answers anyone; every later
-change reaches the provider as one L{IReplicaStorage.save} call per
-L{kvpaxos.paxos.state.Ready}.
+change reaches the provider as one L{INodeStore.commit} per
+L{kvpaxos.paxos.state.Ready} (L{IReplicaStorage.save} for the acceptor
+state alone).
 
-Providers: L{kvpaxos.storage.memory.MemoryStorage} (tests, the simulator,
-benchmarks).  A provider is any object that provides L{IReplicaStorage}.
+  - L{IReplicaStorage}: the acceptor state;
+  - L{IStateMachine}: what the core asks of the state machine (snapshots);
+  - L{INodeStore}: both, and the key-value data, in one store;
+  - L{IStateView}: the transaction view a provider hands the state machine
+    (L{kvpaxos.kv.machine.apply_batch}) inside its commit;
+  - L{IStoreFactory}: a provider, found by name among Twisted plugins.
+
+Providers: L{kvpaxos.storage.lmdb.LMDBStore} (the default) and
+L{kvpaxos.storage.memory.MemoryStore} (tests, the simulator,
+C{--storage=memory}), each an L{INodeStore} with its own L{IStateView};
+L{kvpaxos.storage.memory.MemoryStorage} is a bare L{IReplicaStorage}.
+Nothing here imports a provider.
 """
 
 from dataclasses import dataclass
@@ -144,7 +156,7 @@ class INodeStore(IReplicaStorage):
     def snapshot_data():
         """
         Return the replicated state (records, revision, session table) as of
-        the last L{commit}, encoded with L{kvpaxos.kv.machine.encode_snapshot}:
+        the last L{commit}, encoded with L{kvpaxos.encoding.state.encode_snapshot}:
         equal states give equal bytes, whichever provider holds them.
         """
 
@@ -227,6 +239,77 @@ class INodeStore(IReplicaStorage):
 
     def close():
         """Release the store's resources; no call may follow."""
+
+
+class IStateView(Interface):
+    """
+    The replicated state as the state machine reads and writes it inside
+    one of its store's transactions (L{kvpaxos.kv.machine},
+    L{kvpaxos.kv.sessions}): records by key, the store's revision, the
+    session table and the next client id.  Writes become durable with the
+    transaction that holds the view, together with the applied index; a
+    read-only view over a read transaction offers the reads alone.
+
+    Providers: the LMDB store's view over an LMDB transaction
+    (L{kvpaxos.storage.lmdb_view.LMDBView}) and the in-memory state
+    (L{kvpaxos.storage.memory.MemoryState}), which is its own view.
+    """
+
+    def get(key):
+        """Return the L{kvpaxos.kv.commands.KeyValue} record of C{key}, or C{None}."""
+
+    def put(kv):
+        """Store the L{kvpaxos.kv.commands.KeyValue} C{kv} under its key."""
+
+    def write(key, value, revision, want_prev):
+        """
+        Store C{value} under C{key} at C{revision} (version 1 and created
+        now, or the next version of the record there); return C{(existed,
+        prev)}: whether a record was there, and that record if
+        C{want_prev} (a view may return it anyway).  What
+        L{kvpaxos.kv.machine.write_record} does; a view may do it on its
+        stored bytes.
+        """
+
+    def delete(key):
+        """Remove C{key}'s record, if there is one."""
+
+    def scan(start, stop):
+        """
+        Return an iterator over the records with C{start <= key < stop}
+        (C{stop} None: no bound) in key order; the caller does not write
+        while it runs.
+        """
+
+    def revision():
+        """Return the store's revision (0 before any write)."""
+
+    def set_revision(revision):
+        """Set the store's revision."""
+
+    def session(client_id):
+        """Return the L{kvpaxos.kv.sessions.Session} of C{client_id}, or C{None}."""
+
+    def put_session(client_id, session):
+        """Store C{session} as C{client_id}'s, replacing any."""
+
+    def delete_session(client_id):
+        """Remove C{client_id}'s session, if there is one."""
+
+    def session_count():
+        """Return how many sessions are open."""
+
+    def sessions_by_use():
+        """
+        Return an iterator over C{(last_used, client_id)} of every session,
+        least recently used first (ties by client id): the eviction order.
+        """
+
+    def next_client_id():
+        """Return the client id the next opened session gets."""
+
+    def set_next_client_id(client_id):
+        """Set the client id the next opened session gets."""
 
 
 class IStoreFactory(Interface):

@@ -4,22 +4,22 @@ environment in a directory.  The default provider of a node.
 
 Layout (named sub-databases of the one environment):
 
-  - C{meta}: C{hard_state}, C{snapshot} (the latest snapshot's index and
-    member set), C{applied} (8-byte big-endian slot), C{format};
-  - C{log}: slot (8-byte big-endian, so keys sort as slots do) → entry;
-  - C{meta} also holds the state machine's C{revision} and
-    C{next_client_id} (8-byte big-endian);
+  - C{meta}: C{format} (L{STORE_FORMAT}), C{hard_state}, C{snapshot} (the
+    latest snapshot's index and member set), C{applied} (8-byte slot), and
+    the state machine's C{revision} and C{next_client_id} (8 bytes each);
   - C{log}: slot (8-byte big-endian, so keys sort as slots do) → entry;
   - C{kv}: client key → its record (version, create and mod revision,
-    value: L{machine.encode_record}), unprefixed (client keys are up to 511
-    bytes, LMDB's key limit);
-  - C{sessions}: client id (8 bytes) → session entry
-    (L{kvpaxos.kv.sessions.encode_session});
+    value), unprefixed (client keys are up to 511 bytes, LMDB's key limit);
+  - C{sessions}: client id (8 bytes) → session entry;
   - C{session_use}: (last-used slot, client id) → empty: the eviction
-    order, kept in step with C{sessions} by L{_LMDBView};
+    order, kept in step with C{sessions} by
+    L{kvpaxos.storage.lmdb_view.LMDBView}, the state machine's view;
   - C{snapshot}: C{data} → the latest snapshot's data.
 
-Acceptor records are encoded by L{kvpaxos.storage.encoding}.
+Every record is laid out by L{kvpaxos.encoding} (acceptor records by
+L{kvpaxos.encoding.values}, the state by L{kvpaxos.encoding.state}), as it
+is on the wire.  A directory of another L{STORE_FORMAT} is refused when
+the store opens (L{StoreFormatError}), never read.
 
 Durability: the environment is opened with C{sync=True} and
 C{metasync=True}, C{writemap} and C{map_async} off, so a committed write
@@ -31,14 +31,14 @@ Threads: L{LMDBStore.commit} runs on one writer thread (an LMDB write
 transaction begins and ends on one thread; only one is open at a time).
 Reads use read transactions and may run on any thread.  Growing the map
 invalidates open transactions, so reads and growth are kept apart by
-L{_ReadGate}, which never makes a short read (the reactor's) wait behind
-the long one (a snapshot for a peer, O(state), in a pool thread).
+L{kvpaxos.storage.gate.ReadGate}, which never makes a short read (the
+reactor's) wait behind the long one (a snapshot for a peer, O(state), in a
+pool thread).
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from contextlib import contextmanager
 from typing import Optional
 
@@ -46,234 +46,55 @@ import lmdb
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from kvpaxos.encoding import state, values
+from kvpaxos.encoding.errors import StoreFormatError
 from kvpaxos.kv import machine
 from kvpaxos.kv.commands import InvalidArgument, RangeResult, check_range, range_query
-from kvpaxos.kv.sessions import (
-    DEFAULT_LIMITS,
-    FIRST_CLIENT_ID,
-    SessionLimits,
-    decode_session,
-    encode_session,
-)
+from kvpaxos.kv.sessions import DEFAULT_LIMITS, FIRST_CLIENT_ID, SessionLimits
 from kvpaxos.paxos.messages import Config, Snapshot
 from kvpaxos.paxos.state import HardState
-from kvpaxos.storage import encoding
 from kvpaxos.storage.apply import apply_committed
+from kvpaxos.storage.gate import ReadGate
 from kvpaxos.storage.interfaces import Commit, INodeStore
-from kvpaxos.storage.providers import StateMachineView
+from kvpaxos.storage.lmdb_view import NEXT_CLIENT_ID, REVISION, LMDBView, Tables
+from kvpaxos.storage.state_machine import StateMachineView
 
 #: The map a new environment starts with; it doubles whenever it is full.
 INITIAL_MAP_BYTES = 64 << 20
 
 #: About how many bytes of stored records one step of a snapshot copy
-#: reads before it looks whether the writer waits for it (L{_ReadGate}):
+#: reads before it looks whether the writer waits for it (L{ReadGate}):
 #: the bound on that wait.  (A step holds at least one record.)
 SNAPSHOT_STEP_BYTES = 1 << 20
 
-#: The layout version of the environment (the records carry their own).
-STORE_FORMAT = b"kvpaxos-lmdb-2"
+#: The format version of the environment and every record in it: 3 since
+#: the records are laid out by kvpaxos.encoding (2 and 1 are refused).
+STORE_FORMAT = b"kvpaxos-lmdb-3"
+#: What every kvpaxos store's format starts with.
+_FORMAT_FAMILY = b"kvpaxos-lmdb-"
 
 _HARD_STATE = b"hard_state"
 _SNAPSHOT = b"snapshot"
 _APPLIED = b"applied"
 _FORMAT = b"format"
 _SNAPSHOT_DATA = b"data"
-_REVISION = b"revision"
-_NEXT_CLIENT_ID = b"next_client_id"
 
 _log = Logger()
 
 
-class _ReadGate:
-    """
-    Keeps read transactions apart from map growth and from aborting a write
-    transaction, without making a short read wait behind a long one.
-
-    Why a gate: C{set_mapsize} replaces the map, and py-lmdb 3.0 then kills
-    every read transaction open in this process (its next use raises
-    C{lmdb.Error}); and a write transaction's abort waits until no LMDB
-    call is in flight on any thread, which readers that never pause were
-    seen to starve forever.  So the writer does both with the gate shut:
-    no read transaction open.
-
-    Two kinds of read hold the gate:
-
-      - a short read (L{reading}): a few keys or ranges in one read
-        transaction, as the reactor thread reads;
-      - a long read (L{reading_long}): the whole state copied for a
-        snapshot, O(state), in a pool thread.  It works in bounded steps
-        (L{SNAPSHOT_STEP_BYTES}) and, between two steps, leaves as soon as
-        L{asked} says the writer waits: it closes its transaction, and
-        starts over once the writer is done.
-
-    The writer (L{exclusive}) first I{asks}: no long read starts, the open
-    ones leave at their next step, and short reads still come and go.  Only
-    once no long read is open does it I{shut} the gate to short reads, wait
-    for those in flight and do its abort or growth; then it opens the gate.
-
-    Invariant (the reactor thread never waits behind a long operation): a
-    short read waits only while the gate is shut, and the gate is shut only
-    while no long read is open, for one write transaction's abort and one
-    remap of the map.  The writer waits for at most one step of each long
-    read and one short read of each reader; a long read waits for the
-    writer.
-    """
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._short = 0
-        self._long = 0
-        #: The writer waits for the long reads to leave; none may start.
-        self._asked = False
-        #: The writer waits for (or holds) the gate; no read may start.
-        self._shut = False
-
-    @contextmanager
-    def reading(self):
-        """Hold the gate for one short read (waiting only while it is shut)."""
-        with self._condition:
-            while self._shut:
-                self._condition.wait()
-            self._short += 1
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._short -= 1
-                if not self._short and self._shut:
-                    self._condition.notify_all()
-
-    @contextmanager
-    def reading_long(self):
-        """
-        Hold the gate for one long read, which calls L{asked} between its
-        bounded steps and, when that says C{True}, closes its transaction
-        and leaves.  Waits while the writer asks (for one step of the other
-        long reads, and the writer's own work).
-        """
-        with self._condition:
-            while self._asked:
-                self._condition.wait()
-            self._long += 1
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._long -= 1
-                if not self._long and self._asked:
-                    self._condition.notify_all()
-
-    def asked(self) -> bool:
-        """Whether the writer waits for the long reads to leave."""
-        return self._asked
-
-    @contextmanager
-    def exclusive(self):
-        """
-        Hold the gate shut (no read open) for an abort or a map resize; the
-        writer's, one caller at a time.  The exclusive side goes first once
-        it asks.
-        """
-        try:
-            with self._condition:
-                assert not self._asked, "the gate has one writer"
-                self._asked = True
-                # Wakes anyone watching the gate (a test) as well.
-                self._condition.notify_all()
-                while self._long:
-                    self._condition.wait()
-                self._shut = True
-                while self._short:
-                    self._condition.wait()
-            yield
-        finally:
-            with self._condition:
-                self._asked = self._shut = False
-                self._condition.notify_all()
-
-
-class _LMDBView:
-    """
-    The transaction view that L{machine.apply_batch} expects (see
-    L{kvpaxos.kv.machine} and L{kvpaxos.kv.sessions}), over one LMDB
-    transaction; read-only use over a read transaction is fine.
-    """
-
-    __slots__ = ("_txn", "_meta", "_kv", "_sessions", "_use")
-
-    def __init__(self, txn, store: "LMDBStore") -> None:
-        self._txn = txn
-        self._meta = store._meta
-        self._kv = store._kv
-        self._sessions = store._sessions
-        self._use = store._session_use
-
-    def get(self, key: bytes):
-        data = self._txn.get(key, db=self._kv)
-        return None if data is None else machine.decode_record(key, data)
-
-    def put(self, kv) -> None:
-        self._txn.put(kv.key, machine.encode_record(kv), db=self._kv)
-
-    def write(self, key: bytes, value: bytes, revision: int, want_prev: bool) -> tuple:
-        """L{machine.write_record}, on the stored bytes (no record built unless asked for)."""
-        txn, db = self._txn, self._kv
-        old = txn.get(key, db=db)
-        if old is None:
-            txn.put(key, machine.encode_record_of(value, 1, revision, revision), db=db)
-            return False, None
-        version, created, _ = machine.record_header(old)
-        txn.put(key, machine.encode_record_of(value, version + 1, created, revision), db=db)
-        return True, (machine.decode_record(key, old) if want_prev else None)
-
-    def delete(self, key: bytes) -> None:
-        self._txn.delete(key, db=self._kv)
-
-    def scan(self, start: bytes, stop):
-        cursor = self._txn.cursor(db=self._kv)
-        if not cursor.set_range(start):
-            return
-        for key, data in cursor.iternext():
-            if stop is not None and key >= stop:
-                return
-            yield machine.decode_record(key, data)
-
-    def revision(self) -> int:
-        return encoding.decode_u64(self._txn.get(_REVISION, db=self._meta))
-
-    def set_revision(self, revision: int) -> None:
-        self._txn.put(_REVISION, encoding.encode_u64(revision), db=self._meta)
-
-    def session(self, client_id: int):
-        data = self._txn.get(encoding.encode_u64(client_id), db=self._sessions)
-        return None if data is None else decode_session(data)
-
-    def put_session(self, client_id: int, session) -> None:
-        self.delete_session(client_id)
-        txn = self._txn
-        txn.put(encoding.encode_u64(client_id), encode_session(session), db=self._sessions)
-        txn.put(encoding.encode_use_key(session.last_used, client_id), b"", db=self._use)
-
-    def delete_session(self, client_id: int) -> None:
-        key = encoding.encode_u64(client_id)
-        old = self._txn.get(key, db=self._sessions)
-        if old is not None:
-            last_used = decode_session(old).last_used
-            self._txn.delete(key, db=self._sessions)
-            self._txn.delete(encoding.encode_use_key(last_used, client_id), db=self._use)
-
-    def session_count(self) -> int:
-        return self._txn.stat(self._sessions)["entries"]
-
-    def sessions_by_use(self):
-        for key in self._txn.cursor(db=self._use).iternext(values=False):
-            yield encoding.decode_use_key(key)
-
-    def next_client_id(self) -> int:
-        return encoding.decode_u64(self._txn.get(_NEXT_CLIENT_ID, db=self._meta))
-
-    def set_next_client_id(self, client_id: int) -> None:
-        self._txn.put(_NEXT_CLIENT_ID, encoding.encode_u64(client_id), db=self._meta)
+def _format_refusal(directory: str, found: bytes) -> str:
+    """What to tell the operator of C{directory}, whose format is C{found}."""
+    if found.startswith(_FORMAT_FAMILY):
+        what = f"a kvpaxos store of format {found.decode('ascii', 'replace')}"
+    else:
+        what = f"an LMDB environment that is not a kvpaxos store (format {found!r})"
+    return (
+        f"data directory {directory} holds {what}; this kvpaxos reads only "
+        f"{STORE_FORMAT.decode('ascii')} and does not convert stores.  Run the "
+        f"kvpaxos version that wrote it, or move the directory aside and start "
+        f"this node on an empty one (a new store: a voter of a running cluster "
+        f"must not rejoin without its acceptor state)"
+    )
 
 
 def _step(items, pairs: list, step_bytes: int) -> bool:
@@ -315,8 +136,9 @@ class LMDBStore:
         whenever a commit needs more, so this only tunes how soon.
     @param limits: the session table's bounds; the same on every node.
 
-    @raise encoding.CorruptRecord: C{directory} holds something that is not
-        a store of this format.
+    @raise StoreFormatError: C{directory} holds a store of another format
+        version, or an LMDB environment that is not a kvpaxos store (the
+        message names the directory and what to do).
     """
 
     name = "lmdb"
@@ -341,7 +163,7 @@ class LMDBStore:
             writemap=False,
             map_async=False,
         )
-        self._gate = _ReadGate()
+        self._gate = ReadGate()
         #: How many times the map grew (for tests and benchmarks).
         self.map_growths = 0
         #: The L{IStateMachine} face of this store; see L{StateMachineView}.
@@ -353,6 +175,7 @@ class LMDBStore:
             self._snapshot = self._env.open_db(b"snapshot")
             self._sessions = self._env.open_db(b"sessions")
             self._session_use = self._env.open_db(b"session_use")
+            self._tables = Tables(self._meta, self._kv, self._sessions, self._session_use)
             self._bootstrap(config or Config(frozenset()))
         except BaseException:
             self._env.close()
@@ -364,19 +187,16 @@ class LMDBStore:
             found = txn.get(_FORMAT, db=self._meta)
             if found is not None:
                 if found != STORE_FORMAT:
-                    raise encoding.CorruptRecord(
-                        f"{self.directory} holds store format {found!r}, "
-                        f"not {STORE_FORMAT!r}"
-                    )
+                    raise StoreFormatError(_format_refusal(self.directory, found))
                 return
             meta = self._meta
             txn.put(_FORMAT, STORE_FORMAT, db=meta)
-            txn.put(_HARD_STATE, encoding.encode_hard_state(HardState()), db=meta)
-            txn.put(_SNAPSHOT, encoding.encode_snapshot_meta(Snapshot(0, config)), db=meta)
+            txn.put(_HARD_STATE, values.encode_hard_state(HardState()), db=meta)
+            txn.put(_SNAPSHOT, values.encode_snapshot_meta(Snapshot(0, config)), db=meta)
             txn.put(_SNAPSHOT_DATA, b"", db=self._snapshot)
-            txn.put(_APPLIED, encoding.encode_slot(0), db=meta)
-            txn.put(_REVISION, encoding.encode_u64(0), db=meta)
-            txn.put(_NEXT_CLIENT_ID, encoding.encode_u64(FIRST_CLIENT_ID), db=meta)
+            txn.put(_APPLIED, values.encode_slot(0), db=meta)
+            txn.put(REVISION, values.encode_u64(0), db=meta)
+            txn.put(NEXT_CLIENT_ID, values.encode_u64(FIRST_CLIENT_ID), db=meta)
 
     # --- reads (any thread) ---------------------------------------------------
 
@@ -389,7 +209,7 @@ class LMDBStore:
     def hard_state(self) -> HardState:
         """Return the last committed L{HardState}."""
         with self._reading() as txn:
-            return encoding.decode_hard_state(txn.get(_HARD_STATE, db=self._meta))
+            return values.decode_hard_state(txn.get(_HARD_STATE, db=self._meta))
 
     def snapshot(self) -> Snapshot:
         """
@@ -397,7 +217,7 @@ class LMDBStore:
         current data as snapshot bytes see L{snapshot_data}.
         """
         with self._reading() as txn:
-            return encoding.decode_snapshot_meta(
+            return values.decode_snapshot_meta(
                 txn.get(_SNAPSHOT, db=self._meta),
                 txn.get(_SNAPSHOT_DATA, db=self._snapshot),
             )
@@ -405,20 +225,20 @@ class LMDBStore:
     def entries(self, first_slot: int) -> list:
         """Return the saved C{(slot, Entry)} at slots >= C{first_slot}, in order."""
         with self._reading() as txn:
-            floor = encoding.decode_snapshot_meta(txn.get(_SNAPSHOT, db=self._meta)).index
+            floor = values.decode_snapshot_meta(txn.get(_SNAPSHOT, db=self._meta)).index
             first = max(first_slot, floor + 1)
             cursor = txn.cursor(db=self._log)
-            if not cursor.set_range(encoding.encode_slot(first)):
+            if not cursor.set_range(values.encode_slot(first)):
                 return []
             return [
-                (encoding.decode_slot(key), encoding.decode_entry(value))
+                (values.decode_slot(key), values.decode_entry(value))
                 for key, value in cursor.iternext()
             ]
 
     def applied_index(self) -> int:
         """Return the slot through which the data has applied."""
         with self._reading() as txn:
-            return encoding.decode_slot(txn.get(_APPLIED, db=self._meta))
+            return values.decode_slot(txn.get(_APPLIED, db=self._meta))
 
     def get(self, key: bytes) -> Optional[bytes]:
         """
@@ -437,7 +257,7 @@ class LMDBStore:
         """
         check_range(key, None)
         with self._reading() as txn:
-            return _LMDBView(txn, self).get(key)
+            return LMDBView(txn, self._tables).get(key)
 
     def range(self, start: bytes, end=None, limit: int = 0, keys_only: bool = False,
               count_only: bool = False) -> RangeResult:
@@ -449,7 +269,7 @@ class LMDBStore:
         """
         query = range_query(start, end, limit, keys_only, count_only)
         with self._reading() as txn:
-            return machine.read_range(_LMDBView(txn, self), query)
+            return machine.read_range(LMDBView(txn, self._tables), query)
 
     def read_ranges(self, queries) -> list:
         """
@@ -457,19 +277,19 @@ class LMDBStore:
         L{InvalidArgument} it raised), all read in one read transaction.
         """
         with self._reading() as txn:
-            view = _LMDBView(txn, self)
+            view = LMDBView(txn, self._tables)
             revision = view.revision()
             return [_read_or_error(view, query, revision) for query in queries]
 
     def revision(self) -> int:
         """Return the store's revision as of the last commit."""
         with self._reading() as txn:
-            return _LMDBView(txn, self).revision()
+            return LMDBView(txn, self._tables).revision()
 
     def snapshot_data(self) -> bytes:
         """
         Return the state as of the last commit, encoded with
-        L{machine.encode_snapshot} (records in byte order of their keys).
+        L{state.encode_snapshot} (records in byte order of their keys).
         This is the L{IStateMachine} C{snapshot()}; see L{StateMachineView}.
         O(state): for a pool thread, as L{snapshot_now}.
         """
@@ -482,7 +302,7 @@ class LMDBStore:
 
         O(state), so for a pool thread; it never holds up the reactor's
         reads.  The stored bytes are copied in bounded steps, a long read of
-        L{_ReadGate}, and encoded once the transaction is closed.  A commit
+        L{ReadGate}, and encoded once the transaction is closed.  A commit
         that must grow the map (or abort) in the meantime makes the copy
         start over after it, which is rare: the map doubles each time.
         """
@@ -493,11 +313,11 @@ class LMDBStore:
             if copied is not None:
                 break
         applied, revision, next_client_id, records, sessions = copied
-        return applied, machine.encode_snapshot(
+        return applied, state.encode_snapshot(
             revision,
             next_client_id,
             records,
-            [(encoding.decode_u64(key), value) for key, value in sessions],
+            [(values.decode_u64(key), value) for key, value in sessions],
         )
 
     def _copy_state(self, txn) -> Optional[tuple]:
@@ -507,9 +327,9 @@ class LMDBStore:
         bytes)} pairs in key order; or C{None} if the writer asked for the
         gate meanwhile (then the caller leaves it and starts over).
         """
-        view = _LMDBView(txn, self)
+        view = LMDBView(txn, self._tables)
         head = (
-            encoding.decode_slot(txn.get(_APPLIED, db=self._meta)),
+            values.decode_slot(txn.get(_APPLIED, db=self._meta)),
             view.revision(),
             view.next_client_id(),
         )
@@ -548,7 +368,7 @@ class LMDBStore:
         if install and (snapshot is None or snapshot.data is None):
             raise ValueError("install needs a snapshot with its data")
         # Encode once, outside the transaction (and its retries).
-        encoded = [(encoding.encode_slot(s), s, encoding.encode_entry(e)) for s, e in entries]
+        encoded = [(values.encode_slot(s), s, values.encode_entry(e)) for s, e in entries]
         while True:
             txn = self._env.begin(write=True)
             try:
@@ -561,7 +381,7 @@ class LMDBStore:
                 # The map is full: abort, grow and redo it all.  The gate
                 # waits here (the writer thread) for a step of any snapshot
                 # copy; the reactor's reads wait only for the abort and the
-                # remap (see _ReadGate).
+                # remap (see ReadGate).
                 with self._gate.exclusive():
                     txn.abort()
                     self._grow()
@@ -573,9 +393,9 @@ class LMDBStore:
     def _write(self, txn, hard_state, encoded, snapshot, install, committed, decoded) -> list:
         meta = self._meta
         if hard_state is not None:
-            txn.put(_HARD_STATE, encoding.encode_hard_state(hard_state), db=meta)
+            txn.put(_HARD_STATE, values.encode_hard_state(hard_state), db=meta)
 
-        floor = encoding.decode_snapshot_meta(txn.get(_SNAPSHOT, db=meta)).index
+        floor = values.decode_snapshot_meta(txn.get(_SNAPSHOT, db=meta)).index
         if snapshot is not None:
             if install and snapshot.index < floor:
                 raise ValueError(
@@ -584,7 +404,7 @@ class LMDBStore:
             # A snapshot replaces one at the same or a lower index, never a
             # higher one, and the log through it is dropped.
             if snapshot.index >= floor:
-                txn.put(_SNAPSHOT, encoding.encode_snapshot_meta(snapshot), db=meta)
+                txn.put(_SNAPSHOT, values.encode_snapshot_meta(snapshot), db=meta)
                 if snapshot.data is None:
                     # A compaction point: the data is this store's own.
                     txn.delete(_SNAPSHOT_DATA, db=self._snapshot)
@@ -598,34 +418,34 @@ class LMDBStore:
             if slot > floor:
                 txn.put(key, record, db=log)
 
-        applied = before = encoding.decode_slot(txn.get(_APPLIED, db=meta))
+        applied = before = values.decode_slot(txn.get(_APPLIED, db=meta))
         if install:
-            self._install(txn, machine.decode_snapshot(snapshot.data))
+            self._install(txn, state.decode_snapshot(snapshot.data))
             applied = snapshot.index
 
         # The applied index is written below, in this same transaction.
         applied, results = apply_committed(
-            _LMDBView(txn, self), committed, applied, self.limits, decoded
+            LMDBView(txn, self._tables), committed, applied, self.limits, decoded
         )
         if applied != before or install:
-            txn.put(_APPLIED, encoding.encode_slot(applied), db=meta)
+            txn.put(_APPLIED, values.encode_slot(applied), db=meta)
         return results
 
-    def _install(self, txn, state: machine.SnapshotState) -> None:
+    def _install(self, txn, found: state.SnapshotState) -> None:
         """Replace the whole replicated state with C{state} (decoded, so checked)."""
         for db in (self._kv, self._sessions, self._session_use):
             txn.drop(db, delete=False)
         txn.cursor(db=self._kv).putmulti(
-            (kv.key, machine.encode_record(kv)) for kv in state.records
+            (kv.key, state.encode_record(kv)) for kv in found.records
         )
-        view = _LMDBView(txn, self)
-        for client_id, session in state.sessions:
+        view = LMDBView(txn, self._tables)
+        for client_id, session in found.sessions:
             view.put_session(client_id, session)
-        view.set_revision(state.revision)
-        view.set_next_client_id(state.next_client_id)
+        view.set_revision(found.revision)
+        view.set_next_client_id(found.next_client_id)
 
     def _drop_log_through(self, txn, index: int) -> None:
-        limit = encoding.encode_slot(index)
+        limit = values.encode_slot(index)
         cursor = txn.cursor(db=self._log)
         doomed = []
         for key in cursor.iternext(values=False):

@@ -14,19 +14,15 @@ from bisect import bisect_left, insort
 
 from zope.interface import implementer
 
+from kvpaxos.encoding import state as encoded
 from kvpaxos.kv import machine
 from kvpaxos.kv.commands import InvalidArgument, RangeResult, check_range, range_query
-from kvpaxos.kv.sessions import (
-    DEFAULT_LIMITS,
-    FIRST_CLIENT_ID,
-    SessionLimits,
-    encode_session,
-)
+from kvpaxos.kv.sessions import DEFAULT_LIMITS, FIRST_CLIENT_ID, SessionLimits
 from kvpaxos.paxos.messages import Config, Snapshot
 from kvpaxos.paxos.state import HardState
 from kvpaxos.storage.apply import apply_committed
-from kvpaxos.storage.interfaces import Commit, INodeStore, IReplicaStorage
-from kvpaxos.storage.providers import StateMachineView
+from kvpaxos.storage.interfaces import Commit, INodeStore, IReplicaStorage, IStateView
+from kvpaxos.storage.state_machine import StateMachineView
 
 
 @implementer(IReplicaStorage)
@@ -73,11 +69,11 @@ class MemoryStorage:
                 self._entries[slot] = entry
 
 
+@implementer(IStateView)
 class MemoryState:
     """
-    The replicated state in memory, as the transaction view that
-    L{machine.apply_batch} expects (see L{kvpaxos.kv.machine} and
-    L{kvpaxos.kv.sessions}): records by key with their keys kept sorted,
+    The replicated state in memory, its own L{IStateView} (what
+    L{machine.apply_batch} applies through): records by key with their keys kept sorted,
     the revision, the session table with its least-recently-used order,
     the next client id.
 
@@ -100,9 +96,9 @@ class MemoryState:
         """
         Return the state in snapshot C{data}.
 
-        @raise CorruptRecord: C{data} is not a snapshot.
+        @raise kvpaxos.encoding.errors.CorruptState: C{data} is not a snapshot.
         """
-        found = machine.decode_snapshot(data)
+        found = encoded.decode_snapshot(data)
         state = cls()
         state._revision = found.revision
         state._next_client_id = found.next_client_id
@@ -113,7 +109,7 @@ class MemoryState:
         return state
 
     def snapshot_data(self) -> bytes:
-        """Return this state as snapshot bytes (L{machine.encode_snapshot})."""
+        """Return this state as snapshot bytes (L{kvpaxos.encoding.state.encode_snapshot})."""
         return _encode_state(
             self._revision, self._next_client_id, self.keys, self.records, self.sessions
         )
@@ -233,11 +229,11 @@ _RECORD, _SESSION, _REVISION, _NEXT_CLIENT_ID = range(4)
 
 def _encode_state(revision: int, next_client_id: int, keys, records, sessions) -> bytes:
     """The snapshot bytes of a state's parts (see L{MemoryState.snapshot_data})."""
-    return machine.encode_snapshot(
+    return encoded.encode_snapshot(
         revision,
         next_client_id,
-        [(key, machine.encode_record(records[key])) for key in keys],
-        [(c, encode_session(sessions[c])) for c in sorted(sessions)],
+        [(key, encoded.encode_record(records[key])) for key in keys],
+        [(c, encoded.encode_session(sessions[c])) for c in sorted(sessions)],
     )
 
 
@@ -349,7 +345,7 @@ class MemoryStore:
     def snapshot_data(self) -> bytes:
         """
         Return the state as of the last commit, encoded with
-        L{machine.encode_snapshot} (records in byte order of their keys, as
+        L{kvpaxos.encoding.state.encode_snapshot} (records in byte order of their keys, as
         LMDB keeps them, so equal states give equal bytes whichever provider
         holds them).
         """

@@ -7,11 +7,9 @@ package: the dropin C{kvpaxos/plugins/kvpaxos_storage.py} declares C{lmdb}
 and C{memory}; another package adds one by installing its own dropin there.
 L{store_factories} and L{find_store_factory} look them up.
 
-Also here: L{StateMachineView}, the L{IStateMachine} face of an
-L{INodeStore} (see its docstring for why a store needs one).
-
 Nothing here opens a store at import time; the factories import the store
-modules only when asked to open one.
+modules only when asked to open one (and the store modules import nothing
+from here).
 """
 
 from __future__ import annotations
@@ -20,47 +18,13 @@ from twisted.logger import Logger
 from twisted.plugin import IPlugin, getPlugins
 from zope.interface import implementer
 
-from kvpaxos.storage.interfaces import IStateMachine, IStoreFactory
+from kvpaxos.storage.interfaces import IStoreFactory
 
 _log = Logger()
 
 
 class UnknownStoreError(LookupError):
     """The configured storage name is not a provider's (the operator's fault)."""
-
-
-@implementer(IStateMachine)
-class StateMachineView:
-    """
-    The L{IStateMachine} of an L{INodeStore}: its C{snapshot()} is the
-    store's C{snapshot_data()}.
-
-    L{INodeStore} extends both L{IReplicaStorage} and L{IStateMachine}, and
-    both declare C{snapshot()}: the first returns a
-    L{kvpaxos.paxos.messages.Snapshot}, the second C{bytes}.  One method
-    cannot be both; the stores keep the L{IReplicaStorage} meaning (the core
-    reads it at construction) and offer the state machine's as
-    C{snapshot_data()} and through this view, at C{store.state_machine}::
-
-        Replica(node_id, store, rng, options,
-                state_machine=store.state_machine,
-                applied=store.applied_index())
-    """
-
-    #: The store keeps its data with its applied index: the core compacts
-    #: the log without copying the data.
-    durable = True
-
-    def __init__(self, store) -> None:
-        self._store = store
-
-    def snapshot(self) -> bytes:
-        """Return the store's data as of its last commit (encode_snapshot)."""
-        return self._store.snapshot_data()
-
-    def snapshot_now(self) -> tuple[int, bytes]:
-        """Return the store's applied index and data, as of its last commit."""
-        return self._store.snapshot_now()
 
 
 @implementer(IPlugin, IStoreFactory)

@@ -30,9 +30,9 @@ from typing import Callable, Optional
 from twisted.internet import defer
 
 from kvpaxos.kv import machine
-from kvpaxos.kv.logformat import decode_request
+from kvpaxos.encoding.commands import decode_request
 from kvpaxos.kv.sessions import DEFAULT_LIMITS
-from kvpaxos.node.peers import ForwardFailed
+from kvpaxos.node.peer_commands import ForwardFailed
 from kvpaxos.node.reads import ReadPath
 from kvpaxos.node.service import ReplicaService
 from kvpaxos.node.writes import WritePath

@@ -25,7 +25,7 @@ from typing import Optional
 
 from kvpaxos.kv import machine, sessions
 from kvpaxos.kv.commands import CorruptCommand, Op, Request
-from kvpaxos.kv.logformat import decode_request
+from kvpaxos.encoding.commands import decode_request
 from kvpaxos.kv.sessions import DEFAULT_LIMITS
 from kvpaxos.paxos import Batch
 from kvpaxos.storage.memory import MemoryState

@@ -29,8 +29,8 @@ import random
 from typing import Callable, Optional
 
 from kvpaxos.kv.commands import Op, Request
-from kvpaxos.kv.logformat import encode_request
-from kvpaxos.kv.machine import encode_snapshot
+from kvpaxos.encoding.commands import encode_request
+from kvpaxos.encoding.state import encode_snapshot
 from kvpaxos.paxos import Batch
 from kvpaxos.paxos.messages import Catchup, InstallSnapshot, Snapshot, TimeoutNow
 from kvpaxos.testing.simworld import BACKOFF_FIRST_S

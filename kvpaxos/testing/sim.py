@@ -113,7 +113,7 @@ from kvpaxos.kv.commands import (
     Txn,
     compare_and_swap,
 )
-from kvpaxos.kv.logformat import decode_request
+from kvpaxos.encoding.commands import decode_request
 from kvpaxos.node.clock import run_timers_on
 from kvpaxos.node.interfaces import Timing
 from kvpaxos.node.service import ReplicaService

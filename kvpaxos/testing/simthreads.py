@@ -31,7 +31,7 @@ from typing import Callable, Optional
 
 from twisted.python.failure import Failure
 
-from kvpaxos.storage.lmdb import _ReadGate
+from kvpaxos.storage.gate import ReadGate as _ReadGate
 
 
 class Worker:

@@ -57,8 +57,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kvpaxos.node.interfaces import IPeerTransport, NotLeaderError
-from kvpaxos.node.peers import ForwardFailed, PeerRequestError, PeerUnreachable
-from kvpaxos.storage.providers import StateMachineView
+from kvpaxos.node.peer_commands import ForwardFailed, PeerRequestError, PeerUnreachable
+from kvpaxos.storage.state_machine import StateMachineView
 
 #: How long a forward or read index call waits (as PeerNetwork's timeout_s).
 CALL_TIMEOUT_S = 5.0

@@ -1,0 +1,24 @@
+"""
+Every byte format of kvpaxos, one layout per value wherever it travels (a
+peer message, the data directory, a snapshot sent between nodes), read by
+one bounds-checked reader:
+
+  - L{kvpaxos.encoding.reader}: L{Reader}, the one reader of hostile bytes,
+    and the fixed-width integers (all big-endian);
+  - L{kvpaxos.encoding.errors}: one error per whose fault the bytes are
+    (a peer's, the data directory's, the log's) and L{EncodeError} for a
+    caller's value that has no encoding;
+  - L{kvpaxos.encoding.values}: the Paxos core's values (ballot, slot
+    value, member set, hard state, log entry, snapshot metadata) and the
+    LMDB keys;
+  - L{kvpaxos.encoding.messages}: the wire format of Paxos messages
+    (L{WIRE_VERSION});
+  - L{kvpaxos.encoding.commands}: the log format of client commands
+    (L{COMMAND_VERSION});
+  - L{kvpaxos.encoding.state}: the replicated state: a key's record, a
+    session entry and the results it saves, snapshots (L{SNAPSHOT_FORMAT}).
+
+What must not live here: I/O, transport framing (L{kvpaxos.node.peers}),
+what a value means (L{kvpaxos.paxos}, L{kvpaxos.kv}).  No pickle, eval or
+dependency: a record means exactly what these modules say it means.
+"""
