@@ -36,7 +36,8 @@ from kvpaxos.encoding.errors import CorruptState
 from kvpaxos.encoding.reader import Reader
 from kvpaxos.encoding.state import decode_session, encode_session, read_result, write_result
 from kvpaxos.kv.sessions import Session, SessionLimits
-from kvpaxos.paxos.messages import NOOP, Batch, Config, Snapshot
+from kvpaxos.paxos.config import Config
+from kvpaxos.paxos.messages import NOOP, Batch, Snapshot
 from kvpaxos.storage.interfaces import Commit
 from kvpaxos.storage.lmdb import LMDBStore
 from kvpaxos.storage.memory import MemoryState, MemoryStore

@@ -9,7 +9,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from kvpaxos.kv.commands import Op, Request
 from kvpaxos.encoding.commands import encode_request
 from kvpaxos.kv.sessions import DEFAULT_LIMITS
-from kvpaxos.paxos.messages import NOOP, Batch, ChangeKind, ConfigChange
+from kvpaxos.paxos.config import ChangeKind, ConfigChange
+from kvpaxos.paxos.messages import NOOP, Batch
 from kvpaxos.storage.apply import apply_committed
 from kvpaxos.storage.memory import MemoryState
 

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from kvpaxos.cluster import plugin_environment
 from kvpaxos.encoding.errors import StoreFormatError
 from kvpaxos.kv.commands import CorruptRecord
-from kvpaxos.paxos.messages import Config
+from kvpaxos.paxos.config import Config
 from kvpaxos.storage.lmdb import STORE_FORMAT, LMDBStore
 
 CONFIG = Config(frozenset({1}))

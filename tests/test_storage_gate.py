@@ -20,7 +20,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from kvpaxos.encoding import state as snapshot_format
 from kvpaxos.kv.commands import TO_THE_END, Op, Range, Request
 from kvpaxos.encoding.commands import encode_request
-from kvpaxos.paxos.messages import Batch, Config
+from kvpaxos.paxos.config import Config
+from kvpaxos.paxos.messages import Batch
 from kvpaxos.storage import lmdb as lmdb_store
 from kvpaxos.storage.interfaces import Commit
 from kvpaxos.storage.lmdb import LMDBStore

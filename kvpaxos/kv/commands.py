@@ -2,8 +2,8 @@
 Client commands as they travel through the log, and what applying them
 returns.
 
-A L{Request} is encoded to bytes (L{kvpaxos.kv.logformat}) by the node that took it
-from a client and proposed it; every replica decodes it when it is chosen and
+A L{Request} is encoded to bytes (L{kvpaxos.encoding.commands}) by the node that
+took it from a client and proposed it; every replica decodes it when it is chosen and
 applies it (L{kvpaxos.kv.machine}).  C{origin} and C{request_id} let the
 proposing node find the client waiting for the result; they do not affect
 what is applied.  C{client_id} and C{sequence} name a session
@@ -24,8 +24,8 @@ key and value checks and L{InvalidArgument} itself are the API's
 (L{kvpaxos.api.limits}, L{kvpaxos.api.errors}), re-exported here.
 
 The log format (C{encode_request}, C{decode_request}) is
-L{kvpaxos.kv.logformat}.  Result types live here too; their byte format (for the session table) is in
-L{kvpaxos.kv.sessions}.
+L{kvpaxos.encoding.commands}.  Result types live here too; their byte
+format (for the session table) is in L{kvpaxos.encoding.state}.
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ class CorruptRecord(ValueError):
     Stored or transferred state (a key's record, a session, a snapshot) that
     is not of this format: a damaged disk, a misbehaving peer, or data
     written by another (newer) version of kvpaxos.  Not the caller's fault;
-    the node must not guess what it meant.  Re-exported by
-    L{kvpaxos.storage.encoding}.
+    the node must not guess what it meant.  L{kvpaxos.encoding.errors}
+    raises it as C{CorruptState}.
     """
 
 

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from typing import NamedTuple, Optional, Union
 
 # The member set and its changes live in kvpaxos.paxos.config; a ConfigChange
-# is also a slot value, so this module names them too (re-exported for the
-# storage and codec importers).
-from kvpaxos.paxos.config import ChangeKind, Config, ConfigChange, ConfigError  # noqa: F401
+# is also a slot value, and a snapshot carries its member set.
+from kvpaxos.paxos.config import Config, ConfigChange
 
 
 class Ballot(NamedTuple):

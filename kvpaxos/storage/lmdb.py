@@ -51,7 +51,8 @@ from kvpaxos.encoding.errors import StoreFormatError
 from kvpaxos.kv import machine
 from kvpaxos.kv.commands import InvalidArgument, RangeResult, check_range, range_query
 from kvpaxos.kv.sessions import DEFAULT_LIMITS, FIRST_CLIENT_ID, SessionLimits
-from kvpaxos.paxos.messages import Config, Snapshot
+from kvpaxos.paxos.config import Config
+from kvpaxos.paxos.messages import Snapshot
 from kvpaxos.paxos.state import HardState
 from kvpaxos.storage.apply import apply_committed
 from kvpaxos.storage.gate import ReadGate

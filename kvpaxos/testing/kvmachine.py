@@ -14,7 +14,8 @@ import json
 
 from zope.interface import implementer
 
-from kvpaxos.paxos.messages import Batch, ConfigChange, Noop
+from kvpaxos.paxos.config import ConfigChange
+from kvpaxos.paxos.messages import Batch, Noop
 from kvpaxos.storage.interfaces import IStateMachine
 
 
