@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kvpaxos.encoding.errors import MalformedMessage
 from kvpaxos.encoding.messages import WIRE_VERSION as VERSION, decode, encode
+from kvpaxos.paxos.config import ChangeKind, Config, ConfigChange
 from kvpaxos.paxos.messages import (
     NOOP,
     Accept,
@@ -22,9 +23,6 @@ from kvpaxos.paxos.messages import (
     Batch,
     Catchup,
     CatchupRequest,
-    ChangeKind,
-    Config,
-    ConfigChange,
     Heartbeat,
     HeartbeatAck,
     InstallSnapshot,

@@ -29,14 +29,12 @@ from kvpaxos.encoding.errors import (
 from kvpaxos.encoding.messages import decode, encode
 from kvpaxos.encoding.reader import U32, Reader, as_bytes
 from kvpaxos.kv.commands import CorruptCommand, CorruptRecord, KeyValue, Op, Request
+from kvpaxos.paxos.config import ChangeKind, Config, ConfigChange
 from kvpaxos.paxos.messages import (
     NOOP,
     Ballot,
     Batch,
     Catchup,
-    ChangeKind,
-    Config,
-    ConfigChange,
     InstallSnapshot,
     Snapshot,
 )

@@ -34,11 +34,11 @@ from kvpaxos.node.peers import PeerNetwork
 CLUSTER = 0x1234_5678_9ABC_DEF0
 CLIENT_TIMING = Timing(tick_ms=50, election_ticks=10, lease_reads=False)
 SERVER_TIMING = Timing(tick_ms=20, election_ticks=12, lease_reads=True)
+from kvpaxos.paxos.config import Config
 from kvpaxos.paxos.messages import (
     Accept,
     Ballot,
     Batch,
-    Config,
     Heartbeat,
     InstallSnapshot,
     Snapshot,

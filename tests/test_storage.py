@@ -45,14 +45,12 @@ from kvpaxos.kv.commands import (
 )
 from kvpaxos.encoding.commands import encode_request
 from kvpaxos.encoding.state import decode_snapshot
+from kvpaxos.paxos.config import ChangeKind, Config, ConfigChange
 from kvpaxos.paxos.messages import (
     NOOP,
     ZERO_BALLOT,
     Ballot,
     Batch,
-    ChangeKind,
-    Config,
-    ConfigChange,
     Snapshot,
 )
 from kvpaxos.paxos.state import Entry, HardState

@@ -34,13 +34,11 @@ from struct import Struct
 
 from kvpaxos.encoding.errors import CorruptState, EncodeError
 from kvpaxos.encoding.reader import U32, U64, Reader, pack_u32s
+from kvpaxos.paxos.config import ChangeKind, Config, ConfigChange
 from kvpaxos.paxos.messages import (
     NOOP,
     Ballot,
     Batch,
-    ChangeKind,
-    Config,
-    ConfigChange,
     Noop,
     Snapshot,
     Value,
