@@ -33,10 +33,13 @@ the ticks missed before it is stepped.
 
 Clients reach this service through L{IKeyValueNode} (from the gRPC edge) in
 the reactor thread.  The service owns the Ready loop, the ticks and the
-store's lifecycle; what a write and a read go through is in two
-collaborators handed only what they use: L{kvpaxos.node.writes.WritePath}
-(propose here or forward to the leader, answer once applied) and
-L{kvpaxos.node.reads.ReadPath} (read index, lease, serializable).
+store's lifecycle; what a write, a read and a snapshot go through is in
+three collaborators handed only what they use:
+L{kvpaxos.node.writes.WritePath} (propose here or forward to the leader,
+answer once applied), L{kvpaxos.node.reads.ReadPath} (read index, lease,
+serializable) and L{kvpaxos.node.snapshots.SnapshotPath} (a peer's
+snapshot checked before it is stepped; this node's state read for a
+lagging peer).
 """
 
 from __future__ import annotations
@@ -55,8 +58,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from kvpaxos.kv.commands import CorruptRecord, Request
-from kvpaxos.encoding.state import decode_snapshot
+from kvpaxos.kv.commands import Request
 from kvpaxos.node.clock import MonotonicClock
 from kvpaxos.node.interfaces import (
     IKeyValueNode,
@@ -67,16 +69,10 @@ from kvpaxos.node.interfaces import (
     Unavailable,
 )
 from kvpaxos.node.reads import ReadPath
+from kvpaxos.node.snapshots import SnapshotPath
 from kvpaxos.node.writes import WritePath
 from kvpaxos.paxos import InstallSnapshot, NotLeader, Options, Replica
 from kvpaxos.storage.interfaces import Commit
-
-
-#: A peer's snapshot at most this large is checked in the reactor thread
-#: (about 15 ms of decoding); a larger one in a pool thread.
-SNAPSHOT_CHECK_INLINE_BYTES = 1 << 20
-
-
 
 
 @implementer(IPeerHandler, IKeyValueNode)
@@ -112,6 +108,7 @@ class ReplicaService(Service):
     replica_class = Replica
     write_path_class = WritePath
     read_path_class = ReadPath
+    snapshot_path_class = SnapshotPath
 
     def __init__(
         self,
@@ -150,7 +147,7 @@ class ReplicaService(Service):
         self._run_commit = run_commit or self._commit_on_writer
         # How a snapshot for a peer is read: in a pool thread, unless a test
         # injects a synchronous stand-in.
-        self._read_snapshot = read_snapshot or self._read_snapshot_in_thread
+        self._read_snapshot = read_snapshot
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = reactor
         self._scheduled = None
@@ -161,11 +158,10 @@ class ReplicaService(Service):
         if boot is None:
             boot = int.from_bytes(os.urandom(4), "big")
         self._boot = boot & 0x7FFFFFFF
-        # Snapshots being read for peers (by peer), waited for at stop.
-        self._snapshot_sends: dict[int, defer.Deferred] = {}
-        #: The write and read paths, made once the replica exists.
+        #: The write, read and snapshot paths, made once the replica exists.
         self.writes: Optional[WritePath] = None
         self.reads: Optional[ReadPath] = None
+        self.snapshots: Optional[SnapshotPath] = None
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -193,6 +189,10 @@ class ReplicaService(Service):
             lease_index=self._lease_index,
             retry_s=self.tick_s * 2,
             read_index_timeout_s=self.options.election_ticks * self.tick_s * 2,
+        )
+        self.snapshots = self.snapshot_path_class(
+            self.replica, self.store, peers, self.reactor, self._guard, self._step,
+            stopping, read_snapshot=self._read_snapshot,
         )
         super().startService()
         if self._run_commit == self._commit_on_writer:
@@ -226,7 +226,8 @@ class ReplicaService(Service):
             if self._pool.started:
                 yield deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._pool.stop)
             # A snapshot still being read must finish before the store closes.
-            yield defer.DeferredList(list(self._snapshot_sends.values()))
+            if self.snapshots is not None:
+                yield self.snapshots.sent()
             self.store.close()
 
     def _fail_everything(self, error: Exception) -> None:
@@ -301,42 +302,12 @@ class ReplicaService(Service):
 
     def _checking_snapshot(self, message: InstallSnapshot) -> bool:
         """
-        Check that C{message}'s state decodes before the core steps it: a
-        peer's corrupt snapshot is a refused message (logged), never a
-        failed install that stops this node.  Only a snapshot the core would
-        install is decoded (O(state)): a small one at once, a large one in a
-        pool thread, never holding up the reactor.  Return whether the
-        message was taken (it is stepped once checked); False to step it now.
+        Whether C{message} was taken to be checked before it is stepped
+        (L{SnapshotPath.checking}); False to step it now.  A method of the
+        service so that a simulator hole can re-open it
+        (L{kvpaxos.testing.holes}).
         """
-        data = message.snapshot.data
-        if data is None or not self.replica.would_install(message):
-            return False  # the core drops it without looking at the state
-        if len(data) <= SNAPSHOT_CHECK_INLINE_BYTES:
-            if self._snapshot_decodes(message):
-                return False
-            return True
-        d = deferToThreadPool(
-            self.reactor, self.reactor.getThreadPool(), self._snapshot_decodes, message
-        )
-
-        def checked(ok: bool) -> None:
-            if ok and not self._stopping:
-                self._step(message)
-
-        d.addCallback(checked)
-        d.addErrback(lambda failure: self.log.failure("checking a snapshot failed", failure))
-        return True
-
-    def _snapshot_decodes(self, message: InstallSnapshot) -> bool:
-        """Whether C{message}'s state decodes (a refusal is logged)."""
-        try:
-            decode_snapshot(message.snapshot.data)
-        except CorruptRecord as error:
-            self.log.warn(
-                "refused a snapshot from node {peer}: {error}", peer=message.src, error=error
-            )
-            return False
-        return True
+        return self.snapshots.checking(message)
 
     def peer_timing(self, peer_id: int, timing: Timing) -> None:
         """
@@ -402,7 +373,7 @@ class ReplicaService(Service):
         for message in rd.messages:
             self.peers.send(message)
         for peer in rd.snapshot_wanted:
-            self._send_snapshot(peer)
+            self.snapshots.send(peer)
         if rd.must_sync() or rd.committed or rd.install_snapshot:
             through = rd.committed[-1][0] if rd.committed else 0
             work = Commit.of(rd, self.writes.take_decoded(rd.committed))
@@ -412,38 +383,6 @@ class ReplicaService(Service):
         self._busy = d
         d.addCallback(self._committed, rd)
         d.addErrback(self._fatal)
-
-    def _send_snapshot(self, peer: int) -> None:
-        """
-        Send C{peer} the store's state as it is now: read (O(state)) in a
-        pool thread, never the reactor's, and at most once at a time per
-        peer (the peer asks again until it has one).
-        """
-        if peer in self._snapshot_sends or self._stopping:
-            return
-        d = self._read_snapshot()
-        self._snapshot_sends[peer] = d
-
-        def taken(index_and_data) -> None:
-            if self._stopping:
-                return
-            message = self._guard(self.replica.snapshot_message, peer, *index_and_data)
-            if message is not None:
-                self.peers.send(message)
-
-        def failed(failure) -> None:
-            self.log.failure("taking a snapshot for node {peer} failed", failure, peer=peer)
-
-        def done(_) -> None:
-            del self._snapshot_sends[peer]
-
-        d.addCallbacks(taken, failed)
-        d.addBoth(done)
-
-    def _read_snapshot_in_thread(self) -> defer.Deferred:
-        return deferToThreadPool(
-            self.reactor, self.reactor.getThreadPool(), self.store.state_machine.snapshot_now
-        )
 
     def _commit_on_writer(self, work, on_applied) -> defer.Deferred:
         """
@@ -534,8 +473,3 @@ class ReplicaService(Service):
             chosen_index=replica.chosen_index,
             applied_index=replica.applied,
         )
-
-
-def _cancel(timer) -> None:
-    if timer is not None and timer.active():
-        timer.cancel()
