@@ -17,9 +17,9 @@ from zope.interface.verify import verifyObject
 from kvpaxos.node.interfaces import IPeerTransport
 from kvpaxos.testing import plants
 from kvpaxos.testing.sim import Simulation, main, run_seed
-from kvpaxos.testing.simworld import (
-    InjectedDiskFailure, MachineClock, Network, Process, SimTransport, VirtualTime,
-)
+from kvpaxos.testing.simdisk import InjectedDiskFailure
+from kvpaxos.testing.simnet import Network, SimTransport
+from kvpaxos.testing.simworld import MachineClock, Process, VirtualTime
 
 #: Seeds the normal suite runs (about 0.1 s each here);
 #: `python -m kvpaxos.testing.sim --seeds 10000` is the long run.

@@ -38,7 +38,7 @@ from kvpaxos.node.service import ReplicaService
 from kvpaxos.node.writes import WritePath
 from kvpaxos.storage.memory import MemoryState
 from kvpaxos.testing import holes
-from kvpaxos.testing.coresim import UnconfirmedReadReplica
+from kvpaxos.testing.coreplants import UnconfirmedReadReplica
 from kvpaxos.testing.simthreads import SimReadGate
 
 
