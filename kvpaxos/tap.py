@@ -155,6 +155,7 @@ def makeService(options: Options) -> service.MultiService:
 
     from kvpaxos.admin.server import admin_factory
     from kvpaxos.api.server import GrpcServer
+    from kvpaxos.encoding.errors import StoreFormatError
     from kvpaxos.node.service import ReplicaService
     from kvpaxos.paxos import Config, Options as CoreOptions
     from kvpaxos.storage.providers import find_store_factory
@@ -167,7 +168,15 @@ def makeService(options: Options) -> service.MultiService:
     # before any is scheduled: a wall-clock step must not stall the node.
     run_timers_on(reactor)
     os.makedirs(node.data, exist_ok=True)
-    store = find_store_factory(node.storage).open(node.data, Config(node.voters))
+    try:
+        store = find_store_factory(node.storage).open(node.data, Config(node.voters))
+    except StoreFormatError as error:
+        # A data directory of another format: one line saying why and what
+        # to do, exit status 1, nothing bound and nothing written.
+        line = " ".join(str(error).split())
+        sys.stderr.write(f"kvpaxos: fatal: {line}\n")
+        sys.stderr.flush()
+        raise SystemExit(1)
 
     top = service.MultiService()
     replica = ReplicaService(

@@ -95,7 +95,7 @@ class TwistdRefusalTests(SynchronousTestCase):
     """Through twistd: a node given an old data directory exits at once, saying why."""
 
     def test_node_refuses_old_directory(self):
-        """twistd kvpaxos on a format-2 directory exits non-zero naming the directory and the format."""
+        """twistd kvpaxos on a format-2 directory exits 1 with one line naming the directory and the format."""
         directory = os.path.abspath(self.mktemp())
         environment_of_format(directory, b"kvpaxos-lmdb-2")
         command = [
@@ -108,7 +108,9 @@ class TwistdRefusalTests(SynchronousTestCase):
             capture_output=True, timeout=60,
         )
         output = (done.stdout + done.stderr).decode("utf-8", "replace")
-        self.assertNotEqual(done.returncode, 0, output)
-        self.assertIn("StoreFormatError", output)
-        self.assertIn(directory, output)
-        self.assertIn("kvpaxos-lmdb-3", output)
+        self.assertEqual(done.returncode, 1, output)
+        self.assertNotIn("Traceback", output)
+        fatal = [line for line in output.splitlines() if line.startswith("kvpaxos: fatal:")]
+        self.assertEqual(len(fatal), 1, output)
+        self.assertIn(directory, fatal[0])
+        self.assertIn("kvpaxos-lmdb-3", fatal[0])
