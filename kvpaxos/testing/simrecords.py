@@ -16,6 +16,7 @@ from typing import Optional
 
 from kvpaxos.kv.commands import Range, Request
 from kvpaxos.paxos import ZERO_BALLOT, Ballot, Options
+from kvpaxos.testing.corerecords import Violation  # one kind of failed check for both simulators
 from kvpaxos.testing.simworld import MachineClock, Process
 
 
@@ -57,15 +58,6 @@ LMDB_ONE_IN = 5
 #: A snapshot copy's step on LMDB (the product's is 1 MiB; states here are
 #: a few kilobytes, and a copy must take steps for a commit to meet it).
 SNAPSHOT_STEP_BYTES = 256
-
-
-class Violation(Exception):
-    """A checked property failed; C{kind} names which."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
 
 
 @dataclass
