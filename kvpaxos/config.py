@@ -112,6 +112,20 @@ class NodeConfig:
         return int.from_bytes(digest.digest()[:8], "big")
 
 
+    def seed_config(self):
+        """
+        The member set a new cluster starts from (a store that already has
+        one keeps its own): the voters, the peer address of each and this
+        node's client address (the others' are learned when they report
+        them), and the cluster id.
+        """
+        from kvpaxos.paxos.config import Config, MemberAddress
+
+        addresses = {peer: MemberAddress(str(a)) for peer, a in self.peers.items()}
+        addresses[self.node_id] = MemberAddress(str(self.peer), str(self.client))
+        return Config(self.voters).with_addresses(addresses).with_cluster_id(self.cluster_id)
+
+
 def parse_address(text: str, what: str) -> Address:
     """
     Parse C{host:port} with the API's one parser

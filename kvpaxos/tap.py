@@ -157,7 +157,7 @@ def makeService(options: Options) -> service.MultiService:
     from kvpaxos.api.server import GrpcServer
     from kvpaxos.encoding.errors import StoreFormatError
     from kvpaxos.node.service import ReplicaService
-    from kvpaxos.paxos import Config, Options as CoreOptions
+    from kvpaxos.paxos import Options as CoreOptions
     from kvpaxos.storage.providers import find_store_factory
 
     from kvpaxos.node.clock import run_timers_on
@@ -169,7 +169,7 @@ def makeService(options: Options) -> service.MultiService:
     run_timers_on(reactor)
     os.makedirs(node.data, exist_ok=True)
     try:
-        store = find_store_factory(node.storage).open(node.data, Config(node.voters))
+        store = find_store_factory(node.storage).open(node.data, node.seed_config())
     except StoreFormatError as error:
         # A data directory of another format: one line saying why and what
         # to do, exit status 1, nothing bound and nothing written.

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kvpaxos.encoding.errors import MalformedMessage
 from kvpaxos.encoding.messages import WIRE_VERSION as VERSION, decode, encode
-from kvpaxos.paxos.config import ChangeKind, Config, ConfigChange
+from kvpaxos.paxos.config import ChangeKind, Config, ConfigChange, MemberAddress
 from kvpaxos.paxos.messages import (
     NOOP,
     Accept,
@@ -79,6 +79,11 @@ messages = st.one_of(
 B = Ballot(7, 2)
 BATCH = Batch((b"put a 1", b"", b"\x00" * 300))
 CHANGE = ConfigChange(ChangeKind.PROMOTE, 4)
+ADDRESSED = Config(
+    frozenset({1, 2}), frozenset({4}),
+    ((1, MemberAddress("127.0.0.1:12380", "127.0.0.1:2379")), (4, MemberAddress("h:1", ""))),
+    0xFEEDFACE12345678,
+)
 SNAPSHOT = Snapshot(12, Config(frozenset({1, 2, 3}), frozenset({4})), b"state" * 20)
 
 #: One message of every type, each with every kind of value it can hold.
@@ -98,6 +103,9 @@ EXAMPLES = [
     Catchup(1, 3, 1, ((B, BATCH), (Ballot(1, 1), NOOP), (B, CHANGE)), 3),
     InstallSnapshot(1, 3, SNAPSHOT),
     InstallSnapshot(1, 3, Snapshot(0, Config(frozenset({1})))),
+    InstallSnapshot(1, 3, Snapshot(9, ADDRESSED)),
+    Accept(1, 2, B, 5, (ConfigChange(ChangeKind.ADD_LEARNER, 4, "10.0.0.4:2380", "[::1]:2379"),
+                        ConfigChange(ChangeKind.UPDATE, 1, "", "h\u00e9te:1")), 4),
     TimeoutNow(1, 2, B),
     PreVote(1, 2, B, 5),
     PreVoteReply(2, 1, B, True, 4),
@@ -166,7 +174,7 @@ class HostileInputTests(SynchronousTestCase):
 
     def test_unknown_version(self):
         """An encoding of another format version, such as 1 (the old little-endian codec), is refused."""
-        self.assertEqual(VERSION, 2)
+        self.assertEqual(VERSION, 3)
         data = encode(EXAMPLES[0])
         for version in (0, 1, VERSION + 1):
             self.assertRejected(bytes([version]) + data[1:])
@@ -181,9 +189,9 @@ class HostileInputTests(SynchronousTestCase):
 
     def test_unknown_change_kind(self):
         """A config change of an unknown kind is refused."""
-        for code in (0, 5, 255):
+        for code in (0, 6, 255):
             data = bytearray(encode(Accept(1, 2, B, 1, (CHANGE,), 0)))
-            data[-5] = code
+            data[-9] = code  # kind:u8 node:u32, then two empty addresses (u16 each)
             self.assertRejected(bytes(data))
 
     def test_bad_boolean(self):
@@ -212,10 +220,34 @@ class HostileInputTests(SynchronousTestCase):
 
     def test_duplicate_member(self):
         """A member set that names a node twice, or out of order, is refused."""
-        body = struct.pack(">IIQI2II", 1, 2, 5, 2, 3, 3, 0) + struct.pack(">Q", 0)
-        self.assertRejected(bytes([VERSION, 10]) + body)
-        body = struct.pack(">IIQI2II", 1, 2, 5, 2, 4, 3, 0) + struct.pack(">Q", 0)
-        self.assertRejected(bytes([VERSION, 10]) + body)
+        # src, dst, index, 2 voters, 0 learners, 0 addresses, cluster id
+        # (then the snapshot's data, absent).
+        def snapshot(voters, addresses=b"", count=0):
+            return bytes([VERSION, 10]) + struct.pack(
+                ">IIQI2III", 1, 2, 5, 2, *voters, 0, count
+            ) + addresses + struct.pack(">Q", 7) + struct.pack(">Q", 0)
+
+        good = snapshot((3, 4))
+        self.assertEqual(decode(good).snapshot.config, Config(frozenset({3, 4}), cluster_id=7))
+        self.assertRejected(snapshot((3, 3)))
+        self.assertRejected(snapshot((4, 3)))
+
+    def test_bad_addresses(self):
+        """Addresses out of order, for a non-member, or not UTF-8 are refused."""
+        def entry(node, peer=b"p:1", client=b""):
+            return struct.pack(">IH", node, len(peer)) + peer + struct.pack(">H", len(client)) + client
+
+        def snapshot(*entries):
+            return bytes([VERSION, 10]) + struct.pack(
+                ">IIQI2III", 1, 2, 5, 2, 3, 4, 0, len(entries)
+            ) + b"".join(entries) + struct.pack(">Q", 7) + struct.pack(">Q", 0)
+
+        config = decode(snapshot(entry(3), entry(4, b"q:2", b"c:3"))).snapshot.config
+        self.assertEqual(config.address(4), MemberAddress("q:2", "c:3"))
+        self.assertRejected(snapshot(entry(4), entry(3)))
+        self.assertRejected(snapshot(entry(3), entry(3, b"q:2")))
+        self.assertRejected(snapshot(entry(5)))
+        self.assertRejected(snapshot(entry(3, b"\xff:1")))
 
     def test_not_bytes(self):
         """Input that is not bytes-like is refused."""

@@ -5,9 +5,13 @@ The layouts of the Paxos core's values, the same wherever they travel
     ballot   := round:u64 node:u32
     value    := 0                                        (Noop)
               | 1 count:u32 len:u32*count bytes...       (Batch)
-              | 2 kind:u8 node:u32                       (ConfigChange)
+              | 2 kind:u8 node:u32 peer:text client:text (ConfigChange)
     config   := nvoters:u32 node:u32*nvoters nlearners:u32 node:u32*nlearners
-                (each set in strictly ascending order)
+                naddresses:u32 (node:u32 peer:text client:text)*naddresses
+                cluster_id:u64
+                (each set, and the addresses by node, in strictly ascending
+                order; an address names a member)
+    text     := len:u16 utf-8 bytes                      ("" when not known)
     snapshot_meta := index:u64 config          (a Snapshot without its data)
     hard_state    := promised:ballot chosen_index:u64
     entry         := ballot value
@@ -15,7 +19,7 @@ The layouts of the Paxos core's values, the same wherever they travel
 Node ids are u32; slots, indexes and rounds u64; every integer is
 big-endian.  A batch puts all command lengths first and the commands after
 them, so both directions are a handful of C-level calls whatever the number
-of commands.  The kinds of a config change are coded 1 to 4; codes and tags
+of commands.  The kinds of a config change are coded 1 to 5; codes and tags
 are part of the format: never renumber, only append.
 
 Also the keys of the LMDB sub-databases (L{encode_slot}, L{encode_u64},
@@ -33,8 +37,8 @@ from itertools import accumulate, pairwise
 from struct import Struct
 
 from kvpaxos.encoding.errors import CorruptState, EncodeError
-from kvpaxos.encoding.reader import U32, U64, Reader, pack_u32s
-from kvpaxos.paxos.config import ChangeKind, Config, ConfigChange
+from kvpaxos.encoding.reader import U16, U32, U64, Reader, pack_u32s
+from kvpaxos.paxos.config import ChangeKind, Config, ConfigChange, MemberAddress
 from kvpaxos.paxos.messages import (
     NOOP,
     Ballot,
@@ -61,6 +65,7 @@ _KIND_CODES = {
     ChangeKind.ADD_LEARNER: 2,
     ChangeKind.PROMOTE: 3,
     ChangeKind.REMOVE: 4,
+    ChangeKind.UPDATE: 5,
 }
 _KINDS = {code: kind for kind, code in _KIND_CODES.items()}
 
@@ -95,6 +100,8 @@ def write_value(value: Value, out: list) -> None:
     elif kind is ConfigChange:
         out.append(bytes([CONFIG_CHANGE_TAG]))
         out.append(_CHANGE.pack(_KIND_CODES[value.kind], value.node))
+        write_text(value.peer, out)
+        write_text(value.client, out)
     else:
         raise TypeError(f"not a slot value: {kind.__name__}")
 
@@ -119,7 +126,7 @@ def read_value(reader: Reader) -> Value:
         kind = _KINDS.get(code)
         if kind is None:
             reader.fail(f"unknown config change kind {code}")
-        return ConfigChange(kind, node)
+        return ConfigChange(kind, node, read_text(reader), read_text(reader))
     reader.fail(f"unknown value tag {tag}")
 
 
@@ -138,10 +145,36 @@ def read_ballot(reader: Reader) -> Ballot:
 # --- member sets and snapshot metadata ---------------------------------------
 
 
+def write_text(text: str, out: list) -> None:
+    """
+    Append C{text} (an address) as u16 length and UTF-8 bytes.
+
+    @raise struct.error: longer than 65,535 bytes.
+    """
+    data = text.encode("utf-8")
+    out.append(U16.pack(len(data)))
+    out.append(data)
+
+
+def read_text(reader: Reader) -> str:
+    """Read one text written by L{write_text}."""
+    data = reader.u16_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        reader.fail("an address is not UTF-8")
+
+
 def write_config(config: Config, out: list) -> None:
     """Append the bytes of member set C{config} to C{out}."""
     out.append(pack_u32s(sorted(config.voters)))
     out.append(pack_u32s(sorted(config.learners)))
+    out.append(U32.pack(len(config.addresses)))
+    for node, address in config.addresses:
+        out.append(U32.pack(node))
+        write_text(address.peer, out)
+        write_text(address.client, out)
+    out.append(U64.pack(config.cluster_id))
 
 
 def _read_nodes(reader: Reader) -> frozenset:
@@ -155,7 +188,18 @@ def _read_nodes(reader: Reader) -> frozenset:
 def read_config(reader: Reader) -> Config:
     """Read one member set."""
     voters = _read_nodes(reader)
-    return Config(voters, _read_nodes(reader))
+    learners = _read_nodes(reader)
+    members = voters | learners
+    count = reader.count(U32, 8)
+    addresses = []
+    for _ in range(count):
+        node = reader.u32()
+        if addresses and node <= addresses[-1][0]:
+            reader.fail("member addresses not in strictly ascending order")
+        if node not in members:
+            reader.fail(f"an address for node {node}, not a member")
+        addresses.append((node, MemberAddress(read_text(reader), read_text(reader))))
+    return Config(voters, learners, tuple(addresses), reader.u64())
 
 
 def write_snapshot_meta(snapshot: Snapshot, out: list) -> None:

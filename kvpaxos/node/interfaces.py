@@ -67,6 +67,37 @@ class NodeStatus:
     applied_index: int
 
 
+@dataclass(frozen=True)
+class MemberInfo:
+    """One member as the member list shows it."""
+
+    id: int
+    #: "voter" or "learner".
+    role: str
+    #: host:port, or "" while not known.
+    peer: str
+    client: str
+
+
+@dataclass(frozen=True)
+class MemberView:
+    """The member set as one node knows it."""
+
+    cluster_id: int
+    leader: Optional[int]
+    #: In ascending id order.
+    members: tuple[MemberInfo, ...]
+
+
+class MembershipRejected(ValueError):
+    """
+    A membership request that is wrong and changed nothing (an unknown or
+    duplicate id, a duplicate or malformed address, the last voter, a
+    lagging learner, a change in flight, a quorum that would be lost); the
+    message is one sentence saying why.
+    """
+
+
 class IPeerHandler(Interface):
     """What the peer transport calls on the node."""
 
@@ -155,3 +186,35 @@ class IKeyValueNode(Interface):
 
     def status():
         """Return this node's L{NodeStatus}."""
+
+
+class IMembership(Interface):
+    """
+    What the admin edge (and the gRPC edge's read-only member list) calls
+    on the node to see and change the member set.  A change sent to a
+    follower is carried to the leader; each Deferred fires once the change
+    is chosen, with the L{MemberView} after it, or fails with
+    L{MembershipRejected} (wrong, nothing changed) or L{Unavailable} (no
+    leader reached, or not chosen within C{timeout_s}).  Addresses are
+    C{host:port} strings, checked by the node.
+    """
+
+    def members():
+        """Return the L{MemberView} as this node knows it (no round trip)."""
+
+    def member_add(node_id, peer, client, timeout_s):
+        """Add C{node_id} as a learner with its peer and client addresses."""
+
+    def member_promote(node_id, timeout_s):
+        """Make learner C{node_id} a voter; refused unless it is caught up."""
+
+    def member_remove(node_id, force, timeout_s):
+        """
+        Remove member C{node_id}; refused when the voters the leader heard
+        from within the last election timeout, less C{node_id}, are not a
+        quorum of the new member set, unless C{force}.  Removing the leader
+        hands leadership to a caught-up voter first.
+        """
+
+    def leader_transfer(target, timeout_s):
+        """Hand leadership to voter C{target}: a Deferred firing once it leads."""

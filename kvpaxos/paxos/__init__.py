@@ -8,7 +8,7 @@ package imports twisted, grpc, lmdb, time, socket or threading, or uses the
 module-level C{random}: the same inputs always give the same outputs.
 """
 
-from kvpaxos.paxos.config import ChangeKind, Config, ConfigChange, ConfigError
+from kvpaxos.paxos.config import ChangeKind, Config, ConfigChange, ConfigError, MemberAddress
 from kvpaxos.paxos.errors import NotLeader, ProposalRejected
 from kvpaxos.paxos.messages import (
     NOOP,
@@ -42,7 +42,7 @@ from kvpaxos.paxos.state import Entry, HardState, ReadState, Ready
 
 __all__ = [
     "NOOP", "ZERO_BALLOT", "Accept", "Accepted", "Ballot", "Batch", "Catchup",
-    "CatchupRequest", "ChangeKind", "CheckQuorum", "Config", "ConfigChange", "ConfigError",
+    "CatchupRequest", "ChangeKind", "CheckQuorum", "Config", "ConfigChange", "ConfigError", "MemberAddress",
     "ElectionTimeout", "Entry", "HardState", "Heartbeat", "HeartbeatAck",
     "HeartbeatTimeout", "InstallSnapshot",
     "Message", "Nack", "Noop", "NotLeader", "Options", "Prepare", "PreVote",

@@ -1,7 +1,11 @@
 """
 The member set of the cluster (L{Config}) and its changes (L{ConfigChange}),
 replicated through the log one voter at a time so that consecutive member
-sets' quorums intersect.
+sets' quorums intersect.  The member set carries each member's addresses
+(L{MemberAddress}: where its peers and its clients reach it) and the
+cluster's id, so that a restarted or newly added member takes them from the
+replicated state, never from a configuration file (which only seeds a new
+cluster).  The core only carries addresses; it never connects to one.
 
 A L{ConfigChange} is a slot value like a batch of commands; it governs the
 slots after its own one, once it is chosen (the learner tracks the member
@@ -22,6 +26,21 @@ class ChangeKind(enum.Enum):
     ADD_LEARNER = "add-learner"
     PROMOTE = "promote"
     REMOVE = "remove"
+    #: Set a member's addresses (the non-empty ones given); the voters and
+    #: learners stay as they are.
+    UPDATE = "update"
+
+
+@dataclass(frozen=True, slots=True)
+class MemberAddress:
+    """
+    Where a member is reached: C{peer} (its AMP peer listener) and
+    C{client} (its gRPC server), each C{host:port}, or C{""} while not
+    known (a seed member's client address until it reports it).
+    """
+
+    peer: str = ""
+    client: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +52,10 @@ class ConfigChange:
 
     kind: ChangeKind
     node: int
+    #: For ADD_VOTER, ADD_LEARNER and UPDATE: the member's addresses ("" is
+    #: none given: for UPDATE, left as it is).
+    peer: str = ""
+    client: str = ""
 
 
 class ConfigError(ValueError):
@@ -51,11 +74,40 @@ class Config:
 
     voters: frozenset[int]
     learners: frozenset[int] = frozenset()
+    #: (node, L{MemberAddress}) of the members whose addresses are known, in
+    #: ascending node order (a tuple, so that a Config stays hashable).
+    addresses: tuple = ()
+    #: The cluster's id (L{kvpaxos.config.NodeConfig.cluster_id} when it was
+    #: seeded); 0 before a joining node has the member set.
+    cluster_id: int = 0
 
     @property
     def members(self) -> frozenset[int]:
         """Every node that receives the log."""
         return self.voters | self.learners
+
+    def address(self, node: int) -> MemberAddress:
+        """Return C{node}'s addresses (empty ones if not known)."""
+        for member, address in self.addresses:
+            if member == node:
+                return address
+        return MemberAddress()
+
+    def peer_addresses(self) -> dict[int, str]:
+        """Return {node: peer address} of every member whose peer address is known."""
+        return {node: a.peer for node, a in self.addresses if a.peer}
+
+    def with_addresses(self, addresses: dict) -> Config:
+        """Return this member set with C{addresses} ({node: MemberAddress}) as its addresses."""
+        return Config(
+            self.voters, self.learners,
+            tuple(sorted((n, a) for n, a in addresses.items() if n in self.members)),
+            self.cluster_id,
+        )
+
+    def with_cluster_id(self, cluster_id: int) -> Config:
+        """Return this member set with C{cluster_id}."""
+        return Config(self.voters, self.learners, self.addresses, cluster_id)
 
     @property
     def quorum(self) -> int:
@@ -73,9 +125,16 @@ class Config:
         """
         node = change.node
         kind = change.kind
+        if not 0 < node < 2**32:
+            raise ConfigError(f"node id {node} is not a positive 32-bit number")
         if kind in (ChangeKind.ADD_VOTER, ChangeKind.ADD_LEARNER):
             if node in self.members:
                 raise ConfigError(f"node {node} is already a member")
+            self._check_addresses(change)
+        elif kind is ChangeKind.UPDATE:
+            if node not in self.members:
+                raise ConfigError(f"node {node} is not a member")
+            self._check_addresses(change)
         elif kind is ChangeKind.PROMOTE:
             if node not in self.learners:
                 raise ConfigError(f"node {node} is not a learner")
@@ -84,6 +143,16 @@ class Config:
                 raise ConfigError(f"node {node} is not a member")
             if self.voters == {node}:
                 raise ConfigError(f"node {node} is the last voter")
+
+    def _check_addresses(self, change: ConfigChange) -> None:
+        """Raise L{ConfigError} if another member has an address C{change} gives."""
+        for member, address in self.addresses:
+            if member == change.node:
+                continue
+            if change.peer and change.peer == address.peer:
+                raise ConfigError(f"peer address {change.peer} is node {member}'s")
+            if change.client and change.client == address.client:
+                raise ConfigError(f"client address {change.client} is node {member}'s")
 
     def apply(self, change: ConfigChange) -> Config:
         """
@@ -97,13 +166,23 @@ class Config:
             return self
         node = change.node
         kind = change.kind
+        addresses = dict(self.addresses)
+        voters, learners = self.voters, self.learners
         if kind is ChangeKind.ADD_VOTER:
-            return Config(self.voters | {node}, self.learners)
-        if kind is ChangeKind.ADD_LEARNER:
-            return Config(self.voters, self.learners | {node})
-        if kind is ChangeKind.PROMOTE:
-            return Config(self.voters | {node}, self.learners - {node})
-        return Config(self.voters - {node}, self.learners - {node})
+            voters = voters | {node}
+        elif kind is ChangeKind.ADD_LEARNER:
+            learners = learners | {node}
+        elif kind is ChangeKind.PROMOTE:
+            voters, learners = voters | {node}, learners - {node}
+        elif kind is ChangeKind.REMOVE:
+            voters, learners = voters - {node}, learners - {node}
+            addresses.pop(node, None)
+        if kind in (ChangeKind.ADD_VOTER, ChangeKind.ADD_LEARNER, ChangeKind.UPDATE):
+            old = addresses.get(node, MemberAddress())
+            new = MemberAddress(change.peer or old.peer, change.client or old.client)
+            if new != MemberAddress():
+                addresses[node] = new
+        return Config(voters, learners, tuple(sorted(addresses.items())), self.cluster_id)
 
 
-__all__ = ["ChangeKind", "Config", "ConfigChange", "ConfigError"]
+__all__ = ["ChangeKind", "Config", "ConfigChange", "ConfigError", "MemberAddress"]
