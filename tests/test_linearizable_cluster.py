@@ -5,75 +5,18 @@ follower paused (cut off from everyone) mid-run.  The recorded history must
 pass the linearizability checker, and every acknowledged append must survive.
 """
 
-import random
 import signal
 import threading
 import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvpaxos.client import Client, ClientError
+from kvpaxos.client import Client
 from kvpaxos.testing.linearizability import Operation, check
 from kvpaxos.testing.processes import ProcessCluster
+from kvpaxos.testing.recorder import APPEND_KEYS, PUT_KEYS, Recorder
 
 CLIENTS = 4
-PUT_KEYS = [b"p0", b"p1"]
-APPEND_KEYS = [b"a0", b"a1"]
-
-
-class Recorder:
-    """Runs one client's random operations and records them with their times."""
-
-    def __init__(self, client_id, endpoints, history, lock, acked_appends, seed):
-        self.client_id = client_id
-        self.client = Client(endpoints, timeout_s=3.0)
-        self.history = history
-        self.lock = lock
-        self.acked_appends = acked_appends
-        self.rng = random.Random(seed)
-        self.count = 0
-
-    def one(self):
-        rng = self.rng
-        self.count += 1
-        choice = rng.random()
-        start = time.monotonic()
-        if choice < 0.35:
-            key = rng.choice(PUT_KEYS + APPEND_KEYS)
-            try:
-                value = self.client.get(key)
-            except ClientError:
-                return  # a failed read has no effect: leave it out
-            op = Operation(self.client_id, "get", key, output=value, call=start, ret=time.monotonic())
-        elif choice < 0.7:
-            key = rng.choice(PUT_KEYS)
-            value = f"c{self.client_id}-{self.count}".encode()
-            try:
-                self.client.put(key, value)
-                ret = time.monotonic()
-            except ClientError:
-                ret = None  # outcome unknown
-            op = Operation(self.client_id, "put", key, input=value, call=start, ret=ret)
-        else:
-            key = rng.choice(APPEND_KEYS)
-            token = f"<{self.client_id}.{self.count}>".encode()
-            try:
-                self.client.append(key, token)
-                ret = time.monotonic()
-                with self.lock:
-                    self.acked_appends.append((key, token))
-            except ClientError:
-                ret = None
-            op = Operation(self.client_id, "append", key, input=token, call=start, ret=ret)
-        with self.lock:
-            self.history.append(op)
-
-    def run(self, stop):
-        try:
-            while not stop.is_set():
-                self.one()
-        finally:
-            self.client.close()
 
 
 class LinearizableClusterTests(SynchronousTestCase):

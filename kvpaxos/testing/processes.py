@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from typing import Optional
@@ -204,24 +206,72 @@ class ProcessCluster:
                 for j, other in self.nodes.items():
                     if i != j:
                         self.links[i, j] = LinkProxy(other.peer_port)
+        self._env = plugin_environment(ROOT)
+        self._storage = storage
+        self._settings = dict(settings or {})
         for node in self.nodes.values():
             keys = dict(settings or {}, **(node_settings or {}).get(node.id, {}))
             peers = "\n".join(
                 f'{o.id} = "127.0.0.1:{self._peer_port(node.id, o)}"'
                 for o in self.nodes.values() if o.id != node.id
             )
-            with open(node.config_path, "w") as f:
-                f.write(
-                    f"id = {node.id}\n"
-                    f'addr = "127.0.0.1:{node.peer_port}"\n'
-                    f'client = "127.0.0.1:{node.client_port}"\n'
-                    f'admin = "127.0.0.1:{node.admin_port}"\n'
-                    f'data = "{os.path.join(directory, f"data{node.id}")}"\n'
-                    f'storage = "{storage}"\n'
-                    + "".join(f"{key} = {json.dumps(value)}\n" for key, value in keys.items())
-                    + f"[peers]\n{peers}\n"
-                )
-        self._env = plugin_environment(ROOT)
+            self._write_config(node, keys, peers)
+
+    def add_node(self, node_id: int, join: Optional[list] = None, settings: Optional[dict] = None) -> "Node":
+        """
+        Make (not start) node C{node_id} for a running cluster: its
+        configuration names no peers, and C{join} (by default every other
+        node's client address) is what its C{join} key lists.  It learns
+        the cluster from those members (issue 11).
+        """
+        node = self.nodes[node_id] = Node(node_id, self.directory)
+        if join is None:
+            join = [o.endpoint for o in self.nodes.values() if o.id != node_id]
+        keys = dict(self._settings, **(settings or {}))
+        keys["join"] = ",".join(join)
+        self._write_config(node, keys, peers="")
+        return node
+
+    def _write_config(self, node: "Node", keys: dict, peers: str) -> None:
+        with open(node.config_path, "w") as f:
+            f.write(
+                f"id = {node.id}\n"
+                f'addr = "127.0.0.1:{node.peer_port}"\n'
+                f'client = "127.0.0.1:{node.client_port}"\n'
+                f'admin = "127.0.0.1:{node.admin_port}"\n'
+                f'data = "{self.data_directory(node.id)}"\n'
+                f'storage = "{self._storage}"\n'
+                + "".join(f"{key} = {json.dumps(value)}\n" for key, value in keys.items())
+                + (f"[peers]\n{peers}\n" if peers else "")
+            )
+
+    def data_directory(self, node_id: int) -> str:
+        """Where node C{node_id} keeps its data."""
+        return os.path.join(self.directory, f"data{node_id}")
+
+    def wipe(self, node_id: int) -> None:
+        """Delete a stopped node's data directory (a replaced disk)."""
+        node = self.nodes[node_id]
+        assert node.process is None or node.process.poll() is not None, "wipe a stopped node"
+        shutil.rmtree(self.data_directory(node_id), ignore_errors=True)
+
+    def admin(self, node_id: int, *arguments: str, timeout_s: float = 60.0):
+        """
+        Run C{kvpaxos --admin <node's admin address> --json ARGUMENTS} (the
+        operator's CLI) and return C{(exit status, parsed JSON or None,
+        stderr)}.  Bounded by C{timeout_s}.
+        """
+        node = self.nodes[node_id]
+        done = subprocess.run(
+            [sys.executable, "-m", "kvpaxos.client.cli", "--admin",
+             f"127.0.0.1:{node.admin_port}", "--json", *arguments],
+            env=self._env, capture_output=True, timeout=timeout_s, cwd=self.directory,
+        )
+        try:
+            parsed = json.loads(done.stdout) if done.stdout.strip() else None
+        except ValueError:
+            parsed = None
+        return done.returncode, parsed, done.stderr.decode("utf-8", "replace")
 
     def _peer_port(self, src: int, dst: "Node") -> int:
         link = self.links.get((src, dst.id))
