@@ -15,6 +15,7 @@ from kvpaxos.paxos import (
     Heartbeat,
     HeartbeatAck,
     HeartbeatTimeout,
+    Options,
     PreVote,
     PreVoteReply,
     Prepare,
@@ -248,3 +249,19 @@ class AutoPromoteTests(SynchronousTestCase):
         c.tick(5 * HB)
         for node in c.ids:
             self.assertEqual(c[node].config, config(1, 2, 3, 4), f"node {node}")
+
+
+class OptionsTests(SynchronousTestCase):
+    """The membership options and their defaults."""
+
+    def test_defaults(self):
+        """Promotion allows 1,000 slots of lag; automatic promotion is off and needs 10 acks."""
+        opts = Options()
+        self.assertEqual(
+            (opts.promote_lag_slots, opts.auto_promote, opts.auto_promote_beats), (1000, False, 10)
+        )
+
+    def test_bad_values_refused(self):
+        """A negative lag or fewer than one beat is a ValueError."""
+        self.assertRaises(ValueError, options, promote_lag_slots=-1)
+        self.assertRaises(ValueError, options, auto_promote_beats=0)
