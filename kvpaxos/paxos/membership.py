@@ -122,7 +122,7 @@ class MemberRules:
         node = m.src
         if node not in self.leader_config.learners:
             return
-        if m.read_round <= self.counted_beat.get(node, 0):
+        if not self.counted_beat.get(node, 0) < m.read_round <= self.beat:
             return
         self.counted_beat[node] = m.read_round
         r = self.replica
