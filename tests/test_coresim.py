@@ -37,6 +37,7 @@ class SimulatorSafetyTests(SynchronousTestCase):
         totals = {
             "acked": 0, "crashes": 0, "config_changes": 0, "transfers": 0, "reads": 0,
             "lease_reads": 0, "history_ops": 0, "durable_snapshots": 0,
+            "refused_changes": 0, "forced_removes": 0, "promotions": 0,
         }
         unchecked = 0
         for seed in range(SUITE_SEEDS):
@@ -50,8 +51,10 @@ class SimulatorSafetyTests(SynchronousTestCase):
         # Every seed's client history was shown linearizable (none gave up).
         self.assertEqual(unchecked, 0)
         # The runs exercised what they claim to: writes, reads, crashes,
-        # membership changes, leader transfers, and snapshots sent by durable
-        # state machines (compacted without a copy) all happened.
+        # membership changes (some refused by the leader's rules, some
+        # removals forced, promotions chosen), leader transfers, and
+        # snapshots sent by durable state machines (compacted without a
+        # copy) all happened.
         for name, count in totals.items():
             self.assertGreater(count, 0, name)
 
@@ -110,6 +113,19 @@ class CheckerBitesTests(SynchronousTestCase):
         # node-level lease holes by their own plants.
         result = first_violation("eternal-lease", {"linearizability"}, seeds=1000)
         self.assertIsNotNone(result)
+
+    def test_learner_votes(self):
+        """
+        A leader that counts a learner's Accepted toward a quorum chooses
+        slots a quorum of voters never accepted: a later leader chooses
+        otherwise there, which breaks agreement, durability or a read, for
+        some seed.
+        """
+        kinds = {"agreement", "durability", "linearizability"}
+        result = first_violation("learner-votes", kinds)
+        self.assertIsNotNone(result)
+        again = run_seed(result.seed, plant="learner-votes")
+        self.assertEqual(str(again.violation), str(result.violation))
 
     def test_agreement_check(self):
         """Two different values applied in one slot are an agreement violation."""

@@ -6,6 +6,8 @@ against the member set that governs it, learns what is chosen and tells the
 followers (on Accepts and heartbeats), retransmits unanswered Accepts, sends
 heartbeats, steps down when no quorum was heard for an election timeout
 (L{CheckQuorum}), and hands leadership over on request (L{TimeoutNow}).
+The rules for the member-set changes it takes are in
+L{kvpaxos.paxos.membership}.
 
 Its timeouts are inputs stepped like messages: L{HeartbeatTimeout} (etcd
 raft's MsgBeat) and L{CheckQuorum} (MsgCheckQuorum), made by its tick.
@@ -35,6 +37,7 @@ from kvpaxos.paxos.messages import (
     TimeoutNow,
     value_size,
 )
+from kvpaxos.paxos.membership import MemberRules
 from kvpaxos.paxos.reads import ReadRounds
 from kvpaxos.paxos.roles import Role
 
@@ -50,7 +53,7 @@ class InFlight:
     chosen: bool = False
 
 
-class Leader(ReadRounds, Role):
+class Leader(ReadRounds, MemberRules, Role):
     """
     Runs phase 2 only: batches commands into slots, keeps a bounded window of
     slots in flight, learns what is chosen, sends heartbeats, confirms
@@ -78,8 +81,12 @@ class Leader(ReadRounds, Role):
         self.config_slot: int | None = None
         self.heartbeat_elapsed = 0
         self.quorum_elapsed = 0
+        #: The nodes heard from (in this ballot) since the last CheckQuorum.
         self.heard: set[int] = set()
+        #: node -> the highest chosen index it reported in this ballot; a
+        #: node not heard from in this ballot has no entry.
         self.match: dict[int, int] = {}
+        self._init_members()
         self.transfer_target: int | None = None
         self.transfer_elapsed = 0
         self.transfer_sent = False
@@ -145,14 +152,6 @@ class Leader(ReadRounds, Role):
         self.pending.append(command)
         self.pending_bytes += size
 
-    def propose_config_change(self, change: ConfigChange) -> None:
-        if self.transfer_target is not None:
-            raise ProposalRejected("a leader transfer is in progress")
-        if self.config_slot is not None or self.pending_config is not None:
-            raise ProposalRejected("a configuration change is in progress")
-        self.leader_config.check(change)
-        self.pending_config = change
-
     def _window_open(self) -> bool:
         r = self.replica
         return (
@@ -163,6 +162,7 @@ class Leader(ReadRounds, Role):
     def flush(self) -> None:
         if self.reads_next:
             self._start_read_round()
+        self._auto_promote()
         self._place_pending()
         if self.replica.chosen_index > self.announced_chosen:
             # The followers learn a new chosen index at once, not with the
@@ -179,6 +179,8 @@ class Leader(ReadRounds, Role):
         if self.reads_next and not self.reads_in_round:
             return True
         if (self.batches or self.pending or self.pending_config is not None) and self._window_open():
+            return True
+        if self._window_open() and self._promotable() is not None:
             return True
         return self.replica.chosen_index > self.announced_chosen and bool(self.peers)
 
@@ -255,8 +257,7 @@ class Leader(ReadRounds, Role):
         if m.ballot != self.ballot:
             return False
         self.heard.add(m.src)
-        if m.chosen_index > self.match.get(m.src, 0):
-            self.match[m.src] = m.chosen_index
+        self.match[m.src] = max(self.match.get(m.src, 0), m.chosen_index)
         return True
 
     def _on_accepted(self, m: Accepted) -> None:
@@ -346,6 +347,9 @@ class Leader(ReadRounds, Role):
         if not (r.config.is_quorum(heard) and self.leader_config.is_quorum(heard)):
             r.step_down(leader=None)
             return
+        # The window before is kept, so that what was heard "within the last
+        # election timeout" (a REMOVE's quorum rule) covers a whole one.
+        self.heard_before = self.heard
         self.heard = set()
         self.quorum_elapsed = 0
 

@@ -11,7 +11,8 @@ follows from it.
   - snapshots: the log is dropped through the applied slot (compaction), and
     a replica behind a peer's compaction point installs its snapshot;
   - member sets: a chosen L{ConfigChange} governs the slots after its own;
-    the learner keeps the member set in force per slot.
+    the learner keeps the member set in force per slot, and the nodes whose
+    removal it learned chosen (C{removed}: the replica ignores them).
 
 L{Learner} is a mixin of L{kvpaxos.paxos.replica.Replica}, over the state
 declared in C{Replica.__init__}.  No I/O here.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from kvpaxos.paxos.config import Config, ConfigChange
+from kvpaxos.paxos.config import ChangeKind, Config, ConfigChange
 from kvpaxos.paxos.messages import (
     Ballot,
     Catchup,
@@ -84,6 +85,10 @@ class Learner:
                 self.config = self.config.apply(value)
                 self._configs.append((slot, self.config))
                 changed = True
+                if value.kind is ChangeKind.REMOVE:
+                    self.removed.add(value.node)
+                elif value.node in self.config.members:
+                    self.removed.discard(value.node)
         return changed
 
     def config_after(self, index: int) -> Config:

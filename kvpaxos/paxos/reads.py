@@ -98,6 +98,7 @@ class ReadRounds:
     def _on_heartbeat_ack(self, m: HeartbeatAck) -> None:
         if not self._heard(m):
             return
+        self._count_caught_up(m)
         if m.read_round > self.acked_beat.get(m.src, 0) and m.read_round <= self.beat:
             self.acked_beat[m.src] = m.read_round
             self._extend_lease()

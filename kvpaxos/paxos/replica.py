@@ -22,8 +22,11 @@ The core, module by module, as the paper tells it:
     and phase 1;
   - L{kvpaxos.paxos.leader}: phase 2, heartbeats, check quorum, transfer;
   - L{kvpaxos.paxos.reads}: read rounds and the read lease;
+  - L{kvpaxos.paxos.membership}: the leader's rules for member-set changes
+    (promote only caught-up learners, remove only with a quorum heard from,
+    never the leader itself; automatic promotion);
   - L{kvpaxos.paxos.config}, L{kvpaxos.paxos.messages},
-    L{kvpaxos.paxos.state}: the values.
+    L{kvpaxos.paxos.state}, L{kvpaxos.paxos.options}: the values.
 
 Every replica is an acceptor and a learner (the mixins L{Acceptor} and
 L{Learner} over the state declared in L{Replica.__init__}).  What it does
@@ -40,7 +43,6 @@ MsgCheckQuorum), so a test can step a timeout directly.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Optional
 
 from kvpaxos.paxos.acceptor import Acceptor
@@ -48,6 +50,7 @@ from kvpaxos.paxos.config import Config, ConfigChange
 from kvpaxos.paxos.election import Candidate, PreCandidate
 from kvpaxos.paxos.errors import NotLeader, ProposalRejected
 from kvpaxos.paxos.learner import Learner
+from kvpaxos.paxos.options import Options
 from kvpaxos.paxos.messages import (
     Accept,
     Ballot,
@@ -64,61 +67,6 @@ from kvpaxos.paxos.messages import (
 )
 from kvpaxos.paxos.roles import Follower
 from kvpaxos.paxos.state import Entry, HardState, ReadState, Ready
-
-
-@dataclass(frozen=True)
-class Options:
-    """
-    Tunables of a replica.  Times are in ticks; sizes in bytes as counted by
-    L{kvpaxos.paxos.messages.value_size}.
-
-    @ivar election_ticks: a follower that hears no leader for a random number
-        of ticks in [election_ticks, 2 * election_ticks) campaigns; a leader
-        that hears from no quorum for election_ticks steps down.
-    @ivar heartbeat_ticks: a leader sends heartbeats this often.
-    @ivar window_slots: at most this many slots past the chosen index are in
-        flight at once.
-    @ivar batch_bytes_max: a slot's batch of commands is cut at this size (a
-        single larger command gets a slot of its own).
-    @ivar message_bytes_max: an Accept or Catchup carrying several slots
-        stops adding slots at this size.
-    @ivar retransmit_ticks: an Accept not acknowledged for this long is sent
-        again to the voters that did not answer.
-    @ivar catchup_retry_ticks: a catch-up request not answered for this long
-        may be sent again.
-    @ivar snapshot_interval: take a snapshot of the state machine (and drop
-        the log before it) every this many applied slots; 0 never does.
-    @ivar committed_max: at most this many slots to apply per L{Ready}.
-    @ivar lease_drift_ticks: how much shorter than election_ticks a leader's
-        read lease is: at least 1, since tick quantisation alone costs one
-        (the leader counts its lease from the tick it sent a beat on, a
-        follower its stickiness from the tick it received it, and the two
-        tick boundaries are up to one tick apart); each tick more allows for
-        clocks ticking at different rates, about election_ticks per
-        lease_drift_ticks - 1 of relative rate error, plus what delivery
-        delay the beat saw (issue 9, hole 6).
-    """
-
-    election_ticks: int = 10
-    heartbeat_ticks: int = 2
-    window_slots: int = 64
-    batch_bytes_max: int = 60_000
-    message_bytes_max: int = 60_000
-    retransmit_ticks: int = 4
-    catchup_retry_ticks: int = 4
-    snapshot_interval: int = 10_000
-    committed_max: int = 4096
-    lease_drift_ticks: int = 2
-
-    def __post_init__(self):
-        if self.election_ticks < 2 or not 1 <= self.heartbeat_ticks < self.election_ticks:
-            raise ValueError(
-                "need election_ticks >= 2 and 1 <= heartbeat_ticks < election_ticks"
-            )
-        if self.window_slots < 1 or self.committed_max < 1:
-            raise ValueError("window_slots and committed_max must be positive")
-        if not 1 <= self.lease_drift_ticks < self.election_ticks:
-            raise ValueError("need 1 <= lease_drift_ticks < election_ticks")
 
 
 class Replica(Acceptor, Learner):
@@ -170,6 +118,9 @@ class Replica(Acceptor, Learner):
         # slots after slot.  The last one governs chosen_index + 1.
         self._configs: list[tuple[int, Config]] = [(snapshot.index, snapshot.config)]
         self.config: Config = snapshot.config
+        #: The nodes whose removal this replica learned chosen (and that
+        #: were not added again since): their messages are ignored.
+        self.removed: set[int] = set()
         self._track_config_changes(snapshot.index + 1, self.chosen_index)
 
         self.ticks = 0
@@ -232,6 +183,13 @@ class Replica(Acceptor, Learner):
         """
         if message.dst != self.id:
             raise ValueError(f"message for {message.dst} stepped into {self.id}")
+        src = message.src
+        if src in self.removed and src != self.id and src not in self.config.members:
+            # A removed member that has not learned it (or a stale process)
+            # must not disturb the members: no pre-vote, campaign or catch-up
+            # of its counts.  Ignoring a message is always safe (it could
+            # have been lost).
+            return
         handler = self.role.handlers.get(type(message)) or self._handlers.get(
             type(message)
         )
@@ -265,17 +223,46 @@ class Replica(Acceptor, Learner):
         """
         self.role.propose(command)
 
-    def propose_config_change(self, change: ConfigChange) -> None:
+    def propose_config_change(self, change: ConfigChange, force: bool = False) -> None:
         """
         Propose one change of the member set.  It takes effect for the slots
         after its own, once it is chosen; until then no later slot is
-        proposed, so no slot is decided under two member sets.
+        proposed, so no slot is decided under two member sets.  The leader's
+        rules (L{kvpaxos.paxos.membership}): a PROMOTE only of a learner that
+        is caught up (its last reported chosen index within
+        C{Options.promote_lag_slots} of the leader's); a REMOVE only if the
+        voters heard from within the last election timeout (see
+        L{recently_heard}), less the node removed, are a quorum of the member
+        set after the removal, and never of the leader itself.
 
+        @param force: skip the REMOVE quorum rule only; never the leader's
+            own removal nor L{Config.check}'s rules (the last voter).
         @raise NotLeader: this replica does not lead.
-        @raise ProposalRejected: another change is still in flight.
+        @raise ProposalRejected: another change is still in flight, a leader
+            transfer is in progress, the learner to promote is not caught
+            up, the removal would leave no quorum heard from, or the leader
+            is the node to remove; the message is one sentence saying why.
         @raise kvpaxos.paxos.config.ConfigError: the change does not apply.
         """
-        self.role.propose_config_change(change)
+        self.role.propose_config_change(change, force)
+
+    def recently_heard(self) -> frozenset:
+        """
+        Return the members a leader heard from (in its ballot) within the
+        last election timeout, itself included: the current check-quorum
+        window and the one before it, so between one and two election
+        timeouts.  A query; empty on a replica that does not lead.
+        """
+        return self.role.recently_heard()
+
+    def member_progress(self) -> dict[int, int]:
+        """
+        Return {node: the highest chosen index it reported to this leader in
+        its ballot} for the members heard from, this leader included (its own
+        chosen index), in ascending id order.  A query; empty on a replica
+        that does not lead.
+        """
+        return self.role.member_progress()
 
     def read_index(self, context) -> None:
         """

@@ -73,8 +73,14 @@ class Role:
     def propose(self, command: bytes) -> None:
         raise self.replica.not_leader()
 
-    def propose_config_change(self, change: ConfigChange) -> None:
+    def propose_config_change(self, change: ConfigChange, force: bool = False) -> None:
         raise self.replica.not_leader()
+
+    def recently_heard(self) -> frozenset:
+        return frozenset()  # only a leader keeps track
+
+    def member_progress(self) -> dict[int, int]:
+        return {}
 
     def read_index(self, context) -> None:
         raise self.replica.not_leader()

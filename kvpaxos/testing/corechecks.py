@@ -8,7 +8,7 @@ state.
 
 from __future__ import annotations
 
-from kvpaxos.paxos import Batch, ConfigChange, ReadState
+from kvpaxos.paxos import Batch, ChangeKind, ConfigChange, ReadState
 from kvpaxos.testing.linearizability import Operation, check
 from kvpaxos.testing.corerecords import HISTORY_CHECK_S, SimNode, Violation
 
@@ -36,6 +36,8 @@ class ChecksMixin:
         held = self.chosen.get(slot)
         if held is None:
             self.chosen[slot] = value
+            if type(value) is ConfigChange and value.kind is ChangeKind.PROMOTE:
+                self.result.promotions += 1
             if type(value) is Batch:
                 for command in value.commands:
                     other = self.command_slot.setdefault(command, slot)

@@ -86,7 +86,15 @@ class FaultsMixin:
         config = replica.role.leader_config
         choice = rng.random()
         try:
-            if choice < 0.25:
+            if self.remove_after_transfer is not None:
+                # An operator removing the leader: the leader was asked to
+                # hand over first (the core refuses a leader's own removal);
+                # the new leader is asked to remove it (or, if the transfer
+                # failed, the old one is asked again and refuses).
+                node, self.remove_after_transfer = self.remove_after_transfer, None
+                if node in config.voters and len(config.voters) > 3:
+                    self._change(replica, ConfigChange(ChangeKind.REMOVE, node))
+            elif choice < 0.25:
                 target = rng.choice(sorted(config.voters))
                 if target != leader.id:
                     replica.transfer_leadership(target)
@@ -96,24 +104,70 @@ class FaultsMixin:
                 node_id = self.next_id
                 change = ConfigChange(rng.choice((ChangeKind.ADD_LEARNER, ChangeKind.ADD_VOTER)), node_id)
                 self._change(replica, change)
+                if self.options.auto_promote and change.kind is ChangeKind.ADD_LEARNER:
+                    # The leader of the day may promote it by itself.
+                    self.proposed_changes.add(ConfigChange(ChangeKind.PROMOTE, node_id))
                 self.next_id += 1
                 self.nodes[node_id] = SimNode(node_id, MemoryStorage())
                 self._start(node_id)
+                if change.kind is ChangeKind.ADD_LEARNER:
+                    # An eager operator: promoting soon after adding is
+                    # refused while the learner still lags.
+                    self._schedule(rng.randint(5, 300), "promote", node_id)
             elif choice < 0.6 and config.learners:
+                # Refused (ProposalRejected) unless the learner is caught up.
                 self._change(replica, ConfigChange(ChangeKind.PROMOTE, rng.choice(sorted(config.learners))))
             elif choice < 0.75 and len(config.voters) > 3:
-                self._change(replica, ConfigChange(ChangeKind.REMOVE, rng.choice(sorted(config.voters))))
+                target = rng.choice(sorted(config.voters))
+                if target == leader.id:
+                    self._remove_leader(leader, config)
+                else:
+                    # Refused when the voters heard from lately, less the
+                    # target, are no quorum of what is left; sometimes forced.
+                    force = rng.random() < 0.2
+                    self._change(replica, ConfigChange(ChangeKind.REMOVE, target), force)
+                    if force:
+                        self.result.forced_removes += 1
             elif choice < 0.8 and config.learners:
                 self._change(replica, ConfigChange(ChangeKind.REMOVE, rng.choice(sorted(config.learners))))
-        except (ProposalRejected, ConfigError, NotLeader):
-            pass
+        except (ProposalRejected, ConfigError, NotLeader) as error:
+            self.result.refused_changes += 1
+            self._log(f"refused: {error}")
         self._pump(leader)
 
-    def _change(self, replica: Replica, change: ConfigChange) -> None:
-        replica.propose_config_change(change)
+    def _on_promote(self, node_id: int) -> None:
+        leader = self._leader()
+        if self.healed or leader is None:
+            return
+        try:
+            self._change(leader.replica, ConfigChange(ChangeKind.PROMOTE, node_id))
+        except (ProposalRejected, ConfigError) as error:
+            self.result.refused_changes += 1
+            self._log(f"refused: {error}")
+        self._pump(leader)
+
+    def _remove_leader(self, leader: SimNode, config) -> None:
+        """Hand leadership to another voter; the next operator event removes the old leader."""
+        replica = leader.replica
+        refused = None
+        try:
+            replica.propose_config_change(ConfigChange(ChangeKind.REMOVE, leader.id))
+        except ProposalRejected as error:
+            refused = error
+        if refused is None:
+            raise Violation("membership", f"leader {leader.id} took its own removal")
+        others = sorted(config.voters - {leader.id})
+        target = max(others, key=lambda n: (replica.role.match.get(n, -1), -n))
+        replica.transfer_leadership(target)
+        self.result.transfers += 1
+        self.remove_after_transfer = leader.id
+        self._log(f"remove leader {leader.id}: transfer to {target} first")
+
+    def _change(self, replica: Replica, change: ConfigChange, force: bool = False) -> None:
+        replica.propose_config_change(change, force)
         self.proposed_changes.add(change)
         self.result.config_changes += 1
-        self._log(f"propose {change}")
+        self._log(f"propose {change}{' (forced)' if force else ''}")
 
     # --- heal and liveness --------------------------------------------------------
 

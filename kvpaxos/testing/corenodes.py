@@ -16,7 +16,7 @@ import random
 from kvpaxos.paxos import InstallSnapshot, Replica
 from kvpaxos.storage.memory import MemoryStorage
 from kvpaxos.testing.kvmachine import DigestKV
-from kvpaxos.testing.corerecords import SIM_OPTIONS, TICK_MS, SimNode, Violation, _Event
+from kvpaxos.testing.corerecords import TICK_MS, SimNode, Violation, _Event
 from kvpaxos.testing.coreplants import _PLANTED_REPLICAS
 
 
@@ -44,7 +44,7 @@ class NodesMixin:
         kind = _PLANTED_REPLICAS.get(self.plant, Replica)
         rng = random.Random(self.node_rng_seed ^ (node_id * 7919 + node.epoch))
         node.replica = kind(
-            node_id, node.storage, rng, SIM_OPTIONS, state_machine=node.machine,
+            node_id, node.storage, rng, self.options, state_machine=node.machine,
             applied=node.machine.index,
         )
         first = self.rng.randint(1, TICK_MS)

@@ -1,13 +1,14 @@
 """
 The core simulator's planted bugs (C{--plant}): replicas with one
 mechanism broken, which the checks of L{kvpaxos.testing.coresim} must
-catch (forgetful-acceptor, unconfirmed-read, eternal-lease).
+catch (forgetful-acceptor, unconfirmed-read, eternal-lease, learner-votes).
 L{UnconfirmedReadReplica} is also used by L{kvpaxos.testing.plants}.
 """
 
 from __future__ import annotations
 
-from kvpaxos.paxos import ReadState, Replica
+from kvpaxos.paxos import Accepted, ReadState, Replica
+from kvpaxos.paxos.leader import Leader
 
 
 class UnconfirmedReadReplica(Replica):
@@ -32,9 +33,43 @@ class EternalLeaseReplica(Replica):
         return super().lease_read_index()
 
 
+class LearnerVotesLeader(Leader):
+    """
+    A planted bug: a leader that counts a learner's Accepted toward the
+    quorum of voters that chooses a slot (issue 11: learners never vote).
+    """
+
+    def _on_accepted(self, m: Accepted) -> None:
+        if not self._heard(m):
+            return
+        newly = False
+        for slot in range(m.first_slot, m.first_slot + m.count):
+            p = self.inflight.get(slot)
+            if p is None or p.chosen:
+                continue
+            p.acks.add(m.src)
+            votes = p.acks & (p.config.voters | p.config.learners)
+            if len(votes) >= p.config.quorum:
+                p.chosen = True
+                newly = True
+        if newly:
+            self._advance_chosen()
+
+
+class LearnerVotesReplica(Replica):
+    """A replica whose leaders are L{LearnerVotesLeader}s."""
+
+    def become(self, role) -> None:
+        if type(role) is Leader:
+            role.__class__ = LearnerVotesLeader
+            role.handlers[Accepted] = role._on_accepted
+        super().become(role)
+
+
 #: Bugs the simulator can plant, to show that its checker bites.
-PLANTS = ("forgetful-acceptor", "unconfirmed-read", "eternal-lease")
+PLANTS = ("forgetful-acceptor", "unconfirmed-read", "eternal-lease", "learner-votes")
 _PLANTED_REPLICAS = {
     "unconfirmed-read": UnconfirmedReadReplica,
     "eternal-lease": EternalLeaseReplica,
+    "learner-votes": LearnerVotesReplica,
 }

@@ -38,6 +38,10 @@ SIM_OPTIONS = Options(
     catchup_retry_ticks=4,
     snapshot_interval=25,
     committed_max=16,
+    # A learner lags by a window or so while commands flow: a small bound
+    # makes the leader refuse some promotions, as the rule must.
+    promote_lag_slots=4,
+    auto_promote_beats=5,
 )
 
 
@@ -64,6 +68,12 @@ class Result:
     unchecked_histories: int = 0
     crashes: int = 0
     config_changes: int = 0
+    #: Membership changes the leader refused (a lagging learner, a quorum
+    #: not heard from, the leader itself, one in flight, ...).
+    refused_changes: int = 0
+    forced_removes: int = 0
+    #: PROMOTE changes chosen (an operator's or the leader's own).
+    promotions: int = 0
     transfers: int = 0
     #: Snapshots sent by durable state machines' replicas (taken when sent).
     durable_snapshots: int = 0

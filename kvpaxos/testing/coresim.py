@@ -5,13 +5,18 @@ It drives L{kvpaxos.paxos.Replica} with its own Ready performer and a string
 state machine (L{DigestKV}); L{kvpaxos.testing.sim} runs the production node
 (L{kvpaxos.node.service.ReplicaService} over the real state machine) instead.
 This one is kept because it is fast and reaches the core's corners directly
-(its plants: forgetful-acceptor, unconfirmed-read, eternal-lease).
+(its plants: forgetful-acceptor, unconfirmed-read, eternal-lease,
+learner-votes).
 
 All replicas run in one process over L{kvpaxos.storage.memory.MemoryStorage}
 and a L{SimNetwork}; a virtual clock jumps from event to event, and one seed
 drives everything: message delay, loss, duplication and reordering,
 partitions (one-way ones too), crashes that lose whatever was not yet
-persisted, restarts, membership changes, leader transfers, and clients that
+persisted, restarts, membership changes under the leader's rules (eager
+promotions refused while a learner lags, removals refused without a quorum
+heard from or sometimes forced, a leader removed only after it handed
+leadership over; a third of the seeds promote learners automatically),
+leader transfers, and clients that
 propose writes, ask for read indexes and record what they were told.  Half
 the seeds run durable state machines, as a node's store is: the state
 survives a crash with its applied index, compaction copies nothing, and a
@@ -52,13 +57,14 @@ import heapq
 import random
 import sys
 import time
+from dataclasses import replace
 from typing import Optional
 
 from kvpaxos.paxos import Config, ConfigChange
 from kvpaxos.storage.memory import MemoryStorage
 from kvpaxos.testing.linearizability import Operation
 from kvpaxos.testing.network import Faults, SimNetwork
-from kvpaxos.testing.corerecords import Client, Result, SimNode, Violation, _Event
+from kvpaxos.testing.corerecords import SIM_OPTIONS, Client, Result, SimNode, Violation, _Event
 from kvpaxos.testing.coreplants import PLANTS
 from kvpaxos.testing.corenodes import NodesMixin
 from kvpaxos.testing.corechecks import ChecksMixin
@@ -97,6 +103,13 @@ class Simulation(NodesMixin, ChecksMixin, ClientsMixin, FaultsMixin):
         #: the state outlives a crash with its applied index, and compaction
         #: copies nothing); drawn apart so the other streams stay as they were.
         self.durable = plant is None and random.Random(seed * 31 + 7).random() < 0.5
+        #: A third of the seeds let the leader promote caught-up learners by
+        #: itself (Options.auto_promote); drawn apart likewise.
+        auto = plant is None and random.Random(seed * 37 + 11).random() < 1 / 3
+        self.options = replace(SIM_OPTIONS, auto_promote=auto)
+        #: A leader an operator asked to remove: it was told to hand
+        #: leadership over first, and the next operator event removes it.
+        self.remove_after_transfer: Optional[int] = None
         self.now = 0
         self._queue: list[_Event] = []
         self._seq = 0
@@ -243,7 +256,8 @@ def main(argv=None) -> int:
     for seed in seeds:
         result = run_seed(seed, plant=args.plant, verbose=args.verbose)
         for name in ("chosen_slots", "acked", "reads", "lease_reads", "history_ops",
-                     "unchecked_histories", "crashes", "config_changes", "transfers",
+                     "unchecked_histories", "crashes", "config_changes", "refused_changes",
+                     "forced_removes", "promotions", "transfers",
                      "durable_snapshots", "events"):
             setattr(totals, name, getattr(totals, name) + getattr(result, name))
         if not result.ok:
@@ -260,7 +274,9 @@ def main(argv=None) -> int:
         f"{totals.reads} reads checked ({totals.lease_reads} by lease), "
         f"{totals.history_ops} operations in linearizable histories "
         f"({totals.unchecked_histories} histories unchecked), {totals.crashes} crashes, "
-        f"{totals.config_changes} membership changes, {totals.transfers} transfers, "
+        f"{totals.config_changes} membership changes ({totals.refused_changes} refused,"
+        f" {totals.forced_removes} forced removals, {totals.promotions} promotions chosen),"
+        f" {totals.transfers} transfers, "
         f"{totals.durable_snapshots} snapshots sent from durable state machines, "
         f"{totals.events} events"
     )
