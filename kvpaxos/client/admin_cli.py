@@ -101,7 +101,7 @@ def add_commands(commands, streams, global_options: Callable[[argparse.ArgumentP
     add.add_argument("member_id", type=_member_id, metavar="ID")
     add.add_argument("--peer", type=_member_address, required=True, metavar="HOST:PORT",
                      help="the address its peers reach it on")
-    add.add_argument("--client", type=_member_address, default="", metavar="HOST:PORT",
+    add.add_argument("--client", type=_member_address, metavar="HOST:PORT",
                      help="the address it serves clients on (default: none yet)")
     action(member, "promote", "make learner ID a voter (refused until it has caught up)").add_argument(
         "member_id", type=_member_id, metavar="ID")
@@ -139,7 +139,7 @@ def invocation(args: argparse.Namespace, error: Callable[[str], Any]) -> AdminIn
     return AdminInvocation(
         f"{args.command} {args.admin_action}", addresses, args.json, args.timeout,
         member_id=getattr(args, "member_id", None), peer=getattr(args, "peer", ""),
-        client=getattr(args, "client", ""), force=getattr(args, "force", False),
+        client=getattr(args, "client", None) or "", force=getattr(args, "force", False),
     )
 
 
