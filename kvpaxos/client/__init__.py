@@ -19,11 +19,14 @@ RPC, how to read the answer; range paging); L{retry} (L{Directory},
 L{Backoff}, L{Attempts}: pure objects that are told the time and never
 sleep, send or read a clock; the L{SessionPool}); L{blocking} and L{aio},
 the two clients, which only drive the policy with their own I/O; L{cli},
-L{txn_syntax} and L{actions}, the C{kvpaxos} command.
+L{txn_syntax} and L{actions}, the C{kvpaxos} command; L{admin_client} and
+L{admin_cli}, its admin-port commands (AMP, the contract in
+L{kvpaxos.api.admin}).
 
-Nothing here knows how the cluster works beyond the gRPC API: the package
+Nothing here knows how the cluster works beyond its APIs (gRPC, and the
+admin port's AMP commands): the package
 imports only the API's contract (C{kvpaxos.api.errors}, C{.limits},
-C{.endpoints}) and the generated C{kvpaxos.v1} messages, never
+C{.endpoints}, C{.admin}) and the generated C{kvpaxos.v1} messages, never
 C{kvpaxos.kv}, C{.node}, C{.paxos} or C{.storage}
 (C{tests/test_import_rules.py} enforces it).
 
