@@ -86,6 +86,7 @@ class FakeCluster:
         self.errors: dict[str, list] = {}
         self.down: set[str] = set()
         self.requests: list[tuple[str, str, object, Optional[float]]] = []
+        self.listings: list[tuple[str, Optional[float]]] = []
         self.sessions: dict[int, tuple[int, object]] = {}
         self.next_client_id = 7
         self.page_size = 0
@@ -109,6 +110,12 @@ class FakeCluster:
         return kv_pb2.ResponseHeader(member_id=self.MEMBERS[endpoint], leader_id=self.leader, revision=len(self.applied))
 
     def serve(self, endpoint: str, rpc: str, request, timeout):
+        if rpc == "MemberList":
+            # Not one of C{requests}: the member list is the client's own
+            # business, tested in tests.test_client_members.  These members
+            # answer as a server older than MemberList.
+            self.listings.append((endpoint, timeout))
+            raise FakeRpcError(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         self.requests.append((endpoint, rpc, request, timeout))
         if endpoint in self.down:
             raise unavailable("failed to connect to all addresses", reason=None)

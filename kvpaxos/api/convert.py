@@ -322,3 +322,20 @@ def txn_response(result: TxnResult, header: kv_pb2.ResponseHeader) -> kv_pb2.Txn
             budget_bytes -= used
             ops[index] = kv_pb2.ResponseOp(response_range=message)
     return kv_pb2.TxnResponse(header=header, succeeded=result.succeeded, responses=ops)
+
+
+def member_list_response(view, header: kv_pb2.ResponseHeader) -> kv_pb2.MemberListResponse:
+    """
+    The C{MemberListResponse} of a L{kvpaxos.node.interfaces.MemberView}
+    (duck-typed: C{cluster_id}, C{leader}, C{members} of C{id}, C{role},
+    C{peer}, C{client}), members in ascending id order.
+    """
+    return kv_pb2.MemberListResponse(
+        header=header,
+        cluster_id=view.cluster_id,
+        leader_id=view.leader or 0,
+        members=[
+            kv_pb2.Member(member_id=m.id, role=m.role, peer_address=m.peer, client_address=m.client)
+            for m in sorted(view.members, key=lambda m: m.id)
+        ],
+    )

@@ -286,7 +286,11 @@ class KVServicer(kv_pb2_grpc.KVServicer):
 
 
 class ClusterServicer(kv_pb2_grpc.ClusterServicer):
-    """C{kvpaxos.v1.Cluster}: the node's view of the cluster."""
+    """
+    C{kvpaxos.v1.Cluster}: the node's view of the cluster, read-only.
+    C{MemberList} needs a node that also provides
+    L{kvpaxos.node.interfaces.IMembership} (C{members()}).
+    """
 
     def __init__(self, node, calls: _NodeCalls) -> None:
         self._node = node
@@ -304,6 +308,10 @@ class ClusterServicer(kv_pb2_grpc.ClusterServicer):
             chosen_index=status.chosen_index,
             applied_index=status.applied_index,
         )
+
+    def MemberList(self, request: kv_pb2.MemberListRequest, context) -> kv_pb2.MemberListResponse:
+        view, header = self._calls.call(context, lambda timeout_s: self._node.members())
+        return convert.member_list_response(view, header)
 
 
 class GrpcServer(Service):

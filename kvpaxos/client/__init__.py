@@ -19,11 +19,14 @@ RPC, how to read the answer; range paging); L{retry} (L{Directory},
 L{Backoff}, L{Attempts}: pure objects that are told the time and never
 sleep, send or read a clock; the L{SessionPool}); L{blocking} and L{aio},
 the two clients, which only drive the policy with their own I/O; L{cli},
-L{txn_syntax} and L{actions}, the C{kvpaxos} command.
+L{txn_syntax} and L{actions}, the C{kvpaxos} command; L{admin_client} and
+L{admin_cli}, its admin-port commands (AMP, the contract in
+L{kvpaxos.api.admin}).
 
-Nothing here knows how the cluster works beyond the gRPC API: the package
+Nothing here knows how the cluster works beyond its APIs (gRPC, and the
+admin port's AMP commands): the package
 imports only the API's contract (C{kvpaxos.api.errors}, C{.limits},
-C{.endpoints}) and the generated C{kvpaxos.v1} messages, never
+C{.endpoints}, C{.admin}) and the generated C{kvpaxos.v1} messages, never
 C{kvpaxos.kv}, C{.node}, C{.paxos} or C{.storage}
 (C{tests/test_import_rules.py} enforces it).
 
@@ -38,6 +41,16 @@ Routing and retries
     of an UNAVAILABLE's ErrorInfo.  While the leader's address is unknown it
     prefers endpoints whose member id it has not seen yet, so ordinary
     traffic finds the leader without extra RPCs.
+  - The endpoints given are seeds: before its first request the client
+    lists the members (C{Cluster.MemberList}) and tries their client
+    addresses after the seeds, so a client given one address finds the
+    others.  It lists them again every C{refresh_s} seconds (30 by
+    default) and after a round in which every endpoint failed, so it
+    follows members that join and leave; a member without a client
+    address is skipped, the seeds are always kept, and a listing that
+    fails (an older server: UNIMPLEMENTED) costs the request nothing but
+    that attempt (at most a second, at most half its time left).
+    C{refresh_s=None} uses the endpoints given and nothing else.
   - UNAVAILABLE (which is also how grpcio reports a connection failure)
     moves on to the named leader or the next endpoint at once; once every
     endpoint has failed since the last pause, the client pauses, with
@@ -114,6 +127,7 @@ from kvpaxos.client.requests import (
     delete_operation,
     get_op,
     get_operation,
+    member_list_operation,
     put_op,
     put_operation,
     range_op,
@@ -122,7 +136,7 @@ from kvpaxos.client.requests import (
     txn_operation,
 )
 from kvpaxos.client.retry import (
-    Attempts, Backoff, Directory, Pause, RetryPolicy, Session, SessionPool, Try,
+    Attempts, Backoff, Directory, Pause, Refresh, RetryPolicy, Session, SessionPool, Try,
 )
 
 __all__ = [
@@ -133,7 +147,8 @@ __all__ = [
     "put_op", "range_op",
     # The operations and the policy objects, for the CLI and for tests.
     "Attempts", "Backoff", "BytesLike", "Connection", "Directory", "OPEN_SESSION", "Operation",
-    "Pause", "RangePager", "Reply", "RetryPolicy", "Session", "SessionPool", "Try",
+    "Pause", "RangePager", "Refresh", "Reply", "RetryPolicy", "Session", "SessionPool", "Try",
     "append_operation", "cas_operation", "cas_result", "delete_operation", "get_operation",
+    "member_list_operation",
     "put_operation", "range_request", "status_operation", "txn_operation",
 ]

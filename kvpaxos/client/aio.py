@@ -16,10 +16,10 @@ import grpc.aio
 
 from kvpaxos.api.endpoints import CHANNEL_OPTIONS, parse_endpoint
 from kvpaxos.client import requests
-from kvpaxos.client.blocking import Reply, _Base
+from kvpaxos.client.blocking import DEFAULT_REFRESH_S, Reply, _Base
 from kvpaxos.client.errors import member_error, rpc_failure
 from kvpaxos.client.requests import BytesLike, Operation, RangePager, RangeResult
-from kvpaxos.client.retry import Backoff, Pause, Session
+from kvpaxos.client.retry import Backoff, Pause, Refresh, Session
 from kvpaxos.v1 import kv_pb2
 
 __all__ = ["AsyncClient", "open_aio_channel"]
@@ -49,9 +49,10 @@ class AsyncClient(_Base):
         self, endpoints: Union[Sequence[str], str], timeout_s: float = 5.0, session: bool = True,
         channel_factory: Optional[Callable[[str], Any]] = None, sleep: Callable[[float], Any] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic, rng: Optional[random.Random] = None,
-        backoff: Optional[Backoff] = None,
+        backoff: Optional[Backoff] = None, refresh_s: Optional[float] = DEFAULT_REFRESH_S,
     ) -> None:
-        super().__init__(endpoints, timeout_s, session, channel_factory or open_aio_channel, clock, rng, backoff)
+        super().__init__(endpoints, timeout_s, session, channel_factory or open_aio_channel, clock, rng, backoff,
+                         refresh_s)
         self._sleep = sleep
 
     async def _attempt(self, operation: Operation, request: Any, deadline: float, in_session: bool) -> Reply:
@@ -60,6 +61,14 @@ class AsyncClient(_Base):
             step = attempts.next_step(self._clock())
             if isinstance(step, Pause):
                 await self._sleep(step.delay_s)
+                continue
+            if isinstance(step, Refresh):
+                try:
+                    listing = await self._connection(step.endpoint).cluster.MemberList(
+                        kv_pb2.MemberListRequest(), timeout=step.timeout_s)
+                except grpc.RpcError:
+                    continue  # not the request's failure
+                attempts.listed(step.endpoint, listing)
                 continue
             stub = getattr(self._connection(step.endpoint), operation.service)
             try:
@@ -151,6 +160,12 @@ class AsyncClient(_Base):
     async def status(self) -> kv_pb2.StatusResponse:
         """See L{Client.status}."""
         return (await self.call(requests.status_operation())).response
+
+    async def member_list(self) -> kv_pb2.MemberListResponse:
+        """See L{Client.member_list}."""
+        reply = await self.call(requests.member_list_operation())
+        self._policy.directory.listed(reply.endpoint, reply.response)
+        return reply.response
 
     async def member_status(self, endpoint: str) -> kv_pb2.StatusResponse:
         """See L{Client.member_status}."""

@@ -19,10 +19,15 @@ from kvpaxos.api.endpoints import CHANNEL_OPTIONS, parse_endpoint, parse_endpoin
 from kvpaxos.client import requests
 from kvpaxos.client.errors import ClientError, member_error, rpc_failure
 from kvpaxos.client.requests import BytesLike, Operation, RangePager, RangeResult
-from kvpaxos.client.retry import Backoff, Directory, Pause, RetryPolicy, Session, SessionPool
+from kvpaxos.client.retry import Backoff, Directory, Pause, Refresh, RetryPolicy, Session, SessionPool
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
 
-__all__ = ["Client", "Connection", "Reply", "open_channel"]
+__all__ = ["Client", "Connection", "DEFAULT_REFRESH_S", "Reply", "open_channel"]
+
+#: How often a client lists the members by default (seconds): often enough
+#: to follow a membership change within a minute, rare enough to cost
+#: nothing (a MemberList is served locally by the member that answers).
+DEFAULT_REFRESH_S = 30.0
 
 
 def open_channel(endpoint: str) -> grpc.Channel:
@@ -49,9 +54,9 @@ class Connection:
 class _Base:
     """What both clients share: the policy, the sessions and the connections."""
 
-    def __init__(self, endpoints, timeout_s, session, channel_factory, clock, rng, backoff) -> None:
+    def __init__(self, endpoints, timeout_s, session, channel_factory, clock, rng, backoff, refresh_s) -> None:
         self._policy = RetryPolicy(
-            Directory(parse_endpoints(endpoints)), backoff or Backoff(), rng or random.Random(), timeout_s)
+            Directory(parse_endpoints(endpoints), refresh_s), backoff or Backoff(), rng or random.Random(), timeout_s)
         self._sessions = SessionPool() if session else None
         self._channel_factory = channel_factory
         self._clock = clock
@@ -61,6 +66,7 @@ class _Base:
 
     @property
     def endpoints(self) -> tuple[str, ...]:
+        """The endpoints known: the seeds given, then those the member list named."""
         return self._policy.directory.endpoints
 
     @property
@@ -97,6 +103,11 @@ class Client(_Base):
     @param sleep: waits between rounds of retries.
     @param clock: monotonic seconds.
     @param rng: jitter for the pauses.
+    @param refresh_s: list the members (C{Cluster.MemberList}) before the
+        first request, then every C{refresh_s} seconds and after a round in
+        which every endpoint failed, and try the members' client addresses
+        after the C{endpoints} given (which are always kept); None: only
+        ever use C{endpoints}.  A failed listing is not the request's error.
     @raise kvpaxos.api.endpoints.BadEndpoint: an endpoint is not
         C{host:port} (a ValueError).
     """
@@ -105,9 +116,9 @@ class Client(_Base):
         self, endpoints: Union[Sequence[str], str], timeout_s: float = 5.0, session: bool = True,
         channel_factory: Optional[Callable[[str], Any]] = None, sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic, rng: Optional[random.Random] = None,
-        backoff: Optional[Backoff] = None,
+        backoff: Optional[Backoff] = None, refresh_s: Optional[float] = DEFAULT_REFRESH_S,
     ) -> None:
-        super().__init__(endpoints, timeout_s, session, channel_factory or open_channel, clock, rng, backoff)
+        super().__init__(endpoints, timeout_s, session, channel_factory or open_channel, clock, rng, backoff, refresh_s)
         self._sleep = sleep
 
     # -- driving the policy
@@ -118,6 +129,14 @@ class Client(_Base):
             step = attempts.next_step(self._clock())
             if isinstance(step, Pause):
                 self._sleep(step.delay_s)
+                continue
+            if isinstance(step, Refresh):
+                try:
+                    listing = self._connection(step.endpoint).cluster.MemberList(
+                        kv_pb2.MemberListRequest(), timeout=step.timeout_s)
+                except grpc.RpcError:
+                    continue  # not the request's failure: it goes on with what it knows
+                attempts.listed(step.endpoint, listing)
                 continue
             stub = getattr(self._connection(step.endpoint), operation.service)
             try:
@@ -230,6 +249,15 @@ class Client(_Base):
     def status(self) -> kv_pb2.StatusResponse:
         """Return the cluster status as some member (retried like a read) sees it."""
         return self.call(requests.status_operation()).response
+
+    def member_list(self) -> kv_pb2.MemberListResponse:
+        """
+        Return the member list as some member (retried like a read) knows
+        it, and take its client addresses as endpoints (see C{refresh_s}).
+        """
+        reply = self.call(requests.member_list_operation())
+        self._policy.directory.listed(reply.endpoint, reply.response)
+        return reply.response
 
     def member_status(self, endpoint: str) -> kv_pb2.StatusResponse:
         """

@@ -15,6 +15,10 @@ command L{kvpaxos.client.actions}'.
     kvpaxos txn --compare C ... --then OP ... --else OP ...
                                  prints SUCCESS or FAILURE, then each op's result
     kvpaxos status               one row per endpoint
+    kvpaxos [--admin HOST:PORT,...] member list | member add ID --peer HOST:PORT [--client HOST:PORT]
+        | member promote ID | member remove ID [--force] | leader transfer ID
+        | endpoint status | endpoint health
+                                 over the admin port: L{kvpaxos.client.admin_cli}
 
 C{get} and C{range} take C{--consistency linearizable|serializable|lease};
 C{range} also C{--prefix}, C{--limit N}, C{--keys-only}, C{--count-only}.
@@ -47,11 +51,12 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Optional, Sequence
+from typing import Any, BinaryIO, Callable, Optional, Sequence, Union
 
 from kvpaxos.api.endpoints import DEFAULT_ENDPOINT, BadEndpoint, parse_endpoints
 from kvpaxos.api.errors import InvalidArgument
 from kvpaxos.api.limits import check_key, check_value
+from kvpaxos.client import admin_cli
 from kvpaxos.client.actions import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Actions
 from kvpaxos.client.blocking import Client, open_channel
 from kvpaxos.client.txn_syntax import TXN_HELP, TxnSyntaxError, parse_compare, parse_op
@@ -61,7 +66,7 @@ __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "Invocation", "main", "parse"
 
 #: The actions of the seed's C{--action=} form.
 ACTIONS = ("put", "get", "delete", "append", "status")
-COMMANDS = ACTIONS + ("range", "cas", "txn")
+COMMANDS = ACTIONS + ("range", "cas", "txn") + tuple(admin_cli.ADMIN_COMMANDS)
 #: Actions that take a key, and those that take a value too.
 _KEYED = {"put", "get", "delete", "append"}
 _VALUED = {"put", "append"}
@@ -122,16 +127,18 @@ def build_parser(stdout: BinaryIO, stderr: BinaryIO) -> argparse.ArgumentParser:
     """Return the argument parser, writing help and errors to the streams."""
     streams = (stdout, stderr)
 
-    def global_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    def global_options(parser: argparse.ArgumentParser, defaults: bool, grpc: bool = True) -> None:
         # The same options after a command too (kvpaxos get k --json); there
         # they default to "not given" so they don't override the ones before.
+        # An admin command takes --json and --timeout, not the gRPC ones.
         def default(value):
             return value if defaults else argparse.SUPPRESS
 
-        parser.add_argument(
-            "--endpoints", default=default(DEFAULT_ENDPOINT), metavar="HOST:PORT,...",
-            help=f"nodes to try, leader first once known, else in order (default {DEFAULT_ENDPOINT})",
-        )
+        if grpc:
+            parser.add_argument(
+                "--endpoints", default=default(DEFAULT_ENDPOINT), metavar="HOST:PORT,...",
+                help=f"nodes to try, leader first once known, else in order (default {DEFAULT_ENDPOINT})",
+            )
         parser.add_argument(
             "--json", action="store_true", default=default(False),
             help="print one JSON object",
@@ -140,10 +147,11 @@ def build_parser(stdout: BinaryIO, stderr: BinaryIO) -> argparse.ArgumentParser:
             "--timeout", type=_timeout, default=default(5.0), metavar="SECONDS",
             help="deadline of the command, retries included (default 5)",
         )
-        parser.add_argument(
-            "--session", action="store_true", default=default(False),
-            help="send the write in an exactly-once session (one more round trip)",
-        )
+        if grpc:
+            parser.add_argument(
+                "--session", action="store_true", default=default(False),
+                help="send the write in an exactly-once session (one more round trip)",
+            )
 
     def consistency(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
@@ -158,6 +166,7 @@ def build_parser(stdout: BinaryIO, stderr: BinaryIO) -> argparse.ArgumentParser:
         epilog="Also: kvpaxos --action=put --key=K --value=V (and get, delete, append, status).",
     )
     global_options(parser, defaults=True)
+    admin_cli.add_admin_options(parser, defaults=True)
     parser.add_argument("--action", choices=ACTIONS, help=argparse.SUPPRESS)
     parser.add_argument("--key", dest="seed_key", help=argparse.SUPPRESS)
     parser.add_argument("--value", dest="seed_value", help=argparse.SUPPRESS)
@@ -207,6 +216,8 @@ def build_parser(stdout: BinaryIO, stderr: BinaryIO) -> argparse.ArgumentParser:
     command.add_argument("--else", dest="otherwise", action="append", default=[], metavar="OP",
                          help="run otherwise (repeatable)")
     global_options(command, defaults=False)
+
+    admin_cli.add_commands(commands, streams, lambda command: global_options(command, defaults=False, grpc=False))
     return parser
 
 
@@ -256,9 +267,10 @@ def _parse_txn(args) -> TxnSpec:
         tuple(map(parse_compare, args.compare)), tuple(map(parse_op, args.then)), tuple(map(parse_op, args.otherwise)))
 
 
-def parse(argv: Sequence[str], stdout: BinaryIO, stderr: BinaryIO) -> Invocation:
+def parse(argv: Sequence[str], stdout: BinaryIO, stderr: BinaryIO) -> Union[Invocation, admin_cli.AdminInvocation]:
     """
-    Return the L{Invocation} C{argv} asks for.
+    Return the L{Invocation} C{argv} asks for (an
+    L{admin_cli.AdminInvocation} for the admin port's commands).
 
     @raise _Exit: usage error (after printing it) or --help.
     """
@@ -267,6 +279,8 @@ def parse(argv: Sequence[str], stdout: BinaryIO, stderr: BinaryIO) -> Invocation
     seed_form = any(option is not None for option in (args.action, args.seed_key, args.seed_value))
     if args.command and seed_form:
         parser.error(f"give the command {args.command!r} or --action/--key/--value, not both")
+    if args.command in admin_cli.ADMIN_COMMANDS:
+        return admin_cli.invocation(args, parser.error)
     if args.command:
         action = args.command
         key, value = getattr(args, "key", None), getattr(args, "value", None)
@@ -314,6 +328,7 @@ def main(
     rng: Optional[random.Random] = None,
     stdout: Optional[BinaryIO] = None,
     stderr: Optional[BinaryIO] = None,
+    admin_reactor=None,
 ) -> int:
     """
     Run the C{kvpaxos} command; return its exit status.
@@ -324,6 +339,8 @@ def main(
         fakes).
     @param stdout: binary stream for output (default C{sys.stdout.buffer}).
     @param stderr: binary stream for errors (default C{sys.stderr.buffer}).
+    @param admin_reactor: the reactor the admin commands run (default the
+        global one; tests pass a fresh one, run without signal handlers).
     """
     stdout = sys.stdout.buffer if stdout is None else stdout
     stderr = sys.stderr.buffer if stderr is None else stderr
@@ -333,6 +350,9 @@ def main(
             invocation = parse(argv, stdout, stderr)
         except _Exit as exit:
             return exit.status
+        if isinstance(invocation, admin_cli.AdminInvocation):
+            return admin_cli.main(invocation, stdout, stderr, reactor=admin_reactor,
+                                  install_signal_handlers=admin_reactor is None)
         try:
             if invocation.key is not None:
                 check_key(invocation.key)

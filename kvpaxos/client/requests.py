@@ -231,6 +231,10 @@ def status_operation() -> Operation:
     return Operation("cluster", "Status", kv_pb2.StatusRequest(), leader=False)
 
 
+def member_list_operation() -> Operation:
+    return Operation("cluster", "MemberList", kv_pb2.MemberListRequest(), leader=False)
+
+
 def range_request(
     key: BytesLike, range_end: Optional[BytesLike] = None, prefix: bool = False, limit: int = 0,
     keys_only: bool = False, count_only: bool = False, consistency: Union[str, int] = "linearizable",

@@ -2,7 +2,7 @@
 The retry policy (pure objects that are told the time and never sleep,
 send or read a clock) and the session pool: L{Directory} (what the client
 knows of the cluster), L{Backoff}, L{Attempts} (the attempts of one
-request: L{Try} or L{Pause}), L{RetryPolicy}, L{Session}, L{SessionPool}.
+request: L{Try}, L{Pause} or L{Refresh}), L{RetryPolicy}, L{Session}, L{SessionPool}.
 The clients (L{kvpaxos.client.blocking}, L{kvpaxos.client.aio}) drive them
 with their own I/O; the rules are in the package docstring
 (L{kvpaxos.client}).
@@ -15,12 +15,12 @@ import threading
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, Union
 
-from kvpaxos.api.endpoints import BadEndpoint
+from kvpaxos.api.endpoints import BadEndpoint, join_host_port, split_host_port
 from kvpaxos.client.errors import Failure, SessionExpired, StaleSequence, Unavailable, describe_failure, error_for
 from kvpaxos.client.requests import Operation
 from kvpaxos.v1 import kv_pb2
 
-__all__ = ["Attempts", "Backoff", "Directory", "Pause", "RetryPolicy", "Session", "SessionPool", "Try"]
+__all__ = ["Attempts", "Backoff", "Directory", "Pause", "Refresh", "RetryPolicy", "Session", "SessionPool", "Try"]
 
 
 class Directory:
@@ -28,15 +28,31 @@ class Directory:
     What the client knows of the cluster: its endpoints, which member
     answers at which endpoint, and the leader.  Shared by every call of a
     client (hence the lock); it never does I/O.
+
+    The endpoints are the seeds (given by the user, kept whatever the
+    cluster says) followed by the client addresses the last member list
+    named (L{listed}): a client given one address finds the others, and
+    follows members that join or leave.  The member list is due
+    (L{begin_refresh}) before the first request, every C{refresh_s}
+    seconds after, and after a round in which every endpoint failed
+    (L{round_failed}); C{refresh_s=None} never lists (the seeds only).
     """
 
-    def __init__(self, endpoints: Sequence[str]) -> None:
+    def __init__(self, endpoints: Sequence[str], refresh_s: Optional[float] = None) -> None:
         if not endpoints:
             raise BadEndpoint("no endpoints given")
-        self.endpoints = tuple(endpoints)
+        if refresh_s is not None and not refresh_s > 0:
+            raise ValueError(f"refresh_s must be more than 0 or None, not {refresh_s!r}")
+        self.seeds = tuple(endpoints)
+        self.endpoints = self.seeds
         self.leader: Optional[int] = None
+        #: The cluster the first member list named; a list naming another is ignored.
+        self.cluster_id: Optional[int] = None
         self._members: dict[int, str] = {}
         self._current = 0
+        self._refresh_s = refresh_s
+        self._listed_at: Optional[float] = None
+        self._stale = True
         self._lock = threading.Lock()
 
     def leader_endpoint(self) -> Optional[str]:
@@ -99,6 +115,67 @@ class Directory:
             if self.endpoints[self._current] == endpoint:
                 self._current = (self._current + 1) % len(self.endpoints)
 
+    # -- the member list
+
+    def begin_refresh(self, now: float) -> bool:
+        """
+        Return True when the member list is due, and claim it (so that one
+        call of many lists it): the caller lists it and reports L{listed}
+        (or nothing, if that failed: it is due again after C{refresh_s}, or
+        after the next round that fails everywhere).
+        """
+        with self._lock:
+            if self._refresh_s is None:
+                return False
+            due = self._stale or self._listed_at is None or now - self._listed_at >= self._refresh_s
+            if due:
+                self._stale, self._listed_at = False, now
+            return due
+
+    def round_failed(self) -> None:
+        """Every endpoint failed since the last pause: list the members again after it."""
+        with self._lock:
+            self._stale = True
+
+    def listed(self, endpoint: str, response: kv_pb2.MemberListResponse) -> None:
+        """
+        C{endpoint} answered C{response} (a C{MemberListResponse}): the
+        endpoints become the seeds followed by each listed member's client
+        address, in member id order; a member without a usable client
+        address (none, or a wildcard host), or known to answer at a seed,
+        is skipped.  A member no longer listed drops out (unless it is a
+        seed).  A list from another cluster than the first one is ignored.
+        """
+        self.answered(endpoint, response.header)
+        with self._lock:
+            if self.cluster_id is None:
+                self.cluster_id = response.cluster_id
+            elif response.cluster_id != self.cluster_id:
+                return
+            at_seed = {member for member, where in self._members.items() if where in self.seeds}
+            listed: dict[int, str] = {}
+            for member in sorted(response.members, key=lambda m: m.member_id):
+                where = _client_endpoint(member.client_address)
+                if where is not None and member.member_id and member.member_id not in at_seed:
+                    listed[member.member_id] = where
+            current = self.endpoints[self._current]
+            found = [where for where in listed.values() if where not in self.seeds]
+            self.endpoints = self.seeds + tuple(dict.fromkeys(found))
+            self._current = self.endpoints.index(current) if current in self.endpoints else 0
+            self._members = {member: where for member, where in self._members.items() if where in self.seeds}
+            self._members.update(listed)
+
+
+def _client_endpoint(address: str) -> Optional[str]:
+    """C{address} as an endpoint to dial, or None when it is empty, malformed or a wildcard."""
+    try:
+        host, port = split_host_port(address)
+    except BadEndpoint:
+        return None
+    if host in ("", "0.0.0.0", "::") or port == 0:
+        return None
+    return join_host_port(host, port)
+
 
 @dataclass(frozen=True)
 class Backoff:
@@ -132,14 +209,32 @@ class Pause:
     delay_s: float
 
 
+#: The longest a member list waits for its answer (and at most half the
+#: time left to the call): a refresh must not eat the request's deadline.
+REFRESH_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """
+    Ask C{endpoint} for the member list (C{Cluster.MemberList}) with this
+    RPC deadline, report the answer with L{Attempts.listed}, and ask for
+    the next step; a failure is not the request's and is not reported.
+    """
+
+    endpoint: str
+    timeout_s: float
+
+
 class Attempts:
     """
     The attempts of one request (pure: it is told the time).  Drive it as
 
         while True:
-            step = attempts.next_step(now)      # Try or Pause; raises when out of time
+            step = attempts.next_step(now)      # Try, Pause or Refresh; raises when out of time
             ... on a Try, send; then attempts.failed(...) (raises or returns)
-            or attempts.answered(...) and stop.
+            or attempts.answered(...) and stop; on a Refresh, ask for the
+            member list and, if it answered, attempts.listed(...).
 
     Every attempt of one request carries the same request (and so the same
     session fields): the caller stamps it once, before the first attempt.
@@ -162,9 +257,10 @@ class Attempts:
         #: How many times the request was sent.
         self.sent = 0
 
-    def next_step(self, now: float) -> Union[Try, Pause]:
+    def next_step(self, now: float) -> Union[Try, Pause, Refresh]:
         """
-        Return the next L{Try} or L{Pause}.
+        Return the next L{Try}, L{Pause} or L{Refresh} (when the directory's
+        member list is due: see L{Directory}).
 
         @raise Unavailable: the deadline has passed, or would pass during
             the next pause.
@@ -172,8 +268,14 @@ class Attempts:
         remaining = self.deadline - now
         if remaining <= 0:
             raise self._gave_up()
+        if self._directory.begin_refresh(now):
+            endpoint = self._directory.pick(False, self._round)
+            if endpoint is not None:
+                return Refresh(endpoint, min(REFRESH_TIMEOUT_S, remaining / 2))
+            self._directory.round_failed()
         endpoint = self._directory.pick(self._leader, self._round)
         if endpoint is None:
+            self._directory.round_failed()
             self._pauses += 1
             delay_s = self._backoff.delay_s(self._pauses, self._rng)
             if delay_s >= remaining:
@@ -200,6 +302,10 @@ class Attempts:
     def answered(self, endpoint: str, header: kv_pb2.ResponseHeader) -> None:
         """The attempt on C{endpoint} succeeded."""
         self._directory.answered(endpoint, header)
+
+    def listed(self, endpoint: str, response: kv_pb2.MemberListResponse) -> None:
+        """The L{Refresh} on C{endpoint} answered C{response}."""
+        self._directory.listed(endpoint, response)
 
     def _gave_up(self) -> Unavailable:
         failures = [self._failures[e] for e in self._directory.endpoints if e in self._failures]

@@ -427,6 +427,11 @@ class ClusterStub:
                 request_serializer=kvpaxos_dot_v1_dot_kv__pb2.StatusRequest.SerializeToString,
                 response_deserializer=kvpaxos_dot_v1_dot_kv__pb2.StatusResponse.FromString,
                 _registered_method=True)
+        self.MemberList = channel.unary_unary(
+                '/kvpaxos.v1.Cluster/MemberList',
+                request_serializer=kvpaxos_dot_v1_dot_kv__pb2.MemberListRequest.SerializeToString,
+                response_deserializer=kvpaxos_dot_v1_dot_kv__pb2.MemberListResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -440,6 +445,16 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MemberList(self, request, context):
+        """MemberList lists the member set as the answering member knows it (no
+        round trip to the leader), with each member's addresses: clients use it
+        to find the other members.  Read-only: membership changes are admin
+        commands (the AMP admin port), not part of this API.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -447,6 +462,11 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=kvpaxos_dot_v1_dot_kv__pb2.StatusRequest.FromString,
                     response_serializer=kvpaxos_dot_v1_dot_kv__pb2.StatusResponse.SerializeToString,
+            ),
+            'MemberList': grpc.unary_unary_rpc_method_handler(
+                    servicer.MemberList,
+                    request_deserializer=kvpaxos_dot_v1_dot_kv__pb2.MemberListRequest.FromString,
+                    response_serializer=kvpaxos_dot_v1_dot_kv__pb2.MemberListResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -477,6 +497,33 @@ class Cluster:
             '/kvpaxos.v1.Cluster/Status',
             kvpaxos_dot_v1_dot_kv__pb2.StatusRequest.SerializeToString,
             kvpaxos_dot_v1_dot_kv__pb2.StatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MemberList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvpaxos.v1.Cluster/MemberList',
+            kvpaxos_dot_v1_dot_kv__pb2.MemberListRequest.SerializeToString,
+            kvpaxos_dot_v1_dot_kv__pb2.MemberListResponse.FromString,
             options,
             channel_credentials,
             insecure,
