@@ -105,5 +105,5 @@ class MembershipCalls(amp.CommandLocator):
             return fail()
         if self._clock is not None:
             d.addTimeout(timeout_s + 1.0, self._clock)
-        return d.addErrback(not_leader)
+        return d.addCallback(lambda answer: answer["slot"]).addErrback(not_leader)
 
