@@ -344,3 +344,94 @@ class JoiningNodeTests(SynchronousTestCase):
         self.failureResultOf(service.submit(Request(Op.PUT, b"k", b"v"), 1), Unavailable)
         self.failureResultOf(service.get(b"k", 1, "serializable"), Unavailable)
         self.assertEqual(service.members().members, ())
+
+
+class JoinTests(SynchronousTestCase):
+    """A node with an empty store joins through the Joiner and serves once it has the state."""
+
+    def joiner(self, wire, reactor, service, fetch=None):
+        from kvpaxos.node.joining import Joiner
+
+        def members(addresses):
+            leader = leader_of(wire)
+            config = config_of(wire.services[leader])
+            return defer.succeed((config.cluster_id, {
+                m.id: (m.peer, m.client) for m in wire.services[leader].members().members
+            }, leader))
+
+        def join_call(target, cluster_id, member, peer, client, timeout_s):
+            self.joins.append((target, cluster_id, member))
+            node = int(target.split(".")[3].split(":")[0])
+            return wire.services[node].join_requested(member, peer, client, timeout_s)
+
+        self.joins = []
+        joiner = Joiner(
+            service.node_id, (peer_of(service.node_id), client_of(service.node_id)),
+            ["10.0.0.1:2379"], lambda: bool(config_of(service).voters), service.peers, reactor,
+            fetch=fetch or members, join_call=join_call,
+        )
+        joiner.startService()
+        self.addCleanup(joiner.stopService)
+        return joiner
+
+    def test_join_then_serve(self):
+        """The joiner asks the leader once, is added as a learner, receives the state and serves."""
+        reactor, wire = make_cluster(3)
+        self.successResultOf(self.put(reactor, wire.services[leader_of(wire)], b"k", b"v"))
+        service = add_service(wire, 4, Config(frozenset()))
+        joiner = self.joiner(wire, reactor, service)
+        run(reactor, 3.0)
+        self.assertEqual(self.joins, [(peer_of(leader_of(wire)), CLUSTER_ID, 4)])
+        self.assertEqual(service.peers.cluster_id, CLUSTER_ID)
+        self.assertEqual(config_of(service).learners, {4})
+        self.assertEqual(config_of(service).voters, {1, 2, 3})
+        d = service.get(b"k", 2, "serializable")
+        run(reactor, 0.5)
+        self.assertEqual(self.successResultOf(d), b"v")
+        attempts = joiner.attempts
+        run(reactor, 30)
+        self.assertEqual(joiner.attempts, attempts)  # done: it asks no more
+
+    def put(self, reactor, service, key, value):
+        d = service.submit(Request(Op.PUT, key, value), 2)
+        run(reactor, 0.3)
+        return d
+
+    def test_already_added(self):
+        """A node added by member add with the same peer address sends no Join."""
+        reactor, wire = make_cluster(3)
+        leader = wire.services[leader_of(wire)]
+        d = leader.member_add(4, peer_of(4), client_of(4), 5)
+        run(reactor, 0.5)
+        self.successResultOf(d)
+        service = add_service(wire, 4, Config(frozenset()))
+        self.joiner(wire, reactor, service)
+        run(reactor, 3.0)
+        self.assertEqual(self.joins, [])
+        self.assertEqual(config_of(service).learners, {4})
+
+    def test_keeps_asking_with_backoff(self):
+        """While no member answers, the joiner asks again with a bounded backoff."""
+        reactor = FakeReactor()
+        wire = Wire(reactor)
+        service = add_service(wire, 4, Config(frozenset()))
+        joiner = self.joiner(wire, reactor, service,
+                             fetch=lambda addresses: defer.fail(Unavailable("nobody answered")))
+        run(reactor, 60)
+        # 0.5, 1, 2, 4, 8, then every 10 s: 0 + 0.5 + 1 + 2 + 4 + 8 = 15.5, 25.5, ... 55.5
+        self.assertEqual(joiner.attempts, 10)
+        self.assertFalse(config_of(service).voters)
+
+    def test_joined_node_ignores_join(self):
+        """A node whose store has a member set never joins."""
+        reactor, wire = make_cluster(1)
+        joiner = self.joiner(wire, reactor, wire.services[1])
+        run(reactor, 5)
+        self.assertEqual(joiner.attempts, 0)
+
+    def test_join_requested_twice(self):
+        """A Join from a member already at that peer address is answered at once; at another address refused."""
+        reactor, wire = make_cluster(3)
+        follower = wire.services[follower_of(wire)]
+        self.successResultOf(follower.join_requested(2, peer_of(2), client_of(2), 1))
+        self.failureResultOf(follower.join_requested(2, peer_of(9), client_of(9), 1), MembershipRejected)
