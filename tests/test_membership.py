@@ -13,9 +13,16 @@ import random
 
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
 
 from kvpaxos.kv.commands import Op, Request
-from kvpaxos.node.interfaces import MembershipRejected, NotLeaderError, Unavailable
+from kvpaxos.node.interfaces import (
+    IMembership,
+    IPeerHandler,
+    MembershipRejected,
+    NotLeaderError,
+    Unavailable,
+)
 from kvpaxos.node.peer_commands import PeerUnreachable
 from kvpaxos.paxos import Config
 from kvpaxos.paxos.config import MemberAddress
@@ -111,6 +118,12 @@ def config_of(service):
 
 class CarryTests(SynchronousTestCase):
     """A change is made by the leader, whichever node it is sent to."""
+
+    def test_provides_membership(self):
+        """ReplicaService provides IMembership (and still IPeerHandler)."""
+        reactor, wire = make_cluster(1)
+        self.assertTrue(verifyObject(IMembership, wire.services[1]))
+        self.assertTrue(verifyObject(IPeerHandler, wire.services[1]))
 
     def test_follower_carries_to_leader(self):
         """A member add sent to a follower is carried to the leader and answered with the view after it."""
