@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 
 from twisted.internet import defer
+from twisted.internet.error import ConnectionAborted
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -62,16 +63,24 @@ class MemberPeers(FakePeers):
         if not self.wire.reachable(self.node_id, node_id):
             return defer.fail(PeerUnreachable("link down"))
         self.wire.carried.append((self.node_id, node_id, kind, node))
-        return self.wire.later(
+        d = self.wire.later(
             self.wire.services[node_id].member_change_requested, kind, node, peer, client,
             force, timeout_s,
         )
+        if getattr(self.wire, "lose_answers", False):
+            # The link closes before the answer arrives (the change closed it).
+            d.addCallback(lambda _: self.wire.later(lambda: defer.fail(ConnectionAborted())))
+        return d
 
 
-def seed_config(size):
-    """A seed member set of C{size} voters with peer addresses and no client addresses."""
+def seed_config(size, node_id=None):
+    """
+    A seed member set of C{size} voters with peer addresses, and only node
+    C{node_id}'s own client address (as a seed member knows it).
+    """
     config = Config(frozenset(range(1, size + 1)))
-    addresses = {i: MemberAddress(peer_of(i)) for i in range(1, size + 1)}
+    addresses = {i: MemberAddress(peer_of(i), client_of(i) if i == node_id else "")
+                 for i in range(1, size + 1)}
     return config.with_addresses(addresses).with_cluster_id(CLUSTER_ID)
 
 
@@ -96,8 +105,8 @@ def make_cluster(size, own=None):
     reactor = FakeReactor()
     wire = Wire(reactor)
     wire.carried = []
-    config = seed_config(size)
     for node_id in range(1, size + 1):
+        config = seed_config(size, None if own else node_id)
         add_service(wire, node_id, config, own(node_id) if own else None)
     for service in wire.services.values():
         for other in wire.services.values():
@@ -139,6 +148,30 @@ class CarryTests(SynchronousTestCase):
         self.assertEqual(view.cluster_id, CLUSTER_ID)
         for service in wire.services.values():
             self.assertIn(4, config_of(service).learners)
+
+    def test_answer_lost_but_applied(self):
+        """A carried change whose answer is lost with its link is answered from the member set applied here."""
+        reactor, wire = make_cluster(3)
+        wire.lose_answers = True
+        follower = wire.services[follower_of(wire)]
+        d = follower.member_add(4, peer_of(4), client_of(4), 5)
+        run(reactor, 0.5)
+        self.assertIn(4, [m.id for m in self.successResultOf(d).members])
+        victim = wire.services[leader_of(wire)]
+        d = follower.member_remove(victim.node_id, False, 5)
+        run(reactor, 1.5)
+        self.assertNotIn(victim.node_id, [m.id for m in self.successResultOf(d).members])
+
+    def test_answer_lost_unknown(self):
+        """A carried change whose answer is lost and that is not applied here is Unavailable, not resent."""
+        reactor, wire = make_cluster(3)
+        follower = wire.services[follower_of(wire)]
+        wire.lose_answers = True
+        d = follower.member_add(4, peer_of(4), client_of(4), 5)
+        wire.down = {follower.node_id}  # the carried call is on its way; nothing else arrives
+        run(reactor, 0.5)
+        self.assertIn("may still be chosen", str(self.failureResultOf(d, Unavailable).value))
+        self.assertEqual(len(wire.carried), 1)
 
     def test_answered_only_once_chosen(self):
         """A change is answered once chosen: not while no quorum takes it, Unavailable at the deadline."""
@@ -263,6 +296,8 @@ class LeaderTests(SynchronousTestCase):
         new = leader_of(wire)
         self.assertNotIn(new, (None, old))
         self.assertEqual(wire.carried, [(old, new, "remove", old)])
+        self.assertTrue(wire.services[old].membership.removed)  # told by the new leader
+        self.assertTrue(reactor.stopped)
         for node, service in wire.services.items():
             if node != old:
                 self.assertEqual(config_of(service).voters, {1, 2, 3} - {old})

@@ -1,27 +1,20 @@
 """
-L{Membership}: the node side of the replicated member set (issue 11).
+L{Membership}: the node side of the replicated member set (issue 11),
+handed only what it uses by L{kvpaxos.node.service.ReplicaService}:
 
-What lives here, handed only what it uses by L{kvpaxos.node.service.ReplicaService}:
-
-  - the membership API (L{kvpaxos.node.interfaces.IMembership}): the member
-    list, and add / promote / remove / leader transfer, each answered once
-    the change is chosen (and applied on this node).  A change asked of a
-    follower is carried to the leader over the peer link
-    (L{kvpaxos.node.peer_commands.MemberChange}); removing the leader hands
-    leadership to the most caught-up other voter first, and the remove is
-    then carried to the new leader;
-  - the peer links following the member set: after every Ready whose member
-    set changed (and at start), the transport is told the members' peer
-    addresses (C{set_peers}) and the cluster id;
-  - publishing client addresses: each member reports its addresses in its
-    peer handshake; the leader proposes an UPDATE, one at a time, for a
-    member whose reported address the member set lacks (its own too);
+  - L{kvpaxos.node.interfaces.IMembership}: the member list; add, promote,
+    remove and leader transfer, each answered once chosen (and applied
+    here), carried to the leader by a follower (C{MemberChange}); removing
+    the leader hands leadership to the most caught-up other voter first;
+  - the links follow the member set: after every Ready that changed it
+    (and at start) the transport is told the members' peer addresses
+    (C{set_peers}) and the cluster id;
+  - client addresses: members report theirs in the handshake; the leader
+    proposes an UPDATE, one at a time, for a member the set lacks it of;
   - a node that learns it was removed logs it once and stops serving.
 
-What must not live here: Paxos rules (the core checks every change:
-L{kvpaxos.paxos.config.Config.check} and the leader's own rules) and wire
-formats (L{kvpaxos.node.peer_members}).  Nothing here branches on wall
-time: deadlines are on the injected reactor.
+Not here: Paxos rules (the core checks every change) and wire formats
+(L{kvpaxos.node.peer_members}).  Deadlines are on the injected reactor.
 """
 
 from __future__ import annotations
@@ -43,6 +36,7 @@ from kvpaxos.node.interfaces import (
 )
 from kvpaxos.node.peer_commands import NotIdentified, PeerUnreachable
 from kvpaxos.paxos import ChangeKind, ConfigChange, ConfigError, NotLeader, ProposalRejected
+from kvpaxos.paxos.config import MemberAddress
 
 #: Hosts that name every interface: a bind address, not one a peer or a
 #: client can reach, so never published.
@@ -90,7 +84,7 @@ class Membership:
     @param schedule: asks the service for a Ready.
     @param stopping: whether the node is shutting down.
     @param addresses: (peer, client) addresses of this node, as configured.
-    @param tick_s: seconds per tick (how often a refused attempt is retried).
+    @param tick_s: seconds per tick (a refused attempt's retry).
     """
 
     log = Logger()
@@ -120,6 +114,10 @@ class Membership:
         # This leader's UPDATE in flight and the tick it was proposed at.
         self._updating: Optional[tuple[ConfigChange, int]] = None
         self._refused_updates: set[ConfigChange] = set()
+        # Whether this node's own addresses went through the log while it
+        # leads: its own member set may have them from its seed while the
+        # others' do not (each seed knows only its own client address).
+        self._own_published = False
         self._takes_force = "force" in inspect.signature(replica.propose_config_change).parameters
 
     # --- the Ready loop's hooks ------------------------------------------------
@@ -129,7 +127,7 @@ class Membership:
         self._follow_config()
 
     def applied(self, rd) -> None:
-        """C{rd} was performed: the changes it applied answer their callers."""
+        """C{rd} was performed: the changes it applied are answered."""
         for slot, value in rd.committed:
             if type(value) is ConfigChange:
                 for d in self._proposed.pop(value, []):
@@ -137,6 +135,8 @@ class Membership:
                         d.callback(slot)
                 if self._updating is not None and self._updating[0] == value:
                     self._updating = None
+                if value.node == self.node_id and value.client == self._own[1]:
+                    self._own_published = True
         self._follow_config()
         self._poll()
 
@@ -156,9 +156,9 @@ class Membership:
 
     # --- the member set ------------------------------------------------------------
 
-    def members(self) -> MemberView:
-        """L{kvpaxos.node.interfaces.IMembership.members}."""
-        config = self._replica.config
+    def members(self, config=None) -> MemberView:
+        """L{kvpaxos.node.interfaces.IMembership.members} (of C{config}, by default the one in force)."""
+        config = config or self._replica.config
         infos = tuple(
             MemberInfo(
                 node, "voter" if node in config.voters else "learner",
@@ -170,10 +170,9 @@ class Membership:
 
     def _follow_config(self) -> None:
         """
-        Point the links at the members of the member set in force (once per
-        change of it), and stop serving if this node was removed.  A member
-        set without addresses (a test's or the simulator's) leaves the
-        links as the wiring made them.
+        Point the links at the members in force (once per change) and stop
+        if this node was removed.  A member set without addresses (the
+        simulator's) leaves the links as the wiring made them.
         """
         config = self._replica.config
         if config == self._config:
@@ -194,17 +193,23 @@ class Membership:
             transport.set_peers(links)
         if self.node_id in config.members:
             self._was_member = True
-        elif self._was_member and config.voters and not self.removed:
-            # Invariant: a member that learns it was removed takes no part
-            # any more; its peers refuse it already (they follow the same
-            # member set).  It stops cleanly: see docs/design.md on exit 0.
-            self.removed = True
-            self.log.warn(
-                "node {node} was removed from the cluster (voters {voters}): it stops serving",
-                node=self.node_id, voters=sorted(config.voters),
-            )
-            if self._reactor.running:
-                self._reactor.stop()
+        elif self._was_member and config.voters:
+            self._removed(f"its member set has voters {sorted(config.voters)} only")
+
+    def _removed(self, why: str) -> None:
+        """
+        This node was removed: log it once and stop serving.  A member that
+        learns it was removed takes no part any more; its peers refuse it
+        already (they follow the same member set).  It stops cleanly, with
+        no fatal error: see docs/design.md on exit status 0.
+        """
+        if self.removed:
+            return
+        self.removed = True
+        self.log.warn("node {node} was removed from the cluster ({why}): it stops serving",
+                      node=self.node_id, why=why)
+        if self._reactor.running:
+            self._reactor.stop()
 
     # --- publishing addresses ----------------------------------------------------
 
@@ -214,15 +219,15 @@ class Membership:
 
     def _publish_addresses(self) -> None:
         """
-        As leader, propose one UPDATE for the lowest member whose reported
-        address the member set lacks: a client address that differs, or a
-        peer address it has none of (a peer address it has is what its
-        peers reach it at: never replaced by what the member says of
-        itself, which may be a bind address).  One at a time; a refused
-        one is not proposed again.
+        As leader, propose one UPDATE (one at a time; a refused one never
+        again) for the lowest member whose reported client address differs
+        from the member set's, or whose peer address it lacks: a known peer
+        address is what peers reach it at, never replaced by what the
+        member says of itself (maybe a bind address).
         """
         replica = self._replica
         if not replica.is_leader or self._stopping():
+            self._own_published = False  # the next leadership publishes it again
             return
         if self._updating is not None:
             if replica.ticks - self._updating[1] < 4 * replica.options.election_ticks:
@@ -234,6 +239,8 @@ class Membership:
         for node in sorted(config.members):
             peer, client = reports.get(node, ("", ""))
             have = config.address(node)
+            if node == self.node_id and not self._own_published:
+                have = MemberAddress(have.peer, "")
             change = ConfigChange(
                 ChangeKind.UPDATE, node,
                 peer if _reachable(peer) and not have.peer else "",
@@ -271,7 +278,12 @@ class Membership:
 
     def member_remove(self, node_id: int, force: bool, timeout_s: float):
         """L{kvpaxos.node.interfaces.IMembership.member_remove}."""
-        return self._view(self.change("remove", node_id, "", "", bool(force), timeout_s))
+        d = self.change("remove", node_id, "", "", bool(force), timeout_s)
+        if node_id != self.node_id:
+            return self._view(d)
+        # This node will not apply its own removal: the view after it.
+        removal = ConfigChange(ChangeKind.REMOVE, node_id)
+        return d.addCallback(lambda _: self.members(self._replica.config.apply(removal)))
 
     def leader_transfer(self, target: int, timeout_s: float):
         """L{kvpaxos.node.interfaces.IMembership.leader_transfer}."""
@@ -373,17 +385,40 @@ class Membership:
                 # Certainly not proposed: try again once a tick has passed.
                 yield task.deferLater(self._reactor, min(self._retry_s, remaining), lambda: None)
                 continue
-            except (MembershipRejected, Unavailable):
+            except MembershipRejected:
                 raise
             except Exception as error:
+                # The outcome is unknown (never resent: it may be chosen).
+                # The link may have been closed by the change itself (a
+                # removed member's links are): done if it is chosen here.
+                if self._done_here(kind, node, peer):
+                    return 0
+                if isinstance(error, Unavailable):
+                    raise
                 raise Unavailable(
                     f"node {leader} did not answer the {kind} of node {node}"
                     f" ({error.__class__.__name__}); it may still be chosen", leader,
                 ) from None
+            if kind == "remove" and node == self.node_id:
+                # The leader says this node's removal is chosen; it will not
+                # hear of it otherwise (nobody sends to it any more).
+                self._removed(f"node {leader} chose its removal in slot {slot}")
+                return slot
             if slot:
                 yield self._wait(lambda: replica.applied >= slot, deadline - self._reactor.seconds(),
                                  f"slot {slot} to be applied here")
             return slot
+
+    def _done_here(self, kind: str, node: int, peer: str) -> bool:
+        """Whether the change is in the member set this node applied."""
+        config = self._replica.config
+        if kind == "add-learner":
+            return node in config.members and config.address(node).peer == peer
+        if kind == "promote":
+            return node in config.voters
+        if kind == "remove":
+            return bool(config.voters) and node not in config.members
+        return self._replica.leader == node
 
     def _successor(self) -> int:
         """The other voter this leader has seen furthest along (lowest id on a tie)."""

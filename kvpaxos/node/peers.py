@@ -161,7 +161,9 @@ class PeerNetwork(MultiService):
         wanted = {i: tuple(a) for i, a in peers.items() if i != self.node_id}
         for protocol in sorted(self._incoming, key=lambda p: p.peer_id):
             if protocol.peer_id not in wanted and protocol.transport is not None:
-                protocol.transport.abortConnection()
+                # Closed once what is written is sent: the answer to the
+                # removed member's own MemberChange (its removal) goes first.
+                protocol.transport.loseConnection()
         for peer_id in sorted(self._links):
             if wanted.get(peer_id) != self._links[peer_id].address:
                 link = self._links.pop(peer_id)
