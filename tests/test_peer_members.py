@@ -8,6 +8,7 @@ refusing a removed member.  AMP pairs over L{twisted.test.iosim}; no ports.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols import amp
 from twisted.test import iosim
@@ -126,6 +127,24 @@ class RawJoinTests(SynchronousTestCase):
         self.assertEqual(self.call(Join, cluster=CLUSTER, member=4, peer="h4:1", client="h4:2",
                                    timeout_ms=5000), {})
         self.assertEqual(self.node.joins, [(4, "h4:1", "h4:2", 5.0)])
+
+    def test_join_outlives_hello_deadline(self):
+        """A Join waiting for its change keeps the connection past the Hello deadline, within its own timeout."""
+        clock = Clock()
+        self.node.change_answer = Deferred
+        client, server, pump = iosim.connectedServerAndClient(
+            lambda: listener(self.node, clock), amp.AMP,
+        )
+        out = []
+        client.callRemote(Join, cluster=CLUSTER, member=4, peer="h4:1", client="h4:2",
+                          timeout_ms=10_000).addBoth(out.append)
+        pump.flush()
+        clock.advance(6)
+        pump.flush()
+        self.assertFalse(pump.serverIO.disconnected)
+        clock.advance(10)
+        pump.flush()
+        self.assertTrue(pump.serverIO.disconnected)
 
     def test_join_other_cluster_refused(self):
         """A Join naming another cluster is refused WRONG_CLUSTER and never reaches the node."""

@@ -33,8 +33,9 @@ from kvpaxos.node.peer_commands import (
 
 _log = Logger()
 
-#: The longest wait a MemberChange or Join may ask of the peer (an hour).
+#: The longest wait a MemberChange may ask of the peer (an hour), and a Join.
 _TIMEOUT_MS_MAX = 3_600_000
+_JOIN_TIMEOUT_MS_MAX = 120_000
 
 
 class MembershipCalls(amp.CommandLocator):
@@ -81,8 +82,15 @@ class MembershipCalls(amp.CommandLocator):
                 f"cluster id {cluster:x} is not this cluster's ({self._cluster_id:x}):"
                 f" node {member} was pointed at another cluster's members"
             )
-        if not 0 < member <= MEMBER_MAX or not 0 < timeout_ms <= _TIMEOUT_MS_MAX:
+        if not 0 < member <= MEMBER_MAX or not 0 < timeout_ms <= _JOIN_TIMEOUT_MS_MAX:
             raise PeerRequestError(f"bad Join: member {member}, timeout {timeout_ms} ms")
+        if self.peer_id is None and self._clock is not None:
+            # A Join stands in for the Hello: the connection may stay while
+            # the change is made, and a little longer, not forever.
+            self._cancel_hello_deadline()
+            self._hello_deadline = self._clock.callLater(
+                timeout_ms / 1000.0 + self._timeout_s, self.drop, "Join connection kept too long"
+            )
         return self._member_answer(
             self.handler.join_requested, member, peer, client, timeout_ms / 1000.0
         ).addCallback(lambda _: {})
