@@ -345,7 +345,7 @@ class LinkTests(SynchronousTestCase):
         if victim.node_id in victim.replica.config.members:
             victim.replica.set_chosen(leader.replica.chosen_index)
             victim._schedule()
-            run(reactor, 0.1)
+        run(reactor, 0.2)
         self.assertTrue(victim.membership.removed)
         self.assertTrue(reactor.stopped)
         self.assertIsNone(victim.fatal_error)

@@ -208,8 +208,8 @@ class Membership:
         self.removed = True
         self.log.warn("node {node} was removed from the cluster ({why}): it stops serving",
                       node=self.node_id, why=why)
-        if self._reactor.running:
-            self._reactor.stop()
+        # A moment later: the answers this turn wrote (the operator's) go out.
+        self._reactor.callLater(self._retry_s, lambda: self._reactor.running and self._reactor.stop())
 
     # --- publishing addresses ----------------------------------------------------
 
