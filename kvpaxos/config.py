@@ -13,6 +13,10 @@ the same keys::
     data = "/var/lib/kvpaxos/1"
     storage = "lmdb"
     cluster_token = "kvpaxos"        # the same on every member (--cluster-token)
+    join = ["10.0.0.1:2379"]         # or "h:p,h:p": client addresses of members (--join)
+    auto_promote = false             # the leader promotes a caught-up learner
+    auto_promote_beats = 10          # ... once it stayed caught up this many heartbeats
+    promote_lag_slots = 1000         # a learner this close to the leader is caught up
     [peers]
     2 = "127.0.0.1:22380"
     3 = "127.0.0.1:32380"
@@ -22,6 +26,11 @@ and the initial members, as etcd derives its cluster ID from
 C{--initial-cluster-token} and the initial cluster: every peer link starts
 by comparing it, so a node started with another token or another seed set
 is refused by this cluster's members.
+
+C{join} (issue 11) makes a node with an empty data directory join an
+existing cluster instead of seeding one: its seed member set is empty, so
+it neither takes C{peers} (refused together) nor counts itself a voter;
+its peer and client addresses must be ones the members can reach.
 
 Every mistake raises L{ConfigError} with a sentence saying what is wrong;
 nothing here touches the network or the disk.
@@ -47,6 +56,7 @@ _TOML_KEYS = {
     "id", "addr", "client", "admin", "data", "storage", "peers",
     "tick_ms", "election_ticks", "heartbeat_ticks", "lease_reads", "lease_drift_ticks",
     "snapshot_interval", "cluster_token",
+    "join", "auto_promote", "auto_promote_beats", "promote_lag_slots",
 }
 
 
@@ -91,6 +101,16 @@ class NodeConfig:
     #: Names one cluster among others with the same member ids (etcd's
     #: --initial-cluster-token): the same on every member.
     cluster_token: str = DEFAULT_CLUSTER_TOKEN
+    #: Client addresses of existing members to join through (C{--join});
+    #: empty: seed a new cluster (or restart from the store).
+    join: tuple = ()
+    #: The leader promotes a learner that stayed within promote_lag_slots
+    #: of its chosen index for auto_promote_beats heartbeats.
+    auto_promote: bool = False
+    auto_promote_beats: int = 10
+    #: A learner within this many slots of the leader's chosen index is
+    #: caught up (MemberPromote is refused otherwise).
+    promote_lag_slots: int = 1000
 
     @property
     def voters(self) -> frozenset:
@@ -121,6 +141,8 @@ class NodeConfig:
         """
         from kvpaxos.paxos.config import Config, MemberAddress
 
+        if self.join:
+            return Config(frozenset())  # learned from the cluster (kvpaxos.node.joining)
         addresses = {peer: MemberAddress(str(a)) for peer, a in self.peers.items()}
         addresses[self.node_id] = MemberAddress(str(self.peer), str(self.client))
         return Config(self.voters).with_addresses(addresses).with_cluster_id(self.cluster_id)
@@ -176,6 +198,45 @@ def parse_peers(text: str) -> dict:
     return peers
 
 
+def parse_join(value) -> tuple:
+    """
+    Parse C{join}: C{host:port,host:port} (a flag) or a list of
+    C{host:port} (TOML) into a tuple of C{host:port} strings.
+
+    @raise ConfigError: an entry is no address, names every interface, or
+        the list is empty.
+    """
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ConfigError(f"join must be host:port[,host:port...], got {value!r}")
+    addresses = []
+    for item in items:
+        if not isinstance(item, str) or not item:
+            raise ConfigError(f"join must be host:port[,host:port...], got {value!r}")
+        address = parse_address(item, f"join address {item!r}")
+        if address.host in ("0.0.0.0", "::") or address.port == 0:
+            raise ConfigError(f"join address {item!r} must name a member's host and port")
+        if str(address) not in addresses:
+            addresses.append(str(address))
+    if not addresses:
+        raise ConfigError("join needs at least one host:port")
+    return tuple(addresses)
+
+
+def parse_bool(value, key: str) -> bool:
+    """Parse a boolean flag or TOML value."""
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false", "yes", "no", "1", "0"):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        value = value.lower() in ("true", "yes", "1")
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    return value
+
+
 def load_toml(path: str) -> dict:
     """Read a TOML configuration file into flag-style values."""
     try:
@@ -226,17 +287,13 @@ def build(values: dict) -> NodeConfig:
         changes["cluster_token"] = token
     if values.get("peers") is not None:
         changes["peers"] = parse_peers(values["peers"])
-    if values.get("lease_reads") is not None:
-        flag = values["lease_reads"]
-        if isinstance(flag, str):
-            if flag.lower() not in ("true", "false", "yes", "no", "1", "0"):
-                raise ConfigError(f"lease_reads must be true or false, got {flag!r}")
-            flag = flag.lower() in ("true", "yes", "1")
-        if not isinstance(flag, bool):
-            raise ConfigError(f"lease_reads must be true or false, got {flag!r}")
-        changes["lease_reads"] = flag
+    for key in ("lease_reads", "auto_promote"):
+        if values.get(key) is not None:
+            changes[key] = parse_bool(values[key], key)
+    if values.get("join") is not None:
+        changes["join"] = parse_join(values["join"])
     for key in ("tick_ms", "election_ticks", "heartbeat_ticks", "lease_drift_ticks",
-                "snapshot_interval"):
+                "snapshot_interval", "auto_promote_beats", "promote_lag_slots"):
         if values.get(key) is not None:
             try:
                 changes[key] = int(values[key])
@@ -258,6 +315,21 @@ def build(values: dict) -> NodeConfig:
         )
     if config.snapshot_interval < 1:
         raise ConfigError("snapshot_interval must be at least 1")
+    if config.auto_promote_beats < 1:
+        raise ConfigError("auto_promote_beats must be at least 1")
+    if config.promote_lag_slots < 0:
+        raise ConfigError("promote_lag_slots must not be negative")
+    if config.join:
+        if config.peers:
+            raise ConfigError(
+                "join and peers exclude each other: peers seed a new cluster,"
+                " join adds this node to an existing one"
+            )
+        for key, address in (("addr", config.peer), ("client", config.client)):
+            if address.host in ("0.0.0.0", "::") or address.port == 0:
+                raise ConfigError(
+                    f"with join, {key} must be an address the members can reach, not {address}"
+                )
     ports = [(a.host, a.port) for a in (config.peer, config.client, config.admin) if a.port]
     if len(set(ports)) != len(ports):
         raise ConfigError("addr, client and admin must be different addresses")

@@ -26,6 +26,8 @@ from kvpaxos.config import ConfigError, build, load_toml
 _FLAGS = {
     "id": "id", "addr": "addr", "peers": "peers", "client": "client", "admin": "admin",
     "data": "data", "storage": "storage", "cluster-token": "cluster_token",
+    "join": "join", "auto-promote": "auto_promote", "auto-promote-beats": "auto_promote_beats",
+    "promote-lag-slots": "promote_lag_slots",
 }
 
 
@@ -50,6 +52,15 @@ class Options(usage.Options):
         ["cluster-token", None, None,
          "Names this cluster apart from others with the same member ids; the same on"
          " every member, like etcd's --initial-cluster-token [default: kvpaxos]."],
+        ["join", None, None,
+         "Join an existing cluster through these client addresses of its members,"
+         " host:port[,host:port...] (with an empty data directory; ignored once joined)."],
+        ["auto-promote", None, None,
+         "true: the leader promotes a learner once it stayed caught up [default: false]."],
+        ["auto-promote-beats", None, None,
+         "Heartbeats a learner must stay caught up before it is promoted [default: 10]."],
+        ["promote-lag-slots", None, None,
+         "A learner within this many slots of the leader is caught up [default: 1000]."],
     ]
 
     def postOptions(self) -> None:
@@ -97,7 +108,9 @@ def peer_network(node, replica, reactor):
     from kvpaxos.node.peers import PeerNetwork
 
     # The timing reported is the replica's own: the one it compares its
-    # peers' reports with before serving lease reads.
+    # peers' reports with before serving lease reads.  The links start at
+    # the file's peers; the replica points them at the stored member set
+    # (and its cluster id) as it starts (kvpaxos.node.membership).
     return PeerNetwork(
         node.node_id,
         {peer_id: (a.host, a.port) for peer_id, a in node.peers.items()},
@@ -105,6 +118,7 @@ def peer_network(node, replica, reactor):
         reactor,
         cluster_id=node.cluster_id,
         timing=replica.timing,
+        addresses=(str(node.peer), str(node.client)),
     )
 
 
@@ -156,6 +170,7 @@ def makeService(options: Options) -> service.MultiService:
     from kvpaxos.admin.server import admin_factory
     from kvpaxos.api.server import GrpcServer
     from kvpaxos.encoding.errors import StoreFormatError
+    from kvpaxos.node.joining import Joiner
     from kvpaxos.node.service import ReplicaService
     from kvpaxos.paxos import Options as CoreOptions
     from kvpaxos.storage.providers import find_store_factory
@@ -191,6 +206,7 @@ def makeService(options: Options) -> service.MultiService:
         ),
         tick_s=node.tick_ms / 1000.0,
         lease_reads=node.lease_reads,
+        addresses=(str(node.peer), str(node.client)),
     )
     peers = peer_network(node, replica, reactor)
     replica.peers = peers
@@ -207,4 +223,10 @@ def makeService(options: Options) -> service.MultiService:
     internet.TCPServer(
         node.admin.port, admin_factory(replica), interface=node.admin.host
     ).setServiceParent(top)
+    if node.join:
+        # After the replica (its store's member set is read) and the peers.
+        Joiner(
+            node.node_id, (str(node.peer), str(node.client)), list(node.join),
+            lambda: bool(replica.replica.config.voters), peers, reactor,
+        ).setServiceParent(top)
     return top

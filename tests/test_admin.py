@@ -9,27 +9,73 @@ from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
 from twisted.trial.unittest import SynchronousTestCase
 
-from kvpaxos.admin.commands import NotLeader, Rejected, Status, TransferLeadership
+from kvpaxos.admin.commands import (
+    MemberAdd,
+    MemberList,
+    MemberPromote,
+    MemberRemove,
+    Rejected,
+    Status,
+    TransferLeadership,
+    Unavailable,
+)
 from kvpaxos.admin.server import AdminProtocol
-from kvpaxos.node.interfaces import NodeStatus
-from kvpaxos.paxos import NotLeader as CoreNotLeader
-from kvpaxos.paxos import ProposalRejected
+from kvpaxos.node.interfaces import (
+    MemberInfo,
+    MembershipRejected,
+    MemberView,
+    NodeStatus,
+    NotLeaderError,
+)
+from kvpaxos.node.interfaces import Unavailable as NodeUnavailable
+
+VIEW = MemberView(
+    0xABC, 2,
+    (MemberInfo(1, "voter", "10.0.0.1:2380", "10.0.0.1:2379"),
+     MemberInfo(2, "voter", "10.0.0.2:2380", ""),
+     MemberInfo(4, "learner", "10.0.0.4:2380", "10.0.0.4:2379")),
+)
+LISTED = {
+    "cluster_id": 0xABC,
+    "leader": 2,
+    "members": [
+        {"id": 1, "role": "voter", "peer": "10.0.0.1:2380", "client": "10.0.0.1:2379"},
+        {"id": 2, "role": "voter", "peer": "10.0.0.2:2380", "client": ""},
+        {"id": 4, "role": "learner", "peer": "10.0.0.4:2380", "client": "10.0.0.4:2379"},
+    ],
+}
 
 
 class FakeNode:
+    """An IMembership that records its calls and answers as told."""
+
     node_id = 2
 
     def __init__(self, error=None):
         self.error = error
-        self.transfers = []
+        self.calls = []
 
     def status(self):
         return NodeStatus(2, "leader", 2, (1, 2, 3), (4,), 17, 16)
 
-    def transfer_leadership(self, target):
-        if self.error is not None:
-            raise self.error
-        self.transfers.append(target)
+    def members(self):
+        return VIEW
+
+    def _answer(self, *call):
+        self.calls.append(call)
+        return defer.fail(self.error) if self.error is not None else defer.succeed(VIEW)
+
+    def member_add(self, node_id, peer, client, timeout_s):
+        return self._answer("add", node_id, peer, client)
+
+    def member_promote(self, node_id, timeout_s):
+        return self._answer("promote", node_id)
+
+    def member_remove(self, node_id, force, timeout_s):
+        return self._answer("remove", node_id, force)
+
+    def leader_transfer(self, target, timeout_s):
+        return self._answer("transfer", target)
 
 
 class AdminTests(SynchronousTestCase):
@@ -62,23 +108,57 @@ class AdminTests(SynchronousTestCase):
             },
         )
 
+    def test_member_list(self):
+        """MemberList returns the node's member view: cluster id, leader, members with addresses."""
+        self.assertEqual(self.successResultOf(self.call(FakeNode(), MemberList)), LISTED)
+
+    def test_member_add(self):
+        """MemberAdd passes id and addresses to the node and answers the member list after it."""
+        node = FakeNode()
+        result = self.successResultOf(
+            self.call(node, MemberAdd, id=4, peer="10.0.0.4:2380", client="10.0.0.4:2379")
+        )
+        self.assertEqual(result, LISTED)
+        self.assertEqual(node.calls, [("add", 4, "10.0.0.4:2380", "10.0.0.4:2379")])
+
+    def test_member_promote(self):
+        """MemberPromote passes the id and answers the member list."""
+        node = FakeNode()
+        self.assertEqual(self.successResultOf(self.call(node, MemberPromote, id=4)), LISTED)
+        self.assertEqual(node.calls, [("promote", 4)])
+
+    def test_member_remove(self):
+        """MemberRemove passes the id and force (false when left out)."""
+        node = FakeNode()
+        self.successResultOf(self.call(node, MemberRemove, id=3))
+        self.successResultOf(self.call(node, MemberRemove, id=3, force=True))
+        self.assertEqual(node.calls, [("remove", 3, False), ("remove", 3, True)])
+
     def test_transfer(self):
         """TransferLeadership asks the node to hand leadership to the target."""
         node = FakeNode()
-        self.successResultOf(self.call(node, TransferLeadership, target=3))
-        self.assertEqual(node.transfers, [3])
+        self.assertEqual(self.successResultOf(self.call(node, TransferLeadership, target=3)), {})
+        self.assertEqual(node.calls, [("transfer", 3)])
 
-    def test_transfer_not_leader(self):
-        """A follower answers TransferLeadership with NOT_LEADER naming the leader."""
-        failure = self.failureResultOf(
-            self.call(FakeNode(CoreNotLeader(1)), TransferLeadership, target=3), NotLeader
-        )
-        self.assertIn("leader is 1", failure.getErrorMessage())
+    def errors(self, error, expected):
+        """Every change command fails with C{expected} when the node fails with C{error}."""
+        for command, arguments in (
+            (MemberAdd, dict(id=4, peer="h:1", client="h:2")),
+            (MemberPromote, dict(id=4)),
+            (MemberRemove, dict(id=4)),
+            (TransferLeadership, dict(target=4)),
+        ):
+            failure = self.failureResultOf(self.call(FakeNode(error), command, **arguments), expected)
+            self.assertEqual(failure.getErrorMessage(), str(error))
 
-    def test_transfer_rejected(self):
-        """A transfer the core refuses comes back as REJECTED with the reason."""
-        failure = self.failureResultOf(
-            self.call(FakeNode(ProposalRejected("node 9 is not another voter")), TransferLeadership, target=9),
-            Rejected,
-        )
-        self.assertIn("not another voter", failure.getErrorMessage())
+    def test_rejected(self):
+        """MembershipRejected crosses as REJECTED with its sentence."""
+        self.errors(MembershipRejected("node 4 is already a member"), Rejected)
+
+    def test_unavailable(self):
+        """Unavailable (no leader, not chosen in time) crosses as UNAVAILABLE."""
+        self.errors(NodeUnavailable("timed out after 10 s waiting for a leader"), Unavailable)
+
+    def test_not_leader_unavailable(self):
+        """NotLeaderError is an Unavailable: it crosses as UNAVAILABLE naming the leader."""
+        self.errors(NotLeaderError(1), Unavailable)

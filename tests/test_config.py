@@ -209,3 +209,65 @@ class OptionsTests(SynchronousTestCase):
         error = self.assertRaises(usage.UsageError, Options().parseOptions, ["--storage=floppy"])
         self.assertIn("unknown storage 'floppy'", str(error))
         self.assertIn("lmdb", str(error))
+
+
+class MembershipKeysTests(SynchronousTestCase):
+    """Issue 11's keys: join, auto_promote, auto_promote_beats, promote_lag_slots."""
+
+    def test_defaults(self):
+        """Without them a node seeds (or restarts) a cluster and never promotes on its own."""
+        config = build({})
+        self.assertEqual(
+            (config.join, config.auto_promote, config.auto_promote_beats, config.promote_lag_slots),
+            ((), False, 10, 1000),
+        )
+
+    def test_join_flag(self):
+        """--join takes client addresses, comma separated, and makes the seed member set empty."""
+        config = build({"join": "10.0.0.1:2379, [::1]:2379,10.0.0.1:2379"})
+        self.assertEqual(config.join, ("10.0.0.1:2379", "[::1]:2379"))
+        self.assertEqual(config.seed_config().voters, frozenset())
+        self.assertEqual(build({}).seed_config().voters, frozenset({1}))
+
+    def test_join_toml_list(self):
+        """In TOML, join is a list of addresses (or the flag's string)."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('join = ["10.0.0.1:2379", "10.0.0.2:2379"]\nauto_promote = true\n'
+                    'auto_promote_beats = 5\npromote_lag_slots = 50\n')
+        config = build(load_toml(path))
+        self.assertEqual(config.join, ("10.0.0.1:2379", "10.0.0.2:2379"))
+        self.assertEqual((config.auto_promote, config.auto_promote_beats, config.promote_lag_slots),
+                         (True, 5, 50))
+
+    def test_join_errors(self):
+        """Malformed join addresses, wildcard ones, an empty list, or join with peers are refused."""
+        for value, text in (("nohost", "host:port"), ("h:1,", "host:port"), ([], "at least one"),
+                            ("0.0.0.0:2379", "must name"), (":2379", "must name"),
+                            ("h:99999", "port"), (5, "host:port"), ([1], "host:port")):
+            error = self.assertRaises(ConfigError, build, {"join": value})
+            self.assertIn(text, str(error))
+        error = self.assertRaises(ConfigError, build, {"join": "h:1", "peers": "2=h:2"})
+        self.assertIn("exclude each other", str(error))
+        error = self.assertRaises(ConfigError, build, {"join": "h:1", "addr": ":2380"})
+        self.assertIn("members can reach", str(error))
+
+    def test_promotion_keys_errors(self):
+        """auto_promote is a boolean; the counts are integers in range."""
+        self.assertTrue(build({"auto_promote": "yes"}).auto_promote)
+        for values, text in (({"auto_promote": 3}, "true or false"),
+                             ({"auto_promote_beats": 0}, "at least 1"),
+                             ({"auto_promote_beats": "x"}, "integer"),
+                             ({"promote_lag_slots": -1}, "not be negative")):
+            self.assertIn(text, str(self.assertRaises(ConfigError, build, values)))
+
+    def test_flags(self):
+        """Each key is a flag too."""
+        options = Options()
+        options.parseOptions(["--join=10.0.0.1:2379", "--auto-promote=true",
+                              "--auto-promote-beats=3", "--promote-lag-slots=7"])
+        node = options.node
+        self.assertEqual((node.join, node.auto_promote, node.auto_promote_beats, node.promote_lag_slots),
+                         (("10.0.0.1:2379",), True, 3, 7))
+        error = self.assertRaises(usage.UsageError, Options().parseOptions, ["--join=nope"])
+        self.assertIn("host:port", str(error))

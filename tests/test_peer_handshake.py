@@ -58,6 +58,11 @@ def hello(cluster=CLUSTER, member=1, timing=CLIENT_TIMING):
     )
 
 
+def given(answer):
+    """A Hello answer without the optional fields it left out (addresses)."""
+    return {k: v for k, v in answer.items() if v is not None}
+
+
 class Results:
     """Fire what the pump carries and return a Deferred's one result."""
 
@@ -95,7 +100,7 @@ class RawClientTests(Results, SynchronousTestCase):
     def test_hello_answered(self):
         """A Hello from a listed peer of this cluster is answered with the listener's cluster, id and timing."""
         answer = self.results(self.client.callRemote(Hello, **hello()))
-        self.assertEqual(answer, hello(member=2, timing=SERVER_TIMING))
+        self.assertEqual(given(answer), hello(member=2, timing=SERVER_TIMING))
         self.assertEqual(self.server.peer_id, 1)
         self.send_heartbeat()
         self.assertEqual(self.node.messages, [heartbeat()])
@@ -375,6 +380,6 @@ class NetworkHandshakeTests(SynchronousTestCase):
             client.callRemote(Hello, **hello(member=member)).addBoth(outcome.append)
             pump.flush()
             if expected is None:
-                self.assertEqual(outcome, [hello(member=1)])
+                self.assertEqual([given(o) for o in outcome], [hello(member=1)])
             else:
                 outcome[0].trap(expected)

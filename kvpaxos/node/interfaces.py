@@ -124,6 +124,30 @@ class IPeerHandler(Interface):
         leadership with a quorum; or failing with L{NotLeaderError}.
         """
 
+    def peer_addresses_reported(member, peer, client):
+        """
+        Member C{member} reported, in its handshake, the addresses it is
+        reached at (C{host:port} strings, C{""} if not given); issue 11.
+        """
+
+    def member_change_requested(kind, node, peer, client, force, timeout_s):
+        """
+        A follower carries a membership change (C{kind}: C{"add-learner"},
+        C{"promote"}, C{"remove"} or C{"transfer"}) to this node, the leader.
+        Returns a Deferred firing with the slot it was chosen in (0 for a
+        transfer, once the target leads), or failing with L{NotLeaderError}
+        (this node does not lead: not proposed), L{MembershipRejected} or
+        L{Unavailable} (not done within C{timeout_s}).
+        """
+
+    def join_requested(member, peer, client, timeout_s):
+        """
+        Node C{member}, not yet a member of this cluster, asks to be added
+        as a learner at these addresses.  A Deferred firing once that is
+        chosen (at once if it is already a member at C{peer}), or failing as
+        L{member_change_requested}.
+        """
+
 
 class IPeerTransport(Interface):
     """
@@ -153,6 +177,21 @@ class IPeerTransport(Interface):
         Ask node C{node_id} (the leader) for a confirmed read index: a
         Deferred firing with it, or failing (L{NotLeaderError},
         L{kvpaxos.node.peer_commands.PeerUnreachable}, a timeout, ...).
+        """
+
+    def set_peers(peers):
+        """
+        Make the links match C{peers} ({node id: (host, port)}): the member
+        set changed (issue 11).  A member no longer listed is refused.
+        """
+
+    def member_change(node_id, kind, node, peer, client, force, timeout_s):
+        """
+        Carry a membership change to node C{node_id} (the leader): a
+        Deferred firing with the slot it was chosen in, or failing
+        (L{NotLeaderError}: not proposed; L{MembershipRejected};
+        L{Unavailable}; L{kvpaxos.node.peer_commands.PeerUnreachable}: not
+        sent; a timeout or another error: it may still be chosen).
         """
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from twisted.protocols import amp
 
-from kvpaxos.node.interfaces import NotLeaderError, Timing
+from kvpaxos.node.interfaces import MembershipRejected, NotLeaderError, Timing, Unavailable
 
 #: The largest piece of one encoded message or command in one AMP value.
 CHUNK_BYTES = 60_000
@@ -147,13 +147,18 @@ _HELLO_FIELDS = [
     (b"tick_ms", amp.Integer()),
     (b"election_ticks", amp.Integer()),
     (b"lease_reads", amp.Boolean()),
+    # Issue 11: where the sender is reached (its peer listener and its gRPC
+    # server, host:port, or "" if not known); optional for older peers.
+    (b"peer_address", amp.Unicode(optional=True)),
+    (b"client_address", amp.Unicode(optional=True)),
 ]
 
 
 class Hello(amp.Command):
     """
     The handshake, the first command on every link, sent by the node that
-    opened it: its cluster id, its member id and its L{Timing}.  The answer
+    opened it: its cluster id, its member id, its L{Timing} and its
+    addresses.  The answer
     says the same of the listener.  A refusal closes the connection.
     """
 
@@ -229,3 +234,64 @@ def hello_timing(tick_ms: int, election_ticks: int, lease_reads: bool) -> Timing
         if not 0 < value <= _TIMING_MAX:
             raise BadHello(f"{name} {value} is out of range")
     return Timing(tick_ms=tick_ms, election_ticks=election_ticks, lease_reads=lease_reads)
+
+
+# --- membership (issue 11): carried changes and joining -----------------------
+#
+# A membership change sent to a follower is carried to the leader
+# (L{MemberChange}), answered once chosen; a node that is not yet a member
+# asks to be added (L{Join}) before any Hello, on a connection of its own.
+# The errors cross as the admin port's do: REJECTED (wrong, nothing changed),
+# UNAVAILABLE (not chosen in time, may be retried), NOT_LEADER (certainly
+# not proposed: the node does not lead).
+
+#: The kinds a L{MemberChange} carries: the L{kvpaxos.paxos.ChangeKind}
+#: values an operator may ask for, and a leader transfer.
+MEMBER_CHANGE_KINDS = ("add-learner", "promote", "remove", "transfer")
+
+MEMBER_ERRORS = {
+    NotLeaderOnWire: b"NOT_LEADER",
+    MembershipRejected: b"REJECTED",
+    Unavailable: b"UNAVAILABLE",
+    PeerRequestError: b"PEER_ERROR",
+    NotIdentified: b"NOT_IDENTIFIED",
+}
+
+
+class MemberChange(amp.Command):
+    """
+    A follower carries an operator's membership change (or leader transfer)
+    to the leader: C{kind} is one of L{MEMBER_CHANGE_KINDS}; the leader
+    answers once it is chosen, within C{timeout_ms}, with the slot it was
+    chosen in (0 for a transfer: answered once the target leads).
+    """
+
+    arguments = [
+        (b"kind", amp.Unicode()),
+        (b"node", amp.Integer()),
+        (b"peer", amp.Unicode()),
+        (b"client", amp.Unicode()),
+        (b"force", amp.Boolean()),
+        (b"timeout_ms", amp.Integer()),
+    ]
+    response = [(b"slot", amp.Integer())]
+    errors = MEMBER_ERRORS
+
+
+class Join(amp.Command):
+    """
+    A node that is not yet a member asks to be added as a learner with its
+    addresses: taken before (and instead of) a Hello, only if C{cluster} is
+    the listener's cluster id; carried to the leader and answered once the
+    change is chosen (at once if the node is already a member at C{peer}).
+    """
+
+    arguments = [
+        (b"cluster", amp.Integer()),
+        (b"member", amp.Integer()),
+        (b"peer", amp.Unicode()),
+        (b"client", amp.Unicode()),
+        (b"timeout_ms", amp.Integer()),
+    ]
+    response: list = []
+    errors = {**MEMBER_ERRORS, WrongCluster: b"WRONG_CLUSTER"}

@@ -50,11 +50,12 @@ from kvpaxos.node.peer_commands import (
     not_leader,
 )
 from kvpaxos.node.peer_flow import ChunkStreams, Complaints, SendGate, chunks, forward_calls
+from kvpaxos.node.peer_members import MembershipCalls
 
 _log = Logger()
 
 
-class PeerProtocol(amp.AMP):
+class PeerProtocol(MembershipCalls, amp.AMP):
     """
     One AMP connection between node C{node_id} and a peer.  Incoming
     commands go to C{handler} (an L{IPeerHandler}) once the handshake named
@@ -84,6 +85,8 @@ class PeerProtocol(amp.AMP):
     @param on_identified: called with this protocol once the handshake is
         through (C{peer_id} and C{peer_timing} are set by then).
     @param on_lost: called with this protocol once disconnected.
+    @param addresses: (peer, client) addresses this node reports in its
+        Hello and its answer (issue 11).
     """
 
     def __init__(
@@ -101,6 +104,7 @@ class PeerProtocol(amp.AMP):
         on_made: Optional[Callable] = None,
         on_identified: Optional[Callable] = None,
         on_lost: Optional[Callable] = None,
+        addresses: tuple[str, str] = ("", ""),
     ) -> None:
         super().__init__()
         self.handler = handler
@@ -115,6 +119,7 @@ class PeerProtocol(amp.AMP):
         self._on_made = on_made
         self._on_identified = on_identified
         self._on_lost = on_lost
+        self._addresses = addresses
         self._stream_ids = itertools.count()
         self._messages = ChunkStreams(STREAM_BYTES_MAX, STREAMS_MAX)
         self._commands = ChunkStreams(STREAM_BYTES_MAX, STREAMS_MAX)
@@ -188,13 +193,17 @@ class PeerProtocol(amp.AMP):
     # --- the handshake ----------------------------------------------------------
 
     def _hello_fields(self) -> dict:
-        return dict(
+        fields = dict(
             cluster=self._cluster_id,
             member=self.node_id,
             tick_ms=self._timing.tick_ms,
             election_ticks=self._timing.election_ticks,
             lease_reads=self._timing.lease_reads,
         )
+        for key, address in zip(("peer_address", "client_address"), self._addresses):
+            if address:
+                fields[key] = address
+        return fields
 
     def _identified(self, peer_id: int, timing: Timing) -> None:
         """The handshake named peer C{peer_id}, running with C{timing}."""
@@ -253,7 +262,8 @@ class PeerProtocol(amp.AMP):
         self.drop(why, complaint=failure.type.__name__)
 
     @Hello.responder
-    def _hello(self, cluster, member, tick_ms, election_ticks, lease_reads):
+    def _hello(self, cluster, member, tick_ms, election_ticks, lease_reads,
+               peer_address=None, client_address=None):
         if self._expected is not None:
             raise BadHello(
                 f"node {self.node_id} opened this link: only the opening side says Hello"
@@ -281,6 +291,12 @@ class PeerProtocol(amp.AMP):
                 _log.warn("refused a peer link from {peer}: {why}", peer=self._peer(), why=e)
             raise
         self._identified(member, timing)
+        report = getattr(self.handler, "peer_addresses_reported", None)
+        if report is not None and (peer_address or client_address):
+            try:
+                report(member, peer_address or "", client_address or "")
+            except Exception:
+                _log.failure("the node failed on the addresses of peer {peer}", peer=member)
         return self._hello_fields()
 
     # --- defences against a hostile peer -------------------------------------
@@ -479,3 +495,4 @@ class PeerProtocol(amp.AMP):
             return index
 
         return self._call(ReadIndex).addCallback(check)
+

@@ -102,6 +102,12 @@ class PeerNetwork(MultiService):
         before a jitter of up to a tenth of it drawn from C{rng}.
     @param endpoint_for: (reactor, host, port) -> client endpoint; by default
         TCP (IPv6 when the host has a colon).
+    @param addresses: (peer, client) addresses this node reports in its
+        handshakes, so that the leader can publish them (issue 11).
+
+    Issue 11: the node calls L{set_peers} with the replicated member set's
+    peer addresses whenever it changes, and may set C{cluster_id} (a joining
+    node learns it); both take effect for connections made from then on.
     """
 
     def __init__(
@@ -117,12 +123,14 @@ class PeerNetwork(MultiService):
         retry_delay_max_s: float = 1.0,
         endpoint_for: Optional[Callable] = None,
         rng: Optional[random.Random] = None,
+        addresses: tuple[str, str] = ("", ""),
     ) -> None:
         super().__init__()
         self.node_id = node_id
         self.handler = handler
         self.cluster_id = cluster_id
         self.timing = timing
+        self.addresses = addresses
         self._reactor = reactor
         self._timeout_s = timeout_s
         rng = rng or random.Random()
@@ -133,6 +141,9 @@ class PeerNetwork(MultiService):
         )
         self._endpoint_for = endpoint_for or _tcp_endpoint
         self._links: dict[int, _Link] = {}
+        # The connections peers opened to this node, once through their
+        # handshake: closed when their peer is no longer listed.
+        self._incoming: set[PeerProtocol] = set()
         # Refusals of links peers open to this node, each logged once.
         self._refusals = Complaints()
         #: Messages dropped because their peer's link was down or full.
@@ -143,10 +154,16 @@ class PeerNetwork(MultiService):
         """
         Make the links match C{peers}: open links to new peers, close links
         to peers no longer listed, and reopen a link whose address changed.
-        From then on only the listed peers may open links to this node
-        (links they opened before stay open).
+        From then on only the listed peers may open links to this node, and
+        the links a peer no longer listed opened are closed (a removed
+        member is refused).
         """
         wanted = {i: tuple(a) for i, a in peers.items() if i != self.node_id}
+        for protocol in sorted(self._incoming, key=lambda p: p.peer_id):
+            if protocol.peer_id not in wanted and protocol.transport is not None:
+                # Closed once what is written is sent: the answer to the
+                # removed member's own MemberChange (its removal) goes first.
+                protocol.transport.loseConnection()
         for peer_id in sorted(self._links):
             if wanted.get(peer_id) != self._links[peer_id].address:
                 link = self._links.pop(peer_id)
@@ -203,7 +220,12 @@ class PeerNetwork(MultiService):
 
     def server_factory(self) -> Factory:
         """Return the factory this node listens with for its peers' links."""
-        return self._factory(is_member=self._links.__contains__, complaints=self._refusals)
+        return self._factory(
+            is_member=self._links.__contains__,
+            complaints=self._refusals,
+            on_identified=self._incoming.add,
+            on_lost=self._incoming.discard,
+        )
 
     def _factory(self, **side) -> Factory:
         """A factory of this node's L{PeerProtocol}s, with C{side}'s own arguments."""
@@ -215,6 +237,7 @@ class PeerNetwork(MultiService):
                 timeout_s=self._timeout_s,
                 cluster_id=self.cluster_id,
                 timing=self.timing,
+                addresses=self.addresses,
                 **side,
             )
         )
@@ -259,6 +282,18 @@ class PeerNetwork(MultiService):
         if protocol is None:
             return fail(PeerUnreachable(f"no link to node {node_id}"))
         return protocol.read_index()
+
+    def member_change(self, node_id: int, kind: str, node: int, peer: str, client: str,
+                      force: bool, timeout_s: float) -> Deferred:
+        """
+        Carry a membership change to node C{node_id} (the leader); see
+        L{kvpaxos.node.peer_members.MembershipCalls.member_change}.  Fails
+        with L{PeerUnreachable} if there is no link to it.
+        """
+        protocol = self._protocol(node_id)
+        if protocol is None:
+            return fail(PeerUnreachable(f"no link to node {node_id}"))
+        return protocol.member_change(kind, node, peer, client, force, timeout_s)
 
 
 def _abort(link: _Link) -> None:

@@ -39,7 +39,8 @@ L{kvpaxos.node.writes.WritePath} (propose here or forward to the leader,
 answer once applied), L{kvpaxos.node.reads.ReadPath} (read index, lease,
 serializable) and L{kvpaxos.node.snapshots.SnapshotPath} (a peer's
 snapshot checked before it is stepped; this node's state read for a
-lagging peer).
+lagging peer); L{IMembership} is L{kvpaxos.node.membership.Membership}'s.
+A node with no member set yet (joining) refuses clients: L{Unavailable}.
 """
 
 from __future__ import annotations
@@ -62,12 +63,14 @@ from kvpaxos.kv.commands import Request
 from kvpaxos.node.clock import MonotonicClock
 from kvpaxos.node.interfaces import (
     IKeyValueNode,
+    IMembership,
     IPeerHandler,
     NodeStatus,
     NotLeaderError,
     Timing,
     Unavailable,
 )
+from kvpaxos.node.membership import Membership
 from kvpaxos.node.reads import ReadPath
 from kvpaxos.node.snapshots import SnapshotPath
 from kvpaxos.node.writes import WritePath
@@ -75,7 +78,12 @@ from kvpaxos.paxos import InstallSnapshot, NotLeader, Options, Replica
 from kvpaxos.storage.interfaces import Commit
 
 
-@implementer(IPeerHandler, IKeyValueNode)
+def _delegate(name: str):
+    """A method that calls C{self.membership.<name>} (IMembership, IPeerHandler)."""
+    return lambda self, *args: getattr(self.membership, name)(*args)
+
+
+@implementer(IPeerHandler, IKeyValueNode, IMembership)
 class ReplicaService(Service):
     """
     Runs one replica.
@@ -99,6 +107,8 @@ class ReplicaService(Service):
         L{MonotonicClock}.
     @param boot: a number unique to this start of the node, in its request
         ids (by default random); the simulator passes its own.
+    @param addresses: (peer, client) addresses of this node, published in
+        the member set (L{Membership}).
     """
 
     log = Logger()
@@ -123,8 +133,10 @@ class ReplicaService(Service):
         read_snapshot=None,
         clock=None,
         boot: Optional[int] = None,
+        addresses: tuple[str, str] = ("", ""),
     ) -> None:
         self.node_id = node_id
+        self.addresses = addresses
         self.clock = clock or MonotonicClock()
         #: Why the node stopped on a fatal error (one line), else None.
         self.fatal_error: Optional[str] = None
@@ -162,6 +174,7 @@ class ReplicaService(Service):
         self.writes: Optional[WritePath] = None
         self.reads: Optional[ReadPath] = None
         self.snapshots: Optional[SnapshotPath] = None
+        self.membership: Optional[Membership] = None
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -194,6 +207,11 @@ class ReplicaService(Service):
             self.replica, self.store, peers, self.reactor, self._guard, self._step,
             stopping, read_snapshot=self._read_snapshot,
         )
+        self.membership = Membership(
+            self.node_id, self.replica, peers, self.reactor, self._guard, self._schedule,
+            stopping, self.addresses, self.tick_s,
+        )
+        self.membership.started()
         super().startService()
         if self._run_commit == self._commit_on_writer:
             self._pool.start()
@@ -235,6 +253,8 @@ class ReplicaService(Service):
             self.writes.stop(error)
         if self.reads is not None:
             self.reads.stop(error)
+        if self.membership is not None:
+            self.membership.stop(error)
 
     def _fatal(self, failure: Failure) -> None:
         if self.fatal_error is None:
@@ -275,6 +295,7 @@ class ReplicaService(Service):
         self._catch_up_ticks()
         self.writes.route()
         self.reads.leader_may_be_known()
+        self.membership.tick()
         self._schedule()
 
     def message_received(self, message) -> None:
@@ -406,14 +427,19 @@ class ReplicaService(Service):
         self.reads.read_states(rd.read_states)
         self._guard(self.replica.advance, rd)
         self.reads.applied()
+        self.membership.applied(rd)
         self._schedule()
 
     # --- clients and peers: the write and read paths ----------------------
 
+    def _unserved(self) -> Optional[defer.Deferred]:
+        """A failed Deferred if this node cannot serve clients (yet), else None."""
+        if self.replica is None or not self.replica.config.voters:
+            return defer.fail(Unavailable(f"node {self.node_id} has no member set yet"))
+        return None
+
     def submit(self, request: Request, timeout_s: float) -> defer.Deferred:
-        if self.writes is None:
-            return defer.fail(Unavailable("node not started"))
-        return self.writes.submit(request, timeout_s)
+        return self._unserved() or self.writes.submit(request, timeout_s)
 
     def proposals_forwarded(self, commands) -> defer.Deferred:
         if self.writes is None:
@@ -429,9 +455,7 @@ class ReplicaService(Service):
         enables lease reads; otherwise, or without a valid lease, as
         linearizable).  See L{kvpaxos.node.reads}.
         """
-        if self.reads is None:
-            return defer.fail(Unavailable("node not started"))
-        return self.reads.get(key, timeout_s, consistency)
+        return self._unserved() or self.reads.get(key, timeout_s, consistency)
 
     def range(self, query, timeout_s: float, consistency: str = "linearizable"):
         """
@@ -439,26 +463,25 @@ class ReplicaService(Service):
         firing with a L{kvpaxos.kv.commands.RangeResult} (consistency as for
         L{get}).
         """
-        if self.reads is None:
-            return defer.fail(Unavailable("node not started"))
-        return self.reads.range(query, timeout_s, consistency)
+        return self._unserved() or self.reads.range(query, timeout_s, consistency)
 
     def read_index_requested(self) -> defer.Deferred:
         if self.reads is None:
             return defer.fail(NotLeaderError(None))
         return self.reads.read_index_requested()
 
-    # --- operations ------------------------------------------------------------
+    # --- operations and membership (kvpaxos.node.membership) ----------------
 
-    def transfer_leadership(self, target: int) -> None:
-        """
-        Hand leadership to voter C{target}.
+    transfer_leadership = _delegate("transfer_leadership")
 
-        @raise kvpaxos.paxos.NotLeader: this node does not lead.
-        @raise kvpaxos.paxos.ProposalRejected: C{target} cannot take it.
-        """
-        self._guard(self.replica.transfer_leadership, target)
-        self._schedule()
+    members = _delegate("members")
+    member_add = _delegate("member_add")
+    member_promote = _delegate("member_promote")
+    member_remove = _delegate("member_remove")
+    leader_transfer = _delegate("leader_transfer")
+    member_change_requested = _delegate("member_change_requested")
+    join_requested = _delegate("join_requested")
+    peer_addresses_reported = _delegate("peer_addresses_reported")
 
     # --- status --------------------------------------------------------------
 

@@ -310,15 +310,19 @@ class Simulation(NodesMixin, ChecksMixin, ClientsMixin, FaultsMixin):
         if process.reactor.stop_requested and self.violation is None and process.alive:
             fatal = getattr(process.service, "fatal_error", None)
             disk = getattr(process, "disk", None)
+            membership = getattr(process.service, "membership", None)
             if disk is not None and disk.failed:
                 self._exited(process, fatal)  # the disk failure it was given
+            elif fatal is None and getattr(membership, "removed", False):
+                self._exited(process, None)  # it learned it was removed: exit 0
             else:
                 self.fail("invariant", f"node {process.node_id} stopped: {fatal}")
 
     def _exited(self, process: Process, fatal: Optional[str]) -> None:
         """
-        A node stopped on an injected disk failure: its process exits, 1 if
-        it recorded why (C{fatal_error}), else 0; the supervisor (systemd,
+        A node stopped on an injected disk failure, or because it learned it
+        was removed: its process exits, 1 if it recorded why
+        (C{fatal_error}), else 0; the supervisor (systemd,
         C{Restart=on-failure}) restarts it only after exit status 1.
         """
         node = self.nodes[process.node_id]

@@ -349,3 +349,15 @@ class SimTransport:
 
     def read_index(self, node_id: int) -> defer.Deferred:
         return self._network.call(self._process, node_id, "read_index")
+
+    def set_peers(self, peers) -> None:
+        """
+        The node's member set changed.  The simulator connects every pair of
+        nodes itself (its member sets carry no addresses, so the node does
+        not call this; kept for the interface).
+        """
+
+    def member_change(self, node_id: int, kind: str, node: int, peer: str, client: str,
+                      force: bool, timeout_s: float) -> defer.Deferred:
+        """The simulator's operator changes members through the leader's core."""
+        return defer.fail(PeerUnreachable("the simulated network carries no membership changes"))
