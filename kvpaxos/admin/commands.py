@@ -20,100 +20,24 @@ refused).  Errors cross as AMP error codes:
     L{TransferLeadership}; the node now carries the transfer to the leader.
 """
 
-from twisted.protocols import amp
+# One definition of the contract, in the API package so that the CLI (a
+# client, which may import only the API) and the server share the same
+# classes.
+from kvpaxos.api.admin import (  # noqa: F401
+    MEMBER,
+    MEMBER_LIST,
+    MemberAdd,
+    MemberList,
+    MemberPromote,
+    MemberRemove,
+    NotLeader,
+    Rejected,
+    Status,
+    TransferLeadership,
+    Unavailable,
+)
 
-
-class NotLeader(Exception):
-    """The node asked to do leader work does not lead."""
-
-
-class Rejected(Exception):
-    """The node refused the request (the message says why); nothing changed."""
-
-
-class Unavailable(Exception):
-    """No leader could be reached, or the change was not chosen in time."""
-
-
-_ERRORS = {NotLeader: b"NOT_LEADER", Rejected: b"REJECTED", Unavailable: b"UNAVAILABLE"}
-
-#: One member as the member list shows it.
-MEMBER = [
-    (b"id", amp.Integer()),
-    #: "voter" or "learner".
-    (b"role", amp.Unicode()),
-    #: host:port, or "" while not known.
-    (b"peer", amp.Unicode()),
-    (b"client", amp.Unicode()),
+__all__ = [
+    "MEMBER", "MEMBER_LIST", "MemberAdd", "MemberList", "MemberPromote", "MemberRemove",
+    "NotLeader", "Rejected", "Status", "TransferLeadership", "Unavailable",
 ]
-
-#: What MemberList and each change answer: the member set as this node
-#: knows it (after the change, for a change).
-MEMBER_LIST = [
-    (b"cluster_id", amp.Integer()),
-    (b"leader", amp.Integer(optional=True)),
-    (b"members", amp.AmpList(MEMBER)),
-]
-
-
-class Status(amp.Command):
-    """This node's view of the cluster."""
-
-    arguments: list = []
-    response = [
-        (b"member_id", amp.Integer()),
-        (b"role", amp.Unicode()),
-        (b"leader", amp.Integer(optional=True)),
-        (b"voters", amp.ListOf(amp.Integer())),
-        (b"learners", amp.ListOf(amp.Integer())),
-        (b"chosen_index", amp.Integer()),
-        (b"applied_index", amp.Integer()),
-    ]
-
-
-class MemberList(amp.Command):
-    """The member set as this node knows it (no round trip to the leader)."""
-
-    arguments: list = []
-    response = MEMBER_LIST
-    errors = _ERRORS
-
-
-class MemberAdd(amp.Command):
-    """Add member C{id} as a learner with its peer and client addresses."""
-
-    arguments = [
-        (b"id", amp.Integer()),
-        (b"peer", amp.Unicode()),
-        (b"client", amp.Unicode()),
-    ]
-    response = MEMBER_LIST
-    errors = _ERRORS
-
-
-class MemberPromote(amp.Command):
-    """Make learner C{id} a voter; refused unless it is caught up."""
-
-    arguments = [(b"id", amp.Integer())]
-    response = MEMBER_LIST
-    errors = _ERRORS
-
-
-class MemberRemove(amp.Command):
-    """
-    Remove member C{id}; refused when the voters heard from lately, less
-    C{id}, are not a quorum of the new member set, unless C{force}.
-    Removing the leader hands leadership over first.
-    """
-
-    arguments = [(b"id", amp.Integer()), (b"force", amp.Boolean(optional=True))]
-    response = MEMBER_LIST
-    errors = _ERRORS
-
-
-class TransferLeadership(amp.Command):
-    """Ask the leader to hand leadership to voter C{target}."""
-
-    arguments = [(b"target", amp.Integer())]
-    response: list = []
-    errors = _ERRORS

@@ -48,10 +48,9 @@ def fetch_members(client_addresses: list[str], timeout_s: float = 5.0):
     answers, for the member list: return C{(cluster_id, {id: (peer,
     client)}, leader or None)}.  Blocking: run it in a thread.
 
-    It calls the read-only C{kvpaxos.v1.Cluster/MemberList} RPC.  Until
-    the API has it (issue 11, the gRPC side), this raises L{Unavailable}
-    saying so; the expected response is C{MemberListResponse(header,
-    cluster_id, members=[Member(id, role, peer, client)])}.
+    It calls the read-only C{kvpaxos.v1.Cluster/MemberList} RPC
+    (C{MemberListResponse(header, cluster_id, leader_id,
+    members=[Member(member_id, role, peer_address, client_address)])}).
 
     @raise Unavailable: no member answered (each one's failure in the text).
     """
@@ -60,10 +59,8 @@ def fetch_members(client_addresses: list[str], timeout_s: float = 5.0):
     from kvpaxos.api.endpoints import CHANNEL_OPTIONS
     from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
 
-    request_class = getattr(kv_pb2, "MemberListRequest", None)
+    request_class = kv_pb2.MemberListRequest
     stub_class = kv_pb2_grpc.ClusterStub
-    if request_class is None:
-        raise Unavailable("this build's gRPC API has no Cluster.MemberList to join through yet")
     failures = []
     for address in client_addresses:
         with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
@@ -72,8 +69,8 @@ def fetch_members(client_addresses: list[str], timeout_s: float = 5.0):
             except grpc.RpcError as error:
                 failures.append(f"{address}: {error.code().name} {error.details()}")
                 continue
-        members = {m.id: (m.peer, m.client) for m in response.members}
-        return response.cluster_id, members, response.header.leader_id or None
+        members = {m.member_id: (m.peer_address, m.client_address) for m in response.members}
+        return response.cluster_id, members, response.leader_id or None
     raise Unavailable(f"no member answered the member list: {'; '.join(failures)}")
 
 

@@ -26,7 +26,6 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kvpaxos.api.endpoints import BadEndpoint, split_host_port
 from kvpaxos.node.interfaces import (
     MemberInfo,
     MembershipRejected,
@@ -35,42 +34,12 @@ from kvpaxos.node.interfaces import (
     Unavailable,
 )
 from kvpaxos.node.peer_commands import NotIdentified, PeerUnreachable
-from kvpaxos.paxos import ChangeKind, ConfigChange, ConfigError, NotLeader, ProposalRejected
+from kvpaxos.api.endpoints import BadEndpoint, split_host_port
+from kvpaxos.node.member_checks import _check_node_id, _reachable, check_address
+from kvpaxos.paxos import (
+    ChangeKind, ConfigChange, ConfigError, NotLeader, ProposalRejected, QuorumNotHeard,
+)
 from kvpaxos.paxos.config import MemberAddress
-
-#: Hosts that name every interface: a bind address, not one a peer or a
-#: client can reach, so never published.
-_WILDCARD_HOSTS = ("", "0.0.0.0", "::")
-
-
-def check_address(address: str, what: str) -> str:
-    """
-    Return C{address} if it is a reachable C{host:port} (the API's one
-    parser; a host that names every interface and port 0 are refused).
-
-    @raise MembershipRejected: it is not (the caller's fault).
-    """
-    try:
-        host, port = split_host_port(address)
-    except BadEndpoint as error:
-        raise MembershipRejected(f"the {what} address is malformed: {error}") from None
-    if host in _WILDCARD_HOSTS or port == 0:
-        raise MembershipRejected(f"the {what} address {address!r} names no reachable host and port")
-    return address.strip()
-
-
-def _reachable(address: str) -> bool:
-    try:
-        check_address(address, "")
-    except MembershipRejected:
-        return False
-    return True
-
-
-def _check_node_id(node_id: int) -> None:
-    if not 0 < node_id < 2**32:
-        raise MembershipRejected(f"node id {node_id} is not a positive 32-bit number")
-
 
 class Membership:
     """
@@ -267,7 +236,9 @@ class Membership:
         """L{kvpaxos.node.interfaces.IMembership.member_add}."""
         try:
             _check_node_id(node_id)
-            peer, client = check_address(peer, "peer"), check_address(client, "client")
+            peer = check_address(peer, "peer")
+            # No client address yet: the member reports its own when it joins.
+            client = check_address(client, "client") if client else ""
         except MembershipRejected:
             return defer.fail()
         return self._view(self.change("add-learner", node_id, peer, client, False, timeout_s))
@@ -307,7 +278,8 @@ class Membership:
         """A follower carried a change here (L{kvpaxos.node.peer_commands.MemberChange})."""
         if kind == "add-learner":
             try:
-                peer, client = check_address(peer, "peer"), check_address(client, "client")
+                peer = check_address(peer, "peer")
+                client = check_address(client, "client") if client else ""
             except MembershipRejected:
                 return defer.fail()
         return self.change(kind, node, peer, client, force, timeout_s, carried=True)
@@ -320,7 +292,9 @@ class Membership:
         another peer address.
         """
         try:
-            peer, client = check_address(peer, "peer"), check_address(client, "client")
+            peer = check_address(peer, "peer")
+            # No client address yet: the member reports its own when it joins.
+            client = check_address(client, "client") if client else ""
         except MembershipRejected:
             return defer.fail()
         config = self._replica.config
@@ -456,12 +430,24 @@ class Membership:
             # This leader's own UPDATE goes first (one change at a time).
             yield self._wait(lambda: self._updating is None, timeout_s, "an address update")
         change = ConfigChange(ChangeKind(kind), node, peer, client)
-        try:
-            self._guard(self._propose, change, force)
-        except (ConfigError, ProposalRejected) as error:
-            raise MembershipRejected(str(error)) from None
-        except NotLeader as error:
-            raise NotLeaderError(error.leader) from None
+        # A leader just elected (one a removed leader handed over to) has
+        # heard from no follower in its ballot yet: a removal it cannot
+        # prove safe is retried for up to two election timeouts.
+        settle_until = self._reactor.seconds() + min(
+            timeout_s, self._replica.options.election_ticks * self._retry_s
+        )
+        while True:
+            try:
+                self._guard(self._propose, change, force)
+                break
+            except QuorumNotHeard as error:
+                if self._reactor.seconds() >= settle_until:
+                    raise MembershipRejected(str(error)) from None
+            except (ConfigError, ProposalRejected) as error:
+                raise MembershipRejected(str(error)) from None
+            except NotLeader as error:
+                raise NotLeaderError(error.leader) from None
+            yield task.deferLater(self._reactor, self._retry_s, lambda: None)
         d = defer.Deferred()
         self._proposed.setdefault(change, []).append(d)
         self._schedule()

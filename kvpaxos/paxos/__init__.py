@@ -9,7 +9,7 @@ module-level C{random}: the same inputs always give the same outputs.
 """
 
 from kvpaxos.paxos.config import ChangeKind, Config, ConfigChange, ConfigError, MemberAddress
-from kvpaxos.paxos.errors import NotLeader, ProposalRejected
+from kvpaxos.paxos.errors import NotLeader, ProposalRejected, QuorumNotHeard
 from kvpaxos.paxos.messages import (
     NOOP,
     ZERO_BALLOT,
@@ -47,6 +47,6 @@ __all__ = [
     "HeartbeatTimeout", "InstallSnapshot",
     "Message", "Nack", "Noop", "NotLeader", "Options", "Prepare", "PreVote",
     "PreVoteReply", "Promise",
-    "ProposalRejected", "ReadState", "Ready", "Replica", "Snapshot",
+    "ProposalRejected", "QuorumNotHeard", "ReadState", "Ready", "Replica", "Snapshot",
     "TimeoutNow", "Value", "value_size",
 ]

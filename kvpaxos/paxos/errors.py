@@ -23,3 +23,12 @@ class ProposalRejected(Exception):
     The leader cannot take this proposal now (a leader transfer or a
     configuration change is in progress, or the request is invalid).
     """
+
+
+class QuorumNotHeard(ProposalRejected):
+    """
+    A removal the leader cannot prove safe: the voters it heard from within
+    the last election timeout, less the one removed, are not a quorum of
+    the new member set.  A leader just elected has heard from nobody yet,
+    so its caller may retry a little later; C{force} skips the check.
+    """

@@ -26,7 +26,7 @@ C{config_slot}, C{pending_config}, C{transfer_target}).  No I/O here.
 from __future__ import annotations
 
 from kvpaxos.paxos.config import ChangeKind, ConfigChange
-from kvpaxos.paxos.errors import ProposalRejected
+from kvpaxos.paxos.errors import ProposalRejected, QuorumNotHeard
 from kvpaxos.paxos.messages import HeartbeatAck
 
 
@@ -86,7 +86,7 @@ class MemberRules:
         alive = sorted(after.voters & (self.recently_heard() - {node}))
         if not after.is_quorum(alive):
             heard = ",".join(str(n) for n in alive) or "none"
-            raise ProposalRejected(
+            raise QuorumNotHeard(
                 f"removing node {node} would leave {len(alive)} of the"
                 f" {len(after.voters)} remaining voters heard from within the"
                 f" last election timeout ({heard}), fewer than a quorum of"

@@ -219,12 +219,16 @@ class ProcessCluster:
 
     def add_node(self, node_id: int, join: Optional[list] = None, settings: Optional[dict] = None) -> "Node":
         """
-        Make (not start) node C{node_id} for a running cluster: its
+        Make (not start) node C{node_id} for a running cluster (a node
+        that exists keeps its addresses, as a replaced disk would): its
         configuration names no peers, and C{join} (by default every other
         node's client address) is what its C{join} key lists.  It learns
         the cluster from those members (issue 11).
         """
-        node = self.nodes[node_id] = Node(node_id, self.directory)
+        node = self.nodes.get(node_id)
+        if node is None:
+            node = self.nodes[node_id] = Node(node_id, self.directory)
+        # A node made again (a replaced disk) keeps its addresses.
         if join is None:
             join = [o.endpoint for o in self.nodes.values() if o.id != node_id]
         keys = dict(self._settings, **(settings or {}))

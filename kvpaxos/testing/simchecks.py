@@ -10,9 +10,10 @@ L{kvpaxos.testing.sim.Simulation}: it reads and sets that class's state.
 from __future__ import annotations
 
 from kvpaxos.encoding.commands import decode_request
-from kvpaxos.paxos import Batch, ConfigChange
+from kvpaxos.paxos import Batch, ChangeKind, ConfigChange
 from kvpaxos.testing import invariants
 from kvpaxos.testing.reference import state_hash, tag_of
+from kvpaxos.testing.simrecords import sim_addresses
 from kvpaxos.testing.simworld import Process
 
 
@@ -52,7 +53,11 @@ class ChecksMixin:
                 tag = tag_of(request)
                 if tag != ("open",) and tag not in self.submitted:
                     self.fail("validity", f"slot {slot} holds unsubmitted {request!r}")
-        elif type(value) is ConfigChange and value not in self.proposed_changes:
+        elif type(value) is ConfigChange and value not in self.proposed_changes and not (
+            # A leader publishes the addresses a member reported (UPDATE).
+            value.kind is ChangeKind.UPDATE
+            and {value.peer, value.client} - {""} <= set(sim_addresses(value.node))
+        ):
             self.fail("validity", f"slot {slot} holds unproposed {value!r}")
 
     def _feed_reference(self) -> None:

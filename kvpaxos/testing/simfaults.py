@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from kvpaxos.paxos import ChangeKind, ConfigChange, ConfigError, NotLeader, ProposalRejected
+from kvpaxos.admin.commands import MemberAdd, MemberPromote, MemberRemove, TransferLeadership
+from kvpaxos.paxos import ChangeKind, ConfigChange
 from kvpaxos.testing.linearizability import check
 from kvpaxos.testing.reference import state_hash
 from kvpaxos.testing.simworld import Process
@@ -23,7 +24,12 @@ from kvpaxos.testing.simrecords import (
     MAX_NODES,
     Client,
     Node,
+    sim_addresses,
 )
+
+#: The admin errors that refuse a request (and change nothing, or may
+#: still be carried out: UNAVAILABLE).
+_REFUSALS = (b"REJECTED", b"UNAVAILABLE", b"NOT_LEADER")
 
 
 class FaultsMixin:
@@ -153,46 +159,78 @@ class FaultsMixin:
             self._boot(node)
 
     def _operator(self) -> None:
+        """
+        The operator: membership changes and leader transfers through the
+        admin port's own protocol (L{kvpaxos.admin.server.AdminProtocol}),
+        sent to any live node (a follower carries them to the leader).
+        """
         if self.healed:
             return
         rng = self.rng
         self.world.later(rng.uniform(0.2, 0.9), self._operator)
         leader = self._leader()
-        if leader is None:
+        up = [n for n in self._up() if not n.process.frozen]
+        if leader is None or not up:
             return
-        service = leader.process.service
-        replica = service.replica
-        config = replica.role.leader_config
+        via = rng.choice(up)
+        config = leader.process.service.replica.role.leader_config
         choice = rng.random()
-        try:
-            if choice < 0.3:
-                target = rng.choice(sorted(config.voters))
-                if target != leader.id:
-                    service.transfer_leadership(target)
-                    self.result.faults["leader transfer"] += 1
-                    self._log(f"transfer {leader.id} -> {target}")
-            elif choice < 0.45 and len(self.nodes) < MAX_NODES:
-                node_id = self.next_id
-                kind = rng.choice((ChangeKind.ADD_LEARNER, ChangeKind.ADD_VOTER))
-                self._change(service, ConfigChange(kind, node_id))
-                self.next_id += 1
-                self._add_node(node_id, None)
-            elif choice < 0.6 and config.learners:
-                self._change(service, ConfigChange(ChangeKind.PROMOTE, rng.choice(sorted(config.learners))))
-            elif choice < 0.75 and len(config.voters) > 3:
-                self._change(service, ConfigChange(ChangeKind.REMOVE, rng.choice(sorted(config.voters))))
-            elif choice < 0.8 and config.learners:
-                self._change(service, ConfigChange(ChangeKind.REMOVE, rng.choice(sorted(config.learners))))
-        except (ProposalRejected, ConfigError, NotLeader):
-            pass
+        if choice < 0.3:
+            target = rng.choice(sorted(config.voters))
+            self._admin(via, TransferLeadership, None, target=target)
+        elif choice < 0.45 and len(self.nodes) < MAX_NODES:
+            node_id = self.next_id
+            self.next_id += 1
+            peer, client = sim_addresses(node_id)
+            change = ConfigChange(ChangeKind.ADD_LEARNER, node_id, peer, client)
+            self._admin(via, MemberAdd, change, id=node_id, peer=peer, client=client)
+            self._add_node(node_id, None)
+        elif choice < 0.6 and config.learners:
+            node_id = rng.choice(sorted(config.learners))
+            self._admin(via, MemberPromote, ConfigChange(ChangeKind.PROMOTE, node_id), id=node_id)
+        elif choice < 0.8 and (len(config.voters) > 3 or config.learners):
+            pool = sorted(config.voters) if len(config.voters) > 3 and rng.random() < 0.7 else sorted(config.learners)
+            if pool:
+                node_id = rng.choice(pool)
+                force = rng.random() < 0.15
+                self._admin(via, MemberRemove, ConfigChange(ChangeKind.REMOVE, node_id),
+                            id=node_id, force=force)
 
-    def _change(self, service, change: ConfigChange) -> None:
-        # No admin API for membership in the service yet: the core, then a Ready.
-        service.replica.propose_config_change(change)
-        self.proposed_changes.add(change)
-        service._schedule()
-        self.result.faults["membership change"] += 1
-        self._log(f"propose {change}")
+    def _admin(self, node: Node, command, change: Optional[ConfigChange], **arguments) -> None:
+        """
+        Send admin C{command} to C{node} as the CLI does: the arguments
+        serialized into an AMP box and dispatched to the admin protocol's
+        responder, the answer or error read back as the CLI reads it.  A
+        refusal (REJECTED, UNAVAILABLE, NOT_LEADER) is counted; any other
+        failure is a violation.
+        """
+        from twisted.protocols import amp
+
+        from kvpaxos.admin.server import AdminProtocol
+
+        if change is not None:
+            self.proposed_changes.add(change)
+        name = command.commandName.decode()
+        self._log(f"admin {name} {arguments} via node {node.id}")
+        protocol = AdminProtocol(node.process.service)
+        box = command.makeArguments(arguments, protocol)
+        responder = protocol.locateResponder(command.commandName)
+
+        def done(_) -> None:
+            self.result.faults[f"admin {name} done"] += 1
+
+        def refused(failure) -> None:
+            if failure.check(amp.RemoteAmpError) and failure.value.errorCode in _REFUSALS:
+                self.result.faults["admin refused"] += 1
+                self._log(f"admin {name} refused: {failure.value.description}")
+                return
+            self.fail("admin", f"{name} {arguments} via node {node.id}: {failure.getErrorMessage()}")
+
+        def call() -> None:
+            responder(box).addCallbacks(done, refused)
+
+        self.result.faults["admin " + name] += 1
+        self._run_in(node.process, call, ())
 
     # --- heal and liveness -----------------------------------------------------------
 

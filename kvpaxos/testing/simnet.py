@@ -28,7 +28,7 @@ from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from kvpaxos.node.interfaces import IPeerTransport, NotLeaderError
+from kvpaxos.node.interfaces import IPeerTransport, MembershipRejected, NotLeaderError, Unavailable
 from kvpaxos.node.peer_commands import ForwardFailed, PeerRequestError, PeerUnreachable
 from kvpaxos.testing.simworld import Process, VirtualTime
 
@@ -265,6 +265,9 @@ class Network:
             service = receiver.service
             if kind == "forward":
                 answer = defer.maybeDeferred(service.proposals_forwarded, commands)
+            elif kind == "member_change":
+                # commands: the change's (kind, node, peer, client, force, timeout_s).
+                answer = defer.maybeDeferred(service.member_change_requested, *commands)
             else:
                 answer = defer.maybeDeferred(service.read_index_requested)
 
@@ -294,6 +297,12 @@ class Network:
         if not isinstance(outcome, Failure):
             d.callback(None if kind == "forward" else outcome)
             return
+        if kind == "member_change" and outcome.check(MembershipRejected, Unavailable):
+            # Both cross the peer link as themselves (REJECTED, UNAVAILABLE;
+            # a NotLeaderError is an Unavailable and crosses as below).
+            if not outcome.check(NotLeaderError):
+                d.errback(Failure(outcome.value))
+                return
         if outcome.check(NotLeaderError):
             error = NotLeaderError(outcome.value.leader)
             if kind == "forward":
@@ -353,11 +362,13 @@ class SimTransport:
     def set_peers(self, peers) -> None:
         """
         The node's member set changed.  The simulator connects every pair of
-        nodes itself (its member sets carry no addresses, so the node does
-        not call this; kept for the interface).
+        nodes itself, whatever the addresses (a removed member's messages
+        are still carried: the core must ignore them).
         """
 
     def member_change(self, node_id: int, kind: str, node: int, peer: str, client: str,
                       force: bool, timeout_s: float) -> defer.Deferred:
-        """The simulator's operator changes members through the leader's core."""
-        return defer.fail(PeerUnreachable("the simulated network carries no membership changes"))
+        """Carry a membership change to node C{node_id} (the leader), as the peer link's MemberChange does."""
+        return self._network.call(
+            self._process, node_id, "member_change", (kind, node, peer, client, force, timeout_s)
+        )

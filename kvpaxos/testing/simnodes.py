@@ -22,7 +22,7 @@ from kvpaxos.testing import plants as plant_registry
 from kvpaxos.testing.simdisk import Disk
 from kvpaxos.testing.simnet import SimTransport
 from kvpaxos.testing.simworld import MachineClock, Process
-from kvpaxos.testing.simrecords import DRIFT_MAX, SIM_OPTIONS, TICK_S, Node
+from kvpaxos.testing.simrecords import DRIFT_MAX, SIM_OPTIONS, TICK_S, Node, sim_addresses
 
 
 def _accepts(cls, name: str) -> bool:
@@ -82,6 +82,8 @@ class NodesMixin:
         )
         if _accepts(cls, "clock"):
             kwargs["clock"] = process.mono
+        if _accepts(cls, "addresses"):
+            kwargs["addresses"] = sim_addresses(node.id)
         # Request ids are unique per boot (os.urandom by default); a seeded
         # boot number keeps replays exact.
         boot = rng.getrandbits(31)
@@ -129,6 +131,10 @@ class NodesMixin:
             service = here.service
             if hasattr(service, "peer_timing"):
                 here.io(0, service.peer_timing, there.node_id, self.timing_of(there.node_id))
+            if hasattr(service, "peer_addresses_reported"):
+                # The handshake's addresses: the leader publishes them (UPDATE).
+                here.io(0, service.peer_addresses_reported, there.node_id,
+                        *sim_addresses(there.node_id))
 
     def timing_of(self, node_id: int) -> Timing:
         """The timing node C{node_id} runs with (and reports to its peers)."""

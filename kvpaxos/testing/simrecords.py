@@ -53,6 +53,12 @@ LIVENESS_COMMANDS = 5
 LIVENESS_BOUND_S = 12.0
 HISTORY_CHECK_S = 20.0
 MAX_NODES = 6
+
+
+def sim_addresses(node_id: int) -> tuple[str, str]:
+    """The peer and client addresses simulated node C{node_id} runs with (and reports)."""
+    host = f"10.{node_id // 256}.{node_id % 256}.1"
+    return f"{host}:2380", f"{host}:2379"
 #: One seed in this many runs on LMDB.
 LMDB_ONE_IN = 5
 #: A snapshot copy's step on LMDB (the product's is 1 MiB; states here are
