@@ -213,6 +213,7 @@ class SnapshotDuringGrowth(Scenario):
         sim.disk_s = (0.0, 0.002)
         sim.slow_disk = 0.0
         sim.snapshot_step_bytes = 64 << 10
+        sim.transfer_chunk_bytes = 16 << 10
         if sim.threads is not None:
             # A few megabytes copied in steps of 64 KiB: some hundreds of
             # milliseconds for the whole, during which the map may grow.
