@@ -50,6 +50,7 @@ from kvpaxos.encoding.transfer import (
 )
 from kvpaxos.paxos import InstallSnapshot
 from kvpaxos.paxos.messages import Snapshot
+from kvpaxos.storage.staging import StreamInterrupted
 
 #: The most chunks a transfer has unacknowledged (a receiver refuses more).
 WINDOW_CHUNKS = 4
@@ -170,8 +171,12 @@ class SnapshotSender:
     def _failed(self, failure, out: _Outgoing) -> None:
         out.reading = None
         if not out.ended:
-            self.log.info("snapshot transfer to node {peer} starts over: {why}",
-                          peer=out.peer, why=failure.getErrorMessage())
+            if failure.check(StreamInterrupted):
+                self.log.info("snapshot transfer to node {peer} starts over: {why}",
+                              peer=out.peer, why=failure.getErrorMessage())
+            else:
+                self.log.failure("reading a snapshot for node {peer} failed", failure,
+                                 peer=out.peer)
             self._end(out, "the sender's read ended")
         else:
             self._close(out)
@@ -346,6 +351,7 @@ class SnapshotReceiver:
         if not ok or came.ended:
             return
         came.staging -= 1
+        self._arm(came)  # a slow disk is not a dropped link
         self._peers().send_stream(SnapshotAck(self._id, came.offer.src, came.offer.transfer, seq))
         self._maybe_finish(came)
 

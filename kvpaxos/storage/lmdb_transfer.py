@@ -116,14 +116,15 @@ class LMDBSnapshotStream:
         return chunk
 
     def close(self) -> None:
-        """Close the read transaction (again: nothing)."""
-        if self._txn is not None:
-            try:
-                self._txn.abort()
-            except lmdb.Error:
-                pass  # invalidated already (the map grew, the store closed)
-            self._txn = None
+        """Close the read transaction (again: nothing); a pool thread's, as every LMDB read."""
+        txn, self._txn = self._txn, None
         self.closed = True
+        if txn is not None:
+            with self._gate.reading_long():
+                try:
+                    txn.abort()
+                except lmdb.Error:
+                    pass  # invalidated already (the map grew, the store closed)
 
 
 class LMDBStaging:

@@ -154,10 +154,11 @@ class NoDriftReplica(Replica):
 
 class LongReadHoldsGate(SimReadGate):
     """
-    The read gate as it was: a snapshot's copy holds it like any read, from
-    its start to its end, and never leaves for the writer; so a commit that
-    must grow the map shuts the gate and waits for the whole copy, and the
-    reactor's next read waits with it.
+    The read gate as it was: a snapshot's long read (now each chunk of a
+    transfer, read from the stream's transaction) holds it like any read,
+    from its start to its end, and never leaves for the writer; so a commit
+    that must grow the map shuts the gate and waits for the whole read, and
+    the reactor's next read waits with it.
     """
 
     def reading_long(self):

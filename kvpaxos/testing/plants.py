@@ -224,8 +224,9 @@ PLANTS = {
         ),
         Plant(
             "long-read-holds-gate",
-            "a snapshot copy holds the LMDB read gate from start to end, so a commit that"
-            " grows the map makes the reactor wait for the whole copy (issue 9, hole 7)",
+            "a snapshot's long read (a transfer's chunk) holds the LMDB read gate as a short"
+            " read, so a commit that grows the map makes the reactor wait for it (issue 9,"
+            " hole 7)",
             frozenset({"reactor blocked"}),
             on_start=_long_read_holds_gate,
         ),
