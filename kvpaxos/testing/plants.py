@@ -252,6 +252,14 @@ PLANTS = {
             service_class=holes.UncheckedSnapshotService,
         ),
         Plant(
+            "unchecked-chunks",
+            "a snapshot transfer's chunks are staged without checking their records' order"
+            " and revisions, so a forged transfer is installed (issue 11)",
+            frozenset({"state agreement", "read", "result", "session", "linearizability",
+                       "invariant", "durability"}),
+            on_start=holes.trust_chunks,
+        ),
+        Plant(
             "silent-fatal",
             "a fatal stop records no reason, so the process exits 0 and systemd leaves it"
             " down (issue 9, hole 10)",
