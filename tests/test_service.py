@@ -22,6 +22,15 @@ from kvpaxos.storage.memory import MemoryStore
 TICK_S = 0.05
 
 
+class SyncIO:
+    """A snapshot transfer's pool and writer work, run at once (no threads)."""
+
+    def in_pool(self, call, *args):
+        return defer.maybeDeferred(call, *args)
+
+    on_writer = in_pool
+
+
 class FakeReactor(Clock):
     """A Clock that can be 'stopped' (the node stops it on a fatal error)."""
 
@@ -60,6 +69,11 @@ class FakePeers:
             self.wire.clock.callLater(
                 0.001, self.wire.services[message.dst].message_received, message
             )
+
+    def send_stream(self, message):
+        if self.wire.reachable(self.node_id, message.dst):
+            service = self.wire.services[message.dst]
+            self.wire.clock.callLater(0.001, service.snapshot_stream_received, message)
 
     def forward(self, node_id, commands):
         if not self.wire.reachable(self.node_id, node_id):
@@ -113,7 +127,7 @@ def start_service(node_id, store, reactor, wire, clock=None, lease_reads=False):
         tick_s=TICK_S,
         rng=random.Random(node_id),
         run_commit=lambda *args: defer.maybeDeferred(store.commit, *args),
-        read_snapshot=lambda: defer.maybeDeferred(store.state_machine.snapshot_now),
+        snapshot_io=SyncIO(),
         clock=clock or reactor,
         lease_reads=lease_reads,
     )
@@ -216,11 +230,11 @@ class SingleNodeTests(SynchronousTestCase):
 class SnapshotTests(SynchronousTestCase):
     """The service hands the core the store's state machine for snapshots."""
 
-    def lagging_cluster(self, read_snapshot):
+    def lagging_cluster(self, io):
         """
         Return (reactor, wire, leader, lagging): three nodes compacting every
         5 slots, one of them cut off while 20 puts were compacted away, then
-        reconnected.  C{read_snapshot(store)} reads a snapshot for a peer.
+        reconnected.  C{io} runs a transfer's pool and writer work.
         """
         reactor = FakeReactor()
         wire = Wire(reactor)
@@ -231,7 +245,7 @@ class SnapshotTests(SynchronousTestCase):
             service = ReplicaService(
                 node_id, store, reactor, options, tick_s=TICK_S, rng=random.Random(node_id),
                 run_commit=lambda *args, store=store: defer.maybeDeferred(store.commit, *args),
-                read_snapshot=lambda store=store: read_snapshot(store), clock=reactor,
+                snapshot_io=io, clock=reactor,
             )
             service.peers = FakePeers(wire, node_id)
             service.startService()
@@ -254,9 +268,7 @@ class SnapshotTests(SynchronousTestCase):
         the store), and a follower that missed the compacted slots installs
         the store's state as it was when asked, and serves the data.
         """
-        reactor, wire, leader, lagging = self.lagging_cluster(
-            lambda store: defer.maybeDeferred(store.state_machine.snapshot_now)
-        )
+        reactor, wire, leader, lagging = self.lagging_cluster(SyncIO())
         # The store is its own snapshot: compaction copied none of its data.
         self.assertIsNone(wire.services[leader].store.snapshot().data)
         run(reactor, 2)
@@ -265,25 +277,33 @@ class SnapshotTests(SynchronousTestCase):
 
     def test_snapshot_read_once_off_the_call(self):
         """
-        The state for a lagging peer is read by the injected reader (a pool
-        thread in a node), once while a read is pending however often the
-        peer asks, and sent when the read completes; a stop waits for it.
+        The state for a lagging peer is read through the injected pool (a
+        pool thread in a node), one transfer at a time however often the
+        peer asks, and sent when the read completes; a stop waits for the
+        stream to close.
         """
-        reads = []
+        calls = []
 
-        def held(store):
-            reads.append((store, defer.Deferred()))
-            return reads[-1][1]
+        class HeldIO(SyncIO):
+            def in_pool(self, call, *args):
+                calls.append((call, args, defer.Deferred()))
+                return calls[-1][2]
 
-        reactor, wire, leader, lagging = self.lagging_cluster(held)
+        reactor, wire, leader, lagging = self.lagging_cluster(HeldIO())
         run(reactor, 2)  # the lagging node asks again and again meanwhile
-        self.assertEqual(len(reads), 1)
+        opens = [c for c in calls if c[0] == wire.services[leader].store.open_snapshot_stream]
+        self.assertEqual(len(opens), 1)
         self.assertEqual(wire.services[lagging].store.snapshot().index, 0)
-        store, d = reads[0]
-        self.assertIs(store, wire.services[leader].store)
+        call, args, d = opens[0]
+        d.callback(call(*args))
         stopping = wire.services[leader].stopService()
-        self.assertNoResult(stopping)  # the store stays open for the read
-        d.callback(store.state_machine.snapshot_now())
+        self.assertNoResult(stopping)  # the chunk being read comes back first
+        read, args, chunk = calls[-1]
+        chunk.callback(read(*args))
+        self.assertNoResult(stopping)  # then the stream is closed in the pool
+        close, _, closed = calls[-1]
+        self.assertEqual(close.__name__, "close")
+        closed.callback(close())
         self.successResultOf(stopping)
 
 

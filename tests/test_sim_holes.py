@@ -34,6 +34,7 @@ SCENARIO_OF = {
     "late-learning": "calm-follower-writes",
     "no-prepare-guard": "restart-under-lease",
     "long-read-holds-gate": "snapshot-during-growth",
+    "unchecked-chunks": "forged-peer",
 }
 
 #: Plants that live in the LMDB store's threads: searched on LMDB.
@@ -107,6 +108,10 @@ class HoleTests(SynchronousTestCase):
     def test_long_read_holds_gate(self):
         """Hole 7: a snapshot copy that holds the LMDB read gate while the map grows is caught."""
         self.assertEqual(self.caught("long-read-holds-gate").violation.kind, "reactor blocked")
+
+    def test_unchecked_chunks(self):
+        """Issue 11: a transfer's chunks staged without their checks let a forged state in, and are caught."""
+        self.caught("unchecked-chunks")
 
     def test_every_hole_plant_has_a_scenario(self):
         """Every plant registered for a hole of issue 9 names a scenario here."""

@@ -110,6 +110,12 @@ class IPeerHandler(Interface):
     def message_received(message):
         """A Paxos message (L{kvpaxos.paxos.messages.Message}) from a peer."""
 
+    def snapshot_stream_received(message):
+        """
+        A snapshot transfer message (L{kvpaxos.encoding.transfer}) from a
+        peer; its sender checked by the transport.
+        """
+
     def proposals_forwarded(commands):
         """
         A follower forwards encoded client commands (a list of bytes) for
@@ -160,6 +166,14 @@ class IPeerTransport(Interface):
         """
         Send Paxos C{message} to C{message.dst}, or drop it if there is no
         usable link (Paxos tolerates loss).
+        """
+
+    def send_stream(message):
+        """
+        Send snapshot transfer C{message} (L{kvpaxos.encoding.transfer}) to
+        C{message.dst} over the link to it, in order with what went before
+        on that link; dropped if there is no usable link (the transfer
+        times out and starts over).
         """
 
     def forward(node_id, commands):

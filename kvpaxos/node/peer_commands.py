@@ -1,6 +1,6 @@
 """
 What travels on a peer link: the AMP commands (L{PaxosMessage},
-L{PaxosChunk}, L{Hello}, L{Forward}, L{ForwardChunk}, L{ReadIndex}), their
+L{PaxosChunk}, L{SnapshotStream}, L{Hello}, L{Forward}, L{ForwardChunk}, L{ReadIndex}), their
 argument lists, the errors that cross with them, the size limits, and how a
 call's answer is read back (L{not_leader}, L{forward_outcome},
 L{hello_timing}).
@@ -63,6 +63,16 @@ class PaxosChunk(amp.Command):
     """A piece of one encoded message larger than L{CHUNK_BYTES}."""
 
     arguments = _CHUNK_ARGUMENTS
+    requiresAnswer = False
+
+
+class SnapshotStream(amp.Command):
+    """
+    One snapshot transfer message (L{kvpaxos.encoding.transfer}), at most
+    L{kvpaxos.encoding.transfer.MESSAGE_BYTES_MAX}: one AMP value.
+    """
+
+    arguments = [(b"data", amp.String())]
     requiresAnswer = False
 
 

@@ -21,6 +21,7 @@ from twisted.protocols import amp
 
 from kvpaxos.encoding.errors import MalformedMessage
 from kvpaxos.encoding.messages import decode
+from kvpaxos.encoding.transfer import decode as decode_transfer
 from kvpaxos.node.interfaces import NotLeaderError, Timing
 from kvpaxos.node.peer_commands import (
     BOX_BYTES_MAX,
@@ -43,6 +44,7 @@ from kvpaxos.node.peer_commands import (
     PeerRefused,
     PeerRequestError,
     ReadIndex,
+    SnapshotStream,
     UnknownMember,
     WrongCluster,
     forward_outcome,
@@ -345,9 +347,10 @@ class PeerProtocol(MembershipCalls, amp.AMP):
         self._refuse("before Hello", f"{what} before the handshake dropped")
         return True
 
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, data: bytes, stream: bool = False) -> None:
+        # A Paxos message (to the core), or a snapshot transfer's (stream).
         try:
-            message = decode(data)
+            message = decode_transfer(data) if stream else decode(data)
         except MalformedMessage as e:
             self._refuse("malformed", f"malformed message: {e}")
             return
@@ -361,7 +364,10 @@ class PeerProtocol(MembershipCalls, amp.AMP):
             self._refuse("dst", f"message for node {message.dst} dropped")
             return
         try:
-            self.handler.message_received(message)
+            if stream:
+                self.handler.snapshot_stream_received(message)
+            else:
+                self.handler.message_received(message)
         except Exception:
             _log.failure("the node failed on {message!r}", message=message)
 
@@ -369,6 +375,12 @@ class PeerProtocol(MembershipCalls, amp.AMP):
     def _paxos_message(self, data):
         if not self._unidentified("a message"):
             self._deliver(data)
+        return {}
+
+    @SnapshotStream.responder
+    def _snapshot_stream(self, data):
+        if not self._unidentified("a snapshot transfer message"):
+            self._deliver(data, stream=True)
         return {}
 
     @PaxosChunk.responder
@@ -433,17 +445,20 @@ class PeerProtocol(MembershipCalls, amp.AMP):
 
     # --- sending --------------------------------------------------------------
 
-    def send_message(self, data: bytes) -> bool:
+    def send_message(self, data: bytes, stream: bool = False) -> bool:
         """
-        Send one encoded message; return False if it was dropped because the
-        connection is closing or its send buffer is full.
+        Send one encoded message (a snapshot transfer's if C{stream}, in one
+        AMP value); return False if it was dropped because the connection
+        is closing or its send buffer is full.
         """
         if self._dropped:
             return False
         if self._gate is not None and not self._gate.admit(len(data)):
             return False
         try:
-            if len(data) <= CHUNK_BYTES:
+            if stream:
+                self.callRemote(SnapshotStream, data=data)
+            elif len(data) <= CHUNK_BYTES:
                 self.callRemote(PaxosMessage, data=data)
             else:
                 for piece in chunks(data, next(self._stream_ids)):

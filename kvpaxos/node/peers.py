@@ -53,6 +53,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from kvpaxos.encoding.messages import encode
+from kvpaxos.encoding.transfer import encode as encode_transfer
 from kvpaxos.node.interfaces import IPeerTransport, Timing
 from kvpaxos.node.peer_commands import DEFAULT_TIMING, PeerUnreachable
 from kvpaxos.node.peer_flow import Complaints
@@ -259,6 +260,15 @@ class PeerNetwork(MultiService):
         """
         protocol = self._protocol(message.dst)
         if protocol is None or not protocol.send_message(encode(message)):
+            self.dropped_messages += 1
+
+    def send_stream(self, message) -> None:
+        """
+        Send snapshot transfer C{message} (L{kvpaxos.encoding.transfer}) on
+        the link to C{message.dst}, or drop it (counted) as L{send} does.
+        """
+        protocol = self._protocol(message.dst)
+        if protocol is None or not protocol.send_message(encode_transfer(message), stream=True):
             self.dropped_messages += 1
 
     def forward(self, node_id: int, commands: list[bytes]) -> Deferred:

@@ -100,8 +100,9 @@ class ReplicaService(Service):
         the writer thread); tests and the simulator inject their own.
     @param lease_reads: whether this node serves lease reads (every member
         must say the same; see L{peer_timing}).
-    @param read_snapshot: how a snapshot for a peer is read (default: a
-        pool thread).
+    @param snapshot_io: where a snapshot transfer's reads and staging run
+        (C{in_pool}, C{on_writer}; default: a pool thread and the writer
+        thread; see L{SnapshotPath}).
     @param clock: what time is counted on (ticks, the lease, deadlines): an
         object whose C{seconds()} is monotonic; by default
         L{MonotonicClock}.
@@ -130,7 +131,7 @@ class ReplicaService(Service):
         rng: Optional[random.Random] = None,
         run_commit=None,
         lease_reads: bool = False,
-        read_snapshot=None,
+        snapshot_io=None,
         clock=None,
         boot: Optional[int] = None,
         addresses: tuple[str, str] = ("", ""),
@@ -157,9 +158,9 @@ class ReplicaService(Service):
         # How a Ready's transaction runs: on the writer thread, unless a test
         # injects a synchronous stand-in.
         self._run_commit = run_commit or self._commit_on_writer
-        # How a snapshot for a peer is read: in a pool thread, unless a test
-        # injects a synchronous stand-in.
-        self._read_snapshot = read_snapshot
+        # Where a snapshot transfer's reads and staging run (SnapshotPath):
+        # a pool thread and the writer thread, unless a test injects its own.
+        self._snapshot_io = snapshot_io
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = reactor
         self._scheduled = None
@@ -205,7 +206,7 @@ class ReplicaService(Service):
         )
         self.snapshots = self.snapshot_path_class(
             self.replica, self.store, peers, self.reactor, self._guard, self._step,
-            stopping, read_snapshot=self._read_snapshot,
+            stopping, node_id=self.node_id, writer=self._pool, io=self._snapshot_io,
         )
         self.membership = Membership(
             self.node_id, self.replica, peers, self.reactor, self._guard, self._schedule,
@@ -307,6 +308,11 @@ class ReplicaService(Service):
         if type(message) is InstallSnapshot and self._checking_snapshot(message):
             return  # stepped once its state is known to decode
         self._step(message)
+
+    def snapshot_stream_received(self, message) -> None:
+        """A snapshot transfer message from a peer (L{SnapshotPath.received})."""
+        if not self._stopping and self.snapshots is not None:
+            self.snapshots.received(message)
 
     def _step(self, message) -> None:
         # The ticks missed in a stall are counted before any message is

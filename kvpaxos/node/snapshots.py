@@ -8,11 +8,21 @@ snapshot of at most L{SNAPSHOT_CHECK_INLINE_BYTES} is decoded at once in
 the reactor thread, a larger one in a pool thread, and stepped when it
 proves sound.
 
+That whole-snapshot path remains for what the core itself sends: the
+bootstrap snapshot (index 0, empty data) and the snapshots of a core whose
+state machine is not durable.  A node's store is durable, so its state
+travels in chunks (issue 11, L{kvpaxos.node.transfers}):
+
 Out: a lagging peer the core lists in a Ready's C{snapshot_wanted} is sent
-the store's state as it is when asked, read (O(state)) in a pool thread,
-at most once at a time per peer (the peer asks again until it has one), and
-labelled by the core (C{Replica.snapshot_message}).  A stop waits for the
-reads in flight (L{SnapshotPath.sent}) before the store closes.
+the store's state as it is when asked, streamed from one read transaction
+in bounded chunks, flow-controlled (L{SnapshotSender}), at most one
+transfer at a time per peer (the peer asks again until it has one), and
+labelled by the core (C{Replica.snapshot_message}).  A stop closes the
+streams (L{SnapshotPath.sent}) before the store closes.
+
+In: a peer's transfer is staged by the store and installed through the
+core (L{SnapshotReceiver}); the transfer messages arrive here
+(L{SnapshotPath.received}), never at the core.
 
 What must not live here: the Ready loop, installing a snapshot (the core
 and the store do, in a Ready's transaction), writes, reads or ticks.  The
@@ -21,14 +31,22 @@ path is handed only what it uses.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from kvpaxos.encoding.state import decode_snapshot
+from kvpaxos.encoding.transfer import (
+    SnapshotAbort,
+    SnapshotAck,
+    SnapshotChunk,
+    SnapshotDone,
+    SnapshotOffer,
+)
 from kvpaxos.kv.commands import CorruptRecord
+from kvpaxos.node.transfers import SnapshotReceiver, SnapshotSender
 from kvpaxos.paxos import InstallSnapshot
 
 
@@ -43,8 +61,7 @@ class SnapshotPath:
 
     @param replica: the node's L{kvpaxos.paxos.Replica} (C{would_install},
         C{snapshot_message}).
-    @param store: the node's store (C{state_machine.snapshot_now}, read by
-        the default C{read_snapshot}).
+    @param store: the node's store (C{open_snapshot_stream}, C{staging}).
     @param peers: C{peers()} is the node's
         L{kvpaxos.node.interfaces.IPeerTransport} (sends).
     @param reactor: for its thread pool (C{getThreadPool}).
@@ -52,9 +69,13 @@ class SnapshotPath:
         invariant stops the node.
     @param step: C{step(message)} steps a checked message into the core.
     @param stopping: C{stopping()} says whether the node is shutting down.
-    @param read_snapshot: C{read_snapshot()} is a Deferred firing with
-        C{(index, data)} of the store's state for a peer; by default read in
-        a pool thread.  Tests and the simulator inject their own.
+    @param node_id: this node's id (the transfer messages' C{src}).
+    @param writer: the thread pool of the store's writer thread (the
+        default C{on_writer}).
+    @param io: if given, its C{in_pool(call, *args)} and C{on_writer(call,
+        *args)} (Deferreds of C{call(*args)} run in a pool thread, and on
+        the writer thread) replace the default ones; tests and the
+        simulator inject their own.
     """
 
     log = Logger()
@@ -68,7 +89,9 @@ class SnapshotPath:
         guard: Callable,
         step: Callable[[InstallSnapshot], None],
         stopping: Callable[[], bool],
-        read_snapshot: Optional[Callable[[], defer.Deferred]] = None,
+        node_id: int = 0,
+        writer=None,
+        io=None,
     ) -> None:
         self._replica = replica
         self._store = store
@@ -77,9 +100,23 @@ class SnapshotPath:
         self._guard = guard
         self._step = step
         self._stopping = stopping
-        self._read_snapshot = read_snapshot or self._read_in_thread
-        # Snapshots being read for peers (by peer), waited for at stop.
-        self._sends: dict[int, defer.Deferred] = {}
+        self._writer = writer
+        in_pool = io.in_pool if io is not None else self._in_pool
+        on_writer = io.on_writer if io is not None else self._on_writer
+        #: Transfers out (L{SnapshotSender}) and in (L{SnapshotReceiver}).
+        self.sender = SnapshotSender(
+            node_id, replica, store, peers, reactor, in_pool, guard, stopping
+        )
+        self.receiver = SnapshotReceiver(
+            node_id, replica, store, peers, reactor, on_writer, step, stopping
+        )
+        self._routes = {
+            SnapshotOffer: self.receiver.offered,
+            SnapshotChunk: self.receiver.chunk,
+            SnapshotDone: self.receiver.done,
+            SnapshotAck: self.sender.acked,
+            SnapshotAbort: self._aborted,
+        }
 
     # --- in: a peer's snapshot -------------------------------------------------
 
@@ -122,40 +159,36 @@ class SnapshotPath:
             return False
         return True
 
-    # --- out: this node's state for a lagging peer -----------------------------
+    # --- transfers in chunks ---------------------------------------------------
 
     def send(self, peer: int) -> None:
         """
-        Send C{peer} the store's state as it is now: read (O(state)) in a
-        pool thread, never the reactor's, and at most once at a time per
-        peer (the peer asks again until it has one).
+        Send C{peer} the store's state as it is now, in chunks
+        (L{SnapshotSender}): read in a pool thread, never the reactor's,
+        and at most one transfer at a time per peer (the peer asks again
+        until it has one).
         """
-        if peer in self._sends or self._stopping():
-            return
-        d = self._read_snapshot()
-        self._sends[peer] = d
+        self.sender.send(peer)
 
-        def taken(index_and_data) -> None:
-            if self._stopping():
-                return
-            message = self._guard(self._replica.snapshot_message, peer, *index_and_data)
-            if message is not None:
-                self._peers().send(message)
+    def received(self, message) -> None:
+        """A transfer message (L{kvpaxos.encoding.transfer}) from a peer."""
+        route = self._routes.get(type(message))
+        if route is not None and not self._stopping():
+            route(message)
 
-        def failed(failure) -> None:
-            self.log.failure("taking a snapshot for node {peer} failed", failure, peer=peer)
-
-        def done(_) -> None:
-            del self._sends[peer]
-
-        d.addCallbacks(taken, failed)
-        d.addBoth(done)
+    def _aborted(self, message: SnapshotAbort) -> None:
+        # Either side may give a transfer up: the one it names.
+        self.sender.aborted(message)
+        self.receiver.aborted(message)
 
     def sent(self) -> defer.Deferred:
-        """A Deferred firing once every snapshot being read for a peer is done."""
-        return defer.DeferredList(list(self._sends.values()))
+        """End the transfers; a Deferred firing once their read transactions are closed."""
+        self.receiver.stop()
+        return self.sender.stop()
 
-    def _read_in_thread(self) -> defer.Deferred:
-        return deferToThreadPool(
-            self._reactor, self._reactor.getThreadPool(), self._store.state_machine.snapshot_now
-        )
+    def _in_pool(self, call, *args) -> defer.Deferred:
+        reactor = self._reactor
+        return deferToThreadPool(reactor, reactor.getThreadPool(), call, *args)
+
+    def _on_writer(self, call, *args) -> defer.Deferred:
+        return deferToThreadPool(self._reactor, self._writer, call, *args)

@@ -198,7 +198,11 @@ class Learner:
         snapshot = m.snapshot
         if not self._wanted(snapshot):
             return
-        self.snapshot = snapshot
+        # A durable state machine is its own snapshot once it installed
+        # one: the replica keeps no copy (and never sends on the data it
+        # was given, which a node's store hands in as a staging handle).
+        durable = getattr(self.state_machine, "durable", False)
+        self.snapshot = Snapshot(snapshot.index, snapshot.config, None) if durable else snapshot
         self._snapshot_out = snapshot
         self._install = True
         self._drop_log_through(snapshot.index)

@@ -189,7 +189,34 @@ class INodeStore(IReplicaStorage):
             L{kvpaxos.kv.commands.SessionExpired} (nothing applied).
         @raise ValueError: caller misuse, or a snapshot whose data is not a
             snapshot (L{kvpaxos.kv.commands.CorruptRecord}); nothing changed.
+
+        A snapshot whose data is a L{kvpaxos.storage.staging.StagedState}
+        installs the state L{staging} holds for that transfer (in this same
+        transaction), and is stored as this store's own (data C{None}).
         """
+
+    def open_snapshot_stream():
+        """
+        Return the state as of the last commit, to send a peer in chunks
+        (issue 11): an object with C{index} (the applied slot the state is
+        at), C{revision}, C{next_client_id}, C{next_chunk(max_bytes)} (the
+        next chunk's records, L{kvpaxos.encoding.transfer.encode_records},
+        or None at the end) and C{close()}.  It reads one consistent state
+        (LMDB: one read transaction) and holds at most about one chunk in
+        memory.  For a pool thread, never the reactor; C{next_chunk} may
+        raise L{kvpaxos.storage.staging.StreamInterrupted} (start over).
+        """
+
+    staging = Attribute(
+        """
+        The incoming snapshot transfer's chunks, for the writer thread
+        only: C{begin(transfer, revision, next_client_id)} discards what
+        was staged; C{stage(transfer, records)} checks and stages one
+        chunk's records (raising C{MalformedMessage} or C{CorruptState},
+        nothing staged, if unsound); C{finish(transfer)} returns the
+        L{kvpaxos.storage.staging.StagedState} to install; C{discard()}.
+        """
+    )
 
     def applied_index():
         """Return the slot through which the data has applied."""

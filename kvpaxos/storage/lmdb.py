@@ -14,7 +14,11 @@ Layout (named sub-databases of the one environment):
   - C{session_use}: (last-used slot, client id) → empty: the eviction
     order, kept in step with C{sessions} by
     L{kvpaxos.storage.lmdb_view.LMDBView}, the state machine's view;
-  - C{snapshot}: C{data} → the latest snapshot's data.
+  - C{snapshot}: C{data} → the latest snapshot's data;
+  - C{staged_kv}, C{staged_sessions}: the records and sessions of a
+    snapshot transfer being received (L{kvpaxos.storage.lmdb_transfer});
+    emptied when the store opens.  (Added without a format change: a
+    store without them gets them, and nothing else reads them.)
 
 Every record is laid out by L{kvpaxos.encoding} (acceptor records by
 L{kvpaxos.encoding.values}, the state by L{kvpaxos.encoding.state}), as it
@@ -57,7 +61,9 @@ from kvpaxos.paxos.state import HardState
 from kvpaxos.storage.apply import apply_committed
 from kvpaxos.storage.gate import ReadGate
 from kvpaxos.storage.interfaces import Commit, INodeStore
+from kvpaxos.storage.lmdb_transfer import LMDBSnapshotStream, LMDBStaging, copy_step
 from kvpaxos.storage.lmdb_view import NEXT_CLIENT_ID, REVISION, LMDBView, Tables
+from kvpaxos.storage.staging import StagedState
 from kvpaxos.storage.state_machine import StateMachineView
 
 #: The map a new environment starts with; it doubles whenever it is full.
@@ -96,22 +102,6 @@ def _format_refusal(directory: str, found: bytes) -> str:
         f"this node on an empty one (a new store: a voter of a running cluster "
         f"must not rejoin without its acceptor state)"
     )
-
-
-def _step(items, pairs: list, step_bytes: int) -> bool:
-    """
-    Move C{(key, value)} pairs from the iterator C{items} to C{pairs}
-    until they add up to C{step_bytes} (at least one pair); return whether
-    C{items} may hold more.
-    """
-    size = 0
-    add = pairs.append
-    for pair in items:
-        add(pair)
-        size += len(pair[0]) + len(pair[1])
-        if size >= step_bytes:
-            return True
-    return False
 
 
 def _read_or_error(view, query, revision: int):
@@ -158,7 +148,7 @@ class LMDBStore:
             directory,
             map_size=map_bytes,
             subdir=True,
-            max_dbs=6,
+            max_dbs=8,
             sync=True,
             metasync=True,
             writemap=False,
@@ -177,7 +167,12 @@ class LMDBStore:
             self._sessions = self._env.open_db(b"sessions")
             self._session_use = self._env.open_db(b"session_use")
             self._tables = Tables(self._meta, self._kv, self._sessions, self._session_use)
+            #: The incoming snapshot transfer's chunks (L{LMDBStaging}).
+            self.staging = self._staging = LMDBStaging(
+                self, self._env.open_db(b"staged_kv"), self._env.open_db(b"staged_sessions")
+            )
             self._bootstrap(config or Config(frozenset()))
+            self._transact(self._staging.clear)
         except BaseException:
             self._env.close()
             raise
@@ -338,11 +333,18 @@ class LMDBStore:
         for db in (self._kv, self._sessions):
             pairs: list = []
             items = txn.cursor(db=db).iternext()
-            while _step(items, pairs, SNAPSHOT_STEP_BYTES):
+            while copy_step(items, pairs, SNAPSHOT_STEP_BYTES):
                 if self._gate.asked():
                     return None
             tables.append(pairs)
         return head + tuple(tables)
+
+    def open_snapshot_stream(self) -> LMDBSnapshotStream:
+        """
+        L{INodeStore.open_snapshot_stream}: the state as of the last
+        commit, from one read transaction, in chunks (a pool thread's).
+        """
+        return LMDBSnapshotStream(self)
 
     # --- writes (the one writer thread) -------------------------------------
 
@@ -370,14 +372,30 @@ class LMDBStore:
             raise ValueError("install needs a snapshot with its data")
         # Encode once, outside the transaction (and its retries).
         encoded = [(values.encode_slot(s), s, values.encode_entry(e)) for s, e in entries]
+
+        def write(txn) -> list:
+            results = self._write(txn, hard_state, encoded, snapshot, install, committed, decoded)
+            if on_applied is not None and results:
+                on_applied(results)
+            return results
+
+        results = self._transact(write)
+        if install and isinstance(snapshot.data, StagedState):
+            self._staging.installed()
+        return results
+
+    def _transact(self, work):
+        """
+        Return C{work(txn)} run in one write transaction, committed (the
+        writer thread's).  If the map fills up, the transaction is aborted,
+        the map doubled and C{work} redone.
+        """
         while True:
             txn = self._env.begin(write=True)
             try:
-                results = self._write(txn, hard_state, encoded, snapshot, install, committed, decoded)
-                if on_applied is not None and results:
-                    on_applied(results)
+                result = work(txn)
                 txn.commit()
-                return results
+                return result
             except lmdb.MapFullError:
                 # The map is full: abort, grow and redo it all.  The gate
                 # waits here (the writer thread) for a step of any snapshot
@@ -406,8 +424,9 @@ class LMDBStore:
             # higher one, and the log through it is dropped.
             if snapshot.index >= floor:
                 txn.put(_SNAPSHOT, values.encode_snapshot_meta(snapshot), db=meta)
-                if snapshot.data is None:
-                    # A compaction point: the data is this store's own.
+                if snapshot.data is None or isinstance(snapshot.data, StagedState):
+                    # A compaction point, or a transfer installed: the
+                    # data is this store's own.
                     txn.delete(_SNAPSHOT_DATA, db=self._snapshot)
                 else:
                     txn.put(_SNAPSHOT_DATA, snapshot.data, db=self._snapshot)
@@ -421,7 +440,10 @@ class LMDBStore:
 
         applied = before = values.decode_slot(txn.get(_APPLIED, db=meta))
         if install:
-            self._install(txn, state.decode_snapshot(snapshot.data))
+            if isinstance(snapshot.data, StagedState):
+                self._staging.install(txn, snapshot.data, self._tables)
+            else:
+                self._install(txn, state.decode_snapshot(snapshot.data))
             applied = snapshot.index
 
         # The applied index is written below, in this same transaction.

@@ -23,6 +23,8 @@ from kvpaxos.paxos.messages import Snapshot
 from kvpaxos.paxos.state import HardState
 from kvpaxos.storage.apply import apply_committed
 from kvpaxos.storage.interfaces import Commit, INodeStore, IReplicaStorage, IStateView
+from kvpaxos.storage.memory_transfer import MemorySnapshotStream, MemoryStaging
+from kvpaxos.storage.staging import StagedState
 from kvpaxos.storage.state_machine import StateMachineView
 
 
@@ -100,13 +102,18 @@ class MemoryState:
         @raise kvpaxos.encoding.errors.CorruptState: C{data} is not a snapshot.
         """
         found = encoded.decode_snapshot(data)
+        return cls.of(found.revision, found.next_client_id, found.records, found.sessions)
+
+    @classmethod
+    def of(cls, revision: int, next_client_id: int, records, sessions) -> "MemoryState":
+        """Return the state of checked C{records} (in key order) and C{(client id, Session)}s."""
         state = cls()
-        state._revision = found.revision
-        state._next_client_id = found.next_client_id
-        state.records = {kv.key: kv for kv in found.records}
-        state.keys = [kv.key for kv in found.records]
-        state.sessions = dict(found.sessions)
-        state.by_use = sorted((s.last_used, c) for c, s in found.sessions)
+        state._revision = revision
+        state._next_client_id = next_client_id
+        state.records = {kv.key: kv for kv in records}
+        state.keys = [kv.key for kv in records]
+        state.sessions = dict(sessions)
+        state.by_use = sorted((s.last_used, c) for c, s in sessions)
         return state
 
     def snapshot_data(self) -> bytes:
@@ -271,6 +278,12 @@ class MemoryStore:
         self._lock = threading.Lock()
         #: The L{IStateMachine} face of this store; see L{StateMachineView}.
         self.state_machine = StateMachineView(self)
+        #: The incoming snapshot transfer's chunks.
+        self.staging = MemoryStaging()
+
+    def open_snapshot_stream(self) -> MemorySnapshotStream:
+        """L{INodeStore.open_snapshot_stream}: the state as of the last commit, in chunks."""
+        return MemorySnapshotStream(self)
 
     def hard_state(self) -> HardState:
         with self._lock:
@@ -390,7 +403,13 @@ class MemoryStore:
                     raise ValueError(
                         f"cannot install snapshot {snapshot.index} below saved snapshot {floor}"
                     )
-                state = MemoryState.from_snapshot(snapshot.data)
+                staged = isinstance(snapshot.data, StagedState)
+                if staged:
+                    state = MemoryState.of(*self.staging.state(snapshot.data))
+                    # This store is its own snapshot from now on.
+                    snapshot = Snapshot(snapshot.index, snapshot.config, None)
+                else:
+                    state = MemoryState.from_snapshot(snapshot.data)
                 applied = snapshot.index
             else:
                 state = self._state
@@ -405,6 +424,8 @@ class MemoryStore:
             self.storage.save(hard_state, list(entries), snapshot)
             self._state = state
             self._applied = applied
+            if install and staged:
+                self.staging.installed()
         if on_applied is not None and results:
             on_applied(results)
         return results

@@ -10,9 +10,19 @@ from __future__ import annotations
 
 from typing import Optional
 
+import random
+
 from kvpaxos.kv.commands import Op, Request
 from kvpaxos.encoding.commands import encode_request
-from kvpaxos.encoding.state import encode_snapshot
+from kvpaxos.encoding.state import encode_record_of, encode_snapshot
+from kvpaxos.encoding.transfer import (
+    TABLE_RECORDS,
+    Digest,
+    SnapshotChunk,
+    SnapshotDone,
+    SnapshotOffer,
+    encode_records,
+)
 from kvpaxos.paxos import Batch
 from kvpaxos.paxos.messages import Catchup, InstallSnapshot, Snapshot
 from kvpaxos.testing.scenario_kit import (
@@ -35,7 +45,10 @@ class ForgedPeer(Scenario):
     follower's next slot, and InstallSnapshots of an empty state far
     ahead, from a member that is not the leader and was not asked; and
     InstallSnapshots whose state does not decode, from any member, the
-    leader included.  A node must refuse them, never take or stop on them.
+    leader included; and, with those, snapshot transfers in chunks (issue
+    11) whose one chunk holds a record that cannot be (a revision past the
+    offered state's), in the leader's name.  A node must refuse them,
+    never take or stop on them.
     """
 
     name = "forged-peer"
@@ -82,6 +95,30 @@ class ForgedPeer(Scenario):
                 data = rng.getrandbits(8 * 24).to_bytes(24, "big")
             message = InstallSnapshot(src, victim, Snapshot(index, replica.config, data))
         process.io(0, self._deliver, sim, process, kind, message)
+        if kind == "corrupt" and leader is not None:
+            # Its own stream of numbers, so the forgeries above stay as they were.
+            forger = random.Random(index * 7919 + victim)
+            process.io(forger.uniform(0, 0.2), self._forge_transfer, sim, process, leader,
+                       index, forger.getrandbits(32))
+
+    def _forge_transfer(self, sim, process, src: int, index: int, transfer: int) -> None:
+        service = process.service
+        replica = service.replica
+        dst = replica.id
+        revision = 3
+        records = encode_records(TABLE_RECORDS, [
+            (KEY, encode_record_of(b"forged-transfer", 1, 1, revision + 6), False),
+        ])
+        digest = Digest()
+        digest.add(records)
+        sim.result.faults["forged transfer"] += 1
+        sim._log(f"scenario: forged transfer from {src} to node {dst}")
+        for message in (
+            SnapshotOffer(src, dst, transfer, index, replica.config, revision, 2),
+            SnapshotChunk(src, dst, transfer, 0, records),
+            SnapshotDone(src, dst, transfer, 1, digest.digest()),
+        ):
+            service.snapshot_stream_received(message)
 
     def _deliver(self, sim, process, kind: str, message) -> None:
         # Forged in the name of a member that, as it arrives, is neither the
@@ -213,6 +250,7 @@ class SnapshotDuringGrowth(Scenario):
         sim.disk_s = (0.0, 0.002)
         sim.slow_disk = 0.0
         sim.snapshot_step_bytes = 64 << 10
+        sim.transfer_chunk_bytes = 16 << 10
         if sim.threads is not None:
             # A few megabytes copied in steps of 64 KiB: some hundreds of
             # milliseconds for the whole, during which the map may grow.

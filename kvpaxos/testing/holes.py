@@ -24,12 +24,16 @@ from __future__ import annotations
 
 import dataclasses
 
+from kvpaxos.encoding.reader import U64
+from kvpaxos.encoding.state import decode_record, decode_session
+from kvpaxos.encoding.transfer import TABLE_RECORDS
 from kvpaxos.node.reads import ReadPath
 from kvpaxos.node.service import ReplicaService
 from kvpaxos.paxos import Prepare, Promise, Replica, TimeoutNow
 from kvpaxos.paxos.election import Candidate
 from kvpaxos.paxos.leader import Leader
 from kvpaxos.paxos.roles import Follower
+from kvpaxos.storage.staging import StagingCheck
 from kvpaxos.testing.simthreads import SimReadGate
 
 
@@ -154,10 +158,11 @@ class NoDriftReplica(Replica):
 
 class LongReadHoldsGate(SimReadGate):
     """
-    The read gate as it was: a snapshot's copy holds it like any read, from
-    its start to its end, and never leaves for the writer; so a commit that
-    must grow the map shuts the gate and waits for the whole copy, and the
-    reactor's next read waits with it.
+    The read gate as it was: a snapshot's long read (now each chunk of a
+    transfer, read from the stream's transaction) holds it like any read,
+    from its start to its end, and never leaves for the writer; so a commit
+    that must grow the map shuts the gate and waits for the whole read, and
+    the reactor's next read waits with it.
     """
 
     def reading_long(self):
@@ -202,6 +207,30 @@ class UncheckedSnapshotService(ReplicaService):
 
     def _checking_snapshot(self, message) -> bool:
         return False
+
+
+# --- issue 11: a transfer's chunks staged unchecked
+
+
+class TrustingStagingCheck(StagingCheck):
+    """Decodes a transfer's records but checks neither their order nor their revisions."""
+
+    def _check(self, table: int, key: bytes, value: bytes):
+        if table == TABLE_RECORDS:
+            return decode_record(key, value)
+        return U64.unpack(key)[0], decode_session(value)
+
+
+def trust_chunks(service) -> None:
+    """Make C{service}'s store stage a transfer with L{TrustingStagingCheck}."""
+    staging = service.store.staging
+    begin = staging.begin
+
+    def trusting_begin(transfer, revision, next_client_id) -> None:
+        begin(transfer, revision, next_client_id)
+        staging._check = TrustingStagingCheck(revision, next_client_id)
+
+    staging.begin = trusting_begin
 
 
 # --- hole 10: a fatal stop that leaves no reason (exits 0)

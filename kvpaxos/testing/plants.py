@@ -224,8 +224,9 @@ PLANTS = {
         ),
         Plant(
             "long-read-holds-gate",
-            "a snapshot copy holds the LMDB read gate from start to end, so a commit that"
-            " grows the map makes the reactor wait for the whole copy (issue 9, hole 7)",
+            "a snapshot's long read (a transfer's chunk) holds the LMDB read gate as a short"
+            " read, so a commit that grows the map makes the reactor wait for it (issue 9,"
+            " hole 7)",
             frozenset({"reactor blocked"}),
             on_start=_long_read_holds_gate,
         ),
@@ -249,6 +250,14 @@ PLANTS = {
             " stops (issue 9, hole 9)",
             frozenset({"invariant"}),
             service_class=holes.UncheckedSnapshotService,
+        ),
+        Plant(
+            "unchecked-chunks",
+            "a snapshot transfer's chunks are staged without checking their records' order"
+            " and revisions, so a forged transfer is installed (issue 11)",
+            frozenset({"state agreement", "read", "result", "session", "linearizability",
+                       "invariant", "durability"}),
+            on_start=holes.trust_chunks,
         ),
         Plant(
             "silent-fatal",

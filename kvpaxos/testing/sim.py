@@ -104,6 +104,7 @@ from typing import Optional
 
 from twisted.python.failure import Failure
 
+from kvpaxos.node import transfers
 from kvpaxos.node.interfaces import Timing
 from kvpaxos.node.service import ReplicaService
 from kvpaxos.paxos import Config
@@ -183,6 +184,8 @@ class Simulation(NodesMixin, ChecksMixin, ClientsMixin, FaultsMixin):
         #: a snapshot's copy.
         self.lmdb_map_bytes = 1 << 20
         self.snapshot_step_bytes = SNAPSHOT_STEP_BYTES
+        #: The largest chunk of a snapshot transfer (states here are small).
+        self.transfer_chunk_bytes = 1 << 10
         #: On lmdb, each node's writer and pool threads (simthreads).
         self.threads = Threads(self.world, self._reactor_blocked) if provider == "lmdb" else None
         count = rng.choice((3, 3, 5))
@@ -264,15 +267,24 @@ class Simulation(NodesMixin, ChecksMixin, ClientsMixin, FaultsMixin):
     def run(self) -> SeedResult:
         """Run to the end of the heal phase, or to the first violation."""
         step_bytes = lmdb_store.SNAPSHOT_STEP_BYTES
+        chunk_bytes = transfers.CHUNK_BYTES
         if self.threads is not None:
             # States here are a few kilobytes: copy them in many steps.
             lmdb_store.SNAPSHOT_STEP_BYTES = self.snapshot_step_bytes
+        # ... and send them in many chunks.
+        transfers.CHUNK_BYTES = self.transfer_chunk_bytes
         try:
             self._run()
         finally:
             lmdb_store.SNAPSHOT_STEP_BYTES = step_bytes
+            transfers.CHUNK_BYTES = chunk_bytes
             self._close()
         self.result.violation = self.violation
+        counts = self.network.counts
+        for kind, name in (("SnapshotChunk", "snapshot chunks sent"),
+                           ("SnapshotDone", "snapshot transfers sent")):
+            if counts.get(kind):
+                self.result.ops[name] += counts[kind]
         lost = self.network.counts["replies lost"]
         if lost:
             self.result.faults["answer lost in a reset"] += lost

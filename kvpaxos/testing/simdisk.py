@@ -1,6 +1,7 @@
 """
 The node simulator's disk (L{kvpaxos.testing.sim}): the injected
-C{run_commit} and C{read_snapshot} behind a node's store.
+C{run_commit} and C{snapshot_io} (a transfer's reads and staging) behind a
+node's store.
 
   - L{Disk}: a commit takes a latency drawn per seed (0 to seconds); a
     crash loses every commit not finished; a failing disk
@@ -64,7 +65,7 @@ class InjectedDiskFailure(OSError):
 class Disk:
     """
     The simulated disk of one process, injected as the service's
-    C{run_commit} and C{read_snapshot}.
+    C{run_commit} and C{snapshot_io} (L{in_pool}, L{on_writer}).
 
     @param latency: () -> seconds a commit takes.
     @param observe: (process, args) called as each commit is asked for
@@ -95,6 +96,8 @@ class Disk:
         #: Commits asked for, and finished (durable), in this process.
         self.commits = 0
         self.finished = 0
+        # A transfer's staging, in order (the writer thread's queue).
+        self._writes: list = []
         #: A fault: the next commit fails (an I/O error), and it did.
         self.failing = False
         self.failed = False
@@ -224,26 +227,52 @@ class Disk:
 
         return from_writer
 
-    def read_snapshot(self) -> defer.Deferred:
-        """C{read_snapshot()}: the state as a pool thread reads it, a little later."""
+    # --- a snapshot transfer's threads (the service's snapshot_io) ---
+
+    def in_pool(self, call, *args) -> defer.Deferred:
+        """C{call(*args)} as a pool thread runs it, a little later (a stream's read)."""
         d = defer.Deferred()
-        self.process.world.later(self.rng.random() * 0.02, self._snapshot_now, d)
+        self.process.world.later(self.rng.random() * 0.005, self._run_on, self._pool, d, call, args)
         return d
 
-    def _snapshot_now(self, d) -> None:
+    def on_writer(self, call, *args) -> defer.Deferred:
+        """
+        C{call(*args)} as the writer thread runs it (a transfer's staging),
+        after the disk's latency; FIFO with what went before.
+        """
+        d = defer.Deferred()
+        self._writes.append((d, call, args))
+        if len(self._writes) == 1:
+            self.process.world.later(self.latency(), self._next_write)
+        return d
+
+    def _next_write(self) -> None:
+        if not self.process.alive or not self._writes:
+            return
+        d, call, args = self._writes[0]
+
+        def finished(outcome=None) -> None:
+            self._writes.pop(0)
+            if self._writes:
+                self.process.world.later(self.latency(), self._next_write)
+
+        d.addBoth(lambda result: (finished(), result)[1])
+        self._run_on(self._writer, d, call, args)
+
+    def _run_on(self, worker, d, call, args) -> None:
         process = self.process
         if not process.alive:
             return
-        if self._pool is not None:
+        if worker is not None:
             def done(outcome) -> None:
                 ok, value = outcome
                 if process.alive:
                     process.io(0, d.callback if ok else d.errback, value)
 
-            self._threads.submit(self._pool, self.store.state_machine.snapshot_now, done)
+            self._threads.submit(worker, lambda: call(*args), done)
             return
         try:
-            value = self.store.state_machine.snapshot_now()
+            value = call(*args)
         except Exception:
             failure = Failure()
             process.io(0, d.errback, failure)

@@ -28,6 +28,8 @@ from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from kvpaxos.encoding.transfer import decode as decode_transfer
+from kvpaxos.encoding.transfer import encode as encode_transfer
 from kvpaxos.node.interfaces import IPeerTransport, MembershipRejected, NotLeaderError, Unavailable
 from kvpaxos.node.peer_commands import ForwardFailed, PeerRequestError, PeerUnreachable
 from kvpaxos.testing.simworld import Process, VirtualTime
@@ -251,6 +253,25 @@ class Network:
             self._carry(conn, 0, deliver)
         return True
 
+    def send_stream(self, src: Process, message) -> bool:
+        """
+        A snapshot transfer message: carried as TCP carries it (in order
+        with the link's calls, lost if the connection drops), through its
+        encoding, as the AMP link does.
+        """
+        conn = self.conns.get((src.node_id, message.dst))
+        if conn is None:
+            return False
+        data = encode_transfer(message)
+        kind = type(message).__name__
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+
+        def deliver(receiver) -> None:
+            receiver.service.snapshot_stream_received(decode_transfer(data))
+
+        self._carry(conn, 0, deliver)
+        return True
+
     def call(self, src: Process, node_id: int, kind: str, commands=None) -> defer.Deferred:
         """A forward or read index call from C{src} to C{node_id}, answered over the same connection."""
         conn = self.conns.get((src.node_id, node_id))
@@ -351,6 +372,10 @@ class SimTransport:
         if self._check is not None:
             self._check(self._process, message)
         if not self._network.send(self._process, message):
+            self.dropped_messages += 1
+
+    def send_stream(self, message) -> None:
+        if not self._network.send_stream(self._process, message):
             self.dropped_messages += 1
 
     def forward(self, node_id: int, commands: list) -> defer.Deferred:

@@ -78,7 +78,7 @@ class NodesMixin:
         cls = plant_registry.service_class(self.plant)
         kwargs = dict(
             options=SIM_OPTIONS, tick_s=node.tick_s, rng=rng, run_commit=disk.commit,
-            lease_reads=self.lease_reads, read_snapshot=disk.read_snapshot,
+            lease_reads=self.lease_reads, snapshot_io=disk,
         )
         if _accepts(cls, "clock"):
             kwargs["clock"] = process.mono
