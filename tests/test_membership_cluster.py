@@ -23,10 +23,24 @@ CLIENTS = 3
 
 def members(cluster: ProcessCluster, via: int) -> dict:
     """{id: role} of the member list node C{via} shows (CLI, --json)."""
+    listed = try_members(cluster, via)
+    if listed is None:
+        raise AssertionError(f"member list via node {via} failed")
+    return listed
+
+
+def try_members(cluster: ProcessCluster, via: int):
+    """L{members}, or None if the CLI failed (for a wait to try again)."""
     code, parsed, error = cluster.admin(via, "member", "list")
     if code != 0 or parsed is None:
-        raise AssertionError(f"member list via node {via} failed ({code}): {error}")
+        return None
     return {m["member_id"]: m["role"] for m in parsed["members"]}
+
+
+def shows(cluster: ProcessCluster, via: int, test) -> bool:
+    """Whether node C{via}'s member list could be read and passes C{test}."""
+    listed = try_members(cluster, via)
+    return listed is not None and test(listed)
 
 
 def caught_up(cluster: ProcessCluster, node_id: int, leader: int) -> bool:
@@ -73,10 +87,10 @@ class MembershipClusterTests(SynchronousTestCase):
             )
             self.assertEqual(members(cluster, via).get(node_id), "learner")
         cluster.start(node_id)
-        cluster.wait_for(lambda: members(cluster, via).get(node_id) == "learner", 30,
+        cluster.wait_for(lambda: shows(cluster, via, lambda m: m.get(node_id) == "learner"), 30,
                          f"node {node_id} a learner")
         self.admin_ok(cluster, via, "member", "promote", str(node_id), attempts_s=60)
-        cluster.wait_for(lambda: members(cluster, via).get(node_id) == "voter", 30,
+        cluster.wait_for(lambda: shows(cluster, via, lambda m: m.get(node_id) == "voter"), 30,
                          f"node {node_id} a voter")
 
     def test_grow_and_shrink(self):
@@ -103,7 +117,7 @@ class MembershipClusterTests(SynchronousTestCase):
             for removed in (leader, other):
                 via = next(i for i in (4, 5) if i != removed)
                 self.admin_ok(cluster, via, "member", "remove", str(removed))
-                cluster.wait_for(lambda: removed not in members(cluster, via), 30,
+                cluster.wait_for(lambda: shows(cluster, via, lambda m: removed not in m), 30,
                                  f"node {removed} removed")
                 # A removed node stops serving by itself.
                 cluster.wait_for(lambda: cluster.nodes[removed].process.poll() is not None, 30,
@@ -185,15 +199,17 @@ class LargeStoreTests(SynchronousTestCase):
             node = cluster.add_node(4)
             started = time.monotonic()
             cluster.start(4)
-            cluster.wait_for(
-                lambda: os.path.exists(cluster.data_directory(4)), 30, "the learner's data directory"
-            )
-            time.sleep(1.0)  # into its transfer (the state takes several seconds)
-            self.assertFalse(caught_up(cluster, 4, leader), "the transfer ended before the kill")
+            cluster.wait_for(lambda: "receiving a snapshot" in node.log(), 60, "the transfer to begin")
+            time.sleep(0.5)  # into its transfer (the state takes several seconds to stage)
+            self.assertNotIn("installing the snapshot", node.log(), "the transfer ended before the kill")
             cluster.kill(4, signal.SIGKILL)
+            killed_at = len(node.log())
             cluster.start(4)
             cluster.wait_for(lambda: caught_up(cluster, 4, leader), 300, "the new member caught up")
             add_s = time.monotonic() - started
+            after = node.log()[killed_at:]
+            self.assertIn("receiving a snapshot", after, "no new transfer after the restart")
+            self.assertIn("installing the snapshot", after)
             self.assertEqual(
                 Client([node.endpoint], timeout_s=10.0).get(b"big/00000", consistency="serializable"),
                 value,

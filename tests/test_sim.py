@@ -29,8 +29,9 @@ SEARCH_SEEDS = 500
 
 FAULT_KINDS = (
     "crash", "restart", "partition", "one-way partition", "connection reset", "pause",
-    "stall", "wall clock step", "monotonic clock step", "membership change",
-    "leader transfer", "adversarial network", "answer lost in a reset",
+    "stall", "wall clock step", "monotonic clock step", "admin MemberAdd done",
+    "admin MemberPromote done", "admin MemberRemove done", "admin TransferLeadership done",
+    "admin refused", "leader transfer", "adversarial network", "answer lost in a reset",
 )
 OPERATION_KINDS = (
     "open", "put", "append", "delete", "cas", "txn", "get/linearizable", "get/lease",

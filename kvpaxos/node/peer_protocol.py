@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 from typing import Callable, Optional
 
-from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.protocols import amp
 
@@ -34,8 +34,6 @@ from kvpaxos.node.peer_commands import (
     STREAMS_MAX,
     BadHello,
     ChunkError,
-    Forward,
-    ForwardChunk,
     Hello,
     NotIdentified,
     NotLeaderOnWire,
@@ -43,21 +41,20 @@ from kvpaxos.node.peer_commands import (
     PaxosMessage,
     PeerRefused,
     PeerRequestError,
-    ReadIndex,
     SnapshotStream,
     UnknownMember,
     WrongCluster,
-    forward_outcome,
     hello_timing,
     not_leader,
 )
-from kvpaxos.node.peer_flow import ChunkStreams, Complaints, SendGate, chunks, forward_calls
+from kvpaxos.node.peer_flow import ChunkStreams, Complaints, SendGate, chunks
 from kvpaxos.node.peer_members import MembershipCalls
+from kvpaxos.node.peer_requests import RequestCalls
 
 _log = Logger()
 
 
-class PeerProtocol(MembershipCalls, amp.AMP):
+class PeerProtocol(RequestCalls, MembershipCalls, amp.AMP):
     """
     One AMP connection between node C{node_id} and a peer.  Incoming
     commands go to C{handler} (an L{IPeerHandler}) once the handshake named
@@ -415,34 +412,6 @@ class PeerProtocol(MembershipCalls, amp.AMP):
         if self._unidentified(what):
             raise NotIdentified(f"{what} before the handshake: say Hello first")
 
-    @Forward.responder
-    def _forward(self, commands):
-        self._check_identified("Forward")
-        return self._answer(self.handler.proposals_forwarded, commands).addCallback(
-            lambda _: {}
-        )
-
-    @ForwardChunk.responder
-    def _forward_chunk(self, stream, index, last, data):
-        self._check_identified("ForwardChunk")
-        try:
-            whole = self._commands.add(stream, index, last, data)
-        except ChunkError as e:
-            self.drop(str(e))
-            raise PeerRequestError(str(e))
-        if whole is None:
-            return {}
-        return self._answer(self.handler.proposals_forwarded, [whole]).addCallback(
-            lambda _: {}
-        )
-
-    @ReadIndex.responder
-    def _read_index(self):
-        self._check_identified("ReadIndex")
-        return self._answer(self.handler.read_index_requested).addCallback(
-            lambda index: {"index": index}
-        )
-
     # --- sending --------------------------------------------------------------
 
     def send_message(self, data: bytes, stream: bool = False) -> bool:
@@ -475,39 +444,3 @@ class PeerProtocol(MembershipCalls, amp.AMP):
         if self._clock is not None:
             d.addTimeout(self._timeout_s, self._clock)
         return d.addErrback(not_leader)
-
-    def forward(self, commands: list[bytes]) -> Deferred:
-        """
-        Forward C{commands} to the peer to propose, in order, in as many
-        calls as AMP's value cap requires.  The Deferred fires with None once
-        the peer took all of them, or fails with L{ForwardFailed}, which says
-        which commands were certainly not proposed (their call was answered
-        NOT_LEADER) and which may have been.
-        """
-        for command in commands:
-            if type(command) is not bytes:
-                name = type(command).__name__
-                raise TypeError(f"a command must be bytes, not {name}")
-        calls = [
-            (self._call(command, **arguments), decides)
-            for command, arguments, decides in forward_calls(commands, self._stream_ids)
-        ]
-        if not calls:
-            return succeed(None)
-        outcomes = DeferredList([d for d, _ in calls], consumeErrors=True)
-        return outcomes.addCallback(forward_outcome, [decided for _, decided in calls])
-
-    def read_index(self) -> Deferred:
-        """
-        Ask the peer for a confirmed read index: a Deferred firing with it,
-        or failing as L{forward} does.
-        """
-
-        def check(response):
-            index = response["index"]
-            if index < 0:
-                raise PeerRequestError(f"peer answered read index {index}")
-            return index
-
-        return self._call(ReadIndex).addCallback(check)
-

@@ -453,22 +453,11 @@ class ReplicaService(Service):
         return self.writes.proposals_forwarded(commands)
 
     def get(self, key: bytes, timeout_s: float, consistency: str = "linearizable"):
-        """
-        Read C{key}: a Deferred firing with its value or None.
-        C{consistency}: C{"linearizable"} (a read index confirmed by a
-        quorum), C{"serializable"} (this node's state as it is, possibly
-        stale), or C{"lease"} (the leader's read lease when the cluster
-        enables lease reads; otherwise, or without a valid lease, as
-        linearizable).  See L{kvpaxos.node.reads}.
-        """
+        """L{IKeyValueNode.get}; the consistencies are L{kvpaxos.node.reads}'."""
         return self._unserved() or self.reads.get(key, timeout_s, consistency)
 
     def range(self, query, timeout_s: float, consistency: str = "linearizable"):
-        """
-        Read the keys of L{kvpaxos.kv.commands.Range} C{query}: a Deferred
-        firing with a L{kvpaxos.kv.commands.RangeResult} (consistency as for
-        L{get}).
-        """
+        """L{IKeyValueNode.range}."""
         return self._unserved() or self.reads.range(query, timeout_s, consistency)
 
     def read_index_requested(self) -> defer.Deferred:

@@ -325,6 +325,8 @@ class SnapshotReceiver:
         if old is not None:
             self._end(old, "another transfer began", discard=False)
         came = self.incoming = _Incoming(offer)
+        self.log.info("receiving a snapshot from node {peer} (index {index}, transfer {t})",
+                      peer=offer.src, index=offer.index, t=offer.transfer)
         self._arm(came)
         self._writer(came, self._store.staging.begin, came.key, offer.revision,
                      offer.next_client_id)
@@ -399,6 +401,8 @@ class SnapshotReceiver:
             return
         self.installed += 1
         self._installing = came.offer.index
+        self.log.info("installing the snapshot from node {peer}: index {index}, {chunks} chunks",
+                      peer=came.offer.src, index=came.offer.index, chunks=came.received)
         self._step(message)
 
     def _writer(self, came: _Incoming, call, *args, value: bool = False) -> defer.Deferred:

@@ -183,11 +183,11 @@ class FaultsMixin:
             self.next_id += 1
             peer, client = sim_addresses(node_id)
             change = ConfigChange(ChangeKind.ADD_LEARNER, node_id, peer, client)
-            self._admin(via, MemberAdd, change, id=node_id, peer=peer, client=client)
+            self._admin(via, MemberAdd, change, id=node_id, peer=peer, client=client,
+                        then=lambda: self.world.later(rng.uniform(0.3, 1.5), self._promote, node_id))
             self._add_node(node_id, None)
         elif choice < 0.6 and config.learners:
-            node_id = rng.choice(sorted(config.learners))
-            self._admin(via, MemberPromote, ConfigChange(ChangeKind.PROMOTE, node_id), id=node_id)
+            self._promote(rng.choice(sorted(config.learners)))
         elif choice < 0.8 and (len(config.voters) > 3 or config.learners):
             pool = sorted(config.voters) if len(config.voters) > 3 and rng.random() < 0.7 else sorted(config.learners)
             if pool:
@@ -196,7 +196,16 @@ class FaultsMixin:
                 self._admin(via, MemberRemove, ConfigChange(ChangeKind.REMOVE, node_id),
                             id=node_id, force=force)
 
-    def _admin(self, node: Node, command, change: Optional[ConfigChange], **arguments) -> None:
+    def _promote(self, node_id: int) -> None:
+        """Promote learner C{node_id} through a live node's admin port (refused while it lags)."""
+        up = [n for n in self._up() if not n.process.frozen]
+        if self.healed or not up:
+            return
+        self._admin(self.rng.choice(up), MemberPromote, ConfigChange(ChangeKind.PROMOTE, node_id),
+                    id=node_id)
+
+    def _admin(self, node: Node, command, change: Optional[ConfigChange], then=None,
+               **arguments) -> None:
         """
         Send admin C{command} to C{node} as the CLI does: the arguments
         serialized into an AMP box and dispatched to the admin protocol's
@@ -218,6 +227,8 @@ class FaultsMixin:
 
         def done(_) -> None:
             self.result.faults[f"admin {name} done"] += 1
+            if then is not None:
+                then()
 
         def refused(failure) -> None:
             if failure.check(amp.RemoteAmpError) and failure.value.errorCode in _REFUSALS:
