@@ -30,7 +30,7 @@ from kvpaxos.paxos.config import MemberAddress
 from kvpaxos.storage.memory import MemoryStore
 from kvpaxos.node.service import ReplicaService
 from kvpaxos.paxos import Options
-from tests.test_service import TICK_S, FakePeers, FakeReactor, Wire, leader_of, run
+from tests.test_service import SyncIO, TICK_S, FakePeers, FakeReactor, Wire, leader_of, run
 
 CLUSTER_ID = 0x77
 
@@ -91,7 +91,7 @@ def add_service(wire, node_id, config, own=None):
         node_id, store, wire.clock, Options(election_ticks=10, heartbeat_ticks=2),
         tick_s=TICK_S, rng=random.Random(node_id),
         run_commit=lambda *args: defer.maybeDeferred(store.commit, *args),
-        read_snapshot=lambda: defer.maybeDeferred(store.state_machine.snapshot_now),
+        snapshot_io=SyncIO(),
         clock=wire.clock, addresses=own or (peer_of(node_id), client_of(node_id)),
     )
     service.peers = MemberPeers(wire, node_id)

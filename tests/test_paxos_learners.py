@@ -173,9 +173,27 @@ def proposed_changes(r):
 class AutoPromoteTests(SynchronousTestCase):
     """With auto_promote, the leader promotes a learner that stays caught up."""
 
+    def test_stateless_learner_never_promoted(self):
+        """
+        A learner that reports chosen index 0 (a joiner still waiting for
+        the state) is never caught up, however close 0 is to the leader's
+        chosen index: auto_promote leaves it, and an operator's PROMOTE is
+        refused saying why.
+        """
+        r = leader(opts=options(auto_promote=True, auto_promote_beats=2, promote_lag_slots=5))
+        choose_slot(r)
+        for _ in range(4):
+            beat(r)
+            ack(r, 4, chosen_index=0)
+            self.assertEqual(proposed_changes(r), [])
+        with self.assertRaises(ProposalRejected) as caught:
+            r.propose_config_change(PROMOTE_4)
+        self.assertIn("still needs the state", str(caught.exception))
+
     def test_promoted_after_consecutive_caught_up_acks(self):
         """After auto_promote_beats caught-up acks (not before) the learner's promotion is proposed."""
         r = leader(opts=AUTO)
+        choose_slot(r)  # a learner that reports 0 has no state yet
         for _ in range(2):
             beat(r)
             ack(r, 4)
@@ -215,14 +233,16 @@ class AutoPromoteTests(SynchronousTestCase):
     def test_waits_for_change_in_flight(self):
         """No promotion is proposed while another change is in flight."""
         r = leader(opts=AUTO)
+        choose_slot(r)  # a learner that reports 0 has no state yet
         r.propose_config_change(ConfigChange(ChangeKind.ADD_LEARNER, 6))
         take(r)
+        change_slot = r.role.next_slot - 1
         for _ in range(4):
             beat(r)
             ack(r, 4)
             self.assertEqual(proposed_changes(r), [])
-        r.step(Accepted(2, 1, r.role.ballot, 1, 1, 0))
-        # Slot 1 is chosen: the learner must show it learned it first.
+        r.step(Accepted(2, 1, r.role.ballot, change_slot, 1, r.chosen_index))
+        # The change is chosen: the learner must show it learned it first.
         self.assertEqual(proposed_changes(r), [])
         beat(r)
         ack(r, 4)
@@ -231,6 +251,7 @@ class AutoPromoteTests(SynchronousTestCase):
     def test_lowest_id_first(self):
         """Of two learners caught up long enough, the lower id is promoted first."""
         r = leader(learners=(4, 5), opts=AUTO)
+        choose_slot(r)  # a learner that reports 0 has no state yet
         for _ in range(3):
             beat(r)
             ack(r, 5)

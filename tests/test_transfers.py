@@ -75,6 +75,16 @@ class FakeReplica:
         self.id = node_id
         self.wanted = True
         self.stepped = []
+        #: Whether a stepped InstallSnapshot is taken (the core installs it).
+        self.takes = True
+        self.chosen_index = 0
+        self.snapshot = Snapshot(0, Config(frozenset()))
+
+    def step(self, message):
+        self.stepped.append(message)
+        if self.takes and type(message) is InstallSnapshot:
+            self.snapshot = Snapshot(message.snapshot.index, message.snapshot.config)
+            self.chosen_index = message.snapshot.index
 
     def snapshot_message(self, peer, index, data):
         return InstallSnapshot(self.id, peer, Snapshot(index, CONFIG, data))
@@ -135,7 +145,7 @@ class TransferFixture:
             replica = self.replicas[node_id]
             path = SnapshotPath(
                 replica, store, lambda node_id=node_id: self.link.transport(node_id),
-                self.clock, lambda call, *args: call(*args), replica.stepped.append,
+                self.clock, lambda call, *args: call(*args), replica.step,
                 lambda: False, node_id=node_id, io=self.io,
             )
             self.paths[node_id] = self.link.paths[node_id] = path
@@ -175,6 +185,28 @@ class TransferTests(TransferFixture, SynchronousTestCase):
         self.assertEqual(self.sent(SnapshotAbort), [])
         self.assertEqual(self.sender.transfers, {})
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_install_not_taken_is_dropped(self):
+        """
+        A finished transfer the core does not take when stepped (its
+        catch-up expired in the ticks counted first) is discarded: the next
+        offer is staged, not refused as waiting for that install.
+        """
+        self.replicas[RECEIVER].takes = False
+        self.paths[SENDER].send(RECEIVER)
+        self.link.deliver()
+        self.assertEqual(len(self.replicas[RECEIVER].stepped), 1)
+        self.assertEqual(self.receiver.installed, 0)
+        self.assertFalse(self.target.staging.complete)
+        self.replicas[RECEIVER].takes = True
+        self.clock.advance(10)
+        self.paths[SENDER].send(RECEIVER)
+        self.link.deliver()
+        self.assertEqual([m.reason for m in self.sent(SnapshotAbort)], [])
+        self.assertEqual(self.receiver.installed, 1)
+        del self.replicas[RECEIVER].stepped[0]  # the one not taken
+        self.install()
+        self.assertEqual(self.target.snapshot_data(), self.source.snapshot_data())
 
     def test_one_transfer_per_peer(self):
         """A peer that asks again while a transfer is under way gets no second one."""
@@ -365,7 +397,7 @@ class LargeStateOverAMPTests(SynchronousTestCase):
             replica = replicas[node_id]
             paths[node_id] = SnapshotPath(
                 replica, store, lambda peers=peers: peers, clock,
-                lambda call, *args: call(*args), replica.stepped.append,
+                lambda call, *args: call(*args), replica.step,
                 lambda: False, node_id=node_id, io=io,
             )
             handlers[node_id].snapshot_stream_received = paths[node_id].received

@@ -399,11 +399,22 @@ class SnapshotReceiver:
             # Leadership or the log moved on meanwhile: the peer asks again.
             self._on_writer(self._store.staging.discard).addErrback(self._log_failure)
             return
-        self.installed += 1
         self._installing = came.offer.index
+        self._step(message)
+        replica = self._replica
+        if replica.snapshot.index < came.offer.index and replica.chosen_index < came.offer.index:
+            # The core did not take it after all (the ticks counted before
+            # the step ended the catch-up it asked for, or the leader it
+            # knew): drop the staging, or every later offer would be
+            # refused as waiting for this install.
+            self.log.info("the snapshot from node {peer} was not installed: asking again",
+                          peer=came.offer.src)
+            self._installing = -1
+            self._on_writer(self._store.staging.discard).addErrback(self._log_failure)
+            return
+        self.installed += 1
         self.log.info("installing the snapshot from node {peer}: index {index}, {chunks} chunks",
                       peer=came.offer.src, index=came.offer.index, chunks=came.received)
-        self._step(message)
 
     def _writer(self, came: _Incoming, call, *args, value: bool = False) -> defer.Deferred:
         """

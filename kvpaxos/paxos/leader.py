@@ -130,7 +130,13 @@ class Leader(ReadRounds, MemberRules, Role):
         if r.id not in r.config.voters:
             r.step_down(leader=None)
             return
+        before = set(self.peers)
         self._update_peers()
+        for gone in sorted(before - set(self.peers)):
+            # A member whose removal is now chosen hears it once more: the
+            # chosen index tells it that its removal is chosen (it stops),
+            # for no later message of this leader reaches it.
+            r.send(Heartbeat(r.id, gone, self.ballot, r.chosen_index, self.beat))
 
     def _update_peers(self) -> None:
         r = self.replica

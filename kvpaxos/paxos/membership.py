@@ -102,6 +102,12 @@ class MemberRules:
                 f"learner {node} is not caught up: it has not answered this"
                 f" leader, whose chosen index is {chosen}"
             )
+        floor = self._log_floor()
+        if match < floor:
+            raise ProposalRejected(
+                f"learner {node} is not caught up: its chosen index {match} is"
+                f" below {floor}, so it still needs the state (a snapshot)"
+            )
         lag = r.options.promote_lag_slots
         if chosen - match > lag:
             raise ProposalRejected(
@@ -109,6 +115,25 @@ class MemberRules:
                 f" {chosen - match} slots behind the leader's {chosen} (at most"
                 f" {lag} allowed)"
             )
+
+    def _log_floor(self) -> int:
+        """
+        The least chosen index a learner must have reported to be caught
+        up: one past nothing (a joiner without the state reports 0), and at
+        least the leader's compaction point, behind which only a snapshot
+        catches it up (a voter promoted at that lag would vote with no
+        state, and the quorum would lean on a transfer still under way).
+        """
+        return max(1, self.replica.snapshot.index)
+
+    def _caught_up(self, match) -> bool:
+        """Whether a learner that reported C{match} (or None) is caught up."""
+        r = self.replica
+        return (
+            match is not None
+            and match >= self._log_floor()
+            and r.chosen_index - match <= r.options.promote_lag_slots
+        )
 
     # --- automatic promotion -------------------------------------------------
 
@@ -125,8 +150,7 @@ class MemberRules:
         if not self.counted_beat.get(node, 0) < m.read_round <= self.beat:
             return
         self.counted_beat[node] = m.read_round
-        r = self.replica
-        if r.chosen_index - m.chosen_index <= r.options.promote_lag_slots:
+        if self._caught_up(m.chosen_index):
             self.caught_up_beats[node] = self.caught_up_beats.get(node, 0) + 1
         else:
             self.caught_up_beats[node] = 0
@@ -145,14 +169,11 @@ class MemberRules:
             or self.transfer_target is not None
         ):
             return None
-        chosen = self.replica.chosen_index
         for node in sorted(self.leader_config.learners):
-            match = self.match.get(node)
             if (
                 self.caught_up_beats.get(node, 0) >= options.auto_promote_beats
                 # and still caught up now, as an operator's PROMOTE must be
-                and match is not None
-                and chosen - match <= options.promote_lag_slots
+                and self._caught_up(self.match.get(node))
             ):
                 return node
         return None
