@@ -168,7 +168,12 @@ class PeerNetwork(MultiService):
         for peer_id in sorted(self._links):
             if wanted.get(peer_id) != self._links[peer_id].address:
                 link = self._links.pop(peer_id)
-                _abort(link)
+                if peer_id in wanted:
+                    _abort(link)  # a new address: nothing more goes to the old one
+                else:
+                    # A removed member: what is written goes first (the
+                    # leader's last heartbeat tells it its removal is chosen).
+                    _close(link)
                 self.removeService(link.service)
         for peer_id in sorted(wanted):
             if peer_id not in self._links:
@@ -304,6 +309,12 @@ class PeerNetwork(MultiService):
         if protocol is None:
             return fail(PeerUnreachable(f"no link to node {node_id}"))
         return protocol.member_change(kind, node, peer, client, force, timeout_s)
+
+
+def _close(link: _Link) -> None:
+    protocol = link.connection
+    if protocol is not None and protocol.transport is not None:
+        protocol.transport.loseConnection()
 
 
 def _abort(link: _Link) -> None:

@@ -38,6 +38,7 @@ class ChecksMixin:
             self.chosen[slot] = value
             if type(value) is ConfigChange and value.kind is ChangeKind.PROMOTE:
                 self.result.promotions += 1
+                self._check_promoted(value.node, slot)
             if type(value) is Batch:
                 for command in value.commands:
                     other = self.command_slot.setdefault(command, slot)
@@ -52,6 +53,21 @@ class ChecksMixin:
             )
         self._check_digest(node, slot)
         self._acknowledge(node, slot, value)
+
+    def _check_promoted(self, member: int, slot: int) -> None:
+        """
+        A learner promoted in C{slot} had the state: a voter with no member
+        set (a joiner whose snapshot has not arrived) would count toward
+        quorums it cannot serve (issue 11's review).  Checked when the
+        promotion is first chosen, on the learner's replica if it is up.
+        """
+        promoted = self.nodes.get(member)
+        replica = None if promoted is None or not promoted.up else promoted.replica
+        if replica is not None and not replica.config.voters:
+            raise Violation(
+                "promotion",
+                f"learner {member} was promoted (slot {slot}) before it had the state",
+            )
 
     def _serve_reads(self, node: SimNode) -> None:
         """Answer the reads whose index this node has applied, from its state."""

@@ -106,7 +106,11 @@ class Simulation(NodesMixin, ChecksMixin, ClientsMixin, FaultsMixin):
         #: A third of the seeds let the leader promote caught-up learners by
         #: itself (Options.auto_promote); drawn apart likewise.
         auto = plant is None and random.Random(seed * 37 + 11).random() < 1 / 3
-        self.options = replace(SIM_OPTIONS, auto_promote=auto)
+        #: A quarter of the seeds count a learner caught up within the
+        #: product's lag (1,000 slots, not 4): there a young cluster's
+        #: joiner is within the lag before it has the state.
+        lag = 1000 if random.Random(seed * 41 + 13).random() < 0.25 else SIM_OPTIONS.promote_lag_slots
+        self.options = replace(SIM_OPTIONS, auto_promote=auto, promote_lag_slots=lag)
         #: A leader an operator asked to remove: it was told to hand
         #: leadership over first, and the next operator event removes it.
         self.remove_after_transfer: Optional[int] = None
