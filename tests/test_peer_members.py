@@ -22,6 +22,7 @@ from kvpaxos.node.peer_commands import (
     NotIdentified,
     PeerRequestError,
     PeerUnreachable,
+    RemovedMember,
     UnknownMember,
     WrongCluster,
 )
@@ -39,6 +40,11 @@ class MemberNode(RecordingNode):
         self.joins = []
         self.reported = []
         self.change_answer = lambda: succeed(7)
+        #: Members whose removal this node's log has chosen.
+        self.removed_ids = set()
+
+    def was_removed(self, member):
+        return member in self.removed_ids
 
     def member_change_requested(self, kind, node, peer, client, force, timeout_s):
         self.changes.append((kind, node, peer, client, force, timeout_s))
@@ -199,6 +205,21 @@ class NetworkMembershipTests(SynchronousTestCase):
         self.assertTrue(pump.serverIO.disconnected)
         self.incoming(3)[0].trap(UnknownMember)
         self.assertEqual(sorted(s.name for s in self.network), ["peer-2"])
+
+    def test_removed_member_told(self):
+        """
+        A Hello from a member whose removal this node has chosen is refused
+        REMOVED_MEMBER (so it learns it was removed and stops), not only
+        UNKNOWN_MEMBER; one this node never knew is refused UNKNOWN_MEMBER.
+        """
+        self.network.handler.removed_ids = {3}
+        self.network.set_peers({2: ("h2", 2)})
+        failure = self.incoming(3)[0]
+        failure.trap(RemovedMember)
+        self.assertIn("member 3 was removed", failure.getErrorMessage())
+        other = self.incoming(9)[0]
+        other.trap(UnknownMember)
+        self.assertFalse(other.check(RemovedMember))
 
     def test_member_change_without_link(self):
         """Carrying a change to a node with no link fails PeerUnreachable (certainly not sent)."""

@@ -136,6 +136,19 @@ class IPeerHandler(Interface):
         reached at (C{host:port} strings, C{""} if not given); issue 11.
         """
 
+    def was_removed(member):
+        """
+        Whether C{member}'s removal is chosen in this node's log (since its
+        snapshot): its Hello is then refused REMOVED_MEMBER, not only
+        UNKNOWN_MEMBER (optional; issue 11).
+        """
+
+    def removed_by_peer(peer, why):
+        """
+        Peer C{peer} refused this node's link REMOVED_MEMBER: this node was
+        removed and missed the news (optional; issue 11).
+        """
+
     def member_change_requested(kind, node, peer, client, force, timeout_s):
         """
         A follower carries a membership change (C{kind}: C{"add-learner"},

@@ -180,6 +180,18 @@ class Membership:
         # A moment later: the answers this turn wrote (the operator's) go out.
         self._reactor.callLater(self._retry_s, lambda: self._reactor.running and self._reactor.stop())
 
+    def removed_by_peer(self, peer: int, why: str) -> None:
+        """
+        Peer C{peer} refused this node's link because its log has this
+        node's removal chosen (the last heartbeat of the leader that removed
+        it never arrived): it was removed.  A node with no member set yet (a
+        joiner re-added under its old id, which a lagging member has not
+        seen added again) takes no notice.
+        """
+        config = self._replica.config
+        if config.voters and self.node_id in config.members:
+            self._removed(f"node {peer} refused its link: {why}")
+
     # --- publishing addresses ----------------------------------------------------
 
     def peer_addresses_reported(self, member: int, peer: str, client: str) -> None:

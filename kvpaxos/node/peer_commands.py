@@ -136,6 +136,13 @@ class UnknownMember(PeerRefused):
     """
 
 
+class RemovedMember(UnknownMember):
+    """
+    The other side was a member, and its removal is chosen in the
+    listener's log: it takes no part any more (it stops when told).
+    """
+
+
 class BadHello(PeerRefused):
     """A Hello out of place (twice, or from the listener) or with bad values."""
 
@@ -176,6 +183,7 @@ class Hello(amp.Command):
     response = _HELLO_FIELDS
     fatalErrors = {
         WrongCluster: b"WRONG_CLUSTER",
+        RemovedMember: b"REMOVED_MEMBER",
         UnknownMember: b"UNKNOWN_MEMBER",
         BadHello: b"BAD_HELLO",
     }

@@ -41,6 +41,7 @@ from kvpaxos.node.peer_commands import (
     PaxosMessage,
     PeerRefused,
     PeerRequestError,
+    RemovedMember,
     SnapshotStream,
     UnknownMember,
     WrongCluster,
@@ -254,6 +255,10 @@ class PeerProtocol(RequestCalls, MembershipCalls, amp.AMP):
         self._identified(expected, timing)
 
     def _hello_failed(self, failure) -> None:
+        told = getattr(self.handler, "removed_by_peer", None)
+        if failure.check(RemovedMember) and told is not None:
+            # The member set this node missed the end of: it was removed.
+            told(self._expected, failure.getErrorMessage())
         if failure.check(PeerRefused):
             why = f"node {self._expected} refused the link: {failure.getErrorMessage()}"
         else:
@@ -283,6 +288,12 @@ class PeerProtocol(RequestCalls, MembershipCalls, amp.AMP):
                 )
             known = self._is_member(member) if self._is_member else 0 < member <= MEMBER_MAX
             if not known:
+                was_removed = getattr(self.handler, "was_removed", None)
+                if was_removed is not None and was_removed(member):
+                    raise RemovedMember(
+                        f"member {member} was removed from the cluster (its removal is"
+                        f" chosen in node {self.node_id}'s log)"
+                    )
                 raise UnknownMember(f"member {member} is not a peer of node {self.node_id}")
             timing = hello_timing(tick_ms, election_ticks, lease_reads)
         except PeerRefused as e:

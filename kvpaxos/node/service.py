@@ -477,6 +477,11 @@ class ReplicaService(Service):
     member_change_requested = _delegate("member_change_requested")
     join_requested = _delegate("join_requested")
     peer_addresses_reported = _delegate("peer_addresses_reported")
+    removed_by_peer = _delegate("removed_by_peer")
+
+    def was_removed(self, member: int) -> bool:
+        """Whether C{member}'s removal is chosen in this replica's log (since its snapshot)."""
+        return self.replica is not None and member in self.replica.removed
 
     # --- status --------------------------------------------------------------
 
