@@ -53,12 +53,10 @@ def _header_fields(endpoint: str, header: kv_pb2.ResponseHeader) -> dict[str, An
     }
 
 
-class Actions:
-    """Carries out one L{Invocation} with a L{Client}; each action returns an exit status."""
+class Output:
+    """How a command writes: one-line errors on stderr, JSON or text on stdout."""
 
-    def __init__(self, invocation: "Invocation", client: Client, stdout: BinaryIO, stderr: BinaryIO) -> None:
-        self.invocation = invocation
-        self.client = client
+    def __init__(self, stdout: BinaryIO, stderr: BinaryIO) -> None:
         self.stdout = stdout
         self.stderr = stderr
 
@@ -70,6 +68,15 @@ class Actions:
 
     def text(self, line: str) -> None:
         self.stdout.write(line.encode("utf-8") + b"\n")
+
+
+class Actions(Output):
+    """Carries out one L{Invocation} with a L{Client}; each action returns an exit status."""
+
+    def __init__(self, invocation: "Invocation", client: Client, stdout: BinaryIO, stderr: BinaryIO) -> None:
+        super().__init__(stdout, stderr)
+        self.invocation = invocation
+        self.client = client
 
     def run(self) -> int:
         try:

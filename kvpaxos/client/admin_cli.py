@@ -29,7 +29,6 @@ command line is L{kvpaxos.client.cli}'s; this module adds its parsers.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Optional
 
@@ -39,7 +38,7 @@ from kvpaxos.api.admin import (
     DEFAULT_ADMIN, MemberAdd, MemberList, MemberPromote, MemberRemove, Status, TransferLeadership,
 )
 from kvpaxos.api.endpoints import BadEndpoint, join_host_port, split_host_port
-from kvpaxos.client.actions import EXIT_FAILED, EXIT_OK
+from kvpaxos.client.actions import EXIT_FAILED, EXIT_OK, Output
 from kvpaxos.client.admin_client import AdminCalls, AdminFailed, parse_admin_addresses, tcp_connector
 
 __all__ = ["ADMIN_COMMANDS", "AdminActions", "AdminInvocation", "DEFAULT_ADMIN", "add_admin_options",
@@ -148,23 +147,13 @@ def _member_fields(answer: dict) -> list[dict[str, Any]]:
             for m in sorted(answer["members"], key=lambda m: m["id"])]
 
 
-class AdminActions:
+class AdminActions(Output):
     """Carries out one L{AdminInvocation} with L{AdminCalls}; each action returns an exit status."""
 
     def __init__(self, invocation: AdminInvocation, calls: AdminCalls, stdout: BinaryIO, stderr: BinaryIO) -> None:
+        super().__init__(stdout, stderr)
         self.invocation = invocation
         self.calls = calls
-        self.stdout = stdout
-        self.stderr = stderr
-
-    def error(self, message: str) -> None:
-        self.stderr.write(f"kvpaxos: error: {message}\n".encode("utf-8", "replace"))
-
-    def json(self, obj: dict) -> None:
-        self.stdout.write(json.dumps(obj, sort_keys=True).encode("utf-8") + b"\n")
-
-    def text(self, line: str) -> None:
-        self.stdout.write(line.encode("utf-8") + b"\n")
 
     def table(self, rows: list[tuple[str, ...]]) -> None:
         widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
