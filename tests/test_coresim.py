@@ -127,6 +127,19 @@ class CheckerBitesTests(SynchronousTestCase):
         again = run_seed(result.seed, plant="learner-votes")
         self.assertEqual(str(again.violation), str(result.violation))
 
+    def test_promote_stateless(self):
+        """
+        A leader that judges a learner caught up on its lag alone promotes a
+        joiner that has reported chosen index 0 while its snapshot is on the
+        way (the slow-snapshot seeds hold each InstallSnapshot for a second
+        or so): the promotion check finds a voter with no member set.
+        """
+        result = first_violation("promote-stateless", {"promotion"})
+        self.assertIsNotNone(result)
+        self.assertIn("before it had the state", result.violation.detail)
+        again = run_seed(result.seed, plant="promote-stateless")
+        self.assertEqual(str(again.violation), str(result.violation))
+
     def test_agreement_check(self):
         """Two different values applied in one slot are an agreement violation."""
         sim = Simulation(1)

@@ -95,7 +95,11 @@ class NodesMixin:
     def _send(self, message) -> None:
         if self.durable and type(message) is InstallSnapshot:
             self.result.durable_snapshots += 1
+        slow = 0
+        if type(message) is InstallSnapshot and self.slow_snapshots:
+            slow = self.rng_snapshots.randint(300, 1500)
         for at in self.network.arrivals(message.src, message.dst, self.now):
+            at += slow
             self._seq += 1
             heapq.heappush(self._queue, _Event(at, self._seq, "deliver", (message,)))
 

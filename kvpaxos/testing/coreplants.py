@@ -1,7 +1,8 @@
 """
 The core simulator's planted bugs (C{--plant}): replicas with one
 mechanism broken, which the checks of L{kvpaxos.testing.coresim} must
-catch (forgetful-acceptor, unconfirmed-read, eternal-lease, learner-votes).
+catch (forgetful-acceptor, unconfirmed-read, eternal-lease, learner-votes,
+promote-stateless).
 L{UnconfirmedReadReplica} is also used by L{kvpaxos.testing.plants}.
 """
 
@@ -66,10 +67,32 @@ class LearnerVotesReplica(Replica):
         super().become(role)
 
 
+class StatelessPromotionLeader(Leader):
+    """
+    A planted bug (issue 11's review): a leader that counts a learner caught
+    up on its lag alone, so a joiner that reported chosen index 0 (it has
+    no state yet) is promoted while its snapshot is still on the way.
+    """
+
+    def _log_floor(self) -> int:
+        return 0
+
+
+class StatelessPromotionReplica(Replica):
+    """A replica whose leaders are L{StatelessPromotionLeader}s."""
+
+    def become(self, role) -> None:
+        if type(role) is Leader:
+            role.__class__ = StatelessPromotionLeader
+        super().become(role)
+
+
 #: Bugs the simulator can plant, to show that its checker bites.
-PLANTS = ("forgetful-acceptor", "unconfirmed-read", "eternal-lease", "learner-votes")
+PLANTS = ("forgetful-acceptor", "unconfirmed-read", "eternal-lease", "learner-votes",
+          "promote-stateless")
 _PLANTED_REPLICAS = {
     "unconfirmed-read": UnconfirmedReadReplica,
     "eternal-lease": EternalLeaseReplica,
     "learner-votes": LearnerVotesReplica,
+    "promote-stateless": StatelessPromotionReplica,
 }

@@ -6,7 +6,7 @@ state machine (L{DigestKV}); L{kvpaxos.testing.sim} runs the production node
 (L{kvpaxos.node.service.ReplicaService} over the real state machine) instead.
 This one is kept because it is fast and reaches the core's corners directly
 (its plants: forgetful-acceptor, unconfirmed-read, eternal-lease,
-learner-votes).
+learner-votes, promote-stateless).
 
 All replicas run in one process over L{kvpaxos.storage.memory.MemoryStorage}
 and a L{SimNetwork}; a virtual clock jumps from event to event, and one seed
@@ -111,6 +111,12 @@ class Simulation(NodesMixin, ChecksMixin, ClientsMixin, FaultsMixin):
         #: joiner is within the lag before it has the state.
         lag = 1000 if random.Random(seed * 41 + 13).random() < 0.25 else SIM_OPTIONS.promote_lag_slots
         self.options = replace(SIM_OPTIONS, auto_promote=auto, promote_lag_slots=lag)
+        #: A fifth of the seeds carry snapshots slowly (a big store's
+        #: transfer takes seconds): each InstallSnapshot is held 300 to
+        #: 1,500 ms, so a joiner reports itself for a while before it has
+        #: the state, and a promotion in that window must be refused.
+        self.slow_snapshots = random.Random(seed * 43 + 17).random() < 0.2
+        self.rng_snapshots = random.Random(seed * 47 + 19)
         #: A leader an operator asked to remove: it was told to hand
         #: leadership over first, and the next operator event removes it.
         self.remove_after_transfer: Optional[int] = None
