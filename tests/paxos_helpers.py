@@ -38,9 +38,9 @@ def options(**changes) -> Options:
     return Options(**fields)
 
 
-def config(*voters: int, learners: Iterable[int] = ()) -> Config:
-    """Return a member set of C{voters} and C{learners}."""
-    return Config(frozenset(voters), frozenset(learners))
+def config(*voters: int, learners: Iterable[int] = (), removed: Iterable[int] = ()) -> Config:
+    """Return a member set of C{voters} and C{learners}, C{removed} removed."""
+    return Config(frozenset(voters), frozenset(learners), removed=frozenset(removed))
 
 
 class LogStateMachine:

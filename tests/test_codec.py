@@ -174,7 +174,7 @@ class HostileInputTests(SynchronousTestCase):
 
     def test_unknown_version(self):
         """An encoding of another format version, such as 1 (the old little-endian codec), is refused."""
-        self.assertEqual(VERSION, 3)
+        self.assertEqual(VERSION, 4)
         data = encode(EXAMPLES[0])
         for version in (0, 1, VERSION + 1):
             self.assertRejected(bytes([version]) + data[1:])
@@ -220,17 +220,23 @@ class HostileInputTests(SynchronousTestCase):
 
     def test_duplicate_member(self):
         """A member set that names a node twice, or out of order, is refused."""
-        # src, dst, index, 2 voters, 0 learners, 0 addresses, cluster id
-        # (then the snapshot's data, absent).
-        def snapshot(voters, addresses=b"", count=0):
+        # src, dst, index, 2 voters, 0 learners, 0 addresses, cluster id,
+        # the removed nodes (then the snapshot's data, absent).
+        def snapshot(voters, addresses=b"", count=0, removed=()):
             return bytes([VERSION, 10]) + struct.pack(
                 ">IIQI2III", 1, 2, 5, 2, *voters, 0, count
-            ) + addresses + struct.pack(">Q", 7) + struct.pack(">Q", 0)
+            ) + addresses + struct.pack(">QI", 7, len(removed)) + struct.pack(
+                f">{len(removed)}I", *removed
+            ) + struct.pack(">Q", 0)
 
         good = snapshot((3, 4))
         self.assertEqual(decode(good).snapshot.config, Config(frozenset({3, 4}), cluster_id=7))
         self.assertRejected(snapshot((3, 3)))
         self.assertRejected(snapshot((4, 3)))
+        removed = decode(snapshot((3, 4), removed=(1, 2))).snapshot.config
+        self.assertEqual(removed, Config(frozenset({3, 4}), cluster_id=7, removed=frozenset({1, 2})))
+        self.assertRejected(snapshot((3, 4), removed=(2, 1)))  # out of order
+        self.assertRejected(snapshot((3, 4), removed=(3,)))  # a member and removed
 
     def test_bad_addresses(self):
         """Addresses out of order, for a non-member, or not UTF-8 are refused."""
@@ -240,7 +246,7 @@ class HostileInputTests(SynchronousTestCase):
         def snapshot(*entries):
             return bytes([VERSION, 10]) + struct.pack(
                 ">IIQI2III", 1, 2, 5, 2, 3, 4, 0, len(entries)
-            ) + b"".join(entries) + struct.pack(">Q", 7) + struct.pack(">Q", 0)
+            ) + b"".join(entries) + struct.pack(">QI", 7, 0) + struct.pack(">Q", 0)
 
         config = decode(snapshot(entry(3), entry(4, b"q:2", b"c:3"))).snapshot.config
         self.assertEqual(config.address(4), MemberAddress("q:2", "c:3"))

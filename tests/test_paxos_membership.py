@@ -123,7 +123,7 @@ class RemoveTests(SynchronousTestCase):
         c.elect(1)
         c[1].propose_config_change(change("REMOVE", 3))
         c.deliver()
-        self.assertEqual(c[1].config, config(1, 2))
+        self.assertEqual(c[1].config, config(1, 2, removed=[3]))
         mark = c.mark(1)
         c[1].propose(b"y")
         c.deliver()
@@ -149,7 +149,7 @@ class RemoveTests(SynchronousTestCase):
         r.step(Accepted(2, 1, ballot, 1, 1, 0))
         r.step(Accepted(3, 1, ballot, 1, 1, 0))
         self.assertFalse(r.is_leader)
-        self.assertEqual(r.config, config(2, 3))
+        self.assertEqual(r.config, config(2, 3, removed=[1]))
         take(r)
         for _ in range(4 * E):
             r.tick()
@@ -379,14 +379,14 @@ class RemoveRuleTests(SynchronousTestCase):
         c = five_voters_two_silent()
         c[1].propose_config_change(change("REMOVE", 4))
         c.deliver()
-        self.assertEqual(c[1].config, config(1, 2, 3, 5))
+        self.assertEqual(c[1].config, config(1, 2, 3, 5, removed=[4]))
 
     def test_force_skips_quorum_rule(self):
         """With force, a removal the quorum rule refuses is proposed and chosen."""
         c = five_voters_two_silent()
         c[1].propose_config_change(change("REMOVE", 2), force=True)
         c.deliver()
-        self.assertEqual(c[1].config, config(1, 3, 4, 5))
+        self.assertEqual(c[1].config, config(1, 3, 4, 5, removed=[2]))
 
     def test_leader_refuses_own_removal(self):
         """The leader refuses to remove itself, forced or not: the node transfers first."""
@@ -411,7 +411,7 @@ class RemoveRuleTests(SynchronousTestCase):
         c = with_learner()
         c[1].propose_config_change(change("REMOVE", 4))
         c.deliver()
-        self.assertEqual(c[1].config, config(1, 2, 3))
+        self.assertEqual(c[1].config, config(1, 2, 3, removed=[4]))
 
     def test_recently_heard_covers_the_window_before(self):
         """
@@ -463,7 +463,7 @@ class RemovedMemberTests(SynchronousTestCase):
         c[1].propose_config_change(change("REMOVE", 3))
         c.deliver()
         c.tick(HB)
-        self.assertEqual(c[2].config, config(1, 2))
+        self.assertEqual(c[2].config, config(1, 2, removed=[3]))
         for node in (1, 2):
             promised = c[node].promised
             c[node].step(PreVote(3, node, Ballot(9, 3), 100))
@@ -471,6 +471,22 @@ class RemovedMemberTests(SynchronousTestCase):
             self.assertEqual(c[node].promised, promised)
             rd = take_ready(c, node)
             self.assertEqual([m for m in rd.messages + rd.durable_messages if m.dst == 3], [])
+
+    def test_removal_is_replicated_state(self):
+        """
+        The removed nodes are part of the member set: a snapshot carries
+        them (so a member restarted or joined since still refuses a removed
+        node), and adding the node again clears it.
+        """
+        from kvpaxos.encoding.messages import decode, encode
+        from kvpaxos.paxos import InstallSnapshot
+        from kvpaxos.paxos.messages import Snapshot
+
+        after = config(1, 2, 3).apply(change("REMOVE", 3))
+        self.assertEqual(after.removed, frozenset({3}))
+        sent = InstallSnapshot(1, 2, Snapshot(9, after, b""))
+        self.assertEqual(decode(encode(sent)).snapshot.config.removed, frozenset({3}))
+        self.assertEqual(after.apply(change("ADD_LEARNER", 3)).removed, frozenset())
 
     def test_readded_node_is_heard_again(self):
         """A node added again after its removal is answered again."""

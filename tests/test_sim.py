@@ -32,6 +32,7 @@ FAULT_KINDS = (
     "stall", "wall clock step", "monotonic clock step", "admin MemberAdd done",
     "admin MemberPromote done", "admin MemberRemove done", "admin TransferLeadership done",
     "admin refused", "leader transfer", "adversarial network", "answer lost in a reset",
+    "refused handshakes", "told removed",
 )
 OPERATION_KINDS = (
     "open", "put", "append", "delete", "cas", "txn", "get/linearizable", "get/lease",
@@ -228,13 +229,33 @@ class PlantTests(SynchronousTestCase):
         self.assertEqual(result.violation.kind, "sent before durable")
         self.assertIn("Prepare", str(result.violation))
 
+    def test_removal_untold(self):
+        """
+        Issue 11: a removed node told neither by the leader's last heartbeat
+        nor by the members' REMOVED_MEMBER refusal keeps running, and is caught.
+        """
+        result = first_catch("removal-untold")
+        self.assertIsNotNone(result)
+        self.assertIn("still running", result.violation.detail)
+
+    def test_removed_unrefused(self):
+        """
+        Issue 11: without the REMOVED_MEMBER refusal, a removed node that
+        missed the last heartbeat keeps running, and is caught (the last
+        heartbeat alone is not enough).
+        """
+        result = first_catch("removed-unrefused")
+        self.assertIsNotNone(result)
+        self.assertIn("still running", result.violation.detail)
+
     def test_every_plant_has_a_test(self):
         """Every plant in the registry is one this module searches for."""
         from tests.test_sim_holes import SCENARIO_OF  # issue 9's holes, one scenario each
 
         tested = {
             "early-answer-unchosen", "resend-unknown-forward", "serializable-ignores-answered",
-            "unconfirmed-read", "wall-clock-ticks", "eager-prepare",
+            "unconfirmed-read", "wall-clock-ticks", "eager-prepare", "removal-untold",
+            "removed-unrefused",
         } | set(SCENARIO_OF)
         self.assertEqual(set(plants.names()) - tested, set())
 

@@ -35,6 +35,7 @@ SCENARIO_OF = {
     "no-prepare-guard": "restart-under-lease",
     "long-read-holds-gate": "snapshot-during-growth",
     "unchecked-chunks": "forged-peer",
+    "keep-untaken-install": "stalled-install",
 }
 
 #: Plants that live in the LMDB store's threads: searched on LMDB.
@@ -108,6 +109,14 @@ class HoleTests(SynchronousTestCase):
     def test_long_read_holds_gate(self):
         """Hole 7: a snapshot copy that holds the LMDB read gate while the map grows is caught."""
         self.assertEqual(self.caught("long-read-holds-gate").violation.kind, "reactor blocked")
+
+    def test_keep_untaken_install(self):
+        """
+        Issue 11: a stepped install the core did not take, kept staged as if
+        it were installing, leaves its node refusing every later transfer;
+        it never converges, and is caught.
+        """
+        self.assertEqual(self.caught("keep-untaken-install").violation.kind, "liveness")
 
     def test_unchecked_chunks(self):
         """Issue 11: a transfer's chunks staged without their checks let a forged state in, and are caught."""

@@ -39,12 +39,12 @@ class StoreRefusalTests(SynchronousTestCase):
     """A store of another format, or another application's environment, is never read."""
 
     def test_current_format(self):
-        """The format is version 4 (member sets with addresses and the cluster id)."""
-        self.assertEqual(STORE_FORMAT, b"kvpaxos-lmdb-4")
+        """The format is version 5 (member sets with addresses, the cluster id and the removed nodes)."""
+        self.assertEqual(STORE_FORMAT, b"kvpaxos-lmdb-5")
 
     def test_old_formats_refused(self):
-        """Formats 1 to 3 are refused with a message naming the directory, both formats and what to do."""
-        for old in (b"kvpaxos-lmdb-1", b"kvpaxos-lmdb-2", b"kvpaxos-lmdb-3"):
+        """Formats 1 to 4 are refused with a message naming the directory, both formats and what to do."""
+        for old in (b"kvpaxos-lmdb-1", b"kvpaxos-lmdb-2", b"kvpaxos-lmdb-3", b"kvpaxos-lmdb-4"):
             directory = self.mktemp()
             environment_of_format(directory, old)
             with self.assertRaises(StoreFormatError) as caught:
@@ -56,7 +56,7 @@ class StoreRefusalTests(SynchronousTestCase):
     def test_newer_format_refused(self):
         """A format this version does not know yet is refused too."""
         directory = self.mktemp()
-        environment_of_format(directory, b"kvpaxos-lmdb-5")
+        environment_of_format(directory, b"kvpaxos-lmdb-6")
         self.assertRaises(StoreFormatError, LMDBStore, directory, CONFIG)
 
     def test_foreign_environment_refused(self):
@@ -113,4 +113,4 @@ class TwistdRefusalTests(SynchronousTestCase):
         fatal = [line for line in output.splitlines() if line.startswith("kvpaxos: fatal:")]
         self.assertEqual(len(fatal), 1, output)
         self.assertIn(directory, fatal[0])
-        self.assertIn("kvpaxos-lmdb-4", fatal[0])
+        self.assertIn("kvpaxos-lmdb-5", fatal[0])

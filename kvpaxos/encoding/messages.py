@@ -58,7 +58,7 @@ from kvpaxos.paxos.messages import (
 
 #: The wire format version written first in every message (1 was the
 #: little-endian layout of kvpaxos.node.codec).
-WIRE_VERSION = 3
+WIRE_VERSION = 4
 
 _HEAD = Struct(">BB")
 _SLOT_BALLOT = Struct(">QQI")

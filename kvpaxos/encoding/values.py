@@ -8,9 +8,9 @@ The layouts of the Paxos core's values, the same wherever they travel
               | 2 kind:u8 node:u32 peer:text client:text (ConfigChange)
     config   := nvoters:u32 node:u32*nvoters nlearners:u32 node:u32*nlearners
                 naddresses:u32 (node:u32 peer:text client:text)*naddresses
-                cluster_id:u64
+                cluster_id:u64 nremoved:u32 node:u32*nremoved
                 (each set, and the addresses by node, in strictly ascending
-                order; an address names a member)
+                order; an address names a member; a removed node is none)
     text     := len:u16 utf-8 bytes                      ("" when not known)
     snapshot_meta := index:u64 config          (a Snapshot without its data)
     hard_state    := promised:ballot chosen_index:u64
@@ -175,6 +175,7 @@ def write_config(config: Config, out: list) -> None:
         write_text(address.peer, out)
         write_text(address.client, out)
     out.append(U64.pack(config.cluster_id))
+    out.append(pack_u32s(sorted(config.removed)))
 
 
 def _read_nodes(reader: Reader) -> frozenset:
@@ -199,7 +200,11 @@ def read_config(reader: Reader) -> Config:
         if node not in members:
             reader.fail(f"an address for node {node}, not a member")
         addresses.append((node, MemberAddress(read_text(reader), read_text(reader))))
-    return Config(voters, learners, tuple(addresses), reader.u64())
+    cluster_id = reader.u64()
+    removed = _read_nodes(reader)
+    if removed & members:
+        reader.fail(f"nodes {sorted(removed & members)} are both members and removed")
+    return Config(voters, learners, tuple(addresses), cluster_id, removed)
 
 
 def write_snapshot_meta(snapshot: Snapshot, out: list) -> None:

@@ -80,6 +80,11 @@ class Config:
     #: The cluster's id (L{kvpaxos.config.NodeConfig.cluster_id} when it was
     #: seeded); 0 before a joining node has the member set.
     cluster_id: int = 0
+    #: The nodes removed and not added again since: a member refuses their
+    #: links as REMOVED_MEMBER (so one that missed its removal learns it,
+    #: however long after) and the core ignores their messages.  Replicated,
+    #: so a member that restarted or joined since the removal knows it too.
+    removed: frozenset[int] = frozenset()
 
     @property
     def members(self) -> frozenset[int]:
@@ -102,12 +107,12 @@ class Config:
         return Config(
             self.voters, self.learners,
             tuple(sorted((n, a) for n, a in addresses.items() if n in self.members)),
-            self.cluster_id,
+            self.cluster_id, self.removed,
         )
 
     def with_cluster_id(self, cluster_id: int) -> Config:
         """Return this member set with C{cluster_id}."""
-        return Config(self.voters, self.learners, self.addresses, cluster_id)
+        return Config(self.voters, self.learners, self.addresses, cluster_id, self.removed)
 
     @property
     def quorum(self) -> int:
@@ -167,22 +172,22 @@ class Config:
         node = change.node
         kind = change.kind
         addresses = dict(self.addresses)
-        voters, learners = self.voters, self.learners
+        voters, learners, removed = self.voters, self.learners, self.removed
         if kind is ChangeKind.ADD_VOTER:
-            voters = voters | {node}
+            voters, removed = voters | {node}, removed - {node}
         elif kind is ChangeKind.ADD_LEARNER:
-            learners = learners | {node}
+            learners, removed = learners | {node}, removed - {node}
         elif kind is ChangeKind.PROMOTE:
             voters, learners = voters | {node}, learners - {node}
         elif kind is ChangeKind.REMOVE:
-            voters, learners = voters - {node}, learners - {node}
+            voters, learners, removed = voters - {node}, learners - {node}, removed | {node}
             addresses.pop(node, None)
         if kind in (ChangeKind.ADD_VOTER, ChangeKind.ADD_LEARNER, ChangeKind.UPDATE):
             old = addresses.get(node, MemberAddress())
             new = MemberAddress(change.peer or old.peer, change.client or old.client)
             if new != MemberAddress():
                 addresses[node] = new
-        return Config(voters, learners, tuple(sorted(addresses.items())), self.cluster_id)
+        return Config(voters, learners, tuple(sorted(addresses.items())), self.cluster_id, removed)
 
 
 __all__ = ["ChangeKind", "Config", "ConfigChange", "ConfigError", "MemberAddress"]

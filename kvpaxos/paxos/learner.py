@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from kvpaxos.paxos.config import ChangeKind, Config, ConfigChange
+from kvpaxos.paxos.config import Config, ConfigChange
 from kvpaxos.paxos.messages import (
     Ballot,
     Catchup,
@@ -85,10 +85,6 @@ class Learner:
                 self.config = self.config.apply(value)
                 self._configs.append((slot, self.config))
                 changed = True
-                if value.kind is ChangeKind.REMOVE:
-                    self.removed.add(value.node)
-                elif value.node in self.config.members:
-                    self.removed.discard(value.node)
         return changed
 
     def config_after(self, index: int) -> Config:

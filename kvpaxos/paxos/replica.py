@@ -118,9 +118,6 @@ class Replica(Acceptor, Learner):
         # slots after slot.  The last one governs chosen_index + 1.
         self._configs: list[tuple[int, Config]] = [(snapshot.index, snapshot.config)]
         self.config: Config = snapshot.config
-        #: The nodes whose removal this replica learned chosen (and that
-        #: were not added again since): their messages are ignored.
-        self.removed: set[int] = set()
         self._track_config_changes(snapshot.index + 1, self.chosen_index)
 
         self.ticks = 0
@@ -175,6 +172,11 @@ class Replica(Acceptor, Learner):
         """Whether this replica currently leads."""
         return self.role.leads
 
+    @property
+    def removed(self) -> frozenset[int]:
+        """The nodes removed and not added again since (those of the member set in force)."""
+        return self.config.removed
+
     def step(self, message: Message) -> None:
         """
         Take one message addressed to this replica.
@@ -184,7 +186,7 @@ class Replica(Acceptor, Learner):
         if message.dst != self.id:
             raise ValueError(f"message for {message.dst} stepped into {self.id}")
         src = message.src
-        if src in self.removed and src != self.id and src not in self.config.members:
+        if src in self.config.removed and src != self.id:
             # A removed member that has not learned it (or a stale process)
             # must not disturb the members: no pre-vote, campaign or catch-up
             # of its counts.  Ignoring a message is always safe (it could

@@ -76,7 +76,7 @@ SNAPSHOT_STEP_BYTES = 1 << 20
 
 #: The format version of the environment and every record in it: 3 since
 #: the records are laid out by kvpaxos.encoding (2 and 1 are refused).
-STORE_FORMAT = b"kvpaxos-lmdb-4"
+STORE_FORMAT = b"kvpaxos-lmdb-5"
 #: What every kvpaxos store's format starts with.
 _FORMAT_FAMILY = b"kvpaxos-lmdb-"
 

@@ -30,6 +30,7 @@ from kvpaxos.testing.scenario_kit import (
     Scenario,
     Script,
     add_client,
+    cut_off,
     leader_id,
     put,
     repeat,
@@ -289,3 +290,73 @@ class SnapshotDuringGrowth(Scenario):
         sim._crash(node)
         sim.world.later(rng.uniform(0.4, 1.0), sim._restart, node.id)
         return rng.uniform(1.0, 1.6)
+
+
+class StalledInstall(Scenario):
+    """
+    A node's reactor stalls just as a snapshot transfer into it finishes
+    (issue 11's review: a stepped install the core does not take).  Now
+    and then a follower is killed and restarted once the leader has
+    compacted past it, so the leader streams it the state; when the
+    transfer's staging is being finished on the writer thread the node
+    stalls for longer than a catch-up ask is
+    remembered.  On resume the writer's answer runs before the missed
+    ticks (a stall), so the node steps the install and only then counts
+    the ticks: it has started an election and forgotten its ask, and the
+    core does not take the install.  The node must drop it and catch up
+    by another transfer.
+    """
+
+    name = "stalled-install"
+    holes = "issue 11"
+    quiet_share = 0.5
+
+    def __init__(self, rng: random.Random) -> None:
+        super().__init__(rng)
+        #: Once a stall has been aimed, nobody is killed any more (a
+        #: restart would wipe whatever the stall left behind).
+        self.stalled = False
+
+    def start(self, sim) -> None:
+        rng = self.rng
+        first = rng.uniform(0.3, 0.6)
+        for _ in range(2):
+            add_client(sim, Script(sim, lambda: leader_id(sim), put(sim), first, sim.fault_s))
+        repeat(sim, rng, first + 0.1, lambda leader: self._lag(sim, leader))
+
+    def _lag(self, sim, leader: int) -> Optional[float]:
+        rng = self.rng
+        if self.stalled:
+            return 10.0
+        followers = [n for n in voters(sim) if n != leader and sim.nodes[n].process is not None]
+        if not followers:
+            return 0.1
+        node = sim.nodes[rng.choice(followers)]
+        sim._crash(node)
+        back = rng.uniform(0.3, 0.6)
+        sim.world.later(back, sim._restart, node.id)
+        sim.world.later(back + 0.001, self._watch, sim, node.id, 2000)
+        return back + rng.uniform(2.0, 2.5)
+
+    def _watch(self, sim, node_id: int, left: int) -> None:
+        """
+        Every millisecond: once C{node_id}'s (simulated) writer thread has
+        a transfer's staging to finish, stall it.
+        """
+        node = sim.nodes[node_id]
+        if sim.healed or node.process is None or not left:
+            return
+        disk = getattr(node.process, "disk", None)
+        writes = [] if disk is None else disk._writes
+        finishing = any(getattr(call, "__name__", "") == "finish" for _, call, _ in writes)
+        if finishing and not node.process.frozen:
+            # Longer than a catch-up ask is remembered (ten election
+            # timeouts of ticks, 1 s here), and deaf meanwhile: the first
+            # thing it runs on resume is the writer's answer, not a
+            # heartbeat that would tell it who leads.
+            self.stalled = True
+            stall = self.rng.uniform(1.1, 1.4)
+            cut_off(sim, node_id, duration=stall + 0.01, ways="in")
+            sim._freeze(node, "stall", stall)
+            return
+        sim.world.later(0.001, self._watch, sim, node_id, left - 1)

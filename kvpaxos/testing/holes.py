@@ -24,11 +24,15 @@ from __future__ import annotations
 
 import dataclasses
 
+from twisted.internet import defer
+
 from kvpaxos.encoding.reader import U64
 from kvpaxos.encoding.state import decode_record, decode_session
-from kvpaxos.encoding.transfer import TABLE_RECORDS
+from kvpaxos.encoding.transfer import TABLE_RECORDS, SnapshotChunk, SnapshotDone, SnapshotOffer
 from kvpaxos.node.reads import ReadPath
 from kvpaxos.node.service import ReplicaService
+from kvpaxos.node.snapshots import SnapshotPath
+from kvpaxos.node.transfers import SnapshotReceiver
 from kvpaxos.paxos import Prepare, Promise, Replica, TimeoutNow
 from kvpaxos.paxos.election import Candidate
 from kvpaxos.paxos.leader import Leader
@@ -262,3 +266,102 @@ class LateLearningReplica(Replica):
     def ready(self):
         self._quiet()
         return super().ready()
+
+
+# --- issue 11: a stepped install the core did not take, kept as if taken
+
+
+class KeepsUntakenReceiver(SnapshotReceiver):
+    """
+    Steps a finished transfer's install and, when the core does not take it
+    (the ticks counted before the step ended the catch-up it asked for),
+    keeps the staging and waits for that install anyway: every later offer
+    is refused as busy installing, so the node never catches up.
+    """
+
+    def _finished(self, staged, came) -> None:
+        stepped = []
+        step, on_writer = self._step, self._on_writer
+        discard = self._store.staging.discard
+        before = self.installed
+
+        def stepping(message) -> None:
+            stepped.append(message)
+            step(message)
+
+        def keeping(call, *args):
+            if stepped and call == discard:
+                return defer.succeed(None)
+            return on_writer(call, *args)
+
+        self._step, self._on_writer = stepping, keeping
+        try:
+            super()._finished(staged, came)
+        finally:
+            self._step, self._on_writer = step, on_writer
+        if stepped and self.installed == before:
+            self._installing = came.offer.index
+
+
+class KeepsUntakenPath(SnapshotPath):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        old = self.receiver
+        self.receiver = KeepsUntakenReceiver(
+            old._id, old._replica, old._store, old._peers, old._reactor, old._on_writer,
+            old._step, old._stopping, old.window, old.timeout_s,
+        )
+        self._routes.update({
+            SnapshotOffer: self.receiver.offered,
+            SnapshotChunk: self.receiver.chunk,
+            SnapshotDone: self.receiver.done,
+        })
+
+
+class KeepsUntakenService(ReplicaService):
+    """A service whose snapshot receiver is a L{KeepsUntakenReceiver}."""
+
+    snapshot_path_class = KeepsUntakenPath
+
+
+# --- issue 11: a removed member never told
+
+
+class SilentRemovalLeader(Leader):
+    """A leader that sends a member it removed no last heartbeat."""
+
+    def config_changed(self) -> None:
+        r = self.replica
+        if r.id not in r.config.voters:
+            r.step_down(leader=None)
+            return
+        self._update_peers()
+
+
+class SilentRemovalReplica(Replica):
+    def become(self, role) -> None:
+        if type(role) is Leader:
+            role.__class__ = SilentRemovalLeader
+        super().become(role)
+
+
+class UnrefusedRemovedService(ReplicaService):
+    """
+    A member that refuses a removed node's link as an unknown member, not
+    REMOVED_MEMBER: a removed node that missed the leader's last heartbeat
+    (partitioned, down, or the link reset) never learns it was removed.
+    """
+
+    def was_removed(self, member: int) -> bool:
+        return False
+
+
+class SilentRemovalService(UnrefusedRemovedService):
+    """
+    A member that never tells a removed node it was removed: no last
+    heartbeat from the leader that removed it, and its link refused as an
+    unknown member, not REMOVED_MEMBER.  A removed node that missed the
+    change keeps running (and campaigning) for ever.
+    """
+
+    replica_class = SilentRemovalReplica

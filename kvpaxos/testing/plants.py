@@ -260,6 +260,29 @@ PLANTS = {
             on_start=holes.trust_chunks,
         ),
         Plant(
+            "keep-untaken-install",
+            "a finished transfer the core did not take when stepped is kept staged as if"
+            " it were installing, so every later offer is refused and the node never"
+            " catches up (issue 11's review)",
+            frozenset({"liveness"}),
+            service_class=holes.KeepsUntakenService,
+        ),
+        Plant(
+            "removal-untold",
+            "a removed node is never told: the leader sends it no last heartbeat and the"
+            " members refuse its link as unknown, not REMOVED_MEMBER, so one that missed"
+            " its removal runs for ever (issue 11's review)",
+            frozenset({"liveness"}),
+            service_class=holes.SilentRemovalService,
+        ),
+        Plant(
+            "removed-unrefused",
+            "a removed node's link is refused as an unknown member, not REMOVED_MEMBER, so"
+            " one that missed the leader's last heartbeat runs for ever (issue 11's review)",
+            frozenset({"liveness"}),
+            service_class=holes.UnrefusedRemovedService,
+        ),
+        Plant(
             "silent-fatal",
             "a fatal stop records no reason, so the process exits 0 and systemd leaves it"
             " down (issue 9, hole 10)",

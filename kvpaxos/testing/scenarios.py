@@ -47,6 +47,7 @@ from kvpaxos.testing.fault_scenarios import (
     EarlyAnswerCrash,
     ForgedPeer,
     SnapshotDuringGrowth,
+    StalledInstall,
 )
 
 
@@ -61,7 +62,7 @@ SCENARIOS = {
     for cls in (
         StalledFollower, TransferHeld, MisconfiguredTick, DriftAtTheLimit, ForgedPeer,
         EarlyAnswerCrash, DiskFailure, CalmFollowerWrites, RestartUnderLease,
-        SnapshotDuringGrowth,
+        SnapshotDuringGrowth, StalledInstall,
     )
 }
 

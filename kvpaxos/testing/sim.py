@@ -288,6 +288,9 @@ class Simulation(NodesMixin, ChecksMixin, ClientsMixin, FaultsMixin):
         lost = self.network.counts["replies lost"]
         if lost:
             self.result.faults["answer lost in a reset"] += lost
+        for kind in ("refused handshakes", "told removed"):
+            if counts.get(kind):
+                self.result.faults[kind] += counts[kind]
         self.result.chosen_slots = len(self.chosen)
         self.result.trace = self._trace.hexdigest()
         return self.result

@@ -264,11 +264,31 @@ class FaultsMixin:
         self.world.later(0.05, self._converged)
 
     def _deadline(self) -> None:
+        running = self._removed_running()
         self.fail(
             "liveness",
             f"{self._liveness_acked} of {LIVENESS_COMMANDS} writes acknowledged and members not"
-            f" converged {LIVENESS_BOUND_S} s after the heal",
+            f" converged {LIVENESS_BOUND_S} s after the heal"
+            + (f"; removed nodes {running} still running" if running else ""),
         )
+
+    def _removed_running(self) -> list[int]:
+        """
+        The nodes whose removal the leader's member set holds that still run
+        with a member set of their own: each must learn it was removed and
+        exit (a node that never had the state takes no notice, as a joiner).
+        """
+        leader = self._leader()
+        if leader is None:
+            return []
+        running = []
+        for node_id in sorted(leader.process.service.replica.config.removed):
+            node = self.nodes.get(node_id)
+            process = None if node is None else node.process
+            replica = None if process is None else getattr(process.service, "replica", None)
+            if replica is not None and replica.config.voters:
+                running.append(node_id)
+        return running
 
     def _converged(self) -> None:
         self.world.later(0.05, self._converged)
@@ -292,6 +312,8 @@ class FaultsMixin:
             service = node.process.service
             if service.replica.applied != target or service._busy is not None:
                 return
+        if self._removed_running():
+            return
         self.done = True
 
     def _final_checks(self) -> None:

@@ -12,6 +12,13 @@ behave like TCP, in the virtual time of L{kvpaxos.testing.simworld}.
     connection is dropped.  In adversarial seeds Paxos messages (only) are
     dropped, duplicated and reordered as datagrams; forwards and read
     indexes stay exactly-once per call.
+  - Links follow the member set, as the product's do, once a node has one
+    with addresses (C{set_peers}; the simulator goes by the members, not
+    their addresses): a node opens links only to its members, closes the
+    links to and from a node that is no longer one (after what is written
+    is carried), and refuses a connection from a non-member; from a node
+    whose removal it has chosen, as REMOVED_MEMBER (the handshake's
+    refusal), which tells the opener (C{removed_by_peer}).
 
 Every random choice comes from the C{random.Random} the simulation hands
 in; nothing here reads the wall clock, sleeps, starts a thread or opens a
@@ -97,7 +104,8 @@ class Network:
         self._backoff: dict[tuple[int, int], float] = {}
         self._connecting: set = set()
         self._call_ids = itertools.count(1)
-        self.counts = {"dropped_connections": 0, "reconnects": 0, "held": 0, "replies lost": 0}
+        self.counts = {"dropped_connections": 0, "reconnects": 0, "held": 0, "replies lost": 0,
+                       "refused handshakes": 0, "told removed": 0}
         #: The chance that a connection is reset just as a call's answer
         #: is sent back (the window in which the caller learns nothing).
         self.reply_loss = 0.0
@@ -120,6 +128,8 @@ class Network:
         self._connecting.discard((src.node_id, src.epoch, dst_id))
         if not src.alive or key in self.conns:
             return
+        if not _wants(src, dst_id):
+            return  # not a member (set_peers opens a link when it becomes one)
         dst = self.processes.get(dst_id)
         if dst is None or not dst.alive or key in self.blocked or key[::-1] in self.blocked:
             backoff = self._backoff.get(key, BACKOFF_FIRST_S / 2) * 2
@@ -135,11 +145,52 @@ class Network:
             if src.alive:
                 self.connect_later(src, dst.node_id, BACKOFF_FIRST_S)
             return
+        if not _wants(dst, src.node_id):
+            self._refused(src, dst)
+            return
         self._backoff.pop(key, None)
         self.conns[key] = Connection(src, dst)
         self.counts["reconnects"] += 1
         if self._on_connect is not None:
             self._on_connect(src, dst)
+
+    def _refused(self, src: Process, dst: Process) -> None:
+        """C{dst} refuses C{src}'s handshake (not a member of its member set): C{src} retries later."""
+        key = (src.node_id, dst.node_id)
+        self.counts["refused handshakes"] += 1
+        was_removed = getattr(dst.service, "was_removed", None)
+        told = getattr(src.service, "removed_by_peer", None)
+        if was_removed is not None and was_removed(src.node_id) and told is not None:
+            why = (f"member {src.node_id} was removed from the cluster (its removal is chosen"
+                   f" in node {dst.node_id}'s log)")
+            self._log(f"node {dst.node_id} refused node {src.node_id}'s link: REMOVED_MEMBER")
+            self.counts["told removed"] += 1
+            src.io(self._delay(), told, dst.node_id, why)
+        backoff = min(self._backoff.get(key, BACKOFF_FIRST_S / 2) * 2, BACKOFF_MAX_S)
+        self._backoff[key] = backoff
+        self.connect_later(src, dst.node_id, backoff + self.rng.random() * BACKOFF_MAX_S / 10)
+
+    def peers_changed(self, process: Process) -> None:
+        """
+        C{process}'s member set changed: close its links to and from the
+        nodes no longer in it, once what is written is carried (the
+        product's C{set_peers} closes gracefully: the leader's last
+        heartbeat reaches the member it removed), and open links to the
+        new ones.
+        """
+        me = process.node_id
+        for key in sorted(self.conns):
+            conn = self.conns[key]
+            other = key[1] if key[0] == me else key[0] if key[1] == me else None
+            if other is not None and not _wants(process, other):
+                self.world.later(2 * self.delay_s[1], self._close, conn)
+        for other in sorted(self.processes):
+            if other != me and _wants(process, other) and (me, other) not in self.conns:
+                self.connect_later(process, other, self._delay())
+
+    def _close(self, conn: Connection) -> None:
+        if conn.up:
+            self.drop(conn, "no longer a member")
 
     def drop(self, conn: Connection, why: str) -> None:
         """Drop C{conn}: what is in flight is lost, pending calls fail, the opener reconnects."""
@@ -349,6 +400,12 @@ class Network:
             d.errback(timeout)
 
 
+def _wants(process: Process, other: int) -> bool:
+    """Whether C{process}'s links follow a member set that has C{other} (or none yet)."""
+    members = getattr(getattr(process.service, "peers", None), "members", None)
+    return members is None or other in members
+
+
 def _errback(d: defer.Deferred, failure: Failure) -> None:
     if not d.called:
         d.errback(failure)
@@ -367,6 +424,9 @@ class SimTransport:
         self._check = check
         #: Messages dropped for want of a connection.
         self.dropped_messages = 0
+        #: The members this node's links follow, or None before it has a
+        #: member set with addresses (then it links with every node).
+        self.members: Optional[frozenset] = None
 
     def send(self, message) -> None:
         if self._check is not None:
@@ -386,10 +446,15 @@ class SimTransport:
 
     def set_peers(self, peers) -> None:
         """
-        The node's member set changed.  The simulator connects every pair of
-        nodes itself, whatever the addresses (a removed member's messages
-        are still carried: the core must ignore them).
+        The node's member set changed: from now on its links follow its
+        members (its replica's member set in force, whatever the addresses:
+        the simulator's are not real), see L{Network.peers_changed}.
         """
+        replica = getattr(self._process.service, "replica", None)
+        if replica is None:
+            return
+        self.members = frozenset(replica.config.members)
+        self._network.peers_changed(self._process)
 
     def member_change(self, node_id: int, kind: str, node: int, peer: str, client: str,
                       force: bool, timeout_s: float) -> defer.Deferred:
