@@ -169,8 +169,27 @@ class CarryTests(SynchronousTestCase):
         wire.lose_answers = True
         d = follower.member_add(4, peer_of(4), client_of(4), 5)
         wire.down = {follower.node_id}  # the carried call is on its way; nothing else arrives
-        run(reactor, 0.5)
+        run(reactor, 2.0)
         self.assertIn("may still be chosen", str(self.failureResultOf(d, Unavailable).value))
+        self.assertEqual(len(wire.carried), 1)
+
+    def test_answer_lost_then_seen_chosen(self):
+        """
+        A carried change whose answer is lost, and that this node learns is
+        chosen a moment later, is answered as done (as when a removed leader
+        stops before relaying the answer to its own removal); not resent.
+        """
+        reactor, wire = make_cluster(3)
+        follower = wire.services[follower_of(wire)]
+        wire.lose_answers = True
+        d = follower.member_add(4, peer_of(4), client_of(4), 5)
+        wire.down = {follower.node_id}
+        run(reactor, 0.3)
+        self.assertNoResult(d)
+        wire.down = set()  # it hears the leader again and applies the change
+        run(reactor, 1.0)
+        self.successResultOf(d)
+        self.assertIn(4, follower.replica.config.learners)
         self.assertEqual(len(wire.carried), 1)
 
     def test_answered_only_once_chosen(self):

@@ -376,9 +376,18 @@ class Membership:
             except Exception as error:
                 # The outcome is unknown (never resent: it may be chosen).
                 # The link may have been closed by the change itself (a
-                # removed member's links are): done if it is chosen here.
-                if self._done_here(kind, node, peer):
+                # removed member's links are, and a removed leader that
+                # carried its own removal may stop before it relays the
+                # answer): done once it is chosen here.  This node may learn
+                # it a moment after the failure, so it waits a little.
+                settle_s = min(deadline - self._reactor.seconds(),
+                               replica.options.election_ticks * self._retry_s)
+                try:
+                    yield self._wait(lambda: self._done_here(kind, node, peer), settle_s,
+                                     f"the {kind} of node {node} to be chosen here")
                     return 0
+                except Unavailable:
+                    pass
                 if isinstance(error, Unavailable):
                     raise
                 raise Unavailable(
