@@ -47,8 +47,10 @@ from kvpaxos.api.crossing import LoopPost, ReactorCrossing  # noqa: F401 (tests 
 from kvpaxos.api.endpoints import CHANNEL_OPTIONS, parse_endpoint
 from kvpaxos.api.errors import SHUTTING_DOWN as SHUTTING_DOWN_REASON, InvalidArgument, Unavailable
 from kvpaxos.api.limits import MAX_MESSAGE_BYTES
+from kvpaxos.api import errors
 from kvpaxos.api.statuses import (
     REFUSALS,
+    Status,
     SHUTTING_DOWN,
     internal,
     response_too_large,
@@ -353,6 +355,129 @@ class KVServicer(kv_pb2_grpc.KVServicer):
             _log.error("node answered {command!r} with {result!r}", command=command, result=result)
             _abort(internal(f"internal error: unexpected result {type(result).__name__}"), header.member_id)
         return result, header
+
+
+    async def Stream(self, request_iterator, context) -> None:
+        """
+        Many requests over one call: each received batch's requests run at
+        once, each as its unary method runs it (its own timeout, result and
+        error); the answers go back batched, as many per message as settled
+        since the last one was written.
+        """
+        out = _StreamAnswers(context)
+        writer = asyncio.ensure_future(out.write_all())
+        running: set = set()
+        try:
+            while True:
+                batch = await context.read()
+                if batch is grpc.aio.EOF:
+                    break
+                for one in batch.requests:
+                    kind = one.WhichOneof("request")
+                    if kind is None or len(running) >= MAX_STREAM_REQUESTS:
+                        out.answer(_stream_error(one.id, _stream_refusal(kind), self._calls.member_id))
+                        continue
+                    task = asyncio.ensure_future(self._streamed(kind, one, out))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+            if running:
+                await asyncio.gather(*running)
+        finally:
+            for task in list(running):
+                task.cancel()
+            out.close()
+        await writer
+
+    async def _streamed(self, kind: str, one: kv_pb2.StreamRequest, out: "_StreamAnswers") -> None:
+        method = _STREAMED[kind]
+        try:
+            response = await method(self, getattr(one, kind), _IN_A_STREAM)
+        except _Abort as abort:
+            out.answer(_stream_error(one.id, abort.status))
+            return
+        except Exception:
+            _log.failure("streamed {kind} request failed unexpectedly", kind=kind)
+            out.answer(_stream_error(one.id, internal("internal error").rich(self._calls.member_id)))
+            return
+        out.answer(kv_pb2.StreamResponse(id=one.id, **{kind: response}))
+
+
+#: The most requests of one stream in flight at once; more are refused
+#: (RESOURCE_EXHAUSTED) one by one.
+MAX_STREAM_REQUESTS = 4096
+
+#: Stream request kinds -> the unary handler that serves each (unwrapped:
+#: a refusal is raised as L{_Abort}, then sent as that request's error).
+_STREAMED = {
+    "get": KVServicer.Get.__wrapped__,
+    "put": KVServicer.Put.__wrapped__,
+    "delete": KVServicer.Delete.__wrapped__,
+    "append": KVServicer.Append.__wrapped__,
+    "range": KVServicer.Range.__wrapped__,
+    "txn": KVServicer.Txn.__wrapped__,
+    "compare_and_swap": KVServicer.CompareAndSwap.__wrapped__,
+    "open_session": KVServicer.OpenSession.__wrapped__,
+}
+
+
+class _InAStream:
+    """The context a streamed request's handler sees: no deadline of its own (the request timeout applies)."""
+
+    @staticmethod
+    def time_remaining() -> None:
+        return None
+
+
+_IN_A_STREAM = _InAStream()
+
+
+def _stream_refusal(kind: Optional[str]) -> Status:
+    """The status of a stream request that is not run: no request in it, or too many in flight."""
+    if kind is None:
+        return Status(grpc.StatusCode.INVALID_ARGUMENT, "a stream request carries no request",
+                      errors.INVALID_ARGUMENT)
+    return Status(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                  f"more than {MAX_STREAM_REQUESTS} requests of one stream in flight",
+                  errors.TOO_MANY_REQUESTS)
+
+
+def _stream_error(request_id: int, status, member_id: Optional[int] = None) -> kv_pb2.StreamResponse:
+    """The answer carrying C{status} (a C{grpc.Status}, or one of ours) as a google.rpc.Status."""
+    if not isinstance(status, grpc.Status):
+        status = status.rich(member_id)
+    details = dict(status.trailing_metadata).get(errors.DETAILS_KEY, b"")
+    return kv_pb2.StreamResponse(id=request_id, error=details)
+
+
+class _StreamAnswers:
+    """
+    A stream's answers, written in batches by one writer coroutine: every
+    answer settled before the writer next runs goes in its message.
+    """
+
+    def __init__(self, context) -> None:
+        self._context = context
+        self._pending: list = []
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    def answer(self, response: kv_pb2.StreamResponse) -> None:
+        self._pending.append(response)
+        self._ready.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    async def write_all(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                await self._context.write(kv_pb2.StreamResponses(responses=batch))
+            if self._closed and not self._pending:
+                return
 
 
 class ClusterServicer(kv_pb2_grpc.ClusterServicer):
