@@ -96,6 +96,7 @@ import grpc  # noqa: E402
 import grpc.aio  # noqa: E402
 
 from kvpaxos.api.endpoints import CHANNEL_OPTIONS  # noqa: E402
+from kvpaxos.client.stream import Multiplexer  # noqa: E402
 from kvpaxos.cluster import twistd_command  # noqa: E402
 from kvpaxos.testing.processes import ProcessCluster  # noqa: E402
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc  # noqa: E402
@@ -424,7 +425,10 @@ async def run_workload(w: Workload, run: int, target: Target, channels: dict, ar
     """One run of C{w}: warm up, then the timed part; return its figures."""
     method = {"put": "Put", "get": "Get", "txn": "Txn"}[w.kind]
     members = sorted(target.endpoints) if w.spread else [target.leader]
-    calls = [getattr(stub, method) for m in members for stub in channels[m]]
+    if args.stream:
+        calls = [mux.caller(w.kind) for m in members for mux in args.multiplexers[m]]
+    else:
+        calls = [getattr(stub, method) for m in members for stub in channels[m]]
     check = answer_check(w.kind)
     prefix = f"{w.name.lower()}{run}-"
     warm = build_requests(w, prefix + "w", min(args.warmup, w.requests), args, read_keys)
@@ -511,6 +515,8 @@ async def bench(args, endpoints: list[str], pids_by_port: Callable) -> dict:
                   for _ in range(args.conns)]
               for m, e in members.items()}
     channels = {m: [kv_pb2_grpc.KVStub(ch) for ch in chs] for m, chs in opened.items()}
+    # --stream: each client's requests go over one KV.Stream per channel.
+    args.multiplexers = {m: [Multiplexer(ch) for ch in chs] for m, chs in opened.items()}
     results = {}
     read_keys: list[bytes] = []
     try:
@@ -604,6 +610,9 @@ def parse_args(argv):
                         help="override the 64 concurrent clients (W2 stays at 1)")
     parser.add_argument("--conns", type=int, default=1,
                         help="gRPC channels per member (default 1)")
+    parser.add_argument("--stream", action="store_true",
+                        help="send the requests over one KV.Stream per channel (issue 12's"
+                             " multiplexed path) instead of unary RPCs")
     parser.add_argument("--key-bytes", type=int, default=16)
     parser.add_argument("--value-bytes", type=int, default=100)
     parser.add_argument("--read-keys", type=int, default=1000,

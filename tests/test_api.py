@@ -806,6 +806,81 @@ class StoppingTests(ServerFixture, SynchronousTestCase):
         self.successResultOf(server.stopService())
 
 
+class StreamTests(RunningServer, SynchronousTestCase):
+    """KV.Stream: many requests over one call, each answered as its unary RPC would be."""
+
+    def stream(self, *batches: kv_pb2.StreamRequests) -> list:
+        """Send C{batches} on one Stream; return every answer, by id."""
+        answers, done = [], threading.Event()
+
+        def consume() -> None:
+            try:
+                for message in self.kv.Stream(iter(batches), timeout=BOUND_S):
+                    answers.extend(message.responses)
+            finally:
+                done.set()
+                self.reactor.wake()
+
+        threading.Thread(target=consume, daemon=True).start()
+        self.reactor.pump_until(done.is_set)
+        return {answer.id: answer for answer in answers}
+
+    def error_of(self, answer) -> tuple:
+        """The code, message and ErrorInfo reason of an answer's error."""
+        from google.rpc import error_details_pb2, status_pb2
+
+        self.assertEqual(answer.WhichOneof("response"), "error")
+        status = status_pb2.Status.FromString(answer.error)
+        info = error_details_pb2.ErrorInfo()
+        status.details[0].Unpack(info)
+        return grpc.StatusCode(next(c for c in grpc.StatusCode if c.value[0] == status.code)), status.message, info.reason
+
+    def test_each_request_answered(self) -> None:
+        """Each request of a batch gets its own answer, a response or its own error, by its id."""
+        answers = self.stream(kv_pb2.StreamRequests(requests=[
+            kv_pb2.StreamRequest(id=1, put=kv_pb2.PutRequest(key=b"k", value=b"v")),
+            kv_pb2.StreamRequest(id=2, put=kv_pb2.PutRequest(key=b"", value=b"v")),
+            kv_pb2.StreamRequest(id=3),
+        ]))
+        self.assertEqual(sorted(answers), [1, 2, 3])
+        self.assertEqual(answers[1].WhichOneof("response"), "put")
+        self.assertFalse(answers[1].put.existed)
+        self.assertGreater(answers[1].put.header.revision, 0)
+        code, _, reason = self.error_of(answers[2])
+        self.assertEqual((code, reason), (grpc.StatusCode.INVALID_ARGUMENT, errors.INVALID_ARGUMENT))
+        code, message, reason = self.error_of(answers[3])
+        self.assertEqual((code, reason), (grpc.StatusCode.INVALID_ARGUMENT, errors.INVALID_ARGUMENT))
+        self.assertIn("no request", message)
+        # Only the valid put reached the node.
+        got = self.stream(kv_pb2.StreamRequests(requests=[
+            kv_pb2.StreamRequest(id=7, get=kv_pb2.GetRequest(key=b"k")),
+        ]))
+        self.assertEqual((got[7].get.found, got[7].get.value), (True, b"v"))
+        self.assertEqual(len([c for c in self.node.calls if c[0] == "submit"]), 1)
+
+    def test_node_refusal_is_that_request_only(self) -> None:
+        """A request the node fails gets that failure; the others of its batch are answered."""
+        answered = []
+
+        def once() -> defer.Deferred:
+            # The first submit fails; the node answers the others as usual.
+            if not answered:
+                answered.append(1)
+                return defer.fail(NotLeaderError(2))
+            self.node.answer = None
+            return self.node.submit(*self.node.calls.pop()[1:])
+
+        self.node.answer = once
+        answers = self.stream(kv_pb2.StreamRequests(requests=[
+            kv_pb2.StreamRequest(id=1, put=kv_pb2.PutRequest(key=b"a", value=b"1")),
+        ]), kv_pb2.StreamRequests(requests=[
+            kv_pb2.StreamRequest(id=2, put=kv_pb2.PutRequest(key=b"b", value=b"2")),
+        ]))
+        code, _, reason = self.error_of(answers[1])
+        self.assertEqual((code, reason), (grpc.StatusCode.UNAVAILABLE, errors.NOT_LEADER))
+        self.assertEqual(answers[2].WhichOneof("response"), "put")
+
+
 class ReactorCrossingTests(SynchronousTestCase):
     """The batched hand-over from grpcio's threads to the reactor thread."""
 

@@ -124,3 +124,39 @@ class ReactorCrossing:
     def _forget(self, future: Future) -> None:
         with self._lock:
             self._pending.discard(future)
+
+
+class LoopPost:
+    """
+    Carries outcomes from the reactor thread into an asyncio event loop
+    (the gRPC thread's), many per loop wake-up: the first posted after a
+    run asks the loop (C{call_soon_threadsafe}) for one run, which settles
+    every future posted by then.
+    """
+
+    def __init__(self, loop) -> None:
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._queued: list = []
+
+    def settle(self, future, ok: bool, value: Any) -> None:
+        """Resolve asyncio C{future} with C{value} (C{ok}) or fail it with it, from any thread."""
+        with self._lock:
+            first = not self._queued
+            self._queued.append((future, ok, value))
+        if first:
+            try:
+                self.loop.call_soon_threadsafe(self._run)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+    def _run(self) -> None:
+        with self._lock:
+            batch, self._queued = self._queued, []
+        for future, ok, value in batch:
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)

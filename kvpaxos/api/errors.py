@@ -31,6 +31,8 @@ The catalogue (reason: gRPC code, whose fault, metadata):
   - L{RESPONSE_TOO_LARGE}: RESOURCE_EXHAUSTED; the client's (it asked for
     more C{prev_kv} records than one message holds); L{REVISION} at which
     the transaction applied.
+  - L{TOO_MANY_REQUESTS}: RESOURCE_EXHAUSTED; the client's (more requests
+    of one C{Stream} in flight than the server takes).
   - L{INTERNAL}: INTERNAL; the server's (a bug or a broken dependency).
 
 Every ErrorInfo also names the member that answered (L{MEMBER_ID}).
@@ -64,6 +66,7 @@ NOT_LEADER = "NOT_LEADER"
 UNAVAILABLE = "UNAVAILABLE"
 SHUTTING_DOWN = "SHUTTING_DOWN"
 RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
+TOO_MANY_REQUESTS = "TOO_MANY_REQUESTS"
 INTERNAL = "INTERNAL"
 
 #: Each reason and the one gRPC status code it travels with.
@@ -76,6 +79,7 @@ REASONS: Mapping[str, grpc.StatusCode] = {
     UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
     RESPONSE_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    TOO_MANY_REQUESTS: grpc.StatusCode.RESOURCE_EXHAUSTED,
     INTERNAL: grpc.StatusCode.INTERNAL,
 }
 

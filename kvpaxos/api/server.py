@@ -27,10 +27,12 @@ the reactor.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import functools
 import threading
 from functools import partial
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -41,12 +43,14 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from kvpaxos.api import convert
-from kvpaxos.api.crossing import ReactorCrossing  # noqa: F401 (tests import it from here)
+from kvpaxos.api.crossing import LoopPost, ReactorCrossing  # noqa: F401 (tests import it from here)
 from kvpaxos.api.endpoints import CHANNEL_OPTIONS, parse_endpoint
 from kvpaxos.api.errors import SHUTTING_DOWN as SHUTTING_DOWN_REASON, InvalidArgument, Unavailable
 from kvpaxos.api.limits import MAX_MESSAGE_BYTES
+from kvpaxos.api import errors
 from kvpaxos.api.statuses import (
     REFUSALS,
+    Status,
     SHUTTING_DOWN,
     internal,
     response_too_large,
@@ -78,6 +82,8 @@ SERVICE_NAMES = (KV_SERVICE, CLUSTER_SERVICE, health.SERVICE_NAME, reflection.SE
 NODE_TIMEOUT_SHARE = 0.9
 #: How much longer than the grace period the stop waits for grpcio's threads.
 STOP_WAIT_SLACK_S = 2.0
+#: The longest the start waits for the gRPC thread to bind.
+START_WAIT_S = 30.0
 
 _log = Logger()
 
@@ -91,9 +97,55 @@ class ShuttingDown(Unavailable):
     reason = SHUTTING_DOWN_REASON
 
 
-def _abort_for(context: grpc.ServicerContext, error, member_id: Optional[int] = None) -> None:
-    """Abort the RPC with the status L{status_for} names for C{error}."""
-    status_for(error).abort(context, member_id)
+class _Abort(Exception):
+    """End the RPC with C{status} (a C{grpc.Status}): raised by the helpers, caught by L{_rpc}."""
+
+    def __init__(self, status: grpc.Status) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+def _abort(status, member_id: Optional[int] = None) -> NoReturn:
+    """Raise L{_Abort} for L{kvpaxos.api.statuses.Status} C{status}."""
+    raise _Abort(status.rich(member_id))
+
+
+def _abort_for(error, member_id: Optional[int] = None) -> NoReturn:
+    """Raise L{_Abort} with the status L{status_for} names for C{error}."""
+    _abort(status_for(error), member_id)
+
+
+def _rpc(method):
+    """An async handler whose L{_Abort} ends its RPC with that status."""
+
+    @functools.wraps(method)
+    async def handler(self, request, context):
+        try:
+            return await method(self, request, context)
+        except _Abort as abort:
+            await context.abort_with_status(abort.status)
+
+    return handler
+
+
+class _Expired(Exception):
+    """A request's wait for the node ran out."""
+
+
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_exception(_Expired())
+
+
+def _settled(post: LoopPost, waiter: asyncio.Future, future: concurrent.futures.Future) -> None:
+    """C{future} (the crossing's) is done, in the reactor thread: settle C{waiter} in the loop."""
+    if future.cancelled():
+        return
+    error = future.exception()
+    if error is None:
+        post.settle(waiter, True, future.result())
+    else:
+        post.settle(waiter, False, error)
 
 
 class _NodeCalls:
@@ -107,32 +159,44 @@ class _NodeCalls:
         self._crossing = crossing
         self._request_timeout_s = request_timeout_s
         #: The leader the node last named, and the node's member id
-        #: (written in the reactor thread, read by handler threads for
+        #: (written in the reactor thread, read by the gRPC thread for
         #: failures).
         self.leader: Optional[int] = None
         self.member_id: Optional[int] = None
+        #: Where the reactor's outcomes enter the gRPC thread's loop (set
+        #: when the server starts there).
+        self.post: Optional[LoopPost] = None
 
-    def call(self, context: grpc.ServicerContext, node_call: Callable[[float], Any]) -> tuple[Any, kv_pb2.ResponseHeader]:
+    async def call(self, context, node_call: Callable[[float], Any]) -> tuple[Any, kv_pb2.ResponseHeader]:
         """
         Run C{node_call(timeout_s)} in the reactor thread and return its
         result with the response header, or abort the RPC with the status its
         failure, or its refusal (L{REFUSALS}: nothing was applied), maps to.
-        Called in a gRPC handler thread.
+        Called in the gRPC thread's event loop.
         """
         remaining = context.time_remaining()
         wait_s = self._request_timeout_s if remaining is None else min(remaining, self._request_timeout_s)
         node_timeout_s = wait_s * NODE_TIMEOUT_SHARE
+        post = self.post
+        waiter = post.loop.create_future()
         future = self._crossing.enqueue(partial(self._in_reactor, node_call, node_timeout_s))
+        future.add_done_callback(partial(_settled, post, waiter))
+        timer = post.loop.call_later(wait_s, _expire, waiter)
         try:
-            result, header = future.result(timeout=wait_s)
-        except concurrent.futures.TimeoutError:
+            result, header = await waiter
+        except _Expired:
             future.cancel()
-            unavailable(f"no answer from the node within {wait_s:.3g}s", self.leader).abort(
-                context, self.member_id)
+            _abort(unavailable(f"no answer from the node within {wait_s:.3g}s", self.leader),
+                   self.member_id)
+        except asyncio.CancelledError:
+            future.cancel()  # the client gave up: the call need not run
+            raise
         except Exception as error:
-            _abort_for(context, error, self.member_id)
+            _abort_for(error, self.member_id)
+        finally:
+            timer.cancel()
         if isinstance(result, REFUSALS):
-            _abort_for(context, result, self.member_id)
+            _abort_for(result, self.member_id)
         return result, header
 
     def _in_reactor(self, node_call: Callable[[float], Any], timeout_s: float) -> defer.Deferred:
@@ -164,7 +228,7 @@ class _NodeCalls:
         return failure
 
 
-def _checked(context: grpc.ServicerContext, member_id: Optional[int], convert_request: Callable[[], Any]) -> Any:
+def _checked(member_id: Optional[int], convert_request: Callable[[], Any]) -> Any:
     """
     Return C{convert_request()}, or abort with INVALID_ARGUMENT (naming
     member C{member_id}) if it raises L{InvalidArgument}.
@@ -172,10 +236,10 @@ def _checked(context: grpc.ServicerContext, member_id: Optional[int], convert_re
     try:
         return convert_request()
     except InvalidArgument as error:
-        _abort_for(context, error, member_id)
+        _abort_for(error, member_id)
 
 
-def _session_request(context, member_id: Optional[int], op: Op, request, value: bytes = b"",
+def _session_request(member_id: Optional[int], op: Op, request, value: bytes = b"",
                      prev_kv: bool = False) -> Request:
     """
     Return the checked L{Request} of a single-key write with the session
@@ -183,7 +247,7 @@ def _session_request(context, member_id: Optional[int], op: Op, request, value: 
     """
     command = Request(op, request.key, value, client_id=request.client_id,
                       sequence=request.sequence, prev_kv=prev_kv)
-    _checked(context, member_id, partial(validate_request, command))
+    _checked(member_id, partial(validate_request, command))
     return command
 
 
@@ -198,10 +262,11 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         self._node = node
         self._calls = calls
 
-    def Get(self, request: kv_pb2.GetRequest, context) -> kv_pb2.GetResponse:
-        query = _checked(context, self._calls.member_id, partial(range_query, request.key))
-        consistency = _checked(context, self._calls.member_id, partial(convert.consistency_name, request.consistency))
-        result, header = self._calls.call(
+    @_rpc
+    async def Get(self, request: kv_pb2.GetRequest, context) -> kv_pb2.GetResponse:
+        query = _checked(self._calls.member_id, partial(range_query, request.key))
+        consistency = _checked(self._calls.member_id, partial(convert.consistency_name, request.consistency))
+        result, header = await self._calls.call(
             context, lambda timeout_s: self._node.range(query, timeout_s, consistency)
         )
         if not result.kvs:
@@ -210,79 +275,209 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         return kv_pb2.GetResponse(header=header, found=True, value=kv.value,
                                   kv=convert.key_value_to_proto(kv))
 
-    def Put(self, request: kv_pb2.PutRequest, context) -> kv_pb2.PutResponse:
-        command = _session_request(context, self._calls.member_id, Op.PUT, request, request.value, request.prev_kv)
-        result, header = self._submit(context, command, Result)
+    @_rpc
+    async def Put(self, request: kv_pb2.PutRequest, context) -> kv_pb2.PutResponse:
+        command = _session_request(self._calls.member_id, Op.PUT, request, request.value, request.prev_kv)
+        result, header = await self._submit(context, command, Result)
         return kv_pb2.PutResponse(header=header, existed=result.existed,
                                   prev_kv=convert.optional_key_value_to_proto(result.prev))
 
-    def Delete(self, request: kv_pb2.DeleteRequest, context) -> kv_pb2.DeleteResponse:
-        command = _session_request(context, self._calls.member_id, Op.DELETE, request, prev_kv=request.prev_kv)
-        result, header = self._submit(context, command, Result)
+    @_rpc
+    async def Delete(self, request: kv_pb2.DeleteRequest, context) -> kv_pb2.DeleteResponse:
+        command = _session_request(self._calls.member_id, Op.DELETE, request, prev_kv=request.prev_kv)
+        result, header = await self._submit(context, command, Result)
         return kv_pb2.DeleteResponse(header=header, deleted=result.existed,
                                      prev_kv=convert.optional_key_value_to_proto(result.prev))
 
-    def Append(self, request: kv_pb2.AppendRequest, context) -> kv_pb2.AppendResponse:
-        command = _session_request(context, self._calls.member_id, Op.APPEND, request, request.value)
-        result, header = self._submit(context, command, Result)
+    @_rpc
+    async def Append(self, request: kv_pb2.AppendRequest, context) -> kv_pb2.AppendResponse:
+        command = _session_request(self._calls.member_id, Op.APPEND, request, request.value)
+        result, header = await self._submit(context, command, Result)
         return kv_pb2.AppendResponse(header=header, value=result.value or b"", existed=result.existed)
 
-    def Range(self, request: kv_pb2.RangeRequest, context) -> kv_pb2.RangeResponse:
-        query = _checked(context, self._calls.member_id, partial(convert.range_query_from_proto, request))
-        consistency = _checked(context, self._calls.member_id, partial(convert.consistency_name, request.consistency))
-        result, header = self._calls.call(
+    @_rpc
+    async def Range(self, request: kv_pb2.RangeRequest, context) -> kv_pb2.RangeResponse:
+        query = _checked(self._calls.member_id, partial(convert.range_query_from_proto, request))
+        consistency = _checked(self._calls.member_id, partial(convert.consistency_name, request.consistency))
+        result, header = await self._calls.call(
             context, lambda timeout_s: self._node.range(query, timeout_s, consistency)
         )
         response, _ = convert.range_response(result, header)
         return response
 
-    def Txn(self, request: kv_pb2.TxnRequest, context) -> kv_pb2.TxnResponse:
-        command = _checked(context, self._calls.member_id, partial(convert.txn_request_from_proto, request))
-        result, header = self._submit(context, command, TxnResult)
+    @_rpc
+    async def Txn(self, request: kv_pb2.TxnRequest, context) -> kv_pb2.TxnResponse:
+        command = _checked(self._calls.member_id, partial(convert.txn_request_from_proto, request))
+        result, header = await self._submit(context, command, TxnResult)
         response = convert.txn_response(result, header)
         size = response.ByteSize()
         if size > MAX_MESSAGE_BYTES:
-            response_too_large(size, MAX_MESSAGE_BYTES, result.revision).abort(context, header.member_id)
+            _abort(response_too_large(size, MAX_MESSAGE_BYTES, result.revision), header.member_id)
         return response
 
-    def CompareAndSwap(self, request: kv_pb2.CompareAndSwapRequest, context) -> kv_pb2.CompareAndSwapResponse:
+    @_rpc
+    async def CompareAndSwap(self, request: kv_pb2.CompareAndSwapRequest, context) -> kv_pb2.CompareAndSwapResponse:
         # None set means "absent": version 0 is a missing key's.
         expected = request.WhichOneof("expected") or "expected_version"
-        command = _checked(context, self._calls.member_id, partial(
+        command = _checked(self._calls.member_id, partial(
             compare_and_swap, request.key, request.value,
             client_id=request.client_id, sequence=request.sequence,
             **{expected: getattr(request, expected)},
         ))
-        result, header = self._submit(context, command, TxnResult)
+        result, header = await self._submit(context, command, TxnResult)
         if result.succeeded:
             return kv_pb2.CompareAndSwapResponse(header=header, succeeded=True)
         # compare_and_swap's failure branch is one Range of the key; anything
         # else is the saved answer of another transaction with this sequence.
         if len(result.responses) != 1 or type(result.responses[0]) is not RangeResult:
-            sequence_reused(command).abort(context, header.member_id)
+            _abort(sequence_reused(command), header.member_id)
         current = result.responses[0]
         kv = current.kvs[0] if current.kvs else None
         return kv_pb2.CompareAndSwapResponse(header=header, succeeded=False,
                                              current=convert.optional_key_value_to_proto(kv))
 
-    def OpenSession(self, request: kv_pb2.OpenSessionRequest, context) -> kv_pb2.OpenSessionResponse:
-        result, header = self._submit(context, Request(Op.OPEN_SESSION), SessionOpened)
+    @_rpc
+    async def OpenSession(self, request: kv_pb2.OpenSessionRequest, context) -> kv_pb2.OpenSessionResponse:
+        result, header = await self._submit(context, Request(Op.OPEN_SESSION), SessionOpened)
         return kv_pb2.OpenSessionResponse(header=header, client_id=result.client_id)
 
-    def _submit(self, context, command: Request, kind: type):
+    async def _submit(self, context, command: Request, kind: type):
         """
         Submit C{command} and return its result of type C{kind} with the
         header.  A result of another type is a session retry whose
         sequence first went with a different request (FAILED_PRECONDITION),
         or without a session a node bug (INTERNAL).
         """
-        result, header = self._calls.call(context, lambda timeout_s: self._node.submit(command, timeout_s))
+        result, header = await self._calls.call(context, lambda timeout_s: self._node.submit(command, timeout_s))
         if not isinstance(result, kind):
             if command.client_id:
-                sequence_reused(command).abort(context, header.member_id)
+                _abort(sequence_reused(command), header.member_id)
             _log.error("node answered {command!r} with {result!r}", command=command, result=result)
-            internal(f"internal error: unexpected result {type(result).__name__}").abort(context, header.member_id)
+            _abort(internal(f"internal error: unexpected result {type(result).__name__}"), header.member_id)
         return result, header
+
+
+    async def Stream(self, request_iterator, context) -> None:
+        """
+        Many requests over one call: each received batch's requests run at
+        once, each as its unary method runs it (its own timeout, result and
+        error); the answers go back batched, as many per message as settled
+        since the last one was written.
+        """
+        out = _StreamAnswers(context)
+        writer = asyncio.ensure_future(out.write_all())
+        running: set = set()
+        try:
+            while True:
+                batch = await context.read()
+                if batch is grpc.aio.EOF:
+                    break
+                for one in batch.requests:
+                    kind = one.WhichOneof("request")
+                    if kind is None or len(running) >= MAX_STREAM_REQUESTS:
+                        out.answer(_stream_error(one.id, _stream_refusal(kind), self._calls.member_id))
+                        continue
+                    task = asyncio.ensure_future(self._streamed(kind, one, out))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+            if running:
+                await asyncio.gather(*running)
+        finally:
+            for task in list(running):
+                task.cancel()
+            out.close()
+        await writer
+
+    async def _streamed(self, kind: str, one: kv_pb2.StreamRequest, out: "_StreamAnswers") -> None:
+        method = _STREAMED[kind]
+        try:
+            response = await method(self, getattr(one, kind), _IN_A_STREAM)
+        except _Abort as abort:
+            out.answer(_stream_error(one.id, abort.status))
+            return
+        except Exception:
+            _log.failure("streamed {kind} request failed unexpectedly", kind=kind)
+            out.answer(_stream_error(one.id, internal("internal error").rich(self._calls.member_id)))
+            return
+        out.answer(kv_pb2.StreamResponse(id=one.id, **{kind: response}))
+
+
+#: The most requests of one stream in flight at once; more are refused
+#: (RESOURCE_EXHAUSTED) one by one.
+MAX_STREAM_REQUESTS = 4096
+
+#: Stream request kinds -> the unary handler that serves each (unwrapped:
+#: a refusal is raised as L{_Abort}, then sent as that request's error).
+_STREAMED = {
+    "get": KVServicer.Get.__wrapped__,
+    "put": KVServicer.Put.__wrapped__,
+    "delete": KVServicer.Delete.__wrapped__,
+    "append": KVServicer.Append.__wrapped__,
+    "range": KVServicer.Range.__wrapped__,
+    "txn": KVServicer.Txn.__wrapped__,
+    "compare_and_swap": KVServicer.CompareAndSwap.__wrapped__,
+    "open_session": KVServicer.OpenSession.__wrapped__,
+}
+
+
+class _InAStream:
+    """The context a streamed request's handler sees: no deadline of its own (the request timeout applies)."""
+
+    @staticmethod
+    def time_remaining() -> None:
+        return None
+
+
+_IN_A_STREAM = _InAStream()
+
+
+def _stream_refusal(kind: Optional[str]) -> Status:
+    """The status of a stream request that is not run: no request in it, or too many in flight."""
+    if kind is None:
+        return Status(grpc.StatusCode.INVALID_ARGUMENT, "a stream request carries no request",
+                      errors.INVALID_ARGUMENT)
+    return Status(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                  f"more than {MAX_STREAM_REQUESTS} requests of one stream in flight",
+                  errors.TOO_MANY_REQUESTS)
+
+
+def _stream_error(request_id: int, status, member_id: Optional[int] = None) -> kv_pb2.StreamResponse:
+    """The answer carrying C{status} (a C{grpc.Status}, or one of ours) as a google.rpc.Status."""
+    if not isinstance(status, grpc.Status):
+        status = status.rich(member_id)
+    details = dict(status.trailing_metadata).get(errors.DETAILS_KEY, b"")
+    return kv_pb2.StreamResponse(id=request_id, error=details)
+
+
+class _StreamAnswers:
+    """
+    A stream's answers, written in batches by one writer coroutine: every
+    answer settled before the writer next runs goes in its message.
+    """
+
+    def __init__(self, context) -> None:
+        self._context = context
+        self._pending: list = []
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    def answer(self, response: kv_pb2.StreamResponse) -> None:
+        self._pending.append(response)
+        self._ready.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    async def write_all(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                await self._context.write(kv_pb2.StreamResponses(responses=batch))
+            if self._closed and not self._pending:
+                return
 
 
 class ClusterServicer(kv_pb2_grpc.ClusterServicer):
@@ -296,8 +491,9 @@ class ClusterServicer(kv_pb2_grpc.ClusterServicer):
         self._node = node
         self._calls = calls
 
-    def Status(self, request: kv_pb2.StatusRequest, context) -> kv_pb2.StatusResponse:
-        status, header = self._calls.call(context, lambda timeout_s: self._node.status())
+    @_rpc
+    async def Status(self, request: kv_pb2.StatusRequest, context) -> kv_pb2.StatusResponse:
+        status, header = await self._calls.call(context, lambda timeout_s: self._node.status())
         return kv_pb2.StatusResponse(
             header=header,
             member_id=status.member_id,
@@ -309,14 +505,16 @@ class ClusterServicer(kv_pb2_grpc.ClusterServicer):
             applied_index=status.applied_index,
         )
 
-    def MemberList(self, request: kv_pb2.MemberListRequest, context) -> kv_pb2.MemberListResponse:
-        view, header = self._calls.call(context, lambda timeout_s: self._node.members())
+    @_rpc
+    async def MemberList(self, request: kv_pb2.MemberListRequest, context) -> kv_pb2.MemberListResponse:
+        view, header = await self._calls.call(context, lambda timeout_s: self._node.members())
         return convert.member_list_response(view, header)
 
 
 class GrpcServer(Service):
     """
-    Serves the kvpaxos gRPC API for one node.
+    Serves the kvpaxos gRPC API for one node: a grpc.aio server on an
+    asyncio event loop of its own, in a thread of its own (C{kvpaxos-grpc}).
 
     @ivar port: the bound port once started (useful with port 0), else None.
     @ivar crossing: the L{ReactorCrossing} requests take into the reactor.
@@ -337,8 +535,9 @@ class GrpcServer(Service):
         @param address: C{host:port} to listen on; port 0 picks a free port;
             an empty host (C{":2379"}) means every interface.
         @param reactor: provides C{callFromThread}.
-        @param max_workers: gRPC handler threads, and so the most requests
-            waiting on the node at once (more wait in grpcio's queue).
+        @param max_workers: unused since the edge is asynchronous (kept
+            for callers of the threaded edge); L{MAX_CONCURRENT_RPCS}
+            bounds the requests in flight.
         @param request_timeout_s: the longest a request waits for the node,
             whatever the client's deadline; then it gets UNAVAILABLE.
         @param stop_grace_s: how long L{stopService} lets in-flight RPCs
@@ -350,58 +549,65 @@ class GrpcServer(Service):
         self.port: Optional[int] = None
         self.crossing = ReactorCrossing(reactor)
         self._reactor = reactor
-        self._max_workers = max_workers
         self._stop_grace_s = stop_grace_s
         self._calls = _NodeCalls(node, self.crossing, request_timeout_s)
         self._node = node
-        self._server: Optional[grpc.Server] = None
-        self._executor: Optional[concurrent.futures.ThreadPoolExecutor] = None
-        self._health: Optional[health.HealthServicer] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+        self._server = None
+        self._health = None
 
     def startService(self) -> None:
         """
-        Bind and start the grpcio server (its threads run from here on).
+        Start the gRPC thread, bind and start the server there (this waits
+        for the bind, once, before the reactor serves anything).
 
         @raise CannotListenError: the address cannot be bound.
         """
-        executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self._max_workers, thread_name_prefix="kvpaxos-grpc"
-        )
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="kvpaxos-grpc", daemon=True)
+        thread.start()
+        try:
+            bound = asyncio.run_coroutine_threadsafe(self._start(), loop).result(START_WAIT_S)
+        except BaseException:
+            _stop_loop(loop, thread)
+            raise
+        try:  # for the ErrorInfo of requests refused before they reach the node
+            self._calls.member_id = self._node.status().member_id
+        except Exception:
+            pass
+        self.port = bound
+        self._loop, self._thread = loop, thread
+        super().startService()
+        _log.info("serving gRPC clients on {address} (port {port})", address=self.address, port=bound)
+
+    async def _start(self) -> int:
         # SO_REUSEPORT off: a second node on the same port must fail to bind,
-        # not silently share the port.
-        # A bound on the requests grpc queues behind the worker threads:
+        # not silently share the port.  A bound on the requests in flight:
         # beyond it clients get RESOURCE_EXHAUSTED instead of the node
         # buffering without limit.
-        server = grpc.server(
-            executor,
+        self._calls.post = LoopPost(asyncio.get_running_loop())
+        server = grpc.aio.server(
             options=CHANNEL_OPTIONS + (("grpc.so_reuseport", 0),),
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         )
         kv_pb2_grpc.add_KVServicer_to_server(KVServicer(self._node, self._calls), server)
         kv_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(self._node, self._calls), server)
-        health_servicer = health.HealthServicer()
+        health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
         host, _, port = self.address.rpartition(":")
         try:
             bound = server.add_insecure_port(self.address)
         except RuntimeError as error:
-            executor.shutdown(wait=False)
             raise CannotListenError(host, int(port), error) from error
         if not bound:
-            executor.shutdown(wait=False)
             raise CannotListenError(host, int(port), "grpc could not bind")
-        try:  # for the ErrorInfo of requests refused before they reach the node
-            self._calls.member_id = self._node.status().member_id
-        except Exception:
-            pass
         for name in ("", KV_SERVICE, CLUSTER_SERVICE):
-            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        server.start()
-        self.port = bound
-        self._server, self._executor, self._health = server, executor, health_servicer
-        super().startService()
-        _log.info("serving gRPC clients on {address} (port {port})", address=self.address, port=bound)
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await server.start()
+        self._server, self._health = server, health_servicer
+        return bound
 
     def stopService(self) -> defer.Deferred:
         """
@@ -412,22 +618,38 @@ class GrpcServer(Service):
         plus L{STOP_WAIT_SLACK_S} seconds later.
         """
         super().stopService()
-        server, executor, self._server, self._executor = self._server, self._executor, None, None
-        if server is None:
+        loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+        if loop is None:
             return defer.succeed(None)
-        self._health.enter_graceful_shutdown()
         self.crossing.close(lambda: ShuttingDown(SHUTTING_DOWN, self._calls.leader))
-        stopped = server.stop(self._stop_grace_s)
+        server, health_servicer = self._server, self._health
+        grace_s = self._stop_grace_s
+
+        async def stop() -> None:
+            await health_servicer.enter_graceful_shutdown()
+            await server.stop(grace_s)
+
+        stopped = asyncio.run_coroutine_threadsafe(stop(), loop)
         done: defer.Deferred = defer.Deferred()
-        wait_s = self._stop_grace_s + STOP_WAIT_SLACK_S
+        wait_s = grace_s + STOP_WAIT_SLACK_S
 
         def wait_for_grpc() -> None:
-            if not stopped.wait(wait_s):
+            try:
+                stopped.result(wait_s)
+            except Exception:
                 self._reactor.callFromThread(
                     _log.warn, "gRPC server did not stop within {wait_s}s", wait_s=wait_s
                 )
-            executor.shutdown(wait=False)
+            _stop_loop(loop, thread)
             self._reactor.callFromThread(done.callback, None)
 
         threading.Thread(target=wait_for_grpc, name="kvpaxos-grpc-stop", daemon=True).start()
         return done
+
+
+def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    """Stop C{loop} (run by C{thread}), wait for the thread, and close the loop."""
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(STOP_WAIT_SLACK_S)
+    if not thread.is_alive():
+        loop.close()

@@ -49,11 +49,15 @@ class Status:
     metadata: Mapping[str, object] = field(default_factory=dict)
     unexpected: bool = False
 
-    def abort(self, context: grpc.ServicerContext, member_id: Optional[int] = None) -> None:
-        """Abort the RPC of C{context} with this status (raises, as C{context.abort} does)."""
+    def rich(self, member_id: Optional[int] = None) -> grpc.Status:
+        """This status as grpcio's (with its ErrorInfo, naming member C{member_id})."""
         metadata = dict(self.metadata)
         metadata.setdefault(errors.MEMBER_ID, member_id)
-        context.abort_with_status(rich_status(self.code, self.message, self.reason, metadata))
+        return rich_status(self.code, self.message, self.reason, metadata)
+
+    def abort(self, context: grpc.ServicerContext, member_id: Optional[int] = None) -> None:
+        """Abort the RPC of C{context} with this status (raises, as C{context.abort} does)."""
+        context.abort_with_status(self.rich(member_id))
 
 
 def describe_leader(leader: Optional[int]) -> str:

@@ -75,6 +75,11 @@ class KVStub:
                 request_serializer=kvpaxos_dot_v1_dot_kv__pb2.OpenSessionRequest.SerializeToString,
                 response_deserializer=kvpaxos_dot_v1_dot_kv__pb2.OpenSessionResponse.FromString,
                 _registered_method=True)
+        self.Stream = channel.stream_stream(
+                '/kvpaxos.v1.KV/Stream',
+                request_serializer=kvpaxos_dot_v1_dot_kv__pb2.StreamRequests.SerializeToString,
+                response_deserializer=kvpaxos_dot_v1_dot_kv__pb2.StreamResponses.FromString,
+                _registered_method=True)
 
 
 class KVServicer:
@@ -140,6 +145,20 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stream(self, request_iterator, context):
+        """Stream carries many requests over one call: each message is a batch
+        of requests, each with an id the client chose; each answer message a
+        batch of answers, each with the id of its request, in the order they
+        complete.  Every request is its own operation with its own deadline
+        (the server's request timeout), result and error, exactly as the unary
+        RPC of its kind: a write in a session is applied once however often it
+        is retried, and a request whose stream broke before its answer arrived
+        has an unknown outcome.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -182,6 +201,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.OpenSession,
                     request_deserializer=kvpaxos_dot_v1_dot_kv__pb2.OpenSessionRequest.FromString,
                     response_serializer=kvpaxos_dot_v1_dot_kv__pb2.OpenSessionResponse.SerializeToString,
+            ),
+            'Stream': grpc.stream_stream_rpc_method_handler(
+                    servicer.Stream,
+                    request_deserializer=kvpaxos_dot_v1_dot_kv__pb2.StreamRequests.FromString,
+                    response_serializer=kvpaxos_dot_v1_dot_kv__pb2.StreamResponses.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -401,6 +425,33 @@ class KV:
             '/kvpaxos.v1.KV/OpenSession',
             kvpaxos_dot_v1_dot_kv__pb2.OpenSessionRequest.SerializeToString,
             kvpaxos_dot_v1_dot_kv__pb2.OpenSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/kvpaxos.v1.KV/Stream',
+            kvpaxos_dot_v1_dot_kv__pb2.StreamRequests.SerializeToString,
+            kvpaxos_dot_v1_dot_kv__pb2.StreamResponses.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,93 @@
+"""
+Tests for L{kvpaxos.client.stream.Multiplexer}: concurrent requests over one
+C{KV.Stream} to a real grpc.aio server (on 127.0.0.1, an ephemeral port) in
+front of the fake node of L{tests.test_api}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import grpc
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+
+from kvpaxos.api import errors
+from kvpaxos.api.endpoints import CHANNEL_OPTIONS
+from kvpaxos.api.errors import error_details
+from kvpaxos.client.stream import Multiplexer
+from kvpaxos.node.interfaces import NotLeaderError
+from kvpaxos.v1 import kv_pb2
+from tests.test_api import BOUND_S, RunningServer
+
+
+class MultiplexerTests(RunningServer, SynchronousTestCase):
+    """Many coroutines' requests share one stream; each gets its own answer."""
+
+    def run_client(self, body):
+        """Run C{body(multiplexer)} in an event loop of its own thread, pumping the reactor meanwhile."""
+        outcome = {}
+        done = threading.Event()
+
+        async def main():
+            channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.server.port}", options=CHANNEL_OPTIONS)
+            mux = Multiplexer(channel)
+            try:
+                return await body(mux), mux
+            finally:
+                await mux.close()
+                await channel.close()
+
+        def thread():
+            try:
+                outcome["value"] = asyncio.run(main())
+            except BaseException as error:  # reported below, in the test's thread
+                outcome["error"] = error
+            finally:
+                done.set()
+                self.reactor.wake()
+
+        threading.Thread(target=thread, daemon=True).start()
+        self.reactor.pump_until(done.is_set)
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    def test_concurrent_puts_share_messages(self):
+        """64 concurrent puts are each answered, in fewer request messages than requests."""
+        async def body(mux):
+            put = mux.caller("put")
+            return await asyncio.gather(*(
+                put(kv_pb2.PutRequest(key=b"k%d" % i, value=b"v"), timeout=BOUND_S) for i in range(64)
+            ))
+
+        answers, mux = self.run_client(body)
+        self.assertEqual(len(answers), 64)
+        self.assertEqual(len({a.header.revision for a in answers}), 64)  # 64 distinct writes
+        self.assertEqual(mux.requests, 64)
+        self.assertLess(mux.messages, 64)
+        self.assertEqual(sorted(self.node.state.get(b"k%d" % i).value for i in range(64)), [b"v"] * 64)
+
+    def test_error_is_the_unary_error(self):
+        """A request's failure is raised as the unary RPC's error: its code and ErrorInfo."""
+        self.node.answer = lambda: defer.fail(NotLeaderError(2))
+
+        async def body(mux):
+            try:
+                await mux.request("put", kv_pb2.PutRequest(key=b"k", value=b"v"), BOUND_S)
+            except grpc.aio.AioRpcError as error:
+                return error
+            return None
+
+        error, _ = self.run_client(body)
+        self.assertIsNotNone(error)
+        self.assertEqual(error.code(), grpc.StatusCode.UNAVAILABLE)
+        details = error_details(error)
+        self.assertEqual(details.reason, errors.NOT_LEADER)
+
+    def test_unknown_kind(self):
+        """Asking for a kind the stream does not carry is the caller's error."""
+        channel = grpc.insecure_channel("127.0.0.1:1")
+        self.addCleanup(channel.close)
+        self.assertRaises(ValueError, Multiplexer(channel).caller, "status")
