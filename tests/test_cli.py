@@ -36,6 +36,12 @@ class FakeChannel:
         method = path.rsplit("/", 1)[1]
         return lambda request, timeout: self._cluster.answer(self._endpoint, method, request, timeout)
 
+    def stream_stream(self, path: str, **_):
+        def call(*args, **kwargs):
+            raise AssertionError(f"{path}: the CLI does not stream")
+
+        return call
+
     def close(self) -> None:
         self._cluster.open.discard(self._endpoint)
 

@@ -60,6 +60,12 @@ class FakeChannel:
 
         return acall
 
+    def stream_stream(self, path: str, **_):
+        def call(*args, **kwargs):
+            raise AssertionError(f"{path}: the client does not stream yet (kvpaxos.client.stream)")
+
+        return call
+
     def close(self):
         self.closed = True
         if self._aio:

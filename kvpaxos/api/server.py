@@ -1,21 +1,23 @@
 """
-The gRPC edge: L{GrpcServer}, a Twisted service that runs a grpcio server
-(the C{kvpaxos.v1.KV} and C{kvpaxos.v1.Cluster} services, health checking
-and server reflection) beside the reactor.
+The gRPC edge: L{GrpcServer}, a Twisted service that runs a grpc.aio server
+(the C{kvpaxos.v1.KV} and C{kvpaxos.v1.Cluster} services of
+L{kvpaxos.api.servicers}, health checking and server reflection) on an
+asyncio event loop of its own, in a thread of its own, beside the reactor.
 
-Threads.  grpcio runs its handlers on its own thread pool.  The node
+Threads.  The handlers are coroutines on the gRPC thread's loop.  The node
 (L{kvpaxos.node.interfaces.IKeyValueNode}) is called only in the reactor
 thread.  Handlers reach it through a L{ReactorCrossing}: a handler queues its
-call with a C{concurrent.futures.Future} and waits on the Future; the first
-call queued after a drain asks the reactor (C{callFromThread}) for one drain,
-which runs every call queued by then.  So a burst of requests costs one
-reactor wake-up, not one each (measured ~25% faster; see DESIGN.md).
+call with a C{concurrent.futures.Future}; the first call queued after a
+drain asks the reactor (C{callFromThread}) for one drain, which runs every
+call queued by then, and the outcomes enter the loop in batches too
+(L{LoopPost}).  So a burst of requests costs one wake-up each way, not one
+per request.
 
 Every wait is bounded: a handler waits at most C{min(client deadline,
 request_timeout_s)} and then answers UNAVAILABLE, and stopping the service
 fails every waiting request at once, so a node whose Deferred never fires
 cannot keep the process alive past SIGTERM.  The reactor thread never waits
-on grpcio (C{server.stop()}'s Event is waited on in a thread of its own).
+on grpcio (the server's stop is waited for in a thread of its own).
 
 This module translates and decides nothing: what a request means is the
 node's business; L{kvpaxos.api.convert} turns messages into commands and
@@ -28,11 +30,8 @@ the reactor.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import functools
 import threading
-from functools import partial
-from typing import Any, Callable, NoReturn, Optional
+from typing import Optional
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -42,33 +41,11 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from kvpaxos.api import convert
 from kvpaxos.api.crossing import LoopPost, ReactorCrossing  # noqa: F401 (tests import it from here)
 from kvpaxos.api.endpoints import CHANNEL_OPTIONS, parse_endpoint
-from kvpaxos.api.errors import SHUTTING_DOWN as SHUTTING_DOWN_REASON, InvalidArgument, Unavailable
-from kvpaxos.api.limits import MAX_MESSAGE_BYTES
-from kvpaxos.api import errors
-from kvpaxos.api.statuses import (
-    REFUSALS,
-    Status,
-    SHUTTING_DOWN,
-    internal,
-    response_too_large,
-    sequence_reused,
-    status_for,
-    unavailable,
-)
-from kvpaxos.kv.commands import (
-    Op,
-    RangeResult,
-    Request,
-    Result,
-    SessionOpened,
-    TxnResult,
-    compare_and_swap,
-    range_query,
-    validate_request,
-)
+from kvpaxos.api.errors import SHUTTING_DOWN as SHUTTING_DOWN_REASON, Unavailable
+from kvpaxos.api.servicers import ClusterServicer, KVServicer, _NodeCalls
+from kvpaxos.api.statuses import SHUTTING_DOWN
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
 
 #: Full names of the services this server offers.
@@ -76,10 +53,6 @@ KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name
 CLUSTER_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["Cluster"].full_name
 SERVICE_NAMES = (KV_SERVICE, CLUSTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
 
-#: The node is given this share of a request's wait as its C{timeout_s}, so
-#: that its own L{Unavailable} (which knows why, and names the leader)
-#: usually arrives before the handler stops waiting.
-NODE_TIMEOUT_SHARE = 0.9
 #: How much longer than the grace period the stop waits for grpcio's threads.
 STOP_WAIT_SLACK_S = 2.0
 #: The longest the start waits for the gRPC thread to bind.
@@ -95,420 +68,6 @@ class ShuttingDown(Unavailable):
     """The node stopped while a request waited (UNAVAILABLE, reason SHUTTING_DOWN)."""
 
     reason = SHUTTING_DOWN_REASON
-
-
-class _Abort(Exception):
-    """End the RPC with C{status} (a C{grpc.Status}): raised by the helpers, caught by L{_rpc}."""
-
-    def __init__(self, status: grpc.Status) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-def _abort(status, member_id: Optional[int] = None) -> NoReturn:
-    """Raise L{_Abort} for L{kvpaxos.api.statuses.Status} C{status}."""
-    raise _Abort(status.rich(member_id))
-
-
-def _abort_for(error, member_id: Optional[int] = None) -> NoReturn:
-    """Raise L{_Abort} with the status L{status_for} names for C{error}."""
-    _abort(status_for(error), member_id)
-
-
-def _rpc(method):
-    """An async handler whose L{_Abort} ends its RPC with that status."""
-
-    @functools.wraps(method)
-    async def handler(self, request, context):
-        try:
-            return await method(self, request, context)
-        except _Abort as abort:
-            await context.abort_with_status(abort.status)
-
-    return handler
-
-
-class _Expired(Exception):
-    """A request's wait for the node ran out."""
-
-
-def _expire(waiter: asyncio.Future) -> None:
-    if not waiter.done():
-        waiter.set_exception(_Expired())
-
-
-def _settled(post: LoopPost, waiter: asyncio.Future, future: concurrent.futures.Future) -> None:
-    """C{future} (the crossing's) is done, in the reactor thread: settle C{waiter} in the loop."""
-    if future.cancelled():
-        return
-    error = future.exception()
-    if error is None:
-        post.settle(waiter, True, future.result())
-    else:
-        post.settle(waiter, False, error)
-
-
-class _NodeCalls:
-    """
-    What both servicers share: a call to the node across the crossing, the
-    bounded wait for it, and the response header.
-    """
-
-    def __init__(self, node, crossing: ReactorCrossing, request_timeout_s: float) -> None:
-        self._node = node
-        self._crossing = crossing
-        self._request_timeout_s = request_timeout_s
-        #: The leader the node last named, and the node's member id
-        #: (written in the reactor thread, read by the gRPC thread for
-        #: failures).
-        self.leader: Optional[int] = None
-        self.member_id: Optional[int] = None
-        #: Where the reactor's outcomes enter the gRPC thread's loop (set
-        #: when the server starts there).
-        self.post: Optional[LoopPost] = None
-
-    async def call(self, context, node_call: Callable[[float], Any]) -> tuple[Any, kv_pb2.ResponseHeader]:
-        """
-        Run C{node_call(timeout_s)} in the reactor thread and return its
-        result with the response header, or abort the RPC with the status its
-        failure, or its refusal (L{REFUSALS}: nothing was applied), maps to.
-        Called in the gRPC thread's event loop.
-        """
-        remaining = context.time_remaining()
-        wait_s = self._request_timeout_s if remaining is None else min(remaining, self._request_timeout_s)
-        node_timeout_s = wait_s * NODE_TIMEOUT_SHARE
-        post = self.post
-        waiter = post.loop.create_future()
-        future = self._crossing.enqueue(partial(self._in_reactor, node_call, node_timeout_s))
-        future.add_done_callback(partial(_settled, post, waiter))
-        timer = post.loop.call_later(wait_s, _expire, waiter)
-        try:
-            result, header = await waiter
-        except _Expired:
-            future.cancel()
-            _abort(unavailable(f"no answer from the node within {wait_s:.3g}s", self.leader),
-                   self.member_id)
-        except asyncio.CancelledError:
-            future.cancel()  # the client gave up: the call need not run
-            raise
-        except Exception as error:
-            _abort_for(error, self.member_id)
-        finally:
-            timer.cancel()
-        if isinstance(result, REFUSALS):
-            _abort_for(result, self.member_id)
-        return result, header
-
-    def _in_reactor(self, node_call: Callable[[float], Any], timeout_s: float) -> defer.Deferred:
-        d = defer.maybeDeferred(node_call, timeout_s)
-        d.addCallback(self._with_header)
-        d.addErrback(self._failed)
-        return d
-
-    def _with_header(self, result: Any) -> tuple[Any, kv_pb2.ResponseHeader]:
-        status = self._node.status()
-        self.leader, self.member_id = status.leader, status.member_id
-        # Every result but a status and a refusal names the revision it saw or made.
-        header = kv_pb2.ResponseHeader(
-            member_id=status.member_id, leader_id=status.leader or 0,
-            revision=getattr(result, "revision", 0),
-        )
-        return result, header
-
-    def _failed(self, failure):
-        if self.member_id is None:
-            try:
-                self.member_id = self._node.status().member_id
-            except Exception:  # a node not started yet: the ErrorInfo names no member
-                pass
-        if isinstance(failure.value, Unavailable) and failure.value.leader is not None:
-            self.leader = failure.value.leader
-        if status_for(failure.value).unexpected:
-            _log.failure("gRPC request failed unexpectedly", failure)
-        return failure
-
-
-def _checked(member_id: Optional[int], convert_request: Callable[[], Any]) -> Any:
-    """
-    Return C{convert_request()}, or abort with INVALID_ARGUMENT (naming
-    member C{member_id}) if it raises L{InvalidArgument}.
-    """
-    try:
-        return convert_request()
-    except InvalidArgument as error:
-        _abort_for(error, member_id)
-
-
-def _session_request(member_id: Optional[int], op: Op, request, value: bytes = b"",
-                     prev_kv: bool = False) -> Request:
-    """
-    Return the checked L{Request} of a single-key write with the session
-    fields of C{request} (origin and request_id are the node's to fill in).
-    """
-    command = Request(op, request.key, value, client_id=request.client_id,
-                      sequence=request.sequence, prev_kv=prev_kv)
-    _checked(member_id, partial(validate_request, command))
-    return command
-
-
-class KVServicer(kv_pb2_grpc.KVServicer):
-    """
-    C{kvpaxos.v1.KV}: each method converts its request (L{convert}), makes
-    one node call and converts the result back.  Every response header
-    carries the revision the result names.
-    """
-
-    def __init__(self, node, calls: _NodeCalls) -> None:
-        self._node = node
-        self._calls = calls
-
-    @_rpc
-    async def Get(self, request: kv_pb2.GetRequest, context) -> kv_pb2.GetResponse:
-        query = _checked(self._calls.member_id, partial(range_query, request.key))
-        consistency = _checked(self._calls.member_id, partial(convert.consistency_name, request.consistency))
-        result, header = await self._calls.call(
-            context, lambda timeout_s: self._node.range(query, timeout_s, consistency)
-        )
-        if not result.kvs:
-            return kv_pb2.GetResponse(header=header, found=False)
-        kv = result.kvs[0]
-        return kv_pb2.GetResponse(header=header, found=True, value=kv.value,
-                                  kv=convert.key_value_to_proto(kv))
-
-    @_rpc
-    async def Put(self, request: kv_pb2.PutRequest, context) -> kv_pb2.PutResponse:
-        command = _session_request(self._calls.member_id, Op.PUT, request, request.value, request.prev_kv)
-        result, header = await self._submit(context, command, Result)
-        return kv_pb2.PutResponse(header=header, existed=result.existed,
-                                  prev_kv=convert.optional_key_value_to_proto(result.prev))
-
-    @_rpc
-    async def Delete(self, request: kv_pb2.DeleteRequest, context) -> kv_pb2.DeleteResponse:
-        command = _session_request(self._calls.member_id, Op.DELETE, request, prev_kv=request.prev_kv)
-        result, header = await self._submit(context, command, Result)
-        return kv_pb2.DeleteResponse(header=header, deleted=result.existed,
-                                     prev_kv=convert.optional_key_value_to_proto(result.prev))
-
-    @_rpc
-    async def Append(self, request: kv_pb2.AppendRequest, context) -> kv_pb2.AppendResponse:
-        command = _session_request(self._calls.member_id, Op.APPEND, request, request.value)
-        result, header = await self._submit(context, command, Result)
-        return kv_pb2.AppendResponse(header=header, value=result.value or b"", existed=result.existed)
-
-    @_rpc
-    async def Range(self, request: kv_pb2.RangeRequest, context) -> kv_pb2.RangeResponse:
-        query = _checked(self._calls.member_id, partial(convert.range_query_from_proto, request))
-        consistency = _checked(self._calls.member_id, partial(convert.consistency_name, request.consistency))
-        result, header = await self._calls.call(
-            context, lambda timeout_s: self._node.range(query, timeout_s, consistency)
-        )
-        response, _ = convert.range_response(result, header)
-        return response
-
-    @_rpc
-    async def Txn(self, request: kv_pb2.TxnRequest, context) -> kv_pb2.TxnResponse:
-        command = _checked(self._calls.member_id, partial(convert.txn_request_from_proto, request))
-        result, header = await self._submit(context, command, TxnResult)
-        response = convert.txn_response(result, header)
-        size = response.ByteSize()
-        if size > MAX_MESSAGE_BYTES:
-            _abort(response_too_large(size, MAX_MESSAGE_BYTES, result.revision), header.member_id)
-        return response
-
-    @_rpc
-    async def CompareAndSwap(self, request: kv_pb2.CompareAndSwapRequest, context) -> kv_pb2.CompareAndSwapResponse:
-        # None set means "absent": version 0 is a missing key's.
-        expected = request.WhichOneof("expected") or "expected_version"
-        command = _checked(self._calls.member_id, partial(
-            compare_and_swap, request.key, request.value,
-            client_id=request.client_id, sequence=request.sequence,
-            **{expected: getattr(request, expected)},
-        ))
-        result, header = await self._submit(context, command, TxnResult)
-        if result.succeeded:
-            return kv_pb2.CompareAndSwapResponse(header=header, succeeded=True)
-        # compare_and_swap's failure branch is one Range of the key; anything
-        # else is the saved answer of another transaction with this sequence.
-        if len(result.responses) != 1 or type(result.responses[0]) is not RangeResult:
-            _abort(sequence_reused(command), header.member_id)
-        current = result.responses[0]
-        kv = current.kvs[0] if current.kvs else None
-        return kv_pb2.CompareAndSwapResponse(header=header, succeeded=False,
-                                             current=convert.optional_key_value_to_proto(kv))
-
-    @_rpc
-    async def OpenSession(self, request: kv_pb2.OpenSessionRequest, context) -> kv_pb2.OpenSessionResponse:
-        result, header = await self._submit(context, Request(Op.OPEN_SESSION), SessionOpened)
-        return kv_pb2.OpenSessionResponse(header=header, client_id=result.client_id)
-
-    async def _submit(self, context, command: Request, kind: type):
-        """
-        Submit C{command} and return its result of type C{kind} with the
-        header.  A result of another type is a session retry whose
-        sequence first went with a different request (FAILED_PRECONDITION),
-        or without a session a node bug (INTERNAL).
-        """
-        result, header = await self._calls.call(context, lambda timeout_s: self._node.submit(command, timeout_s))
-        if not isinstance(result, kind):
-            if command.client_id:
-                _abort(sequence_reused(command), header.member_id)
-            _log.error("node answered {command!r} with {result!r}", command=command, result=result)
-            _abort(internal(f"internal error: unexpected result {type(result).__name__}"), header.member_id)
-        return result, header
-
-
-    async def Stream(self, request_iterator, context) -> None:
-        """
-        Many requests over one call: each received batch's requests run at
-        once, each as its unary method runs it (its own timeout, result and
-        error); the answers go back batched, as many per message as settled
-        since the last one was written.
-        """
-        out = _StreamAnswers(context)
-        writer = asyncio.ensure_future(out.write_all())
-        running: set = set()
-        try:
-            while True:
-                batch = await context.read()
-                if batch is grpc.aio.EOF:
-                    break
-                for one in batch.requests:
-                    kind = one.WhichOneof("request")
-                    if kind is None or len(running) >= MAX_STREAM_REQUESTS:
-                        out.answer(_stream_error(one.id, _stream_refusal(kind), self._calls.member_id))
-                        continue
-                    task = asyncio.ensure_future(self._streamed(kind, one, out))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-            if running:
-                await asyncio.gather(*running)
-        finally:
-            for task in list(running):
-                task.cancel()
-            out.close()
-        await writer
-
-    async def _streamed(self, kind: str, one: kv_pb2.StreamRequest, out: "_StreamAnswers") -> None:
-        method = _STREAMED[kind]
-        try:
-            response = await method(self, getattr(one, kind), _IN_A_STREAM)
-        except _Abort as abort:
-            out.answer(_stream_error(one.id, abort.status))
-            return
-        except Exception:
-            _log.failure("streamed {kind} request failed unexpectedly", kind=kind)
-            out.answer(_stream_error(one.id, internal("internal error").rich(self._calls.member_id)))
-            return
-        out.answer(kv_pb2.StreamResponse(id=one.id, **{kind: response}))
-
-
-#: The most requests of one stream in flight at once; more are refused
-#: (RESOURCE_EXHAUSTED) one by one.
-MAX_STREAM_REQUESTS = 4096
-
-#: Stream request kinds -> the unary handler that serves each (unwrapped:
-#: a refusal is raised as L{_Abort}, then sent as that request's error).
-_STREAMED = {
-    "get": KVServicer.Get.__wrapped__,
-    "put": KVServicer.Put.__wrapped__,
-    "delete": KVServicer.Delete.__wrapped__,
-    "append": KVServicer.Append.__wrapped__,
-    "range": KVServicer.Range.__wrapped__,
-    "txn": KVServicer.Txn.__wrapped__,
-    "compare_and_swap": KVServicer.CompareAndSwap.__wrapped__,
-    "open_session": KVServicer.OpenSession.__wrapped__,
-}
-
-
-class _InAStream:
-    """The context a streamed request's handler sees: no deadline of its own (the request timeout applies)."""
-
-    @staticmethod
-    def time_remaining() -> None:
-        return None
-
-
-_IN_A_STREAM = _InAStream()
-
-
-def _stream_refusal(kind: Optional[str]) -> Status:
-    """The status of a stream request that is not run: no request in it, or too many in flight."""
-    if kind is None:
-        return Status(grpc.StatusCode.INVALID_ARGUMENT, "a stream request carries no request",
-                      errors.INVALID_ARGUMENT)
-    return Status(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                  f"more than {MAX_STREAM_REQUESTS} requests of one stream in flight",
-                  errors.TOO_MANY_REQUESTS)
-
-
-def _stream_error(request_id: int, status, member_id: Optional[int] = None) -> kv_pb2.StreamResponse:
-    """The answer carrying C{status} (a C{grpc.Status}, or one of ours) as a google.rpc.Status."""
-    if not isinstance(status, grpc.Status):
-        status = status.rich(member_id)
-    details = dict(status.trailing_metadata).get(errors.DETAILS_KEY, b"")
-    return kv_pb2.StreamResponse(id=request_id, error=details)
-
-
-class _StreamAnswers:
-    """
-    A stream's answers, written in batches by one writer coroutine: every
-    answer settled before the writer next runs goes in its message.
-    """
-
-    def __init__(self, context) -> None:
-        self._context = context
-        self._pending: list = []
-        self._ready = asyncio.Event()
-        self._closed = False
-
-    def answer(self, response: kv_pb2.StreamResponse) -> None:
-        self._pending.append(response)
-        self._ready.set()
-
-    def close(self) -> None:
-        self._closed = True
-        self._ready.set()
-
-    async def write_all(self) -> None:
-        while True:
-            await self._ready.wait()
-            self._ready.clear()
-            batch, self._pending = self._pending, []
-            if batch:
-                await self._context.write(kv_pb2.StreamResponses(responses=batch))
-            if self._closed and not self._pending:
-                return
-
-
-class ClusterServicer(kv_pb2_grpc.ClusterServicer):
-    """
-    C{kvpaxos.v1.Cluster}: the node's view of the cluster, read-only.
-    C{MemberList} needs a node that also provides
-    L{kvpaxos.node.interfaces.IMembership} (C{members()}).
-    """
-
-    def __init__(self, node, calls: _NodeCalls) -> None:
-        self._node = node
-        self._calls = calls
-
-    @_rpc
-    async def Status(self, request: kv_pb2.StatusRequest, context) -> kv_pb2.StatusResponse:
-        status, header = await self._calls.call(context, lambda timeout_s: self._node.status())
-        return kv_pb2.StatusResponse(
-            header=header,
-            member_id=status.member_id,
-            role=status.role,
-            leader_id=status.leader or 0,
-            voters=sorted(status.voters),
-            learners=sorted(status.learners),
-            chosen_index=status.chosen_index,
-            applied_index=status.applied_index,
-        )
-
-    @_rpc
-    async def MemberList(self, request: kv_pb2.MemberListRequest, context) -> kv_pb2.MemberListResponse:
-        view, header = await self._calls.call(context, lambda timeout_s: self._node.members())
-        return convert.member_list_response(view, header)
 
 
 class GrpcServer(Service):
