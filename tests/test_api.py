@@ -858,6 +858,18 @@ class StreamTests(RunningServer, SynchronousTestCase):
         self.assertEqual((got[7].get.found, got[7].get.value), (True, b"v"))
         self.assertEqual(len([c for c in self.node.calls if c[0] == "submit"]), 1)
 
+    def test_answers_split_under_the_message_limit(self) -> None:
+        """Answers settled together go in as many messages as keep each under the budget."""
+        from kvpaxos.api.servicers import _StreamAnswers
+
+        out = _StreamAnswers(None)
+        out.budget = 150
+        batch = [kv_pb2.StreamResponse(id=i, error=b"x" * 60) for i in range(5)]
+        messages = list(out._messages(batch))
+        self.assertEqual([len(m.responses) for m in messages], [2, 2, 1])
+        self.assertEqual([a.id for m in messages for a in m.responses], list(range(5)))
+        self.assertTrue(all(sum(a.ByteSize() for a in m.responses) <= 150 for m in messages))
+
     def test_node_refusal_is_that_request_only(self) -> None:
         """A request the node fails gets that failure; the others of its batch are answered."""
         answered = []

@@ -86,6 +86,40 @@ class MultiplexerTests(RunningServer, SynchronousTestCase):
         details = error_details(error)
         self.assertEqual(details.reason, errors.NOT_LEADER)
 
+    def test_close_then_reopen(self):
+        """
+        A request waiting when the stream is closed fails CANCELLED; the
+        next request opens a new stream, and nothing of the old one is sent
+        again.
+        """
+        hung = []
+
+        def hang() -> defer.Deferred:
+            d = defer.Deferred()
+            hung.append(d)
+            return d
+
+        self.node.answer = hang
+
+        async def body(mux):
+            waiting = asyncio.ensure_future(
+                mux.request("put", kv_pb2.PutRequest(key=b"a", value=b"1"), BOUND_S))
+            while not self.node.calls:
+                await asyncio.sleep(0.01)
+            await mux.close()
+            try:
+                await waiting
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+            self.node.answer = None
+            again = await mux.request("put", kv_pb2.PutRequest(key=b"b", value=b"2"), BOUND_S)
+            return code, again
+
+        (code, again), _ = self.run_client(body)
+        self.assertEqual(code, grpc.StatusCode.CANCELLED)
+        self.assertFalse(again.existed)
+        self.assertEqual([c[1].key for c in self.node.calls if c[0] == "submit"], [b"a", b"b"])
+
     def test_unknown_kind(self):
         """Asking for a kind the stream does not carry is the caller's error."""
         channel = grpc.insecure_channel("127.0.0.1:1")

@@ -328,6 +328,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         out = _StreamAnswers(context)
         writer = asyncio.ensure_future(out.write_all())
         running: set = set()
+        ended = False
         try:
             while True:
                 batch = await context.read()
@@ -335,7 +336,9 @@ class KVServicer(kv_pb2_grpc.KVServicer):
                     break
                 for one in batch.requests:
                     kind = one.WhichOneof("request")
-                    if kind is None or len(running) >= MAX_STREAM_REQUESTS:
+                    # Running, or answered and not yet written (a client
+                    # that does not read holds them): both count.
+                    if kind is None or len(running) + out.unwritten >= MAX_STREAM_REQUESTS:
                         out.answer(_stream_error(one.id, _stream_refusal(kind), self._calls.member_id))
                         continue
                     task = asyncio.ensure_future(self._streamed(kind, one, out))
@@ -343,10 +346,13 @@ class KVServicer(kv_pb2_grpc.KVServicer):
                     task.add_done_callback(running.discard)
             if running:
                 await asyncio.gather(*running)
+            ended = True
         finally:
             for task in list(running):
                 task.cancel()
             out.close()
+            if not ended:
+                writer.cancel()  # the call is gone (cancelled or failed): nothing to write to
         await writer
 
     async def _streamed(self, kind: str, one: kv_pb2.StreamRequest, out: "_StreamAnswers") -> None:
@@ -416,11 +422,20 @@ class _StreamAnswers:
     answer settled before the writer next runs goes in its message.
     """
 
+    #: The most bytes of answers one message carries (room left under the
+    #: message limit for the wrapper's own bytes).
+    budget = MAX_MESSAGE_BYTES - (64 << 10)
+
     def __init__(self, context) -> None:
         self._context = context
         self._pending: list = []
         self._ready = asyncio.Event()
         self._closed = False
+
+    @property
+    def unwritten(self) -> int:
+        """Answers waiting to be written."""
+        return len(self._pending)
 
     def answer(self, response: kv_pb2.StreamResponse) -> None:
         self._pending.append(response)
@@ -435,10 +450,23 @@ class _StreamAnswers:
             await self._ready.wait()
             self._ready.clear()
             batch, self._pending = self._pending, []
-            if batch:
-                await self._context.write(kv_pb2.StreamResponses(responses=batch))
+            for message in self._messages(batch):
+                await self._context.write(message)
             if self._closed and not self._pending:
                 return
+
+    def _messages(self, batch: list):
+        """C{batch} in messages of at most L{budget} bytes of answers (one answer each at least)."""
+        chunk, size = [], 0
+        for answer in batch:
+            bytes_ = answer.ByteSize()
+            if chunk and size + bytes_ > self.budget:
+                yield kv_pb2.StreamResponses(responses=chunk)
+                chunk, size = [], 0
+            chunk.append(answer)
+            size += bytes_
+        if chunk:
+            yield kv_pb2.StreamResponses(responses=chunk)
 
 
 class ClusterServicer(kv_pb2_grpc.ClusterServicer):

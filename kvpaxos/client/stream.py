@@ -80,13 +80,17 @@ class Multiplexer:
         self._open()
         request_id = next(self._ids)
         future = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        self._queued.append(kv_pb2.StreamRequest(id=request_id, **{kind: message}))
+        pending = self._pending  # this stream's (a later stream has its own)
+        pending[request_id] = future
+        queued = kv_pb2.StreamRequest(id=request_id, **{kind: message})
+        self._queued.append(queued)
         self._wake.set()
         try:
             return await asyncio.wait_for(future, timeout_s)
         except asyncio.TimeoutError:
-            self._pending.pop(request_id, None)
+            pending.pop(request_id, None)
+            if queued in self._queued:  # not sent yet: it never will be
+                self._queued.remove(queued)
             raise grpc.aio.AioRpcError(
                 grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(),
                 f"no answer on the stream within {timeout_s} s",
@@ -96,8 +100,9 @@ class Multiplexer:
         if self._call is not None:
             return
         self._wake = asyncio.Event()
+        self._pending = {}
         self._call = self._stub.Stream(self._requests())
-        self._reader = asyncio.ensure_future(self._read(self._call))
+        self._reader = asyncio.ensure_future(self._read(self._call, self._pending))
 
     async def _requests(self):
         wake = self._wake
@@ -110,8 +115,7 @@ class Multiplexer:
                 self.requests += len(batch)
                 yield kv_pb2.StreamRequests(requests=batch)
 
-    async def _read(self, call) -> None:
-        pending = self._pending
+    async def _read(self, call, pending: dict) -> None:
         try:
             async for message in call:
                 for answer in message.responses:
@@ -131,19 +135,23 @@ class Multiplexer:
         else:
             broken = grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(),
                                           grpc.aio.Metadata(), "the stream ended")
-        if self._call is call:
-            self._call = None
-            # Not sent, and failed below: never to be sent on a later stream.
-            self._queued = []
+        self._broken(call)
         for request_id in sorted(pending):
             future = pending.pop(request_id)
             if not future.done():
                 future.set_exception(broken)
 
+    def _broken(self, call) -> None:
+        """C{call} is over: what was queued on it (failed with it) is never sent on a later one."""
+        if self._call is call:
+            self._call = None
+            self._queued = []
+
     async def close(self) -> None:
         """End the stream; requests still waiting fail (CANCELLED)."""
-        call, self._call = self._call, None
+        call = self._call
         if call is not None:
+            self._broken(call)
             call.cancel()
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)
