@@ -30,6 +30,7 @@ from kvpaxos.api import errors, statuses
 from kvpaxos.api.endpoints import CHANNEL_OPTIONS, BadEndpoint
 from kvpaxos.api.limits import MAX_MESSAGE_BYTES
 from kvpaxos.api.server import SERVICE_NAMES, GrpcServer, ReactorCrossing
+from kvpaxos.api.servicers import NODE_TIMEOUT_SHARE
 from kvpaxos.kv import machine
 from kvpaxos.kv.commands import (
     MAX_KEY_BYTES,
@@ -857,6 +858,28 @@ class StreamTests(RunningServer, SynchronousTestCase):
         ]))
         self.assertEqual((got[7].get.found, got[7].get.value), (True, b"v"))
         self.assertEqual(len([c for c in self.node.calls if c[0] == "submit"]), 1)
+
+    def test_request_timeout_is_kept(self) -> None:
+        """
+        A streamed request's timeout bounds the node's wait as a unary
+        deadline does; one without waits the request timeout; one whose
+        timeout is up is answered UNAVAILABLE and never reaches the node.
+        """
+        timed = kv_pb2.StreamRequest(id=1, put=kv_pb2.PutRequest(key=b"a", value=b"v"))
+        timed.timeout.FromMilliseconds(1500)
+        untimed = kv_pb2.StreamRequest(id=2, put=kv_pb2.PutRequest(key=b"b", value=b"v"))
+        expired = kv_pb2.StreamRequest(id=3, put=kv_pb2.PutRequest(key=b"c", value=b"v"))
+        expired.timeout.FromNanoseconds(0)
+        answers = self.stream(kv_pb2.StreamRequests(requests=[timed, untimed, expired]))
+        self.assertEqual([answers[i].WhichOneof("response") for i in (1, 2)], ["put", "put"])
+        code, message, reason = self.error_of(answers[3])
+        self.assertEqual((code, reason), (grpc.StatusCode.UNAVAILABLE, errors.UNAVAILABLE))
+        self.assertIn("timeout passed", message)
+        waits = {call[1].key: call[2] for call in self.node.calls if call[0] == "submit"}
+        self.assertEqual(sorted(waits), [b"a", b"b"])
+        self.assertLessEqual(waits[b"a"], 1.5 * NODE_TIMEOUT_SHARE)
+        self.assertGreater(waits[b"a"], 0.5)  # its own timeout, not the 5 s request timeout
+        self.assertEqual(waits[b"b"], self.request_timeout_s * NODE_TIMEOUT_SHARE)
 
     def test_answers_split_under_the_message_limit(self) -> None:
         """Answers settled together go in as many messages as keep each under the budget."""

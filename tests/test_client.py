@@ -31,7 +31,7 @@ from kvpaxos.client import (
 from kvpaxos.api import errors
 from kvpaxos.api.endpoints import BadEndpoint
 from kvpaxos.v1 import kv_pb2
-from tests.fake_grpc import FakeRpcError, unavailable
+from tests.fake_grpc import FakeAioStreamCall, FakeRpcError, FakeStreamCall, unavailable
 
 A, B, C = "a:1", "b:1", "c:1"
 
@@ -50,7 +50,8 @@ class FakeChannel:
             # Through the wire format, as grpcio would: the client may not
             # rely on sharing objects with the server.
             request = type(request).FromString(request_serializer(request))
-            return response_deserializer(self._cluster.serve(self._endpoint, rpc, request, timeout).SerializeToString())
+            return response_deserializer(
+                self._cluster.serve(self._endpoint, rpc, request, timeout, via="unary").SerializeToString())
 
         if not self._aio:
             return call
@@ -61,15 +62,45 @@ class FakeChannel:
         return acall
 
     def stream_stream(self, path: str, **_):
-        def call(*args, **kwargs):
-            raise AssertionError(f"{path}: the client does not stream yet (kvpaxos.client.stream)")
+        """C{KV.Stream}: each request served as its unary RPC (or UNIMPLEMENTED, as a server without it)."""
+        def serve(rpc, request, timeout):
+            return self._cluster.serve(self._endpoint, rpc, request, timeout, via="stream")
 
-        return call
+        def call(requests):
+            self._cluster.streams_opened.append(self._endpoint)
+            return (FakeAioStreamCall if self._aio else FakeStreamCall)(requests, serve)
+
+        def unimplemented(requests):
+            self._cluster.streams_opened.append(self._endpoint)
+            return (_AioUnimplemented if self._aio else _Unimplemented)()
+
+        return unimplemented if self._endpoint in self._cluster.no_stream else call
 
     def close(self):
         self.closed = True
         if self._aio:
             return asyncio.sleep(0)
+
+
+class _Unimplemented:
+    """A blocking stream call to a server without C{KV.Stream}: it ends UNIMPLEMENTED."""
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        raise FakeRpcError(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+
+    def cancel(self):
+        pass
+
+
+class _AioUnimplemented(_Unimplemented):
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        raise FakeRpcError(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
 
 
 class FakeCluster:
@@ -99,6 +130,12 @@ class FakeCluster:
         self.applied: list[tuple[str, bytes]] = []
         self.channels: list[FakeChannel] = []
         self.put_barrier: Optional[threading.Barrier] = None
+        #: How each request came: "unary" or "stream" (parallel to C{requests}).
+        self.ways: list[str] = []
+        #: The endpoint of every stream call opened; endpoints answering it UNIMPLEMENTED.
+        self.streams_opened: list[str] = []
+        self.no_stream: set[str] = set()
+        self._lock = threading.Lock()
 
     def channel(self, endpoint: str, aio: bool = False) -> FakeChannel:
         channel = FakeChannel(self, endpoint, aio)
@@ -115,7 +152,13 @@ class FakeCluster:
     def header(self, endpoint: str) -> kv_pb2.ResponseHeader:
         return kv_pb2.ResponseHeader(member_id=self.MEMBERS[endpoint], leader_id=self.leader, revision=len(self.applied))
 
-    def serve(self, endpoint: str, rpc: str, request, timeout):
+    def serve(self, endpoint: str, rpc: str, request, timeout, via: str = "unary"):
+        with self._lock:  # streamed requests of many threads arrive at once
+            if rpc != "Put" or self.put_barrier is None:
+                return self._serve(endpoint, rpc, request, timeout, via)
+        return self._serve(endpoint, rpc, request, timeout, via)  # it waits for the others at the barrier
+
+    def _serve(self, endpoint: str, rpc: str, request, timeout, via: str):
         if rpc == "MemberList":
             # Not one of C{requests}: the member list is the client's own
             # business, tested in tests.test_client_members.  These members
@@ -123,6 +166,7 @@ class FakeCluster:
             self.listings.append((endpoint, timeout))
             raise FakeRpcError(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
         self.requests.append((endpoint, rpc, request, timeout))
+        self.ways.append(via)
         if endpoint in self.down:
             raise unavailable("failed to connect to all addresses", reason=None)
         if self.errors.get(endpoint):
@@ -257,6 +301,9 @@ class ClientTestCase(SynchronousTestCase):
     """A L{Client} over a L{FakeCluster} with fake time."""
 
     endpoints = (A, B, C)
+    #: KV requests over C{KV.Stream} (the default), or unary RPCs (the
+    #: C{Unary...} twin of every test class, at the end of this module).
+    stream = True
 
     def setUp(self) -> None:
         self.cluster = FakeCluster()
@@ -265,7 +312,7 @@ class ClientTestCase(SynchronousTestCase):
 
     def make_client(self, **kwargs) -> Client:
         options = dict(timeout_s=5.0, channel_factory=self.cluster.channel, sleep=self.time.sleep,
-                       clock=self.time.clock, rng=LowRandom())
+                       clock=self.time.clock, rng=LowRandom(), stream=self.stream)
         options.update(kwargs)
         client = Client(list(self.endpoints), **options)
         self.addCleanup(client.close)
@@ -693,6 +740,8 @@ class LifecycleTests(ClientTestCase):
 class AsyncClientTests(SynchronousTestCase):
     """The asyncio client over fake aio channels."""
 
+    stream = True
+
     def setUp(self) -> None:
         self.cluster = FakeCluster()
         self.time = FakeTime()
@@ -701,7 +750,7 @@ class AsyncClientTests(SynchronousTestCase):
         """Run C{body(client)} in a fresh event loop with an AsyncClient; return its result."""
         async def main():
             async with AsyncClient([A, B, C], channel_factory=self.cluster.aio_channel, sleep=self.time.async_sleep,
-                                   clock=self.time.clock, rng=LowRandom(), **kwargs) as client:
+                                   clock=self.time.clock, rng=LowRandom(), **{"stream": self.stream, **kwargs}) as client:
                 return await body(client)
         return asyncio.run(main())
 
@@ -768,3 +817,67 @@ class KeyAfterTests(SynchronousTestCase):
         self.assertEqual(_key_after(b"b" * 511), b"b" * 510 + b"c")
         self.assertEqual(_key_after(b"b" * 509 + b"\xff\xff"), b"b" * 508 + b"c")
         self.assertIsNone(_key_after(b"\xff" * 511))
+
+
+class StreamPathTests(ClientTestCase):
+    """Which way requests go: KV requests over one stream per member; the rest, and an old server's, unary."""
+
+    def test_kv_requests_go_over_the_stream(self) -> None:
+        """Every KV request (the session's opening too) is streamed, one stream per member; a status is unary."""
+        self.client.put(b"k", b"v")
+        self.client.get(b"k")
+        self.client.txn([], [kvclient.put_op(b"t", b"1")])
+        self.client.status()
+        self.assertEqual([(r[1], way) for r, way in zip(self.cluster.requests, self.cluster.ways)],
+                         [("OpenSession", "stream"), ("Put", "stream"), ("Get", "stream"), ("Txn", "stream"),
+                          ("Status", "unary")])
+        opened = self.cluster.streams_opened
+        self.assertIn(C, opened)  # the leader's
+        self.assertEqual(len(opened), len(set(opened)))  # each member's opened once
+
+    def test_unary_when_asked(self) -> None:
+        """With stream=False nothing is streamed."""
+        client = self.make_client(stream=False)
+        client.put(b"k", b"v")
+        client.get(b"k")
+        self.assertEqual(set(self.cluster.ways), {"unary"})
+        self.assertEqual(self.cluster.streams_opened, [])
+
+    def test_member_without_stream(self) -> None:
+        """
+        A member that has no KV.Stream (UNIMPLEMENTED for the stream) is
+        sent the same request as a unary RPC, once, and unary from then on.
+        """
+        self.cluster.no_stream.update({A, B, C})
+        self.client.put(b"k", b"v")
+        self.client.put(b"k", b"w")
+        self.assertEqual([(r[1], way) for r, way in zip(self.cluster.requests, self.cluster.ways)],
+                         [("OpenSession", "unary"), ("Put", "unary"), ("Put", "unary")])
+        opened = self.cluster.streams_opened
+        self.assertIn(C, opened)
+        self.assertEqual(len(opened), len(set(opened)))
+        self.assertEqual(self.cluster.applied, [(b"k", b"v"), (b"k", b"w")])
+
+    def test_streamed_error_is_the_unary_error(self) -> None:
+        """A streamed request's failure is read as the unary RPC's: a named leader is followed."""
+        self.cluster.leader = 1
+        self.cluster.followers_refuse = True
+        self.client.put(b"k", b"v")
+        self.assertEqual(self.cluster.data, {b"k": b"v"})
+        self.assertEqual(self.endpoints_sent("Put")[-1], A)
+        self.assertEqual(set(self.cluster.ways), {"stream"})
+
+
+def _unary_twin(case: type) -> type:
+    """C{case} run with C{stream=False}: every behaviour holds on the unary path too."""
+    return type(f"Unary{case.__name__}", (case,), {"stream": False, "__doc__": f"{case.__doc__} (unary RPCs)"})
+
+
+UnaryLeaderTests = _unary_twin(LeaderTests)
+UnaryRetryTests = _unary_twin(RetryTests)
+UnaryErrorDetailsTests = _unary_twin(ErrorDetailsTests)
+UnarySessionTests = _unary_twin(SessionTests)
+UnaryRangeTests = _unary_twin(RangeTests)
+UnaryTxnTests = _unary_twin(TxnTests)
+UnaryLifecycleTests = _unary_twin(LifecycleTests)
+UnaryAsyncClientTests = _unary_twin(AsyncClientTests)

@@ -41,9 +41,9 @@ class MembersCluster(FakeCluster):
         self.members = [member(1, A), member(2, B), member(3, C)]
         self.list_error = None
 
-    def serve(self, endpoint: str, rpc: str, request, timeout):
+    def serve(self, endpoint: str, rpc: str, request, timeout, via: str = "unary"):
         if rpc != "MemberList":
-            return super().serve(endpoint, rpc, request, timeout)
+            return super().serve(endpoint, rpc, request, timeout, via)
         self.listings.append((endpoint, timeout))
         if endpoint in self.down:
             raise unavailable("failed to connect to all addresses", reason=None)

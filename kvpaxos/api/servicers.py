@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import time
 from functools import partial
 from typing import Any, Callable, NoReturn, Optional
 
@@ -136,6 +137,10 @@ class _NodeCalls:
         Called in the gRPC thread's event loop.
         """
         remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            # A streamed request whose timeout was up when it was read (a
+            # unary one never gets here: grpcio ends it first).
+            _abort(unavailable("the request's timeout passed before it ran", self.leader), self.member_id)
         wait_s = self._request_timeout_s if remaining is None else min(remaining, self._request_timeout_s)
         node_timeout_s = wait_s * NODE_TIMEOUT_SHARE
         post = self.post
@@ -341,7 +346,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
                     if kind is None or len(running) + out.unwritten >= MAX_STREAM_REQUESTS:
                         out.answer(_stream_error(one.id, _stream_refusal(kind), self._calls.member_id))
                         continue
-                    task = asyncio.ensure_future(self._streamed(kind, one, out))
+                    task = asyncio.ensure_future(self._streamed(kind, one, out, _streamed_context(one)))
                     running.add(task)
                     task.add_done_callback(running.discard)
             if running:
@@ -355,10 +360,10 @@ class KVServicer(kv_pb2_grpc.KVServicer):
                 writer.cancel()  # the call is gone (cancelled or failed): nothing to write to
         await writer
 
-    async def _streamed(self, kind: str, one: kv_pb2.StreamRequest, out: "_StreamAnswers") -> None:
+    async def _streamed(self, kind: str, one: kv_pb2.StreamRequest, out: "_StreamAnswers", context) -> None:
         method = _STREAMED[kind]
         try:
-            response = await method(self, getattr(one, kind), _IN_A_STREAM)
+            response = await method(self, getattr(one, kind), context)
         except _Abort as abort:
             out.answer(_stream_error(one.id, abort.status))
             return
@@ -388,7 +393,7 @@ _STREAMED = {
 
 
 class _InAStream:
-    """The context a streamed request's handler sees: no deadline of its own (the request timeout applies)."""
+    """The context a streamed request without a timeout sees: no deadline of its own (the request timeout applies)."""
 
     @staticmethod
     def time_remaining() -> None:
@@ -396,6 +401,25 @@ class _InAStream:
 
 
 _IN_A_STREAM = _InAStream()
+
+
+class _StreamedDeadline:
+    """The context a streamed request with a timeout sees: its deadline, counted from when it was read."""
+
+    __slots__ = ("_deadline",)
+
+    def __init__(self, timeout_s: float) -> None:
+        self._deadline = time.monotonic() + timeout_s
+
+    def time_remaining(self) -> float:
+        return max(0.0, self._deadline - time.monotonic())
+
+
+def _streamed_context(one: kv_pb2.StreamRequest):
+    """The context request C{one} of a stream runs with: its own timeout, if it carries one."""
+    if not one.HasField("timeout"):
+        return _IN_A_STREAM
+    return _StreamedDeadline(one.timeout.ToNanoseconds() / 1e9)
 
 
 def _stream_refusal(kind: Optional[str]) -> Status:

@@ -16,10 +16,11 @@ import grpc.aio
 
 from kvpaxos.api.endpoints import CHANNEL_OPTIONS, parse_endpoint
 from kvpaxos.client import requests
-from kvpaxos.client.blocking import DEFAULT_REFRESH_S, Reply, _Base
+from kvpaxos.client.blocking import DEFAULT_REFRESH_S, Connection, Reply, _Base
 from kvpaxos.client.errors import member_error, rpc_failure
 from kvpaxos.client.requests import BytesLike, Operation, RangePager, RangeResult
 from kvpaxos.client.retry import Backoff, Pause, Refresh, Session
+from kvpaxos.client.stream import Multiplexer
 from kvpaxos.v1 import kv_pb2
 
 __all__ = ["AsyncClient", "open_aio_channel"]
@@ -37,7 +38,8 @@ def open_aio_channel(endpoint: str) -> grpc.aio.Channel:
 class AsyncClient(_Base):
     """
     The asyncio twin of L{Client} on C{grpc.aio}: the same arguments
-    (C{sleep} is a coroutine function, default C{asyncio.sleep}) and the
+    (C{stream} multiplexes concurrent coroutines' KV requests over one
+    C{KV.Stream} per member; C{sleep} is a coroutine function, default C{asyncio.sleep}) and the
     same methods as coroutines; C{range_pages} is an async iterator,
     C{close} a coroutine, and it is an async context manager.  Use one
     AsyncClient from one event loop; concurrent coroutines share the
@@ -49,10 +51,10 @@ class AsyncClient(_Base):
         self, endpoints: Union[Sequence[str], str], timeout_s: float = 5.0, session: bool = True,
         channel_factory: Optional[Callable[[str], Any]] = None, sleep: Callable[[float], Any] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic, rng: Optional[random.Random] = None,
-        backoff: Optional[Backoff] = None, refresh_s: Optional[float] = DEFAULT_REFRESH_S,
+        backoff: Optional[Backoff] = None, refresh_s: Optional[float] = DEFAULT_REFRESH_S, stream: bool = True,
     ) -> None:
         super().__init__(endpoints, timeout_s, session, channel_factory or open_aio_channel, clock, rng, backoff,
-                         refresh_s)
+                         refresh_s, Multiplexer if stream else None)
         self._sleep = sleep
 
     async def _attempt(self, operation: Operation, request: Any, deadline: float, in_session: bool) -> Reply:
@@ -70,14 +72,24 @@ class AsyncClient(_Base):
                     continue  # not the request's failure
                 attempts.listed(step.endpoint, listing)
                 continue
-            stub = getattr(self._connection(step.endpoint), operation.service)
             try:
-                response = await getattr(stub, operation.rpc)(request, timeout=step.timeout_s)
+                response = await self._send(self._connection(step.endpoint), operation, request, step.timeout_s)
             except grpc.RpcError as error:
                 attempts.failed(step.endpoint, rpc_failure(error))
                 continue
             attempts.answered(step.endpoint, response.header)
             return Reply(step.endpoint, response)
+
+    @staticmethod
+    async def _send(connection: Connection, operation: Operation, request: Any, timeout_s: float) -> Any:
+        kind = connection.streamed_kind(operation)
+        if kind is not None:
+            try:
+                return await connection.stream.request(kind, request, timeout_s)
+            except grpc.RpcError as error:
+                if not connection.unstreamed(error):
+                    raise
+        return await getattr(getattr(connection, operation.service), operation.rpc)(request, timeout=timeout_s)
 
     async def call(self, operation: Operation) -> Reply:
         """See L{Client.call}."""
@@ -181,6 +193,8 @@ class AsyncClient(_Base):
     async def close(self) -> None:
         """Close every channel; the client cannot be used afterwards."""
         for connection in self._take_connections():
+            if connection.stream is not None:
+                await connection.stream.close()
             await connection.channel.close()
 
     async def __aenter__(self) -> "AsyncClient":

@@ -20,6 +20,7 @@ from kvpaxos.client import requests
 from kvpaxos.client.errors import ClientError, member_error, rpc_failure
 from kvpaxos.client.requests import BytesLike, Operation, RangePager, RangeResult
 from kvpaxos.client.retry import Backoff, Directory, Pause, Refresh, RetryPolicy, Session, SessionPool
+from kvpaxos.client.stream import KIND_OF_RPC, BlockingMultiplexer, broken
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
 
 __all__ = ["Client", "Connection", "DEFAULT_REFRESH_S", "Reply", "open_channel"]
@@ -43,18 +44,42 @@ class Reply(NamedTuple):
 
 
 class Connection:
-    """The stubs for one endpoint, over one channel."""
+    """
+    The stubs for one endpoint, over one channel, and the C{KV.Stream}
+    multiplexer (C{stream}) its KV requests go through when the client
+    streams (None: unary RPCs, also after the member turned out to have
+    no C{KV.Stream}).
+    """
 
-    def __init__(self, channel) -> None:
+    def __init__(self, channel, multiplexer: Optional[Callable[[Any], Any]] = None) -> None:
         self.channel = channel
         self.kv = kv_pb2_grpc.KVStub(channel)
         self.cluster = kv_pb2_grpc.ClusterStub(channel)
+        self.stream = multiplexer(channel) if multiplexer is not None else None
+
+    def streamed_kind(self, operation: Operation) -> Optional[str]:
+        """The stream request kind C{operation} goes as, or None when it goes as a unary RPC."""
+        if self.stream is None or operation.service != "kv":
+            return None
+        return KIND_OF_RPC.get(operation.rpc)
+
+    def unstreamed(self, error: grpc.RpcError) -> bool:
+        """
+        True when C{error} (of a streamed request) says the member has no
+        C{KV.Stream} (UNIMPLEMENTED for the whole stream: nothing ran):
+        this connection sends unary RPCs from now on.
+        """
+        if broken(error) and error.code() is grpc.StatusCode.UNIMPLEMENTED:
+            self.stream = None
+            return True
+        return False
 
 
 class _Base:
     """What both clients share: the policy, the sessions and the connections."""
 
-    def __init__(self, endpoints, timeout_s, session, channel_factory, clock, rng, backoff, refresh_s) -> None:
+    def __init__(self, endpoints, timeout_s, session, channel_factory, clock, rng, backoff, refresh_s,
+                 multiplexer) -> None:
         self._policy = RetryPolicy(
             Directory(parse_endpoints(endpoints), refresh_s), backoff or Backoff(), rng or random.Random(), timeout_s)
         self._sessions = SessionPool() if session else None
@@ -63,6 +88,7 @@ class _Base:
         self._connections: dict[str, Connection] = {}
         self._connections_lock = threading.Lock()
         self._closed = False
+        self._multiplexer = multiplexer
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -80,7 +106,8 @@ class _Base:
                 raise ClientError("the client is closed")
             connection = self._connections.get(endpoint)
             if connection is None:
-                connection = self._connections[endpoint] = Connection(self._channel_factory(endpoint))
+                connection = self._connections[endpoint] = Connection(self._channel_factory(endpoint),
+                                                                      self._multiplexer)
             return connection
 
     def _take_connections(self) -> list[Connection]:
@@ -103,6 +130,11 @@ class Client(_Base):
     @param sleep: waits between rounds of retries.
     @param clock: monotonic seconds.
     @param rng: jitter for the pauses.
+    @param stream: send the KV requests of concurrent calls to a member
+        over one C{KV.Stream} (L{kvpaxos.client.stream}), several to a
+        message when they queue up; each is still its own request, with
+        its own retries, result and error.  A member without C{KV.Stream}
+        is sent unary RPCs.  False: unary RPCs only.
     @param refresh_s: list the members (C{Cluster.MemberList}) before the
         first request, then every C{refresh_s} seconds and after a round in
         which every endpoint failed, and try the members' client addresses
@@ -116,9 +148,10 @@ class Client(_Base):
         self, endpoints: Union[Sequence[str], str], timeout_s: float = 5.0, session: bool = True,
         channel_factory: Optional[Callable[[str], Any]] = None, sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic, rng: Optional[random.Random] = None,
-        backoff: Optional[Backoff] = None, refresh_s: Optional[float] = DEFAULT_REFRESH_S,
+        backoff: Optional[Backoff] = None, refresh_s: Optional[float] = DEFAULT_REFRESH_S, stream: bool = True,
     ) -> None:
-        super().__init__(endpoints, timeout_s, session, channel_factory or open_channel, clock, rng, backoff, refresh_s)
+        super().__init__(endpoints, timeout_s, session, channel_factory or open_channel, clock, rng, backoff, refresh_s,
+                         BlockingMultiplexer if stream else None)
         self._sleep = sleep
 
     # -- driving the policy
@@ -138,14 +171,24 @@ class Client(_Base):
                     continue  # not the request's failure: it goes on with what it knows
                 attempts.listed(step.endpoint, listing)
                 continue
-            stub = getattr(self._connection(step.endpoint), operation.service)
             try:
-                response = getattr(stub, operation.rpc)(request, timeout=step.timeout_s)
+                response = self._send(self._connection(step.endpoint), operation, request, step.timeout_s)
             except grpc.RpcError as error:
                 attempts.failed(step.endpoint, rpc_failure(error))
                 continue
             attempts.answered(step.endpoint, response.header)
             return Reply(step.endpoint, response)
+
+    @staticmethod
+    def _send(connection: Connection, operation: Operation, request: Any, timeout_s: float) -> Any:
+        kind = connection.streamed_kind(operation)
+        if kind is not None:
+            try:
+                return connection.stream.request(kind, request, timeout_s)
+            except grpc.RpcError as error:
+                if not connection.unstreamed(error):
+                    raise
+        return getattr(getattr(connection, operation.service), operation.rpc)(request, timeout=timeout_s)
 
     def call(self, operation: Operation) -> Reply:
         """
@@ -278,6 +321,8 @@ class Client(_Base):
     def close(self) -> None:
         """Close every channel; the client cannot be used afterwards."""
         for connection in self._take_connections():
+            if connection.stream is not None:
+                connection.stream.close()
             connection.channel.close()
 
     def __enter__(self) -> "Client":

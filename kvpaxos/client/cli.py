@@ -363,6 +363,7 @@ def main(
         client = Client(
             invocation.endpoints, timeout_s=invocation.timeout_s, session=invocation.session,
             channel_factory=channel_factory, sleep=sleep, clock=clock, rng=rng,
+            stream=False,  # one request per command: a stream would save nothing
         )
         with client:
             return Actions(invocation, client, stdout, stderr).run()

@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -353,8 +356,9 @@ class Member(_message.Message):
     def __init__(self, member_id: _Optional[int] = ..., role: _Optional[str] = ..., peer_address: _Optional[str] = ..., client_address: _Optional[str] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
-    __slots__ = ("id", "get", "put", "delete", "append", "range", "txn", "compare_and_swap", "open_session")
+    __slots__ = ("id", "timeout", "get", "put", "delete", "append", "range", "txn", "compare_and_swap", "open_session")
     ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     GET_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
@@ -364,6 +368,7 @@ class StreamRequest(_message.Message):
     COMPARE_AND_SWAP_FIELD_NUMBER: _ClassVar[int]
     OPEN_SESSION_FIELD_NUMBER: _ClassVar[int]
     id: int
+    timeout: _duration_pb2.Duration
     get: GetRequest
     put: PutRequest
     delete: DeleteRequest
@@ -372,7 +377,7 @@ class StreamRequest(_message.Message):
     txn: TxnRequest
     compare_and_swap: CompareAndSwapRequest
     open_session: OpenSessionRequest
-    def __init__(self, id: _Optional[int] = ..., get: _Optional[_Union[GetRequest, _Mapping]] = ..., put: _Optional[_Union[PutRequest, _Mapping]] = ..., delete: _Optional[_Union[DeleteRequest, _Mapping]] = ..., append: _Optional[_Union[AppendRequest, _Mapping]] = ..., range: _Optional[_Union[RangeRequest, _Mapping]] = ..., txn: _Optional[_Union[TxnRequest, _Mapping]] = ..., compare_and_swap: _Optional[_Union[CompareAndSwapRequest, _Mapping]] = ..., open_session: _Optional[_Union[OpenSessionRequest, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., get: _Optional[_Union[GetRequest, _Mapping]] = ..., put: _Optional[_Union[PutRequest, _Mapping]] = ..., delete: _Optional[_Union[DeleteRequest, _Mapping]] = ..., append: _Optional[_Union[AppendRequest, _Mapping]] = ..., range: _Optional[_Union[RangeRequest, _Mapping]] = ..., txn: _Optional[_Union[TxnRequest, _Mapping]] = ..., compare_and_swap: _Optional[_Union[CompareAndSwapRequest, _Mapping]] = ..., open_session: _Optional[_Union[OpenSessionRequest, _Mapping]] = ...) -> None: ...
 
 class StreamRequests(_message.Message):
     __slots__ = ("requests",)
