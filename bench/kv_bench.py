@@ -95,6 +95,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import grpc  # noqa: E402
 import grpc.aio  # noqa: E402
 
+from kvpaxos import client as kvclient  # noqa: E402
 from kvpaxos.api.endpoints import CHANNEL_OPTIONS  # noqa: E402
 from kvpaxos.client.stream import Multiplexer  # noqa: E402
 from kvpaxos.cluster import twistd_command  # noqa: E402
@@ -102,6 +103,16 @@ from kvpaxos.testing.processes import ProcessCluster  # noqa: E402
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc  # noqa: E402
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+#: How the generator sends (--client).
+CLIENTS = {
+    "raw": "grpc.aio unary stubs, prepared messages (default)",
+    "stream": "one KV.Stream per channel through kvpaxos.client.stream.Multiplexer",
+    "async": "kvpaxos.client.AsyncClient (sessions, retries; KV.Stream), one for all coroutines",
+    "async-unary": "AsyncClient with stream=False",
+    "blocking": "kvpaxos.client.Client (KV.Stream) from --clients threads",
+    "blocking-unary": "Client with stream=False, from threads",
+}
 
 
 @dataclass(frozen=True)
@@ -352,14 +363,77 @@ async def drive(calls: list, requests: list, clients: int, timeout_s: float,
             start = clock()
             try:
                 response = await call(request, timeout=timeout_s)
-            except grpc.aio.AioRpcError as error:
+            except grpc.RpcError as error:
                 errors[error.code().name] += 1
+                continue
+            except kvclient.ClientError as error:
+                errors[type(error).__name__] += 1
                 continue
             record(clock() - start)
             if not check(response):
                 errors["UNEXPECTED_ANSWER"] += 1
 
     await asyncio.gather(*(client(calls[i % len(calls)]) for i in range(clients)))
+    return latencies, errors
+
+
+def library_call(client, kind: str) -> Callable:
+    """
+    A C{call(request, timeout=...)} that sends a prepared request message
+    through C{client} (L{kvpaxos.client.AsyncClient} or L{Client}): its
+    session, retries and routing, as a user's program would.
+    """
+    def operation(request):
+        if kind == "put":
+            return kvclient.put_operation(request.key, request.value)
+        if kind == "get":
+            return kvclient.get_operation(request.key, request.consistency)
+        return kvclient.txn_operation(request.compare, request.success, request.failure)
+
+    if isinstance(client, kvclient.Client):
+        return lambda request, timeout=None: client.call(operation(request)).response
+
+    async def call(request, timeout=None):
+        return (await client.call(operation(request))).response
+
+    return call
+
+
+def drive_threads(call: Callable, requests: list, clients: int,
+                  check: Callable) -> tuple[list[float], collections.Counter]:
+    """L{drive} for the blocking client: C{clients} threads, each taking the next request when its last is answered."""
+    import threading
+
+    pending = iter(requests)
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors: collections.Counter = collections.Counter()
+
+    def client() -> None:
+        clock = time.perf_counter
+        while True:
+            with lock:
+                request = next(pending, None)
+            if request is None:
+                return
+            start = clock()
+            try:
+                response = call(request)
+            except kvclient.ClientError as error:
+                with lock:
+                    errors[type(error).__name__] += 1
+                continue
+            latency = clock() - start
+            with lock:
+                latencies.append(latency)
+                if not check(response):
+                    errors["UNEXPECTED_ANSWER"] += 1
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     return latencies, errors
 
 
@@ -425,14 +499,18 @@ async def run_workload(w: Workload, run: int, target: Target, channels: dict, ar
     """One run of C{w}: warm up, then the timed part; return its figures."""
     method = {"put": "Put", "get": "Get", "txn": "Txn"}[w.kind]
     members = sorted(target.endpoints) if w.spread else [target.leader]
-    if args.stream:
+    if args.client == "stream":
         calls = [mux.caller(w.kind) for m in members for mux in args.multiplexers[m]]
-    else:
+    elif args.client == "raw":
         calls = [getattr(stub, method) for m in members for stub in channels[m]]
+    else:  # the client library routes by itself: "spread" does not apply
+        calls = [library_call(args.library_client, w.kind)]
     check = answer_check(w.kind)
     prefix = f"{w.name.lower()}{run}-"
     warm = build_requests(w, prefix + "w", min(args.warmup, w.requests), args, read_keys)
-    if warm:
+    if warm and args.client == "blocking":
+        await asyncio.to_thread(drive_threads, calls[0], warm, min(w.clients, len(warm)), check)
+    elif warm:
         await drive(calls, warm, min(w.clients, len(warm)), args.timeout, check)
     requests = build_requests(w, prefix, w.requests, args, read_keys)
 
@@ -446,7 +524,10 @@ async def run_workload(w: Workload, run: int, target: Target, channels: dict, ar
     self_before = process_cpu(os.getpid())
     cpu_before = time.process_time()
     start = time.perf_counter()
-    latencies, errors = await drive(calls, requests, w.clients, args.timeout, check)
+    if args.client == "blocking":
+        latencies, errors = await asyncio.to_thread(drive_threads, calls[0], requests, w.clients, check)
+    else:
+        latencies, errors = await drive(calls, requests, w.clients, args.timeout, check)
     wall_s = time.perf_counter() - start
     cpu_s = {"generator": time.process_time() - cpu_before}
     # user / system seconds and context switches (voluntary + involuntary,
@@ -515,8 +596,16 @@ async def bench(args, endpoints: list[str], pids_by_port: Callable) -> dict:
                   for _ in range(args.conns)]
               for m, e in members.items()}
     channels = {m: [kv_pb2_grpc.KVStub(ch) for ch in chs] for m, chs in opened.items()}
-    # --stream: each client's requests go over one KV.Stream per channel.
+    # --client stream: each client's requests go over one KV.Stream per channel.
     args.multiplexers = {m: [Multiplexer(ch) for ch in chs] for m, chs in opened.items()}
+    ordered = [members[m] for m in sorted(members)]
+    if args.client in ("async", "async-unary"):
+        args.library_client = kvclient.AsyncClient(ordered, timeout_s=args.timeout,
+                                                   stream=args.client == "async")
+    elif args.client in ("blocking", "blocking-unary"):
+        args.library_client = kvclient.Client(ordered, timeout_s=args.timeout, stream=args.client == "blocking")
+    else:
+        args.library_client = None
     results = {}
     read_keys: list[bytes] = []
     try:
@@ -550,6 +639,12 @@ async def bench(args, endpoints: list[str], pids_by_port: Callable) -> dict:
                 "runs": runs,
             }
     finally:
+        if isinstance(args.library_client, kvclient.AsyncClient):
+            await args.library_client.close()
+        elif args.library_client is not None:
+            args.library_client.close()
+        for mux in (mux for muxes in args.multiplexers.values() for mux in muxes):
+            await mux.close()
         for chs in opened.values():
             for ch in chs:
                 await ch.close()
@@ -610,9 +705,10 @@ def parse_args(argv):
                         help="override the 64 concurrent clients (W2 stays at 1)")
     parser.add_argument("--conns", type=int, default=1,
                         help="gRPC channels per member (default 1)")
-    parser.add_argument("--stream", action="store_true",
-                        help="send the requests over one KV.Stream per channel (issue 12's"
-                             " multiplexed path) instead of unary RPCs")
+    parser.add_argument("--client", choices=CLIENTS, default="raw",
+                        help="how requests are sent: " + "; ".join(f"{k}: {v}" for k, v in CLIENTS.items()))
+    parser.add_argument("--stream", dest="client", action="store_const", const="stream",
+                        help="the same as --client stream")
     parser.add_argument("--key-bytes", type=int, default=16)
     parser.add_argument("--value-bytes", type=int, default=100)
     parser.add_argument("--read-keys", type=int, default=1000,
@@ -722,6 +818,7 @@ def main(argv=None) -> int:
         "storage": args.storage if cluster is not None else "unknown (--endpoints)",
         "argv": sys.argv[1:] if argv is None else list(argv),
         "scale": args.scale,
+        "client": args.client,
         "runs": args.runs,
     }
     print()
