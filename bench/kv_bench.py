@@ -32,6 +32,7 @@ Workloads (counts are the issue's; C{--scale} multiplies them):
     W1s  W1 spread over all members (client i talks to member i mod n)
     W2   1 client, 2,000 sequential puts to the leader
     W3   64 clients, 20,000 linearizable gets of existing keys, to the leader
+    W3s  W3 spread over all members (a follower asks the leader for a read index)
     W4   64 clients, 20,000 serializable gets, spread over all members
     W5   64 clients, Txns of 100 puts each, 200,000 puts in all, to the leader
          (ops/s counts puts; latency is per Txn)
@@ -146,6 +147,8 @@ WORKLOADS = {
         Workload("W2", "put", 1, 2_000, description="1 client, sequential puts to the leader"),
         Workload("W3", "get", 64, 20_000,
                  description="64 clients, linearizable gets to the leader"),
+        Workload("W3s", "get", 64, 20_000, spread=True,
+                 description="64 clients, linearizable gets spread over all members"),
         Workload("W4", "get", 64, 20_000, spread=True, consistency=kv_pb2.SERIALIZABLE,
                  description="64 clients, serializable gets spread over all members"),
         Workload("W5", "txn", 64, 2_000, ops_per_request=100,

@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import datetime
 import importlib
 import json

@@ -384,12 +384,12 @@ class GrpcServerTests(RunningServer, SynchronousTestCase):
         enqueued = []
         enqueue = self.server.crossing.enqueue
 
-        def counting_enqueue(call):
-            future = enqueue(call)
+        def counting_enqueue(call, done):
+            crossing = enqueue(call, done)
             with queued:
-                enqueued.append(future)
+                enqueued.append(crossing)
                 queued.notify_all()
-            return future
+            return crossing
 
         self.server.crossing.enqueue = counting_enqueue
         calls = [self.kv.Get.future(kv_pb2.GetRequest(key=b"k%d" % i), timeout=BOUND_S) for i in range(count)]
@@ -916,74 +916,106 @@ class StreamTests(RunningServer, SynchronousTestCase):
         self.assertEqual(answers[2].WhichOneof("response"), "put")
 
 
+class Outcome:
+    """What a crossed call's C{done} was given: C{ok} and C{value}, once."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[bool, object]] = []
+
+    def __call__(self, ok: bool, value) -> None:
+        self.calls.append((ok, value))
+
+    def done(self) -> bool:
+        return bool(self.calls)
+
+    @property
+    def value(self):
+        (ok, value), = self.calls  # exactly once
+        return value
+
+
 class ReactorCrossingTests(SynchronousTestCase):
-    """The batched hand-over from grpcio's threads to the reactor thread."""
+    """The batched hand-over from the gRPC thread to the reactor thread."""
 
     def setUp(self) -> None:
         self.reactor = ThreadedTestReactor()
         self.crossing = ReactorCrossing(self.reactor)
 
+    def enqueue(self, call) -> Outcome:
+        outcome = Outcome()
+        self.crossing.enqueue(call, outcome)
+        return outcome
+
     def test_one_drain_per_batch(self) -> None:
         """Calls queued from many threads before a drain all run in that one drain."""
-        futures = []
+        outcomes = []
         lock = threading.Lock()
 
         def enqueue(i: int) -> None:
-            future = self.crossing.enqueue(lambda: i * 2)
+            outcome = self.enqueue(lambda: i * 2)
             with lock:
-                futures.append(future)
+                outcomes.append(outcome)
 
         threads = [threading.Thread(target=enqueue, args=(i,)) for i in range(8)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(BOUND_S)
-        self.reactor.pump_until(lambda: all(future.done() for future in futures))
-        self.assertEqual(sorted(future.result(0) for future in futures), [i * 2 for i in range(8)])
+        self.reactor.pump_until(lambda: len(outcomes) == 8 and all(o.done() for o in outcomes))
+        self.assertEqual(sorted(o.value for o in outcomes), [i * 2 for i in range(8)])
+        self.assertEqual([o.calls[0][0] for o in outcomes], [True] * 8)
         self.assertEqual((self.crossing.drains, self.crossing.calls), (1, 8))
 
     def test_next_batch_new_drain(self) -> None:
         """A call queued after a drain schedules a new drain."""
-        first = self.crossing.enqueue(lambda: 1)
+        first = self.enqueue(lambda: 1)
         self.reactor.pump_until(first.done)
-        second = self.crossing.enqueue(lambda: 2)
+        second = self.enqueue(lambda: 2)
         self.reactor.pump_until(second.done)
-        self.assertEqual((first.result(0), second.result(0), self.crossing.drains), (1, 2, 2))
+        self.assertEqual((first.value, second.value, self.crossing.drains), (1, 2, 2))
 
     def test_deferred_outcome(self) -> None:
-        """A call's Deferred resolves its Future when it fires, later."""
+        """A call's Deferred gives its outcome when it fires, later."""
         d = defer.Deferred()
-        future = self.crossing.enqueue(lambda: d)
+        outcome = self.enqueue(lambda: d)
         self.reactor.pump_until(lambda: self.crossing.calls == 1)
-        self.assertFalse(future.done())
+        self.assertFalse(outcome.done())
         d.callback("done")
-        self.assertEqual(future.result(0), "done")
+        self.assertEqual(outcome.calls, [(True, "done")])
 
     def test_failure_outcome(self) -> None:
-        """A call that raises fails its Future with the exception."""
-        future = self.crossing.enqueue(lambda: 1 / 0)
-        self.reactor.pump_until(future.done)
-        self.assertIsInstance(future.exception(0), ZeroDivisionError)
+        """A call that raises, or whose Deferred fails, gives the exception."""
+        raised = self.enqueue(lambda: 1 / 0)
+        failed = self.enqueue(lambda: defer.fail(KeyError("k")))
+        self.reactor.pump_until(lambda: raised.done() and failed.done())
+        self.assertEqual(raised.calls[0][0], False)
+        self.assertIsInstance(raised.value, ZeroDivisionError)
+        self.assertEqual(failed.calls[0][0], False)
+        self.assertIsInstance(failed.value, KeyError)
 
     def test_cancelled_not_run(self) -> None:
-        """A call whose Future was cancelled before the drain does not run."""
+        """A call cancelled before the drain does not run, and nothing is handed its outcome."""
         ran = []
-        future = self.crossing.enqueue(lambda: ran.append(1))
-        future.cancel()
-        witness = self.crossing.enqueue(lambda: None)
+        outcome = Outcome()
+        self.crossing.enqueue(lambda: ran.append(1), outcome).cancel()
+        witness = self.enqueue(lambda: None)
         self.reactor.pump_until(witness.done)
-        self.assertEqual(ran, [])
+        self.assertEqual((ran, outcome.calls), ([], []))
 
     def test_close(self) -> None:
-        """Closing fails queued and running calls, and every later call, with the error given."""
-        running = self.crossing.enqueue(defer.Deferred)
+        """Closing fails queued and running calls, and every later call, with the error given, once each."""
+        hung = defer.Deferred()
+        running = self.enqueue(lambda: hung)
         self.reactor.pump_until(lambda: self.crossing.calls == 1)
-        queued = self.crossing.enqueue(lambda: 1)
+        queued = self.enqueue(lambda: 1)
         self.crossing.close(lambda: Unavailable("node shutting down"))
-        later = self.crossing.enqueue(lambda: 2)
-        for future in (running, queued, later):
-            self.assertIsInstance(future.exception(0), Unavailable)
+        later = self.enqueue(lambda: 2)
+        for outcome in (running, queued, later):
+            self.assertEqual(outcome.calls[0][0], False)
+            self.assertIsInstance(outcome.value, Unavailable)
+        hung.callback("too late")  # a running call's outcome after the close is dropped
         self.reactor.pump_until(self.reactor.idle)
+        self.assertEqual(len(running.calls), 1)
         self.assertEqual(self.crossing.calls, 1)
 
 

@@ -251,6 +251,19 @@ def txn_op_to_proto(op: TxnOp) -> kv_pb2.RequestOp:
     return kv_pb2.RequestOp(request_range=range_to_proto(op))
 
 
+def _txn_ops_from_proto(messages) -> tuple:
+    """L{txn_op_from_proto} of every op of a branch (puts, the common op, converted inline)."""
+    ops = []
+    append = ops.append
+    for message in messages:
+        if message.WhichOneof("request") == "request_put":
+            put = message.request_put
+            append(Put(put.key, put.value, put.prev_kv))
+        else:
+            append(txn_op_from_proto(message))
+    return tuple(ops)
+
+
 def txn_request_from_proto(message: kv_pb2.TxnRequest) -> Request:
     """
     Return the checked TXN L{Request} of a C{TxnRequest}.
@@ -258,11 +271,8 @@ def txn_request_from_proto(message: kv_pb2.TxnRequest) -> Request:
     @raise InvalidArgument: anything L{compare_from_proto},
         L{txn_op_from_proto} or C{validate_request} refuses.
     """
-    txn = Txn(
-        tuple(compare_from_proto(c) for c in message.compare),
-        tuple(txn_op_from_proto(op) for op in message.success),
-        tuple(txn_op_from_proto(op) for op in message.failure),
-    )
+    txn = Txn(tuple(compare_from_proto(c) for c in message.compare),
+              _txn_ops_from_proto(message.success), _txn_ops_from_proto(message.failure))
     request = Request(Op.TXN, txn=txn, client_id=message.client_id, sequence=message.sequence)
     validate_request(request)
     return request

@@ -1,40 +1,44 @@
 """
-L{ReactorCrossing}: how gRPC handler threads reach the reactor thread, many
+L{ReactorCrossing}: how the gRPC thread reaches the reactor thread, many
 calls per reactor turn.
 
-A handler queues its call with a C{concurrent.futures.Future} and waits on
-the Future; the first call queued after a drain asks the reactor
-(C{callFromThread}) for one drain, which runs every call queued by then.
-So a burst of requests costs one reactor wake-up, not one each (measured
-~25% faster; see DESIGN.md).  Nothing here knows what the calls do.
+A handler queues its call with the callback that takes its outcome; the
+first call queued after a drain asks the reactor (C{callFromThread}) for
+one drain, which runs every call queued by then.  So a burst of requests
+costs one reactor wake-up, not one each (measured ~25% faster; see
+DESIGN.md).  A queued call is a small L{Crossing} (no lock, no condition
+of its own: the crossing's one lock guards the queue).  Nothing here knows
+what the calls do.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import threading
-from concurrent.futures import Future
-from functools import partial
 from typing import Any, Callable, Optional
 
 from twisted.internet import defer
 
-
-def _settle_result(future: Future, value: Any) -> None:
-    """Resolve C{future} unless it is already done (failed by a stop, or
-    cancelled by a handler that gave up)."""
-    try:
-        future.set_result(value)
-    except concurrent.futures.InvalidStateError:
-        pass
+#: What takes a call's outcome: C{done(True, value)} or C{done(False, error)}.
+Done = Callable[[bool, Any], None]
 
 
-def _settle_error(future: Future, error: BaseException) -> None:
-    """Fail C{future} with C{error} unless it is already done."""
-    try:
-        future.set_exception(error)
-    except concurrent.futures.InvalidStateError:
-        pass
+class Crossing:
+    """
+    One call queued by L{ReactorCrossing.enqueue}.  L{cancel} before it has
+    run keeps it from running (its C{done} is then never called).
+    """
+
+    __slots__ = ("call", "done", "cancelled", "settled")
+
+    def __init__(self, call: Callable[[], Any], done: Done) -> None:
+        self.call = call
+        self.done = done
+        self.cancelled = False
+        self.settled = False
+
+    def cancel(self) -> None:
+        """Do not run the call if it has not run yet (from any thread)."""
+        self.cancelled = True
 
 
 class ReactorCrossing:
@@ -44,7 +48,8 @@ class ReactorCrossing:
 
     L{enqueue} may be called from any thread; the queued calls run in the
     reactor thread, in the order queued, in a L{drain}.  A call returns a
-    value or a Deferred; its outcome resolves the Future L{enqueue} returned.
+    value or a Deferred; its outcome is handed once to the C{done} it was
+    queued with, in the reactor thread.
 
     @ivar drains: how many drains ran at least one call (read it in the
         reactor thread).
@@ -58,39 +63,38 @@ class ReactorCrossing:
         self._reactor = reactor
         self._lock = threading.Lock()
         # Guarded by _lock:
-        self._queued: list[tuple[Callable[[], Any], Future]] = []
-        self._pending: set[Future] = set()  # queued or running, not yet settled
+        self._queued: list[Crossing] = []
+        self._pending: set[Crossing] = set()  # queued or running, not yet settled
         self._drain_scheduled = False
         self._closed_error: Optional[Callable[[], BaseException]] = None
         # Reactor thread only:
         self.drains = 0
         self.calls = 0
 
-    def enqueue(self, call: Callable[[], Any]) -> Future:
+    def enqueue(self, call: Callable[[], Any], done: Done) -> Crossing:
         """
-        Queue C{call} to run in the reactor thread; return the Future of its
-        outcome.  After L{close}, the Future is already failed.
-
-        Cancelling the Future before the call has run keeps the call from
-        running at all.
+        Queue C{call} to run in the reactor thread; C{done(ok, value)} gets
+        its outcome (its result, or the exception it raised or its Deferred
+        failed with).  After L{close}, C{done} is called at once, in this
+        thread, with the close's error.
         """
-        future: Future = Future()
+        crossing = Crossing(call, done)
         with self._lock:
             closed_error = self._closed_error
             if closed_error is None:
-                self._queued.append((call, future))
-                self._pending.add(future)
+                self._queued.append(crossing)
+                self._pending.add(crossing)
                 schedule = not self._drain_scheduled
                 self._drain_scheduled = True
         if closed_error is not None:
-            future.set_exception(closed_error())
-            return future
-        future.add_done_callback(self._forget)
+            crossing.settled = True
+            done(False, closed_error())
+            return crossing
         if schedule:
             # Invariant: at most one drain is scheduled; every call queued
             # before it runs is run by it (it takes the whole queue).
             self._reactor.callFromThread(self.drain)
-        return future
+        return crossing
 
     def drain(self) -> None:
         """Run every queued call.  Called in the reactor thread."""
@@ -100,30 +104,48 @@ class ReactorCrossing:
         if not batch:
             return
         self.drains += 1
-        for call, future in batch:
-            if future.done():
+        settle = self._settle
+        for crossing in batch:
+            if crossing.cancelled or crossing.settled:
+                if not crossing.settled:
+                    with self._lock:
+                        self._pending.discard(crossing)
                 continue
             self.calls += 1
-            d = defer.maybeDeferred(call)
-            d.addCallbacks(partial(_settle_result, future), lambda f, fu=future: _settle_error(fu, f.value))
+            try:
+                result = crossing.call()
+            except BaseException as error:
+                settle(crossing, False, error)
+                continue
+            if isinstance(result, defer.Deferred):
+                result.addCallbacks(lambda value, c=crossing: settle(c, True, value),
+                                    lambda failure, c=crossing: settle(c, False, failure.value))
+            else:
+                settle(crossing, True, result)
+
+    def _settle(self, crossing: Crossing, ok: bool, value: Any) -> None:
+        with self._lock:
+            if crossing.settled:
+                return  # failed by a close while it ran: its outcome is dropped
+            crossing.settled = True
+            self._pending.discard(crossing)
+        crossing.done(ok, value)
 
     def close(self, error: Callable[[], BaseException]) -> None:
         """
-        Fail every queued or running call's Future with C{error()}, and every
-        later L{enqueue} too.  Calls already running in the reactor are left
-        to finish; their outcome is dropped.
+        Fail every queued or running call with C{error()}, and every later
+        L{enqueue} too.  Calls already running in the reactor are left to
+        finish; their outcome is dropped.
         """
         with self._lock:
             self._closed_error = error
             self._queued = []
-            pending = list(self._pending)
+            pending = [c for c in self._pending if not c.settled]
             self._pending.clear()
-        for future in pending:
-            _settle_error(future, error())
-
-    def _forget(self, future: Future) -> None:
-        with self._lock:
-            self._pending.discard(future)
+            for crossing in pending:
+                crossing.settled = True
+        for crossing in pending:
+            crossing.done(False, error())
 
 
 class LoopPost:

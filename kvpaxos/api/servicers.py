@@ -15,7 +15,6 @@ status of each failure.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import time
 from functools import partial
@@ -99,17 +98,6 @@ def _expire(waiter: asyncio.Future) -> None:
         waiter.set_exception(_Expired())
 
 
-def _settled(post: LoopPost, waiter: asyncio.Future, future: concurrent.futures.Future) -> None:
-    """C{future} (the crossing's) is done, in the reactor thread: settle C{waiter} in the loop."""
-    if future.cancelled():
-        return
-    error = future.exception()
-    if error is None:
-        post.settle(waiter, True, future.result())
-    else:
-        post.settle(waiter, False, error)
-
-
 class _NodeCalls:
     """
     What both servicers share: a call to the node across the crossing, the
@@ -145,8 +133,8 @@ class _NodeCalls:
         node_timeout_s = wait_s * NODE_TIMEOUT_SHARE
         post = self.post
         waiter = post.loop.create_future()
-        future = self._crossing.enqueue(partial(self._in_reactor, node_call, node_timeout_s))
-        future.add_done_callback(partial(_settled, post, waiter))
+        future = self._crossing.enqueue(partial(self._in_reactor, node_call, node_timeout_s),
+                                        partial(post.settle, waiter))
         timer = post.loop.call_later(wait_s, _expire, waiter)
         try:
             result, header = await waiter

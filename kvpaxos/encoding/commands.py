@@ -99,21 +99,24 @@ def _write_txn(txn: Txn, parts: list) -> None:
             parts.append(U8.pack(int(c.operand)))
         else:
             parts.append(U64.pack(c.operand))
+    op_head, u32 = _OP_HEAD.pack, U32.pack
     for branch in (txn.success, txn.failure):
         parts.append(U16.pack(len(branch)))
         for op in branch:
             kind = type(op)
+            if kind is Put:  # the common op, written directly
+                parts += [op_head(_TAG_PUT, _PREV_KV if op.prev_kv else 0, len(op.key)), op.key,
+                          u32(len(op.value)), op.value]
+                continue
             end = getattr(op, "end", None)
             flags = (_HAS_END if end is not None else 0) | (_PREV_KV if getattr(op, "prev_kv", False) else 0)
             if kind is Range:
                 flags |= (_KEYS_ONLY if op.keys_only else 0) | (_COUNT_ONLY if op.count_only else 0)
-            tag = {Put: _TAG_PUT, DeleteRange: _TAG_DELETE, Range: _TAG_RANGE}[kind]
-            parts += [_OP_HEAD.pack(tag, flags, len(op.key)), op.key]
+            tag = _TAG_DELETE if kind is DeleteRange else _TAG_RANGE
+            parts += [op_head(tag, flags, len(op.key)), op.key]
             if end is not None:
                 parts += [U16.pack(len(end)), end]
-            if kind is Put:
-                parts += [U32.pack(len(op.value)), op.value]
-            elif kind is Range:
+            if kind is Range:
                 parts.append(U64.pack(op.limit))
 
 
