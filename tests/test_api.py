@@ -139,7 +139,7 @@ class FakeNode:
         self.threads.add(threading.get_ident())
         return NodeStatus(
             member_id=1, role="follower", leader=2, voters=(3, 1, 2), learners=(4,),
-            chosen_index=17, applied_index=16,
+            chosen_index=17, applied_index=16, ballot_round=5,
         )
 
     def _apply(self, request: Request):
@@ -267,8 +267,8 @@ class GrpcServerTests(RunningServer, SynchronousTestCase):
         status = self.rpc(self.cluster.Status, kv_pb2.StatusRequest()).result()
         self.assertEqual(
             (status.member_id, status.role, status.leader_id, list(status.voters),
-             list(status.learners), status.chosen_index, status.applied_index),
-            (1, "follower", 2, [1, 2, 3], [4], 17, 16),
+             list(status.learners), status.chosen_index, status.applied_index, status.ballot_round),
+            (1, "follower", 2, [1, 2, 3], [4], 17, 16, 5),
         )
         self.assertEqual(status.header.member_id, 1)
 

@@ -115,7 +115,7 @@ class FakeCluster:
     def Status(self, request):
         return kv_pb2.StatusResponse(
             header=self.HEADER, member_id=1, role="follower", leader_id=2,
-            voters=[1, 2, 3], learners=[], chosen_index=9, applied_index=8,
+            voters=[1, 2, 3], learners=[], chosen_index=9, applied_index=8, ballot_round=4,
         )
 
 
@@ -340,8 +340,9 @@ class OutputTests(CliTestCase):
         """status prints a header row and one row per endpoint."""
         self.assertEqual(self.run_cli("status"), cli.EXIT_OK)
         lines = self.stdout.decode().splitlines()
-        self.assertEqual(lines[0].split(), ["ENDPOINT", "ID", "ROLE", "LEADER", "VOTERS", "LEARNERS", "CHOSEN", "APPLIED"])
-        self.assertEqual(lines[1].split(), [DEFAULT_ENDPOINT, "1", "follower", "2", "1,2,3", "-", "9", "8"])
+        self.assertEqual(lines[0].split(),
+                         ["ENDPOINT", "ID", "ROLE", "LEADER", "ROUND", "VOTERS", "LEARNERS", "CHOSEN", "APPLIED"])
+        self.assertEqual(lines[1].split(), [DEFAULT_ENDPOINT, "1", "follower", "2", "4", "1,2,3", "-", "9", "8"])
         self.assertEqual(len(lines), 2)
 
     def test_status_json(self) -> None:
@@ -350,6 +351,7 @@ class OutputTests(CliTestCase):
         members = json.loads(self.stdout)["members"]
         self.assertEqual([member["endpoint"] for member in members], ["a:1", "b:2"])
         self.assertEqual(members[0]["voters"], [1, 2, 3])
+        self.assertEqual(members[0]["ballot_round"], 4)
 
     def test_status_endpoint_down(self) -> None:
         """status reports an endpoint that fails on stderr, the others on stdout, and exits 1."""

@@ -4,6 +4,7 @@ runs the core: clusters of services in one process over a fake peer wire,
 with an injected clock and synchronous commits (no threads, no ports).
 """
 
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.internet.task import Clock
@@ -390,6 +391,33 @@ class ClusterTests(SynchronousTestCase):
         run(reactor, 4)
         self.assertFalse(self.successResultOf(d).existed)
         self.assertNotEqual(leader_of(wire), old)
+
+    def test_leader_changes_are_logged_and_counted(self):
+        """
+        Every node logs the leader it follows once per change, and reports
+        its ballot round, which a new election raises.
+        """
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        reactor, wire = make_cluster(3)
+        run(reactor, 2)
+        old = leader_of(wire)
+        first = {i: s.status().ballot_round for i, s in wire.services.items()}
+        self.assertEqual(len(set(first.values())), 1)
+        self.assertGreater(first[old], 0)
+        wire.down = {old}
+        run(reactor, 4)
+        new = leader_of(wire)
+        self.assertNotIn(new, (None, old))
+        for i in wire.services:
+            if i != old:
+                self.assertGreater(wire.services[i].status().ballot_round, first[i])
+        said = [formatEvent(e) for e in events if "ballot round" in e.get("log_format", "")]
+        self.assertIn(f"node {new} is the leader (ballot round {wire.services[new].status().ballot_round})", said)
+        follower = next(i for i in wire.services if i not in (old, new))
+        self.assertEqual(sum(1 for line in said if line.startswith(f"node {follower} follows leader {new} ")), 1)
+        self.assertEqual(sum(1 for line in said if line.startswith(f"node {follower} follows leader {old} ")), 1)
 
     def test_read_index_on_follower_is_refused(self):
         """A follower asked for a read index answers NotLeaderError naming the leader."""

@@ -504,6 +504,7 @@ class ClusterServicer(kv_pb2_grpc.ClusterServicer):
             learners=sorted(status.learners),
             chosen_index=status.chosen_index,
             applied_index=status.applied_index,
+            ballot_round=status.ballot_round,
         )
 
     @_rpc

@@ -228,6 +228,7 @@ class Actions(Output):
                 "learners": list(response.learners),
                 "chosen_index": response.chosen_index,
                 "applied_index": response.applied_index,
+                "ballot_round": response.ballot_round,
             })
         if i.json:
             self.json({"members": members})
@@ -239,14 +240,15 @@ class Actions(Output):
         def ids(values) -> str:
             return ",".join(map(str, values)) or "-"
 
-        rows = [("ENDPOINT", "ID", "ROLE", "LEADER", "VOTERS", "LEARNERS", "CHOSEN", "APPLIED")]
+        rows = [("ENDPOINT", "ID", "ROLE", "LEADER", "ROUND", "VOTERS", "LEARNERS", "CHOSEN", "APPLIED")]
         for member in members:
             if "error" in member:
                 self.error(member["error"])
                 continue
             rows.append((
                 member["endpoint"], str(member["member_id"]), member["role"],
-                str(member["leader_id"] or "-"), ids(member["voters"]), ids(member["learners"]),
+                str(member["leader_id"] or "-"), str(member["ballot_round"]), ids(member["voters"]),
+                ids(member["learners"]),
                 str(member["chosen_index"]), str(member["applied_index"]),
             ))
         if len(rows) == 1:

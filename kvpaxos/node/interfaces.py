@@ -65,6 +65,10 @@ class NodeStatus:
     learners: tuple[int, ...]
     chosen_index: int
     applied_index: int
+    #: The round of the leader's ballot as this node knows it: every
+    #: election raises it, so a leader change that ends with the same
+    #: leader still shows.
+    ballot_round: int = 0
 
 
 @dataclass(frozen=True)

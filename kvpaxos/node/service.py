@@ -161,6 +161,8 @@ class ReplicaService(Service):
         # Where a snapshot transfer's reads and staging run (SnapshotPath):
         # a pool thread and the writer thread, unless a test injects its own.
         self._snapshot_io = snapshot_io
+        #: (leader, its ballot round) as last logged.
+        self._leader_seen: tuple = (None, None)
         self._ticker = LoopingCall(self._tick)
         self._ticker.clock = reactor
         self._scheduled = None
@@ -292,8 +294,26 @@ class ReplicaService(Service):
             self._guard(self.replica.tick)
         self._last_tick_at += count * self.tick_s
 
+    def _note_leader(self) -> None:
+        """Log each change of the leader this node knows of, or of its ballot (an election that it won again)."""
+        replica = self.replica
+        leader = replica.leader
+        seen = (leader, replica.leader_ballot.round if leader is not None else None)
+        if seen == self._leader_seen:
+            return
+        self._leader_seen = seen
+        if leader is None:
+            self.log.info("node {node_id}: no leader known", node_id=self.node_id)
+        elif leader == self.node_id:
+            self.log.info("node {node_id} is the leader (ballot round {round})", node_id=self.node_id,
+                          round=seen[1])
+        else:
+            self.log.info("node {node_id} follows leader {leader} (ballot round {round})", node_id=self.node_id,
+                          leader=leader, round=seen[1])
+
     def _tick(self) -> None:
         self._catch_up_ticks()
+        self._note_leader()
         self.writes.route()
         self.reads.leader_may_be_known()
         self.membership.tick()
@@ -325,6 +345,7 @@ class ReplicaService(Service):
         self._guard(replica.step, message)
         if replica.leader != leader and replica.leader is not None:
             self.reads.leader_may_be_known()
+        self._note_leader()
         self._schedule()
 
     def _checking_snapshot(self, message: InstallSnapshot) -> bool:
@@ -495,4 +516,5 @@ class ReplicaService(Service):
             learners=tuple(sorted(replica.config.learners)),
             chosen_index=replica.chosen_index,
             applied_index=replica.applied,
+            ballot_round=replica.leader_ballot.round,
         )

@@ -308,7 +308,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("header", "member_id", "role", "leader_id", "voters", "learners", "chosen_index", "applied_index")
+    __slots__ = ("header", "member_id", "role", "leader_id", "voters", "learners", "chosen_index", "applied_index", "ballot_round")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -317,6 +317,7 @@ class StatusResponse(_message.Message):
     LEARNERS_FIELD_NUMBER: _ClassVar[int]
     CHOSEN_INDEX_FIELD_NUMBER: _ClassVar[int]
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
+    BALLOT_ROUND_FIELD_NUMBER: _ClassVar[int]
     header: ResponseHeader
     member_id: int
     role: str
@@ -325,7 +326,8 @@ class StatusResponse(_message.Message):
     learners: _containers.RepeatedScalarFieldContainer[int]
     chosen_index: int
     applied_index: int
-    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., member_id: _Optional[int] = ..., role: _Optional[str] = ..., leader_id: _Optional[int] = ..., voters: _Optional[_Iterable[int]] = ..., learners: _Optional[_Iterable[int]] = ..., chosen_index: _Optional[int] = ..., applied_index: _Optional[int] = ...) -> None: ...
+    ballot_round: int
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., member_id: _Optional[int] = ..., role: _Optional[str] = ..., leader_id: _Optional[int] = ..., voters: _Optional[_Iterable[int]] = ..., learners: _Optional[_Iterable[int]] = ..., chosen_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., ballot_round: _Optional[int] = ...) -> None: ...
 
 class MemberListRequest(_message.Message):
     __slots__ = ()
