@@ -881,6 +881,64 @@ class StreamTests(RunningServer, SynchronousTestCase):
         self.assertGreater(waits[b"a"], 0.5)  # its own timeout, not the 5 s request timeout
         self.assertEqual(waits[b"b"], self.request_timeout_s * NODE_TIMEOUT_SHARE)
 
+    def test_in_flight_caps(self) -> None:
+        """
+        Past the cap of one stream, and past the cap over every stream of
+        the server, requests are refused one by one (RESOURCE_EXHAUSTED,
+        TOO_MANY_REQUESTS) and never reach the node; the others run.
+        """
+        servicer = self.server.kv_servicer
+        servicer.stream_requests_max, servicer.server_stream_requests_max = 3, 5
+        hung = []
+
+        def hang() -> defer.Deferred:
+            hung.append(defer.Deferred())
+            return hung[-1]
+
+        self.node.answer = hang
+        release = threading.Event()
+        answers: dict = {"a": [], "b": []}
+        ended = threading.Semaphore(0)
+
+        def open_stream(name: str, count: int) -> None:
+            batch = kv_pb2.StreamRequests(requests=[
+                kv_pb2.StreamRequest(id=i, put=kv_pb2.PutRequest(key=b"%s%d" % (name.encode(), i), value=b"v"))
+                for i in range(1, count + 1)])
+
+            def requests():
+                yield batch
+                release.wait(BOUND_S)  # the stream stays open meanwhile
+
+            def consume() -> None:
+                try:
+                    for message in self.kv.Stream(requests(), timeout=BOUND_S):
+                        answers[name].extend(message.responses)
+                        self.reactor.wake()
+                finally:
+                    ended.release()
+                    self.reactor.wake()
+
+            threading.Thread(target=consume, daemon=True).start()
+
+        open_stream("a", 4)  # 3 run: the 4th is past the stream's cap
+        self.reactor.pump_until(lambda: len(answers["a"]) == 1 and len(hung) == 3)
+        open_stream("b", 3)  # 2 run: the 3rd is past the server's
+        self.reactor.pump_until(lambda: len(answers["b"]) == 1 and len(hung) == 5)
+        release.set()
+        for d in hung:
+            d.errback(Unavailable("released by the test"))
+        finished = []
+        self.reactor.pump_until(lambda: finished.append(ended.acquire(blocking=False)) or finished.count(True) == 2)
+        refused = {name: [self.error_of(a) for a in got if self.error_of(a)[0] is grpc.StatusCode.RESOURCE_EXHAUSTED]
+                   for name, got in answers.items()}
+        self.assertEqual([(len(got), len(refused[name])) for name, got in sorted(answers.items())], [(4, 1), (3, 1)])
+        self.assertEqual({reason for found in refused.values() for _, _, reason in found}, {errors.TOO_MANY_REQUESTS})
+        self.assertEqual([message for found in refused.values() for _, message, _ in found],
+                         ["more than 3 requests of one stream in flight",
+                          "more than 5 streamed requests in flight at this member"])
+        self.assertEqual(servicer._streamed_running, 0)
+        self.assertEqual(len([c for c in self.node.calls if c[0] == "submit"]), 5)
+
     def test_answers_split_under_the_message_limit(self) -> None:
         """Answers settled together go in as many messages as keep each under the budget."""
         from kvpaxos.api.servicers import _StreamAnswers

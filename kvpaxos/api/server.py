@@ -7,7 +7,7 @@ asyncio event loop of its own, in a thread of its own, beside the reactor.
 Threads.  The handlers are coroutines on the gRPC thread's loop.  The node
 (L{kvpaxos.node.interfaces.IKeyValueNode}) is called only in the reactor
 thread.  Handlers reach it through a L{ReactorCrossing}: a handler queues its
-call with a C{concurrent.futures.Future}; the first call queued after a
+call with the callback that takes its outcome; the first call queued after a
 drain asks the reactor (C{callFromThread}) for one drain, which runs every
 call queued by then, and the outcomes enter the loop in batches too
 (L{LoopPost}).  So a burst of requests costs one wake-up each way, not one
@@ -115,6 +115,8 @@ class GrpcServer(Service):
         self._thread: Optional[threading.Thread] = None
         self._server = None
         self._health = None
+        #: The C{kvpaxos.v1.KV} servicer, once started.
+        self.kv_servicer: Optional[KVServicer] = None
 
     def startService(self) -> None:
         """
@@ -150,7 +152,8 @@ class GrpcServer(Service):
             options=CHANNEL_OPTIONS + (("grpc.so_reuseport", 0),),
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         )
-        kv_pb2_grpc.add_KVServicer_to_server(KVServicer(self._node, self._calls), server)
+        self.kv_servicer = KVServicer(self._node, self._calls)
+        kv_pb2_grpc.add_KVServicer_to_server(self.kv_servicer, server)
         kv_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(self._node, self._calls), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

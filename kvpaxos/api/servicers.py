@@ -58,6 +58,12 @@ NODE_TIMEOUT_SHARE = 0.9
 _log = Logger()
 
 
+#: The most requests of one stream in flight at once, and of every stream
+#: of one server (L{KVServicer.stream_requests_max}, ...).
+MAX_STREAM_REQUESTS = 4096
+MAX_SERVER_STREAM_REQUESTS = 16384
+
+
 class _Abort(Exception):
     """End the RPC with C{status} (a C{grpc.Status}): raised by the helpers, caught by L{_rpc}."""
 
@@ -212,9 +218,18 @@ class KVServicer(kv_pb2_grpc.KVServicer):
     carries the revision the result names.
     """
 
+    #: The most requests of one stream, and of every stream of this
+    #: server together, in flight at once (running, or answered and not yet
+    #: written); more are refused one by one (RESOURCE_EXHAUSTED,
+    #: TOO_MANY_REQUESTS).  grpcio's own bound counts a stream as one RPC.
+    stream_requests_max: int = MAX_STREAM_REQUESTS
+    server_stream_requests_max: int = MAX_SERVER_STREAM_REQUESTS
+
     def __init__(self, node, calls: _NodeCalls) -> None:
         self._node = node
         self._calls = calls
+        #: Streamed requests running now, over every stream (loop thread only).
+        self._streamed_running = 0
 
     @_rpc
     async def Get(self, request: kv_pb2.GetRequest, context) -> kv_pb2.GetResponse:
@@ -331,12 +346,21 @@ class KVServicer(kv_pb2_grpc.KVServicer):
                     kind = one.WhichOneof("request")
                     # Running, or answered and not yet written (a client
                     # that does not read holds them): both count.
-                    if kind is None or len(running) + out.unwritten >= MAX_STREAM_REQUESTS:
-                        out.answer(_stream_error(one.id, _stream_refusal(kind), self._calls.member_id))
+                    refusal = None
+                    if kind is None:
+                        refusal = _NO_REQUEST
+                    elif len(running) + out.unwritten >= self.stream_requests_max:
+                        refusal = _too_many(f"more than {self.stream_requests_max} requests of one stream in flight")
+                    elif self._streamed_running >= self.server_stream_requests_max:
+                        refusal = _too_many(f"more than {self.server_stream_requests_max} streamed requests in "
+                                            "flight at this member")
+                    if refusal is not None:
+                        out.answer(_stream_error(one.id, refusal, self._calls.member_id))
                         continue
                     task = asyncio.ensure_future(self._streamed(kind, one, out, _streamed_context(one)))
                     running.add(task)
-                    task.add_done_callback(running.discard)
+                    self._streamed_running += 1
+                    task.add_done_callback(self._stream_task_done(running))
             if running:
                 await asyncio.gather(*running)
             ended = True
@@ -347,6 +371,12 @@ class KVServicer(kv_pb2_grpc.KVServicer):
             if not ended:
                 writer.cancel()  # the call is gone (cancelled or failed): nothing to write to
         await writer
+
+    def _stream_task_done(self, running: set) -> Callable:
+        def done(task) -> None:
+            running.discard(task)
+            self._streamed_running -= 1
+        return done
 
     async def _streamed(self, kind: str, one: kv_pb2.StreamRequest, out: "_StreamAnswers", context) -> None:
         method = _STREAMED[kind]
@@ -361,10 +391,6 @@ class KVServicer(kv_pb2_grpc.KVServicer):
             return
         out.answer(kv_pb2.StreamResponse(id=one.id, **{kind: response}))
 
-
-#: The most requests of one stream in flight at once; more are refused
-#: (RESOURCE_EXHAUSTED) one by one.
-MAX_STREAM_REQUESTS = 4096
 
 #: Stream request kinds -> the unary handler that serves each (unwrapped:
 #: a refusal is raised as L{_Abort}, then sent as that request's error).
@@ -410,14 +436,12 @@ def _streamed_context(one: kv_pb2.StreamRequest):
     return _StreamedDeadline(one.timeout.ToNanoseconds() / 1e9)
 
 
-def _stream_refusal(kind: Optional[str]) -> Status:
-    """The status of a stream request that is not run: no request in it, or too many in flight."""
-    if kind is None:
-        return Status(grpc.StatusCode.INVALID_ARGUMENT, "a stream request carries no request",
-                      errors.INVALID_ARGUMENT)
-    return Status(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                  f"more than {MAX_STREAM_REQUESTS} requests of one stream in flight",
-                  errors.TOO_MANY_REQUESTS)
+_NO_REQUEST = Status(grpc.StatusCode.INVALID_ARGUMENT, "a stream request carries no request", errors.INVALID_ARGUMENT)
+
+
+def _too_many(message: str) -> Status:
+    """The status of a stream request not run because too many are in flight."""
+    return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, message, errors.TOO_MANY_REQUESTS)
 
 
 def _stream_error(request_id: int, status, member_id: Optional[int] = None) -> kv_pb2.StreamResponse:
