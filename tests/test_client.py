@@ -31,7 +31,7 @@ from kvpaxos.client import (
 from kvpaxos.api import errors
 from kvpaxos.api.endpoints import BadEndpoint
 from kvpaxos.v1 import kv_pb2
-from tests.fake_grpc import FakeAioStreamCall, FakeRpcError, FakeStreamCall, unavailable
+from tests.fake_grpc import RPC_OF_KIND, FakeAioStreamCall, FakeRpcError, FakeStreamCall, unavailable
 
 A, B, C = "a:1", "b:1", "c:1"
 
@@ -74,7 +74,14 @@ class FakeChannel:
             self._cluster.streams_opened.append(self._endpoint)
             return (_AioUnimplemented if self._aio else _Unimplemented)()
 
-        return unimplemented if self._endpoint in self._cluster.no_stream else call
+        def breaking(requests):
+            self._cluster.streams_opened.append(self._endpoint)
+            self._cluster.break_stream.discard(self._endpoint)
+            return _BreaksAfterServing(requests, serve)
+
+        if self._endpoint in self._cluster.no_stream:
+            return unimplemented
+        return breaking if self._endpoint in self._cluster.break_stream and not self._aio else call
 
     def close(self):
         self.closed = True
@@ -101,6 +108,19 @@ class _AioUnimplemented(_Unimplemented):
 
     async def __anext__(self):
         raise FakeRpcError(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+
+
+class _BreaksAfterServing(_Unimplemented):
+    """A blocking stream call that serves the first message's requests, then breaks (INTERNAL) unanswered."""
+
+    def __init__(self, requests, serve) -> None:
+        self._requests, self._serve = requests, serve
+
+    def __next__(self):
+        for one in kv_pb2.StreamRequests.FromString(next(self._requests).SerializeToString()).requests:
+            kind = one.WhichOneof("request")
+            self._serve(RPC_OF_KIND[kind], getattr(one, kind), None)
+        raise FakeRpcError(grpc.StatusCode.INTERNAL, "Received RST_STREAM with error code 2")
 
 
 class FakeCluster:
@@ -135,6 +155,8 @@ class FakeCluster:
         #: The endpoint of every stream call opened; endpoints answering it UNIMPLEMENTED.
         self.streams_opened: list[str] = []
         self.no_stream: set[str] = set()
+        #: Endpoints whose next stream serves its first message, then breaks unanswered.
+        self.break_stream: set[str] = set()
         self._lock = threading.Lock()
 
     def channel(self, endpoint: str, aio: bool = False) -> FakeChannel:
@@ -857,6 +879,24 @@ class StreamPathTests(ClientTestCase):
         self.assertIn(C, opened)
         self.assertEqual(len(opened), len(set(opened)))
         self.assertEqual(self.cluster.applied, [(b"k", b"v"), (b"k", b"w")])
+
+    def test_broken_stream_is_retried_exactly_once(self) -> None:
+        """
+        A stream that breaks (INTERNAL) after its member applied a write is
+        read as UNAVAILABLE: the write is sent again with its sequence, is
+        applied once, and gets its answer; the next request opens a new
+        stream.
+        """
+        self.client.put(b"k", b"v")  # the session is open, the leader known
+        self.cluster.break_stream.add(C)
+        self.client._connection(C).stream.close()  # the next request opens the breaking stream
+        self.client._connections.pop(C)
+        self.client.append(b"k", b"w")
+        self.assertEqual(self.cluster.applied, [(b"k", b"v"), (b"k", b"vw")])
+        appends = [(r[0], r[2].client_id, r[2].sequence) for r in self.cluster.sent("Append")]
+        self.assertEqual(len(appends), 2)
+        self.assertEqual({(client, sequence) for _, client, sequence in appends}, {(7, 2)})
+        self.assertEqual(self.cluster.data[b"k"], b"vw")
 
     def test_streamed_error_is_the_unary_error(self) -> None:
         """A streamed request's failure is read as the unary RPC's: a named leader is followed."""

@@ -17,6 +17,9 @@ import threading
 from typing import Any, Callable, Optional
 
 from twisted.internet import defer
+from twisted.logger import Logger
+
+_log = Logger()
 
 #: What takes a call's outcome: C{done(True, value)} or C{done(False, error)}.
 Done = Callable[[bool, Any], None]
@@ -129,7 +132,10 @@ class ReactorCrossing:
                 return  # failed by a close while it ran: its outcome is dropped
             crossing.settled = True
             self._pending.discard(crossing)
-        crossing.done(ok, value)
+        try:
+            crossing.done(ok, value)
+        except Exception:  # one taker's bug must not keep the rest of a drain from running
+            _log.failure("a crossed call's outcome could not be handed over")
 
     def close(self, error: Callable[[], BaseException]) -> None:
         """

@@ -63,6 +63,21 @@ Routing and retries
   - INVALID_ARGUMENT raises L{InvalidArgument} at once; any other status
     raises L{RequestFailed} at once.
 
+One stream per member
+=====================
+With C{stream=True} (the default) the KV requests of concurrent calls to
+one member go over one C{KV.Stream} call (L{kvpaxos.client.stream}),
+several to a message when they queue up, instead of one unary RPC each:
+the member's cost per request falls several-fold (BENCHMARKS.md).
+Nothing else changes: each request is still its own operation, with its
+own deadline (carried to the member), retries, session, result and error,
+read exactly as the unary RPC's.  A stream that breaks fails the requests
+it carried as UNAVAILABLE, whatever ended it (their outcome is unknown:
+retried as a unary call that lost its connection would be), and is opened
+again by the next request; a member without
+C{KV.Stream} (UNIMPLEMENTED) is sent unary RPCs.  C{Cluster} calls (status,
+member list) are always unary.  C{stream=False}: unary RPCs only.
+
 Exactly-once writes
 ===================
 With C{session=True} (the default) every write (put, delete, append, txn,

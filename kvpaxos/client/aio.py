@@ -82,13 +82,12 @@ class AsyncClient(_Base):
 
     @staticmethod
     async def _send(connection: Connection, operation: Operation, request: Any, timeout_s: float) -> Any:
-        kind = connection.streamed_kind(operation)
-        if kind is not None:
+        stream, kind = connection.stream, connection.streamed_kind(operation)
+        if stream is not None and kind is not None:
             try:
-                return await connection.stream.request(kind, request, timeout_s)
+                return await stream.request(kind, request, timeout_s)
             except grpc.RpcError as error:
-                if not connection.unstreamed(error):
-                    raise
+                connection.stream_failed(stream, error)
         return await getattr(getattr(connection, operation.service), operation.rpc)(request, timeout=timeout_s)
 
     async def call(self, operation: Operation) -> Reply:

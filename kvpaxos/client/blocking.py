@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from functools import partial
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence, Union
 
 import grpc
@@ -20,7 +21,7 @@ from kvpaxos.client import requests
 from kvpaxos.client.errors import ClientError, member_error, rpc_failure
 from kvpaxos.client.requests import BytesLike, Operation, RangePager, RangeResult
 from kvpaxos.client.retry import Backoff, Directory, Pause, Refresh, RetryPolicy, Session, SessionPool
-from kvpaxos.client.stream import KIND_OF_RPC, BlockingMultiplexer, broken
+from kvpaxos.client.stream import KIND_OF_RPC, BlockingMultiplexer, as_unavailable, broken
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
 
 __all__ = ["Client", "Connection", "DEFAULT_REFRESH_S", "Reply", "open_channel"]
@@ -57,22 +58,29 @@ class Connection:
         self.cluster = kv_pb2_grpc.ClusterStub(channel)
         self.stream = multiplexer(channel) if multiplexer is not None else None
 
-    def streamed_kind(self, operation: Operation) -> Optional[str]:
-        """The stream request kind C{operation} goes as, or None when it goes as a unary RPC."""
-        if self.stream is None or operation.service != "kv":
-            return None
-        return KIND_OF_RPC.get(operation.rpc)
+    @staticmethod
+    def streamed_kind(operation: Operation) -> Optional[str]:
+        """The stream request kind C{operation} goes as, or None when it is not a KV request."""
+        return KIND_OF_RPC.get(operation.rpc) if operation.service == "kv" else None
 
-    def unstreamed(self, error: grpc.RpcError) -> bool:
+    def stream_failed(self, stream, error: grpc.RpcError) -> None:
         """
-        True when C{error} (of a streamed request) says the member has no
-        C{KV.Stream} (UNIMPLEMENTED for the whole stream: nothing ran):
-        this connection sends unary RPCs from now on.
+        A request sent over C{stream} failed with C{error}: return when the
+        member has no C{KV.Stream} (UNIMPLEMENTED for the whole stream:
+        nothing ran), the connection then sending unary RPCs; else raise
+        the error the retry policy reads: the request's own, or a broken
+        stream's as UNAVAILABLE (its outcome unknown, as a unary call's
+        that lost its connection; CANCELLED as it is once the client was
+        closed).
         """
-        if broken(error) and error.code() is grpc.StatusCode.UNIMPLEMENTED:
+        if not broken(error):
+            raise error
+        if error.code() is grpc.StatusCode.UNIMPLEMENTED:
             self.stream = None
-            return True
-        return False
+            return
+        if error.code() is grpc.StatusCode.CANCELLED and stream.closed:
+            raise error
+        raise as_unavailable(error) from None
 
 
 class _Base:
@@ -88,7 +96,8 @@ class _Base:
         self._connections: dict[str, Connection] = {}
         self._connections_lock = threading.Lock()
         self._closed = False
-        self._multiplexer = multiplexer
+        # Streams stamp each request's time left on the client's clock.
+        self._multiplexer = partial(multiplexer, clock=clock) if multiplexer is not None else None
 
     @property
     def endpoints(self) -> tuple[str, ...]:
@@ -181,13 +190,12 @@ class Client(_Base):
 
     @staticmethod
     def _send(connection: Connection, operation: Operation, request: Any, timeout_s: float) -> Any:
-        kind = connection.streamed_kind(operation)
-        if kind is not None:
+        stream, kind = connection.stream, connection.streamed_kind(operation)
+        if stream is not None and kind is not None:
             try:
-                return connection.stream.request(kind, request, timeout_s)
+                return stream.request(kind, request, timeout_s)
             except grpc.RpcError as error:
-                if not connection.unstreamed(error):
-                    raise
+                connection.stream_failed(stream, error)
         return getattr(getattr(connection, operation.service), operation.rpc)(request, timeout=timeout_s)
 
     def call(self, operation: Operation) -> Reply:

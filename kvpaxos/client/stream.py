@@ -9,10 +9,13 @@ next one; each carries its own timeout (the time its caller waits), which
 the member keeps as a unary RPC's deadline.  Each answer settles its own
 request, with its response or, as a C{grpc.RpcError} carrying the same
 code, message and ErrorInfo as the unary RPC's error, its failure.  A
-stream that breaks fails every request it carried with its error, marked
-L{broken}: their outcome is unknown, as a unary call's that failed after
-sending (the caller's retry policy decides), and what was queued on it is
-never sent on a later stream.  The next request opens a new stream.
+message carries at most L{BATCH_BYTES} of requests (more go in the next;
+a request too large for any message is refused alone, before anything is
+sent).  A stream that breaks fails every request it carried with its
+error, marked L{broken}: their outcome is unknown, as a unary call's that
+failed after sending (the caller's retry policy decides, L{as_unavailable}),
+and what was queued on it, or given up on (timed out, cancelled), is never
+sent on a later stream.  The next request opens a new stream.
 """
 
 from __future__ import annotations
@@ -20,16 +23,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import math
 import threading
+import time
 from typing import Any, Callable, Optional
 
 import grpc
 import grpc.aio
 
 from kvpaxos.api.errors import DETAILS_KEY
+from kvpaxos.api.limits import MAX_MESSAGE_BYTES
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
 
-__all__ = ["BlockingMultiplexer", "KIND_OF_RPC", "Multiplexer", "broken"]
+__all__ = ["BlockingMultiplexer", "KIND_OF_RPC", "Multiplexer", "as_unavailable", "broken"]
 
 #: The request kinds a stream carries (the StreamRequest oneof's names).
 KINDS = ("get", "put", "delete", "append", "range", "txn", "compare_and_swap", "open_session")
@@ -39,6 +45,13 @@ KIND_OF_RPC = {
     "Get": "get", "Put": "put", "Delete": "delete", "Append": "append", "Range": "range", "Txn": "txn",
     "CompareAndSwap": "compare_and_swap", "OpenSession": "open_session",
 }
+
+
+#: The most bytes of requests one message carries (room left under the
+#: message limit for the wrapper's own bytes); a request larger than this
+#: goes alone, and one larger than L{MAX_REQUEST_BYTES} is refused.
+BATCH_BYTES = MAX_MESSAGE_BYTES - (64 << 10)
+MAX_REQUEST_BYTES = MAX_MESSAGE_BYTES - 16
 
 
 def _code_of(number: int) -> grpc.StatusCode:
@@ -61,6 +74,19 @@ def _broken_error(code: grpc.StatusCode, details: str) -> _StreamBroken:
     return _StreamBroken(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
 
 
+def as_unavailable(error: _StreamBroken) -> _StreamBroken:
+    """
+    A broken stream's error as the retry policy must read it: UNAVAILABLE
+    (the member or the link failed while the request was in flight: its
+    outcome is unknown, as a unary call's that lost its connection),
+    whatever code ended the call.
+    """
+    if error.code() is grpc.StatusCode.UNAVAILABLE:
+        return error
+    return _broken_error(grpc.StatusCode.UNAVAILABLE,
+                         f"the stream broke ({error.code().name}: {error.details()})")
+
+
 def _of_call(error: grpc.RpcError) -> _StreamBroken:
     """The failure of a whole stream call as each of its requests' error."""
     code = error.code() if callable(getattr(error, "code", None)) else grpc.StatusCode.UNKNOWN
@@ -73,7 +99,11 @@ def _error_of(details: bytes) -> grpc.aio.AioRpcError:
     """The C{RpcError} of a streamed request's error (a serialized google.rpc.Status)."""
     from google.rpc import status_pb2
 
-    status = status_pb2.Status.FromString(details)
+    try:
+        status = status_pb2.Status.FromString(details)
+    except Exception:  # garbage from the member: still this request's answer
+        return grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                    "the member answered with an unreadable error")
     trailing = grpc.aio.Metadata((DETAILS_KEY, details))
     return grpc.aio.AioRpcError(_code_of(status.code), grpc.aio.Metadata(), trailing, status.message)
 
@@ -85,11 +115,47 @@ def _deadline_error(timeout_s: Optional[float]) -> grpc.aio.AioRpcError:
     )
 
 
-def _stream_request(request_id: int, kind: str, message: Any, timeout_s: Optional[float]) -> kv_pb2.StreamRequest:
+def _queued(request_id: int, kind: str, message: Any, timeout_s: Optional[float], now: float) -> "_Queued":
+    """
+    A request ready to queue: its message, its deadline (None: none) and
+    size.  Its timeout is stamped when it is sent (the time left then).
+
+    @raise grpc.RpcError: RESOURCE_EXHAUSTED, when no message could carry it.
+    """
     request = kv_pb2.StreamRequest(id=request_id, **{kind: message})
-    if timeout_s is not None:
-        request.timeout.FromNanoseconds(max(0, int(timeout_s * 1e9)))
-    return request
+    size = request.ByteSize() + 16  # its tag and length, and the timeout stamped later
+    if size > MAX_REQUEST_BYTES:
+        raise grpc.aio.AioRpcError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.aio.Metadata(), grpc.aio.Metadata(),
+            f"a request of {size} bytes is larger than a message may be ({MAX_REQUEST_BYTES})")
+    finite = timeout_s is not None and math.isfinite(timeout_s)
+    return _Queued(request, now + timeout_s if finite else None, size)
+
+
+class _Queued:
+    __slots__ = ("request", "deadline", "size")
+
+    def __init__(self, request: kv_pb2.StreamRequest, deadline: Optional[float], size: int) -> None:
+        self.request, self.deadline, self.size = request, deadline, size
+
+
+def _messages(batch: list, now: float):
+    """
+    The messages that carry C{batch} (L{_Queued}s), each under
+    L{BATCH_BYTES} (a larger request alone), every request's timeout
+    stamped with the time left at C{now}.
+    """
+    chunk, size = [], 0
+    for queued in batch:
+        if queued.deadline is not None:
+            queued.request.timeout.FromNanoseconds(max(0, int((queued.deadline - now) * 1e9)))
+        if chunk and size + queued.size > BATCH_BYTES:
+            yield kv_pb2.StreamRequests(requests=chunk)
+            chunk, size = [], 0
+        chunk.append(queued.request)
+        size += queued.size
+    if chunk:
+        yield kv_pb2.StreamRequests(requests=chunk)
 
 
 def _settle(pending: dict, message: kv_pb2.StreamResponses, set_result: Callable, set_exception: Callable) -> None:
@@ -102,7 +168,8 @@ def _settle(pending: dict, message: kv_pb2.StreamResponses, set_result: Callable
         if kind == "error":
             set_exception(future, _error_of(answer.error))
         elif kind is None:
-            set_exception(future, _broken_error(grpc.StatusCode.INTERNAL, "an answer with no response"))
+            set_exception(future, grpc.aio.AioRpcError(grpc.StatusCode.INTERNAL, grpc.aio.Metadata(),
+                                                       grpc.aio.Metadata(), "an answer with no response"))
         else:
             set_result(future, getattr(answer, kind))
 
@@ -112,6 +179,27 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"a stream carries no {kind!r} requests")
 
 
+class _OneStream:
+    """
+    One call of a multiplexer: its requests waiting for answers (by id),
+    those not sent yet (L{_Queued}), and whether it is over.
+    """
+
+    def __init__(self, wake) -> None:
+        self.pending: dict = {}
+        self.queued: list = []
+        self.wake = wake  # an asyncio.Event, or a threading.Condition
+        self.over = False
+        self.call = None
+        self.reader = None
+
+    def forget(self, request_id: int, queued: "_Queued") -> None:
+        """The caller gave up on this request: it is never answered, and never sent if it is not yet."""
+        self.pending.pop(request_id, None)
+        if any(q is queued for q in self.queued):
+            self.queued = [q for q in self.queued if q is not queued]
+
+
 class Multiplexer:
     """
     One C{KV.Stream} to one member (over C{channel}, a C{grpc.aio}
@@ -119,17 +207,24 @@ class Multiplexer:
     it from one event loop.
     """
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, clock: Optional[Callable[[], float]] = None) -> None:
+        """
+        @param clock: monotonic seconds, for the timeouts stamped when
+            requests are sent (default: the event loop's).
+        """
         self._stub = kv_pb2_grpc.KVStub(channel)
+        self._clock = clock
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future] = {}
-        self._queued: list = []
-        self._wake: Optional[asyncio.Event] = None
-        self._call = None
-        self._reader: Optional[asyncio.Task] = None
+        self._stream: Optional[_OneStream] = None
+        self._closed = False
         #: Messages sent, and requests they carried (for the benchmark).
         self.messages = 0
         self.requests = 0
+
+    @property
+    def closed(self) -> bool:
+        """Whether L{close} was called (later requests are refused)."""
+        return self._closed
 
     def caller(self, kind: str) -> Callable:
         """An C{async (request, timeout=...) -> response} for requests of C{kind}, like a stub's method."""
@@ -143,82 +238,83 @@ class Multiplexer:
     async def request(self, kind: str, message: Any, timeout_s: Optional[float] = None) -> Any:
         """Send one request of C{kind} and return its response, or raise its error."""
         _check_kind(kind)
-        self._open()
+        if self._closed:
+            raise _broken_error(grpc.StatusCode.CANCELLED, "the stream was closed")
+        loop = asyncio.get_running_loop()
         request_id = next(self._ids)
-        future = asyncio.get_running_loop().create_future()
-        pending = self._pending  # this stream's (a later stream has its own)
-        pending[request_id] = future
-        queued = _stream_request(request_id, kind, message, timeout_s)
-        self._queued.append(queued)
-        self._wake.set()
+        queued = _queued(request_id, kind, message, timeout_s, (self._clock or loop.time)())
+        stream = self._open()
+        future = loop.create_future()
+        stream.pending[request_id] = future
+        stream.queued.append(queued)
+        stream.wake.set()
         try:
             return await asyncio.wait_for(future, timeout_s)
         except asyncio.TimeoutError:
-            pending.pop(request_id, None)
-            if any(q is queued for q in self._queued):  # not sent yet: it never will be
-                self._queued = [q for q in self._queued if q is not queued]
+            stream.forget(request_id, queued)
             raise _deadline_error(timeout_s) from None
+        except BaseException:  # cancelled: as a unary call, it is not sent later
+            stream.forget(request_id, queued)
+            raise
 
-    def _open(self) -> None:
-        if self._call is not None:
-            return
-        self._wake = asyncio.Event()
-        self._pending = {}
-        self._call = self._stub.Stream(self._requests())
-        self._reader = asyncio.ensure_future(self._read(self._call, self._pending))
+    def _open(self) -> _OneStream:
+        stream = self._stream
+        if stream is None:
+            stream = self._stream = _OneStream(asyncio.Event())
+            stream.call = self._stub.Stream(self._requests(stream))
+            stream.reader = asyncio.ensure_future(self._read(stream))
+        return stream
 
-    async def _requests(self):
-        wake = self._wake
+    async def _requests(self, stream: _OneStream):
+        clock = self._clock or asyncio.get_running_loop().time
         while True:
-            await wake.wait()
-            wake.clear()
-            batch, self._queued = self._queued, []
-            if batch:
+            await stream.wake.wait()
+            stream.wake.clear()
+            if stream.over:
+                return
+            batch, stream.queued = stream.queued, []
+            for message in _messages(batch, clock()):
                 self.messages += 1
-                self.requests += len(batch)
-                yield kv_pb2.StreamRequests(requests=batch)
+                self.requests += len(message.requests)
+                yield message
 
-    async def _read(self, call, pending: dict) -> None:
+    async def _read(self, stream: _OneStream) -> None:
+        failure: BaseException
         try:
-            async for message in call:
-                _settle(pending, message, asyncio.Future.set_result, asyncio.Future.set_exception)
+            async for message in stream.call:
+                _settle(stream.pending, message, asyncio.Future.set_result, asyncio.Future.set_exception)
         except grpc.RpcError as error:
-            failure: BaseException = _of_call(error)
+            failure = _of_call(error)
         except asyncio.CancelledError:
             failure = _broken_error(grpc.StatusCode.CANCELLED, "the stream was closed")
+        except Exception as error:  # grpcio's own failure: the requests still get an answer
+            failure = _broken_error(grpc.StatusCode.UNKNOWN, f"the stream failed: {error!r}")
+            stream.call.cancel()
         else:
             failure = _broken_error(grpc.StatusCode.UNAVAILABLE, "the stream ended")
-        self._broken(call)
+        # Over: its request iterator ends, nothing queued on it is sent,
+        # and the next request opens another stream.
+        stream.over = True
+        stream.wake.set()
+        stream.queued = []
+        if self._stream is stream:
+            self._stream = None
+        pending, stream.pending = stream.pending, {}
         for request_id in sorted(pending):
-            future = pending.pop(request_id)
+            future = pending[request_id]
             if not future.done():
                 future.set_exception(failure)
 
-    def _broken(self, call) -> None:
-        """C{call} is over: what was queued on it (failed with it) is never sent on a later one."""
-        if self._call is call:
-            self._call = None
-            self._queued = []
-
     async def close(self) -> None:
-        """End the stream; requests still waiting fail (CANCELLED)."""
-        call = self._call
-        if call is not None:
-            self._broken(call)
-            call.cancel()
-        if self._reader is not None:
-            await asyncio.gather(self._reader, return_exceptions=True)
-
-
-class _OneStream:
-    """One call of a L{BlockingMultiplexer}: its requests waiting for answers, and those not sent yet."""
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self.pending: dict[int, concurrent.futures.Future] = {}
-        self.queued: list = []
-        self.wake = threading.Condition(lock)
-        self.over = False
-        self.call = None
+        """End the stream; requests still waiting fail (CANCELLED); later requests are refused."""
+        self._closed = True
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        stream.over = True
+        stream.wake.set()
+        stream.call.cancel()
+        await asyncio.gather(stream.reader, return_exceptions=True)
 
 
 class BlockingMultiplexer:
@@ -229,14 +325,21 @@ class BlockingMultiplexer:
     reader thread of ours settles the answers.
     """
 
-    def __init__(self, channel: grpc.Channel) -> None:
+    def __init__(self, channel: grpc.Channel, clock: Callable[[], float] = time.monotonic) -> None:
+        """@param clock: monotonic seconds, for the timeouts stamped when requests are sent."""
         self._stub = kv_pb2_grpc.KVStub(channel)
+        self._clock = clock
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._stream: Optional[_OneStream] = None
         self._closed = False
         self.messages = 0
         self.requests = 0
+
+    @property
+    def closed(self) -> bool:
+        """Whether L{close} was called (later requests are refused)."""
+        return self._closed
 
     def request(self, kind: str, message: Any, timeout_s: Optional[float] = None) -> Any:
         """Send one request of C{kind}; return its response or raise its error (a C{grpc.RpcError})."""
@@ -245,11 +348,11 @@ class BlockingMultiplexer:
         with self._lock:
             if self._closed:
                 raise _broken_error(grpc.StatusCode.CANCELLED, "the stream was closed")
+            request_id = next(self._ids)
+            queued = _queued(request_id, kind, message, timeout_s, self._clock())
             stream = self._stream
             if stream is None:
                 stream = self._stream = self._open()
-            request_id = next(self._ids)
-            queued = _stream_request(request_id, kind, message, timeout_s)
             stream.pending[request_id] = future
             stream.queued.append(queued)
             stream.wake.notify()
@@ -257,15 +360,21 @@ class BlockingMultiplexer:
             return future.result(timeout_s)
         except concurrent.futures.TimeoutError:
             with self._lock:
-                stream.pending.pop(request_id, None)
-                stream.queued = [q for q in stream.queued if q is not queued]  # unsent: never sent
+                stream.forget(request_id, queued)
             raise _deadline_error(timeout_s) from None
+        except BaseException as error:
+            if not isinstance(error, grpc.RpcError):  # interrupted: not sent later
+                with self._lock:
+                    stream.forget(request_id, queued)
+            raise
 
     def _open(self) -> _OneStream:
         """A new stream (called with the lock held)."""
-        stream = _OneStream(self._lock)
+        stream = _OneStream(threading.Condition(self._lock))
         stream.call = self._stub.Stream(self._requests(stream))
-        threading.Thread(target=self._read, args=(stream,), name="kvpaxos-stream-reader", daemon=True).start()
+        stream.reader = threading.Thread(target=self._read, args=(stream,), name="kvpaxos-stream-reader",
+                                         daemon=True)
+        stream.reader.start()
         return stream
 
     def _requests(self, stream: _OneStream):
@@ -276,9 +385,10 @@ class BlockingMultiplexer:
                 if stream.over:
                     return
                 batch, stream.queued = stream.queued, []
-                self.messages += 1
+                messages = list(_messages(batch, self._clock()))
+                self.messages += len(messages)
                 self.requests += len(batch)
-            yield kv_pb2.StreamRequests(requests=batch)
+            yield from messages
 
     def _read(self, stream: _OneStream) -> None:
         def set_result(future, value):
@@ -298,6 +408,7 @@ class BlockingMultiplexer:
                        if error.code() is grpc.StatusCode.CANCELLED and self._closed else _of_call(error))
         except Exception as error:  # grpcio's own failure: the requests still get an answer
             failure = _broken_error(grpc.StatusCode.UNKNOWN, f"the stream failed: {error!r}")
+            stream.call.cancel()
         else:
             failure = _broken_error(grpc.StatusCode.UNAVAILABLE, "the stream ended")
         with self._lock:
@@ -312,7 +423,7 @@ class BlockingMultiplexer:
                 future.set_exception(failure)
 
     def close(self) -> None:
-        """End the stream; requests still waiting fail (CANCELLED)."""
+        """End the stream; requests still waiting fail (CANCELLED); later requests are refused."""
         with self._lock:
             self._closed = True
             stream, self._stream = self._stream, None

@@ -112,7 +112,12 @@ def _write_txn(txn: Txn, parts: list) -> None:
             flags = (_HAS_END if end is not None else 0) | (_PREV_KV if getattr(op, "prev_kv", False) else 0)
             if kind is Range:
                 flags |= (_KEYS_ONLY if op.keys_only else 0) | (_COUNT_ONLY if op.count_only else 0)
-            tag = _TAG_DELETE if kind is DeleteRange else _TAG_RANGE
+            if kind is DeleteRange:
+                tag = _TAG_DELETE
+            elif kind is Range:
+                tag = _TAG_RANGE
+            else:  # validate_request refuses it first; never written as something else
+                raise InvalidArgument(f"unknown transaction op {kind.__name__}")
             parts += [op_head(tag, flags, len(op.key)), op.key]
             if end is not None:
                 parts += [U16.pack(len(end)), end]
