@@ -89,6 +89,13 @@ class SessionApplyTests(SessionTestCase):
         self.assertEqual(again, first * 2)
         self.assertEqual(self.state.get(b"k"), KeyValue(b"k", b"a", 1, 1, 1))
 
+    def test_session_head_of_a_short_entry(self):
+        """A stored session entry too short for its head is corrupt state, said so."""
+        from kvpaxos.encoding.state import decode_session_head
+
+        self.assertEqual(decode_session_head(encode_session(Session(7, 99, Result(True, b"v", 3)))), (7, 99))
+        self.assertRaises(CorruptState, decode_session_head, b"\x00" * 15)
+
     def test_retry_changes_nothing(self):
         """A retry leaves the state, session entry included, byte for byte as it was."""
         client = self.open(1)

@@ -356,6 +356,35 @@ class NodeStoreContractMixin(_ProviderFixture):
         self.assertTrue(verifyObject(INodeStore, self.store))
         self.assertTrue(verifyObject(IStateMachine, self.store.state_machine))
 
+    def test_only_a_retry_reads_a_saved_result(self):
+        """
+        A new request of a session asks the view only for the session's
+        sequence; the saved result (a Txn's can be large) is read for a
+        retry alone, and the retry gets it.
+        """
+        reads = []
+        original = machine.apply_batch
+
+        class Counting:
+            def __init__(self, view) -> None:
+                self._view = view
+
+            def __getattr__(self, name):
+                return getattr(self._view, name)
+
+            def session(self, client_id):
+                reads.append(client_id)
+                return self._view.session(client_id)
+
+        self.patch(machine, "apply_batch", lambda view, *a, **k: original(Counting(view), *a, **k))
+        in_session = [encode_request(Request(Op.APPEND, b"k", b"x", client_id=1, sequence=n)) for n in (1, 2)]
+        results = self.apply_slots(batch(encode_request(Request(Op.OPEN_SESSION))), batch(in_session[0]),
+                                   batch(in_session[1]))
+        self.assertEqual(reads, [])
+        (retried,) = self.apply_slots(batch(in_session[1]), first=4)
+        self.assertEqual(reads, [1])
+        self.assertEqual(retried[1], results[2][1])
+
     def test_state_view_provides_interface(self):
         """The view the state machine applies through, inside a commit, fully implements IStateView."""
         views = []

@@ -228,6 +228,18 @@ def encode_session(session: Session) -> bytes:
     return b"".join(out)
 
 
+def decode_session_head(data) -> tuple[int, int]:
+    """
+    Return C{(sequence, last_used)} of stored session C{data} without
+    reading the result it saves (the common case: only a retry needs it).
+
+    @raise CorruptState: C{data} is too short to be a session entry.
+    """
+    if len(data) < _SESSION_HEAD.size:
+        raise CorruptState(f"session: {len(data)} bytes, fewer than its {_SESSION_HEAD.size}-byte head")
+    return _SESSION_HEAD.unpack_from(data)
+
+
 def decode_session(data) -> Session:
     """
     Return the L{Session} in stored C{data}.

@@ -30,8 +30,9 @@ evicts the same sessions at the same slot (L{SessionLimits}):
     recently used first, ordered by (last-used slot, client id).
 
 A provider's transaction view (L{kvpaxos.storage.interfaces.IStateView})
-offers: C{session(client_id)},
-C{put_session(client_id, session)}, C{delete_session(client_id)},
+offers: C{session(client_id)}, C{session_sequence(client_id)} (the
+sequence alone: what every request asks, without decoding the saved
+result), C{put_session(client_id, session)}, C{delete_session(client_id)},
 C{session_count()}, C{sessions_by_use()} (an iterator of
 C{(last_used, client_id)} in that order) and C{next_client_id()} /
 C{set_next_client_id(n)}.
@@ -115,13 +116,13 @@ def check(view, request: Request):
     client_id = request.client_id
     if not client_id:
         return None
-    session = view.session(client_id)
-    if session is None:
+    sequence = view.session_sequence(client_id)
+    if sequence is None:
         return SessionExpired(client_id, request.sequence)
-    if request.sequence == session.sequence:
-        return session.result
-    if request.sequence < session.sequence:
-        return StaleSequence(client_id, request.sequence, session.sequence)
+    if request.sequence == sequence:
+        return view.session(client_id).result  # a retry: only now is the saved result read
+    if request.sequence < sequence:
+        return StaleSequence(client_id, request.sequence, sequence)
     return None
 
 

@@ -317,6 +317,13 @@ class IStateView(Interface):
     def session(client_id):
         """Return the L{kvpaxos.kv.sessions.Session} of C{client_id}, or C{None}."""
 
+    def session_sequence(client_id):
+        """
+        Return the C{sequence} of C{client_id}'s session, or C{None}: what
+        L{session} would say of it, without reading the result it saves
+        (every write in a session asks; only a retry needs the result).
+        """
+
     def put_session(client_id, session):
         """Store C{session} as C{client_id}'s, replacing any."""
 

@@ -86,6 +86,10 @@ class LMDBView:
         data = self._txn.get(values.encode_u64(client_id), db=self._sessions)
         return None if data is None else state.decode_session(data)
 
+    def session_sequence(self, client_id: int):
+        data = self._txn.get(values.encode_u64(client_id), db=self._sessions)
+        return None if data is None else state.decode_session_head(data)[0]
+
     def put_session(self, client_id: int, session) -> None:
         self.delete_session(client_id)
         txn = self._txn
@@ -96,7 +100,7 @@ class LMDBView:
         key = values.encode_u64(client_id)
         old = self._txn.get(key, db=self._sessions)
         if old is not None:
-            last_used = state.decode_session(old).last_used
+            last_used = state.decode_session_head(old)[1]
             self._txn.delete(key, db=self._sessions)
             self._txn.delete(values.encode_use_key(last_used, client_id), db=self._use)
 

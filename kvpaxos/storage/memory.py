@@ -171,6 +171,10 @@ class MemoryState:
     def session(self, client_id: int):
         return self.sessions.get(client_id)
 
+    def session_sequence(self, client_id: int):
+        session = self.sessions.get(client_id)
+        return None if session is None else session.sequence
+
     def put_session(self, client_id: int, session) -> None:
         self._set_session(client_id, session)
 
