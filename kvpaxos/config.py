@@ -42,6 +42,7 @@ import hashlib
 import struct
 import tomllib
 from dataclasses import dataclass, field, replace
+from typing import Optional
 
 from kvpaxos.api.endpoints import BadEndpoint, join_host_port, split_host_port
 
@@ -56,7 +57,7 @@ _TOML_KEYS = {
     "id", "addr", "client", "admin", "data", "storage", "peers",
     "tick_ms", "election_ticks", "heartbeat_ticks", "lease_reads", "lease_drift_ticks",
     "snapshot_interval", "cluster_token",
-    "join", "auto_promote", "auto_promote_beats", "promote_lag_slots",
+    "join", "auto_promote", "auto_promote_beats", "promote_lag_slots", "metrics_addr",
 }
 
 
@@ -111,6 +112,8 @@ class NodeConfig:
     #: A learner within this many slots of the leader's chosen index is
     #: caught up (MemberPromote is refused otherwise).
     promote_lag_slots: int = 1000
+    #: Where /metrics and /health are served over HTTP (None: off).
+    metrics: Optional[Address] = None
 
     @property
     def voters(self) -> frozenset:
@@ -292,6 +295,8 @@ def build(values: dict) -> NodeConfig:
             changes[key] = parse_bool(values[key], key)
     if values.get("join") is not None:
         changes["join"] = parse_join(values["join"])
+    if values.get("metrics_addr") not in (None, ""):
+        changes["metrics"] = parse_address(values["metrics_addr"], "metrics_addr")
     for key in ("tick_ms", "election_ticks", "heartbeat_ticks", "lease_drift_ticks",
                 "snapshot_interval", "auto_promote_beats", "promote_lag_slots"):
         if values.get(key) is not None:

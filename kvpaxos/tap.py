@@ -27,7 +27,7 @@ _FLAGS = {
     "id": "id", "addr": "addr", "peers": "peers", "client": "client", "admin": "admin",
     "data": "data", "storage": "storage", "cluster-token": "cluster_token",
     "join": "join", "auto-promote": "auto_promote", "auto-promote-beats": "auto_promote_beats",
-    "promote-lag-slots": "promote_lag_slots",
+    "promote-lag-slots": "promote_lag_slots", "metrics-addr": "metrics_addr",
 }
 
 
@@ -61,6 +61,9 @@ class Options(usage.Options):
          "Heartbeats a learner must stay caught up before it is promoted [default: 10]."],
         ["promote-lag-slots", None, None,
          "A learner within this many slots of the leader is caught up [default: 1000]."],
+        ["metrics-addr", None, None,
+         "Serve Prometheus /metrics and /health over HTTP on host:port (e.g. 127.0.0.1:2382)"
+         " [default: off]."],
     ]
 
     def postOptions(self) -> None:
@@ -168,7 +171,9 @@ def makeService(options: Options) -> service.MultiService:
     from twisted.internet import reactor
 
     from kvpaxos.admin.server import admin_factory
+    from kvpaxos.api.http import metrics_site
     from kvpaxos.api.server import GrpcServer
+    from kvpaxos.node.metrics import NodeMetrics
     from kvpaxos.encoding.errors import StoreFormatError
     from kvpaxos.node.joining import Joiner
     from kvpaxos.node.service import ReplicaService
@@ -222,7 +227,13 @@ def makeService(options: Options) -> service.MultiService:
     internet.TCPServer(
         node.peer.port, peers.server_factory(), interface=node.peer.host
     ).setServiceParent(top)
-    GrpcServer(replica, str(node.client), reactor).setServiceParent(top)
+    metrics = NodeMetrics()
+    replica.metrics = metrics
+    GrpcServer(replica, str(node.client), reactor, metrics=metrics).setServiceParent(top)
+    if node.metrics is not None:
+        internet.TCPServer(
+            node.metrics.port, metrics_site(metrics), interface=node.metrics.host
+        ).setServiceParent(top)
     internet.TCPServer(
         node.admin.port, admin_factory(replica), interface=node.admin.host
     ).setServiceParent(top)

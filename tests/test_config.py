@@ -187,6 +187,21 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options.node.node_id, 4)
         self.assertEqual(options.node.client, Address("127.0.0.1", 4001))
 
+    def test_metrics_addr(self):
+        """metrics_addr (and --metrics-addr) turns the HTTP metrics on; off by default; a bad one is a UsageError."""
+        self.assertIsNone(NodeConfig().metrics)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('metrics_addr = "127.0.0.1:9100"\n')
+        options = Options()
+        options.parseOptions(["--config", path])
+        self.assertEqual(options.node.metrics, Address("127.0.0.1", 9100))
+        options = Options()
+        options.parseOptions(["--config", path, "--metrics-addr=127.0.0.1:9101"])
+        self.assertEqual(options.node.metrics, Address("127.0.0.1", 9101))
+        error = self.assertRaises(usage.UsageError, Options().parseOptions, ["--metrics-addr=nope"])
+        self.assertIn("metrics_addr must be host:port", str(error))
+
     def test_cluster_token_flag(self):
         """--cluster-token sets cluster_token and overrides the file's."""
         path = self.mktemp()

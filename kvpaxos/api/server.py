@@ -87,6 +87,7 @@ class GrpcServer(Service):
         max_workers: int = 64,
         request_timeout_s: float = 5.0,
         stop_grace_s: float = 1.0,
+        metrics=None,
     ) -> None:
         """
         @param node: provides L{kvpaxos.node.interfaces.IKeyValueNode}; called
@@ -101,6 +102,9 @@ class GrpcServer(Service):
             whatever the client's deadline; then it gets UNAVAILABLE.
         @param stop_grace_s: how long L{stopService} lets in-flight RPCs
             finish their replies before grpcio cancels them.
+        @param metrics: counts every answered request by method and code
+            (C{grpc_request(method, code_name)}:
+            L{kvpaxos.node.metrics.NodeMetrics}), or None.
         @raise kvpaxos.api.endpoints.BadEndpoint: C{address} is not
             C{host:port}.
         """
@@ -110,6 +114,7 @@ class GrpcServer(Service):
         self._reactor = reactor
         self._stop_grace_s = stop_grace_s
         self._calls = _NodeCalls(node, self.crossing, request_timeout_s)
+        self._calls.metrics = metrics
         self._node = node
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None

@@ -83,14 +83,25 @@ def _abort_for(error, member_id: Optional[int] = None) -> NoReturn:
 
 
 def _rpc(method):
-    """An async handler whose L{_Abort} ends its RPC with that status."""
+    """An async handler whose L{_Abort} ends its RPC with that status; every answer is counted."""
+    name = method.__name__
 
     @functools.wraps(method)
     async def handler(self, request, context):
         try:
-            return await method(self, request, context)
+            response = await method(self, request, context)
         except _Abort as abort:
+            self._calls.count(name, abort.status.code)
             await context.abort_with_status(abort.status)
+            return None
+        except asyncio.CancelledError:
+            self._calls.count(name, grpc.StatusCode.CANCELLED)
+            raise
+        except BaseException:
+            self._calls.count(name, grpc.StatusCode.UNKNOWN)
+            raise
+        self._calls.count(name, grpc.StatusCode.OK)
+        return response
 
     return handler
 
@@ -122,6 +133,13 @@ class _NodeCalls:
         #: Where the reactor's outcomes enter the gRPC thread's loop (set
         #: when the server starts there).
         self.post: Optional[LoopPost] = None
+        #: The node's metrics (L{kvpaxos.node.metrics.NodeMetrics}), or None.
+        self.metrics = None
+
+    def count(self, method: str, code: grpc.StatusCode) -> None:
+        """One request of C{method} answered with C{code} (for the metrics, if there are any)."""
+        if self.metrics is not None:
+            self.metrics.grpc_request(method, code.name)
 
     async def call(self, context, node_call: Callable[[float], Any]) -> tuple[Any, kv_pb2.ResponseHeader]:
         """
@@ -380,15 +398,19 @@ class KVServicer(kv_pb2_grpc.KVServicer):
 
     async def _streamed(self, kind: str, one: kv_pb2.StreamRequest, out: "_StreamAnswers", context) -> None:
         method = _STREAMED[kind]
+        name = method.__name__
         try:
             response = await method(self, getattr(one, kind), context)
         except _Abort as abort:
+            self._calls.count(name, abort.status.code)
             out.answer(_stream_error(one.id, abort.status))
             return
         except Exception:
             _log.failure("streamed {kind} request failed unexpectedly", kind=kind)
+            self._calls.count(name, grpc.StatusCode.INTERNAL)
             out.answer(_stream_error(one.id, internal("internal error").rich(self._calls.member_id)))
             return
+        self._calls.count(name, grpc.StatusCode.OK)
         out.answer(kv_pb2.StreamResponse(id=one.id, **{kind: response}))
 
 

@@ -252,6 +252,10 @@ class PeerNetwork(MultiService):
         """Return the ids of the peers whose link is up (through its handshake), in order."""
         return sorted(i for i, link in self._links.items() if link.protocol)
 
+    def link_states(self) -> dict[int, bool]:
+        """C{{peer id: whether its link is up}} for every peer this node links to (for the metrics)."""
+        return {i: link.protocol is not None for i, link in self._links.items()}
+
     def _protocol(self, peer_id: int) -> Optional[PeerProtocol]:
         link = self._links.get(peer_id)
         return None if link is None else link.protocol

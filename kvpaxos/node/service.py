@@ -71,6 +71,7 @@ from kvpaxos.node.interfaces import (
     Unavailable,
 )
 from kvpaxos.node.membership import Membership
+from kvpaxos.node.metrics import commit_timer
 from kvpaxos.node.reads import ReadPath
 from kvpaxos.node.snapshots import SnapshotPath
 from kvpaxos.node.writes import WritePath
@@ -152,6 +153,8 @@ class ReplicaService(Service):
         self._peer_timing: dict[int, Timing] = {}
         self._lease_refused: Optional[str] = None  # the reason last logged
         self.peers = None  # an IPeerTransport, set by the wiring in tap.py
+        #: The node's L{kvpaxos.node.metrics.NodeMetrics}, or None (set by the wiring).
+        self.metrics = None
         self._last_tick_at = 0.0
         self.replica: Optional[Replica] = None
         self._pool = ThreadPool(1, 1, name=f"kvpaxos-writer-{node_id}")
@@ -302,6 +305,8 @@ class ReplicaService(Service):
         if seen == self._leader_seen:
             return
         self._leader_seen = seen
+        if self.metrics is not None:
+            self.metrics.leader_changed()
         if leader is None:
             self.log.info("node {node_id}: no leader known", node_id=self.node_id)
         elif leader == self.node_id:
@@ -314,6 +319,9 @@ class ReplicaService(Service):
     def _tick(self) -> None:
         self._catch_up_ticks()
         self._note_leader()
+        if self.metrics is not None:
+            links = self.peers.link_states() if hasattr(self.peers, "link_states") else None
+            self.metrics.update(self.status(), links)
         self.writes.route()
         self.reads.leader_may_be_known()
         self.membership.tick()
@@ -442,7 +450,8 @@ class ReplicaService(Service):
         def from_writer(results) -> None:
             reactor.callFromThread(on_applied, results)
 
-        return deferToThreadPool(reactor, self._pool, self.store.commit, work, from_writer)
+        commit = commit_timer(self.metrics, self.store.commit)
+        return deferToThreadPool(reactor, self._pool, commit, work, from_writer)
 
     def _committed(self, results, rd) -> None:
         self._busy = None
