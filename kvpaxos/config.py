@@ -57,7 +57,7 @@ _TOML_KEYS = {
     "id", "addr", "client", "admin", "data", "storage", "peers",
     "tick_ms", "election_ticks", "heartbeat_ticks", "lease_reads", "lease_drift_ticks",
     "snapshot_interval", "cluster_token",
-    "join", "auto_promote", "auto_promote_beats", "promote_lag_slots", "metrics_addr",
+    "join", "auto_promote", "auto_promote_beats", "promote_lag_slots", "metrics_addr", "log_format",
 }
 
 
@@ -114,6 +114,8 @@ class NodeConfig:
     promote_lag_slots: int = 1000
     #: Where /metrics and /health are served over HTTP (None: off).
     metrics: Optional[Address] = None
+    #: "text" (twistd's), or "json": one JSON object per line (kvpaxos.logs).
+    log_format: str = "text"
 
     @property
     def voters(self) -> frozenset:
@@ -297,6 +299,10 @@ def build(values: dict) -> NodeConfig:
         changes["join"] = parse_join(values["join"])
     if values.get("metrics_addr") not in (None, ""):
         changes["metrics"] = parse_address(values["metrics_addr"], "metrics_addr")
+    if values.get("log_format") is not None:
+        if values["log_format"] not in ("text", "json"):
+            raise ConfigError(f"log_format must be text or json, got {values['log_format']!r}")
+        changes["log_format"] = values["log_format"]
     for key in ("tick_ms", "election_ticks", "heartbeat_ticks", "lease_drift_ticks",
                 "snapshot_interval", "auto_promote_beats", "promote_lag_slots"):
         if values.get(key) is not None:

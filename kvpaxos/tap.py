@@ -27,7 +27,7 @@ _FLAGS = {
     "id": "id", "addr": "addr", "peers": "peers", "client": "client", "admin": "admin",
     "data": "data", "storage": "storage", "cluster-token": "cluster_token",
     "join": "join", "auto-promote": "auto_promote", "auto-promote-beats": "auto_promote_beats",
-    "promote-lag-slots": "promote_lag_slots", "metrics-addr": "metrics_addr",
+    "promote-lag-slots": "promote_lag_slots", "metrics-addr": "metrics_addr", "log-format": "log_format",
 }
 
 
@@ -64,6 +64,8 @@ class Options(usage.Options):
         ["metrics-addr", None, None,
          "Serve Prometheus /metrics and /health over HTTP on host:port (e.g. 127.0.0.1:2382)"
          " [default: off]."],
+        ["log-format", None, None,
+         "text, or json: one JSON object per line with the member id [default: text]."],
     ]
 
     def postOptions(self) -> None:
@@ -82,6 +84,13 @@ class Options(usage.Options):
             raise usage.UsageError(
                 f"unknown storage {self.node.storage!r}; installed: {', '.join(names)}"
             )
+        if self.node.log_format == "json" and self.parent is not None:
+            # twistd picks its log observer from its own --logger, which it
+            # imports once these options are parsed (kvpaxos.logs).
+            from kvpaxos import logs
+
+            logs.configure(self.node.node_id, self.parent.get("logfile"))
+            self.parent["logger"] = logs.OBSERVER
 
 
 def _tag_with_node(node_id: int):
