@@ -87,6 +87,28 @@ class ScrapeTests(SynchronousTestCase):
         self.assertIs(commit_timer(None, len), len)
 
 
+class DashboardTests(SynchronousTestCase):
+    """The Grafana dashboard shipped in etc/ asks only for metrics a node serves."""
+
+    def test_every_metric_exists(self):
+        import os
+        import re
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(root, "etc", "grafana", "kvpaxos-dashboard.json")) as f:
+            dashboard = json.load(f)
+        asked = {name for panel in dashboard["panels"] for target in panel["targets"]
+                 for name in re.findall(r"\b((?:kvpaxos|process)_[a-z_]+)", target["expr"])}
+        metrics = NodeMetrics()
+        metrics.update(status(), {1: True})
+        metrics.leader_changed()
+        metrics.grpc_request("Put", "OK")
+        metrics.commit_seconds.observe(0.001)
+        served = {name for name, _ in samples(metrics)}
+        self.assertGreater(len(asked), 5)
+        self.assertEqual(sorted(asked - served), [])
+
+
 class HealthTests(SynchronousTestCase):
     """Healthy only with a leader and the applied index close to the chosen one."""
 
