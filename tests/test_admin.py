@@ -3,6 +3,8 @@ Tests for the admin AMP server (L{kvpaxos.admin.server}): commands map to
 node calls and node errors to AMP errors, over an in-memory connection.
 """
 
+import struct
+
 from twisted.internet import defer
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -162,3 +164,64 @@ class AdminTests(SynchronousTestCase):
     def test_not_leader_unavailable(self):
         """NotLeaderError is an Unavailable: it crosses as UNAVAILABLE naming the leader."""
         self.errors(NotLeaderError(1), Unavailable)
+
+
+class FloodTests(SynchronousTestCase):
+    """Limits of the admin port against floods (issue 13, part 6): box size and open connections."""
+
+    def connect(self, factory):
+        from twisted.internet.testing import StringTransport
+
+        protocol = factory.buildProtocol(("127.0.0.1", 1))
+        if protocol is None:
+            return None, None
+        transport = StringTransport()
+        transport.abortConnection = lambda: setattr(transport, "aborted", True)
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def test_box_over_the_limit_closes_the_connection(self):
+        """A box that never ends is not buffered past the limit: the connection is aborted, and it is logged."""
+        from twisted.logger import globalLogPublisher
+
+        from kvpaxos.admin import server
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        protocol, transport = self.connect(server.admin_factory(FakeNode()))
+        value = b"x" * 60_000
+        pair = struct.pack(">H", 1) + b"k" + struct.pack(">H", len(value)) + value
+        protocol.dataReceived(pair)
+        self.assertFalse(getattr(transport, "aborted", False))  # 60 kB: within the limit
+        protocol.dataReceived(pair * 3)
+        self.assertTrue(transport.aborted)
+        admin = protocol.wrappedProtocol
+        self.assertLessEqual(admin._box_bytes, server.BOX_BYTES_MAX + len(pair))
+        protocol.dataReceived(pair * 10)  # after the drop: ignored, not buffered
+        self.assertLessEqual(admin._box_bytes, server.BOX_BYTES_MAX + len(pair))
+        self.assertTrue(any("a box over" in e.get("log_format", "") for e in events))
+
+    def test_a_normal_box_is_served(self):
+        """A status command under the limit is answered as before."""
+        from kvpaxos.admin import server
+
+        protocol, transport = self.connect(server.admin_factory(FakeNode()))
+        request = amp.AmpBox(_command=b"Status", _ask=b"1").serialize()
+        protocol.dataReceived(request)
+        self.assertIn(b"_answer", transport.value())
+
+    def test_connections_over_the_limit_are_closed(self):
+        """Past CONNECTIONS_MAX open connections one more is refused, and logged; a closed one frees a place."""
+        from kvpaxos.admin import server
+
+        factory = server.admin_factory(FakeNode())
+        opened = [self.connect(factory) for _ in range(server.CONNECTIONS_MAX)]
+        self.assertTrue(all(p is not None for p, _ in opened))
+        self.assertEqual(self.connect(factory), (None, None))
+        refused = factory.refused.count
+        self.assertGreaterEqual(refused, 1)
+        from twisted.internet.error import ConnectionDone
+
+        opened[0][0].connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(self.connect(factory)[0])

@@ -9,10 +9,19 @@ errors; it decides nothing itself.
   - L{Unavailable} and its L{NotLeaderError} (no leader reached, not chosen
     in time) cross as UNAVAILABLE: the node carries a change to the leader
     itself, so an operator never has to find the leader.
+
+Limits against floods (issue 13, part 6): a box larger than
+L{BOX_BYTES_MAX} (admin commands are a few hundred bytes) closes its
+connection before it is buffered further, and at most
+L{CONNECTIONS_MAX} connections are open at once (more are closed as they
+are accepted); both are logged, the first time and then at each power of
+ten.
 """
 
 from twisted.internet.protocol import Factory
+from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.protocols.policies import LimitTotalConnectionsFactory
 
 from kvpaxos.admin.commands import (
     MemberAdd,
@@ -29,6 +38,26 @@ from kvpaxos.node.interfaces import Unavailable as NodeUnavailable
 
 #: How long a membership change may take before it is answered UNAVAILABLE.
 CHANGE_TIMEOUT_S = 10.0
+
+#: The most bytes of keys and values one admin box may hold.
+BOX_BYTES_MAX = 64 * 1024
+#: The most admin connections open at once.
+CONNECTIONS_MAX = 64
+
+_log = Logger()
+
+
+class _Refusals:
+    """Counts one kind of refusal; logs the first and then every power of ten (a flood cannot flood the log)."""
+
+    def __init__(self, message: str) -> None:
+        self.count = 0
+        self._message = message
+
+    def __call__(self, **fields) -> None:
+        self.count += 1
+        if str(self.count).rstrip("0") == "1":  # 1, 10, 100, ...
+            _log.warn(self._message + " ({count} so far)", count=self.count, **fields)
 
 
 def _member_list(view) -> dict:
@@ -55,10 +84,41 @@ def _translated(failure):
 class AdminProtocol(amp.AMP):
     """One operator connection."""
 
+    #: Connections closed for an oversized box, over every admin connection.
+    oversized = _Refusals("closed an admin connection from {peer}: a box over {limit} bytes")
+
     def __init__(self, node, timeout_s: float = CHANGE_TIMEOUT_S) -> None:
         super().__init__()
         self.node = node
         self.timeout_s = timeout_s
+        self._box_bytes = 0
+        self._dropped = False
+
+    # --- the box size limit ---
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._dropped:
+            super().dataReceived(data)
+
+    def proto_init(self, string):
+        self._box_bytes = 0
+        return super().proto_init(string)  # which parses the first key with proto_key
+
+    def proto_key(self, string):
+        return self._counted(string, super().proto_key)
+
+    def proto_value(self, string):
+        return self._counted(string, super().proto_value)
+
+    def _counted(self, string: bytes, parse):
+        self._box_bytes += len(string) + 2
+        if self._box_bytes > BOX_BYTES_MAX:
+            self._dropped = True
+            self.paused = True  # stop parsing what is already buffered
+            self.oversized(peer=self.transport.getPeer(), limit=BOX_BYTES_MAX)
+            self.transport.abortConnection()
+            return "init"
+        return parse(string)
 
     @Status.responder
     def status(self):
@@ -98,6 +158,22 @@ class AdminProtocol(amp.AMP):
         return d.addCallbacks(lambda _: {}, _translated)
 
 
+class _AdminFactory(LimitTotalConnectionsFactory):
+    """At most C{connectionLimit} admin connections at once; one more is closed at once, and logged."""
+
+    connectionLimit = CONNECTIONS_MAX
+    refused = _Refusals("refused an admin connection from {peer}: {limit} are open")
+
+    def __init__(self, node) -> None:
+        self.protocol = lambda: AdminProtocol(node)
+
+    def buildProtocol(self, addr):
+        if self.connectionCount >= self.connectionLimit:
+            self.refused(peer=addr, limit=self.connectionLimit)
+            return None
+        return super().buildProtocol(addr)
+
+
 def admin_factory(node) -> Factory:
     """Return the factory the node's admin port listens with."""
-    return Factory.forProtocol(lambda: AdminProtocol(node))
+    return _AdminFactory(node)
