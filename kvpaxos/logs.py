@@ -8,8 +8,9 @@ twistd chooses its log observer before the plugin builds the node, from
 its own C{--logger} option, a dotted name it imports.  So the plugin's
 options (L{kvpaxos.tap.Options}), once they know the format, name
 L{json_observer} there, and leave here what it needs (L{configure}): the
-member id, and twistd's C{--logfile} (standard output for C{-} or none,
-else that file, rotated as twistd rotates its own).
+member id, and where twistd would log (standard output for C{-}, or with
+C{--nodaemon} and no C{--logfile}; else that file, C{twistd.log} for a
+daemon, rotated by size as twistd's own file is, though not on SIGUSR1).
 """
 
 from __future__ import annotations

@@ -85,12 +85,27 @@ class Options(usage.Options):
                 f"unknown storage {self.node.storage!r}; installed: {', '.join(names)}"
             )
         if self.node.log_format == "json" and self.parent is not None:
-            # twistd picks its log observer from its own --logger, which it
-            # imports once these options are parsed (kvpaxos.logs).
-            from kvpaxos import logs
+            self._log_json(self.parent)
 
-            logs.configure(self.node.node_id, self.parent.get("logfile"))
-            self.parent["logger"] = logs.OBSERVER
+    def _log_json(self, twistd) -> None:
+        """
+        twistd picks its log observer from its own --logger, which it
+        imports once these options are parsed: name kvpaxos.logs's there,
+        with twistd's own rules for where a log goes.
+        """
+        from kvpaxos import logs
+
+        if twistd.get("logger"):
+            raise usage.UsageError("--log-format json sets twistd's --logger itself: give one or the other")
+        if twistd.get("syslog"):
+            raise usage.UsageError("--log-format json writes to a file or standard output, not to syslog")
+        path = twistd.get("logfile")
+        if not twistd.get("nodaemon"):
+            if path == "-":
+                raise usage.UsageError("a daemon cannot log to standard output: use --nodaemon, or --logfile FILE")
+            path = path or "twistd.log"  # where twistd's own daemon logs go
+        logs.configure(self.node.node_id, path)
+        twistd["logger"] = logs.OBSERVER
 
 
 def _tag_with_node(node_id: int):

@@ -46,12 +46,27 @@ class OptionTests(SynchronousTestCase):
         return options
 
     def test_json_names_the_observer(self):
-        parent = {"logfile": "-", "logger": None}
+        parent = {"logfile": "-", "nodaemon": True, "logger": None}
         options = self.parse("--log-format=json", "--id=3", parent=parent)
         self.addCleanup(logs.configure, None, None)
         self.assertEqual(options.node.log_format, "json")
         self.assertEqual(parent["logger"], logs.OBSERVER)
         self.assertEqual(logs._settings, {"member_id": 3, "logfile": "-"})
+
+    def test_twistds_rules_for_where_logs_go(self):
+        """A daemon logs to twistd.log or the --logfile given, never to stdout; --logger and --syslog conflict."""
+        self.addCleanup(logs.configure, None, None)
+        self.parse("--log-format=json", parent={"logfile": None, "nodaemon": False, "logger": None})
+        self.assertEqual(logs._settings["logfile"], "twistd.log")
+        self.parse("--log-format=json", parent={"logfile": "/var/log/x.log", "nodaemon": False, "logger": None})
+        self.assertEqual(logs._settings["logfile"], "/var/log/x.log")
+        for parent, said in (
+            ({"logfile": "-", "nodaemon": False, "logger": None}, "cannot log to standard output"),
+            ({"logfile": "-", "nodaemon": True, "logger": "my.observer"}, "give one or the other"),
+            ({"logfile": None, "nodaemon": True, "logger": None, "syslog": True}, "not to syslog"),
+        ):
+            error = self.assertRaises(usage.UsageError, self.parse, "--log-format=json", parent=parent)
+            self.assertIn(said, str(error))
 
     def test_text_leaves_twistd_alone(self):
         parent = {"logfile": "-", "logger": None}

@@ -37,11 +37,18 @@ class HealthResource(Resource):
         return json.dumps({"health": "true" if healthy else "false", "reason": reason}).encode("utf-8")
 
 
+class _QuietSite(Site):
+    """A site that writes no access line per request (a probe every second would fill the node's log)."""
+
+    def log(self, request) -> None:
+        pass
+
+
 def metrics_site(metrics) -> Site:
     """The site serving C{/metrics} and C{/health} of C{metrics} (a L{kvpaxos.node.metrics.NodeMetrics})."""
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry=metrics.registry))
     root.putChild(b"health", HealthResource(metrics.health))
-    site = Site(root)
+    site = _QuietSite(root)
     site.displayTracebacks = False
     return site

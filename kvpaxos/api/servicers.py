@@ -373,6 +373,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
                         refusal = _too_many(f"more than {self.server_stream_requests_max} streamed requests in "
                                             "flight at this member")
                     if refusal is not None:
+                        self._calls.count(_STREAMED[kind].__name__ if kind else "Stream", refusal.code)
                         out.answer(_stream_error(one.id, refusal, self._calls.member_id))
                         continue
                     task = asyncio.ensure_future(self._streamed(kind, one, out, _streamed_context(one)))

@@ -235,8 +235,8 @@ def decode_session_head(data) -> tuple[int, int]:
 
     @raise CorruptState: C{data} is too short to be a session entry.
     """
-    if len(data) < _SESSION_HEAD.size:
-        raise CorruptState(f"session: {len(data)} bytes, fewer than its {_SESSION_HEAD.size}-byte head")
+    if len(data) < _SESSION_HEAD.size + 1:  # the head, then at least the result's tag
+        raise CorruptState(f"session: {len(data)} bytes, too few for an entry ({_SESSION_HEAD.size + 1} at least)")
     return _SESSION_HEAD.unpack_from(data)
 
 

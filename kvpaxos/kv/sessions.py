@@ -116,7 +116,12 @@ def check(view, request: Request):
     client_id = request.client_id
     if not client_id:
         return None
-    sequence = view.session_sequence(client_id)
+    read_sequence = getattr(view, "session_sequence", None)
+    if read_sequence is not None:
+        sequence = read_sequence(client_id)
+    else:  # a provider from before IStateView.session_sequence
+        session = view.session(client_id)
+        sequence = None if session is None else session.sequence
     if sequence is None:
         return SessionExpired(client_id, request.sequence)
     if request.sequence == sequence:

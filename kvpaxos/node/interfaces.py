@@ -69,6 +69,12 @@ class NodeStatus:
     #: election raises it, so a leader change that ends with the same
     #: leader still shows.
     ballot_round: int = 0
+    #: Seconds since this node last heard from the leader it knows of (0
+    #: for the leader itself, and while it knows none), and its election
+    #: timeout in seconds: a follower cut off from its leader keeps naming
+    #: it (a learner never campaigns), so only this tells.
+    leader_silent_s: float = 0.0
+    election_timeout_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -135,9 +135,10 @@ class NodeMetrics:
 
     def health(self, lag_slots: int = HEALTH_LAG_SLOTS) -> tuple[bool, str]:
         """
-        C{(healthy, reason)}: healthy only with a leader known and the
-        applied index within C{lag_slots} of the chosen one; the reason
-        says what is missing (empty when healthy).
+        C{(healthy, reason)}: healthy only with a leader known and heard
+        from within two election timeouts, and the applied index within
+        C{lag_slots} of the chosen one; the reason says what is missing
+        (empty when healthy).
         """
         status = self.view[0]
         if status is None:
@@ -146,6 +147,8 @@ class NodeMetrics:
             return False, "no member set yet (joining)"
         if status.leader is None:
             return False, "no leader"
+        if status.election_timeout_s and status.leader_silent_s > 2 * status.election_timeout_s:
+            return False, f"no word from leader {status.leader} for {status.leader_silent_s:.1f}s"
         lag = status.chosen_index - status.applied_index
         if lag > lag_slots:
             return False, f"applied index {status.applied_index} is {lag} slots behind chosen {status.chosen_index}"

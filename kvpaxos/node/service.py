@@ -164,6 +164,8 @@ class ReplicaService(Service):
         # Where a snapshot transfer's reads and staging run (SnapshotPath):
         # a pool thread and the writer thread, unless a test injects its own.
         self._snapshot_io = snapshot_io
+        #: When a message from the leader was last stepped (monotonic seconds).
+        self._leader_heard_at = 0.0
         #: (leader, its ballot round) as last logged.
         self._leader_seen: tuple = (None, None)
         self._ticker = LoopingCall(self._tick)
@@ -221,7 +223,7 @@ class ReplicaService(Service):
         super().startService()
         if self._run_commit == self._commit_on_writer:
             self._pool.start()
-        self._last_tick_at = self.clock.seconds()
+        self._last_tick_at = self._leader_heard_at = self.clock.seconds()
         self._ticker.start(self.tick_s, now=False)
         self.log.info(
             "node {node} started: chosen {chosen}, applied {applied}, members {members}",
@@ -305,8 +307,8 @@ class ReplicaService(Service):
         if seen == self._leader_seen:
             return
         self._leader_seen = seen
-        if self.metrics is not None:
-            self.metrics.leader_changed()
+        if self.metrics is not None and leader is not None:
+            self.metrics.leader_changed()  # a new leader (or ballot) heard of, as etcd counts them
         if leader is None:
             self.log.info("node {node_id}: no leader known", node_id=self.node_id)
         elif leader == self.node_id:
@@ -351,6 +353,8 @@ class ReplicaService(Service):
         replica = self.replica
         leader = replica.leader
         self._guard(replica.step, message)
+        if message.src == replica.leader or replica.leader != leader:
+            self._leader_heard_at = self.clock.seconds()  # heard from it, or newly following it
         if replica.leader != leader and replica.leader is not None:
             self.reads.leader_may_be_known()
         self._note_leader()
@@ -526,4 +530,7 @@ class ReplicaService(Service):
             chosen_index=replica.chosen_index,
             applied_index=replica.applied,
             ballot_round=replica.leader_ballot.round,
+            leader_silent_s=(0.0 if replica.leader in (None, self.node_id)
+                             else max(0.0, self.clock.seconds() - self._leader_heard_at)),
+            election_timeout_s=replica.options.election_ticks * self.tick_s,
         )
