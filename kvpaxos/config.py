@@ -51,6 +51,8 @@ DEFAULT_PEER = "127.0.0.1:2380"
 DEFAULT_ADMIN = "127.0.0.1:2381"
 DEFAULT_DATA = "kvpaxos-data"
 DEFAULT_CLUSTER_TOKEN = "kvpaxos"
+#: etcd's --quota-backend-bytes ceiling: 8 GiB.
+DEFAULT_QUOTA_BYTES = 8 << 30
 
 #: Keys a TOML file may hold.
 _TOML_KEYS = {
@@ -58,6 +60,7 @@ _TOML_KEYS = {
     "tick_ms", "election_ticks", "heartbeat_ticks", "lease_reads", "lease_drift_ticks",
     "snapshot_interval", "cluster_token",
     "join", "auto_promote", "auto_promote_beats", "promote_lag_slots", "metrics_addr", "log_format",
+    "quota_bytes",
 }
 
 
@@ -116,6 +119,9 @@ class NodeConfig:
     metrics: Optional[Address] = None
     #: "text" (twistd's), or "json": one JSON object per line (kvpaxos.logs).
     log_format: str = "text"
+    #: The space quota in bytes of store pages in use (0: none): past it,
+    #: writes that would grow the store are refused (RESOURCE_EXHAUSTED).
+    quota_bytes: int = DEFAULT_QUOTA_BYTES
 
     @property
     def voters(self) -> frozenset:
@@ -304,7 +310,7 @@ def build(values: dict) -> NodeConfig:
             raise ConfigError(f"log_format must be text or json, got {values['log_format']!r}")
         changes["log_format"] = values["log_format"]
     for key in ("tick_ms", "election_ticks", "heartbeat_ticks", "lease_drift_ticks",
-                "snapshot_interval", "auto_promote_beats", "promote_lag_slots"):
+                "snapshot_interval", "auto_promote_beats", "promote_lag_slots", "quota_bytes"):
         if values.get(key) is not None:
             try:
                 changes[key] = int(values[key])
@@ -330,6 +336,8 @@ def build(values: dict) -> NodeConfig:
         raise ConfigError("auto_promote_beats must be at least 1")
     if config.promote_lag_slots < 0:
         raise ConfigError("promote_lag_slots must not be negative")
+    if config.quota_bytes != 0 and config.quota_bytes < (1 << 20):
+        raise ConfigError(f"quota_bytes must be 0 (no quota) or at least 1 MiB ({1 << 20}), got {config.quota_bytes}")
     if config.join:
         if config.peers:
             raise ConfigError(

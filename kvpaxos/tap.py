@@ -28,6 +28,7 @@ _FLAGS = {
     "data": "data", "storage": "storage", "cluster-token": "cluster_token",
     "join": "join", "auto-promote": "auto_promote", "auto-promote-beats": "auto_promote_beats",
     "promote-lag-slots": "promote_lag_slots", "metrics-addr": "metrics_addr", "log-format": "log_format",
+    "quota-bytes": "quota_bytes",
 }
 
 
@@ -66,6 +67,9 @@ class Options(usage.Options):
          " [default: off]."],
         ["log-format", None, None,
          "text, or json: one JSON object per line with the member id [default: text]."],
+        ["quota-bytes", None, None,
+         "Space quota: past this many bytes of store pages in use, writes that grow the store are"
+         " refused until deletes bring it under; 0: none [default: 8 GiB]."],
     ]
 
     def postOptions(self) -> None:
@@ -239,6 +243,7 @@ def makeService(options: Options) -> service.MultiService:
         tick_s=node.tick_ms / 1000.0,
         lease_reads=node.lease_reads,
         addresses=(str(node.peer), str(node.client)),
+        quota_bytes=node.quota_bytes,
     )
     peers = peer_network(node, replica, reactor)
     replica.peers = peers

@@ -33,6 +33,10 @@ The catalogue (reason: gRPC code, whose fault, metadata):
     the transaction applied.
   - L{TOO_MANY_REQUESTS}: RESOURCE_EXHAUSTED; the client's (more requests
     of one C{Stream} in flight than the server takes).
+  - L{NO_SPACE}: RESOURCE_EXHAUSTED; nobody's (the member's store is at its
+    quota: a write that would grow it is refused, reads, deletes and
+    compaction still work, and the alarm clears by itself once use falls
+    under the quota); L{USED_BYTES}, L{QUOTA_BYTES}.  Nothing changed.
   - L{INTERNAL}: INTERNAL; the server's (a bug or a broken dependency).
 
 Every ErrorInfo also names the member that answered (L{MEMBER_ID}).
@@ -67,6 +71,7 @@ UNAVAILABLE = "UNAVAILABLE"
 SHUTTING_DOWN = "SHUTTING_DOWN"
 RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
 TOO_MANY_REQUESTS = "TOO_MANY_REQUESTS"
+NO_SPACE = "NO_SPACE"
 INTERNAL = "INTERNAL"
 
 #: Each reason and the one gRPC status code it travels with.
@@ -79,6 +84,7 @@ REASONS: Mapping[str, grpc.StatusCode] = {
     UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
     RESPONSE_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    NO_SPACE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     TOO_MANY_REQUESTS: grpc.StatusCode.RESOURCE_EXHAUSTED,
     INTERNAL: grpc.StatusCode.INTERNAL,
 }
@@ -90,6 +96,8 @@ CLIENT_ID = "client_id"
 SEQUENCE = "sequence"
 LAST_SEQUENCE = "last_sequence"
 REVISION = "revision"
+USED_BYTES = "used_bytes"
+QUOTA_BYTES = "quota_bytes"
 
 
 # --- the exceptions ----------------------------------------------------------
@@ -129,6 +137,21 @@ class Unavailable(ApiError):
         super().__init__(message)
         self.leader = leader
         self.failures = tuple(failures)
+
+
+class NoSpace(ApiError):
+    """
+    The member's store is at its space quota: a write that would grow it
+    is refused (RESOURCE_EXHAUSTED, reason L{NO_SPACE}); nothing changed.
+    Reads, deletes and compaction still work; the alarm clears by itself.
+    """
+
+    def __init__(self, used_bytes: int, quota_bytes: int) -> None:
+        super().__init__(
+            f"database space exceeded: {used_bytes} of the {quota_bytes}-byte quota in use; writes that grow the "
+            "store are refused until deletes bring it under the quota (the alarm then clears by itself)")
+        self.used_bytes = used_bytes
+        self.quota_bytes = quota_bytes
 
 
 # --- the details on the wire -------------------------------------------------

@@ -552,6 +552,9 @@ class ClusterServicer(kv_pb2_grpc.ClusterServicer):
             chosen_index=status.chosen_index,
             applied_index=status.applied_index,
             ballot_round=status.ballot_round,
+            used_bytes=status.used_bytes,
+            quota_bytes=status.quota_bytes,
+            space_alarm=status.space_alarm,
         )
 
     @_rpc

@@ -94,6 +94,8 @@ def status_for(error: Union[BaseException, StaleSequence, SessionExpired]) -> St
       - L{SessionExpired} → FAILED_PRECONDITION L{SESSION_EXPIRED};
       - L{Unavailable} (L{kvpaxos.node.interfaces.NotLeaderError} among
         them) → UNAVAILABLE with its reason and the known leader;
+      - L{kvpaxos.api.errors.NoSpace} → RESOURCE_EXHAUSTED L{NO_SPACE}, with
+        the bytes in use and the quota;
       - anything else → INTERNAL with its message, and C{unexpected} true: the
         caller logs it, because it is a bug or a broken dependency, not a
         condition the client can act on.
@@ -111,6 +113,9 @@ def status_for(error: Union[BaseException, StaleSequence, SessionExpired]) -> St
                       {errors.CLIENT_ID: error.client_id})
     if isinstance(error, Unavailable):
         return unavailable(str(error), error.leader, error.reason)
+    if isinstance(error, errors.NoSpace):
+        return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), errors.NO_SPACE,
+                      {errors.USED_BYTES: error.used_bytes, errors.QUOTA_BYTES: error.quota_bytes})
     detail = str(error) or type(error).__name__
     return Status(grpc.StatusCode.INTERNAL, f"internal error: {detail}", errors.INTERNAL, unexpected=True)
 

@@ -75,6 +75,11 @@ class NodeStatus:
     #: it (a learner never campaigns), so only this tells.
     leader_silent_s: float = 0.0
     election_timeout_s: float = 0.0
+    #: The store's pages in use, the space quota (0: none), and whether the
+    #: space alarm is on (writes that would grow the store are refused).
+    used_bytes: int = 0
+    quota_bytes: int = 0
+    space_alarm: bool = False
 
 
 @dataclass(frozen=True)

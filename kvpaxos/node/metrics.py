@@ -76,6 +76,9 @@ class _StatusCollector:
              max(0, status.chosen_index - status.applied_index)),
             ("kvpaxos_voters", "Voters in this member's member set", len(status.voters)),
             ("kvpaxos_learners", "Learners in this member's member set", len(status.learners)),
+            ("kvpaxos_used_bytes", "Bytes of the store's pages in use (free pages not counted)", status.used_bytes),
+            ("kvpaxos_quota_bytes", "The space quota (0: none)", status.quota_bytes),
+            ("kvpaxos_space_alarm", "1 while writes that grow the store are refused", int(status.space_alarm)),
         ):
             family = GaugeMetricFamily(name, doc, labels=["member"])
             family.add_metric([member], float(value))

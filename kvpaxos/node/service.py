@@ -59,6 +59,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from kvpaxos.api.errors import NoSpace
 from kvpaxos.kv.commands import Request
 from kvpaxos.node.clock import MonotonicClock
 from kvpaxos.node.interfaces import (
@@ -136,8 +137,13 @@ class ReplicaService(Service):
         clock=None,
         boot: Optional[int] = None,
         addresses: tuple[str, str] = ("", ""),
+        quota_bytes: int = 0,
     ) -> None:
         self.node_id = node_id
+        #: The space quota (0: none); the alarm is on while the store's
+        #: pages in use (its C{used_bytes}) are at or over it.
+        self.quota_bytes = quota_bytes
+        self.space_alarm = False
         self.addresses = addresses
         self.clock = clock or MonotonicClock()
         #: Why the node stopped on a fatal error (one line), else None.
@@ -201,7 +207,7 @@ class ReplicaService(Service):
         peers = lambda: self.peers  # noqa: E731
         self.writes = self.write_path_class(
             self.node_id, self._boot, self.replica, peers, self.reactor,
-            self._guard, self._schedule, stopping,
+            self._guard, self._schedule, stopping, no_space=self._no_space,
         )
         self.reads = self.read_path_class(
             self.node_id, self.replica, self.store, peers, self.reactor, self.clock,
@@ -318,9 +324,34 @@ class ReplicaService(Service):
             self.log.info("node {node_id} follows leader {leader} (ballot round {round})", node_id=self.node_id,
                           leader=leader, round=seen[1])
 
+    def _used_bytes(self) -> int:
+        return getattr(self.store, "used_bytes", 0) or 0
+
+    def _check_space(self) -> None:
+        """Raise or clear the space alarm from the store's use (after each commit and on ticks)."""
+        if not self.quota_bytes:
+            return
+        used = self._used_bytes()
+        over = used >= self.quota_bytes
+        if over and not self.space_alarm:
+            self.space_alarm = True
+            self.log.warn("space alarm: {used} of the {quota}-byte quota in use; writes that grow the store "
+                          "are refused until deletes bring it under", used=used, quota=self.quota_bytes)
+        elif not over and self.space_alarm:
+            self.space_alarm = False
+            self.log.info("space alarm cleared: {used} of the {quota}-byte quota in use", used=used,
+                          quota=self.quota_bytes)
+
+    def _no_space(self):
+        """The refusal of a write that would grow the store, while the space alarm is on."""
+        if not self.space_alarm:
+            return None
+        return NoSpace(self._used_bytes(), self.quota_bytes)
+
     def _tick(self) -> None:
         self._catch_up_ticks()
         self._note_leader()
+        self._check_space()
         if self.metrics is not None:
             links = self.peers.link_states() if hasattr(self.peers, "link_states") else None
             self.metrics.update(self.status(), links)
@@ -461,6 +492,7 @@ class ReplicaService(Service):
         self._busy = None
         if self._stopping:
             return
+        self._check_space()
         for message in rd.durable_messages:
             self.peers.send(message)
         self.writes.answer(results)  # those not answered early
@@ -533,4 +565,7 @@ class ReplicaService(Service):
             leader_silent_s=(0.0 if replica.leader in (None, self.node_id)
                              else max(0.0, self.clock.seconds() - self._leader_heard_at)),
             election_timeout_s=replica.options.election_ticks * self.tick_s,
+            used_bytes=self._used_bytes(),
+            quota_bytes=self.quota_bytes,
+            space_alarm=self.space_alarm,
         )

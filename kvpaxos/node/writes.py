@@ -27,11 +27,21 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from kvpaxos.kv.commands import CorruptCommand, InvalidArgument, Request
+from kvpaxos.kv.commands import CorruptCommand, InvalidArgument, Op, Put, Request
 from kvpaxos.encoding.commands import decode_request, encode_request
 from kvpaxos.node.interfaces import NotLeaderError, Unavailable
 from kvpaxos.node.peer_commands import ForwardFailed, PeerUnreachable
 from kvpaxos.paxos import Batch, NotLeader, ProposalRejected
+
+
+def grows_the_store(request: Request) -> bool:
+    """Whether C{request} may add bytes to the store: a put, an append, a session, or a Txn with a put."""
+    op = request.op
+    if op in (Op.PUT, Op.APPEND, Op.OPEN_SESSION):
+        return True
+    if op is Op.TXN and request.txn is not None:
+        return any(type(o) is Put for o in request.txn.success + request.txn.failure)
+    return False
 
 
 class WritePath:
@@ -48,6 +58,8 @@ class WritePath:
         invariant stops the node.
     @param schedule: asks the node to cut a Ready at the end of this turn.
     @param stopping: C{stopping()} says whether the node is shutting down.
+    @param no_space: C{no_space()} is the error a write that would grow the
+        store gets while the node's space alarm is on (None: off).
     """
 
     log = Logger()
@@ -62,8 +74,10 @@ class WritePath:
         guard: Callable,
         schedule: Callable[[], None],
         stopping: Callable[[], bool],
+        no_space: Callable[[], Optional[Exception]] = lambda: None,
     ) -> None:
         self.node_id = node_id
+        self._no_space = no_space
         self._boot = boot
         self._replica = replica
         self._peers = peers  # a getter: the wiring may set the transport late
@@ -93,6 +107,10 @@ class WritePath:
         """L{kvpaxos.node.interfaces.IKeyValueNode.submit}."""
         if self._stopping():
             return defer.fail(Unavailable("node shutting down"))
+        if grows_the_store(request):
+            refusal = self._no_space()
+            if refusal is not None:
+                return defer.fail(refusal)  # refused before anything is proposed
         self._counter += 1
         request_id = (self._boot << 32) | (self._counter & 0xFFFFFFFF)
         request = dataclasses.replace(request, origin=self.node_id, request_id=request_id)

@@ -168,11 +168,16 @@ class LMDBStore:
             self._session_use = self._env.open_db(b"session_use")
             self._tables = Tables(self._meta, self._kv, self._sessions, self._session_use)
             #: The incoming snapshot transfer's chunks (L{LMDBStaging}).
-            self.staging = self._staging = LMDBStaging(
-                self, self._env.open_db(b"staged_kv"), self._env.open_db(b"staged_sessions")
-            )
+            self._staged = (self._env.open_db(b"staged_kv"), self._env.open_db(b"staged_sessions"))
+            self.staging = self._staging = LMDBStaging(self, *self._staged)
             self._bootstrap(config or Config(frozenset()))
             self._transact(self._staging.clear)
+            #: Bytes of the pages in use (every database's, not the free
+            #: ones LMDB reuses), as of the last commit: what the space
+            #: quota counts.  Written by the writer thread, read anywhere.
+            self.used_bytes = 0
+            with self._env.begin() as txn:
+                self.used_bytes = self._pages_in_use(txn)
         except BaseException:
             self._env.close()
             raise
@@ -373,16 +378,31 @@ class LMDBStore:
         # Encode once, outside the transaction (and its retries).
         encoded = [(values.encode_slot(s), s, values.encode_entry(e)) for s, e in entries]
 
+        used = []
+
         def write(txn) -> list:
             results = self._write(txn, hard_state, encoded, snapshot, install, committed, decoded)
             if on_applied is not None and results:
                 on_applied(results)
+            used[:] = [self._pages_in_use(txn)]
             return results
 
         results = self._transact(write)
+        self.used_bytes = used[0]
         if install and isinstance(snapshot.data, StagedState):
             self._staging.installed()
         return results
+
+    def _pages_in_use(self, txn) -> int:
+        """Bytes of the pages every database holds in C{txn} (free pages not counted), and the two meta pages."""
+        pages = 2
+        size = 0
+        for db in (None, self._meta, self._log, self._kv, self._snapshot, self._sessions, self._session_use,
+                   *self._staged):
+            stat = txn.stat(db) if db is not None else txn.stat()
+            size = stat["psize"]
+            pages += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+        return pages * size
 
     def _transact(self, work):
         """

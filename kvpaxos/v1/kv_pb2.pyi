@@ -308,7 +308,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("header", "member_id", "role", "leader_id", "voters", "learners", "chosen_index", "applied_index", "ballot_round")
+    __slots__ = ("header", "member_id", "role", "leader_id", "voters", "learners", "chosen_index", "applied_index", "ballot_round", "used_bytes", "quota_bytes", "space_alarm")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -318,6 +318,9 @@ class StatusResponse(_message.Message):
     CHOSEN_INDEX_FIELD_NUMBER: _ClassVar[int]
     APPLIED_INDEX_FIELD_NUMBER: _ClassVar[int]
     BALLOT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SPACE_ALARM_FIELD_NUMBER: _ClassVar[int]
     header: ResponseHeader
     member_id: int
     role: str
@@ -327,7 +330,10 @@ class StatusResponse(_message.Message):
     chosen_index: int
     applied_index: int
     ballot_round: int
-    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., member_id: _Optional[int] = ..., role: _Optional[str] = ..., leader_id: _Optional[int] = ..., voters: _Optional[_Iterable[int]] = ..., learners: _Optional[_Iterable[int]] = ..., chosen_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., ballot_round: _Optional[int] = ...) -> None: ...
+    used_bytes: int
+    quota_bytes: int
+    space_alarm: bool
+    def __init__(self, header: _Optional[_Union[ResponseHeader, _Mapping]] = ..., member_id: _Optional[int] = ..., role: _Optional[str] = ..., leader_id: _Optional[int] = ..., voters: _Optional[_Iterable[int]] = ..., learners: _Optional[_Iterable[int]] = ..., chosen_index: _Optional[int] = ..., applied_index: _Optional[int] = ..., ballot_round: _Optional[int] = ..., used_bytes: _Optional[int] = ..., quota_bytes: _Optional[int] = ..., space_alarm: _Optional[bool] = ...) -> None: ...
 
 class MemberListRequest(_message.Message):
     __slots__ = ()
