@@ -116,6 +116,7 @@ class FakeCluster:
         return kv_pb2.StatusResponse(
             header=self.HEADER, member_id=1, role="follower", leader_id=2,
             voters=[1, 2, 3], learners=[], chosen_index=9, applied_index=8, ballot_round=4,
+            used_bytes=20480, quota_bytes=8 << 30,
         )
 
 
@@ -352,6 +353,7 @@ class OutputTests(CliTestCase):
         self.assertEqual([member["endpoint"] for member in members], ["a:1", "b:2"])
         self.assertEqual(members[0]["voters"], [1, 2, 3])
         self.assertEqual(members[0]["ballot_round"], 4)
+        self.assertEqual((members[0]["quota_bytes"], members[0]["space_alarm"]), (8 << 30, False))
 
     def test_status_endpoint_down(self) -> None:
         """status reports an endpoint that fails on stderr, the others on stdout, and exits 1."""

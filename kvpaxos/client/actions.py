@@ -229,6 +229,9 @@ class Actions(Output):
                 "chosen_index": response.chosen_index,
                 "applied_index": response.applied_index,
                 "ballot_round": response.ballot_round,
+                "used_bytes": response.used_bytes,
+                "quota_bytes": response.quota_bytes,
+                "space_alarm": response.space_alarm,
             })
         if i.json:
             self.json({"members": members})
@@ -245,6 +248,9 @@ class Actions(Output):
             if "error" in member:
                 self.error(member["error"])
                 continue
+            if member["space_alarm"]:
+                self.error(f"{member['endpoint']}: space alarm: {member['used_bytes']} of the "
+                           f"{member['quota_bytes']}-byte quota in use; writes that grow the store are refused")
             rows.append((
                 member["endpoint"], str(member["member_id"]), member["role"],
                 str(member["leader_id"] or "-"), str(member["ballot_round"]), ids(member["voters"]),
