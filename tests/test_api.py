@@ -941,7 +941,7 @@ class StreamTests(RunningServer, SynchronousTestCase):
 
     def test_answers_split_under_the_message_limit(self) -> None:
         """Answers settled together go in as many messages as keep each under the budget."""
-        from kvpaxos.api.servicers import _StreamAnswers
+        from kvpaxos.api.streaming import _StreamAnswers
 
         out = _StreamAnswers(None)
         out.budget = 150

@@ -209,13 +209,15 @@ class LMDBSnapshotStepTests(SynchronousTestCase):
         self.store.commit(Commit(None, [], None, False, [(1, put(b"a", b"b", b"c"))]))
         self.before = self.store.snapshot_data()
         self.copies: list = []
-        copy_state = self.store._copy_state
+        from kvpaxos.storage import lmdb_transfer
 
-        def counted(txn):
+        copy_state = lmdb_transfer._copy_state
+
+        def counted(store, txn, step_bytes):
             self.copies.append(True)
-            return copy_state(txn)
+            return copy_state(store, txn, step_bytes)
 
-        self.patch(self.store, "_copy_state", counted)
+        self.patch(lmdb_transfer, "_copy_state", counted)
         # One record per step, and the first step held until resumed.
         self.patch(lmdb_store, "SNAPSHOT_STEP_BYTES", 1)
         self.gate = self.store._gate

@@ -39,8 +39,10 @@ L{kvpaxos.node.writes.WritePath} (propose here or forward to the leader,
 answer once applied), L{kvpaxos.node.reads.ReadPath} (read index, lease,
 serializable) and L{kvpaxos.node.snapshots.SnapshotPath} (a peer's
 snapshot checked before it is stepped; this node's state read for a
-lagging peer); L{IMembership} is L{kvpaxos.node.membership.Membership}'s.
-A node with no member set yet (joining) refuses clients: L{Unavailable}.
+lagging peer); L{IMembership} is L{kvpaxos.node.membership.Membership}'s;
+its status, leader log lines, space alarm and metrics view are
+L{kvpaxos.node.watch.NodeWatch}'s.  A node with no member set yet
+(joining) refuses clients: L{Unavailable}.
 """
 
 from __future__ import annotations
@@ -59,20 +61,19 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from kvpaxos.api.errors import NoSpace
 from kvpaxos.kv.commands import Request
 from kvpaxos.node.clock import MonotonicClock
 from kvpaxos.node.interfaces import (
     IKeyValueNode,
     IMembership,
     IPeerHandler,
-    NodeStatus,
     NotLeaderError,
     Timing,
     Unavailable,
 )
 from kvpaxos.node.membership import Membership
 from kvpaxos.node.metrics import commit_timer
+from kvpaxos.node.watch import NodeWatch
 from kvpaxos.node.reads import ReadPath
 from kvpaxos.node.snapshots import SnapshotPath
 from kvpaxos.node.writes import WritePath
@@ -86,7 +87,7 @@ def _delegate(name: str):
 
 
 @implementer(IPeerHandler, IKeyValueNode, IMembership)
-class ReplicaService(Service):
+class ReplicaService(NodeWatch, Service):
     """
     Runs one replica.
 
@@ -305,56 +306,11 @@ class ReplicaService(Service):
             self._guard(self.replica.tick)
         self._last_tick_at += count * self.tick_s
 
-    def _note_leader(self) -> None:
-        """Log each change of the leader this node knows of, or of its ballot (an election that it won again)."""
-        replica = self.replica
-        leader = replica.leader
-        seen = (leader, replica.leader_ballot.round if leader is not None else None)
-        if seen == self._leader_seen:
-            return
-        self._leader_seen = seen
-        if self.metrics is not None and leader is not None:
-            self.metrics.leader_changed()  # a new leader (or ballot) heard of, as etcd counts them
-        if leader is None:
-            self.log.info("node {node_id}: no leader known", node_id=self.node_id)
-        elif leader == self.node_id:
-            self.log.info("node {node_id} is the leader (ballot round {round})", node_id=self.node_id,
-                          round=seen[1])
-        else:
-            self.log.info("node {node_id} follows leader {leader} (ballot round {round})", node_id=self.node_id,
-                          leader=leader, round=seen[1])
-
-    def _used_bytes(self) -> int:
-        return getattr(self.store, "used_bytes", 0) or 0
-
-    def _check_space(self) -> None:
-        """Raise or clear the space alarm from the store's use (after each commit and on ticks)."""
-        if not self.quota_bytes:
-            return
-        used = self._used_bytes()
-        over = used >= self.quota_bytes
-        if over and not self.space_alarm:
-            self.space_alarm = True
-            self.log.warn("space alarm: {used} of the {quota}-byte quota in use; writes that grow the store "
-                          "are refused until deletes bring it under", used=used, quota=self.quota_bytes)
-        elif not over and self.space_alarm:
-            self.space_alarm = False
-            self.log.info("space alarm cleared: {used} of the {quota}-byte quota in use", used=used,
-                          quota=self.quota_bytes)
-
-    def _no_space(self):
-        """The refusal of a write that would grow the store, while the space alarm is on."""
-        if not self.space_alarm:
-            return None
-        return NoSpace(self._used_bytes(), self.quota_bytes)
-
     def _tick(self) -> None:
         self._catch_up_ticks()
         self._note_leader()
         self._check_space()
-        if self.metrics is not None:
-            links = self.peers.link_states() if hasattr(self.peers, "link_states") else None
-            self.metrics.update(self.status(), links)
+        self._hand_over_view()
         self.writes.route()
         self.reads.leader_may_be_known()
         self.membership.tick()
@@ -400,15 +356,6 @@ class ReplicaService(Service):
         """
         return self.snapshots.checking(message)
 
-    def peer_timing(self, peer_id: int, timing: Timing) -> None:
-        """
-        Peer C{peer_id} runs with C{timing}.  A read lease counts on every
-        member ticking alike, so this node refuses lease reads while a voter
-        reports other timing than its own (issue 9, hole 6).
-        """
-        self._peer_timing[peer_id] = timing
-        self._lease_allowed()
-
     def _lease_index(self):
         """
         The index a lease read may be served at now, or None: this node
@@ -422,31 +369,6 @@ class ReplicaService(Service):
             return self.replica.lease_read_index()
         except NotLeader:
             return None  # the missed ticks ended its leadership
-
-    def _lease_allowed(self) -> bool:
-        """
-        Whether lease reads may be served: enabled here, and every other
-        voter reported the same timing as this node.  A change of the
-        reason is logged once.
-        """
-        if not self.lease_reads:
-            return False
-        reason = None
-        for voter in sorted(self.replica.config.voters - {self.node_id}):
-            theirs = self._peer_timing.get(voter)
-            if theirs is None:
-                reason = f"node {voter} has not reported its timing"
-                break
-            if theirs != self.timing:
-                reason = f"node {voter} runs {theirs}, this node {self.timing}"
-                break
-        if reason != self._lease_refused:
-            self._lease_refused = reason
-            if reason is None:
-                self.log.info("lease reads allowed: every voter runs {timing}", timing=self.timing)
-            else:
-                self.log.warn("lease reads refused: {reason}", reason=reason)
-        return reason is None
 
     def _schedule(self) -> None:
         """Cut a Ready once this reactor turn is over (coalescing inputs)."""
@@ -548,24 +470,3 @@ class ReplicaService(Service):
     def was_removed(self, member: int) -> bool:
         """Whether C{member}'s removal is chosen in this replica's log (since its snapshot)."""
         return self.replica is not None and member in self.replica.removed
-
-    # --- status --------------------------------------------------------------
-
-    def status(self) -> NodeStatus:
-        replica = self.replica
-        return NodeStatus(
-            member_id=self.node_id,
-            role=replica.role.name,
-            leader=replica.leader,
-            voters=tuple(sorted(replica.config.voters)),
-            learners=tuple(sorted(replica.config.learners)),
-            chosen_index=replica.chosen_index,
-            applied_index=replica.applied,
-            ballot_round=replica.leader_ballot.round,
-            leader_silent_s=(0.0 if replica.leader in (None, self.node_id)
-                             else max(0.0, self.clock.seconds() - self._leader_heard_at)),
-            election_timeout_s=replica.options.election_ticks * self.tick_s,
-            used_bytes=self._used_bytes(),
-            quota_bytes=self.quota_bytes,
-            space_alarm=self.space_alarm,
-        )

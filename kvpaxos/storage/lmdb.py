@@ -61,7 +61,7 @@ from kvpaxos.paxos.state import HardState
 from kvpaxos.storage.apply import apply_committed
 from kvpaxos.storage.gate import ReadGate
 from kvpaxos.storage.interfaces import Commit, INodeStore
-from kvpaxos.storage.lmdb_transfer import LMDBSnapshotStream, LMDBStaging, copy_step
+from kvpaxos.storage.lmdb_transfer import LMDBSnapshotStream, LMDBStaging, snapshot_now
 from kvpaxos.storage.lmdb_view import NEXT_CLIENT_ID, REVISION, LMDBView, Tables
 from kvpaxos.storage.staging import StagedState
 from kvpaxos.storage.state_machine import StateMachineView
@@ -299,50 +299,10 @@ class LMDBStore:
     def snapshot_now(self) -> tuple[int, bytes]:
         """
         Return the applied index and L{snapshot_data} as of the last commit,
-        read in one read transaction (the data is the state at that index).
-
-        O(state), so for a pool thread; it never holds up the reactor's
-        reads.  The stored bytes are copied in bounded steps, a long read of
-        L{ReadGate}, and encoded once the transaction is closed.  A commit
-        that must grow the map (or abort) in the meantime makes the copy
-        start over after it, which is rare: the map doubles each time.
+        read in one read transaction (O(state): for a pool thread; see
+        L{kvpaxos.storage.lmdb_transfer.snapshot_now}).
         """
-        while True:
-            with self._gate.reading_long():
-                with self._env.begin() as txn:
-                    copied = self._copy_state(txn)
-            if copied is not None:
-                break
-        applied, revision, next_client_id, records, sessions = copied
-        return applied, state.encode_snapshot(
-            revision,
-            next_client_id,
-            records,
-            [(values.decode_u64(key), value) for key, value in sessions],
-        )
-
-    def _copy_state(self, txn) -> Optional[tuple]:
-        """
-        Return C{(applied, revision, next_client_id, records, sessions)} as
-        stored in C{txn}, records and sessions as their stored C{(key,
-        bytes)} pairs in key order; or C{None} if the writer asked for the
-        gate meanwhile (then the caller leaves it and starts over).
-        """
-        view = LMDBView(txn, self._tables)
-        head = (
-            values.decode_slot(txn.get(_APPLIED, db=self._meta)),
-            view.revision(),
-            view.next_client_id(),
-        )
-        tables = []
-        for db in (self._kv, self._sessions):
-            pairs: list = []
-            items = txn.cursor(db=db).iternext()
-            while copy_step(items, pairs, SNAPSHOT_STEP_BYTES):
-                if self._gate.asked():
-                    return None
-            tables.append(pairs)
-        return head + tuple(tables)
+        return snapshot_now(self, SNAPSHOT_STEP_BYTES)
 
     def open_snapshot_stream(self) -> LMDBSnapshotStream:
         """

@@ -35,7 +35,7 @@ from typing import Optional
 
 import lmdb
 
-from kvpaxos.encoding import values
+from kvpaxos.encoding import state, values
 from kvpaxos.encoding.state import decode_session
 from kvpaxos.encoding.transfer import TABLE_RECORDS, TABLE_SESSIONS
 from kvpaxos.storage.lmdb_view import LMDBView
@@ -219,3 +219,53 @@ class LMDBStaging:
         """The install committed: nothing is staged any more."""
         self._transfer = self._check = None
         self.complete = False
+
+
+def snapshot_now(store, step_bytes: int) -> tuple[int, bytes]:
+    """
+    Return C{store}'s applied index and its L{snapshot_data} as of the last commit,
+    read in one read transaction (the data is the state at that index).
+
+    O(state), so for a pool thread; it never holds up the reactor's
+    reads.  The stored bytes are copied in bounded steps, a long read of
+    L{ReadGate}, and encoded once the transaction is closed.  A commit
+    that must grow the map (or abort) in the meantime makes the copy
+    start over after it, which is rare: the map doubles each time.
+    """
+    while True:
+        with store._gate.reading_long():
+            with store._env.begin() as txn:
+                copied = _copy_state(store, txn, step_bytes)
+        if copied is not None:
+            break
+    applied, revision, next_client_id, records, sessions = copied
+    return applied, state.encode_snapshot(
+        revision,
+        next_client_id,
+        records,
+        [(values.decode_u64(key), value) for key, value in sessions],
+    )
+
+
+def _copy_state(store, txn, step_bytes: int) -> Optional[tuple]:
+    """
+    Return C{(applied, revision, next_client_id, records, sessions)} as
+    stored in C{txn}, records and sessions as their stored C{(key,
+    bytes)} pairs in key order; or C{None} if the writer asked for the
+    gate meanwhile (then the caller leaves it and starts over).
+    """
+    view = LMDBView(txn, store._tables)
+    head = (
+        values.decode_slot(txn.get(b"applied", db=store._meta)),
+        view.revision(),
+        view.next_client_id(),
+    )
+    tables = []
+    for db in (store._kv, store._sessions):
+        pairs: list = []
+        items = txn.cursor(db=db).iternext()
+        while copy_step(items, pairs, step_bytes):
+            if store._gate.asked():
+                return None
+        tables.append(pairs)
+    return head + tuple(tables)
