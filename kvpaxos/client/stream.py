@@ -200,18 +200,10 @@ class _OneStream:
             self.queued = [q for q in self.queued if q is not queued]
 
 
-class Multiplexer:
-    """
-    One C{KV.Stream} to one member (over C{channel}, a C{grpc.aio}
-    channel), opened on the first request and again after it broke.  Use
-    it from one event loop.
-    """
+class _Multiplexing:
+    """What both multiplexers hold: the stub, the clock, request ids, the current stream, whether closed."""
 
-    def __init__(self, channel: grpc.aio.Channel, clock: Optional[Callable[[], float]] = None) -> None:
-        """
-        @param clock: monotonic seconds, for the timeouts stamped when
-            requests are sent (default: the event loop's).
-        """
+    def __init__(self, channel, clock: Optional[Callable[[], float]]) -> None:
         self._stub = kv_pb2_grpc.KVStub(channel)
         self._clock = clock
         self._ids = itertools.count(1)
@@ -225,6 +217,21 @@ class Multiplexer:
     def closed(self) -> bool:
         """Whether L{close} was called (later requests are refused)."""
         return self._closed
+
+
+class Multiplexer(_Multiplexing):
+    """
+    One C{KV.Stream} to one member (over C{channel}, a C{grpc.aio}
+    channel), opened on the first request and again after it broke.  Use
+    it from one event loop.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, clock: Optional[Callable[[], float]] = None) -> None:
+        """
+        @param clock: monotonic seconds, for the timeouts stamped when
+            requests are sent (default: the event loop's).
+        """
+        super().__init__(channel, clock)
 
     def caller(self, kind: str) -> Callable:
         """An C{async (request, timeout=...) -> response} for requests of C{kind}, like a stub's method."""
@@ -317,7 +324,7 @@ class Multiplexer:
         await asyncio.gather(stream.reader, return_exceptions=True)
 
 
-class BlockingMultiplexer:
+class BlockingMultiplexer(_Multiplexing):
     """
     One C{KV.Stream} to one member over a blocking grpcio C{channel},
     shared by every thread: L{request} blocks its caller until the answer.
@@ -327,19 +334,8 @@ class BlockingMultiplexer:
 
     def __init__(self, channel: grpc.Channel, clock: Callable[[], float] = time.monotonic) -> None:
         """@param clock: monotonic seconds, for the timeouts stamped when requests are sent."""
-        self._stub = kv_pb2_grpc.KVStub(channel)
-        self._clock = clock
+        super().__init__(channel, clock)
         self._lock = threading.Lock()
-        self._ids = itertools.count(1)
-        self._stream: Optional[_OneStream] = None
-        self._closed = False
-        self.messages = 0
-        self.requests = 0
-
-    @property
-    def closed(self) -> bool:
-        """Whether L{close} was called (later requests are refused)."""
-        return self._closed
 
     def request(self, kind: str, message: Any, timeout_s: Optional[float] = None) -> Any:
         """Send one request of C{kind}; return its response or raise its error (a C{grpc.RpcError})."""
