@@ -17,6 +17,13 @@ the same keys::
     auto_promote = false             # the leader promotes a caught-up learner
     auto_promote_beats = 10          # ... once it stayed caught up this many heartbeats
     promote_lag_slots = 1000         # a learner this close to the leader is caught up
+    cert_file = "node1.pem"          # TLS on the gRPC and admin ports (--cert-file) ...
+    key_file = "node1-key.pem"       # ... and its key (--key-file)
+    trusted_ca_file = "ca.pem"       # the CA of clients' certificates (--trusted-ca-file)
+    client_cert_auth = true          # clients must present one (--client-cert-auth)
+    peer_cert_file = "node1.pem"     # mutual TLS on the peer links: all three
+    peer_key_file = "node1-key.pem"
+    peer_trusted_ca_file = "ca.pem"
     [peers]
     2 = "127.0.0.1:22380"
     3 = "127.0.0.1:32380"
@@ -60,8 +67,13 @@ _TOML_KEYS = {
     "tick_ms", "election_ticks", "heartbeat_ticks", "lease_reads", "lease_drift_ticks",
     "snapshot_interval", "cluster_token",
     "join", "auto_promote", "auto_promote_beats", "promote_lag_slots", "metrics_addr", "log_format",
-    "quota_bytes",
+    "quota_bytes", *("cert_file", "key_file", "trusted_ca_file", "client_cert_auth",
+                     "peer_cert_file", "peer_key_file", "peer_trusted_ca_file"),
 }
+
+#: The TLS file keys (issue 13, part 1), etcd's names with underscores.
+_TLS_FILE_KEYS = ("cert_file", "key_file", "trusted_ca_file", "peer_cert_file", "peer_key_file",
+                  "peer_trusted_ca_file")
 
 
 class ConfigError(ValueError):
@@ -122,6 +134,38 @@ class NodeConfig:
     #: The space quota in bytes of store pages in use (0: none): past it,
     #: writes that would grow the store are refused (RESOURCE_EXHAUSTED).
     quota_bytes: int = DEFAULT_QUOTA_BYTES
+    #: TLS on the client (gRPC) and admin ports: this node's certificate and
+    #: key, the CA that signs its clients' certificates, and whether a
+    #: client must present one (etcd's --cert-file, --key-file,
+    #: --trusted-ca-file, --client-cert-auth).  None: plaintext.
+    cert_file: Optional[str] = None
+    key_file: Optional[str] = None
+    trusted_ca_file: Optional[str] = None
+    client_cert_auth: bool = False
+    #: Mutual TLS on the peer links, both ways (etcd's --peer-cert-file,
+    #: --peer-key-file, --peer-trusted-ca-file): all three or none.
+    peer_cert_file: Optional[str] = None
+    peer_key_file: Optional[str] = None
+    peer_trusted_ca_file: Optional[str] = None
+
+    @property
+    def client_tls(self):
+        """The L{kvpaxos.tls.TLSFiles} of the client and admin ports, or None (plaintext)."""
+        from kvpaxos.tls import TLSFiles
+
+        if self.cert_file is None:
+            return None
+        return TLSFiles(self.cert_file, self.key_file, self.trusted_ca_file)
+
+    @property
+    def peer_tls(self):
+        """The L{kvpaxos.tls.TLSFiles} of the peer links, or None (plaintext)."""
+        from kvpaxos.tls import TLSFiles
+
+        if self.peer_cert_file is None:
+            return None
+        return TLSFiles(self.peer_cert_file, self.peer_key_file, self.peer_trusted_ca_file,
+                        names=("peer_cert_file", "peer_key_file", "peer_trusted_ca_file"))
 
     @property
     def voters(self) -> frozenset:
@@ -298,7 +342,12 @@ def build(values: dict) -> NodeConfig:
         changes["cluster_token"] = token
     if values.get("peers") is not None:
         changes["peers"] = parse_peers(values["peers"])
-    for key in ("lease_reads", "auto_promote"):
+    for key in _TLS_FILE_KEYS:
+        if values.get(key) not in (None, ""):
+            if not isinstance(values[key], str):
+                raise ConfigError(f"{key} must be a file path, got {values[key]!r}")
+            changes[key] = values[key]
+    for key in ("lease_reads", "auto_promote", "client_cert_auth"):
         if values.get(key) is not None:
             changes[key] = parse_bool(values[key], key)
     if values.get("join") is not None:
@@ -349,7 +398,24 @@ def build(values: dict) -> NodeConfig:
                 raise ConfigError(
                     f"with join, {key} must be an address the members can reach, not {address}"
                 )
+    _check_tls(config)
     ports = [(a.host, a.port) for a in (config.peer, config.client, config.admin) if a.port]
     if len(set(ports)) != len(ports):
         raise ConfigError("addr, client and admin must be different addresses")
     return config
+
+
+def _check_tls(config: NodeConfig) -> None:
+    """The TLS keys that go together (the files themselves are read at startup)."""
+    if (config.cert_file is None) != (config.key_file is None):
+        raise ConfigError("cert_file and key_file go together: give both or neither")
+    if config.trusted_ca_file is not None and config.cert_file is None:
+        raise ConfigError("trusted_ca_file needs cert_file and key_file: the ports it guards serve TLS")
+    if config.client_cert_auth and config.trusted_ca_file is None:
+        raise ConfigError("client_cert_auth needs trusted_ca_file, the CA that signs the clients' certificates")
+    peer = (config.peer_cert_file, config.peer_key_file, config.peer_trusted_ca_file)
+    if any(p is not None for p in peer) and not all(p is not None for p in peer):
+        raise ConfigError(
+            "peer_cert_file, peer_key_file and peer_trusted_ca_file go together: peer links are"
+            " mutual TLS, each side presenting its certificate and checking the other's"
+        )

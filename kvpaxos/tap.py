@@ -17,10 +17,12 @@ import os
 import sys
 
 from twisted.application import internet, service
-from twisted.logger import globalLogPublisher
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 
 from kvpaxos.config import ConfigError, build, load_toml
+
+_log = Logger()
 
 #: Each flag and the configuration (TOML) key it sets.
 _FLAGS = {
@@ -29,6 +31,9 @@ _FLAGS = {
     "join": "join", "auto-promote": "auto_promote", "auto-promote-beats": "auto_promote_beats",
     "promote-lag-slots": "promote_lag_slots", "metrics-addr": "metrics_addr", "log-format": "log_format",
     "quota-bytes": "quota_bytes",
+    "cert-file": "cert_file", "key-file": "key_file", "trusted-ca-file": "trusted_ca_file",
+    "client-cert-auth": "client_cert_auth", "peer-cert-file": "peer_cert_file",
+    "peer-key-file": "peer_key_file", "peer-trusted-ca-file": "peer_trusted_ca_file",
 }
 
 
@@ -70,6 +75,16 @@ class Options(usage.Options):
         ["quota-bytes", None, None,
          "Space quota: past this many bytes of store pages in use, writes that grow the store are"
          " refused until deletes bring it under; 0: none [default: 8 GiB]."],
+        ["cert-file", None, None, "TLS certificate (PEM) of the gRPC and admin ports [default: plaintext]."],
+        ["key-file", None, None, "TLS private key (PEM) of --cert-file."],
+        ["trusted-ca-file", None, None, "CA certificates (PEM) that sign clients' certificates."],
+        ["client-cert-auth", None, None,
+         "true: a client of the gRPC and admin ports must present a certificate"
+         " --trusted-ca-file signed [default: false]."],
+        ["peer-cert-file", None, None, "TLS certificate (PEM) of the peer links [default: plaintext]."],
+        ["peer-key-file", None, None, "TLS private key (PEM) of --peer-cert-file."],
+        ["peer-trusted-ca-file", None, None,
+         "CA certificates (PEM) that sign every member's peer certificate (peer links are mutual TLS)."],
     ]
 
     def postOptions(self) -> None:
@@ -83,6 +98,7 @@ class Options(usage.Options):
             self.node = build(values)
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
+        self._check_tls()
         names = sorted(store_factories())
         if self.node.storage not in names:
             raise usage.UsageError(
@@ -90,6 +106,17 @@ class Options(usage.Options):
             )
         if self.node.log_format == "json" and self.parent is not None:
             self._log_json(self.parent)
+
+    def _check_tls(self) -> None:
+        """Read the TLS files once now, so that a bad one is a usage error naming it."""
+        from kvpaxos.tls import TLSError
+
+        for files in (self.node.client_tls, self.node.peer_tls):
+            if files is not None:
+                try:
+                    files.load()
+                except TLSError as error:
+                    raise usage.UsageError(str(error)) from None
 
     def _log_json(self, twistd) -> None:
         """
@@ -150,7 +177,27 @@ def peer_network(node, replica, reactor):
         cluster_id=node.cluster_id,
         timing=replica.timing,
         addresses=(str(node.peer), str(node.client)),
+        endpoint_for=peer_endpoint_for(node),
     )
+
+
+def peer_endpoint_for(node):
+    """
+    Return how C{node} connects to a peer, C{(reactor, host, port) ->
+    endpoint}: over mutual TLS with its peer files if it has them (re-read at
+    every connection), else None (plain TCP).
+    """
+    from kvpaxos.tls import TLSClientEndpoint
+
+    files = node.peer_tls
+    if files is None:
+        return None
+    return lambda reactor, host, port: TLSClientEndpoint(reactor, host, port, files)
+
+
+def _tls_warning(line: str) -> None:
+    # grpc calls its fetcher in a thread of its own; the log is thread-safe enough for one line.
+    _log.warn("{line}", line=line)
 
 
 def exit_if_fatal(replica, exit=os._exit, stderr=None) -> None:
@@ -207,6 +254,7 @@ def makeService(options: Options) -> service.MultiService:
     from kvpaxos.node.service import ReplicaService
     from kvpaxos.paxos import Options as CoreOptions
     from kvpaxos.storage.providers import find_store_factory
+    from kvpaxos.tls import ServerTLS, grpc_channel_credentials, grpc_server_credentials
 
     from kvpaxos.node.clock import run_timers_on
 
@@ -253,23 +301,33 @@ def makeService(options: Options) -> service.MultiService:
     # back before the peer listener can deliver anything to it.
     replica.setServiceParent(top)
     peers.setServiceParent(top)
-    internet.TCPServer(
-        node.peer.port, peers.server_factory(), interface=node.peer.host
-    ).setServiceParent(top)
+    peer_factory = peers.server_factory()
+    if node.peer_tls is not None:
+        # Mutual TLS: a peer without a certificate the peer CA signed is refused.
+        peer_factory = ServerTLS(node.peer_tls, True, _tls_warning).wrap(peer_factory)
+    internet.TCPServer(node.peer.port, peer_factory, interface=node.peer.host).setServiceParent(top)
     metrics = NodeMetrics()
     replica.metrics = metrics
-    GrpcServer(replica, str(node.client), reactor, metrics=metrics).setServiceParent(top)
+    credentials = client_tls = None
+    if node.client_tls is not None:
+        credentials = grpc_server_credentials(node.client_tls, node.client_cert_auth, _tls_warning)
+        client_tls = ServerTLS(node.client_tls, node.client_cert_auth, _tls_warning)
+    GrpcServer(replica, str(node.client), reactor, metrics=metrics, credentials=credentials).setServiceParent(top)
     if node.metrics is not None:
         internet.TCPServer(
             node.metrics.port, metrics_site(metrics), interface=node.metrics.host
         ).setServiceParent(top)
     internet.TCPServer(
-        node.admin.port, admin_factory(replica), interface=node.admin.host
+        node.admin.port, admin_factory(replica, client_tls), interface=node.admin.host
     ).setServiceParent(top)
     if node.join:
         # After the replica (its store's member set is read) and the peers.
+        join_credentials = None
+        if node.client_tls is not None:
+            join_credentials = grpc_channel_credentials(node.trusted_ca_file, node.cert_file, node.key_file)
         Joiner(
             node.node_id, (str(node.peer), str(node.client)), list(node.join),
             lambda: bool(replica.replica.config.voters), peers, reactor,
+            credentials=join_credentials, endpoint_for=peer_endpoint_for(node),
         ).setServiceParent(top)
     return top

@@ -21,7 +21,7 @@ ten.
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.protocols import amp
-from twisted.protocols.policies import LimitTotalConnectionsFactory
+from twisted.protocols.policies import LimitTotalConnectionsFactory, ProtocolWrapper
 
 from kvpaxos.admin.commands import (
     MemberAdd,
@@ -159,21 +159,32 @@ class AdminProtocol(amp.AMP):
 
 
 class _AdminFactory(LimitTotalConnectionsFactory):
-    """At most C{connectionLimit} admin connections at once; one more is closed at once, and logged."""
+    """
+    At most C{connectionLimit} admin connections at once; one more is closed
+    at once (before any TLS handshake), and logged.
+    """
 
     connectionLimit = CONNECTIONS_MAX
     refused = _Refusals("refused an admin connection from {peer}: {limit} are open")
 
-    def __init__(self, node) -> None:
-        self.protocol = lambda: AdminProtocol(node)
+    def __init__(self, node, tls=None) -> None:
+        inner = Factory.forProtocol(lambda: AdminProtocol(node))
+        self._inner = tls.wrap(inner) if tls is not None else inner
 
     def buildProtocol(self, addr):
         if self.connectionCount >= self.connectionLimit:
             self.refused(peer=addr, limit=self.connectionLimit)
             return None
-        return super().buildProtocol(addr)
+        protocol = self._inner.buildProtocol(addr)
+        if protocol is None:
+            return None
+        self.connectionCount += 1
+        return ProtocolWrapper(self, protocol)
 
 
-def admin_factory(node) -> Factory:
-    """Return the factory the node's admin port listens with."""
-    return _AdminFactory(node)
+def admin_factory(node, tls=None) -> Factory:
+    """
+    Return the factory the node's admin port listens with; behind
+    C{tls} (a L{kvpaxos.tls.ServerTLS}) if given.
+    """
+    return _AdminFactory(node, tls)

@@ -88,6 +88,7 @@ class GrpcServer(Service):
         request_timeout_s: float = 5.0,
         stop_grace_s: float = 1.0,
         metrics=None,
+        credentials=None,
     ) -> None:
         """
         @param node: provides L{kvpaxos.node.interfaces.IKeyValueNode}; called
@@ -105,6 +106,8 @@ class GrpcServer(Service):
         @param metrics: counts every answered request by method and code
             (C{grpc_request(method, code_name)}:
             L{kvpaxos.node.metrics.NodeMetrics}), or None.
+        @param credentials: C{grpc.ServerCredentials} to serve TLS with
+            (L{kvpaxos.tls.grpc_server_credentials}), or None: plaintext.
         @raise kvpaxos.api.endpoints.BadEndpoint: C{address} is not
             C{host:port}.
         """
@@ -116,6 +119,7 @@ class GrpcServer(Service):
         self._calls = _NodeCalls(node, self.crossing, request_timeout_s)
         self._calls.metrics = metrics
         self._node = node
+        self._credentials = credentials
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._server = None
@@ -145,7 +149,8 @@ class GrpcServer(Service):
         self.port = bound
         self._loop, self._thread = loop, thread
         super().startService()
-        _log.info("serving gRPC clients on {address} (port {port})", address=self.address, port=bound)
+        _log.info("serving gRPC clients on {address} (port {port}{tls})", address=self.address, port=bound,
+                  tls=", TLS" if self._credentials is not None else "")
 
     async def _start(self) -> int:
         # SO_REUSEPORT off: a second node on the same port must fail to bind,
@@ -165,7 +170,10 @@ class GrpcServer(Service):
         reflection.enable_server_reflection(SERVICE_NAMES, server)
         host, _, port = self.address.rpartition(":")
         try:
-            bound = server.add_insecure_port(self.address)
+            if self._credentials is not None:
+                bound = server.add_secure_port(self.address, self._credentials)
+            else:
+                bound = server.add_insecure_port(self.address)
         except RuntimeError as error:
             raise CannotListenError(host, int(port), error) from error
         if not bound:

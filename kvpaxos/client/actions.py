@@ -53,6 +53,20 @@ def _header_fields(endpoint: str, header: kv_pb2.ResponseHeader) -> dict[str, An
     }
 
 
+#: What grpc says when a TLS handshake fails or a plaintext client meets a TLS port.
+_HANDSHAKE_SIGNS = ("Socket closed", "handshake", "SSL", "certificate", "Connection reset")
+
+
+def tls_hint(message: str, tls: bool) -> str:
+    """A hint to add to C{message} when it looks like a TLS mismatch, else ''."""
+    if not any(sign in message for sign in _HANDSHAKE_SIGNS):
+        return ""
+    if not tls:
+        return " (if the node serves TLS: give --cacert, and --cert and --key if it asks for a client certificate)"
+    return (" (the TLS handshake may have failed: --cacert must be the CA that signed the node's certificate,"
+            " and a node with client_cert_auth needs --cert and --key from its trusted CA)")
+
+
 class Output:
     """How a command writes: one-line errors on stderr, JSON or text on stdout."""
 
@@ -77,6 +91,9 @@ class Actions(Output):
         super().__init__(stdout, stderr)
         self.invocation = invocation
         self.client = client
+
+    def error(self, message: str) -> None:
+        super().error(message + tls_hint(message, self.invocation.tls is not None))
 
     def run(self) -> int:
         try:

@@ -40,6 +40,7 @@ from kvpaxos.api.admin import (
 from kvpaxos.api.endpoints import BadEndpoint, join_host_port, split_host_port
 from kvpaxos.client.actions import EXIT_FAILED, EXIT_OK, Output
 from kvpaxos.client.admin_client import AdminCalls, AdminFailed, parse_admin_addresses, tcp_connector
+from kvpaxos.tls import TLSFiles, client_files
 
 __all__ = ["ADMIN_COMMANDS", "AdminActions", "AdminInvocation", "DEFAULT_ADMIN", "add_admin_options",
            "add_commands", "invocation", "main"]
@@ -127,6 +128,8 @@ class AdminInvocation:
     peer: str = ""
     client: str = ""
     force: bool = False
+    #: The client's TLS files (C{--cacert --cert --key}), or None: plaintext.
+    tls: Optional[TLSFiles] = None
 
 
 def invocation(args: argparse.Namespace, error: Callable[[str], Any]) -> AdminInvocation:
@@ -139,7 +142,15 @@ def invocation(args: argparse.Namespace, error: Callable[[str], Any]) -> AdminIn
         f"{args.command} {args.admin_action}", addresses, args.json, args.timeout,
         member_id=getattr(args, "member_id", None), peer=getattr(args, "peer", ""),
         client=getattr(args, "client", None) or "", force=getattr(args, "force", False),
+        tls=_tls(args, error),
     )
+
+
+def _tls(args, error) -> Optional[TLSFiles]:
+    cacert, cert, key = (getattr(args, name, None) for name in ("cacert", "cert", "key_file"))
+    if (cert is None) != (key is None):
+        error("--cert and --key go together")
+    return client_files(cacert, cert, key)
 
 
 def _member_fields(answer: dict) -> list[dict[str, Any]]:
@@ -300,7 +311,7 @@ def main(invocation: AdminInvocation, stdout: BinaryIO, stderr: BinaryIO, reacto
     outcome: list[Any] = []
 
     def start() -> None:
-        calls = AdminCalls(tcp_connector(reactor, invocation.timeout_s), reactor, invocation.timeout_s)
+        calls = AdminCalls(tcp_connector(reactor, invocation.timeout_s, invocation.tls), reactor, invocation.timeout_s)
         d = defer.ensureDeferred(AdminActions(invocation, calls, stdout, stderr).run())
         d.addBoth(outcome.append)
         d.addBoth(lambda _: reactor.stop())

@@ -21,6 +21,7 @@ from twisted.protocols import amp
 
 from kvpaxos.api.admin import NotLeader, Rejected, Unavailable
 from kvpaxos.api.endpoints import BadEndpoint, join_host_port, split_host_port
+from kvpaxos.tls import TLSClientEndpoint, handshake_failure
 from kvpaxos.client.errors import ClientError
 
 __all__ = ["AdminCalls", "AdminFailed", "Connector", "parse_admin_addresses", "tcp_connector"]
@@ -62,10 +63,17 @@ def parse_admin_addresses(text: str) -> list[str]:
     return addresses
 
 
-def tcp_connector(reactor, timeout_s: float) -> Connector:
-    """Return a L{Connector} that opens AMP connections over TCP with C{reactor}."""
+def tcp_connector(reactor, timeout_s: float, tls=None) -> Connector:
+    """
+    Return a L{Connector} that opens AMP connections over TCP with
+    C{reactor}; over TLS with C{tls} (a L{kvpaxos.tls.TLSFiles}: the CA
+    that signs the node's certificate, and this client's if it asks).
+    """
 
     def connect(address: str) -> defer.Deferred:
+        if tls is not None:
+            host, port = split_host_port(address)
+            return connectProtocol(TLSClientEndpoint(reactor, host, port, tls, timeout_s), amp.AMP())
         host, port = split_host_port(address)
         if isIPAddress(host):
             endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout_s)
@@ -97,8 +105,14 @@ def _described(address: str, command: type, failure) -> AdminFailed:
     if isinstance(value, (neterror.ConnectError, neterror.DNSLookupError)):
         return AdminFailed(f"{address}: cannot connect: {text}", unsent=True)
     if isinstance(value, (neterror.ConnectionDone, neterror.ConnectionLost)):
-        return AdminFailed(f"{address}: the connection closed before {command.__name__} was answered")
+        return AdminFailed(f"{address}: the connection closed before {command.__name__} was answered"
+                           " (if the port serves TLS: give --cacert, and --cert and --key if it asks for"
+                           " a client certificate)")
+    tls = handshake_failure(value)
+    if tls is not None:
+        return AdminFailed(f"{address}: TLS handshake failed: {tls}", unsent=True)
     return AdminFailed(f"{address}: {command.__name__} failed: {text}")
+
 
 
 class AdminCalls:

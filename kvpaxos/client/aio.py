@@ -16,7 +16,7 @@ import grpc.aio
 
 from kvpaxos.api.endpoints import CHANNEL_OPTIONS, parse_endpoint
 from kvpaxos.client import requests
-from kvpaxos.client.blocking import DEFAULT_REFRESH_S, Connection, Reply, _Base
+from kvpaxos.client.blocking import DEFAULT_REFRESH_S, Connection, Reply, _Base, tls_channel_factory
 from kvpaxos.client.errors import member_error, rpc_failure
 from kvpaxos.client.requests import BytesLike, Operation, RangePager, RangeResult
 from kvpaxos.client.retry import Backoff, Pause, Refresh, Session
@@ -26,12 +26,14 @@ from kvpaxos.v1 import kv_pb2
 __all__ = ["AsyncClient", "open_aio_channel"]
 
 
-def open_aio_channel(endpoint: str) -> grpc.aio.Channel:
+def open_aio_channel(endpoint: str, credentials: Optional[grpc.ChannelCredentials] = None) -> grpc.aio.Channel:
     """
-    Return an insecure C{grpc.aio} channel to C{endpoint} with the API's
-    C{CHANNEL_OPTIONS}.  Call it inside the running event loop the channel
-    will be used from.
+    Return a C{grpc.aio} channel to C{endpoint} with the API's
+    C{CHANNEL_OPTIONS}, over TLS with C{credentials}, else plaintext.  Call
+    it inside the running event loop the channel will be used from.
     """
+    if credentials is not None:
+        return grpc.aio.secure_channel(endpoint, credentials, options=CHANNEL_OPTIONS)
     return grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
 
 
@@ -52,8 +54,10 @@ class AsyncClient(_Base):
         channel_factory: Optional[Callable[[str], Any]] = None, sleep: Callable[[float], Any] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic, rng: Optional[random.Random] = None,
         backoff: Optional[Backoff] = None, refresh_s: Optional[float] = DEFAULT_REFRESH_S, stream: bool = True,
+        cacert: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None,
     ) -> None:
-        super().__init__(endpoints, timeout_s, session, channel_factory or open_aio_channel, clock, rng, backoff,
+        channel_factory = channel_factory or tls_channel_factory(open_aio_channel, cacert, cert, key)
+        super().__init__(endpoints, timeout_s, session, channel_factory, clock, rng, backoff,
                          refresh_s, Multiplexer if stream else None)
         self._sleep = sleep
 

@@ -22,6 +22,7 @@ from kvpaxos.client.errors import ClientError, member_error, rpc_failure
 from kvpaxos.client.requests import BytesLike, Operation, RangePager, RangeResult
 from kvpaxos.client.retry import Backoff, Directory, Pause, Refresh, RetryPolicy, Session, SessionPool
 from kvpaxos.client.stream import KIND_OF_RPC, BlockingMultiplexer, as_unavailable, broken
+from kvpaxos.tls import grpc_channel_credentials
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
 
 __all__ = ["Client", "Connection", "DEFAULT_REFRESH_S", "Reply", "open_channel"]
@@ -32,9 +33,28 @@ __all__ = ["Client", "Connection", "DEFAULT_REFRESH_S", "Reply", "open_channel"]
 DEFAULT_REFRESH_S = 30.0
 
 
-def open_channel(endpoint: str) -> grpc.Channel:
-    """Return an insecure gRPC channel to C{endpoint} with the API's C{CHANNEL_OPTIONS}."""
+def open_channel(endpoint: str, credentials: Optional[grpc.ChannelCredentials] = None) -> grpc.Channel:
+    """
+    Return a gRPC channel to C{endpoint} with the API's C{CHANNEL_OPTIONS}:
+    over TLS with C{credentials} (L{kvpaxos.tls.grpc_channel_credentials}),
+    else plaintext.
+    """
+    if credentials is not None:
+        return grpc.secure_channel(endpoint, credentials, options=CHANNEL_OPTIONS)
     return grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
+
+
+def tls_channel_factory(opener, cacert: Optional[str], cert: Optional[str], key: Optional[str]):
+    """
+    Return C{opener} (an endpoint -> channel function taking
+    C{credentials}) bound to the credentials of C{cacert}, C{cert} and
+    C{key}, or C{opener} itself when all three are None (plaintext).
+
+    @raise kvpaxos.tls.TLSError: a file does not load (a ValueError).
+    """
+    if cacert is None and cert is None and key is None:
+        return opener
+    return partial(opener, credentials=grpc_channel_credentials(cacert, cert, key))
 
 
 class Reply(NamedTuple):
@@ -149,8 +169,13 @@ class Client(_Base):
         which every endpoint failed, and try the members' client addresses
         after the C{endpoints} given (which are always kept); None: only
         ever use C{endpoints}.  A failed listing is not the request's error.
+    @param cacert: TLS: the CA certificates (PEM file) that sign the
+        members' certificates; with C{cert} and C{key}, this client's
+        certificate and key (a member with C{client_cert_auth} asks for
+        them).  All None: plaintext.  Ignored with a C{channel_factory}.
     @raise kvpaxos.api.endpoints.BadEndpoint: an endpoint is not
         C{host:port} (a ValueError).
+    @raise kvpaxos.tls.TLSError: a TLS file does not load (a ValueError).
     """
 
     def __init__(
@@ -158,8 +183,10 @@ class Client(_Base):
         channel_factory: Optional[Callable[[str], Any]] = None, sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic, rng: Optional[random.Random] = None,
         backoff: Optional[Backoff] = None, refresh_s: Optional[float] = DEFAULT_REFRESH_S, stream: bool = True,
+        cacert: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None,
     ) -> None:
-        super().__init__(endpoints, timeout_s, session, channel_factory or open_channel, clock, rng, backoff, refresh_s,
+        channel_factory = channel_factory or tls_channel_factory(open_channel, cacert, cert, key)
+        super().__init__(endpoints, timeout_s, session, channel_factory, clock, rng, backoff, refresh_s,
                          BlockingMultiplexer if stream else None)
         self._sleep = sleep
 

@@ -58,7 +58,8 @@ from kvpaxos.api.errors import InvalidArgument
 from kvpaxos.api.limits import check_key, check_value
 from kvpaxos.client import admin_cli
 from kvpaxos.client.actions import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Actions
-from kvpaxos.client.blocking import Client, open_channel
+from kvpaxos.client.blocking import Client, open_channel, tls_channel_factory
+from kvpaxos.tls import TLSError
 from kvpaxos.client.txn_syntax import TXN_HELP, TxnSyntaxError, parse_compare, parse_op
 from kvpaxos.client.txn_syntax import utf8_argument as _utf8
 
@@ -152,6 +153,17 @@ def build_parser(stdout: BinaryIO, stderr: BinaryIO) -> argparse.ArgumentParser:
                 "--session", action="store_true", default=default(False),
                 help="send the write in an exactly-once session (one more round trip)",
             )
+        parser.add_argument(
+            "--cacert", default=default(None), metavar="FILE",
+            help="TLS: verify the nodes' certificates with this CA (PEM); gives TLS (default plaintext)",
+        )
+        parser.add_argument("--cert", default=default(None), metavar="FILE",
+                            help="TLS: this client's certificate (PEM), for nodes that ask for one")
+        if not defaults:
+            # At the top level --key is also the seed form's (--action=put
+            # --key=K): there it is the TLS key file only without --action.
+            parser.add_argument("--key", dest="key_file", default=argparse.SUPPRESS, metavar="FILE",
+                                help="TLS: the private key (PEM) of --cert")
 
     def consistency(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
@@ -168,7 +180,8 @@ def build_parser(stdout: BinaryIO, stderr: BinaryIO) -> argparse.ArgumentParser:
     global_options(parser, defaults=True)
     admin_cli.add_admin_options(parser, defaults=True)
     parser.add_argument("--action", choices=ACTIONS, help=argparse.SUPPRESS)
-    parser.add_argument("--key", dest="seed_key", help=argparse.SUPPRESS)
+    parser.add_argument("--key", dest="seed_key", metavar="FILE",
+                        help="TLS: the private key (PEM) of --cert (with --action: the key to act on)")
     parser.add_argument("--value", dest="seed_value", help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, arguments, help_text in (
@@ -260,6 +273,8 @@ class Invocation:
     count_only: bool = False
     expect: Optional[Expectation] = None
     txn: Optional[TxnSpec] = None
+    #: (cacert, cert, key) for TLS, or None.
+    tls: Optional[tuple] = None
 
 
 def _parse_txn(args) -> TxnSpec:
@@ -276,6 +291,13 @@ def parse(argv: Sequence[str], stdout: BinaryIO, stderr: BinaryIO) -> Union[Invo
     """
     parser = build_parser(stdout, stderr)
     args = parser.parse_args(argv)
+    if args.action is None and args.seed_key is not None:
+        # Without --action, a top-level --key names the TLS key file.
+        if getattr(args, "key_file", None) is None:
+            args.key_file = args.seed_key
+        args.seed_key = None
+    if not hasattr(args, "key_file"):
+        args.key_file = None
     seed_form = any(option is not None for option in (args.action, args.seed_key, args.seed_value))
     if args.command and seed_form:
         parser.error(f"give the command {args.command!r} or --action/--key/--value, not both")
@@ -316,7 +338,17 @@ def parse(argv: Sequence[str], stdout: BinaryIO, stderr: BinaryIO) -> Union[Invo
         except TxnSyntaxError as error:
             parser.error(str(error))
     return Invocation(action, _utf8(key), _utf8(value), key, endpoints, args.json, args.timeout,
-                      session=args.session, **extra)
+                      session=args.session, tls=tls_options(args, parser.error), **extra)
+
+
+def tls_options(args, error) -> Optional[tuple]:
+    """C{(cacert, cert, key)} of C{--cacert --cert --key}, or None (plaintext); C{error} reports a bad mix."""
+    tls = (args.cacert, args.cert, args.key_file)
+    if tls == (None, None, None):
+        return None
+    if (args.cert is None) != (args.key_file is None):
+        error("--cert and --key go together")
+    return tls
 
 
 def main(
@@ -360,6 +392,12 @@ def main(
         except InvalidArgument as error:
             stderr.write(f"kvpaxos: error: {error}\n".encode("utf-8"))
             return EXIT_USAGE
+        if invocation.tls is not None and channel_factory is open_channel:
+            try:
+                channel_factory = tls_channel_factory(open_channel, *invocation.tls)
+            except TLSError as error:
+                stderr.write(f"kvpaxos: error: {error}\n".encode("utf-8"))
+                return EXIT_USAGE
         client = Client(
             invocation.endpoints, timeout_s=invocation.timeout_s, session=invocation.session,
             channel_factory=channel_factory, sleep=sleep, clock=clock, rng=rng,

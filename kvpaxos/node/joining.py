@@ -42,7 +42,7 @@ from kvpaxos.node.peer_commands import Join
 JOIN_TIMEOUT_S = 10.0
 
 
-def fetch_members(client_addresses: list[str], timeout_s: float = 5.0):
+def fetch_members(client_addresses: list[str], timeout_s: float = 5.0, credentials=None):
     """
     Ask the members at C{client_addresses} (gRPC), in order until one
     answers, for the member list: return C{(cluster_id, {id: (peer,
@@ -52,6 +52,8 @@ def fetch_members(client_addresses: list[str], timeout_s: float = 5.0):
     (C{MemberListResponse(header, cluster_id, leader_id,
     members=[Member(member_id, role, peer_address, client_address)])}).
 
+    @param credentials: C{grpc.ChannelCredentials} for members that serve
+        TLS, or None (plaintext).
     @raise Unavailable: no member answered (each one's failure in the text).
     """
     import grpc
@@ -63,7 +65,9 @@ def fetch_members(client_addresses: list[str], timeout_s: float = 5.0):
     stub_class = kv_pb2_grpc.ClusterStub
     failures = []
     for address in client_addresses:
-        with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        channel = (grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS) if credentials is not None
+                   else grpc.insecure_channel(address, options=CHANNEL_OPTIONS))
+        with channel:
             try:
                 response = stub_class(channel).MemberList(request_class(), timeout=timeout_s)
             except grpc.RpcError as error:
@@ -75,16 +79,21 @@ def fetch_members(client_addresses: list[str], timeout_s: float = 5.0):
 
 
 def send_join(reactor, peer_address: str, cluster_id: int, member: int, peer: str,
-              client: str, timeout_s: float) -> defer.Deferred:
+              client: str, timeout_s: float, endpoint_for: Optional[Callable] = None) -> defer.Deferred:
     """
     Send L{Join} to the peer listener at C{peer_address} on a connection of
     its own (closed after the answer): a Deferred firing once the change is
     chosen, or failing (L{MembershipRejected}, L{Unavailable}, a refused
-    connection, a timeout after C{timeout_s}).
+    connection, a timeout after C{timeout_s}).  C{endpoint_for(reactor,
+    host, port)} makes the client endpoint (the peer links' own, TLS when
+    they are); by default plain TCP.
     """
     host, port = split_host_port(peer_address)
-    endpoint = (TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint)(
-        reactor, host, port, timeout=max(1, int(timeout_s)))
+    if endpoint_for is not None:
+        endpoint = endpoint_for(reactor, host, port)
+    else:
+        endpoint = (TCP6ClientEndpoint if ":" in host else TCP4ClientEndpoint)(
+            reactor, host, port, timeout=max(1, int(timeout_s)))
 
     def connected(protocol):
         d = protocol.callRemote(Join, cluster=cluster_id, member=member, peer=peer,
@@ -117,6 +126,10 @@ class Joiner(Service):
     @param join_call: C{join_call(peer_address, cluster_id, member, peer,
         client, timeout_s)} -> Deferred; by default L{send_join}.
     @param retry_s: (first, longest) wait between attempts.
+    @param credentials: C{grpc.ChannelCredentials} for the members' client
+        ports when they serve TLS (the default C{fetch}), or None.
+    @param endpoint_for: the peer links' client endpoints (the default
+        C{join_call}), or None: plain TCP.
     """
 
     log = Logger()
@@ -125,7 +138,8 @@ class Joiner(Service):
     def __init__(self, node_id: int, addresses: tuple[str, str], join: list[str],
                  has_state: Callable[[], bool], peers, reactor,
                  fetch: Optional[Callable] = None, join_call: Optional[Callable] = None,
-                 retry_s: tuple[float, float] = (0.5, 10.0)) -> None:
+                 retry_s: tuple[float, float] = (0.5, 10.0), credentials=None,
+                 endpoint_for: Optional[Callable] = None) -> None:
         self.node_id = node_id
         self.addresses = addresses
         self.join = list(join)
@@ -133,8 +147,8 @@ class Joiner(Service):
         self._peers = peers
         self._reactor = reactor
         self._fetch = fetch or (lambda addresses: threads.deferToThreadPool(
-            reactor, reactor.getThreadPool(), fetch_members, addresses))
-        self._join_call = join_call or (lambda *args: send_join(reactor, *args))
+            reactor, reactor.getThreadPool(), fetch_members, addresses, 5.0, credentials))
+        self._join_call = join_call or (lambda *args: send_join(reactor, *args, endpoint_for=endpoint_for))
         self._retry_min_s, self._retry_max_s = retry_s
         self._delay_s = self._retry_min_s
         self._next = None

@@ -51,6 +51,7 @@ from kvpaxos.node.peer_commands import (
 from kvpaxos.node.peer_flow import ChunkStreams, Complaints, SendGate, chunks
 from kvpaxos.node.peer_members import MembershipCalls
 from kvpaxos.node.peer_requests import RequestCalls
+from kvpaxos.tls import handshake_failure
 
 _log = Logger()
 
@@ -161,6 +162,9 @@ class PeerProtocol(RequestCalls, MembershipCalls, amp.AMP):
     def connectionLost(self, reason) -> None:
         self._dropped = True
         self._cancel_hello_deadline()
+        tls = handshake_failure(reason.value)
+        if tls is not None and self._complaints.first(("tls", tls)):
+            _log.warn("peer connection {peer} failed its TLS handshake: {why}", peer=self._peer(), why=tls)
         super().connectionLost(reason)
         if self._on_lost is not None:
             self._on_lost(self)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -25,6 +26,7 @@ import grpc
 from kvpaxos.client import open_channel
 from kvpaxos.cluster import plugin_environment, stop_all, twistd_command
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
+from kvpaxos.tls import grpc_channel_credentials
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,21 +36,47 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 #: was meant for binds it, and two of a node's addresses on one port stop
 #: that node at start.
 _handed_out: set[int] = set()
+#: Which ports to try: random (not seeded) so that two test processes at
+#: once do not walk the same sequence.
+_random = random.SystemRandom()
+
+
+def _below_ephemeral() -> range:
+    """
+    Ports below the kernel's ephemeral range: the kernel never gives one of
+    these to an outgoing connection as its local port, so one found free
+    stays free until the node binds it (a port the kernel picked was taken
+    by some client's connection in between, now and then: a node then
+    failed to start with "Address already in use").
+    """
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    low = max(low, 2048)
+    return range(max(1024, low - 12000), low)
 
 
 def free_port() -> int:
     """
-    Return a TCP port on 127.0.0.1 that was free a moment ago and that this
-    process has not handed out before.
+    Return a TCP port on 127.0.0.1, picked at random below the ephemeral
+    range, that was free a moment ago and that this process has not handed
+    out before.
     """
+    ports = _below_ephemeral()
     for _ in range(1000):
+        port = _random.choice(ports)
+        if port in _handed_out:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
-    raise RuntimeError("no fresh ephemeral port on 127.0.0.1 after 1000 tries")
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port on 127.0.0.1 in {ports.start}-{ports.stop - 1} after 1000 tries")
 
 
 class LinkProxy:
@@ -135,8 +163,10 @@ class LinkProxy:
 class Node:
     """One node of a L{ProcessCluster}."""
 
-    def __init__(self, node_id: int, directory: str) -> None:
+    def __init__(self, node_id: int, directory: str, client_tls: Optional[tuple] = None) -> None:
         self.id = node_id
+        #: (cacert, cert, key) the harness's own clients use, or None: plaintext.
+        self.client_tls = client_tls
         self.directory = directory
         self.peer_port = free_port()
         self.client_port = free_port()
@@ -155,7 +185,8 @@ class Node:
 
     def channel(self) -> grpc.Channel:
         if self._channel is None:
-            self._channel = open_channel(self.endpoint)
+            credentials = grpc_channel_credentials(*self.client_tls) if self.client_tls else None
+            self._channel = open_channel(self.endpoint, credentials)
         return self._channel
 
     def kv(self) -> kv_pb2_grpc.KVStub:
@@ -188,16 +219,20 @@ class ProcessCluster:
     @param settings: more TOML keys for every node (C{{"snapshot_interval": 10}}).
     @param node_settings: more TOML keys for some nodes, by node id; they
         override C{settings} (C{{3: {"cluster_token": "other"}}}).
+    @param client_tls: C{(cacert, cert, key)} for the harness's own gRPC
+        and admin clients of nodes that serve TLS, or None.
     """
 
     def __init__(
         self, directory: str, size: int = 3, storage: str = "lmdb", proxied: bool = False,
         settings: Optional[dict] = None, node_settings: Optional[dict] = None,
+        client_tls: Optional[tuple] = None,
     ) -> None:
         directory = os.path.abspath(directory)
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
-        self.nodes = {i: Node(i, directory) for i in range(1, size + 1)}
+        self.client_tls = client_tls
+        self.nodes = {i: Node(i, directory, client_tls) for i in range(1, size + 1)}
         #: With C{proxied}, every directed peer link (i, j) runs through a
         #: L{LinkProxy}, so that tests can partition running nodes.
         self.links: dict[tuple[int, int], LinkProxy] = {}
@@ -227,7 +262,7 @@ class ProcessCluster:
         """
         node = self.nodes.get(node_id)
         if node is None:
-            node = self.nodes[node_id] = Node(node_id, self.directory)
+            node = self.nodes[node_id] = Node(node_id, self.directory, self.client_tls)
         # A node made again (a replaced disk) keeps its addresses.
         if join is None:
             join = [o.endpoint for o in self.nodes.values() if o.id != node_id]
@@ -266,8 +301,12 @@ class ProcessCluster:
         stderr)}.  Bounded by C{timeout_s}.
         """
         node = self.nodes[node_id]
+        tls = []
+        if self.client_tls is not None:
+            cacert, cert, key = self.client_tls
+            tls = ["--cacert", cacert] + (["--cert", cert, "--key", key] if cert else [])
         done = subprocess.run(
-            [sys.executable, "-m", "kvpaxos.client.cli", "--admin",
+            [sys.executable, "-m", "kvpaxos.client.cli", *tls, "--admin",
              f"127.0.0.1:{node.admin_port}", "--json", *arguments],
             env=self._env, capture_output=True, timeout=timeout_s, cwd=self.directory,
         )
