@@ -5,10 +5,18 @@ cluster (issue 13, part 1), made with the C{cryptography} package.
 It writes into DIR (made if need be; existing files are refused unless
 C{--force}):
 
-    ca.pem, ca-key.pem            the CA (keep ca-key.pem to yourself)
-    node1.pem, node1-key.pem ...  one per node: server and client use, for
-                                  the gRPC, admin and peer ports alike
+    ca.pem, ca-key.pem            the client CA: it signs the nodes' server
+                                  certificates and the clients' certificates
+    node1.pem, node1-key.pem ...  one per node, for its gRPC and admin ports
     client.pem, client-key.pem    a client certificate (common name "root")
+    peer-ca.pem, peer-ca-key.pem  the peer CA: it signs member certificates only
+    node1-peer.pem, node1-peer-key.pem ...
+                                  one per node, for its peer links (server
+                                  and client use)
+
+Two CAs, because a peer link trusts every certificate its CA signed: with
+one CA, a client's certificate would let its holder speak as a member.
+Keep the CA keys to yourself.
 
 Every node certificate names C{localhost}, C{127.0.0.1} and C{::1} (and any
 C{--host}), so the sample TLS configuration in C{etc/kvpaxos/tls} works as
@@ -157,8 +165,9 @@ def main(argv=None) -> int:
     if args.nodes < 1:
         parser.error("--nodes must be at least 1")
     os.makedirs(args.directory, exist_ok=True)
-    outputs = ["ca.pem", "ca-key.pem", "client.pem", "client-key.pem"] + [
-        name for n in range(1, args.nodes + 1) for name in (f"node{n}.pem", f"node{n}-key.pem")]
+    outputs = ["ca.pem", "ca-key.pem", "client.pem", "client-key.pem", "peer-ca.pem", "peer-ca-key.pem"] + [
+        name for n in range(1, args.nodes + 1)
+        for name in (f"node{n}.pem", f"node{n}-key.pem", f"node{n}-peer.pem", f"node{n}-peer-key.pem")]
     there = [name for name in outputs if os.path.exists(os.path.join(args.directory, name))]
     if there and not args.force:
         print(f"kvpaxos-devca: error: {args.directory} already has {', '.join(there)} (--force replaces them)",
@@ -167,12 +176,16 @@ def main(argv=None) -> int:
     path = lambda name: os.path.join(args.directory, name)  # noqa: E731
     ca = make_ca()
     write(ca, path("ca.pem"), path("ca-key.pem"))
+    peer_ca = make_ca("kvpaxos development peer CA")
+    write(peer_ca, path("peer-ca.pem"), path("peer-ca-key.pem"))
     hosts = list(DEFAULT_HOSTS) + [h for h in args.host if h not in DEFAULT_HOSTS]
     for n in range(1, args.nodes + 1):
         write(issue(ca, f"node{n}", hosts), path(f"node{n}.pem"), path(f"node{n}-key.pem"))
+        write(issue(peer_ca, f"node{n}", hosts), path(f"node{n}-peer.pem"), path(f"node{n}-peer-key.pem"))
     write(issue(ca, args.client_name, server=False), path("client.pem"), path("client-key.pem"))
-    print(f"kvpaxos-devca: wrote a CA, {args.nodes} node certificates ({', '.join(hosts)}) and a client"
-          f" certificate ({args.client_name}) to {args.directory}")
+    print(f"kvpaxos-devca: wrote a client CA with {args.nodes} node certificates ({', '.join(hosts)}) and a client"
+          f" certificate ({args.client_name}), and a peer CA with {args.nodes} member certificates, to"
+          f" {args.directory}")
     return 0
 
 

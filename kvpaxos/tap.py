@@ -192,12 +192,14 @@ def peer_endpoint_for(node):
     files = node.peer_tls
     if files is None:
         return None
-    return lambda reactor, host, port: TLSClientEndpoint(reactor, host, port, files)
+    return lambda reactor, host, port: TLSClientEndpoint(reactor, host, port, files, warn=_tls_warning)
 
 
 def _tls_warning(line: str) -> None:
-    # grpc calls its fetcher in a thread of its own; the log is thread-safe enough for one line.
-    _log.warn("{line}", line=line)
+    """Log a TLS file or link problem, from any thread (grpc calls its fetcher in its own)."""
+    from twisted.internet import reactor
+
+    reactor.callFromThread(_log.warn, "{line}", line=line)
 
 
 def exit_if_fatal(replica, exit=os._exit, stderr=None) -> None:

@@ -327,20 +327,24 @@ def handshake_failure(value) -> Optional[str]:
 class TLSClientEndpoint:
     """
     A Twisted client endpoint (C{IStreamClientEndpoint}) to C{host:port}
-    over TLS, reading C{files} again at every connection (a link that
-    reconnects after the files were replaced uses the new ones): C{files}'
-    certificate is presented, and the server's must be signed by its CA and
-    name C{host}.  A connection whose files do not load fails with
-    L{TLSError}.
+    over TLS: C{files}' certificate is presented, and the server's must be
+    signed by its CA and name C{host}.  The files are read once, and again
+    at a connection after they changed (a link that reconnects after they
+    were replaced uses the new ones; files that fail to load then are
+    logged with C{warn} and the last good ones kept).  A connection whose
+    files never loaded fails with L{TLSError}.
     """
 
-    def __init__(self, reactor, host: str, port: int, files: TLSFiles, timeout_s: float = 5) -> None:
+    def __init__(self, reactor, host: str, port: int, files: TLSFiles, timeout_s: float = 5,
+                 warn: Callable[[str], None] = lambda line: None) -> None:
         from twisted.internet.interfaces import IStreamClientEndpoint
         from zope.interface import directlyProvides
 
         self._reactor, self._host, self._port = reactor, host, port
         self._files = files
         self._timeout_s = timeout_s
+        self._warn = warn
+        self._loaded: Optional[_Reloading] = None
         directlyProvides(self, IStreamClientEndpoint)
 
     def connect(self, factory):
@@ -348,8 +352,13 @@ class TLSClientEndpoint:
         from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 
         try:
-            creator = self._files.load().twisted_client(self._host)
-        except Exception:
+            if self._loaded is None:
+                self._loaded = _Reloading(self._files, lambda loaded: loaded, self._warn)
+            else:
+                self._loaded.refresh()
+            creator = self._loaded.current.twisted_client(self._host)
+        except Exception as error:
+            self._warn(f"no TLS connection to {self._host}:{self._port}: {error}")
             return fail()
         tcp = (TCP6ClientEndpoint if ":" in self._host else TCP4ClientEndpoint)(
             self._reactor, self._host, self._port, timeout=self._timeout_s)

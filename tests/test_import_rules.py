@@ -26,7 +26,8 @@ CLIENT_FORBIDDEN = (
 #: and may use the client.
 SERVER_PACKAGES = (
     "kvpaxos.api", "kvpaxos.node", "kvpaxos.paxos", "kvpaxos.kv", "kvpaxos.storage",
-    "kvpaxos.admin", "kvpaxos.plugins", "kvpaxos.tap", "kvpaxos.config", "twisted.plugins.kvpaxos_plugin",
+    "kvpaxos.admin", "kvpaxos.plugins", "kvpaxos.tap", "kvpaxos.config", "kvpaxos.restore",
+    "twisted.plugins.kvpaxos_plugin",
 )
 
 
@@ -122,9 +123,12 @@ class ImportRuleTests(SynchronousTestCase):
         self.assertEqual(broken, [])
 
     def test_client_reaches_only_the_api_contract(self) -> None:
-        """Of kvpaxos.api, the client reaches only its contract: errors, limits, endpoints and the admin commands."""
+        """
+        Of kvpaxos.api, the client reaches only its contract: errors,
+        limits, endpoints, the admin commands and the snapshot file format.
+        """
         contract = {"kvpaxos.api", "kvpaxos.api.errors", "kvpaxos.api.limits", "kvpaxos.api.endpoints",
-                    "kvpaxos.api.admin"}
+                    "kvpaxos.api.admin", "kvpaxos.api.backup"}
         reached_api = {name for module in modules_under("kvpaxos.client") for name in reached(module)
                        if under(name, ("kvpaxos.api",))}
         self.assertEqual(reached_api - contract, set())

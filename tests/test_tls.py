@@ -165,8 +165,17 @@ class DevCATests(SynchronousTestCase):
         out = self.capture(directory)
         self.assertEqual(out, 0)
         names = sorted(os.listdir(directory))
-        self.assertEqual(names, sorted(["ca.pem", "ca-key.pem", "client.pem", "client-key.pem", "node1.pem",
-                                        "node1-key.pem", "node2.pem", "node2-key.pem"]))
+        self.assertEqual(names, sorted(["ca.pem", "ca-key.pem", "client.pem", "client-key.pem", "peer-ca.pem",
+                                        "peer-ca-key.pem"] + [f"node{n}{part}.pem" for n in (1, 2) for part in
+                                                              ("", "-key", "-peer", "-peer-key")]))
+        # The peer CA signs member certificates only: the client's is not one.
+        peer = TLSFiles(os.path.join(directory, "node1-peer.pem"), os.path.join(directory, "node1-peer-key.pem"),
+                        os.path.join(directory, "peer-ca.pem"))
+        peer.load()
+        with open(os.path.join(directory, "client.pem"), "rb") as f, \
+                open(os.path.join(directory, "peer-ca.pem"), "rb") as p:
+            self.assertNotEqual(x509.load_pem_x509_certificate(f.read()).issuer,
+                                x509.load_pem_x509_certificate(p.read()).subject)
         for key in ("ca-key.pem", "client-key.pem", "node1-key.pem"):
             self.assertEqual(stat.S_IMODE(os.stat(os.path.join(directory, key)).st_mode), 0o600)
         # Every file loads, and the node certificate names 127.0.0.1.
@@ -198,21 +207,41 @@ class DevCATests(SynchronousTestCase):
             return devca.main([directory, "--nodes", "2", *more])
 
 
-def tls_settings(certs: Certificates, node_id: int, peer_ca: str = None) -> dict:
+def tls_settings(certs: Certificates, peers: Certificates, node_id: int) -> dict:
     cert, key = certs.issue(f"node{node_id}")
+    peer_cert, peer_key = peers.issue(f"node{node_id}-peer")
     return {
         "cert_file": cert, "key_file": key, "trusted_ca_file": certs.path("ca.pem"), "client_cert_auth": True,
-        "peer_cert_file": cert, "peer_key_file": key, "peer_trusted_ca_file": peer_ca or certs.path("ca.pem"),
+        "peer_cert_file": peer_cert, "peer_key_file": peer_key, "peer_trusted_ca_file": peers.path("ca.pem"),
     }
 
 
+def handshake(port: int, cafile: str, cert=None, key=None) -> bytes:
+    """
+    Connect to C{port} over TLS trusting C{cafile}, presenting C{cert} if
+    given, and read what the server says to one byte: the server's alert
+    ends the handshake (TLS 1.3 sends it after the client's Finished).
+
+    @raise ssl.SSLError or ConnectionError: the server refused.
+    """
+    context = ssl.create_default_context(cafile=cafile)
+    if cert is not None:
+        context.load_cert_chain(cert, key)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.settimeout(5)
+            tls.sendall(b"\x00")
+            return tls.recv(1)
+
+
 class TLSClusterTests(TestCase):
-    """Three real twistd nodes with TLS on every port (127.0.0.1, ephemeral ports)."""
+    """Three real twistd nodes with TLS on every port (127.0.0.1, ports picked at run time)."""
 
     def start(self, size=3, node_settings=None):
         self.certs = Certificates(self.mktemp())
+        self.peers = Certificates(self.mktemp())
         client = self.certs.issue("root", hosts=(), server=False)
-        settings = {i: tls_settings(self.certs, i) for i in range(1, size + 1)}
+        settings = {i: tls_settings(self.certs, self.peers, i) for i in range(1, size + 1)}
         for node_id, more in (node_settings or {}).items():
             settings[node_id].update(more)
         cluster = ProcessCluster(self.mktemp(), size=size, node_settings=settings,
@@ -265,7 +294,7 @@ class TLSClusterTests(TestCase):
             "plaintext": self.channel(leader, plaintext=True),
             "no certificate": self.channel(leader, ca),
             "another CA's certificate": self.channel(leader, ca, *stranger),
-            "a CA that did not sign the server's": self.channel(leader, other.path("ca.pem"), *stranger),
+            "a CA that did not sign the server's": self.channel(leader, other.path("ca.pem"), *cluster.client_tls[1:]),
         }
         channel = grpc.secure_channel(leader.endpoint, expired_credentials)
         self.addCleanup(channel.close)
@@ -277,11 +306,19 @@ class TLSClusterTests(TestCase):
         self.assertEqual(leader.kv().Get(kv_pb2.GetRequest(key=b"k"), timeout=5).value, b"good")
         self.assertIsNone(leader.process.poll())
 
-    def test_admin_port_refuses_plaintext(self):
-        """The admin CLI without TLS flags gets a clear error from a TLS admin port, and the port keeps serving."""
+    def test_admin_port_refuses_plaintext_and_strangers(self):
+        """
+        The admin CLI without TLS flags gets a clear error from a TLS admin
+        port; a client with no certificate, or another CA's, is refused;
+        the port keeps serving.
+        """
         cluster = self.start(size=1)
         node = cluster.nodes[1]
         cluster.wait_for_leader(timeout_s=20)
+        other = Certificates(self.mktemp())
+        for what, presented in (("no certificate", ()), ("another CA's", other.issue("root", hosts=(), server=False))):
+            with self.assertRaises((ssl.SSLError, ConnectionError), msg=what):
+                handshake(node.admin_port, self.certs.path("ca.pem"), *presented)
         done = subprocess.run(
             [sys.executable, "-m", "kvpaxos.client.cli", "--admin", f"127.0.0.1:{node.admin_port}", "member",
              "list"], capture_output=True, timeout=60, env=cluster._env)
@@ -302,12 +339,19 @@ class TLSClusterTests(TestCase):
         cert, key = other.issue("node3")
         cluster = self.start(node_settings={3: {"peer_cert_file": cert, "peer_key_file": key,
                                                 "peer_trusted_ca_file": other.path("ca.pem")}})
+        # Probes of node 1's peer port: no certificate, another CA's, and a
+        # client's (the client CA is not the peer CA): each refused.
+        client = cluster.client_tls[1:]
+        for what, presented in (("no certificate", ()), ("another CA's", (cert, key)), ("a client's", client)):
+            with self.assertRaises((ssl.SSLError, ConnectionError), msg=what):
+                handshake(cluster.nodes[1].peer_port, self.peers.path("ca.pem"), *presented)
         leader = cluster.wait_for_leader(timeout_s=20, among=[1, 2])
         cluster.nodes[leader].kv().Put(kv_pb2.PutRequest(key=b"k", value=b"v"), timeout=5)
         chosen = cluster.nodes[leader].status().chosen_index
         self.assertLess(cluster.nodes[3].status().applied_index, chosen)
         self.assertEqual(cluster.nodes[3].status().leader_id, 0)
-        # Plaintext to a TLS peer port: an AMP Hello box, answered by nothing.
+        # Plaintext to a TLS peer port: an AMP box gets a TLS alert (content
+        # type 0x15) or nothing, never an AMP answer or error box.
         with socket.create_connection(("127.0.0.1", cluster.nodes[1].peer_port), timeout=5) as raw:
             raw.sendall(b"\x00\x04_ask\x00\x011\x00\x08_command\x00\x05Hello\x00\x00")
             raw.settimeout(5)
@@ -315,7 +359,7 @@ class TLSClusterTests(TestCase):
                 answer = raw.recv(4096)
             except (ConnectionResetError, socket.timeout):
                 answer = b""
-        self.assertNotIn(b"_answer", answer)
+        self.assertTrue(answer == b"" or answer[:1] == b"\x15", answer)
         cluster.nodes[leader].kv().Put(kv_pb2.PutRequest(key=b"k", value=b"w"), timeout=5)
 
     def test_certificates_reloaded_without_restart(self):

@@ -16,6 +16,8 @@ from kvpaxos.api.admin import (  # noqa: F401
     MemberRemove,
     NotLeader,
     Rejected,
+    SnapshotOpen,
+    SnapshotRead,
     Status,
     TransferLeadership,
     Unavailable,
@@ -23,5 +25,5 @@ from kvpaxos.api.admin import (  # noqa: F401
 
 __all__ = [
     "MEMBER", "MEMBER_LIST", "MemberAdd", "MemberList", "MemberPromote", "MemberRemove",
-    "NotLeader", "Rejected", "Status", "TransferLeadership", "Unavailable",
+    "NotLeader", "Rejected", "SnapshotOpen", "SnapshotRead", "Status", "TransferLeadership", "Unavailable",
 ]

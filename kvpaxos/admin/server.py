@@ -18,7 +18,10 @@ are accepted); both are logged, the first time and then at each power of
 ten.
 """
 
+import datetime
+
 from twisted.internet.protocol import Factory
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.protocols.policies import LimitTotalConnectionsFactory, ProtocolWrapper
@@ -29,10 +32,13 @@ from kvpaxos.admin.commands import (
     MemberPromote,
     MemberRemove,
     Rejected,
+    SnapshotOpen,
+    SnapshotRead,
     Status,
     TransferLeadership,
     Unavailable,
 )
+from kvpaxos.api.backup import CHUNK_BYTES_MAX, SnapshotHeader
 from kvpaxos.node.interfaces import MembershipRejected
 from kvpaxos.node.interfaces import Unavailable as NodeUnavailable
 
@@ -43,6 +49,9 @@ CHANGE_TIMEOUT_S = 10.0
 BOX_BYTES_MAX = 64 * 1024
 #: The most admin connections open at once.
 CONNECTIONS_MAX = 64
+#: A snapshot stream not read for this long is closed (its read
+#: transaction pins pages the store could reuse).
+SNAPSHOT_IDLE_S = 30.0
 
 _log = Logger()
 
@@ -93,6 +102,10 @@ class AdminProtocol(amp.AMP):
         self.timeout_s = timeout_s
         self._box_bytes = 0
         self._dropped = False
+        #: The open snapshot stream: (id, stream, idle timer), or None.
+        self._snapshot = None
+        self._snapshot_ids = 0
+        self._reading = False
 
     # --- the box size limit ---
 
@@ -151,6 +164,98 @@ class AdminProtocol(amp.AMP):
     @MemberRemove.responder
     def member_remove(self, id, force=None):
         return self._change(self.node.member_remove(id, bool(force), self.timeout_s))
+
+    # --- snapshots (kvpaxos snapshot save) ---
+
+    def connectionLost(self, reason) -> None:
+        self._close_snapshot()
+        super().connectionLost(reason)
+
+    def _in_pool(self, call, *args):
+        reactor = self.node.reactor
+        return deferToThreadPool(reactor, reactor.getThreadPool(), call, *args)
+
+    @SnapshotOpen.responder
+    def snapshot_open(self):
+        if self._snapshot is not None:
+            raise Rejected("a snapshot stream is already open on this connection")
+
+        def opened(stream):
+            if self._dropped or self.transport is None or self._snapshot is not None:
+                self._in_pool(stream.close)
+                raise Unavailable("the connection closed while the snapshot opened")
+            self._snapshot_ids += 1
+            self._snapshot = [self._snapshot_ids, stream, None]
+            self._touch()
+            view, status = self.node.members(), self.node.status()
+            header = SnapshotHeader(
+                member_id=status.member_id, cluster_id=view.cluster_id, index=stream.index,
+                revision=stream.revision, next_client_id=stream.next_client_id,
+                members=[{"id": m.id, "role": m.role, "peer": m.peer, "client": m.client} for m in view.members],
+                saved_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            )
+            _log.info("snapshot stream {id} opened for {peer} at slot {index}", id=self._snapshot_ids,
+                      peer=self.transport.getPeer(), index=stream.index)
+            return {"stream": self._snapshot_ids, "header": header.to_json()}
+
+        def failed(failure):
+            if failure.check(Unavailable):
+                return failure
+            _log.failure("opening a snapshot stream failed", failure)
+            raise Unavailable(f"cannot open a snapshot: {failure.getErrorMessage()}")
+
+        return self._in_pool(self.node.store.open_snapshot_stream).addCallbacks(opened, failed)
+
+    @SnapshotRead.responder
+    def snapshot_read(self, stream):
+        if self._snapshot is None or self._snapshot[0] != stream:
+            raise Rejected(f"no snapshot stream {stream} is open on this connection")
+        if self._reading:
+            raise Rejected(f"a read of snapshot stream {stream} is under way")
+        self._reading = True
+        self._touch()
+        source = self._snapshot[1]
+
+        def read(records):
+            self._reading = False
+            if self._snapshot is None or self._snapshot[1] is not source:
+                self._in_pool(source.close)  # closed while it read
+                raise Unavailable(f"snapshot stream {stream} was closed")
+            if records is None:
+                self._close_snapshot()  # next_chunk closed the transaction; closing again is nothing
+                return {"records": b"", "last": True}
+            return {"records": records, "last": False}
+
+        def failed(failure):
+            self._reading = False
+            self._close_snapshot()
+            raise Unavailable(f"the snapshot read stopped ({failure.getErrorMessage()}): save again")
+
+        return self._in_pool(source.next_chunk, CHUNK_BYTES_MAX).addCallbacks(read, failed)
+
+    def _touch(self) -> None:
+        timer = self._snapshot[2]
+        if timer is not None and timer.active():
+            timer.cancel()
+        self._snapshot[2] = self.node.reactor.callLater(SNAPSHOT_IDLE_S, self._idle)
+
+    def _idle(self) -> None:
+        if self._snapshot is not None:
+            self._snapshot[2] = None
+            _log.warn("snapshot stream {id} closed: not read for {s}s", id=self._snapshot[0], s=SNAPSHOT_IDLE_S)
+            if not self._reading:
+                self._close_snapshot()
+
+    def _close_snapshot(self) -> None:
+        snapshot, self._snapshot = self._snapshot, None
+        if snapshot is None:
+            return
+        _, stream, timer = snapshot
+        if timer is not None and timer.active():
+            timer.cancel()
+        if not self._reading:
+            self._in_pool(stream.close)
+        # else: the read under way ends it (a read of a closed stream fails)
 
     @TransferLeadership.responder
     def transfer_leadership(self, target):

@@ -131,3 +131,30 @@ class TransferLeadership(amp.Command):
     arguments = [(b"target", amp.Integer())]
     response: list = []
     errors = _ERRORS
+
+
+class SnapshotOpen(amp.Command):
+    """
+    Open a consistent snapshot of the node's state (one read transaction,
+    issue 13 part 4), to read with L{SnapshotRead} on this connection: the
+    answer is its C{stream} id and C{header}, the JSON of a
+    L{kvpaxos.api.backup.SnapshotHeader}.  One stream per connection at a
+    time; closing the connection closes it.
+    """
+
+    arguments: list = []
+    response = [(b"stream", amp.Integer()), (b"header", amp.String())]
+    errors = _ERRORS
+
+
+class SnapshotRead(amp.Command):
+    """
+    The next chunk's records of stream C{stream} (at most
+    L{kvpaxos.api.backup.CHUNK_BYTES_MAX} bytes); C{last}: the state is
+    all read (C{records} empty) and the stream closed.  UNAVAILABLE if the
+    read was interrupted (the store grew): open a new one.
+    """
+
+    arguments = [(b"stream", amp.Integer())]
+    response = [(b"records", amp.String()), (b"last", amp.Boolean())]
+    errors = _ERRORS

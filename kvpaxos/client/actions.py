@@ -54,7 +54,7 @@ def _header_fields(endpoint: str, header: kv_pb2.ResponseHeader) -> dict[str, An
 
 
 #: What grpc says when a TLS handshake fails or a plaintext client meets a TLS port.
-_HANDSHAKE_SIGNS = ("Socket closed", "handshake", "SSL", "certificate", "Connection reset")
+_HANDSHAKE_SIGNS = ("Socket closed", "handshake", "SSL", "certificate")
 
 
 def tls_hint(message: str, tls: bool) -> str:

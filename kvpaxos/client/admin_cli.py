@@ -40,6 +40,7 @@ from kvpaxos.api.admin import (
 from kvpaxos.api.endpoints import BadEndpoint, join_host_port, split_host_port
 from kvpaxos.client.actions import EXIT_FAILED, EXIT_OK, Output
 from kvpaxos.client.admin_client import AdminCalls, AdminFailed, parse_admin_addresses, tcp_connector
+from kvpaxos.client.snapshot_cli import SnapshotActions, add_snapshot_commands, restore_arguments
 from kvpaxos.tls import TLSFiles, client_files
 
 __all__ = ["ADMIN_COMMANDS", "AdminActions", "AdminInvocation", "DEFAULT_ADMIN", "add_admin_options",
@@ -50,6 +51,7 @@ ADMIN_COMMANDS = {
     "member": ("list", "add", "promote", "remove"),
     "leader": ("transfer",),
     "endpoint": ("status", "health"),
+    "snapshot": ("save", "status", "restore"),
 }
 
 
@@ -113,6 +115,7 @@ def add_commands(commands, streams, global_options: Callable[[argparse.ArgumentP
     endpoint = group("endpoint", "each admin address's view and health")
     action(endpoint, "status", "print each address's id, role, leader, chosen and applied index")
     action(endpoint, "health", "print whether each address is healthy (answers and knows a leader), and why")
+    add_snapshot_commands(group("snapshot", "save, check and restore snapshots of a node's state"), action)
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,9 @@ class AdminInvocation:
     force: bool = False
     #: The client's TLS files (C{--cacert --cert --key}), or None: plaintext.
     tls: Optional[TLSFiles] = None
+    #: snapshot: the file; restore: the flags passed on to kvpaxos.restore.
+    path: str = ""
+    restore: tuple = ()
 
 
 def invocation(args: argparse.Namespace, error: Callable[[str], Any]) -> AdminInvocation:
@@ -142,7 +148,8 @@ def invocation(args: argparse.Namespace, error: Callable[[str], Any]) -> AdminIn
         f"{args.command} {args.admin_action}", addresses, args.json, args.timeout,
         member_id=getattr(args, "member_id", None), peer=getattr(args, "peer", ""),
         client=getattr(args, "client", None) or "", force=getattr(args, "force", False),
-        tls=_tls(args, error),
+        tls=_tls(args, error), path=getattr(args, "path", ""),
+        restore=restore_arguments(args) if args.command == "snapshot" and args.admin_action == "restore" else (),
     )
 
 
@@ -158,7 +165,7 @@ def _member_fields(answer: dict) -> list[dict[str, Any]]:
             for m in sorted(answer["members"], key=lambda m: m["id"])]
 
 
-class AdminActions(Output):
+class AdminActions(SnapshotActions, Output):
     """Carries out one L{AdminInvocation} with L{AdminCalls}; each action returns an exit status."""
 
     def __init__(self, invocation: AdminInvocation, calls: AdminCalls, stdout: BinaryIO, stderr: BinaryIO) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.internet import defer, error as neterror
+from twisted.python.failure import Failure
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.protocols import amp
@@ -115,6 +116,12 @@ def _described(address: str, command: type, failure) -> AdminFailed:
 
 
 
+class _Connect:
+    """What L{_described} names when opening a connection failed."""
+
+    arguments: list = []
+
+
 class AdminCalls:
     """
     Sends admin commands, each on a connection of its own, each bounded by
@@ -162,3 +169,28 @@ class AdminCalls:
         d = defer.ensureDeferred(exchange())
         d.addTimeout(self.timeout_s, self.clock)
         return d.addErrback(failed)
+
+    async def connection(self, address: str):
+        """
+        Return an open AMP connection to C{address}, for several commands
+        (L{on}); the caller closes it.  Raises L{AdminFailed}.
+        """
+        d = defer.ensureDeferred(self._connect(address))
+        d.addTimeout(self.timeout_s, self.clock)
+        try:
+            return await d
+        except (defer.TimeoutError, defer.CancelledError):
+            raise AdminFailed(f"{address}: cannot connect within {self.timeout_s:g}s", unsent=True) from None
+        except Exception:
+            raise _described(address, _Connect, Failure()) from None
+
+    async def on(self, protocol, address: str, command: type, **arguments: Any) -> dict:
+        """Send C{command} on C{protocol} (from L{connection}), bounded by C{timeout_s}; raises L{AdminFailed}."""
+        d = protocol.callRemote(command, **arguments)
+        d.addTimeout(self.timeout_s, self.clock)
+        try:
+            return await d
+        except (defer.TimeoutError, defer.CancelledError):
+            raise AdminFailed(f"{address}: no answer to {command.__name__} within {self.timeout_s:g}s") from None
+        except Exception:
+            raise _described(address, command, Failure()) from None

@@ -182,6 +182,8 @@ def build_parser(stdout: BinaryIO, stderr: BinaryIO) -> argparse.ArgumentParser:
     parser.add_argument("--action", choices=ACTIONS, help=argparse.SUPPRESS)
     parser.add_argument("--key", dest="seed_key", metavar="FILE",
                         help="TLS: the private key (PEM) of --cert (with --action: the key to act on)")
+    parser.add_argument("--key-file", dest="key_file", default=None, metavar="FILE",
+                        help="TLS: the private key (PEM) of --cert, in any form (--action included)")
     parser.add_argument("--value", dest="seed_value", help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, arguments, help_text in (
