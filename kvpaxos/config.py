@@ -67,7 +67,9 @@ _TOML_KEYS = {
     "tick_ms", "election_ticks", "heartbeat_ticks", "lease_reads", "lease_drift_ticks",
     "snapshot_interval", "cluster_token",
     "join", "auto_promote", "auto_promote_beats", "promote_lag_slots", "metrics_addr", "log_format",
-    "quota_bytes", *("cert_file", "key_file", "trusted_ca_file", "client_cert_auth",
+    "quota_bytes", "peer_connections_max", "peer_buffer_bytes", "admin_connections_max", "admin_buffer_bytes",
+    "force_new_cluster",
+    *("cert_file", "key_file", "trusted_ca_file", "client_cert_auth",
                      "peer_cert_file", "peer_key_file", "peer_trusted_ca_file"),
 }
 
@@ -134,6 +136,16 @@ class NodeConfig:
     #: The space quota in bytes of store pages in use (0: none): past it,
     #: writes that would grow the store are refused (RESOURCE_EXHAUSTED).
     quota_bytes: int = DEFAULT_QUOTA_BYTES
+    #: Make this member the only one of a new cluster, with its data, before
+    #: it starts (etcd's --force-new-cluster; kvpaxos.node.recovery).
+    force_new_cluster: bool = False
+    #: Limits against floods (issue 13, part 6): connections open at once on
+    #: the peer and admin ports, and the bytes one connection may buffer (a
+    #: peer's partial messages; one admin box).
+    peer_connections_max: int = 64
+    peer_buffer_bytes: int = 16 * 1024 * 1024
+    admin_connections_max: int = 64
+    admin_buffer_bytes: int = 64 * 1024
     #: TLS on the client (gRPC) and admin ports: this node's certificate and
     #: key, the CA that signs its clients' certificates, and whether a
     #: client must present one (etcd's --cert-file, --key-file,
@@ -347,7 +359,7 @@ def build(values: dict) -> NodeConfig:
             if not isinstance(values[key], str):
                 raise ConfigError(f"{key} must be a file path, got {values[key]!r}")
             changes[key] = values[key]
-    for key in ("lease_reads", "auto_promote", "client_cert_auth"):
+    for key in ("lease_reads", "auto_promote", "client_cert_auth", "force_new_cluster"):
         if values.get(key) is not None:
             changes[key] = parse_bool(values[key], key)
     if values.get("join") is not None:
@@ -359,7 +371,8 @@ def build(values: dict) -> NodeConfig:
             raise ConfigError(f"log_format must be text or json, got {values['log_format']!r}")
         changes["log_format"] = values["log_format"]
     for key in ("tick_ms", "election_ticks", "heartbeat_ticks", "lease_drift_ticks",
-                "snapshot_interval", "auto_promote_beats", "promote_lag_slots", "quota_bytes"):
+                "snapshot_interval", "auto_promote_beats", "promote_lag_slots", "quota_bytes",
+                "peer_connections_max", "peer_buffer_bytes", "admin_connections_max", "admin_buffer_bytes"):
         if values.get(key) is not None:
             try:
                 changes[key] = int(values[key])
@@ -398,6 +411,7 @@ def build(values: dict) -> NodeConfig:
                 raise ConfigError(
                     f"with join, {key} must be an address the members can reach, not {address}"
                 )
+    _check_limits(config)
     _check_tls(config)
     ports = [(a.host, a.port) for a in (config.peer, config.client, config.admin) if a.port]
     if len(set(ports)) != len(ports):
@@ -419,3 +433,16 @@ def _check_tls(config: NodeConfig) -> None:
             "peer_cert_file, peer_key_file and peer_trusted_ca_file go together: peer links are"
             " mutual TLS, each side presenting its certificate and checking the other's"
         )
+
+
+def _check_limits(config: NodeConfig) -> None:
+    """The flood limits: enough for the cluster's own traffic."""
+    for key in ("peer_connections_max", "admin_connections_max"):
+        if getattr(config, key) < 4:
+            raise ConfigError(f"{key} must be at least 4, got {getattr(config, key)}")
+    if config.peer_buffer_bytes < 8 * 1024 * 1024:
+        raise ConfigError(
+            f"peer_buffer_bytes must be at least 8 MiB ({8 * 1024 * 1024}): a peer's largest message"
+            f" (a Txn of 2 MiB, forwarded or accepted) must fit; got {config.peer_buffer_bytes}")
+    if config.admin_buffer_bytes < 4096:
+        raise ConfigError(f"admin_buffer_bytes must be at least 4096, got {config.admin_buffer_bytes}")

@@ -71,6 +71,8 @@ def restore(path: str, node) -> str:
         raise RestoreError(f"{path}: cannot be read: {error.strerror or error}") from None
     if node.storage not in store_factories():
         raise RestoreError(f"unknown storage {node.storage!r}")
+    if node.storage == "memory":
+        raise RestoreError("storage 'memory' keeps nothing on disk: nothing to restore into")
     if os.path.exists(node.data) and (not os.path.isdir(node.data) or os.listdir(node.data)):
         raise RestoreError(f"{node.data} is not empty: a restore makes a new member's data directory; move it away")
     os.makedirs(node.data, exist_ok=True)
@@ -78,8 +80,6 @@ def restore(path: str, node) -> str:
     store = None
     try:
         store = find_store_factory(node.storage).open(node.data, config)
-        if not getattr(store.state_machine, "durable", False):
-            raise RestoreError(f"storage {node.storage!r} keeps nothing on disk: nothing to restore into")
         staging = store.staging
         staging.begin(_RESTORE_KEY, header.revision, header.next_client_id)
         with open(path, "rb") as source:

@@ -35,6 +35,8 @@ _FLAGS = {
     "client-cert-auth": "client_cert_auth", "peer-cert-file": "peer_cert_file",
     "peer-key-file": "peer_key_file", "peer-trusted-ca-file": "peer_trusted_ca_file",
 }
+#: Flags that take no value, and the key each sets to true.
+_SWITCHES = {"force-new-cluster": "force_new_cluster"}
 
 
 class Options(usage.Options):
@@ -46,6 +48,11 @@ class Options(usage.Options):
         "arguments: a one-node cluster, data in ./kvpaxos-data, gRPC on "
         "127.0.0.1:2379, peers on 127.0.0.1:2380, admin on 127.0.0.1:2381."
     )
+    optFlags = [
+        ["force-new-cluster", None,
+         "Disaster recovery: make this member the only one of a new cluster, with its data, then start"
+         " (run once; restart without it)."],
+    ]
     optParameters = [
         ["config", "c", None, "TOML configuration file."],
         ["id", None, None, "This node's id, a positive integer [default: 1]."],
@@ -95,6 +102,9 @@ class Options(usage.Options):
             for flag, key in _FLAGS.items():
                 if self[flag] is not None:
                     values[key] = self[flag]
+            for flag, key in _SWITCHES.items():
+                if self[flag]:
+                    values[key] = True
             self.node = build(values)
         except ConfigError as error:
             raise usage.UsageError(str(error)) from None
@@ -178,6 +188,8 @@ def peer_network(node, replica, reactor):
         timing=replica.timing,
         addresses=(str(node.peer), str(node.client)),
         endpoint_for=peer_endpoint_for(node),
+        connections_max=node.peer_connections_max,
+        buffer_bytes=node.peer_buffer_bytes,
     )
 
 
@@ -193,6 +205,25 @@ def peer_endpoint_for(node):
     if files is None:
         return None
     return lambda reactor, host, port: TLSClientEndpoint(reactor, host, port, files, warn=_tls_warning)
+
+
+def _force_new_cluster(store, node) -> None:
+    """Rewrite C{store} as the only member of a new cluster (kvpaxos.node.recovery), or exit 1 saying why."""
+    from dataclasses import replace
+
+    from kvpaxos.node.recovery import RecoveryRefused, force_new_cluster
+
+    # The new cluster's id: this token and this node alone, as a cluster
+    # seeded with only this member would have.
+    cluster_id = replace(node, peers={}, join=()).cluster_id
+    try:
+        line = force_new_cluster(store, node.node_id, str(node.peer), str(node.client), cluster_id)
+    except RecoveryRefused as error:
+        store.close()
+        sys.stderr.write(f"kvpaxos: fatal: {error}\n")
+        sys.stderr.flush()
+        raise SystemExit(1)
+    _log.warn("{line}", line=line)
 
 
 def _tls_warning(line: str) -> None:
@@ -257,6 +288,7 @@ def makeService(options: Options) -> service.MultiService:
     from kvpaxos.paxos import Options as CoreOptions
     from kvpaxos.storage.providers import find_store_factory
     from kvpaxos.tls import ServerTLS, grpc_channel_credentials, grpc_server_credentials
+    from kvpaxos.node.connection_cap import LISTEN_BACKLOG
 
     from kvpaxos.node.clock import run_timers_on
 
@@ -276,6 +308,8 @@ def makeService(options: Options) -> service.MultiService:
         sys.stderr.flush()
         raise SystemExit(1)
 
+    if node.force_new_cluster:
+        _force_new_cluster(store, node)
     top = service.MultiService()
     replica = ReplicaService(
         node.node_id,
@@ -303,11 +337,11 @@ def makeService(options: Options) -> service.MultiService:
     # back before the peer listener can deliver anything to it.
     replica.setServiceParent(top)
     peers.setServiceParent(top)
-    peer_factory = peers.server_factory()
-    if node.peer_tls is not None:
-        # Mutual TLS: a peer without a certificate the peer CA signed is refused.
-        peer_factory = ServerTLS(node.peer_tls, True, _tls_warning).wrap(peer_factory)
-    internet.TCPServer(node.peer.port, peer_factory, interface=node.peer.host).setServiceParent(top)
+    # Mutual TLS: a peer without a certificate the peer CA signed is refused.
+    peer_tls = ServerTLS(node.peer_tls, True, _tls_warning) if node.peer_tls is not None else None
+    internet.TCPServer(
+        node.peer.port, peers.listener_factory(peer_tls), interface=node.peer.host, backlog=LISTEN_BACKLOG,
+    ).setServiceParent(top)
     metrics = NodeMetrics()
     replica.metrics = metrics
     credentials = client_tls = None
@@ -317,10 +351,12 @@ def makeService(options: Options) -> service.MultiService:
     GrpcServer(replica, str(node.client), reactor, metrics=metrics, credentials=credentials).setServiceParent(top)
     if node.metrics is not None:
         internet.TCPServer(
-            node.metrics.port, metrics_site(metrics), interface=node.metrics.host
+            node.metrics.port, metrics_site(metrics), interface=node.metrics.host, backlog=LISTEN_BACKLOG,
         ).setServiceParent(top)
     internet.TCPServer(
-        node.admin.port, admin_factory(replica, client_tls), interface=node.admin.host
+        node.admin.port,
+        admin_factory(replica, client_tls, node.admin_connections_max, node.admin_buffer_bytes),
+        interface=node.admin.host, backlog=LISTEN_BACKLOG,
     ).setServiceParent(top)
     if node.join:
         # After the replica (its store's member set is read) and the peers.

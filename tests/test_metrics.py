@@ -86,6 +86,30 @@ class ScrapeTests(SynchronousTestCase):
         self.assertEqual(found["kvpaxos_commit_seconds_count", ()], 1.0)
         self.assertIs(commit_timer(None, len), len)
 
+    def test_running_totals_and_fsync(self):
+        """The node's totals handed over with its view are counters; a store that times its sync feeds the fsync histogram."""
+        metrics = NodeMetrics()
+        metrics.update(status(), None, {"proposals": 7, "proposals_failed": 1, "snapshot_sent_bytes": 4096,
+                                        "snapshot_received_bytes": 0})
+        found = samples(metrics)
+        member = (("member", "2"),)
+        self.assertEqual([found[f"kvpaxos_{name}_total", member] for name in
+                          ("proposals", "proposals_failed", "snapshot_sent_bytes", "snapshot_received_bytes")],
+                         [7.0, 1.0, 4096.0, 0.0])
+
+        class Store:
+            last_sync_s = None
+
+            def commit(self, work):
+                self.last_sync_s = 0.003
+                return work
+
+        timed = commit_timer(metrics, Store().commit)
+        self.assertEqual(timed("w"), "w")
+        found = samples(metrics)
+        self.assertEqual(found["kvpaxos_fsync_seconds_count", ()], 1.0)
+        self.assertAlmostEqual(found["kvpaxos_fsync_seconds_sum", ()], 0.003)
+
 
 class DashboardTests(SynchronousTestCase):
     """The Grafana dashboard shipped in etc/ asks only for metrics a node serves."""
@@ -235,6 +259,9 @@ class ClusterMetricsTests(SynchronousTestCase):
         self.assertEqual(found["kvpaxos_is_leader", member], 1.0)
         self.assertGreaterEqual(found["kvpaxos_grpc_requests_total", (("code", "OK"), ("method", "Put"))], 1.0)
         self.assertGreater(found["kvpaxos_commit_seconds_count", ()], 0.0)
+        self.assertGreater(found["kvpaxos_fsync_seconds_count", ()], 0.0)
+        cluster.wait_for(lambda: scraped(leader).get(("kvpaxos_proposals_total", member), 0) >= 1, 10,
+                         "the proposal counted")
         self.assertGreaterEqual(found["kvpaxos_leader_changes_total", ()], 1.0)
         self.assertEqual(sum(v for (name, _), v in found.items() if name == "kvpaxos_peer_connected"), 2.0)
         self.assertGreater(found["process_cpu_seconds_total", ()], 0.0)

@@ -24,7 +24,6 @@ from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols import amp
-from twisted.protocols.policies import LimitTotalConnectionsFactory, ProtocolWrapper
 
 from kvpaxos.admin.commands import (
     MemberAdd,
@@ -39,34 +38,23 @@ from kvpaxos.admin.commands import (
     Unavailable,
 )
 from kvpaxos.api.backup import CHUNK_BYTES_MAX, SnapshotHeader
+from kvpaxos.node.connection_cap import ConnectionCap, Refusals
 from kvpaxos.node.interfaces import MembershipRejected
 from kvpaxos.node.interfaces import Unavailable as NodeUnavailable
 
 #: How long a membership change may take before it is answered UNAVAILABLE.
 CHANGE_TIMEOUT_S = 10.0
 
-#: The most bytes of keys and values one admin box may hold.
+#: The most bytes of keys and values one admin box may hold (by default:
+#: the admin_buffer_bytes key).
 BOX_BYTES_MAX = 64 * 1024
-#: The most admin connections open at once.
+#: The most admin connections open at once (by default: admin_connections_max).
 CONNECTIONS_MAX = 64
 #: A snapshot stream not read for this long is closed (its read
 #: transaction pins pages the store could reuse).
 SNAPSHOT_IDLE_S = 30.0
 
 _log = Logger()
-
-
-class _Refusals:
-    """Counts one kind of refusal; logs the first and then every power of ten (a flood cannot flood the log)."""
-
-    def __init__(self, message: str) -> None:
-        self.count = 0
-        self._message = message
-
-    def __call__(self, **fields) -> None:
-        self.count += 1
-        if str(self.count).rstrip("0") == "1":  # 1, 10, 100, ...
-            _log.warn(self._message + " ({count} so far)", count=self.count, **fields)
 
 
 def _member_list(view) -> dict:
@@ -94,12 +82,13 @@ class AdminProtocol(amp.AMP):
     """One operator connection."""
 
     #: Connections closed for an oversized box, over every admin connection.
-    oversized = _Refusals("closed an admin connection from {peer}: a box over {limit} bytes")
+    oversized = Refusals("closed an admin connection from {peer}: a box over {limit} bytes")
 
-    def __init__(self, node, timeout_s: float = CHANGE_TIMEOUT_S) -> None:
+    def __init__(self, node, timeout_s: float = CHANGE_TIMEOUT_S, box_bytes_max: int = BOX_BYTES_MAX) -> None:
         super().__init__()
         self.node = node
         self.timeout_s = timeout_s
+        self.box_bytes_max = box_bytes_max
         self._box_bytes = 0
         self._dropped = False
         #: The open snapshot stream: (id, stream, idle timer), or None.
@@ -125,10 +114,10 @@ class AdminProtocol(amp.AMP):
 
     def _counted(self, string: bytes, parse):
         self._box_bytes += len(string) + 2
-        if self._box_bytes > BOX_BYTES_MAX:
+        if self._box_bytes > self.box_bytes_max:
             self._dropped = True
             self.paused = True  # stop parsing what is already buffered
-            self.oversized(peer=self.transport.getPeer(), limit=BOX_BYTES_MAX)
+            self.oversized(peer=self.transport.getPeer(), limit=self.box_bytes_max)
             self.transport.abortConnection()
             return "init"
         return parse(string)
@@ -263,33 +252,17 @@ class AdminProtocol(amp.AMP):
         return d.addCallbacks(lambda _: {}, _translated)
 
 
-class _AdminFactory(LimitTotalConnectionsFactory):
+def admin_factory(node, tls=None, connections_max: int = CONNECTIONS_MAX,
+                  box_bytes_max: int = BOX_BYTES_MAX) -> Factory:
     """
-    At most C{connectionLimit} admin connections at once; one more is closed
-    at once (before any TLS handshake), and logged.
+    Return the factory the node's admin port listens with: at most
+    C{connections_max} connections open (one more is closed at once,
+    before any TLS handshake, and logged), each behind C{tls} (a
+    L{kvpaxos.tls.ServerTLS}) if given, and closed for a box over
+    C{box_bytes_max} bytes.
     """
-
-    connectionLimit = CONNECTIONS_MAX
-    refused = _Refusals("refused an admin connection from {peer}: {limit} are open")
-
-    def __init__(self, node, tls=None) -> None:
-        inner = Factory.forProtocol(lambda: AdminProtocol(node))
-        self._inner = tls.wrap(inner) if tls is not None else inner
-
-    def buildProtocol(self, addr):
-        if self.connectionCount >= self.connectionLimit:
-            self.refused(peer=addr, limit=self.connectionLimit)
-            return None
-        protocol = self._inner.buildProtocol(addr)
-        if protocol is None:
-            return None
-        self.connectionCount += 1
-        return ProtocolWrapper(self, protocol)
-
-
-def admin_factory(node, tls=None) -> Factory:
-    """
-    Return the factory the node's admin port listens with; behind
-    C{tls} (a L{kvpaxos.tls.ServerTLS}) if given.
-    """
-    return _AdminFactory(node, tls)
+    inner = Factory.forProtocol(lambda: AdminProtocol(node, box_bytes_max=box_bytes_max))
+    inner.noisy = False
+    if tls is not None:
+        inner = tls.wrap(inner)
+    return ConnectionCap(inner, connections_max, "admin")

@@ -147,7 +147,12 @@ class Membership(AddressPublishing):
         config = self._replica.config
         if config == self._config:
             return
-        self._config = config
+        before, self._config = self._config, config
+        if before is not None and (before.voters, before.learners) != (config.voters, config.learners):
+            self.log.info(
+                "member set changed: voters {voters}, learners {learners} (was voters {was_voters}, learners"
+                " {was_learners})", voters=sorted(config.voters), learners=sorted(config.learners),
+                was_voters=sorted(before.voters), was_learners=sorted(before.learners))
         transport = self._peers()
         if transport is not None and config.cluster_id and hasattr(transport, "cluster_id"):
             transport.cluster_id = config.cluster_id

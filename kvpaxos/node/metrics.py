@@ -30,7 +30,7 @@ import threading
 from typing import Callable, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 __all__ = ["HEALTH_LAG_SLOTS", "NodeMetrics"]
 
@@ -38,6 +38,14 @@ __all__ = ["HEALTH_LAG_SLOTS", "NodeMetrics"]
 #: not healthy (it serves stale serializable reads, and linearizable ones
 #: late).
 HEALTH_LAG_SLOTS = 1000
+
+#: The node's running totals the view carries, as counters (kvpaxos_<name>_total).
+COUNTS = {
+    "proposals": "Requests this member took to propose (here, or forwarded to the leader)",
+    "proposals_failed": "Requests taken that got no quorum before their deadline",
+    "snapshot_sent_bytes": "Bytes of state sent to peers in snapshot transfers",
+    "snapshot_received_bytes": "Bytes of state received from peers in snapshot transfers",
+}
 
 #: Seconds, for the durable transactions of the writer thread.
 COMMIT_BUCKETS = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048)
@@ -53,10 +61,15 @@ class _StatusCollector:
         return []  # read at scrape time: nothing to check at registration
 
     def collect(self):
-        status, connected = self._metrics.view
+        status, connected, counts = self._metrics.view
         if status is None:  # not started yet
             return
         member = str(status.member_id)
+        for name, doc in COUNTS.items():
+            if name in counts:
+                family = CounterMetricFamily(f"kvpaxos_{name}", doc, labels=["member"])
+                family.add_metric([member], float(counts[name]))
+                yield family
         leading = GaugeMetricFamily("kvpaxos_is_leader", "1 when this member is the leader", labels=["member"])
         leading.add_metric([member], 1.0 if status.leader == status.member_id else 0.0)
         yield leading
@@ -102,13 +115,16 @@ class NodeMetrics:
         #: (the last L{kvpaxos.node.interfaces.NodeStatus}, {peer id:
         #: connected} or None): replaced whole, so any thread reads a
         #: consistent pair.
-        self.view: tuple = (None, None)
+        self.view: tuple = (None, None, {})
         self.leader_changes = Counter(
             "kvpaxos_leader_changes", "Changes of the leader this member knows of (or of its ballot)",
             registry=self.registry)
         self.commit_seconds = Histogram(
             "kvpaxos_commit_seconds", "Durable transactions of the writer thread (persist and apply, fsync included)",
             buckets=COMMIT_BUCKETS, registry=self.registry)
+        self.fsync_seconds = Histogram(
+            "kvpaxos_fsync_seconds", "The durable commit of each writer transaction alone (its page writes and"
+            " fsyncs), for stores that time it", buckets=COMMIT_BUCKETS, registry=self.registry)
         self._requests = Counter(
             "kvpaxos_grpc_requests", "gRPC requests answered, by method and status code (a streamed request "
             "counts as its unary method)", ["method", "code"], registry=self.registry)
@@ -119,9 +135,13 @@ class NodeMetrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
 
-    def update(self, status, links: Optional[dict] = None) -> None:
-        """The node's view now (called in the reactor thread): C{status}, and C{{peer id: link up}}."""
-        self.view = (status, None if links is None else dict(links))
+    def update(self, status, links: Optional[dict] = None, counts: Optional[dict] = None) -> None:
+        """
+        The node's view now (called in the reactor thread): C{status},
+        C{{peer id: link up}}, and the node's running totals (C{COUNTS}'s
+        names: C{{"proposals": n, ...}}).
+        """
+        self.view = (status, None if links is None else dict(links), dict(counts or {}))
 
     def leader_changed(self) -> None:
         self.leader_changes.inc()
@@ -165,6 +185,8 @@ def commit_timer(metrics: Optional[NodeMetrics], commit: Callable) -> Callable:
     import time
 
     histogram = metrics.commit_seconds
+    fsyncs = metrics.fsync_seconds
+    store = getattr(commit, "__self__", None)
 
     def timed(*args):
         start = time.monotonic()
@@ -172,5 +194,8 @@ def commit_timer(metrics: Optional[NodeMetrics], commit: Callable) -> Callable:
             return commit(*args)
         finally:
             histogram.observe(time.monotonic() - start)
+            synced = getattr(store, "last_sync_s", None)
+            if synced is not None:
+                fsyncs.observe(synced)
 
     return timed

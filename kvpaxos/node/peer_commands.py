@@ -24,6 +24,15 @@ FORWARD_LIST_BYTES = 60_000
 #: The most one reassembled stream may hold, and the most streams one
 #: connection may have open at once; a peer over either is cut off.
 STREAM_BYTES_MAX = 64 * 1024 * 1024
+#: The defaults of a peer port's limits (issue 13, part 6; the TOML keys
+#: peer_connections_max and peer_buffer_bytes): connections open at once,
+#: and bytes of partial messages one connection may hold (half for
+#: messages, half for forwarded commands; the largest of either is under
+#: 3 MiB: a Txn of 2 MiB and its framing).
+PEER_CONNECTIONS_MAX = 64
+PEER_BUFFER_BYTES = 16 * 1024 * 1024
+#: The least peer_buffer_bytes may be.
+PEER_BUFFER_BYTES_MIN = 8 * 1024 * 1024
 STREAMS_MAX = 8
 #: The most one AMP box may hold before its sender is cut off.
 BOX_BYTES_MAX = 2 * 65_535 + 4_096

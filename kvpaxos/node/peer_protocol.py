@@ -106,6 +106,7 @@ class PeerProtocol(RequestCalls, MembershipCalls, amp.AMP):
         on_identified: Optional[Callable] = None,
         on_lost: Optional[Callable] = None,
         addresses: tuple[str, str] = ("", ""),
+        buffer_bytes: int = 2 * STREAM_BYTES_MAX,
     ) -> None:
         super().__init__()
         self.handler = handler
@@ -122,8 +123,8 @@ class PeerProtocol(RequestCalls, MembershipCalls, amp.AMP):
         self._on_lost = on_lost
         self._addresses = addresses
         self._stream_ids = itertools.count()
-        self._messages = ChunkStreams(STREAM_BYTES_MAX, STREAMS_MAX)
-        self._commands = ChunkStreams(STREAM_BYTES_MAX, STREAMS_MAX)
+        self._messages = ChunkStreams(buffer_bytes // 2, STREAMS_MAX)
+        self._commands = ChunkStreams(buffer_bytes // 2, STREAMS_MAX)
         self._gate: Optional[SendGate] = None
         self._box_bytes = 0
         self._dropped = False

@@ -55,7 +55,8 @@ from zope.interface import implementer
 from kvpaxos.encoding.messages import encode
 from kvpaxos.encoding.transfer import encode as encode_transfer
 from kvpaxos.node.interfaces import IPeerTransport, Timing
-from kvpaxos.node.peer_commands import DEFAULT_TIMING, PeerUnreachable
+from kvpaxos.node.connection_cap import ConnectionCap
+from kvpaxos.node.peer_commands import DEFAULT_TIMING, PEER_BUFFER_BYTES, PEER_CONNECTIONS_MAX, PeerUnreachable
 from kvpaxos.node.peer_flow import Complaints
 from kvpaxos.node.peer_protocol import PeerProtocol
 
@@ -105,6 +106,10 @@ class PeerNetwork(MultiService):
         TCP (IPv6 when the host has a colon).
     @param addresses: (peer, client) addresses this node reports in its
         handshakes, so that the leader can publish them (issue 11).
+    @param connections_max: the most connections open at once on this
+        node's peer port (L{server_factory}); one more is closed at once.
+    @param buffer_bytes: the most bytes of partial messages a connection
+        may hold, half for messages and half for forwarded commands.
 
     Issue 11: the node calls L{set_peers} with the replicated member set's
     peer addresses whenever it changes, and may set C{cluster_id} (a joining
@@ -125,8 +130,12 @@ class PeerNetwork(MultiService):
         endpoint_for: Optional[Callable] = None,
         rng: Optional[random.Random] = None,
         addresses: tuple[str, str] = ("", ""),
+        connections_max: int = PEER_CONNECTIONS_MAX,
+        buffer_bytes: int = PEER_BUFFER_BYTES,
     ) -> None:
         super().__init__()
+        self.connections_max = connections_max
+        self.buffer_bytes = buffer_bytes
         self.node_id = node_id
         self.handler = handler
         self.cluster_id = cluster_id
@@ -225,13 +234,26 @@ class PeerNetwork(MultiService):
         return super().stopService()
 
     def server_factory(self) -> Factory:
-        """Return the factory this node listens with for its peers' links."""
+        """Return the factory of the protocols this node serves its peers' links with."""
         return self._factory(
             is_member=self._links.__contains__,
             complaints=self._refusals,
             on_identified=self._incoming.add,
             on_lost=self._incoming.discard,
         )
+
+    def listener_factory(self, tls=None) -> Factory:
+        """
+        Return the factory this node's peer port listens with: at most
+        C{connections_max} connections open (one more is closed as it is
+        accepted, before any TLS handshake, and logged), each behind C{tls}
+        (a L{kvpaxos.tls.ServerTLS}) if given, served by L{server_factory}'s.
+        """
+        inner = self.server_factory()
+        inner.noisy = False
+        if tls is not None:
+            inner = tls.wrap(inner)
+        return ConnectionCap(inner, self.connections_max, "peer")
 
     def _factory(self, **side) -> Factory:
         """A factory of this node's L{PeerProtocol}s, with C{side}'s own arguments."""
@@ -244,6 +266,7 @@ class PeerNetwork(MultiService):
                 cluster_id=self.cluster_id,
                 timing=self.timing,
                 addresses=self.addresses,
+                buffer_bytes=self.buffer_bytes,
                 **side,
             )
         )

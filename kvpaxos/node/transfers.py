@@ -111,6 +111,8 @@ class SnapshotSender:
         self.window = window or WINDOW_CHUNKS
         self.timeout_s = timeout_s or TIMEOUT_S
         self.chunk_bytes = chunk_bytes or CHUNK_BYTES
+        #: Bytes of state records sent to peers, in all (a metric).
+        self.bytes_sent = 0
         self._ids = itertools.count(1)
         #: The transfer under way to each peer.
         self.transfers: dict[int, _Outgoing] = {}
@@ -165,6 +167,7 @@ class SnapshotSender:
             return
         out.digest.add(records)
         self._peers().send_stream(SnapshotChunk(self._id, out.peer, out.transfer, out.sent, records))
+        self.bytes_sent += len(records)
         out.sent += 1
         self._pump(out)
 
@@ -294,6 +297,8 @@ class SnapshotReceiver:
         self._on_writer = on_writer
         self._step = step
         self._stopping = stopping
+        #: Bytes of state records received from peers, in all (a metric).
+        self.bytes_received = 0
         self.window = window or WINDOW_CHUNKS
         self.timeout_s = timeout_s or TIMEOUT_S
         #: The transfer being staged, if any.
@@ -344,6 +349,7 @@ class SnapshotReceiver:
             return
         came.received += 1
         came.staging += 1
+        self.bytes_received += len(message.records)
         came.digest.add(message.records)
         self._arm(came)
         d = self._writer(came, self._store.staging.stage, came.key, message.records)

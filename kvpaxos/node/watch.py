@@ -99,7 +99,14 @@ class NodeWatch:
         """Give the metrics this node's view (on ticks): the scrape, in another thread, reads only that copy."""
         if self.metrics is not None:
             links = self.peers.link_states() if hasattr(self.peers, "link_states") else None
-            self.metrics.update(self.status(), links)
+            counts = {}
+            if self.writes is not None:
+                counts["proposals"] = self.writes.proposed
+                counts["proposals_failed"] = self.writes.failed
+            if self.snapshots is not None:
+                counts["snapshot_sent_bytes"] = self.snapshots.sender.bytes_sent
+                counts["snapshot_received_bytes"] = self.snapshots.receiver.bytes_received
+            self.metrics.update(self.status(), links, counts)
 
     # --- status --------------------------------------------------------------
 

@@ -95,6 +95,11 @@ class WritePath:
         #: The highest slot whose results were answered before their
         #: transaction was durable (serializable reads wait for it).
         self.answered_through = 0
+        #: Requests taken to propose (here, or forwarded to the leader), and
+        #: those of them that failed for want of a quorum before their
+        #: deadline (metrics: kvpaxos_proposals_total, ..._failed_total).
+        self.proposed = 0
+        self.failed = 0
 
     @property
     def has_unsent(self) -> bool:
@@ -112,6 +117,7 @@ class WritePath:
             if refusal is not None:
                 return defer.fail(refusal)  # refused before anything is proposed
         self._counter += 1
+        self.proposed += 1
         request_id = (self._boot << 32) | (self._counter & 0xFFFFFFFF)
         request = dataclasses.replace(request, origin=self.node_id, request_id=request_id)
         try:
@@ -161,6 +167,7 @@ class WritePath:
             return
         self._unsent = [(r, c) for r, c in self._unsent if r != request_id]
         leader = self._replica.leader
+        self.failed += 1
         waiting[0].errback(
             Failure(Unavailable(f"no quorum answered before the deadline; leader is {leader}", leader))
         )

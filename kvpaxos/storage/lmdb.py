@@ -43,6 +43,7 @@ pool thread).
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from typing import Optional
 
@@ -374,7 +375,10 @@ class LMDBStore:
             txn = self._env.begin(write=True)
             try:
                 result = work(txn)
+                started = time.monotonic()
                 txn.commit()
+                #: How long the last commit's page writes and fsyncs took (a metric).
+                self.last_sync_s = time.monotonic() - started
                 return result
             except lmdb.MapFullError:
                 # The map is full: abort, grow and redo it all.  The gate
