@@ -50,9 +50,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=400)
+    parser.add_argument("--builtin-limits", action="store_true",
+                        help="set no limit keys (for builds older than the keys)")
     args = parser.parse_args()
-    cluster = ProcessCluster(tempfile.mkdtemp(prefix="kvpaxos-flood-"), size=1,
-                             settings={"peer_connections_max": 64, "admin_connections_max": 64})
+    settings = {} if args.builtin_limits else {"peer_connections_max": 64, "admin_connections_max": 64}
+    cluster = ProcessCluster(tempfile.mkdtemp(prefix="kvpaxos-flood-"), size=1, settings=settings)
     try:
         cluster.start()
         cluster.wait_for_leader(timeout_s=20)
