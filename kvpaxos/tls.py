@@ -151,13 +151,21 @@ class LoadedTLS:
 
         private = ssl.PrivateCertificate.loadPEM(self.cert + b"\n" + self.key)
         extra = [ssl.Certificate.loadPEM(c).original for c in _split(self.cert)[1:]]
+        from OpenSSL import SSL
+
         kwargs = {}
         if require_peer_certificate:
             kwargs["trustRoot"] = self._trust_root()
-        return ssl.CertificateOptions(
+        options = ssl.CertificateOptions(
             privateKey=private.privateKey.original, certificate=private.original,
             extraCertChain=extra or None, **kwargs,
         )
+        # Twisted's ALPN callback answers b"" when nothing overlaps, which
+        # OpenSSL takes as an error: a client offering ALPN (h2, say) got
+        # "tlsv1 alert internal error".  These ports speak AMP, negotiated
+        # by no ALPN name: go on without one, as a server that has none.
+        options.getContext().set_alpn_select_callback(lambda connection, offered: SSL.NO_OVERLAPPING_PROTOCOLS)
+        return options
 
     def twisted_client(self, host: str):
         """
