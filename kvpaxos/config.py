@@ -68,7 +68,6 @@ _TOML_KEYS = {
     "snapshot_interval", "cluster_token",
     "join", "auto_promote", "auto_promote_beats", "promote_lag_slots", "metrics_addr", "log_format",
     "quota_bytes", "peer_connections_max", "peer_buffer_bytes", "admin_connections_max", "admin_buffer_bytes",
-    "force_new_cluster",
     *("cert_file", "key_file", "trusted_ca_file", "client_cert_auth",
                      "peer_cert_file", "peer_key_file", "peer_trusted_ca_file"),
 }
@@ -360,6 +359,7 @@ def build(values: dict) -> NodeConfig:
                 raise ConfigError(f"{key} must be a file path, got {values[key]!r}")
             changes[key] = values[key]
     for key in ("lease_reads", "auto_promote", "client_cert_auth", "force_new_cluster"):
+        # force_new_cluster: the flag's only (no TOML key): a key left in a file would force again at every start.
         if values.get(key) is not None:
             changes[key] = parse_bool(values[key], key)
     if values.get("join") is not None:
@@ -437,12 +437,14 @@ def _check_tls(config: NodeConfig) -> None:
 
 def _check_limits(config: NodeConfig) -> None:
     """The flood limits: enough for the cluster's own traffic."""
+    from kvpaxos.node.peer_commands import PEER_BUFFER_BYTES_MIN
+
     for key in ("peer_connections_max", "admin_connections_max"):
         if getattr(config, key) < 4:
             raise ConfigError(f"{key} must be at least 4, got {getattr(config, key)}")
-    if config.peer_buffer_bytes < 8 * 1024 * 1024:
+    if config.peer_buffer_bytes < PEER_BUFFER_BYTES_MIN:
         raise ConfigError(
-            f"peer_buffer_bytes must be at least 8 MiB ({8 * 1024 * 1024}): a peer's largest message"
+            f"peer_buffer_bytes must be at least 8 MiB ({PEER_BUFFER_BYTES_MIN}): a peer's largest message"
             f" (a Txn of 2 MiB, forwarded or accepted) must fit; got {config.peer_buffer_bytes}")
     if config.admin_buffer_bytes < 4096:
         raise ConfigError(f"admin_buffer_bytes must be at least 4096, got {config.admin_buffer_bytes}")

@@ -83,7 +83,9 @@ def restore(path: str, node) -> str:
         staging = store.staging
         staging.begin(_RESTORE_KEY, header.revision, header.next_client_id)
         with open(path, "rb") as source:
-            _, records = read_snapshot(source)
+            again, records = read_snapshot(source)
+            if again != header:
+                raise SnapshotFileError("the file changed while it was restored")
             for chunk in records:
                 staging.stage(_RESTORE_KEY, chunk)
         staged = staging.finish(_RESTORE_KEY)

@@ -209,15 +209,10 @@ def peer_endpoint_for(node):
 
 def _force_new_cluster(store, node) -> None:
     """Rewrite C{store} as the only member of a new cluster (kvpaxos.node.recovery), or exit 1 saying why."""
-    from dataclasses import replace
-
     from kvpaxos.node.recovery import RecoveryRefused, force_new_cluster
 
-    # The new cluster's id: this token and this node alone, as a cluster
-    # seeded with only this member would have.
-    cluster_id = replace(node, peers={}, join=()).cluster_id
     try:
-        line = force_new_cluster(store, node.node_id, str(node.peer), str(node.client), cluster_id)
+        line = force_new_cluster(store, node.node_id, str(node.peer), str(node.client))
     except RecoveryRefused as error:
         store.close()
         sys.stderr.write(f"kvpaxos: fatal: {error}\n")

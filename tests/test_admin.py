@@ -6,6 +6,7 @@ node calls and node errors to AMP errors, over an in-memory connection.
 import struct
 
 from twisted.internet import defer
+from twisted.internet.task import Clock
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.test.iosim import connectedServerAndClient
@@ -56,6 +57,8 @@ class FakeNode:
     def __init__(self, error=None):
         self.error = error
         self.calls = []
+        #: The admin port's idle timeouts run on it, not on the global reactor.
+        self.reactor = Clock()
 
     def status(self):
         return NodeStatus(2, "leader", 2, (1, 2, 3), (4,), 17, 16)

@@ -51,16 +51,47 @@ class ConnectionCapTests(SynchronousTestCase):
 
 class PeerBufferTests(SynchronousTestCase):
     def test_partial_messages_are_bounded(self):
-        """A connection's partial messages may not pass half of its buffer; past it, the stream is refused."""
-        from kvpaxos.node.peer_protocol import PeerProtocol
+        """
+        The peer network's buffer reaches each connection it serves: its
+        partial messages, and its forwarded commands, may each hold half.
+        """
+        from twisted.internet.task import Clock
 
-        protocol = PeerProtocol(None, 1, buffer_bytes=8 * 1024 * 1024)
+        from kvpaxos.node.peers import PeerNetwork
+
+        network = PeerNetwork(1, {}, None, Clock(), buffer_bytes=8 * 1024 * 1024)
+        protocol = network.listener_factory().wrappedFactory.buildProtocol(None)
         piece = b"x" * 60_000
-        streams = protocol._messages
-        with self.assertRaises(ChunkError):
-            for index in range(100):
-                streams.add(0, index, False, piece)
-        self.assertLessEqual(index * len(piece), 4 * 1024 * 1024)
+        for streams in (protocol._messages, protocol._commands):
+            taken = 0
+            with self.assertRaises(ChunkError):
+                for index in range(200):
+                    streams.add(0, index, False, piece)
+                    taken += len(piece)
+            self.assertLessEqual(taken, 4 * 1024 * 1024)
+            self.assertGreater(taken, 4 * 1024 * 1024 - len(piece) * 2)
+
+
+class AdminIdleTests(SynchronousTestCase):
+    def test_idle_connection_is_closed(self):
+        """An admin connection that sends nothing (an idle socket, a stalled handshake) is closed after IDLE_S."""
+        from twisted.internet.task import Clock
+
+        from kvpaxos.admin import server
+
+        class Node:
+            reactor = Clock()
+
+        protocol = server.admin_factory(Node()).buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        Node.reactor.advance(server.IDLE_S - 1)
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(b"\x00")  # a byte resets it
+        Node.reactor.advance(server.IDLE_S - 1)
+        self.assertFalse(transport.disconnecting)
+        Node.reactor.advance(2)
+        self.assertTrue(transport.disconnecting)
 
 
 class LimitConfigTests(SynchronousTestCase):

@@ -31,39 +31,50 @@ class ForceNewClusterStoreTests(SynchronousTestCase):
         return store
 
     def test_rewrite(self):
-        """The member set is this node alone under the new id; accepted writes stay; member changes become no-ops."""
+        """
+        After an applied member change (a learner added), the member set is
+        this node alone under a new id; the accepted entries after the
+        applied slot stay, member changes among them made no-ops.
+        """
         store = self.open()
         ballot = Ballot(4, 2)
-        accepted = [(1, Entry(ballot, Batch((b"w1",)))), (2, Entry(ballot, ConfigChange(ChangeKind.REMOVE, 1))),
-                    (3, Entry(ballot, Batch((b"w3",))))]
+        learner = ConfigChange(ChangeKind.ADD_LEARNER, 4, "127.0.0.1:4000", "")
+        store.commit(Commit(entries=[(1, Entry(ballot, learner))], committed=[(1, learner)]))
+        self.assertEqual(store.applied_index(), 1)
+        accepted = [(2, Entry(ballot, Batch((b"w2",)))), (3, Entry(ballot, ConfigChange(ChangeKind.REMOVE, 1))),
+                    (4, Entry(ballot, Batch((b"w4",))))]
         store.commit(Commit(entries=accepted))
-        line = force_new_cluster(store, 1, "127.0.0.1:1000", "127.0.0.1:1001", 1234)
+        line = force_new_cluster(store, 1, "127.0.0.1:1000", "127.0.0.1:1001")
         snapshot = store.snapshot()
         self.assertEqual((snapshot.index, snapshot.config.voters, snapshot.config.learners),
-                         (0, frozenset({1}), frozenset()))
-        self.assertEqual(snapshot.config.cluster_id, 1234)
+                         (1, frozenset({1}), frozenset()))
+        self.assertNotIn(snapshot.config.cluster_id, (0, 99))
         self.assertEqual(snapshot.config.peer_addresses(), {1: "127.0.0.1:1000"})
-        self.assertEqual(store.entries(1), [accepted[0], (2, Entry(ballot, NOOP)), accepted[2]])
+        self.assertEqual(store.entries(2), [accepted[0], (3, Entry(ballot, NOOP)), accepted[2]])
         self.assertIn("1 member changes among them made no-ops", line)
         self.assertIn("it was one of voters [1, 2, 3]", line)
+        # Forcing again is refused: the node is the only member already.
+        error = self.assertRaises(RecoveryRefused, force_new_cluster, store, 1, "127.0.0.1:1000", "127.0.0.1:1001")
+        self.assertIn("already the only member", str(error))
+
+    def test_new_ids_differ(self):
+        """Two forcings of the same state give two ids, neither the old one."""
+        ids = set()
+        for _ in range(2):
+            store = self.open()
+            force_new_cluster(store, 2, "a:1", "a:2")
+            ids.add(store.snapshot().config.cluster_id)
+        self.assertEqual(len(ids), 2)
+        self.assertNotIn(99, ids)
 
     def test_refusals(self):
-        """A store with no member set (a joining node's) is refused."""
+        """A store with no member set (a joining node's), or a node that is not a voter, is refused."""
         store = find_store_factory("lmdb").open(self.mktemp(), Config(frozenset()))
         self.addCleanup(store.close)
-        error = self.assertRaises(RecoveryRefused, force_new_cluster, store, 1, "a:1", "a:2", 5)
+        error = self.assertRaises(RecoveryRefused, force_new_cluster, store, 1, "a:1", "a:2")
         self.assertIn("still joining", str(error))
-
-
-def set_key(path: str, line: str, present: bool) -> None:
-    """Put C{line} before the [peers] table of a node's TOML file, or take it out."""
-    with open(path) as f:
-        text = f.read()
-    text = text.replace(line + "\n", "")
-    if present:
-        text = text.replace("[peers]", f"{line}\n[peers]") if "[peers]" in text else text + line + "\n"
-    with open(path, "w") as f:
-        f.write(text)
+        error = self.assertRaises(RecoveryRefused, force_new_cluster, self.open(), 7, "a:1", "a:2")
+        self.assertIn("not a voter", str(error))
 
 
 class ForceNewClusterTests(TestCase):
@@ -82,9 +93,7 @@ class ForceNewClusterTests(TestCase):
             cluster.kill(node_id, signal.SIGKILL)
         cluster.kill(survivor, signal.SIGTERM)
         cluster.nodes[survivor].close_channel()
-        config = cluster.nodes[survivor].config_path
-        set_key(config, "force_new_cluster = true", True)
-        cluster.start(survivor)
+        cluster.start(survivor, flags=("--force-new-cluster",))
         node = cluster.nodes[survivor]
         cluster.wait_for_leader(timeout_s=20, among=[survivor])
         self.assertIn("is now the only member of a new cluster", node.log())
@@ -98,7 +107,6 @@ class ForceNewClusterTests(TestCase):
         # Restarted without the flag, it stays the cluster it became.
         cluster.kill(survivor, signal.SIGTERM)
         node.close_channel()
-        set_key(config, "force_new_cluster = true", False)
         cluster.start(survivor)
         cluster.wait_for_leader(timeout_s=20, among=[survivor])
         self.assertEqual(node.kv().Get(kv_pb2.GetRequest(key=b"after"), timeout=5).value, b"x")

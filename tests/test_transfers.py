@@ -350,7 +350,7 @@ class LargeStateOverAMPTests(SynchronousTestCase):
 
     def test_state_over_the_old_cap(self):
         """
-        With the old cap lowered to 256 KiB, a 1.2 MiB state still transfers:
+        With the old cap lowered to 256 KiB (half of a connection's buffer), a 1.2 MiB state still transfers:
         in more than one chunk, no AMP value over the chunk cap, never more
         than the window unacknowledged; the old one-message path is refused.
         """
@@ -360,7 +360,7 @@ class LargeStateOverAMPTests(SynchronousTestCase):
         from kvpaxos.node import peer_protocol
         from tests.test_peers import RecordingNode, listener, opener
 
-        self.patch(peer_protocol, "STREAM_BYTES_MAX", 256 << 10)
+        self.patch(peer_protocol, "PEER_BUFFER_BYTES", 512 << 10)
         clock = Clock()
         source = LMDBStore(self.mktemp(), CONFIG, map_bytes=8 << 20)
         target = LMDBStore(self.mktemp(), Config(frozenset()), map_bytes=8 << 20)

@@ -24,6 +24,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.protocols.policies import TimeoutMixin
 
 from kvpaxos.admin.commands import (
     MemberAdd,
@@ -53,6 +54,9 @@ CONNECTIONS_MAX = 64
 #: A snapshot stream not read for this long is closed (its read
 #: transaction pins pages the store could reuse).
 SNAPSHOT_IDLE_S = 30.0
+#: A connection that sends nothing for this long is closed (a stalled TLS
+#: handshake or an idle socket must not hold one of the capped places).
+IDLE_S = 30.0
 
 _log = Logger()
 
@@ -78,7 +82,7 @@ def _translated(failure):
     return failure
 
 
-class AdminProtocol(amp.AMP):
+class AdminProtocol(TimeoutMixin, amp.AMP):
     """One operator connection."""
 
     #: Connections closed for an oversized box, over every admin connection.
@@ -95,11 +99,25 @@ class AdminProtocol(amp.AMP):
         self._snapshot = None
         self._snapshot_ids = 0
         self._reading = False
+        self._lost = False
+        clock = getattr(node, "reactor", None)
+        if clock is not None:
+            self.callLater = clock.callLater  # the node's clock (TimeoutMixin's default is the global reactor)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.setTimeout(IDLE_S)
+
+    def timeoutConnection(self) -> None:
+        _log.info("closed an admin connection from {peer}: nothing sent for {s}s", peer=self.transport.getPeer(),
+                  s=IDLE_S)
+        self.transport.abortConnection()
 
     # --- the box size limit ---
 
     def dataReceived(self, data: bytes) -> None:
         if not self._dropped:
+            self.resetTimeout()
             super().dataReceived(data)
 
     def proto_init(self, string):
@@ -157,6 +175,8 @@ class AdminProtocol(amp.AMP):
     # --- snapshots (kvpaxos snapshot save) ---
 
     def connectionLost(self, reason) -> None:
+        self._lost = True
+        self.setTimeout(None)
         self._close_snapshot()
         super().connectionLost(reason)
 
@@ -170,7 +190,7 @@ class AdminProtocol(amp.AMP):
             raise Rejected("a snapshot stream is already open on this connection")
 
         def opened(stream):
-            if self._dropped or self.transport is None or self._snapshot is not None:
+            if self._lost or self._dropped or self._snapshot is not None:
                 self._in_pool(stream.close)
                 raise Unavailable("the connection closed while the snapshot opened")
             self._snapshot_ids += 1
@@ -213,10 +233,13 @@ class AdminProtocol(amp.AMP):
             if records is None:
                 self._close_snapshot()  # next_chunk closed the transaction; closing again is nothing
                 return {"records": b"", "last": True}
+            self._touch()  # the idle timer may have fired during the read
             return {"records": records, "last": False}
 
         def failed(failure):
             self._reading = False
+            if self._snapshot is None or self._snapshot[1] is not source:
+                self._in_pool(source.close)  # closed while it read
             self._close_snapshot()
             raise Unavailable(f"the snapshot read stopped ({failure.getErrorMessage()}): save again")
 

@@ -75,11 +75,9 @@ class SnapshotActions:
             except AdminFailed as failure:
                 if "save again" not in str(failure) or attempt == SAVE_ATTEMPTS:
                     raise
-        try:
-            verify(i.path)
-        except (SnapshotFileError, OSError) as error:
-            self.error(f"{i.path}: written but does not read back: {error}")
-            return EXIT_FAILED
+            except SnapshotFileError as error:
+                self.error(f"{i.path}.part: written but does not read back ({error}); {i.path} is left as it was")
+                return EXIT_FAILED
         if i.json:
             self.json({"admin": address, "path": i.path, "bytes": size, "sha256": digest, **_header_fields(header)})
         else:
@@ -103,7 +101,13 @@ class SnapshotActions:
                 digest = writer.finish()
                 out.flush()
                 os.fsync(out.fileno())
+            verify(part)  # before it replaces an earlier file of the same name
             os.replace(part, path)
+            directory = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+            try:
+                os.fsync(directory)  # the rename survives a crash
+            finally:
+                os.close(directory)
             return header, writer.bytes, digest
         except OSError as error:
             raise AdminFailed(f"cannot write {part}: {error.strerror or error}") from None

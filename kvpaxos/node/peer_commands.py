@@ -21,9 +21,6 @@ from kvpaxos.node.interfaces import MembershipRejected, NotLeaderError, Timing, 
 CHUNK_BYTES = 60_000
 #: The largest total of one Forward list (each command costs 2 bytes more).
 FORWARD_LIST_BYTES = 60_000
-#: The most one reassembled stream may hold, and the most streams one
-#: connection may have open at once; a peer over either is cut off.
-STREAM_BYTES_MAX = 64 * 1024 * 1024
 #: The defaults of a peer port's limits (issue 13, part 6; the TOML keys
 #: peer_connections_max and peer_buffer_bytes): connections open at once,
 #: and bytes of partial messages one connection may hold (half for
@@ -33,6 +30,8 @@ PEER_CONNECTIONS_MAX = 64
 PEER_BUFFER_BYTES = 16 * 1024 * 1024
 #: The least peer_buffer_bytes may be.
 PEER_BUFFER_BYTES_MIN = 8 * 1024 * 1024
+#: The most partial messages one connection may have open at once; a peer
+#: over it, or over its buffer, is cut off.
 STREAMS_MAX = 8
 #: The most one AMP box may hold before its sender is cut off.
 BOX_BYTES_MAX = 2 * 65_535 + 4_096

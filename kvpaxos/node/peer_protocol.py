@@ -30,7 +30,7 @@ from kvpaxos.node.peer_commands import (
     DESCRIPTION_MAX,
     MEMBER_MAX,
     SEND_BUFFER_BYTES_MAX,
-    STREAM_BYTES_MAX,
+    PEER_BUFFER_BYTES,
     STREAMS_MAX,
     BadHello,
     ChunkError,
@@ -106,7 +106,7 @@ class PeerProtocol(RequestCalls, MembershipCalls, amp.AMP):
         on_identified: Optional[Callable] = None,
         on_lost: Optional[Callable] = None,
         addresses: tuple[str, str] = ("", ""),
-        buffer_bytes: int = 2 * STREAM_BYTES_MAX,
+        buffer_bytes: Optional[int] = None,
     ) -> None:
         super().__init__()
         self.handler = handler
@@ -123,6 +123,9 @@ class PeerProtocol(RequestCalls, MembershipCalls, amp.AMP):
         self._on_lost = on_lost
         self._addresses = addresses
         self._stream_ids = itertools.count()
+        # The bytes of partial messages this connection may hold: half for
+        # messages, half for forwarded commands (None: PEER_BUFFER_BYTES).
+        buffer_bytes = buffer_bytes or PEER_BUFFER_BYTES
         self._messages = ChunkStreams(buffer_bytes // 2, STREAMS_MAX)
         self._commands = ChunkStreams(buffer_bytes // 2, STREAMS_MAX)
         self._gate: Optional[SendGate] = None

@@ -117,13 +117,13 @@ class WritePath:
             if refusal is not None:
                 return defer.fail(refusal)  # refused before anything is proposed
         self._counter += 1
-        self.proposed += 1
         request_id = (self._boot << 32) | (self._counter & 0xFFFFFFFF)
         request = dataclasses.replace(request, origin=self.node_id, request_id=request_id)
         try:
             data = encode_request(request)
         except InvalidArgument:
             return defer.fail()
+        self.proposed += 1
         d = defer.Deferred()
         timer = self._reactor.callLater(timeout_s, self._expire, request_id, data)
         self._pending[request_id] = (d, timer)

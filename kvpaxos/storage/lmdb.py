@@ -372,6 +372,7 @@ class LMDBStore:
         the map doubled and C{work} redone.
         """
         while True:
+            self.last_sync_s = None
             txn = self._env.begin(write=True)
             try:
                 result = work(txn)

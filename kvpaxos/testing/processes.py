@@ -334,8 +334,8 @@ class ProcessCluster:
 
     # --- processes -------------------------------------------------------------
 
-    def start(self, node_id: Optional[int] = None) -> None:
-        """Start one node (or all that are not running)."""
+    def start(self, node_id: Optional[int] = None, flags: tuple = ()) -> None:
+        """Start one node (or all that are not running), with C{flags} after its --config."""
         ids = [node_id] if node_id is not None else sorted(self.nodes)
         for i in ids:
             node = self.nodes[i]
@@ -343,7 +343,7 @@ class ProcessCluster:
                 continue
             log = open(node.log_path, "ab")
             node.process = subprocess.Popen(
-                twistd_command(node.config_path),
+                twistd_command(node.config_path) + list(flags),
                 env=self._env,
                 cwd=self.directory,
                 stdout=log,
