@@ -229,6 +229,16 @@ class PlantTests(SynchronousTestCase):
         self.assertEqual(result.violation.kind, "sent before durable")
         self.assertIn("Prepare", str(result.violation))
 
+    def test_torn_backup(self):
+        """
+        Issue 13, part 4: a backup whose header names the slot applied when
+        it was asked for, not its read transaction's, is caught: what it
+        holds is not the state the log gives at that slot.
+        """
+        result = first_catch("torn-backup")
+        self.assertIsNotNone(result)
+        self.assertEqual(result.violation.kind, "backup")
+
     def test_removal_untold(self):
         """
         Issue 11: a removed node told neither by the leader's last heartbeat

@@ -18,10 +18,7 @@ are accepted); both are logged, the first time and then at each power of
 ten.
 """
 
-import datetime
-
 from twisted.internet.protocol import Factory
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.protocols.policies import TimeoutMixin
@@ -38,7 +35,7 @@ from kvpaxos.admin.commands import (
     TransferLeadership,
     Unavailable,
 )
-from kvpaxos.api.backup import CHUNK_BYTES_MAX, SnapshotHeader
+from kvpaxos.api.backup import CHUNK_BYTES_MAX
 from kvpaxos.node.connection_cap import ConnectionCap, Refusals
 from kvpaxos.node.interfaces import MembershipRejected
 from kvpaxos.node.interfaces import Unavailable as NodeUnavailable
@@ -180,31 +177,21 @@ class AdminProtocol(TimeoutMixin, amp.AMP):
         self._close_snapshot()
         super().connectionLost(reason)
 
-    def _in_pool(self, call, *args):
-        reactor = self.node.reactor
-        return deferToThreadPool(reactor, reactor.getThreadPool(), call, *args)
-
     @SnapshotOpen.responder
     def snapshot_open(self):
         if self._snapshot is not None:
             raise Rejected("a snapshot stream is already open on this connection")
 
-        def opened(stream):
+        def opened(opened):
+            stream, header = opened
             if self._lost or self._dropped or self._snapshot is not None:
-                self._in_pool(stream.close)
+                self.node.close_backup(stream)
                 raise Unavailable("the connection closed while the snapshot opened")
             self._snapshot_ids += 1
             self._snapshot = [self._snapshot_ids, stream, None]
             self._touch()
-            view, status = self.node.members(), self.node.status()
-            header = SnapshotHeader(
-                member_id=status.member_id, cluster_id=view.cluster_id, index=stream.index,
-                revision=stream.revision, next_client_id=stream.next_client_id,
-                members=[{"id": m.id, "role": m.role, "peer": m.peer, "client": m.client} for m in view.members],
-                saved_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            )
             _log.info("snapshot stream {id} opened for {peer} at slot {index}", id=self._snapshot_ids,
-                      peer=self.transport.getPeer(), index=stream.index)
+                      peer=self.transport.getPeer() if self.transport is not None else "-", index=header.index)
             return {"stream": self._snapshot_ids, "header": header.to_json()}
 
         def failed(failure):
@@ -213,7 +200,7 @@ class AdminProtocol(TimeoutMixin, amp.AMP):
             _log.failure("opening a snapshot stream failed", failure)
             raise Unavailable(f"cannot open a snapshot: {failure.getErrorMessage()}")
 
-        return self._in_pool(self.node.store.open_snapshot_stream).addCallbacks(opened, failed)
+        return self.node.open_backup().addCallbacks(opened, failed)
 
     @SnapshotRead.responder
     def snapshot_read(self, stream):
@@ -228,7 +215,7 @@ class AdminProtocol(TimeoutMixin, amp.AMP):
         def read(records):
             self._reading = False
             if self._snapshot is None or self._snapshot[1] is not source:
-                self._in_pool(source.close)  # closed while it read
+                self.node.close_backup(source)  # closed while it read
                 raise Unavailable(f"snapshot stream {stream} was closed")
             if records is None:
                 self._close_snapshot()  # next_chunk closed the transaction; closing again is nothing
@@ -239,11 +226,11 @@ class AdminProtocol(TimeoutMixin, amp.AMP):
         def failed(failure):
             self._reading = False
             if self._snapshot is None or self._snapshot[1] is not source:
-                self._in_pool(source.close)  # closed while it read
+                self.node.close_backup(source)  # closed while it read
             self._close_snapshot()
             raise Unavailable(f"the snapshot read stopped ({failure.getErrorMessage()}): save again")
 
-        return self._in_pool(source.next_chunk, CHUNK_BYTES_MAX).addCallbacks(read, failed)
+        return self.node.read_backup(source, CHUNK_BYTES_MAX).addCallbacks(read, failed)
 
     def _touch(self) -> None:
         timer = self._snapshot[2]
@@ -266,7 +253,7 @@ class AdminProtocol(TimeoutMixin, amp.AMP):
         if timer is not None and timer.active():
             timer.cancel()
         if not self._reading:
-            self._in_pool(stream.close)
+            self.node.close_backup(stream)
         # else: the read under way ends it (a read of a closed stream fails)
 
     @TransferLeadership.responder

@@ -72,6 +72,7 @@ from kvpaxos.node.interfaces import (
     Unavailable,
 )
 from kvpaxos.node.membership import Membership
+from kvpaxos.node.backups import BackupSource
 from kvpaxos.node.metrics import commit_timer
 from kvpaxos.node.watch import NodeWatch
 from kvpaxos.node.reads import ReadPath
@@ -87,7 +88,7 @@ def _delegate(name: str):
 
 
 @implementer(IPeerHandler, IKeyValueNode, IMembership)
-class ReplicaService(NodeWatch, Service):
+class ReplicaService(NodeWatch, BackupSource, Service):
     """
     Runs one replica.
 

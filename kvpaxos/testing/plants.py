@@ -120,6 +120,22 @@ class SerializableIgnoresAnsweredService(ReplicaService):
     read_path_class = SerializableIgnoresAnsweredReads
 
 
+class TornBackupService(ReplicaService):
+    """
+    Backups whose header names the slot the store had applied when the
+    backup was asked for, read before the stream's own read transaction
+    opened in its pool thread (issue 13, part 4): writes applied in
+    between make the header and the records two moments.
+    """
+
+    def open_backup(self):
+        import dataclasses
+
+        index = self.store.applied_index()
+        return super().open_backup().addCallback(
+            lambda opened: (opened[0], dataclasses.replace(opened[1], index=index)))
+
+
 def _wall_clock_ticks(service) -> None:
     # Issue 9, hole 3 re-opened: the reactor's timers back on wall time (as
     # Twisted keeps them unless run_timers_on moved them), and ticks, the
@@ -156,6 +172,13 @@ PLANTS = {
             "a forward whose outcome was unknown is sent again",
             frozenset({"validity", "result", "linearizability"}),
             service_class=ResendUnknownService,
+        ),
+        Plant(
+            "torn-backup",
+            "a backup's header takes the slot applied when the backup was asked for, not its"
+            " read transaction's (issue 13, part 4)",
+            frozenset({"backup"}),
+            service_class=TornBackupService,
         ),
         Plant(
             "unconfirmed-read",

@@ -135,6 +135,7 @@ from kvpaxos.testing.simnodes import NodesMixin, _accepts
 from kvpaxos.testing.simchecks import ChecksMixin
 from kvpaxos.testing.simclients import ClientsMixin
 from kvpaxos.testing.simfaults import FaultsMixin
+from kvpaxos.testing.simbackup import BackupsMixin
 
 
 #: What other modules import from here (some are defined in
@@ -147,7 +148,7 @@ __all__ = [
 
 
 
-class Simulation(NodesMixin, ChecksMixin, ClientsMixin, FaultsMixin):
+class Simulation(NodesMixin, ChecksMixin, ClientsMixin, FaultsMixin, BackupsMixin):
     """One seeded run of a cluster of real nodes."""
 
     def __init__(self, seed: int, plant: Optional[str] = None, verbose: bool = False,
@@ -212,6 +213,8 @@ class Simulation(NodesMixin, ChecksMixin, ClientsMixin, FaultsMixin):
         self._acked_waiting: set = set()
         self.proposed_changes: set = set()
         self.reference = Reference(KEYS)
+        #: Backups saved and not yet checked (L{BackupsMixin}).
+        self._saved_backups: list = []
         self.chosen: dict[int, object] = {}
         self.chosen_bytes: dict[bytes, int] = {}
         self.submitted: set = set()

@@ -195,6 +195,8 @@ class FaultsMixin:
                 force = rng.random() < 0.15
                 self._admin(via, MemberRemove, ConfigChange(ChangeKind.REMOVE, node_id),
                             id=node_id, force=force)
+        elif choice >= 0.9:
+            self._backup(via)  # kvpaxos snapshot save (kvpaxos.testing.simbackup)
 
     def _promote(self, node_id: int) -> None:
         """Promote learner C{node_id} through a live node's admin port (refused while it lags)."""
@@ -318,6 +320,9 @@ class FaultsMixin:
 
     def _final_checks(self) -> None:
         self._recheck()
+        self._check_backups()
+        if self.violation is not None:
+            return
         missing = sorted((tag for tag in self.acked if tag not in self.reference.results), key=repr)
         if missing:
             self.fail("durability", f"acknowledged writes not in the chosen log: {missing[:3]}")
