@@ -229,6 +229,15 @@ class PlantTests(SynchronousTestCase):
         self.assertEqual(result.violation.kind, "sent before durable")
         self.assertIn("Prepare", str(result.violation))
 
+    def test_space_after_propose(self):
+        """
+        Issue 13, part 5: a write refused for space that was proposed all the
+        same is caught once it is chosen (scenario space-quota).
+        """
+        result = first_catch("space-after-propose")
+        self.assertIsNotNone(result)
+        self.assertEqual(result.violation.kind, "space")
+
     def test_torn_backup(self):
         """
         Issue 13, part 4: a backup whose header names the slot applied when
@@ -265,7 +274,7 @@ class PlantTests(SynchronousTestCase):
         tested = {
             "early-answer-unchosen", "resend-unknown-forward", "serializable-ignores-answered",
             "unconfirmed-read", "wall-clock-ticks", "eager-prepare", "removal-untold",
-            "removed-unrefused",
+            "removed-unrefused", "torn-backup", "space-after-propose",
         } | set(SCENARIO_OF)
         self.assertEqual(set(plants.names()) - tested, set())
 

@@ -35,7 +35,7 @@ from kvpaxos.kv.sessions import DEFAULT_LIMITS
 from kvpaxos.node.peer_commands import ForwardFailed
 from kvpaxos.node.reads import ReadPath
 from kvpaxos.node.service import ReplicaService
-from kvpaxos.node.writes import WritePath
+from kvpaxos.node.writes import WritePath, grows_the_store
 from kvpaxos.storage.memory import MemoryState
 from kvpaxos.testing import holes
 from kvpaxos.testing.coreplants import UnconfirmedReadReplica
@@ -120,6 +120,29 @@ class SerializableIgnoresAnsweredService(ReplicaService):
     read_path_class = SerializableIgnoresAnsweredReads
 
 
+class ProposeThenRefuseWrites(WritePath):
+    """
+    Checks the space quota after taking a write (issue 13, part 5): a write
+    that would grow the store while the alarm is on is proposed all the
+    same, and its client told it was refused.
+    """
+
+    def submit(self, request, timeout_s):
+        refusal = self._no_space() if grows_the_store(request) else None
+        if refusal is None:
+            return super().submit(request, timeout_s)
+        no_space, self._no_space = self._no_space, lambda: None
+        try:
+            super().submit(request, timeout_s).addErrback(lambda _: None)
+        finally:
+            self._no_space = no_space
+        return defer.fail(refusal)
+
+
+class ProposeThenRefuseService(ReplicaService):
+    write_path_class = ProposeThenRefuseWrites
+
+
 class TornBackupService(ReplicaService):
     """
     Backups whose header names the slot the store had applied when the
@@ -172,6 +195,13 @@ PLANTS = {
             "a forward whose outcome was unknown is sent again",
             frozenset({"validity", "result", "linearizability"}),
             service_class=ResendUnknownService,
+        ),
+        Plant(
+            "space-after-propose",
+            "a write refused for space is proposed all the same (the quota checked after the"
+            " write was taken; issue 13, part 5)",
+            frozenset({"space"}),
+            service_class=ProposeThenRefuseService,
         ),
         Plant(
             "torn-backup",

@@ -42,6 +42,7 @@ from kvpaxos.testing.lease_scenarios import (
     StalledFollower,
     TransferHeld,
 )
+from kvpaxos.testing.space_scenarios import SpaceQuota
 from kvpaxos.testing.fault_scenarios import (
     DiskFailure,
     EarlyAnswerCrash,
@@ -62,7 +63,7 @@ SCENARIOS = {
     for cls in (
         StalledFollower, TransferHeld, MisconfiguredTick, DriftAtTheLimit, ForgedPeer,
         EarlyAnswerCrash, DiskFailure, CalmFollowerWrites, RestartUnderLease,
-        SnapshotDuringGrowth, StalledInstall,
+        SnapshotDuringGrowth, StalledInstall, SpaceQuota,
     )
 }
 

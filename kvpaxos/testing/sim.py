@@ -215,6 +215,11 @@ class Simulation(NodesMixin, ChecksMixin, ClientsMixin, FaultsMixin, BackupsMixi
         self.reference = Reference(KEYS)
         #: Backups saved and not yet checked (L{BackupsMixin}).
         self._saved_backups: list = []
+        #: The space quota every node runs with (scenario space-quota; 0:
+        #: none), and the tags of writes refused for space on their first
+        #: delivery: none may ever be chosen.
+        self.quota_bytes = 0
+        self.space_refused: set = set()
         self.chosen: dict[int, object] = {}
         self.chosen_bytes: dict[bytes, int] = {}
         self.submitted: set = set()

@@ -28,6 +28,7 @@ from kvpaxos.kv.commands import (
     Txn,
     compare_and_swap,
 )
+from kvpaxos.api.errors import NoSpace
 from kvpaxos.testing.linearizability import Operation, project_range, project_txn
 from kvpaxos.testing.reference import tag_of
 from kvpaxos.testing.simworld import Process
@@ -160,6 +161,7 @@ class ClientsMixin:
 
     def _call_node(self, client: Client, op: Pending, attempt: int, process: Process) -> None:
         op.delivered = True
+        op.deliveries += 1
         service = process.service
         if op.request is not None:
             d = service.submit(op.request, REQUEST_TIMEOUT_S)
@@ -187,6 +189,15 @@ class ClientsMixin:
             leader = process.service.status().leader if process is not None else None
             client.guess = leader or op.node
             self._succeeded(client, op, value)
+            return
+        if how == "error" and value.check(NoSpace):
+            # Refused before anything was proposed: it changed nothing.
+            self.result.ops["refused for space"] += 1
+            if op.request is not None and op.kind != "open" and op.deliveries > 1:
+                self._record_write(client, op, None)  # an earlier attempt's outcome is unknown
+            elif op.request is not None:
+                self.space_refused.add(tag_of(op.request))
+            self._done(client)
             return
         if how == "error" and value.check(InvalidArgument):
             self.fail("client", f"the node refused {op.request!r}: {value.getErrorMessage()}")

@@ -93,6 +93,8 @@ class Disk:
             self._writer = threads.worker(f"node {process.node_id} writer")
             self._pool = threads.worker(f"node {process.node_id} pool", long=True)
             store._gate = SimReadGate(threads, lambda: rng.uniform(*threads.step_s))
+        #: Set the memory store's used_bytes after each commit (a quota in force).
+        self.measure_use = False
         #: Commits asked for, and finished (durable), in this process.
         self.commits = 0
         self.finished = 0
@@ -163,6 +165,8 @@ class Disk:
         if not process.alive:
             return  # crashed first: the commit never became durable
         adopt_memory_store(self.store, copied)
+        if self.measure_use:
+            self.store.used_bytes = len(self.store.snapshot_data())
         self.finished += 1
         self._durable(process, results)
         process.io(0, d.callback, results)

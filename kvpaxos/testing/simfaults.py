@@ -249,6 +249,12 @@ class FaultsMixin:
 
     def _heal(self) -> None:
         self.healed = True
+        if self.quota_bytes:  # the operator lifts the quota (scenario space-quota)
+            self.quota_bytes = 0
+            for node in self.nodes.values():
+                if node.process is not None:
+                    node.process.service.quota_bytes = 0
+                    node.process.service.space_alarm = False
         self.network.heal()
         self.network.faults = None
         self.network.reply_loss = 0.0
@@ -322,6 +328,10 @@ class FaultsMixin:
         self._recheck()
         self._check_backups()
         if self.violation is not None:
+            return
+        applied = sorted((tag for tag in self.space_refused if tag in self.reference.results), key=repr)
+        if applied:
+            self.fail("space", f"writes refused for space are in the chosen log: {applied[:3]}")
             return
         missing = sorted((tag for tag in self.acked if tag not in self.reference.results), key=repr)
         if missing:

@@ -84,6 +84,8 @@ class NodesMixin:
             kwargs["clock"] = process.mono
         if _accepts(cls, "addresses"):
             kwargs["addresses"] = sim_addresses(node.id)
+        if self.quota_bytes and _accepts(cls, "quota_bytes"):
+            kwargs["quota_bytes"] = self.quota_bytes
         # Request ids are unique per boot (os.urandom by default); a seeded
         # boot number keeps replays exact.
         boot = rng.getrandbits(31)
@@ -95,6 +97,10 @@ class NodesMixin:
         service.peers = SimTransport(self.network, process, self._check_sent)
         process.service = service
         process.disk = disk
+        # The memory provider measures no use of its own: the simulator gives
+        # it one (its state's size) when a quota is in force.
+        disk.measure_use = self.provider == "memory" and self.scenario is not None and \
+            self.scenario.name == "space-quota"
 
         def start() -> None:
             plant_registry.before_start(self.plant, service)

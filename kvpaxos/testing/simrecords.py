@@ -154,6 +154,8 @@ class Pending:
     call: float = 0.0
     #: Whether any attempt reached a node (else it certainly did nothing).
     delivered: bool = False
+    #: Attempts delivered to a node (a refusal for space on the first changed nothing).
+    deliveries: int = 0
 
 
 @dataclass
