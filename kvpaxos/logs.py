@@ -10,7 +10,7 @@ options (L{kvpaxos.tap.Options}), once they know the format, name
 L{json_observer} there, and leave here what it needs (L{configure}): the
 member id, and where twistd would log (standard output for C{-}, or with
 C{--nodaemon} and no C{--logfile}; else that file, C{twistd.log} for a
-daemon, rotated by size as twistd's own file is, though not on SIGUSR1).
+daemon, rotated by size and on SIGUSR1 as twistd's own file is).
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ def json_observer() -> ILogObserver:
     """twistd's log observer for JSON logs: one JSON object per line, with the member id."""
     path = _settings["logfile"]
     out = sys.stdout if path in (None, "", "-") else logfile.LogFile.fromFullPath(path)
+    if out is not sys.stdout:
+        rotate_on_sigusr1(out)
     write = jsonFileLogObserver(out, recordSeparator="")
     member_id = _settings["member_id"]
 
@@ -51,3 +53,25 @@ def json_observer() -> ILogObserver:
         write(dict(event, member_id=member_id))
 
     return observer
+
+
+def rotate_on_sigusr1(log_file) -> None:
+    """
+    Rotate C{log_file} on SIGUSR1, in the reactor thread, as twistd does its
+    own log file (logrotate's C{postrotate} sends it), unless something
+    else handles the signal already.
+    """
+    import signal
+
+    if not hasattr(signal, "SIGUSR1") or signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None, 0):
+        return
+
+    def rotate(signum, frame) -> None:
+        from twisted.internet import reactor
+
+        reactor.callFromThread(log_file.rotate)
+
+    try:
+        signal.signal(signal.SIGUSR1, rotate)
+    except ValueError:  # not the main thread
+        pass

@@ -35,6 +35,36 @@ class ObserverTests(SynchronousTestCase):
         self.assertEqual((records[0]["node_id"], records[0]["round"]), (7, 3))
         self.assertEqual(records[1]["log_level"]["name"], "warn")
 
+    def test_sigusr1_rotates(self):
+        """A JSON log file is rotated on SIGUSR1 (in the reactor thread), as twistd rotates its own."""
+        import os
+        import signal
+
+        from twisted.internet import reactor
+
+        before = signal.getsignal(signal.SIGUSR1)
+        self.addCleanup(signal.signal, signal.SIGUSR1, before)
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+        path = self.mktemp()
+        logs.configure(7, path)
+        self.addCleanup(logs.configure, None, None)
+        observer = logs.json_observer()
+        Logger(observer=observer).info("before")
+        handler = signal.getsignal(signal.SIGUSR1)
+        self.assertTrue(callable(handler))
+        called = []
+        self.patch(reactor, "callFromThread", lambda f, *a: called.append(f) or f(*a))
+        handler(signal.SIGUSR1, None)
+        Logger(observer=observer).info("after")
+        self.assertTrue(os.path.exists(path + ".1"))
+        with open(path + ".1") as f:
+            self.assertIn("before", f.read())
+        with open(path) as f:
+            text = f.read()
+        self.assertIn("after", text)
+        self.assertNotIn("before", text)
+        self.assertEqual(len(called), 1)
+
 
 class OptionTests(SynchronousTestCase):
     """--log-format / log_format choose twistd's observer."""
