@@ -90,17 +90,11 @@ def restore(path: str, node) -> str:
                 staging.stage(_RESTORE_KEY, chunk)
         staged = staging.finish(_RESTORE_KEY)
         store.commit(Commit(snapshot=Snapshot(header.index, config, staged), install=True))
-    except (CorruptState, MalformedMessage, SnapshotFileError) as error:
-        _remove(store, node.data)
+    except BaseException as error:
+        _remove(store, node.data)  # nothing half made is left
         store = None
-        raise RestoreError(f"{path}: its records are unsound ({error}); nothing was restored") from None
-    except RestoreError:
-        _remove(store, node.data)
-        store = None
-        raise
-    except BaseException:
-        _remove(store, node.data)
-        store = None
+        if isinstance(error, (CorruptState, MalformedMessage, SnapshotFileError)):
+            raise RestoreError(f"{path}: its records are unsound ({error}); nothing was restored") from None
         raise
     finally:
         if store is not None:

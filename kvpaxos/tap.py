@@ -199,12 +199,14 @@ def peer_endpoint_for(node):
     endpoint}: over mutual TLS with its peer files if it has them (re-read at
     every connection), else None (plain TCP).
     """
+    from kvpaxos.node.peers import tcp_endpoint
     from kvpaxos.tls import TLSClientEndpoint
 
     files = node.peer_tls
     if files is None:
         return None
-    return lambda reactor, host, port: TLSClientEndpoint(reactor, host, port, files, warn=_tls_warning)
+    return lambda reactor, host, port: TLSClientEndpoint(
+        tcp_endpoint(reactor, host, port), host, files, warn=_tls_warning)
 
 
 def _force_new_cluster(store, node) -> None:

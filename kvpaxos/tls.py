@@ -343,21 +343,23 @@ class TLSClientEndpoint:
     files never loaded fails with L{TLSError}.
     """
 
-    def __init__(self, reactor, host: str, port: int, files: TLSFiles, timeout_s: float = 5,
-                 warn: Callable[[str], None] = lambda line: None) -> None:
+    def __init__(self, inner, host: str, files: TLSFiles, warn: Callable[[str], None] = lambda line: None) -> None:
+        """
+        @param inner: the plain client endpoint to C{host} (TCP) the TLS
+            connection runs over.
+        """
         from twisted.internet.interfaces import IStreamClientEndpoint
         from zope.interface import directlyProvides
 
-        self._reactor, self._host, self._port = reactor, host, port
+        self._inner, self._host = inner, host
         self._files = files
-        self._timeout_s = timeout_s
         self._warn = warn
         self._loaded: Optional[_Reloading] = None
         directlyProvides(self, IStreamClientEndpoint)
 
     def connect(self, factory):
         from twisted.internet.defer import fail
-        from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+        from twisted.internet.endpoints import wrapClientTLS
 
         try:
             if self._loaded is None:
@@ -366,8 +368,6 @@ class TLSClientEndpoint:
                 self._loaded.refresh()
             creator = self._loaded.current.twisted_client(self._host)
         except Exception as error:
-            self._warn(f"no TLS connection to {self._host}:{self._port}: {error}")
+            self._warn(f"no TLS connection to {self._host}: {error}")
             return fail()
-        tcp = (TCP6ClientEndpoint if ":" in self._host else TCP4ClientEndpoint)(
-            self._reactor, self._host, self._port, timeout=self._timeout_s)
-        return wrapClientTLS(creator, tcp).connect(factory)
+        return wrapClientTLS(creator, self._inner).connect(factory)

@@ -104,7 +104,8 @@ class ScrapeTests(SynchronousTestCase):
                 self.last_sync_s = 0.003
                 return work
 
-        timed = commit_timer(metrics, Store().commit)
+        store = Store()
+        timed = commit_timer(metrics, store.commit, store)
         self.assertEqual(timed("w"), "w")
         found = samples(metrics)
         self.assertEqual(found["kvpaxos_fsync_seconds_count", ()], 1.0)

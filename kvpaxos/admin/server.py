@@ -239,11 +239,13 @@ class AdminProtocol(TimeoutMixin, amp.AMP):
         self._snapshot[2] = self.node.reactor.callLater(SNAPSHOT_IDLE_S, self._idle)
 
     def _idle(self) -> None:
-        if self._snapshot is not None:
-            self._snapshot[2] = None
-            _log.warn("snapshot stream {id} closed: not read for {s}s", id=self._snapshot[0], s=SNAPSHOT_IDLE_S)
-            if not self._reading:
-                self._close_snapshot()
+        if self._snapshot is None:
+            return
+        self._snapshot[2] = None
+        if self._reading:
+            return  # a read is under way: it re-arms the timer when it ends
+        _log.warn("snapshot stream {id} closed: not read for {s}s", id=self._snapshot[0], s=SNAPSHOT_IDLE_S)
+        self._close_snapshot()
 
     def _close_snapshot(self) -> None:
         snapshot, self._snapshot = self._snapshot, None

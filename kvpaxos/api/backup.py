@@ -25,6 +25,7 @@ the records themselves are checked again as they are restored.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import struct
@@ -59,11 +60,7 @@ class SnapshotHeader:
     saved_at: str = ""
 
     def to_json(self) -> bytes:
-        return json.dumps({
-            "member_id": self.member_id, "cluster_id": self.cluster_id, "index": self.index,
-            "revision": self.revision, "next_client_id": self.next_client_id, "members": self.members,
-            "saved_at": self.saved_at,
-        }, sort_keys=True).encode("utf-8")
+        return json.dumps(dataclasses.asdict(self), sort_keys=True).encode("utf-8")
 
     @classmethod
     def from_json(cls, data: bytes) -> "SnapshotHeader":

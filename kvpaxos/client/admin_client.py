@@ -72,9 +72,6 @@ def tcp_connector(reactor, timeout_s: float, tls=None) -> Connector:
     """
 
     def connect(address: str) -> defer.Deferred:
-        if tls is not None:
-            host, port = split_host_port(address)
-            return connectProtocol(TLSClientEndpoint(reactor, host, port, tls, timeout_s), amp.AMP())
         host, port = split_host_port(address)
         if isIPAddress(host):
             endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout_s)
@@ -82,6 +79,8 @@ def tcp_connector(reactor, timeout_s: float, tls=None) -> Connector:
             endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=timeout_s)
         else:
             endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout_s)
+        if tls is not None:
+            endpoint = TLSClientEndpoint(endpoint, host, tls)
         return connectProtocol(endpoint, amp.AMP())
 
     return connect

@@ -16,6 +16,7 @@ C{kvpaxos snapshot save|status|restore} (issue 13, part 4):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -147,6 +148,4 @@ class SnapshotActions:
 
 
 def _header_fields(header: SnapshotHeader) -> dict[str, Any]:
-    return {"member_id": header.member_id, "cluster_id": header.cluster_id, "index": header.index,
-            "revision": header.revision, "next_client_id": header.next_client_id, "members": header.members,
-            "saved_at": header.saved_at}
+    return dataclasses.asdict(header)

@@ -41,9 +41,9 @@ class BackupSource:
 
     def backup_header(self, stream) -> SnapshotHeader:
         """The header of C{stream}: its slot and counters, this member and its member set."""
-        view, status = self.members(), self.status()
+        view = self.members()
         return SnapshotHeader(
-            member_id=status.member_id, cluster_id=view.cluster_id, index=stream.index,
+            member_id=self.node_id, cluster_id=view.cluster_id, index=stream.index,
             revision=stream.revision, next_client_id=stream.next_client_id,
             members=[{"id": m.id, "role": m.role, "peer": m.peer, "client": m.client} for m in view.members],
             saved_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -178,15 +178,18 @@ class NodeMetrics:
         return True, ""
 
 
-def commit_timer(metrics: Optional[NodeMetrics], commit: Callable) -> Callable:
-    """C{commit}, its duration observed in C{metrics.commit_seconds} (C{commit} itself when there are no metrics)."""
+def commit_timer(metrics: Optional[NodeMetrics], commit: Callable, store=None) -> Callable:
+    """
+    C{commit}, its duration observed in C{metrics.commit_seconds}, and the
+    durable commit's alone (C{store.last_sync_s}, for a store that times it)
+    in C{metrics.fsync_seconds}; C{commit} itself when there are no metrics.
+    """
     if metrics is None:
         return commit
     import time
 
     histogram = metrics.commit_seconds
     fsyncs = metrics.fsync_seconds
-    store = getattr(commit, "__self__", None)
 
     def timed(*args):
         start = time.monotonic()

@@ -149,7 +149,7 @@ class PeerNetwork(MultiService):
             maxDelay=retry_delay_max_s,
             jitter=lambda: rng.random() * retry_delay_max_s / 10,
         )
-        self._endpoint_for = endpoint_for or _tcp_endpoint
+        self._endpoint_for = endpoint_for or tcp_endpoint
         self._links: dict[int, _Link] = {}
         # The connections peers opened to this node, once through their
         # handshake: closed when their peer is no longer listed.
@@ -350,7 +350,8 @@ def _abort(link: _Link) -> None:
         protocol.transport.abortConnection()
 
 
-def _tcp_endpoint(reactor, host: str, port: int):
+def tcp_endpoint(reactor, host: str, port: int):
+    """The plain TCP client endpoint of a peer link to C{host:port} (IPv6 when the host has a colon)."""
     if ":" in host:
         return TCP6ClientEndpoint(reactor, host, port, timeout=5)
     return TCP4ClientEndpoint(reactor, host, port, timeout=5)

@@ -408,7 +408,7 @@ class ReplicaService(NodeWatch, BackupSource, Service):
         def from_writer(results) -> None:
             reactor.callFromThread(on_applied, results)
 
-        commit = commit_timer(self.metrics, self.store.commit)
+        commit = commit_timer(self.metrics, self.store.commit, self.store)
         return deferToThreadPool(reactor, self._pool, commit, work, from_writer)
 
     def _committed(self, results, rd) -> None:

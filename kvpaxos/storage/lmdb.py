@@ -158,6 +158,9 @@ class LMDBStore:
         self._gate = ReadGate()
         #: How many times the map grew (for tests and benchmarks).
         self.map_growths = 0
+        #: How long the last commit's page writes and fsyncs took (the
+        #: kvpaxos_fsync_seconds metric), or None (none yet, or it failed).
+        self.last_sync_s: Optional[float] = None
         #: The L{IStateMachine} face of this store; see L{StateMachineView}.
         self.state_machine = StateMachineView(self)
         try:
@@ -378,7 +381,6 @@ class LMDBStore:
                 result = work(txn)
                 started = time.monotonic()
                 txn.commit()
-                #: How long the last commit's page writes and fsyncs took (a metric).
                 self.last_sync_s = time.monotonic() - started
                 return result
             except lmdb.MapFullError:
