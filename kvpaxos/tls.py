@@ -11,11 +11,13 @@ the peer links, always mutual (a peer presents its certificate both when
 it connects and when it is connected to, and a plaintext or unknown peer
 is refused).  A client passes C{cacert}, C{cert} and C{key}.
 
-Every listener re-reads its files when they change (by modification time
-and size), for the connections made from then on, without a restart: the
-gRPC port through C{grpc.dynamic_ssl_server_credentials}, the AMP ports
-through L{ServerTLS}.  Files that fail to load at that point are logged
-and the last good ones kept.
+Every listener re-reads its files when they change (by modification time,
+size and inode), for the connections made from then on, without a
+restart: the gRPC port through C{grpc.dynamic_ssl_server_credentials} (in
+grpc's own threads), the AMP ports through L{ServerTLS} (a connection
+notices the change, a pool thread loads the files, later connections get
+them: the reactor only stats).  Files that fail to load at that point are
+logged and the last good ones kept.
 
 Nothing here imports the node or the client: both use it.
 """
@@ -211,6 +213,8 @@ class _Reloading:
         self.current = build(files.load())
         # grpc may run its fetcher in several threads at once.
         self._lock = threading.Lock()
+        #: The stamp being loaded in a pool thread (L{refresh_in_thread}), or None.
+        self._pending = None
 
     def refresh(self) -> bool:
         """Re-read the files if they changed; return whether C{current} was replaced."""
@@ -230,6 +234,32 @@ class _Reloading:
             self._warn(f"TLS files changed but were not taken (the previous ones are kept): {error}")
             return False
         return True
+
+    def refresh_in_thread(self) -> None:
+        """
+        For the reactor thread: if the files changed (a stat of each), re-read
+        them in a pool thread; C{current} is replaced once they loaded (the
+        connections before that keep the previous ones), and the reactor
+        never waits for the files.
+        """
+        stamp = self._files.stamp()
+        if stamp == self._stamp or self._pending == stamp:
+            return
+        from twisted.internet import threads
+
+        self._pending = stamp
+
+        def load():
+            return self._build(self._files.load())
+
+        def loaded(current) -> None:
+            self._stamp, self._pending, self.current = stamp, None, current
+
+        def failed(failure) -> None:
+            self._stamp, self._pending = stamp, None
+            self._warn(f"TLS files changed but were not taken (the previous ones are kept): {failure.value}")
+
+        threads.deferToThread(load).addCallbacks(loaded, failed)
 
 
 class ServerTLS:
@@ -252,10 +282,10 @@ class ServerTLS:
         directlyProvides(self, IOpenSSLServerConnectionCreator)
 
     def serverConnectionForTLS(self, tlsProtocol):
-        """A connection for one accepted socket, from the files as they are now."""
+        """A connection for one accepted socket, from the files as last loaded (a change is loaded off the reactor)."""
         from OpenSSL import SSL
 
-        self._options.refresh()
+        self._options.refresh_in_thread()
         return SSL.Connection(self._options.current.getContext(), None)
 
     def wrap(self, factory):
@@ -365,7 +395,7 @@ class TLSClientEndpoint:
             if self._loaded is None:
                 self._loaded = _Reloading(self._files, lambda loaded: loaded, self._warn)
             else:
-                self._loaded.refresh()
+                self._loaded.refresh_in_thread()
             creator = self._loaded.current.twisted_client(self._host)
         except Exception as error:
             self._warn(f"no TLS connection to {self._host}: {error}")

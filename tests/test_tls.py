@@ -380,7 +380,9 @@ class TLSClusterTests(TestCase):
         devca.write(fresh, config.cert_file, config.key_file)
         after = fresh.certificate.serial_number
         self.assertNotEqual(after, before)
-        self.assertEqual([self.served_serial(port) for port in ports], [after, after])
+        # The AMP port loads the new files off its reactor, for the connections after.
+        cluster.wait_for(lambda: [self.served_serial(port) for port in ports] == [after, after], 10,
+                         "the new certificate served")
         node.kv().Put(kv_pb2.PutRequest(key=b"k", value=b"v"), timeout=5)
         with open(config.cert_file, "w") as f:
             f.write("garbage\n")
