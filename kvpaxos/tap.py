@@ -200,13 +200,14 @@ def peer_endpoint_for(node):
     every connection), else None (plain TCP).
     """
     from kvpaxos.node.peers import tcp_endpoint
-    from kvpaxos.tls import TLSClientEndpoint
+    from kvpaxos.tls import ClientTLS, TLSClientEndpoint
 
     files = node.peer_tls
     if files is None:
         return None
+    tls = ClientTLS(files, _tls_warning)  # loaded here, before the reactor runs
     return lambda reactor, host, port: TLSClientEndpoint(
-        tcp_endpoint(reactor, host, port), host, files, warn=_tls_warning)
+        tcp_endpoint(reactor, host, port), host, tls, warn=_tls_warning)
 
 
 def _force_new_cluster(store, node) -> None:

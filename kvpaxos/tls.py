@@ -362,29 +362,40 @@ def handshake_failure(value) -> Optional[str]:
     return None
 
 
-class TLSClientEndpoint:
+class ClientTLS:
     """
-    A Twisted client endpoint (C{IStreamClientEndpoint}) to C{host:port}
-    over TLS: C{files}' certificate is presented, and the server's must be
-    signed by its CA and name C{host}.  The files are read once, and again
-    at a connection after they changed (a link that reconnects after they
-    were replaced uses the new ones; files that fail to load then are
-    logged with C{warn} and the last good ones kept).  A connection whose
-    files never loaded fails with L{TLSError}.
+    A client side's TLS files, loaded now (before the reactor runs), and
+    again after they changed, in a pool thread, when a connection notices
+    (L{_Reloading.refresh_in_thread}): what L{TLSClientEndpoint}s share.
+
+    @raise TLSError: the files do not load.
     """
 
-    def __init__(self, inner, host: str, files: TLSFiles, warn: Callable[[str], None] = lambda line: None) -> None:
-        """
-        @param inner: the plain client endpoint to C{host} (TCP) the TLS
-            connection runs over.
-        """
+    def __init__(self, files: TLSFiles, warn: Callable[[str], None] = lambda line: None) -> None:
+        self._loaded = _Reloading(files, lambda loaded: loaded, warn)
+
+    def creator(self, host: str):
+        """The connection creator for C{host}, from the files as last loaded."""
+        self._loaded.refresh_in_thread()
+        return self._loaded.current.twisted_client(host)
+
+
+class TLSClientEndpoint:
+    """
+    A Twisted client endpoint (C{IStreamClientEndpoint}) over TLS, on
+    C{inner} (the plain TCP endpoint to C{host}): C{tls}' certificate is
+    presented, and the server's must be signed by its CA and name C{host}.
+    A link that reconnects after the files were replaced uses the new ones
+    (L{ClientTLS}).
+    """
+
+    def __init__(self, inner, host: str, tls: ClientTLS, warn: Callable[[str], None] = lambda line: None) -> None:
         from twisted.internet.interfaces import IStreamClientEndpoint
         from zope.interface import directlyProvides
 
         self._inner, self._host = inner, host
-        self._files = files
+        self._tls = tls
         self._warn = warn
-        self._loaded: Optional[_Reloading] = None
         directlyProvides(self, IStreamClientEndpoint)
 
     def connect(self, factory):
@@ -392,11 +403,7 @@ class TLSClientEndpoint:
         from twisted.internet.endpoints import wrapClientTLS
 
         try:
-            if self._loaded is None:
-                self._loaded = _Reloading(self._files, lambda loaded: loaded, self._warn)
-            else:
-                self._loaded.refresh_in_thread()
-            creator = self._loaded.current.twisted_client(self._host)
+            creator = self._tls.creator(self._host)
         except Exception as error:
             self._warn(f"no TLS connection to {self._host}: {error}")
             return fail()

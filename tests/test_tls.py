@@ -112,6 +112,21 @@ class TLSFilesTests(SynchronousTestCase):
         error = self.assertRaises(TLSError, grpc_server_credentials, TLSFiles(self.cert, self.key), True)
         self.assertIn("client_cert_auth needs trusted_ca_file", str(error))
 
+    def test_admin_cli_with_a_bad_file(self):
+        """An admin command with a --cacert that does not load says so and exits 2, before connecting."""
+        import io
+
+        from twisted.internet.testing import MemoryReactorClock
+
+        from kvpaxos.client import cli
+
+        out, err = io.BytesIO(), io.BytesIO()
+        status = cli.main(["--cacert", self.certs.path("nope.pem"), "member", "list", "--admin", "127.0.0.1:1"],
+                          stdout=out, stderr=err, admin_reactor=MemoryReactorClock())
+        self.assertEqual(status, 2)
+        self.assertIn(b"--cacert", err.getvalue())
+        self.assertIn(b"cannot be read", err.getvalue())
+
     def test_client_side_names(self):
         """The client library's errors name its own flags."""
         error = self.assertRaises(TLSError, grpc_channel_credentials, self.certs.path("nope.pem"))

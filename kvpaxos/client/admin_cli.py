@@ -38,10 +38,10 @@ from kvpaxos.api.admin import (
     DEFAULT_ADMIN, MemberAdd, MemberList, MemberPromote, MemberRemove, Status, TransferLeadership,
 )
 from kvpaxos.api.endpoints import BadEndpoint, join_host_port, split_host_port
-from kvpaxos.client.actions import EXIT_FAILED, EXIT_OK, Output
+from kvpaxos.client.actions import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Output
 from kvpaxos.client.admin_client import AdminCalls, AdminFailed, parse_admin_addresses, tcp_connector
 from kvpaxos.client.snapshot_cli import SnapshotActions, add_snapshot_commands, restore_arguments
-from kvpaxos.tls import TLSFiles, client_files
+from kvpaxos.tls import TLSError, TLSFiles, client_files
 
 __all__ = ["ADMIN_COMMANDS", "AdminActions", "AdminInvocation", "DEFAULT_ADMIN", "add_admin_options",
            "add_commands", "invocation", "main"]
@@ -316,9 +316,14 @@ def main(invocation: AdminInvocation, stdout: BinaryIO, stderr: BinaryIO, reacto
     if reactor is None:
         from twisted.internet import reactor
     outcome: list[Any] = []
+    try:  # the TLS files load here, before the reactor runs
+        connector = tcp_connector(reactor, invocation.timeout_s, invocation.tls)
+    except TLSError as error:
+        stderr.write(f"kvpaxos: error: {error}\n".encode("utf-8", "replace"))
+        return EXIT_USAGE
 
     def start() -> None:
-        calls = AdminCalls(tcp_connector(reactor, invocation.timeout_s, invocation.tls), reactor, invocation.timeout_s)
+        calls = AdminCalls(connector, reactor, invocation.timeout_s)
         d = defer.ensureDeferred(AdminActions(invocation, calls, stdout, stderr).run())
         d.addBoth(outcome.append)
         d.addBoth(lambda _: reactor.stop())

@@ -22,7 +22,7 @@ from twisted.protocols import amp
 
 from kvpaxos.api.admin import NotLeader, Rejected, Unavailable
 from kvpaxos.api.endpoints import BadEndpoint, join_host_port, split_host_port
-from kvpaxos.tls import TLSClientEndpoint, handshake_failure
+from kvpaxos.tls import ClientTLS, TLSClientEndpoint, handshake_failure
 from kvpaxos.client.errors import ClientError
 
 __all__ = ["AdminCalls", "AdminFailed", "Connector", "parse_admin_addresses", "tcp_connector"]
@@ -71,6 +71,8 @@ def tcp_connector(reactor, timeout_s: float, tls=None) -> Connector:
     that signs the node's certificate, and this client's if it asks).
     """
 
+    client_tls = ClientTLS(tls) if tls is not None else None
+
     def connect(address: str) -> defer.Deferred:
         host, port = split_host_port(address)
         if isIPAddress(host):
@@ -79,8 +81,8 @@ def tcp_connector(reactor, timeout_s: float, tls=None) -> Connector:
             endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=timeout_s)
         else:
             endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout_s)
-        if tls is not None:
-            endpoint = TLSClientEndpoint(endpoint, host, tls)
+        if client_tls is not None:
+            endpoint = TLSClientEndpoint(endpoint, host, client_tls)
         return connectProtocol(endpoint, amp.AMP())
 
     return connect
