@@ -8,8 +8,9 @@ Run it once per member of the new cluster, with the configuration each
 will run with (its id, addresses and peers: flags as C{twistd kvpaxos}
 takes them override the file), then start them.  Each gets:
 
-  - the state of the file (records, sessions, revision and next client id
-    as they were: clients never see the revision go back), at the file's
+  - the state of the file (records, sessions, the auth table, revision
+    and next client id as they were: clients never see the revision go
+    back), at the file's
     slot, from which the new cluster's log continues;
   - the member set the configuration names (the new cluster's, not the
     saved one's), under a new cluster id: derived from C{--cluster-token},

@@ -346,7 +346,8 @@ def makeService(options: Options) -> service.MultiService:
     if node.client_tls is not None:
         credentials = grpc_server_credentials(node.client_tls, node.client_cert_auth, _tls_warning)
         client_tls = ServerTLS(node.client_tls, node.client_cert_auth, _tls_warning)
-    GrpcServer(replica, str(node.client), reactor, metrics=metrics, credentials=credentials).setServiceParent(top)
+    GrpcServer(replica, str(node.client), reactor, metrics=metrics, credentials=credentials,
+               cert_names_user=node.client_cert_auth).setServiceParent(top)
     if node.metrics is not None:
         internet.TCPServer(
             node.metrics.port, metrics_site(metrics), interface=node.metrics.host, backlog=LISTEN_BACKLOG,

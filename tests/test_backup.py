@@ -18,7 +18,15 @@ import threading
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from kvpaxos.api.backup import CHUNK_BYTES_MAX, SnapshotFileError, SnapshotHeader, SnapshotWriter, read_snapshot
+from kvpaxos.api import backup
+from kvpaxos.api.backup import (
+    CHUNK_BYTES_MAX,
+    SnapshotFileError,
+    SnapshotHeader,
+    SnapshotWriter,
+    read_snapshot,
+    verify,
+)
 from kvpaxos.client import Client
 from kvpaxos.testing.processes import ProcessCluster
 from kvpaxos.v1 import kv_pb2
@@ -80,10 +88,54 @@ class SnapshotFileTests(SynchronousTestCase):
         error = self.assertRaises(SnapshotFileError, read_all, bytes(data))
         self.assertIn("snapshot format", str(error))
 
+    def test_format_1_read(self):
+        """A file of format 1 (written before the auth table) is still read; format 2 is written."""
+        data = snapshot_bytes(self.chunks)
+        self.assertEqual(data[len(backup.MAGIC):len(backup.MAGIC) + 4], b"\0\0\0\2")
+        self.patch(backup, "FORMAT", 1)
+        old = snapshot_bytes(self.chunks)
+        self.assertEqual(old[len(backup.MAGIC):len(backup.MAGIC) + 4], b"\0\0\0\1")
+        self.assertEqual(read_all(old), (HEADER, self.chunks))
+
     def test_writer_refuses_bad_chunks(self):
         writer = SnapshotWriter(io.BytesIO(), HEADER)
         self.assertRaises(ValueError, writer.chunk, b"")
         self.assertRaises(ValueError, writer.chunk, b"x" * (CHUNK_BYTES_MAX + 1))
+
+
+class RestoreAuthTests(SynchronousTestCase):
+    """A backup file carries the auth table, and a restore installs it."""
+
+    def test_save_and_restore_carry_the_auth_table(self):
+        """A store's stream saved to a file and restored makes a data directory with its records and auth table."""
+        from kvpaxos.config import NodeConfig
+        from kvpaxos.restore import restore as restore_file
+        from kvpaxos.storage.lmdb import LMDBStore
+        from kvpaxos.storage.memory import MemoryStore
+        from tests.test_storage import CONFIG
+        from tests.test_storage_auth import KEYS, value_of, write_auth
+
+        source = MemoryStore(CONFIG)
+        auth = [(key, value_of(key)) for key in KEYS] + [(b"{big", b"b" * 65536)]
+        write_auth(self, source, 1, auth)
+        stream = source.open_snapshot_stream()
+        path = self.mktemp()
+        with open(path, "wb") as out:
+            writer = SnapshotWriter(out, SnapshotHeader(member_id=1, cluster_id=7, index=stream.index,
+                                                        revision=stream.revision,
+                                                        next_client_id=stream.next_client_id))
+            while (chunk := stream.next_chunk(CHUNK_BYTES_MAX)) is not None:
+                writer.chunk(chunk)
+            writer.finish()
+        self.assertGreater(verify(path)[1], 1)
+        directory = os.path.abspath(self.mktemp())
+        said = restore_file(path, NodeConfig(data=directory, cluster_token="restored"))
+        self.assertIn("restored slot 1", said)
+        store = LMDBStore(directory)
+        self.addCleanup(store.close)
+        self.assertEqual(store.auth_items(), auth)
+        self.assertEqual(store.snapshot_data(), source.snapshot_data())
+        self.assertEqual(store.get(b"k1"), b"x")
 
 
 def cli(cluster, *arguments, timeout_s=120):

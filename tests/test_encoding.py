@@ -160,7 +160,7 @@ class OneLayoutTests(SynchronousTestCase):
         """A snapshot holds each record in the bytes the store keeps under its key."""
         kv = KeyValue(b"k", b"value", 1, 1, 1)
         record = state.encode_record(kv)
-        self.assertIn(b"\x00\x01k" + record, state.encode_snapshot(1, 1, [(b"k", record)], []))
+        self.assertIn(b"\x00\x01k" + record, state.encode_snapshot(1, 1, [(b"k", record)], [], []))
 
     def test_big_endian(self):
         """Integers are big-endian, so stored keys sort as their numbers do."""

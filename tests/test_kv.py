@@ -231,7 +231,7 @@ class SnapshotTests(SynchronousTestCase):
     def test_empty(self):
         """The empty state encodes to no bytes, and no bytes decode to the empty state."""
         self.assertEqual(MemoryState().snapshot_data(), b"")
-        self.assertEqual(encode_snapshot(0, 1, [], []), b"")
+        self.assertEqual(encode_snapshot(0, 1, [], [], []), b"")
         self.assertEqual(decode_snapshot(b""), SnapshotState())
 
     def test_every_truncation(self):
@@ -259,22 +259,22 @@ class SnapshotTests(SynchronousTestCase):
         """Records not in strictly increasing key order are refused."""
         record = encode_record(kv(b"a", b"", 1, 1, 1))
         self.assertRaises(CorruptRecord, decode_snapshot,
-                          encode_snapshot(1, 1, [(b"b", record), (b"a", record)], []))
+                          encode_snapshot(1, 1, [(b"b", record), (b"a", record)], [], []))
         self.assertRaises(CorruptRecord, decode_snapshot,
-                          encode_snapshot(1, 1, [(b"a", record), (b"a", record)], []))
+                          encode_snapshot(1, 1, [(b"a", record), (b"a", record)], [], []))
 
     def test_impossible_revisions(self):
         """A record with version 0, or revisions above the store's or out of order, is refused."""
         for record in (kv(b"a", b"", 0, 1, 1), kv(b"a", b"", 1, 0, 1), kv(b"a", b"", 1, 2, 1),
                        kv(b"a", b"", 1, 1, 9)):
-            data = encode_snapshot(3, 1, [(b"a", encode_record(record))], [])
+            data = encode_snapshot(3, 1, [(b"a", encode_record(record))], [], [])
             self.assertRaises(CorruptRecord, decode_snapshot, data)
 
     def test_unassigned_session(self):
         """A session whose client id is 0 or not below the next client id is refused."""
         entry = encode_session(Session(0, 1))
         for client_id in (0, 2, 3):
-            data = encode_snapshot(0, 2, [], [(client_id, entry)])
+            data = encode_snapshot(0, 2, [], [(client_id, entry)], [])
             self.assertRaises(CorruptRecord, decode_snapshot, data)
 
     def test_huge_counts_refused_cheaply(self):

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-PROTOS = ("kvpaxos/v1/kv.proto",)
+PROTOS = ("kvpaxos/v1/kv.proto", "kvpaxos/v1/auth.proto")
 GENERATED = ("kv_pb2.py", "kv_pb2.pyi", "kv_pb2_grpc.py")
 
 
@@ -47,6 +47,7 @@ class GeneratedCodeTests(SynchronousTestCase):
             for proto in PROTOS:
                 package = Path(proto).parent
                 for name in GENERATED:
+                    name = name.replace("kv_", Path(proto).stem + "_")
                     fresh = (Path(out) / package / name).read_bytes()
                     committed = ROOT / package / name
                     if not committed.exists() or committed.read_bytes() != fresh:

@@ -477,10 +477,10 @@ class NodeStoreContractMixin(_ProviderFixture):
         before = self.state()
         original = machine.apply
 
-        def apply(view, request, slot, limits):
+        def apply(view, request, slot, limits, guard=None):
             if request.key == b"boom":
                 raise RuntimeError("disk on fire")
-            return original(view, request, slot, limits)
+            return original(view, request, slot, limits, guard)
 
         self.patch(machine, "apply", apply)
         self.assertRaises(

@@ -11,11 +11,12 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kvpaxos.encoding import state as encoded
 from kvpaxos.encoding.errors import CorruptState, MalformedMessage
-from kvpaxos.encoding.transfer import TABLE_RECORDS, decode_records, encode_records
+from kvpaxos.encoding.state import AUTH_KEY_MAX_BYTES, AUTH_VALUE_MAX_BYTES
+from kvpaxos.encoding.transfer import TABLE_AUTH, TABLE_RECORDS, TABLE_SESSIONS, decode_records, encode_records
 from kvpaxos.paxos.config import Config
 from kvpaxos.paxos.messages import Snapshot
 from kvpaxos.storage.interfaces import Commit
-from kvpaxos.storage.staging import ChunkCutter, StagedState, StreamInterrupted
+from kvpaxos.storage.staging import ChunkCutter, StagedState, StagingCheck, StreamInterrupted
 from tests.test_storage import (
     CONFIG,
     LMDBProvider,
@@ -99,6 +100,23 @@ class TransferContractMixin(_ProviderFixture):
         target = self.other_store()
         staged = self.transfer(self.store, target)
         self.install(target, 1, staged)
+        self.assertEqual(target.snapshot_data(), self.store.snapshot_data())
+
+    def test_auth_table_transfers(self):
+        """The auth table travels after the sessions, long keys and values in pieces, and replaces the receiver's."""
+        from tests.test_storage_auth import KEYS, value_of, write_auth
+
+        auth = [(key, value_of(key)) for key in KEYS] + [(b"{big", b"b" * AUTH_VALUE_MAX_BYTES)]
+        write_auth(self, self.store, 1, auth)
+        target = self.other_store()
+        write_auth(self, target, 1, [(b"mine", b"x"), (b"z" * AUTH_KEY_MAX_BYTES, b"y")])
+        staged = self.transfer(self.store, target, max_bytes=6_000)
+        tables = [decode_records(chunk)[0] for chunk in self.chunks]
+        self.assertEqual(tables, sorted(tables))
+        self.assertEqual(tables[-1], TABLE_AUTH)
+        self.assertGreater(tables.count(TABLE_AUTH), 10)
+        self.install(target, 1, staged)
+        self.assertEqual(target.auth_items(), auth)
         self.assertEqual(target.snapshot_data(), self.store.snapshot_data())
 
     def test_stream_reads_one_state(self):
@@ -231,6 +249,45 @@ class LMDBTransferTests(TransferContractMixin, SynchronousTestCase):
         reopened = self.reopened()
         with reopened._env.begin() as txn:
             self.assertEqual(txn.stat(reopened._staging._dbs[TABLE_RECORDS])["entries"], 0)
+
+
+class StagingCheckAuthTests(SynchronousTestCase):
+    """The receiver's check of a transfer's auth entries."""
+
+    def take(self, *chunks):
+        check = StagingCheck(1, 5)
+        for chunk in chunks:
+            found = check.take(chunk)
+        check.finish()
+        return found
+
+    def test_auth_entries_checked(self):
+        """Auth entries in key order within their bounds are taken, decoded as their (key, value)."""
+        items = [(b"a", b"", False), (b"k" * AUTH_KEY_MAX_BYTES, b"v" * AUTH_VALUE_MAX_BYTES, False)]
+        self.assertEqual([d for _, _, _, d in self.take(encode_records(TABLE_AUTH, items))],
+                         [(key, value) for key, value, _ in items])
+
+    def test_unsound_auth_entries_refused(self):
+        """Auth keys out of order, empty or too long, values too long (whole or in pieces) are refused."""
+        for items in ([(b"b", b"", False), (b"a", b"", False)], [(b"a", b"", False), (b"a", b"", False)],
+                      [(b"", b"", False)], [(b"k" * (AUTH_KEY_MAX_BYTES + 1), b"", False)],
+                      [(b"k", b"v" * (AUTH_VALUE_MAX_BYTES + 1), False)],
+                      [(b"k", b"v" * AUTH_VALUE_MAX_BYTES, True), (b"k", b"v", True)]):
+            self.assertRaises(CorruptState, self.take, encode_records(TABLE_AUTH, items))
+        pieces = [encode_records(TABLE_AUTH, [(b"k", b"v" * 40_000, True)]),
+                  encode_records(TABLE_AUTH, [(b"k", b"v" * 30_000, False)])]
+        self.assertRaises(CorruptState, self.take, *pieces)
+
+    def test_tables_in_order(self):
+        """Records or sessions after the auth table are refused."""
+        auth = encode_records(TABLE_AUTH, [(b"a", b"", False)])
+        record = encode_records(TABLE_RECORDS, [(b"r", encoded.encode_record_of(b"", 1, 1, 1), False)])
+        self.assertRaises(CorruptState, self.take, auth, record)
+        from kvpaxos.kv.sessions import Session
+
+        session = encode_records(TABLE_SESSIONS, [(b"\0" * 7 + b"\1", encoded.encode_session(Session(0, 1)), False)])
+        self.assertEqual(len(self.take(session, auth)), 1)
+        self.assertRaises(CorruptState, self.take, auth, session)
 
 
 class ChunkCutterTests(SynchronousTestCase):

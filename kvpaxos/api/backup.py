@@ -7,20 +7,27 @@ cluster's data directory from one.
 
 The layout, every integer big-endian::
 
-    magic      b"KVPAXOS-SNAPSHOT\\n", then a u32 format version (1)
+    magic      b"KVPAXOS-SNAPSHOT\\n", then a u32 format version (2)
     header     u32 length, then that many bytes of UTF-8 JSON: the member
                that saved it, the cluster id, the applied slot the state is
                at (C{index}), the store's C{revision} and C{next_client_id},
                the member set as that member knew it, when it was saved
     chunks     each: u32 length (1..CHUNK_BYTES_MAX), then that many bytes
                of records, as a snapshot transfer's chunk carries them
-               (L{kvpaxos.encoding.transfer.encode_records})
+               (L{kvpaxos.encoding.transfer.encode_records}): the
+               records, then the sessions, then the auth table
     end        u32 0
     trailer    32 bytes: SHA-256 of every byte before it
 
 A file that ends early, has bytes after the trailer, or whose checksum
 does not match is refused as a whole (L{SnapshotFileError}, saying which);
 the records themselves are checked again as they are restored.
+
+Format 2 is format 1 with the auth table's chunks (table 3) after the
+sessions: the layout is the same, so format 1 is still read (its files
+have no auth table), while a kvpaxos that reads format 1 only refuses a
+format-2 file at once, saying so, rather than losing or refusing its auth
+table halfway through a restore.
 """
 
 from __future__ import annotations
@@ -33,7 +40,10 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
 MAGIC = b"KVPAXOS-SNAPSHOT\n"
-FORMAT = 1
+#: The format version written.
+FORMAT = 2
+#: The format versions read (1: before the auth table).
+READ_FORMATS = (1, FORMAT)
 #: The largest chunk a file may hold (a chunk is one AMP value on the way).
 CHUNK_BYTES_MAX = 60_000
 #: The largest header (JSON) a file may hold.
@@ -145,8 +155,9 @@ def read_snapshot(source: BinaryIO) -> tuple[SnapshotHeader, Iterator[bytes]]:
     reader.hash.update(magic)
     reader.offset = len(magic)
     version = reader.u32("the format version")
-    if version != FORMAT:
-        raise SnapshotFileError(f"snapshot format {version}; this kvpaxos reads format {FORMAT}")
+    if version not in READ_FORMATS:
+        raise SnapshotFileError(f"snapshot format {version}; this kvpaxos reads formats"
+                                f" {', '.join(map(str, READ_FORMATS))}")
     length = reader.u32("the header length")
     if length > HEADER_BYTES_MAX:
         raise SnapshotFileError(f"a header of {length} bytes (at most {HEADER_BYTES_MAX})")

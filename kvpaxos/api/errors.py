@@ -37,6 +37,16 @@ The catalogue (reason: gRPC code, whose fault, metadata):
     quota: a write that would grow it is refused, reads, deletes and
     compaction still work, and the alarm clears by itself once use falls
     under the quota); L{USED_BYTES}, L{QUOTA_BYTES}.  Nothing changed.
+  - L{UNAUTHENTICATED}: UNAUTHENTICATED; the client's (auth is enabled
+    and the request names no user, or by a token that is invalid, expired,
+    or of a deleted user or an old password; or a wrong password).
+    Nothing changed.
+  - L{PERMISSION_DENIED}: PERMISSION_DENIED; the client's (its user's
+    roles do not permit the request, decided when it applies for a
+    write); nothing changed.
+  - L{AUTH_REFUSED}: FAILED_PRECONDITION; the client's (an auth change
+    whose precondition does not hold: a user or role that exists already
+    or does not, auth enabled without a root user, ...); nothing changed.
   - L{INTERNAL}: INTERNAL; the server's (a bug or a broken dependency).
 
 Every ErrorInfo also names the member that answered (L{MEMBER_ID}).
@@ -72,6 +82,9 @@ SHUTTING_DOWN = "SHUTTING_DOWN"
 RESPONSE_TOO_LARGE = "RESPONSE_TOO_LARGE"
 TOO_MANY_REQUESTS = "TOO_MANY_REQUESTS"
 NO_SPACE = "NO_SPACE"
+UNAUTHENTICATED = "UNAUTHENTICATED"
+PERMISSION_DENIED = "PERMISSION_DENIED"
+AUTH_REFUSED = "AUTH_REFUSED"
 INTERNAL = "INTERNAL"
 
 #: Each reason and the one gRPC status code it travels with.
@@ -86,6 +99,9 @@ REASONS: Mapping[str, grpc.StatusCode] = {
     RESPONSE_TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     NO_SPACE: grpc.StatusCode.RESOURCE_EXHAUSTED,
     TOO_MANY_REQUESTS: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    AUTH_REFUSED: grpc.StatusCode.FAILED_PRECONDITION,
     INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
@@ -152,6 +168,28 @@ class NoSpace(ApiError):
             "store are refused until deletes bring it under the quota (the alarm then clears by itself)")
         self.used_bytes = used_bytes
         self.quota_bytes = quota_bytes
+
+
+class Unauthenticated(ApiError):
+    """
+    Auth is enabled and the request names no valid user (no credential, a
+    bad or expired token, a wrong password): UNAUTHENTICATED, reason
+    L{UNAUTHENTICATED}; nothing changed.  The client authenticates again.
+    """
+
+
+class PermissionDenied(ApiError):
+    """
+    The request's user may not do what it asks: PERMISSION_DENIED, reason
+    L{PERMISSION_DENIED} (C{"etcdserver: permission denied"}); nothing changed.
+    """
+
+
+class AuthRefused(ApiError):
+    """
+    An auth change whose precondition does not hold (FAILED_PRECONDITION,
+    reason L{AUTH_REFUSED}, etcd's message); nothing changed.
+    """
 
 
 # --- the details on the wire -------------------------------------------------

@@ -32,6 +32,26 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 assert MAX_MESSAGE_BYTES > MAX_VALUE_BYTES + MAX_KEY_BYTES + 1024
 #: A range end meaning "every key from the start on" (etcd's convention).
 TO_THE_END = b"\x00"
+#: The most bytes of a user or role name (UTF-8).
+MAX_NAME_BYTES = 128
+
+
+def check_name(name, what: str = "user name") -> None:
+    """
+    @raise InvalidArgument: C{name} is not a str of 1 to
+        L{MAX_NAME_BYTES} bytes of UTF-8 without control characters
+        (C{what} names it in the message).
+    """
+    if type(name) is not str:
+        raise InvalidArgument(f"{what} must be a string")
+    if not name:
+        raise InvalidArgument(f"{what} is empty")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{what} is not valid Unicode") from None
+    if size > MAX_NAME_BYTES or any(c < " " or c == "\x7f" for c in name):
+        raise InvalidArgument(f"{what} must be 1 to {MAX_NAME_BYTES} bytes of UTF-8 without control characters")
 
 
 def check_key(key, what: str = "key") -> None:

@@ -46,12 +46,14 @@ from kvpaxos.api.endpoints import CHANNEL_OPTIONS, parse_endpoint
 from kvpaxos.api.errors import SHUTTING_DOWN as SHUTTING_DOWN_REASON, Unavailable
 from kvpaxos.api.servicers import ClusterServicer, KVServicer, _NodeCalls
 from kvpaxos.api.statuses import SHUTTING_DOWN
-from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
+from kvpaxos.api.auth_servicer import AuthServicer
+from kvpaxos.v1 import auth_pb2, auth_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 #: Full names of the services this server offers.
 KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name
 CLUSTER_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["Cluster"].full_name
-SERVICE_NAMES = (KV_SERVICE, CLUSTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+AUTH_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name
+SERVICE_NAMES = (KV_SERVICE, CLUSTER_SERVICE, AUTH_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
 
 #: How much longer than the grace period the stop waits for grpcio's threads.
 STOP_WAIT_SLACK_S = 2.0
@@ -89,6 +91,7 @@ class GrpcServer(Service):
         stop_grace_s: float = 1.0,
         metrics=None,
         credentials=None,
+        cert_names_user: bool = False,
     ) -> None:
         """
         @param node: provides L{kvpaxos.node.interfaces.IKeyValueNode}; called
@@ -108,6 +111,9 @@ class GrpcServer(Service):
             L{kvpaxos.node.metrics.NodeMetrics}), or None.
         @param credentials: C{grpc.ServerCredentials} to serve TLS with
             (L{kvpaxos.tls.grpc_server_credentials}), or None: plaintext.
+        @param cert_names_user: whether a verified client certificate's
+            common name names the user of a request that brings no token
+            (etcd's rule with C{--client-cert-auth}).
         @raise kvpaxos.api.endpoints.BadEndpoint: C{address} is not
             C{host:port}.
         """
@@ -118,6 +124,7 @@ class GrpcServer(Service):
         self._stop_grace_s = stop_grace_s
         self._calls = _NodeCalls(node, self.crossing, request_timeout_s)
         self._calls.metrics = metrics
+        self._calls.cert_names_user = cert_names_user
         self._node = node
         self._credentials = credentials
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -165,6 +172,7 @@ class GrpcServer(Service):
         self.kv_servicer = KVServicer(self._node, self._calls)
         kv_pb2_grpc.add_KVServicer_to_server(self.kv_servicer, server)
         kv_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(self._node, self._calls), server)
+        auth_pb2_grpc.add_AuthServicer_to_server(AuthServicer(self._node, self._calls), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)

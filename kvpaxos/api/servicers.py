@@ -44,6 +44,7 @@ from kvpaxos.api.statuses import (
     status_for,
     unavailable,
 )
+from kvpaxos.kv.auth import NO_CREDENTIAL, Credential
 from kvpaxos.kv.commands import (
     Op,
     RangeResult,
@@ -56,6 +57,9 @@ from kvpaxos.kv.commands import (
     validate_request,
 )
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
+
+#: The metadata key of a token (etcd's).
+TOKEN_METADATA = "token"
 
 #: The node is given this share of a request's wait as its C{timeout_s}, so
 #: that its own L{Unavailable} (which knows why, and names the leader)
@@ -136,6 +140,31 @@ class _NodeCalls:
         self.post: Optional[LoopPost] = None
         #: The node's metrics (L{kvpaxos.node.metrics.NodeMetrics}), or None.
         self.metrics = None
+        #: Whether a verified client certificate's common name names the
+        #: user of a request without a token (the server's client_cert_auth).
+        self.cert_names_user = False
+
+    def credential(self, context) -> Credential:
+        """
+        Return the credential a request brings: the C{token} metadata, and
+        the client certificate's common name if L{cert_names_user}.  A
+        streamed request brings its stream's (C{context.credential}).
+        """
+        streamed = getattr(context, "credential", None)
+        if streamed is not None:
+            return streamed
+        token = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == TOKEN_METADATA:
+                token = value if isinstance(value, str) else ""
+        common_name = ""
+        if self.cert_names_user:
+            names = (context.auth_context() or {}).get("x509_common_name") or ()
+            if names:
+                common_name = names[0].decode("utf-8", "replace")
+        if not token and not common_name:
+            return NO_CREDENTIAL
+        return Credential(token, common_name)
 
     def count(self, method: str, code: grpc.StatusCode) -> None:
         """One request of C{method} answered with C{code} (for the metrics, if there are any)."""
@@ -254,8 +283,9 @@ class KVServicer(kv_pb2_grpc.KVServicer):
     async def Get(self, request: kv_pb2.GetRequest, context) -> kv_pb2.GetResponse:
         query = _checked(self._calls.member_id, partial(range_query, request.key))
         consistency = _checked(self._calls.member_id, partial(convert.consistency_name, request.consistency))
+        credential = self._calls.credential(context)
         result, header = await self._calls.call(
-            context, lambda timeout_s: self._node.range(query, timeout_s, consistency)
+            context, lambda timeout_s: self._node.range(query, timeout_s, consistency, credential)
         )
         if not result.kvs:
             return kv_pb2.GetResponse(header=header, found=False)
@@ -287,8 +317,9 @@ class KVServicer(kv_pb2_grpc.KVServicer):
     async def Range(self, request: kv_pb2.RangeRequest, context) -> kv_pb2.RangeResponse:
         query = _checked(self._calls.member_id, partial(convert.range_query_from_proto, request))
         consistency = _checked(self._calls.member_id, partial(convert.consistency_name, request.consistency))
+        credential = self._calls.credential(context)
         result, header = await self._calls.call(
-            context, lambda timeout_s: self._node.range(query, timeout_s, consistency)
+            context, lambda timeout_s: self._node.range(query, timeout_s, consistency, credential)
         )
         response, _ = convert.range_response(result, header)
         return response
@@ -336,7 +367,9 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         sequence first went with a different request (FAILED_PRECONDITION),
         or without a session a node bug (INTERNAL).
         """
-        result, header = await self._calls.call(context, lambda timeout_s: self._node.submit(command, timeout_s))
+        credential = self._calls.credential(context)
+        result, header = await self._calls.call(
+            context, lambda timeout_s: self._node.submit(command, timeout_s, credential))
         if not isinstance(result, kind):
             if command.client_id:
                 _abort(sequence_reused(command), header.member_id)
@@ -353,6 +386,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         since the last one was written.
         """
         out = _StreamAnswers(context)
+        credential = self._calls.credential(context)
         writer = asyncio.ensure_future(out.write_all())
         running: set = set()
         ended = False
@@ -377,7 +411,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
                         self._calls.count(_STREAMED[kind].__name__ if kind else "Stream", refusal.code)
                         out.answer(_stream_error(one.id, refusal, self._calls.member_id))
                         continue
-                    task = asyncio.ensure_future(self._streamed(kind, one, out, _streamed_context(one)))
+                    task = asyncio.ensure_future(self._streamed(kind, one, out, _streamed_context(one, credential)))
                     running.add(task)
                     self._streamed_running += 1
                     task.add_done_callback(self._stream_task_done(running))

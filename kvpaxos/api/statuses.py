@@ -20,6 +20,8 @@ import grpc
 
 from kvpaxos.api import errors
 from kvpaxos.api.errors import InvalidArgument, Unavailable, rich_status
+from kvpaxos.kv.auth import AuthError
+from kvpaxos.kv.auth import AuthRefused as AuthRefusal
 from kvpaxos.kv.commands import Request, SessionExpired, StaleSequence
 
 #: The message of the UNAVAILABLE that failed requests get when the node
@@ -32,7 +34,7 @@ SESSION_EXPIRED = (
 )
 #: What the node answers instead of applying a request (not exceptions:
 #: the node ran the request through the log and it changed nothing).
-REFUSALS = (StaleSequence, SessionExpired)
+REFUSALS = (StaleSequence, SessionExpired, AuthRefusal)
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ def unavailable(message: str, leader: Optional[int], reason: str = errors.UNAVAI
                   {errors.LEADER_ID: leader})
 
 
-def status_for(error: Union[BaseException, StaleSequence, SessionExpired]) -> Status:
+def status_for(error: Union[BaseException, StaleSequence, SessionExpired, AuthRefusal]) -> Status:
     """
     Return the L{Status} for C{error}, an exception or one of L{REFUSALS}.
 
@@ -92,6 +94,10 @@ def status_for(error: Union[BaseException, StaleSequence, SessionExpired]) -> St
       - L{StaleSequence} (the client's fault) → FAILED_PRECONDITION
         C{"stale sequence: ..."};
       - L{SessionExpired} → FAILED_PRECONDITION L{SESSION_EXPIRED};
+      - an L{AuthRefusal} result → PERMISSION_DENIED or FAILED_PRECONDITION
+        with etcd's message; L{kvpaxos.api.errors.Unauthenticated},
+        L{kvpaxos.api.errors.PermissionDenied} and
+        L{kvpaxos.api.errors.AuthRefused} likewise;
       - L{Unavailable} (L{kvpaxos.node.interfaces.NotLeaderError} among
         them) → UNAVAILABLE with its reason and the known leader;
       - L{kvpaxos.api.errors.NoSpace} → RESOURCE_EXHAUSTED L{NO_SPACE}, with
@@ -108,6 +114,16 @@ def status_for(error: Union[BaseException, StaleSequence, SessionExpired]) -> St
             f"its last sequence, {error.last_sequence}"
         ), errors.STALE_SEQUENCE, {errors.CLIENT_ID: error.client_id, errors.SEQUENCE: error.sequence,
                                    errors.LAST_SEQUENCE: error.last_sequence})
+    if isinstance(error, AuthRefusal):
+        if error.error is AuthError.PERMISSION_DENIED:
+            return Status(grpc.StatusCode.PERMISSION_DENIED, error.error.value, errors.PERMISSION_DENIED)
+        return Status(grpc.StatusCode.FAILED_PRECONDITION, error.error.value, errors.AUTH_REFUSED)
+    if isinstance(error, errors.Unauthenticated):
+        return Status(grpc.StatusCode.UNAUTHENTICATED, str(error), errors.UNAUTHENTICATED)
+    if isinstance(error, errors.PermissionDenied):
+        return Status(grpc.StatusCode.PERMISSION_DENIED, str(error), errors.PERMISSION_DENIED)
+    if isinstance(error, errors.AuthRefused):
+        return Status(grpc.StatusCode.FAILED_PRECONDITION, str(error), errors.AUTH_REFUSED)
     if isinstance(error, SessionExpired):
         return Status(grpc.StatusCode.FAILED_PRECONDITION, SESSION_EXPIRED, errors.SESSION_EXPIRED,
                       {errors.CLIENT_ID: error.client_id})

@@ -2,7 +2,7 @@
 What C{KV.Stream} (L{kvpaxos.api.servicers.KVServicer.Stream}) is made of
 besides the handler bodies it shares with the unary RPCs: the caps on
 requests in flight, the context a streamed request runs with (its own
-timeout, L{_StreamedDeadline}), the answer carrying an error, and the
+timeout, L{_Streamed}), the answer carrying an error, and the
 writer that batches answers into messages under the limit
 (L{_StreamAnswers}).
 """
@@ -26,34 +26,29 @@ MAX_STREAM_REQUESTS = 4096
 MAX_SERVER_STREAM_REQUESTS = 16384
 
 
-class _InAStream:
-    """The context a streamed request without a timeout sees: no deadline of its own (the request timeout applies)."""
+class _Streamed:
+    """
+    The context a streamed request sees: its deadline, counted from when it
+    was read (None: the request timeout applies), and its stream's
+    credential (L{kvpaxos.node.auth.Credential}).
+    """
 
-    @staticmethod
-    def time_remaining() -> None:
-        return None
+    __slots__ = ("_deadline", "credential")
 
+    def __init__(self, timeout_s: Optional[float], credential) -> None:
+        self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self.credential = credential
 
-_IN_A_STREAM = _InAStream()
-
-
-class _StreamedDeadline:
-    """The context a streamed request with a timeout sees: its deadline, counted from when it was read."""
-
-    __slots__ = ("_deadline",)
-
-    def __init__(self, timeout_s: float) -> None:
-        self._deadline = time.monotonic() + timeout_s
-
-    def time_remaining(self) -> float:
+    def time_remaining(self) -> Optional[float]:
+        if self._deadline is None:
+            return None
         return max(0.0, self._deadline - time.monotonic())
 
 
-def _streamed_context(one: kv_pb2.StreamRequest):
+def _streamed_context(one: kv_pb2.StreamRequest, credential):
     """The context request C{one} of a stream runs with: its own timeout, if it carries one."""
-    if not one.HasField("timeout"):
-        return _IN_A_STREAM
-    return _StreamedDeadline(one.timeout.ToNanoseconds() / 1e9)
+    timeout_s = one.timeout.ToNanoseconds() / 1e9 if one.HasField("timeout") else None
+    return _Streamed(timeout_s, credential)
 
 
 _NO_REQUEST = Status(grpc.StatusCode.INVALID_ARGUMENT, "a stream request carries no request", errors.INVALID_ARGUMENT)

@@ -16,7 +16,9 @@ one bounds-checked reader:
   - L{kvpaxos.encoding.commands}: the log format of client commands
     (L{COMMAND_VERSION});
   - L{kvpaxos.encoding.state}: the replicated state: a key's record, a
-    session entry and the results it saves, snapshots (L{SNAPSHOT_FORMAT}).
+    session entry and the results it saves, the auth table's bounds
+    (L{AUTH_KEY_MAX_BYTES}, L{AUTH_VALUE_MAX_BYTES}), snapshots
+    (L{SNAPSHOT_FORMAT}).
 
 What must not live here: I/O, transport framing (L{kvpaxos.node.peers}),
 what a value means (L{kvpaxos.paxos}, L{kvpaxos.kv}).  No pickle, eval or

@@ -9,10 +9,12 @@ Layout (command version L{COMMAND_VERSION}; one layout for every op)::
 
     command := version:u8 op:u8 origin:u32 request_id:u64 flags:u8
                [client_id:u64 sequence:u64]          (if flags & SESSION)
+               [user_len:u8 user]                    (if flags & USER; UTF-8)
                body
     body    := key_len:u16 key value_len:u32 value   (PUT, DELETE, APPEND)
              | txn                                   (TXN)
              |                                       (OPEN_SESSION)
+             | auth_command                          (AUTH: L{kvpaxos.encoding.auth})
     txn     := ncompares:u16 compare*ncompares
                nsuccess:u16 op*nsuccess nfailure:u16 op*nfailure
     compare := target:u8 result:u8 key_len:u16 key operand
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 from struct import Struct
 
+from kvpaxos.encoding import auth as encoded_auth
 from kvpaxos.encoding.errors import MalformedCommand
 from kvpaxos.encoding.reader import U8, U16, U32, U64, Reader, as_bytes
 from kvpaxos.kv.commands import (
@@ -58,6 +61,7 @@ _OP_HEAD = Struct(">BBH")  # tag, flags, key length
 # Request flags.
 _PREV_KV = 1
 _HAS_SESSION = 2
+_HAS_USER = 4
 # Transaction op flags (_PREV_KV as above).
 _HAS_END = 2
 _KEYS_ONLY = 4
@@ -77,11 +81,16 @@ def encode_request(request: Request) -> bytes:
     validate_request(request)
     op = request.op
     session = bool(request.client_id or request.sequence)
-    flags = (_PREV_KV if request.prev_kv else 0) | (_HAS_SESSION if session else 0)
+    user = request.user.encode("utf-8") if request.user else b""
+    flags = (_PREV_KV if request.prev_kv else 0) | (_HAS_SESSION if session else 0) | (_HAS_USER if user else 0)
     parts = [_HEAD.pack(COMMAND_VERSION, op, request.origin, request.request_id, flags)]
     if session:
         parts.append(_SESSION.pack(request.client_id, request.sequence))
-    if op is Op.TXN:
+    if user:
+        parts += [U8.pack(len(user)), user]
+    if op is Op.AUTH:
+        parts.append(encoded_auth.encode_command(request.auth))
+    elif op is Op.TXN:
         _write_txn(request.txn, parts)
     elif op in _KEYED:
         parts += [U16.pack(len(request.key)), request.key,
@@ -138,23 +147,33 @@ def decode_request(data) -> Request:
         reader.fail(f"version {reader.data[0]}, not {COMMAND_VERSION}")
     _, code, origin, request_id, flags = reader.unpack(_HEAD)
     op = _enum(reader, Op, code)
-    if flags & ~(_PREV_KV | _HAS_SESSION):
+    if flags & ~(_PREV_KV | _HAS_SESSION | _HAS_USER):
         reader.fail(f"unknown request flags {flags}")
     client_id = sequence = 0
     if flags & _HAS_SESSION:
         client_id, sequence = reader.unpack(_SESSION)
         if not (client_id or sequence):
             reader.fail("session flag without a session")
+    user = ""
+    if flags & _HAS_USER:
+        try:
+            user = reader.take(reader.u8()).decode("utf-8")
+        except UnicodeDecodeError:
+            reader.fail("user name is not UTF-8")
+        if not user:
+            reader.fail("user flag without a user")
     key = value = b""
-    txn = None
-    if op is Op.TXN:
+    txn = auth = None
+    if op is Op.AUTH:
+        auth = encoded_auth.read_command(reader)
+    elif op is Op.TXN:
         txn = _read_txn(reader)
     elif op in _KEYED:
         key = reader.u16_bytes()
         value = reader.u32_bytes()
     reader.end()
     request = Request(op, key, value, origin, request_id, client_id, sequence,
-                      bool(flags & _PREV_KV), txn)
+                      bool(flags & _PREV_KV), txn, user, auth)
     try:
         validate_request(request)
     except InvalidArgument as error:

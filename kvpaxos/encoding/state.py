@@ -17,13 +17,27 @@ a snapshot sent to a peer:
                | format:u8 revision:u64 next_client_id:u64
                  nrecords:u64 key_value*nrecords     (in key order)
                  nsessions:u64 (client_id:u64 session)*nsessions (in id order)
+                 nauth:u64 auth_entry*nauth          (in key order; format 4)
+    auth_entry := key_len:u16 key value_len:u32 value (an auth table entry)
+    auth_group := count:u16 (tail_len:u8 tail value_len:u32 value)*count
+                                                     (in tail order; LMDB only)
 
-The LMDB store keeps C{key -> record} and C{client_id:u64 -> session}, so a
-snapshot is its stored bytes laid end to end (L{encode_snapshot} takes them
-as they are stored, without decoding).  Every reader raises
-L{CorruptState} (a L{kvpaxos.kv.commands.CorruptRecord}); a snapshot is
-checked as hostile (it may come from a peer): lengths, orders, revisions,
-client ids.  No I/O here.
+The auth table (users, roles and their grants, L{kvpaxos.kv.auth}) is
+opaque here: C{key -> value}, keys of 1 to L{AUTH_KEY_MAX_BYTES} bytes,
+values of at most L{AUTH_VALUE_MAX_BYTES}.  A format-3 snapshot (before the
+auth table) is still read, with an empty one; every snapshot written is of
+format L{SNAPSHOT_FORMAT}.
+
+The LMDB store keeps C{key -> record}, C{client_id:u64 -> session} and
+C{key -> auth value}, so a snapshot is its stored bytes laid end to end
+(L{encode_snapshot} takes them as they are stored, without decoding).  The
+one exception is an auth key longer than LMDB's 511-byte key limit: LMDB
+keeps every auth entry whose key starts with the same 511 bytes in one
+C{auth_group}, under those 511 bytes (L{kvpaxos.storage.lmdb_auth}).
+Every reader raises L{CorruptState} (a
+L{kvpaxos.kv.commands.CorruptRecord}); a snapshot is checked as hostile (it
+may come from a peer): lengths, orders, revisions, client ids.  No I/O
+here.
 """
 
 from __future__ import annotations
@@ -32,7 +46,7 @@ from dataclasses import dataclass
 from struct import Struct
 from typing import Optional
 
-from kvpaxos.encoding.errors import CorruptState
+from kvpaxos.encoding.errors import CorruptState, EncodeError
 from kvpaxos.encoding.reader import U8, U16, U32, U64, Reader, as_bytes
 from kvpaxos.kv.commands import (
     MAX_KEY_BYTES,
@@ -45,15 +59,27 @@ from kvpaxos.kv.commands import (
 )
 from kvpaxos.kv.sessions import FIRST_CLIENT_ID, Session
 
-#: The format byte a non-empty snapshot starts with (2 was the layout
-#: before kvpaxos.encoding; it is refused).
-SNAPSHOT_FORMAT = 3
+#: The format byte a non-empty snapshot starts with: 4 since the auth
+#: table; 3 (no auth table) is still read; 2 was the layout before
+#: kvpaxos.encoding and is refused.
+SNAPSHOT_FORMAT = 4
+#: The formats L{decode_snapshot} reads.
+_READ_FORMATS = (3, SNAPSHOT_FORMAT)
+
+#: The longest key of the auth table (its keys are 1 to this many bytes).
+AUTH_KEY_MAX_BYTES = 512
+#: The longest value of the auth table (its values are 0 to this many bytes).
+AUTH_VALUE_MAX_BYTES = 65536
 
 _RECORD_HEAD = Struct(">QQQI")  # version, create revision, mod revision, value length
 _SESSION_HEAD = Struct(">QQ")  # sequence, last used
 _SNAPSHOT_HEAD = Struct(">BQQ")  # format, revision, next client id
 #: The least a key_value takes: a 1-byte key and an empty value.
 _KEY_VALUE_MIN = U16.size + 1 + _RECORD_HEAD.size
+#: The least an auth_entry takes: a 1-byte key and an empty value.
+_AUTH_ENTRY_MIN = U16.size + 1 + U32.size
+#: The least an auth_group's member takes: an empty tail and value.
+_AUTH_MEMBER_MIN = U8.size + U32.size
 
 _NONE, _RESULT, _TXN = 0, 1, 2
 _PUT, _DELETE, _RANGE = 1, 2, 3
@@ -252,6 +278,88 @@ def decode_session(data) -> Session:
     return session
 
 
+# --- the auth table ----------------------------------------------------------
+
+
+def auth_entry_fault(key_bytes: int, value_bytes: int) -> Optional[str]:
+    """
+    Return what is wrong with an auth table entry whose key and value are
+    that long (the key 1 to L{AUTH_KEY_MAX_BYTES} bytes, the value at most
+    L{AUTH_VALUE_MAX_BYTES}), or C{None}: the one bound every reader and
+    writer of the table checks.
+    """
+    if not 0 < key_bytes <= AUTH_KEY_MAX_BYTES:
+        return f"auth key of {key_bytes} bytes (1 to {AUTH_KEY_MAX_BYTES})"
+    if value_bytes > AUTH_VALUE_MAX_BYTES:
+        return f"auth value of {value_bytes} bytes (at most {AUTH_VALUE_MAX_BYTES})"
+    return None
+
+
+def check_auth_entry(key: bytes, value: bytes) -> None:
+    """
+    Refuse an auth table entry the table cannot hold (what a view checks
+    before it writes one: stored, it would make a snapshot no peer reads).
+
+    @raise TypeError: C{key} or C{value} is not C{bytes}.
+    @raise EncodeError: out of the table's bounds (L{auth_entry_fault}):
+        the caller's fault.
+    """
+    if type(key) is not bytes or type(value) is not bytes:
+        raise TypeError(f"an auth entry is bytes -> bytes, not {type(key).__name__} -> {type(value).__name__}")
+    fault = auth_entry_fault(len(key), len(value))
+    if fault is not None:
+        raise EncodeError(fault)
+
+
+def _read_auth_entry(reader: Reader, previous: bytes) -> tuple:
+    key_bytes = reader.u16()
+    if not 0 < key_bytes <= AUTH_KEY_MAX_BYTES:
+        reader.fail(f"auth key of {key_bytes} bytes")
+    key = reader.take(key_bytes)
+    if key <= previous:
+        reader.fail("auth keys out of order")
+    value_bytes = reader.u32()
+    if value_bytes > AUTH_VALUE_MAX_BYTES:
+        reader.fail(f"auth value of {value_bytes} bytes")
+    return key, reader.take(value_bytes)
+
+
+def encode_auth_group(members) -> bytes:
+    """
+    Return the C{auth_group} of C{members}: C{(tail, value)} pairs in tail
+    order, the entries whose keys share one 511-byte start (tails of at
+    most 255 bytes).
+    """
+    out = [U16.pack(len(members))]
+    for tail, value in members:
+        out += [U8.pack(len(tail)), tail, U32.pack(len(value)), value]
+    return b"".join(out)
+
+
+def decode_auth_group(data) -> list:
+    """
+    Return the C{(tail, value)} pairs of stored C{auth_group} C{data}, in
+    tail order.
+
+    @raise CorruptState: C{data} is not an auth group.
+    """
+    reader = Reader(as_bytes(data, CorruptState), CorruptState, "auth group")
+    count = reader.count(U16, _AUTH_MEMBER_MIN)
+    members = []
+    previous = None
+    for _ in range(count):
+        tail = reader.take(reader.u8())
+        if previous is not None and tail <= previous:
+            reader.fail("tails out of order")
+        value_bytes = reader.u32()
+        if value_bytes > AUTH_VALUE_MAX_BYTES:
+            reader.fail(f"auth value of {value_bytes} bytes")
+        members.append((tail, reader.take(value_bytes)))
+        previous = tail
+    reader.end()
+    return members
+
+
 # --- snapshots -----------------------------------------------------------------
 
 
@@ -259,50 +367,58 @@ def decode_session(data) -> Session:
 class SnapshotState:
     """
     The state a snapshot holds: the revision, the next client id, every
-    record in key order, every C{(client_id, Session)} in client id order.
+    record in key order, every C{(client_id, Session)} in client id order,
+    every C{(key, value)} of the auth table in key order.
     """
 
     revision: int = 0
     next_client_id: int = FIRST_CLIENT_ID
     records: tuple = ()
     sessions: tuple = ()
+    auth: tuple = ()
 
 
-def encode_snapshot(revision: int, next_client_id: int, records, session_entries) -> bytes:
+def encode_snapshot(revision: int, next_client_id: int, records, session_entries, auth_entries) -> bytes:
     """
     Return the snapshot bytes of a state: C{records}, a list of C{(key,
     encode_record bytes)} in key order; C{session_entries}, a list of
-    C{(client_id, encode_session bytes)} in client id order.  The empty
-    state encodes to C{b""} (the bootstrap snapshot's data); equal states
-    encode to equal bytes, whichever provider holds them.
+    C{(client_id, encode_session bytes)} in client id order;
+    C{auth_entries}, a list of the auth table's C{(key, value)} in key
+    order.  The empty state (no auth entries either) encodes to C{b""}
+    (the bootstrap snapshot's data); equal states encode to equal bytes,
+    whichever provider holds them.
     """
-    if not revision and next_client_id == FIRST_CLIENT_ID and not records and not session_entries:
+    if (not revision and next_client_id == FIRST_CLIENT_ID and not records and not session_entries
+            and not auth_entries):
         return b""
-    u16 = U16.pack
-    parts = [_SNAPSHOT_HEAD.pack(SNAPSHOT_FORMAT, revision, next_client_id), U64.pack(len(records))]
+    u16, u32, u64 = U16.pack, U32.pack, U64.pack
+    parts = [_SNAPSHOT_HEAD.pack(SNAPSHOT_FORMAT, revision, next_client_id), u64(len(records))]
     for key, record in records:
         parts += [u16(len(key)), key, record]
-    parts.append(U64.pack(len(session_entries)))
-    u64 = U64.pack
+    parts.append(u64(len(session_entries)))
     for client_id, entry in session_entries:
         parts += [u64(client_id), entry]
+    parts.append(u64(len(auth_entries)))
+    for key, value in auth_entries:
+        parts += [u16(len(key)), key, u32(len(value)), value]
     return b"".join(parts)
 
 
 def decode_snapshot(data) -> SnapshotState:
     """
     Return the state in snapshot C{data} (hostile bytes, perhaps from a
-    peer: every length, order and bound is checked).
+    peer: every length, order and bound is checked).  A format-3 snapshot
+    (written before the auth table) has an empty auth table.
 
-    @raise CorruptState: C{data} is not a snapshot of this format.
+    @raise CorruptState: C{data} is not a snapshot of a format read here.
     """
     data = as_bytes(data, CorruptState)
     if not data:
         return SnapshotState()
     reader = Reader(data, CorruptState, "snapshot")
-    if data[0] != SNAPSHOT_FORMAT:
-        reader.fail(f"format {data[0]}, not {SNAPSHOT_FORMAT}")
-    _, revision, next_client_id = reader.unpack(_SNAPSHOT_HEAD)
+    if data[0] not in _READ_FORMATS:
+        reader.fail(f"format {data[0]}, not one of {_READ_FORMATS}")
+    form, revision, next_client_id = reader.unpack(_SNAPSHOT_HEAD)
     count = reader.count(U64, _KEY_VALUE_MIN)
     records = []
     previous = b""
@@ -326,5 +442,13 @@ def decode_snapshot(data) -> SnapshotState:
             reader.fail(f"session {client_id} out of order or unassigned")
         entries.append((client_id, _read_session(reader)))
         last_id = client_id
+    auth = []
+    if form >= 4:
+        count = reader.count(U64, _AUTH_ENTRY_MIN)
+        previous = b""
+        for _ in range(count):
+            entry = _read_auth_entry(reader, previous)
+            auth.append(entry)
+            previous = entry[0]
     reader.end()
-    return SnapshotState(revision, next_client_id, tuple(records), tuple(entries))
+    return SnapshotState(revision, next_client_id, tuple(records), tuple(entries), tuple(auth))

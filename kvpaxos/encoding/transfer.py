@@ -25,7 +25,12 @@ Layout (format L{TRANSFER_FORMAT})::
     done    := count:u64 digest:16 bytes
     abort   := reason_len:u16 reason (UTF-8)
     records := table:u8 count:u32 item*
+    table   := 1 (records: key -> record) | 2 (sessions: client_id:u64 -> session)
+             | 3 (the auth table: key -> value)
     item    := key_len:u16 key more:u8 value_len:u32 value
+
+A transfer's chunks hold the records, then the sessions, then the auth
+table, each in key order, one table per chunk.
 
 An item whose C{more} is 1 holds a piece of a stored value that continues
 in the next item (the first of the next chunk), under the same key: a
@@ -63,10 +68,12 @@ REASON_BYTES_MAX = 500
 #: The length of a L{SnapshotDone} digest (L{Digest}).
 DIGEST_BYTES = 16
 
-#: The tables a chunk's records belong to (codes are part of the format).
+#: The tables a chunk's records belong to (codes are part of the format:
+#: never renumber, only append).
 TABLE_RECORDS = 1
 TABLE_SESSIONS = 2
-_TABLES = {TABLE_RECORDS: TABLE_RECORDS, TABLE_SESSIONS: TABLE_SESSIONS}
+TABLE_AUTH = 3
+_TABLES = {TABLE_RECORDS: TABLE_RECORDS, TABLE_SESSIONS: TABLE_SESSIONS, TABLE_AUTH: TABLE_AUTH}
 
 _HEAD = Struct(">BBIIQ")  # format, tag, src, dst, transfer
 _ITEM_MIN = U16.size + 1 + U32.size
@@ -250,7 +257,8 @@ RECORDS_HEAD_BYTES = 1 + U32.size
 def encode_records(table: int, items) -> bytes:
     """
     Return a chunk's records: the C{(key, value, more)} C{items} of
-    C{table} (L{TABLE_RECORDS} or L{TABLE_SESSIONS}), in key order.
+    C{table} (L{TABLE_RECORDS}, L{TABLE_SESSIONS} or L{TABLE_AUTH}), in
+    key order.
     """
     if table not in _TABLES:
         raise EncodeError(f"unknown table {table}")

@@ -11,7 +11,10 @@ what is applied.  C{client_id} and C{sequence} name a session
 
 Ops: C{PUT}, C{DELETE} and C{APPEND} of one key; C{TXN}, an etcd-style
 transaction (L{Txn}: compares, then the C{success} or the C{failure} ops,
-atomically, in one revision); C{OPEN_SESSION}, which assigns a client id.
+atomically, in one revision); C{OPEN_SESSION}, which assigns a client id;
+C{AUTH}, a change of users, roles or the enabled flag
+(L{kvpaxos.kv.auth.AuthCommand}).  C{user} names who asked (b"" while
+auth is disabled); the apply checks its permission (L{kvpaxos.kv.auth}).
 Reads that are not part of a transaction are not log commands: the node
 serves them from its store after a read index.
 
@@ -44,6 +47,7 @@ from kvpaxos.api.limits import (  # noqa: F401 (re-exported)
     MAX_VALUE_BYTES,
     TO_THE_END,
     check_key as _check_key,
+    check_name,
     check_value as _check_value,
     prefix_end,  # noqa: F401
 )
@@ -59,6 +63,7 @@ class Op(enum.IntEnum):
     APPEND = 3
     TXN = 4
     OPEN_SESSION = 5
+    AUTH = 6
 
 
 class CompareTarget(enum.IntEnum):
@@ -175,7 +180,10 @@ class Request:
     One client command: C{op} on C{key} with C{value} for put/append;
     C{txn} for TXN (C{key} and C{value} empty).  C{client_id} and
     C{sequence} (both 0: no session) make it exactly-once; C{prev_kv} asks
-    a put, delete or append for the record it replaced.
+    a put, delete or append for the record it replaced.  C{user}: who
+    asked ("" none: auth was off when it was taken); C{auth}: an AUTH's
+    L{kvpaxos.kv.auth.AuthCommand} (checked by its encoding,
+    L{kvpaxos.encoding.auth}).
     """
 
     op: Op
@@ -187,6 +195,8 @@ class Request:
     sequence: int = 0
     prev_kv: bool = False
     txn: Optional[Txn] = None
+    user: str = ""
+    auth: Optional[object] = None
 
 
 # --- results -----------------------------------------------------------------
@@ -389,7 +399,11 @@ def validate_request(request: Request) -> None:
     _check_uint(request.sequence, "sequence")
     if (request.client_id == 0) != (request.sequence == 0):
         raise InvalidArgument("client id and sequence are both 0 (no session) or both set")
+    if request.user != "":
+        check_name(request.user)
     op = request.op
+    if op is not Op.AUTH and request.auth is not None:
+        raise InvalidArgument(f"a {op.name} carries no auth command")
     if op in (Op.PUT, Op.DELETE, Op.APPEND):
         validate(op, request.key, request.value)
         if request.txn is not None:
@@ -397,6 +411,10 @@ def validate_request(request: Request) -> None:
         return
     if request.key or request.value or request.prev_kv:
         raise InvalidArgument(f"a {op.name} takes no key, value or prev_kv")
+    if op is Op.AUTH:
+        if request.txn is not None or request.client_id or request.auth is None:
+            raise InvalidArgument("an AUTH carries an auth command, no transaction and no session")
+        return
     if op is Op.OPEN_SESSION:
         if request.txn is not None or request.client_id:
             raise InvalidArgument("OPEN_SESSION carries no transaction and no session")

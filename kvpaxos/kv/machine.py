@@ -33,6 +33,7 @@ from typing import Iterable, Mapping, Optional
 
 from kvpaxos.encoding.commands import decode_request
 from kvpaxos.kv import sessions
+from kvpaxos.kv.auth_apply import AuthGuard, apply_auth
 from kvpaxos.kv.commands import (
     TO_THE_END,
     Compare,
@@ -54,18 +55,32 @@ from kvpaxos.kv.commands import (
 from kvpaxos.kv.sessions import DEFAULT_LIMITS, SessionLimits
 
 
-def apply(view, request: Request, slot: int, limits: SessionLimits = DEFAULT_LIMITS):
+def apply(view, request: Request, slot: int, limits: SessionLimits = DEFAULT_LIMITS,
+          guard: Optional[AuthGuard] = None):
     """
     Apply one decoded request, chosen at C{slot}, to C{view}; return its
     result: L{Result} (put, delete, append), L{TxnResult},
-    L{kvpaxos.kv.commands.SessionOpened}, or, changing nothing, a saved
-    result or L{kvpaxos.kv.commands.StaleSequence} /
-    L{kvpaxos.kv.commands.SessionExpired} (see L{kvpaxos.kv.sessions}).
+    L{kvpaxos.kv.commands.SessionOpened}, L{kvpaxos.kv.auth.AuthChanged},
+    or, changing nothing, a saved result,
+    L{kvpaxos.kv.commands.StaleSequence} /
+    L{kvpaxos.kv.commands.SessionExpired} (see L{kvpaxos.kv.sessions}) or
+    L{kvpaxos.kv.auth.AuthRefused} (the request's user may not, or an auth
+    command's precondition failed).
+
+    @param guard: the batch's L{AuthGuard} over C{view} (None: one for
+        this request alone).
     """
     answer = sessions.check(view, request)
     if answer is not None:
         return answer
+    if guard is None:
+        guard = AuthGuard(view)
     op = request.op
+    if op is Op.AUTH:
+        return apply_auth(view, request, guard)
+    refused = guard.refusal(request)
+    if refused is not None:
+        return refused
     if op is Op.OPEN_SESSION:
         return sessions.open_session(view, slot, limits)
     if op is Op.TXN:
@@ -92,6 +107,7 @@ def apply_batch(
         decoded again.
     """
     sessions.expire(view, slot, limits)
+    guard = AuthGuard(view)
     results = []
     for data in commands:
         request = decoded.get(data) if decoded else None
@@ -100,7 +116,7 @@ def apply_batch(
                 request = decode_request(data)
             except CorruptCommand:
                 continue
-        results.append((request, apply(view, request, slot, limits)))
+        results.append((request, apply(view, request, slot, limits, guard)))
     return results
 
 

@@ -47,6 +47,7 @@ L{kvpaxos.node.watch.NodeWatch}'s.  A node with no member set yet
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from functools import partial
@@ -61,7 +62,10 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from kvpaxos.api.errors import ApiError
 from kvpaxos.kv.commands import Request
+from kvpaxos.node.auth import AuthPath
+from kvpaxos.node.auth_calls import AuthCalls
 from kvpaxos.node.clock import MonotonicClock
 from kvpaxos.node.interfaces import (
     IKeyValueNode,
@@ -88,7 +92,7 @@ def _delegate(name: str):
 
 
 @implementer(IPeerHandler, IKeyValueNode, IMembership)
-class ReplicaService(NodeWatch, BackupSource, Service):
+class ReplicaService(NodeWatch, BackupSource, AuthCalls, Service):
     """
     Runs one replica.
 
@@ -140,8 +144,11 @@ class ReplicaService(NodeWatch, BackupSource, Service):
         boot: Optional[int] = None,
         addresses: tuple[str, str] = ("", ""),
         quota_bytes: int = 0,
+        auth: Optional[AuthPath] = None,
     ) -> None:
         self.node_id = node_id
+        #: Who callers are and what they may read (L{kvpaxos.node.auth}).
+        self.auth = auth or AuthPath(store)
         #: The space quota (0: none); the alarm is on while the store's
         #: pages in use (its C{used_bytes}) are at or over it.
         self.quota_bytes = quota_bytes
@@ -205,6 +212,7 @@ class ReplicaService(NodeWatch, BackupSource, Service):
             state_machine=self.store.state_machine,
             applied=self.store.applied_index(),
         )
+        self.auth.reload()
         stopping = lambda: self._stopping  # noqa: E731
         peers = lambda: self.peers  # noqa: E731
         self.writes = self.write_path_class(
@@ -271,6 +279,7 @@ class ReplicaService(NodeWatch, BackupSource, Service):
             self.reads.stop(error)
         if self.membership is not None:
             self.membership.stop(error)
+        self.auth.stop(error)
 
     def _fatal(self, failure: Failure) -> None:
         if self.fatal_error is None:
@@ -391,7 +400,7 @@ class ReplicaService(NodeWatch, BackupSource, Service):
         if rd.must_sync() or rd.committed or rd.install_snapshot:
             through = rd.committed[-1][0] if rd.committed else 0
             work = Commit.of(rd, self.writes.take_decoded(rd.committed))
-            d = self._run_commit(work, partial(self.writes.answer_early, through))
+            d = self._run_commit(work, partial(self._applied_early, through, bool(rd.install_snapshot)))
         else:
             d = defer.succeed([])
         self._busy = d
@@ -411,10 +420,17 @@ class ReplicaService(NodeWatch, BackupSource, Service):
         commit = commit_timer(self.metrics, self.store.commit, self.store)
         return deferToThreadPool(reactor, self._pool, commit, work, from_writer)
 
+    def _applied_early(self, through: int, installed: bool, results) -> None:
+        # Auth changes note themselves first: their callers wait for the reload.
+        self.auth.applied(results, installed)
+        self.writes.answer_early(through, results)
+
     def _committed(self, results, rd) -> None:
         self._busy = None
         if self._stopping:
             return
+        self.auth.applied(results, bool(rd.install_snapshot))
+        self.auth.durable()
         self._check_space()
         for message in rd.durable_messages:
             self.peers.send(message)
@@ -433,21 +449,33 @@ class ReplicaService(NodeWatch, BackupSource, Service):
             return defer.fail(Unavailable(f"node {self.node_id} has no member set yet"))
         return None
 
-    def submit(self, request: Request, timeout_s: float) -> defer.Deferred:
-        return self._unserved() or self.writes.submit(request, timeout_s)
+    def submit(self, request: Request, timeout_s: float, credential=None) -> defer.Deferred:
+        """L{IKeyValueNode.submit}: C{credential} names the user the log records."""
+        unserved = self._unserved()
+        if unserved is not None:
+            return unserved
+        try:
+            user = self.auth.user_of(credential)
+        except ApiError:
+            return defer.fail()
+        if user:
+            request = dataclasses.replace(request, user=user)
+        return self.writes.submit(request, timeout_s)
 
     def proposals_forwarded(self, commands) -> defer.Deferred:
         if self.writes is None:
             return defer.fail(NotLeaderError(None))
         return self.writes.proposals_forwarded(commands)
 
-    def get(self, key: bytes, timeout_s: float, consistency: str = "linearizable"):
+    def get(self, key: bytes, timeout_s: float, consistency: str = "linearizable", credential=None):
         """L{IKeyValueNode.get}; the consistencies are L{kvpaxos.node.reads}'."""
-        return self._unserved() or self.reads.get(key, timeout_s, consistency)
+        return self._unserved() or self._refused_read(credential, key, None) or \
+            self.reads.get(key, timeout_s, consistency)
 
-    def range(self, query, timeout_s: float, consistency: str = "linearizable"):
+    def range(self, query, timeout_s: float, consistency: str = "linearizable", credential=None):
         """L{IKeyValueNode.range}."""
-        return self._unserved() or self.reads.range(query, timeout_s, consistency)
+        return self._unserved() or self._refused_read(credential, query.key, query.end) or \
+            self.reads.range(query, timeout_s, consistency)
 
     def read_index_requested(self) -> defer.Deferred:
         if self.reads is None:

@@ -140,8 +140,9 @@ class INodeStore(IReplicaStorage):
     it describes: a restart neither loses nor re-applies a command).
 
     Threading: L{commit} runs on the node's one writer thread;
-    L{get}, L{get_record}, L{range}, L{revision}, L{applied_index} and the
-    L{IReplicaStorage} reads may run on any thread.  L{snapshot_data} and
+    L{get}, L{get_record}, L{range}, L{auth_items}, L{revision},
+    L{applied_index} and the L{IReplicaStorage} reads may run on any
+    thread.  L{snapshot_data} and
     the state machine's C{snapshot_now} are O(state), for a pool thread;
     while one runs, the reads the reactor thread makes must not wait for
     it (the reactor thread never waits behind a long operation), nor should
@@ -155,8 +156,9 @@ class INodeStore(IReplicaStorage):
 
     def snapshot_data():
         """
-        Return the replicated state (records, revision, session table) as of
-        the last L{commit}, encoded with L{kvpaxos.encoding.state.encode_snapshot}:
+        Return the replicated state (records, revision, session table,
+        auth table) as of the last L{commit}, encoded with
+        L{kvpaxos.encoding.state.encode_snapshot}:
         equal states give equal bytes, whichever provider holds them.
         """
 
@@ -200,8 +202,9 @@ class INodeStore(IReplicaStorage):
         Return the state as of the last commit, to send a peer in chunks
         (issue 11): an object with C{index} (the applied slot the state is
         at), C{revision}, C{next_client_id}, C{next_chunk(max_bytes)} (the
-        next chunk's records, L{kvpaxos.encoding.transfer.encode_records},
-        or None at the end) and C{close()}.  It reads one consistent state
+        next chunk's records, L{kvpaxos.encoding.transfer.encode_records}:
+        the records, then the sessions, then the auth table; or None at
+        the end) and C{close()}.  It reads one consistent state
         (LMDB: one read transaction) and holds at most about one chunk in
         memory.  For a pool thread, never the reactor; C{next_chunk} may
         raise L{kvpaxos.storage.staging.StreamInterrupted} (start over).
@@ -212,7 +215,7 @@ class INodeStore(IReplicaStorage):
         The incoming snapshot transfer's chunks, for the writer thread
         only: C{begin(transfer, revision, next_client_id)} discards what
         was staged; C{stage(transfer, records)} checks and stages one
-        chunk's records (raising C{MalformedMessage} or C{CorruptState},
+        chunk's records (records, sessions or auth entries; raising C{MalformedMessage} or C{CorruptState},
         nothing staged, if unsound); C{finish(transfer)} returns the
         L{kvpaxos.storage.staging.StagedState} to install; C{discard()}.
         """
@@ -261,6 +264,12 @@ class INodeStore(IReplicaStorage):
         commit: one read transaction for many reads.
         """
 
+    def auth_items():
+        """
+        Return the auth table as of the last L{commit}: a list of its
+        C{(key, value)} in key order, read in one consistent view.
+        """
+
     def revision():
         """Return the store's revision (0 before any write) as of the last commit."""
 
@@ -272,10 +281,14 @@ class IStateView(Interface):
     """
     The replicated state as the state machine reads and writes it inside
     one of its store's transactions (L{kvpaxos.kv.machine},
-    L{kvpaxos.kv.sessions}): records by key, the store's revision, the
-    session table and the next client id.  Writes become durable with the
-    transaction that holds the view, together with the applied index; a
-    read-only view over a read transaction offers the reads alone.
+    L{kvpaxos.kv.sessions}, L{kvpaxos.kv.auth}): records by key, the store's
+    revision, the session table, the next client id and the auth table
+    (opaque C{bytes -> bytes} in key order; its bounds are
+    L{kvpaxos.encoding.state.AUTH_KEY_MAX_BYTES} and C{AUTH_VALUE_MAX_BYTES}).
+    Writes become durable with the transaction that holds the view,
+    together with the applied index, or are lost with it (a commit that
+    fails is undone whole, the auth table's writes too); a read-only view
+    over a read transaction offers the reads alone.
 
     Providers: the LMDB store's view over an LMDB transaction
     (L{kvpaxos.storage.lmdb_view.LMDBView}) and the in-memory state
@@ -344,6 +357,29 @@ class IStateView(Interface):
 
     def set_next_client_id(client_id):
         """Set the client id the next opened session gets."""
+
+    def auth_get(key):
+        """Return the auth table's value under C{key} (C{bytes}), or C{None}."""
+
+    def auth_put(key, value):
+        """
+        Store C{value} under C{key} in the auth table, replacing any.
+
+        @raise TypeError: C{key} or C{value} is not C{bytes}.
+        @raise kvpaxos.encoding.errors.EncodeError: C{key} is not of 1 to
+            C{AUTH_KEY_MAX_BYTES} bytes, or C{value} is over
+            C{AUTH_VALUE_MAX_BYTES} (L{kvpaxos.encoding.state.check_auth_entry}):
+            the caller's fault, nothing is written.
+        """
+
+    def auth_delete(key):
+        """Remove C{key} from the auth table, if it is there (no error if not)."""
+
+    def auth_items():
+        """
+        Return an iterator over the auth table's C{(key, value)} in key
+        order; the caller does not write while it runs.
+        """
 
 
 class IStoreFactory(Interface):

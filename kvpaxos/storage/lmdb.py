@@ -14,11 +14,14 @@ Layout (named sub-databases of the one environment):
   - C{session_use}: (last-used slot, client id) → empty: the eviction
     order, kept in step with C{sessions} by
     L{kvpaxos.storage.lmdb_view.LMDBView}, the state machine's view;
+  - C{auth}: the auth table, key → value (L{kvpaxos.storage.lmdb_auth}:
+    keys of 511 bytes and more are grouped under their first 511);
   - C{snapshot}: C{data} → the latest snapshot's data;
-  - C{staged_kv}, C{staged_sessions}: the records and sessions of a
-    snapshot transfer being received (L{kvpaxos.storage.lmdb_transfer});
-    emptied when the store opens.  (Added without a format change: a
-    store without them gets them, and nothing else reads them.)
+  - C{staged_kv}, C{staged_sessions}, C{staged_auth}: the records,
+    sessions and auth table of a snapshot transfer being received
+    (L{kvpaxos.storage.lmdb_transfer}); emptied when the store opens.
+    (Added without a format change, as C{auth} was: a store without them
+    gets them empty, and nothing else reads them.)
 
 Every record is laid out by L{kvpaxos.encoding} (acceptor records by
 L{kvpaxos.encoding.values}, the state by L{kvpaxos.encoding.state}), as it
@@ -86,6 +89,11 @@ _SNAPSHOT = b"snapshot"
 _APPLIED = b"applied"
 _FORMAT = b"format"
 _SNAPSHOT_DATA = b"data"
+#: The staging's sub-databases: records, sessions, the auth table.
+_STAGED = (b"staged_kv", b"staged_sessions", b"staged_auth")
+
+#: Room for the sub-databases above (ten) and a few to come.
+_MAX_DBS = 16
 
 _log = Logger()
 
@@ -149,7 +157,7 @@ class LMDBStore:
             directory,
             map_size=map_bytes,
             subdir=True,
-            max_dbs=8,
+            max_dbs=_MAX_DBS,
             sync=True,
             metasync=True,
             writemap=False,
@@ -170,9 +178,10 @@ class LMDBStore:
             self._snapshot = self._env.open_db(b"snapshot")
             self._sessions = self._env.open_db(b"sessions")
             self._session_use = self._env.open_db(b"session_use")
-            self._tables = Tables(self._meta, self._kv, self._sessions, self._session_use)
+            self._auth = self._env.open_db(b"auth")
+            self._tables = Tables(self._meta, self._kv, self._sessions, self._session_use, self._auth)
             #: The incoming snapshot transfer's chunks (L{LMDBStaging}).
-            self._staged = (self._env.open_db(b"staged_kv"), self._env.open_db(b"staged_sessions"))
+            self._staged = tuple(self._env.open_db(name) for name in _STAGED)
             self.staging = self._staging = LMDBStaging(self, *self._staged)
             self._bootstrap(config or Config(frozenset()))
             self._transact(self._staging.clear)
@@ -291,6 +300,11 @@ class LMDBStore:
         with self._reading() as txn:
             return LMDBView(txn, self._tables).revision()
 
+    def auth_items(self) -> list:
+        """L{INodeStore.auth_items}: the auth table as of the last commit, in key order (one read)."""
+        with self._reading() as txn:
+            return list(LMDBView(txn, self._tables).auth_items())
+
     def snapshot_data(self) -> bytes:
         """
         Return the state as of the last commit, encoded with
@@ -362,7 +376,7 @@ class LMDBStore:
         pages = 2
         size = 0
         for db in (None, self._meta, self._log, self._kv, self._snapshot, self._sessions, self._session_use,
-                   *self._staged):
+                   self._auth, *self._staged):
             stat = txn.stat(db) if db is not None else txn.stat()
             size = stat["psize"]
             pages += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
@@ -443,7 +457,7 @@ class LMDBStore:
 
     def _install(self, txn, found: state.SnapshotState) -> None:
         """Replace the whole replicated state with C{state} (decoded, so checked)."""
-        for db in (self._kv, self._sessions, self._session_use):
+        for db in (self._kv, self._sessions, self._session_use, self._auth):
             txn.drop(db, delete=False)
         txn.cursor(db=self._kv).putmulti(
             (kv.key, state.encode_record(kv)) for kv in found.records
@@ -451,6 +465,8 @@ class LMDBStore:
         view = LMDBView(txn, self._tables)
         for client_id, session in found.sessions:
             view.put_session(client_id, session)
+        for key, value in found.auth:
+            view.auth_put(key, value)
         view.set_revision(found.revision)
         view.set_next_client_id(found.next_client_id)
 

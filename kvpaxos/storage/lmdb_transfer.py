@@ -1,9 +1,10 @@
 """
 A snapshot transfer in chunks on the LMDB provider (issue 11): the
 sender's L{LMDBSnapshotStream} (the state read from one read transaction,
-a chunk at a time) and the receiver's L{LMDBStaging} (chunks staged in two
-sub-databases, C{staged_kv} and C{staged_sessions}, and installed in the
-write transaction of the Ready that installs the snapshot).
+a chunk at a time) and the receiver's L{LMDBStaging} (chunks staged in three
+sub-databases, C{staged_kv}, C{staged_sessions} and C{staged_auth}, and
+installed in the write transaction of the Ready that installs the
+snapshot).
 
 Threads and the read gate (L{kvpaxos.storage.gate.ReadGate}): a stream's
 read transaction stays open for the whole transfer, but it is *used* only
@@ -37,7 +38,8 @@ import lmdb
 
 from kvpaxos.encoding import state, values
 from kvpaxos.encoding.state import decode_session
-from kvpaxos.encoding.transfer import TABLE_RECORDS, TABLE_SESSIONS
+from kvpaxos.encoding.transfer import TABLE_AUTH, TABLE_RECORDS, TABLE_SESSIONS
+from kvpaxos.storage import lmdb_auth
 from kvpaxos.storage.lmdb_view import LMDBView
 from kvpaxos.storage.staging import ChunkCutter, StagedState, StagingCheck, StreamInterrupted
 
@@ -89,6 +91,8 @@ class LMDBSnapshotStream:
         for table, db in ((TABLE_RECORDS, store._kv), (TABLE_SESSIONS, store._sessions)):
             for key, value in txn.cursor(db=db).iternext():
                 yield table, key, value
+        for key, value in lmdb_auth.items(txn, store._auth):
+            yield TABLE_AUTH, key, value
 
     def next_chunk(self, max_bytes: int) -> Optional[bytes]:
         """
@@ -130,13 +134,15 @@ class LMDBSnapshotStream:
 class LMDBStaging:
     """
     The chunks of one incoming transfer, staged in an
-    L{kvpaxos.storage.lmdb.LMDBStore}'s C{staged_kv} and C{staged_sessions}
-    sub-databases.  Every method runs on the writer thread.
+    L{kvpaxos.storage.lmdb.LMDBStore}'s C{staged_kv}, C{staged_sessions}
+    and C{staged_auth} sub-databases (the last laid out as the store's
+    C{auth}, L{kvpaxos.storage.lmdb_auth}).  Every method runs on the
+    writer thread.
     """
 
-    def __init__(self, store, staged_kv, staged_sessions) -> None:
+    def __init__(self, store, staged_kv, staged_sessions, staged_auth) -> None:
         self._store = store
-        self._dbs = {TABLE_RECORDS: staged_kv, TABLE_SESSIONS: staged_sessions}
+        self._dbs = {TABLE_RECORDS: staged_kv, TABLE_SESSIONS: staged_sessions, TABLE_AUTH: staged_auth}
         self._transfer: Optional[tuple] = None
         self._check: Optional[StagingCheck] = None
         self.complete = False
@@ -168,7 +174,10 @@ class LMDBStaging:
 
         def write(txn) -> None:
             for table, key, value, _ in found:
-                txn.put(key, value, db=dbs[table])
+                if table == TABLE_AUTH:
+                    lmdb_auth.put(txn, dbs[table], key, value)
+                else:
+                    txn.put(key, value, db=dbs[table])
 
         self._store._transact(write)
 
@@ -204,10 +213,12 @@ class LMDBStaging:
         """
         if not self.complete or staged.transfer != self._transfer:
             raise ValueError(f"transfer {staged.transfer} is not staged")
-        for db in (tables.kv, tables.sessions, tables.session_use):
+        for db in (tables.kv, tables.sessions, tables.session_use, tables.auth):
             txn.drop(db, delete=False)
         staged_kv = self._dbs[TABLE_RECORDS]
         txn.cursor(db=tables.kv).putmulti(txn.cursor(db=staged_kv).iternext())
+        # The staged auth table is laid out as the store's: copied as stored.
+        txn.cursor(db=tables.auth).putmulti(txn.cursor(db=self._dbs[TABLE_AUTH]).iternext())
         view = LMDBView(txn, tables)
         for key, value in txn.cursor(db=self._dbs[TABLE_SESSIONS]).iternext():
             view.put_session(values.decode_u64(key), decode_session(value))
@@ -238,21 +249,23 @@ def snapshot_now(store, step_bytes: int) -> tuple[int, bytes]:
                 copied = _copy_state(store, txn, step_bytes)
         if copied is not None:
             break
-    applied, revision, next_client_id, records, sessions = copied
+    applied, revision, next_client_id, records, sessions, auth = copied
     return applied, state.encode_snapshot(
         revision,
         next_client_id,
         records,
         [(values.decode_u64(key), value) for key, value in sessions],
+        list(lmdb_auth.entries(auth)),
     )
 
 
 def _copy_state(store, txn, step_bytes: int) -> Optional[tuple]:
     """
-    Return C{(applied, revision, next_client_id, records, sessions)} as
-    stored in C{txn}, records and sessions as their stored C{(key,
-    bytes)} pairs in key order; or C{None} if the writer asked for the
-    gate meanwhile (then the caller leaves it and starts over).
+    Return C{(applied, revision, next_client_id, records, sessions,
+    auth)} as stored in C{txn}, each table as its stored C{(key, bytes)}
+    pairs in key order (the auth table's as L{lmdb_auth} keeps them); or
+    C{None} if the writer asked for the gate meanwhile (then the caller
+    leaves it and starts over).
     """
     view = LMDBView(txn, store._tables)
     head = (
@@ -261,7 +274,7 @@ def _copy_state(store, txn, step_bytes: int) -> Optional[tuple]:
         view.next_client_id(),
     )
     tables = []
-    for db in (store._kv, store._sessions):
+    for db in (store._kv, store._sessions, store._auth):
         pairs: list = []
         items = txn.cursor(db=db).iternext()
         while copy_step(items, pairs, step_bytes):

@@ -4,7 +4,8 @@ L{kvpaxos.storage.lmdb.LMDBStore} transaction, over the store's
 sub-databases (L{Tables}; their layout is described in
 L{kvpaxos.storage.lmdb}).  Records and sessions are encoded by
 L{kvpaxos.encoding.state}, keys and counters by
-L{kvpaxos.encoding.values}.  It opens, commits and aborts nothing.
+L{kvpaxos.encoding.values}; the auth table is kept by
+L{kvpaxos.storage.lmdb_auth}.  It opens, commits and aborts nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import NamedTuple
 from zope.interface import implementer
 
 from kvpaxos.encoding import state, values
+from kvpaxos.storage import lmdb_auth
 from kvpaxos.storage.interfaces import IStateView
 
 #: Keys of the C{meta} sub-database that the state machine's view owns.
@@ -28,6 +30,7 @@ class Tables(NamedTuple):
     kv: object
     sessions: object
     session_use: object
+    auth: object
 
 
 @implementer(IStateView)
@@ -37,7 +40,7 @@ class LMDBView:
     C{tables}; read-only use over a read transaction is fine.
     """
 
-    __slots__ = ("_txn", "_meta", "_kv", "_sessions", "_use")
+    __slots__ = ("_txn", "_meta", "_kv", "_sessions", "_use", "_auth")
 
     def __init__(self, txn, tables: Tables) -> None:
         self._txn = txn
@@ -45,6 +48,7 @@ class LMDBView:
         self._kv = tables.kv
         self._sessions = tables.sessions
         self._use = tables.session_use
+        self._auth = tables.auth
 
     def get(self, key: bytes):
         data = self._txn.get(key, db=self._kv)
@@ -116,3 +120,16 @@ class LMDBView:
 
     def set_next_client_id(self, client_id: int) -> None:
         self._txn.put(NEXT_CLIENT_ID, values.encode_u64(client_id), db=self._meta)
+
+    def auth_get(self, key: bytes):
+        return lmdb_auth.get(self._txn, self._auth, key)
+
+    def auth_put(self, key: bytes, value: bytes) -> None:
+        state.check_auth_entry(key, value)
+        lmdb_auth.put(self._txn, self._auth, key, value)
+
+    def auth_delete(self, key: bytes) -> None:
+        lmdb_auth.delete(self._txn, self._auth, key)
+
+    def auth_items(self):
+        return lmdb_auth.items(self._txn, self._auth)

@@ -2,7 +2,7 @@
 The in-memory storage providers: L{MemoryStorage}, a real L{IReplicaStorage}
 whose "disk" is a Python object, and L{MemoryStore}, the L{INodeStore} built
 on it with a L{MemoryState} for the replicated state (records, revision,
-sessions).  Tests, the simulator and the benchmarks use
+sessions, the auth table).  Tests, the simulator and the benchmarks use
 them; a simulated crash keeps the provider (what was saved) and drops the
 replica (what was not).  Nothing here touches a disk.
 """
@@ -78,7 +78,7 @@ class MemoryState:
     The replicated state in memory, its own L{IStateView} (what
     L{machine.apply_batch} applies through): records by key with their keys kept sorted,
     the revision, the session table with its least-recently-used order,
-    the next client id.
+    the next client id, the auth table with its keys kept sorted.
 
     While C{journal} is a list, every change notes what it replaced there,
     so that L{rollback} undoes a commit that failed halfway.
@@ -92,6 +92,9 @@ class MemoryState:
         self.by_use: list = []
         self._revision = 0
         self._next_client_id = FIRST_CLIENT_ID
+        #: The auth table (bytes -> bytes) and its keys, sorted.
+        self.auth: dict = {}
+        self.auth_keys: list = []
         self.journal: list | None = None
 
     @classmethod
@@ -102,11 +105,14 @@ class MemoryState:
         @raise kvpaxos.encoding.errors.CorruptState: C{data} is not a snapshot.
         """
         found = encoded.decode_snapshot(data)
-        return cls.of(found.revision, found.next_client_id, found.records, found.sessions)
+        return cls.of(found.revision, found.next_client_id, found.records, found.sessions, found.auth)
 
     @classmethod
-    def of(cls, revision: int, next_client_id: int, records, sessions) -> "MemoryState":
-        """Return the state of checked C{records} (in key order) and C{(client id, Session)}s."""
+    def of(cls, revision: int, next_client_id: int, records, sessions, auth) -> "MemoryState":
+        """
+        Return the state of checked C{records} (in key order), C{(client
+        id, Session)}s and auth C{(key, value)}s (in key order).
+        """
         state = cls()
         state._revision = revision
         state._next_client_id = next_client_id
@@ -114,20 +120,25 @@ class MemoryState:
         state.keys = [kv.key for kv in records]
         state.sessions = dict(sessions)
         state.by_use = sorted((s.last_used, c) for c, s in sessions)
+        state.auth = dict(auth)
+        state.auth_keys = [key for key, _ in auth]
         return state
 
     def snapshot_data(self) -> bytes:
         """Return this state as snapshot bytes (L{kvpaxos.encoding.state.encode_snapshot})."""
         return _encode_state(
-            self._revision, self._next_client_id, self.keys, self.records, self.sessions
+            self._revision, self._next_client_id, self.keys, self.records, self.sessions,
+            self.auth_keys, self.auth,
         )
 
     def snapshot_copy(self) -> tuple:
         """
         Return what L{snapshot_data} encodes, for L{encode_snapshot_copy}:
         shallow copies of the tables (their records and sessions are
-        frozen), nothing encoded.  Copies at C speed, so that a lock need
-        only be held while they are taken, not while they are encoded.
+        frozen; auth values are bytes), nothing encoded: C{(revision,
+        next_client_id, keys, records, sessions, auth_keys, auth)}.  Copies
+        at C speed, so that a lock need only be held while they are taken,
+        not while they are encoded.
         """
         return (
             self._revision,
@@ -135,6 +146,8 @@ class MemoryState:
             list(self.keys),
             dict(self.records),
             dict(self.sessions),
+            list(self.auth_keys),
+            dict(self.auth),
         )
 
     # --- records ---
@@ -194,6 +207,23 @@ class MemoryState:
         self._note(_NEXT_CLIENT_ID, None, self._next_client_id)
         self._next_client_id = client_id
 
+    # --- the auth table ---
+
+    def auth_get(self, key: bytes):
+        return self.auth.get(key)
+
+    def auth_put(self, key: bytes, value: bytes) -> None:
+        encoded.check_auth_entry(key, value)
+        self._set_auth(key, value)
+
+    def auth_delete(self, key: bytes) -> None:
+        self._set_auth(key, None)
+
+    def auth_items(self):
+        auth = self.auth
+        for key in self.auth_keys:
+            yield key, auth[key]
+
     # --- changes and their undoing ---
 
     def _note(self, kind: int, key, old) -> None:
@@ -222,6 +252,18 @@ class MemoryState:
             insort(self.by_use, (session.last_used, client_id))
             self.sessions[client_id] = session
 
+    def _set_auth(self, key: bytes, value) -> None:
+        old = self.auth.get(key)
+        self._note(_AUTH, key, old)
+        if value is None:
+            if old is not None:
+                del self.auth[key]
+                del self.auth_keys[bisect_left(self.auth_keys, key)]
+        else:
+            if old is None:
+                insort(self.auth_keys, key)
+            self.auth[key] = value
+
     def rollback(self) -> None:
         """Undo every change noted in the journal, newest first."""
         journal, self.journal = self.journal or [], None
@@ -230,22 +272,25 @@ class MemoryState:
                 self._set_record(key, old)
             elif kind == _SESSION:
                 self._set_session(key, old)
+            elif kind == _AUTH:
+                self._set_auth(key, old)
             elif kind == _REVISION:
                 self._revision = old
             else:
                 self._next_client_id = old
 
 
-_RECORD, _SESSION, _REVISION, _NEXT_CLIENT_ID = range(4)
+_RECORD, _SESSION, _REVISION, _NEXT_CLIENT_ID, _AUTH = range(5)
 
 
-def _encode_state(revision: int, next_client_id: int, keys, records, sessions) -> bytes:
+def _encode_state(revision: int, next_client_id: int, keys, records, sessions, auth_keys, auth) -> bytes:
     """The snapshot bytes of a state's parts (see L{MemoryState.snapshot_data})."""
     return encoded.encode_snapshot(
         revision,
         next_client_id,
         [(key, encoded.encode_record(records[key])) for key in keys],
         [(c, encoded.encode_session(sessions[c])) for c in sorted(sessions)],
+        [(key, auth[key]) for key in auth_keys],
     )
 
 
@@ -359,6 +404,11 @@ class MemoryStore:
         """Return the store's revision as of the last commit."""
         with self._lock:
             return self._state.revision()
+
+    def auth_items(self) -> list:
+        """L{INodeStore.auth_items}: the auth table as of the last commit, in key order."""
+        with self._lock:
+            return list(self._state.auth_items())
 
     def snapshot_data(self) -> bytes:
         """

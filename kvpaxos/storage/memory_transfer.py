@@ -9,7 +9,9 @@ L{kvpaxos.storage.memory.MemoryStore}; nothing here touches a disk.
 from __future__ import annotations
 
 from kvpaxos.storage.staging import (
+    TABLE_AUTH,
     TABLE_RECORDS,
+    TABLE_SESSIONS,
     ChunkCutter,
     StagedState,
     StagingCheck,
@@ -20,8 +22,8 @@ from kvpaxos.storage.staging import (
 class MemorySnapshotStream:
     """
     L{INodeStore.open_snapshot_stream} of a L{MemoryStore}: the tables as
-    of the last commit (shallow copies taken under its lock; records and
-    sessions are immutable), encoded a chunk at a time.
+    of the last commit (shallow copies taken under its lock; records,
+    sessions and auth values are immutable), encoded a chunk at a time.
     """
 
     def __init__(self, store) -> None:
@@ -58,8 +60,9 @@ class MemoryStaging:
     def stage(self, transfer: tuple, records: bytes) -> None:
         """Check and stage one chunk's records (raises as L{StagingCheck.take})."""
         self._expect(transfer)
+        tables = {TABLE_RECORDS: self._records, TABLE_SESSIONS: self._sessions, TABLE_AUTH: self._auth}
         for table, _, _, decoded in self._check.take(records):
-            (self._records if table == TABLE_RECORDS else self._sessions).append(decoded)
+            tables[table].append(decoded)
 
     def finish(self, transfer: tuple) -> StagedState:
         """Mark C{transfer} wholly staged; return the handle that installs it."""
@@ -73,6 +76,7 @@ class MemoryStaging:
         self._transfer = self._check = None
         self._records: list = []
         self._sessions: list = []
+        self._auth: list = []
         self.complete = False
 
     installed = discard
@@ -84,10 +88,10 @@ class MemoryStaging:
     def state(self, staged: StagedState) -> tuple:
         """
         The staged state of C{staged}, to install: C{(revision,
-        next_client_id, records, sessions)} for C{MemoryState.of}.
+        next_client_id, records, sessions, auth)} for C{MemoryState.of}.
 
         @raise ValueError: C{staged} is not the transfer wholly staged here.
         """
         if not self.complete or staged.transfer != self._transfer:
             raise ValueError(f"transfer {staged.transfer} is not staged")
-        return staged.revision, staged.next_client_id, self._records, self._sessions
+        return staged.revision, staged.next_client_id, self._records, self._sessions, self._auth

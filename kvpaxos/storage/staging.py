@@ -3,16 +3,17 @@ The provider-independent halves of a snapshot transfer in chunks (issue
 11), shared by both store providers:
 
   - L{ChunkCutter}: the sender's side.  Cuts the stored C{(table, key,
-    value)} triples of one consistent read (in key order, records then
-    sessions) into chunks' records of at most a given size
+    value)} triples of one consistent read (in key order, records, then
+    sessions, then the auth table) into chunks' records of at most a given size
     (L{kvpaxos.encoding.transfer.encode_records}), splitting a value larger
     than a chunk into pieces.  It holds at most one value beyond the chunk
     it builds.
   - L{StagingCheck}: the receiver's side.  Takes chunks' records in order,
     checks every record as L{kvpaxos.encoding.state.decode_snapshot} would
     (keys in order and in bounds, records and sessions that decode, revisions
-    and client ids possible) and returns the complete ones to stage.  It
-    holds at most one value's pieces.
+    and client ids possible, auth entries within the auth table's bounds)
+    and returns the complete ones to stage.  It holds at most one value's
+    pieces.
   - L{StagedState}: the C{Snapshot.data} of a staged transfer, the handle
     the core passes through to C{Ready.install_snapshot}.
 
@@ -29,6 +30,7 @@ from kvpaxos.encoding.errors import CorruptState
 from kvpaxos.encoding.reader import U64
 from kvpaxos.encoding.transfer import (
     RECORDS_HEAD_BYTES,
+    TABLE_AUTH,
     TABLE_RECORDS,
     TABLE_SESSIONS,
     decode_records,
@@ -128,13 +130,15 @@ class StagingCheck:
         self._table = TABLE_RECORDS
         self._last_key = b""
         self._last_client = 0
-        #: (table, key, pieces) of a value that continues.
+        #: (table, key, pieces) of a value that continues, and their bytes.
         self._partial: Optional[tuple] = None
+        self._partial_bytes = 0
 
     def take(self, records: bytes) -> list:
         """
         Check one chunk's records; return its complete C{(table, key,
-        value, decoded)} (a L{KeyValue} or a C{(client id, Session)}).
+        value, decoded)} (a L{KeyValue}, a C{(client id, Session)}, or an
+        auth entry's C{(key, value)}).
 
         @raise MalformedMessage: the records are not laid out as a chunk's.
         @raise CorruptState: a record is unsound or out of order.
@@ -147,19 +151,32 @@ class StagingCheck:
                 if partial[0] != table or partial[1] != key:
                     raise CorruptState(f"the value of {partial[1]!r} is cut short")
                 partial[2].append(value)
+                self._piece_bytes(table, key, len(value))
                 if more:
                     continue
                 value = b"".join(partial[2])
                 self._partial = None
             elif more:
                 self._partial = (table, key, [value])
+                self._partial_bytes = 0
+                self._piece_bytes(table, key, len(value))
                 continue
             out.append((table, key, value, self._check(table, key, value)))
         return out
 
+    def _piece_bytes(self, table: int, key: bytes, size: int) -> None:
+        # An auth value is bounded: refuse its pieces as soon as they exceed it.
+        self._partial_bytes += size
+        if table == TABLE_AUTH:
+            fault = state.auth_entry_fault(len(key), self._partial_bytes)
+            if fault is not None:
+                raise CorruptState(fault)
+
     def _check(self, table: int, key: bytes, value: bytes):
         if table < self._table:
-            raise CorruptState("records after sessions")
+            raise CorruptState(f"table {table} after table {self._table}")
+        if table != self._table:
+            self._last_key = b""
         self._table = table
         if table == TABLE_RECORDS:
             if not 0 < len(key) <= MAX_KEY_BYTES:
@@ -171,6 +188,14 @@ class StagingCheck:
                 raise CorruptState(f"record of {key!r} has impossible revisions")
             self._last_key = key
             return kv
+        if table == TABLE_AUTH:
+            fault = state.auth_entry_fault(len(key), len(value))
+            if fault is not None:
+                raise CorruptState(fault)
+            if key <= self._last_key:
+                raise CorruptState("auth keys out of order")
+            self._last_key = key
+            return key, value
         assert table == TABLE_SESSIONS
         if len(key) != U64.size:
             raise CorruptState(f"session key of {len(key)} bytes")
@@ -194,11 +219,13 @@ def memory_triples(copy: tuple) -> Iterator:
     L{kvpaxos.storage.memory.MemoryState.snapshot_copy}, encoded one at a
     time as they are cut.
     """
-    _, _, keys, records, sessions = copy
+    _, _, keys, records, sessions, auth_keys, auth = copy
     for key in keys:
         yield TABLE_RECORDS, key, state.encode_record(records[key])
     for client_id in sorted(sessions):
         yield TABLE_SESSIONS, U64.pack(client_id), state.encode_session(sessions[client_id])
+    for key in auth_keys:
+        yield TABLE_AUTH, key, auth[key]
 
 
 __all__ = [
@@ -206,6 +233,7 @@ __all__ = [
     "StagingCheck",
     "StagedState",
     "StreamInterrupted",
+    "TABLE_AUTH",
     "TABLE_RECORDS",
     "TABLE_SESSIONS",
     "memory_triples",

@@ -91,7 +91,7 @@ class ForgedPeer(Scenario):
         else:
             index = replica.chosen_index + rng.choice((1, 5, 1000))
             if kind == "snapshot":
-                data = encode_snapshot(index, 1, [], [])
+                data = encode_snapshot(index, 1, [], [], [])
             else:
                 data = rng.getrandbits(8 * 24).to_bytes(24, "big")
             message = InstallSnapshot(src, victim, Snapshot(index, replica.config, data))

@@ -28,7 +28,13 @@ from twisted.internet import defer
 
 from kvpaxos.encoding.reader import U64
 from kvpaxos.encoding.state import decode_record, decode_session
-from kvpaxos.encoding.transfer import TABLE_RECORDS, SnapshotChunk, SnapshotDone, SnapshotOffer
+from kvpaxos.encoding.transfer import (
+    TABLE_RECORDS,
+    TABLE_SESSIONS,
+    SnapshotChunk,
+    SnapshotDone,
+    SnapshotOffer,
+)
 from kvpaxos.node.reads import ReadPath
 from kvpaxos.node.service import ReplicaService
 from kvpaxos.node.snapshots import SnapshotPath
@@ -222,7 +228,9 @@ class TrustingStagingCheck(StagingCheck):
     def _check(self, table: int, key: bytes, value: bytes):
         if table == TABLE_RECORDS:
             return decode_record(key, value)
-        return U64.unpack(key)[0], decode_session(value)
+        if table == TABLE_SESSIONS:
+            return U64.unpack(key)[0], decode_session(value)
+        return key, value
 
 
 def trust_chunks(service) -> None:

@@ -13,7 +13,7 @@ moments is caught (plant C{torn-backup}).
 from __future__ import annotations
 
 from kvpaxos.encoding import state, values
-from kvpaxos.encoding.transfer import TABLE_RECORDS
+from kvpaxos.encoding.transfer import TABLE_AUTH, TABLE_RECORDS
 from kvpaxos.testing.reference import state_hash
 
 _REFUSALS = (b"REJECTED", b"UNAVAILABLE", b"NOT_LEADER")
@@ -74,19 +74,21 @@ class BackupsMixin:
                 waiting.append((node_id, header, chunks))
                 continue
             check = StagingCheck(header.revision, header.next_client_id)
-            records, sessions = [], []
+            records, sessions, auth = [], [], []
             try:
                 for chunk in chunks:
                     for table, key, value, _ in check.take(chunk):
                         if table == TABLE_RECORDS:
                             records.append((key, value))
+                        elif table == TABLE_AUTH:
+                            auth.append((key, value))
                         else:
                             sessions.append((values.decode_u64(key), value))
                 check.finish()
             except Exception as error:  # what a restore would refuse
                 self.fail("backup", f"node {node_id}'s backup at slot {header.index} does not restore: {error}")
                 return
-            data = state.encode_snapshot(header.revision, header.next_client_id, records, sessions)
+            data = state.encode_snapshot(header.revision, header.next_client_id, records, sessions, auth)
             if state_hash(data) != expected:
                 self.fail("backup", f"node {node_id}'s backup says slot {header.index} (revision"
                           f" {header.revision}) but holds another state")

@@ -31,7 +31,8 @@ from kvpaxos.testing.simworld import Process
 def copy_memory_store(store):
     """
     Return a copy of a L{kvpaxos.storage.memory.MemoryStore} that shares
-    nothing mutable with it (its records and sessions are immutable values).
+    nothing mutable with it (its records, sessions and auth values are
+    immutable values).
     Uses the store's private attributes: the seam wanted is a
     C{MemoryStore.copy()}.
     """
@@ -44,6 +45,8 @@ def copy_memory_store(store):
     state.keys = list(state.keys)
     state.sessions = dict(state.sessions)
     state.by_use = list(state.by_use)
+    state.auth = dict(state.auth)
+    state.auth_keys = list(state.auth_keys)
     state.journal = None
     new._state = state
     new._lock = threading.Lock()
