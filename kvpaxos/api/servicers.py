@@ -111,6 +111,11 @@ def _rpc(method):
     return handler
 
 
+def _given(credential: Credential) -> tuple:
+    """The credential argument of a node call: none when the request brings none."""
+    return () if credential is NO_CREDENTIAL else (credential,)
+
+
 class _Expired(Exception):
     """A request's wait for the node ran out."""
 
@@ -285,7 +290,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         consistency = _checked(self._calls.member_id, partial(convert.consistency_name, request.consistency))
         credential = self._calls.credential(context)
         result, header = await self._calls.call(
-            context, lambda timeout_s: self._node.range(query, timeout_s, consistency, credential)
+            context, lambda timeout_s: self._node.range(query, timeout_s, consistency, *_given(credential))
         )
         if not result.kvs:
             return kv_pb2.GetResponse(header=header, found=False)
@@ -319,7 +324,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         consistency = _checked(self._calls.member_id, partial(convert.consistency_name, request.consistency))
         credential = self._calls.credential(context)
         result, header = await self._calls.call(
-            context, lambda timeout_s: self._node.range(query, timeout_s, consistency, credential)
+            context, lambda timeout_s: self._node.range(query, timeout_s, consistency, *_given(credential))
         )
         response, _ = convert.range_response(result, header)
         return response
@@ -369,7 +374,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         """
         credential = self._calls.credential(context)
         result, header = await self._calls.call(
-            context, lambda timeout_s: self._node.submit(command, timeout_s, credential))
+            context, lambda timeout_s: self._node.submit(command, timeout_s, *_given(credential)))
         if not isinstance(result, kind):
             if command.client_id:
                 _abort(sequence_reused(command), header.member_id)
