@@ -24,6 +24,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from kvpaxos.api import convert
+from kvpaxos.api.credentials import node_arguments, request_credential
 from kvpaxos.api.crossing import LoopPost, ReactorCrossing
 from kvpaxos.api.errors import InvalidArgument, Unavailable
 from kvpaxos.api.limits import MAX_MESSAGE_BYTES
@@ -44,7 +45,7 @@ from kvpaxos.api.statuses import (
     status_for,
     unavailable,
 )
-from kvpaxos.kv.auth import NO_CREDENTIAL, Credential
+from kvpaxos.kv.auth import Credential
 from kvpaxos.kv.commands import (
     Op,
     RangeResult,
@@ -57,9 +58,6 @@ from kvpaxos.kv.commands import (
     validate_request,
 )
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
-
-#: The metadata key of a token (etcd's).
-TOKEN_METADATA = "token"
 
 #: The node is given this share of a request's wait as its C{timeout_s}, so
 #: that its own L{Unavailable} (which knows why, and names the leader)
@@ -111,11 +109,6 @@ def _rpc(method):
     return handler
 
 
-def _given(credential: Credential) -> tuple:
-    """The credential argument of a node call: none when the request brings none."""
-    return () if credential is NO_CREDENTIAL else (credential,)
-
-
 class _Expired(Exception):
     """A request's wait for the node ran out."""
 
@@ -150,26 +143,8 @@ class _NodeCalls:
         self.cert_names_user = False
 
     def credential(self, context) -> Credential:
-        """
-        Return the credential a request brings: the C{token} metadata, and
-        the client certificate's common name if L{cert_names_user}.  A
-        streamed request brings its stream's (C{context.credential}).
-        """
-        streamed = getattr(context, "credential", None)
-        if streamed is not None:
-            return streamed
-        token = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == TOKEN_METADATA:
-                token = value if isinstance(value, str) else ""
-        common_name = ""
-        if self.cert_names_user:
-            names = (context.auth_context() or {}).get("x509_common_name") or ()
-            if names:
-                common_name = names[0].decode("utf-8", "replace")
-        if not token and not common_name:
-            return NO_CREDENTIAL
-        return Credential(token, common_name)
+        """The credential the request of C{context} brings (L{request_credential})."""
+        return request_credential(context, self.cert_names_user)
 
     def count(self, method: str, code: grpc.StatusCode) -> None:
         """One request of C{method} answered with C{code} (for the metrics, if there are any)."""
@@ -290,7 +265,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         consistency = _checked(self._calls.member_id, partial(convert.consistency_name, request.consistency))
         credential = self._calls.credential(context)
         result, header = await self._calls.call(
-            context, lambda timeout_s: self._node.range(query, timeout_s, consistency, *_given(credential))
+            context, lambda timeout_s: self._node.range(query, timeout_s, consistency, *node_arguments(credential))
         )
         if not result.kvs:
             return kv_pb2.GetResponse(header=header, found=False)
@@ -324,7 +299,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         consistency = _checked(self._calls.member_id, partial(convert.consistency_name, request.consistency))
         credential = self._calls.credential(context)
         result, header = await self._calls.call(
-            context, lambda timeout_s: self._node.range(query, timeout_s, consistency, *_given(credential))
+            context, lambda timeout_s: self._node.range(query, timeout_s, consistency, *node_arguments(credential))
         )
         response, _ = convert.range_response(result, header)
         return response
@@ -374,7 +349,7 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         """
         credential = self._calls.credential(context)
         result, header = await self._calls.call(
-            context, lambda timeout_s: self._node.submit(command, timeout_s, *_given(credential)))
+            context, lambda timeout_s: self._node.submit(command, timeout_s, *node_arguments(credential)))
         if not isinstance(result, kind):
             if command.client_id:
                 _abort(sequence_reused(command), header.member_id)

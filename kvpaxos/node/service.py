@@ -421,8 +421,7 @@ class ReplicaService(NodeWatch, BackupSource, AuthCalls, Service):
         return deferToThreadPool(reactor, self._pool, commit, work, from_writer)
 
     def _applied_early(self, through: int, installed: bool, results) -> None:
-        # Auth changes note themselves first: their callers wait for the reload.
-        self.auth.applied(results, installed)
+        self.auth.applied(results, installed)  # first: auth changes' callers wait for the reload
         self.writes.answer_early(through, results)
 
     def _committed(self, results, rd) -> None:
