@@ -47,6 +47,9 @@ The catalogue (reason: gRPC code, whose fault, metadata):
   - L{AUTH_REFUSED}: FAILED_PRECONDITION; the client's (an auth change
     whose precondition does not hold: a user or role that exists already
     or does not, auth enabled without a root user, ...); nothing changed.
+  - L{AUTH_NOT_ENABLED}: FAILED_PRECONDITION; nobody's (C{Authenticate}
+    while auth is disabled: a client given a user and password then
+    sends its requests without a token, as etcd's clients do).
   - L{INTERNAL}: INTERNAL; the server's (a bug or a broken dependency).
 
 Every ErrorInfo also names the member that answered (L{MEMBER_ID}).
@@ -85,6 +88,7 @@ NO_SPACE = "NO_SPACE"
 UNAUTHENTICATED = "UNAUTHENTICATED"
 PERMISSION_DENIED = "PERMISSION_DENIED"
 AUTH_REFUSED = "AUTH_REFUSED"
+AUTH_NOT_ENABLED = "AUTH_NOT_ENABLED"
 INTERNAL = "INTERNAL"
 
 #: Each reason and the one gRPC status code it travels with.
@@ -102,6 +106,7 @@ REASONS: Mapping[str, grpc.StatusCode] = {
     UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     AUTH_REFUSED: grpc.StatusCode.FAILED_PRECONDITION,
+    AUTH_NOT_ENABLED: grpc.StatusCode.FAILED_PRECONDITION,
     INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
@@ -189,6 +194,13 @@ class AuthRefused(ApiError):
     """
     An auth change whose precondition does not hold (FAILED_PRECONDITION,
     reason L{AUTH_REFUSED}, etcd's message); nothing changed.
+    """
+
+
+class AuthNotEnabled(AuthRefused):
+    """
+    C{Authenticate} while auth is disabled (FAILED_PRECONDITION, reason
+    L{AUTH_NOT_ENABLED}): no token is needed.
     """
 
 

@@ -122,6 +122,8 @@ def status_for(error: Union[BaseException, StaleSequence, SessionExpired, AuthRe
         return Status(grpc.StatusCode.UNAUTHENTICATED, str(error), errors.UNAUTHENTICATED)
     if isinstance(error, errors.PermissionDenied):
         return Status(grpc.StatusCode.PERMISSION_DENIED, str(error), errors.PERMISSION_DENIED)
+    if isinstance(error, errors.AuthNotEnabled):
+        return Status(grpc.StatusCode.FAILED_PRECONDITION, str(error), errors.AUTH_NOT_ENABLED)
     if isinstance(error, errors.AuthRefused):
         return Status(grpc.StatusCode.FAILED_PRECONDITION, str(error), errors.AUTH_REFUSED)
     if isinstance(error, SessionExpired):

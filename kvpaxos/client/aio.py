@@ -16,8 +16,11 @@ import grpc.aio
 
 from kvpaxos.api.endpoints import CHANNEL_OPTIONS, parse_endpoint
 from kvpaxos.client import requests
-from kvpaxos.client.blocking import DEFAULT_REFRESH_S, Connection, Reply, _Base, tls_channel_factory
-from kvpaxos.client.errors import member_error, rpc_failure
+from kvpaxos.client.auth import authenticate_operation
+from kvpaxos.client.blocking import (
+    DEFAULT_REFRESH_S, NEEDS_TOKEN, Connection, Reply, _Base, _call_with, tls_channel_factory,
+)
+from kvpaxos.client.errors import AuthNotEnabled, member_error, rpc_failure
 from kvpaxos.client.requests import BytesLike, Operation, RangePager, RangeResult
 from kvpaxos.client.retry import Backoff, Pause, Refresh, Session
 from kvpaxos.client.stream import Multiplexer
@@ -55,14 +58,27 @@ class AsyncClient(_Base):
         clock: Callable[[], float] = time.monotonic, rng: Optional[random.Random] = None,
         backoff: Optional[Backoff] = None, refresh_s: Optional[float] = DEFAULT_REFRESH_S, stream: bool = True,
         cacert: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None,
+        user: Optional[str] = None, password: Optional[str] = None,
     ) -> None:
         channel_factory = channel_factory or tls_channel_factory(open_aio_channel, cacert, cert, key)
         super().__init__(endpoints, timeout_s, session, channel_factory, clock, rng, backoff,
-                         refresh_s, Multiplexer if stream else None)
+                         refresh_s, Multiplexer if stream else None, user, password)
         self._sleep = sleep
+
+    async def _metadata(self, operation: Operation, deadline: float) -> Optional[tuple]:
+        metadata = self._metadata_now(operation)
+        if metadata is not NEEDS_TOKEN:
+            return metadata
+        try:
+            reply = await self._attempt(authenticate_operation(self._credentials), None, deadline, False)
+        except AuthNotEnabled:
+            reply = None
+        return self._authenticated(reply)
 
     async def _attempt(self, operation: Operation, request: Any, deadline: float, in_session: bool) -> Reply:
         attempts = self._policy.attempts(operation, deadline, in_session)
+        request = operation.request if request is None else request
+        metadata, renewed = await self._metadata(operation, deadline), False
         while True:
             step = attempts.next_step(self._clock())
             if isinstance(step, Pause):
@@ -77,27 +93,34 @@ class AsyncClient(_Base):
                 attempts.listed(step.endpoint, listing)
                 continue
             try:
-                response = await self._send(self._connection(step.endpoint), operation, request, step.timeout_s)
+                response = await self._send(self._connection(step.endpoint), operation, request, step.timeout_s,
+                                            metadata)
             except grpc.RpcError as error:
-                attempts.failed(step.endpoint, rpc_failure(error))
+                failure = rpc_failure(error)
+                if self._renews(operation, failure, metadata, renewed):
+                    metadata, renewed = await self._metadata(operation, deadline), True
+                    continue  # the same request (session fields included), with a new token
+                attempts.failed(step.endpoint, failure)
                 continue
             attempts.answered(step.endpoint, response.header)
             return Reply(step.endpoint, response)
 
     @staticmethod
-    async def _send(connection: Connection, operation: Operation, request: Any, timeout_s: float) -> Any:
+    async def _send(connection: Connection, operation: Operation, request: Any, timeout_s: float,
+                    metadata: Optional[tuple] = None) -> Any:
         stream, kind = connection.stream, connection.streamed_kind(operation)
         if stream is not None and kind is not None:
             try:
                 return await stream.request(kind, request, timeout_s)
             except grpc.RpcError as error:
                 connection.stream_failed(stream, error)
-        return await getattr(getattr(connection, operation.service), operation.rpc)(request, timeout=timeout_s)
+        return await _call_with(getattr(getattr(connection, operation.service), operation.rpc), request,
+                                timeout_s, metadata)
 
     async def call(self, operation: Operation) -> Reply:
         """See L{Client.call}."""
         deadline = self._policy.deadline(self._clock())
-        if not operation.write or self._sessions is None:
+        if not operation.write or not operation.session or self._sessions is None:
             return await self._attempt(operation, operation.request, deadline, False)
         resent = False
         while True:
@@ -115,6 +138,11 @@ class AsyncClient(_Base):
                 raise
             self._sessions.settle(session, None, resent)
             return reply
+
+    def _auth_result(self, operation: Operation, read: Callable[[Any], Any]) -> Any:
+        async def result():
+            return read((await self.call(operation)).response)
+        return result()
 
     async def get(self, key: BytesLike, consistency: Union[str, int] = "linearizable") -> Optional[bytes]:
         """See L{Client.get}."""

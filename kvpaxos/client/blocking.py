@@ -18,12 +18,13 @@ import grpc
 
 from kvpaxos.api.endpoints import CHANNEL_OPTIONS, parse_endpoint, parse_endpoints
 from kvpaxos.client import requests
-from kvpaxos.client.errors import ClientError, member_error, rpc_failure
+from kvpaxos.client.auth import AuthMethods, authenticate_operation, credentials_of, is_authenticate, unauthenticated
+from kvpaxos.client.errors import AuthNotEnabled, ClientError, member_error, rpc_failure
 from kvpaxos.client.requests import BytesLike, Operation, RangePager, RangeResult
 from kvpaxos.client.retry import Backoff, Directory, Pause, Refresh, RetryPolicy, Session, SessionPool
 from kvpaxos.client.stream import KIND_OF_RPC, BlockingMultiplexer, as_unavailable, broken
 from kvpaxos.tls import grpc_channel_credentials
-from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
+from kvpaxos.v1 import auth_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 __all__ = ["Client", "Connection", "DEFAULT_REFRESH_S", "Reply", "open_channel"]
 
@@ -76,6 +77,7 @@ class Connection:
         self.channel = channel
         self.kv = kv_pb2_grpc.KVStub(channel)
         self.cluster = kv_pb2_grpc.ClusterStub(channel)
+        self.auth = auth_pb2_grpc.AuthStub(channel)
         self.stream = multiplexer(channel) if multiplexer is not None else None
 
     @staticmethod
@@ -103,11 +105,14 @@ class Connection:
         raise as_unavailable(error) from None
 
 
-class _Base:
-    """What both clients share: the policy, the sessions and the connections."""
+class _Base(AuthMethods):
+    """What both clients share: the policy, the sessions, the credentials and the connections."""
 
     def __init__(self, endpoints, timeout_s, session, channel_factory, clock, rng, backoff, refresh_s,
-                 multiplexer) -> None:
+                 multiplexer, user=None, password=None) -> None:
+        self._credentials = credentials_of(user, password)
+        if self._credentials is not None:
+            multiplexer = None  # a token is one call's credential: unary RPCs
         self._policy = RetryPolicy(
             Directory(parse_endpoints(endpoints), refresh_s), backoff or Backoff(), rng or random.Random(), timeout_s)
         self._sessions = SessionPool() if session else None
@@ -129,6 +134,32 @@ class _Base:
         """The leader last heard of, or None."""
         return self._policy.directory.leader
 
+    def _metadata_now(self, operation: Operation) -> Optional[tuple]:
+        """
+        The metadata C{operation} carries (the token), or None when it
+        carries none; L{NEEDS_TOKEN} when the client must authenticate first.
+        """
+        credentials = self._credentials
+        if credentials is None or is_authenticate(operation):
+            return None
+        return NEEDS_TOKEN if credentials.needs_token() else credentials.metadata()
+
+    def _authenticated(self, reply: Optional[Reply]) -> Optional[tuple]:
+        """Take C{Authenticate}'s C{reply} (None: auth is disabled); return the metadata to send."""
+        self._credentials.authenticated(reply.response.token if reply is not None else None)
+        return self._credentials.metadata()
+
+    def _renews(self, operation: Operation, failure, metadata: Optional[tuple], renewed: bool) -> bool:
+        """
+        Whether a request answered C{failure} authenticates again and is
+        sent once more (UNAUTHENTICATED, once per call, for a client with
+        a user); if so its token is dropped.
+        """
+        if self._credentials is None or renewed or is_authenticate(operation) or not unauthenticated(failure):
+            return False
+        self._credentials.refused(metadata)
+        return True
+
     def _connection(self, endpoint: str) -> Connection:
         with self._connections_lock:
             if self._closed:
@@ -144,6 +175,16 @@ class _Base:
             self._closed = True
             connections, self._connections = list(self._connections.values()), {}
         return connections
+
+
+#: What L{_Base._metadata_now} answers when the client must authenticate first.
+NEEDS_TOKEN = ("needs", "token")
+
+
+def _call_with(stub_method, request: Any, timeout_s: float, metadata: Optional[tuple]):
+    if metadata is None:
+        return stub_method(request, timeout=timeout_s)
+    return stub_method(request, timeout=timeout_s, metadata=metadata)
 
 
 class Client(_Base):
@@ -173,6 +214,11 @@ class Client(_Base):
         members' certificates; with C{cert} and C{key}, this client's
         certificate and key (a member with C{client_cert_auth} asks for
         them).  All None: plaintext.  Ignored with a C{channel_factory}.
+    @param user: with C{password}, the user this client names once auth is
+        enabled: it authenticates lazily and renews its token when a
+        request is answered UNAUTHENTICATED (L{kvpaxos.client.auth}); its
+        requests are unary (C{stream} is ignored).  None: no user (or the
+        client certificate's common name, with C{client_cert_auth}).
     @raise kvpaxos.api.endpoints.BadEndpoint: an endpoint is not
         C{host:port} (a ValueError).
     @raise kvpaxos.tls.TLSError: a TLS file does not load (a ValueError).
@@ -184,16 +230,29 @@ class Client(_Base):
         clock: Callable[[], float] = time.monotonic, rng: Optional[random.Random] = None,
         backoff: Optional[Backoff] = None, refresh_s: Optional[float] = DEFAULT_REFRESH_S, stream: bool = True,
         cacert: Optional[str] = None, cert: Optional[str] = None, key: Optional[str] = None,
+        user: Optional[str] = None, password: Optional[str] = None,
     ) -> None:
         channel_factory = channel_factory or tls_channel_factory(open_channel, cacert, cert, key)
         super().__init__(endpoints, timeout_s, session, channel_factory, clock, rng, backoff, refresh_s,
-                         BlockingMultiplexer if stream else None)
+                         BlockingMultiplexer if stream else None, user, password)
         self._sleep = sleep
 
     # -- driving the policy
 
+    def _metadata(self, operation: Operation, deadline: float) -> Optional[tuple]:
+        metadata = self._metadata_now(operation)
+        if metadata is not NEEDS_TOKEN:
+            return metadata
+        try:
+            reply = self._attempt(authenticate_operation(self._credentials), None, deadline, False)
+        except AuthNotEnabled:
+            reply = None
+        return self._authenticated(reply)
+
     def _attempt(self, operation: Operation, request: Any, deadline: float, in_session: bool) -> Reply:
         attempts = self._policy.attempts(operation, deadline, in_session)
+        request = operation.request if request is None else request
+        metadata, renewed = self._metadata(operation, deadline), False
         while True:
             step = attempts.next_step(self._clock())
             if isinstance(step, Pause):
@@ -208,22 +267,28 @@ class Client(_Base):
                 attempts.listed(step.endpoint, listing)
                 continue
             try:
-                response = self._send(self._connection(step.endpoint), operation, request, step.timeout_s)
+                response = self._send(self._connection(step.endpoint), operation, request, step.timeout_s, metadata)
             except grpc.RpcError as error:
-                attempts.failed(step.endpoint, rpc_failure(error))
+                failure = rpc_failure(error)
+                if self._renews(operation, failure, metadata, renewed):
+                    metadata, renewed = self._metadata(operation, deadline), True
+                    continue  # the same request (session fields included), with a new token
+                attempts.failed(step.endpoint, failure)
                 continue
             attempts.answered(step.endpoint, response.header)
             return Reply(step.endpoint, response)
 
     @staticmethod
-    def _send(connection: Connection, operation: Operation, request: Any, timeout_s: float) -> Any:
+    def _send(connection: Connection, operation: Operation, request: Any, timeout_s: float,
+              metadata: Optional[tuple] = None) -> Any:
         stream, kind = connection.stream, connection.streamed_kind(operation)
         if stream is not None and kind is not None:
             try:
                 return stream.request(kind, request, timeout_s)
             except grpc.RpcError as error:
                 connection.stream_failed(stream, error)
-        return getattr(getattr(connection, operation.service), operation.rpc)(request, timeout=timeout_s)
+        return _call_with(getattr(getattr(connection, operation.service), operation.rpc), request, timeout_s,
+                          metadata)
 
     def call(self, operation: Operation) -> Reply:
         """
@@ -231,7 +296,7 @@ class Client(_Base):
         on), retrying as the module docstring says; return the reply.
         """
         deadline = self._policy.deadline(self._clock())
-        if not operation.write or self._sessions is None:
+        if not operation.write or not operation.session or self._sessions is None:
             return self._attempt(operation, operation.request, deadline, False)
         resent = False
         while True:
@@ -248,6 +313,9 @@ class Client(_Base):
                 raise
             self._sessions.settle(session, None, resent)
             return reply
+
+    def _auth_result(self, operation: Operation, read: Callable[[Any], Any]) -> Any:
+        return read(self.call(operation).response)
 
     # -- the API
 

@@ -20,7 +20,7 @@ from kvpaxos.api import errors as api_errors
 from kvpaxos.api.errors import ApiError, InvalidArgument, Unavailable, error_details
 
 __all__ = [
-    "ClientError", "Failure", "InvalidArgument", "OutcomeUnknown", "RequestFailed", "SessionExpired",
+    "AuthNotEnabled", "AuthRefused", "ClientError", "Failure", "PermissionDenied", "Unauthenticated", "InvalidArgument", "OutcomeUnknown", "RequestFailed", "SessionExpired",
     "StaleSequence", "Unavailable", "describe_failure", "error_for", "rpc_failure",
 ]
 
@@ -71,6 +71,39 @@ class RequestFailed(ClientError):
         self.code = code
         self.details = details
         self.reason = reason
+
+
+class Unauthenticated(RequestFailed, api_errors.Unauthenticated):
+    """
+    Auth is enabled and the request named no valid user (UNAUTHENTICATED):
+    no user or password given, a wrong password, or a token the client
+    could not renew.  Nothing changed.
+    """
+
+
+class PermissionDenied(RequestFailed, api_errors.PermissionDenied):
+    """The client's user may not do what the request asks (PERMISSION_DENIED); nothing changed."""
+
+
+class AuthRefused(RequestFailed, api_errors.AuthRefused):
+    """
+    An auth change whose precondition does not hold (a user that exists
+    already, a role that does not, ...: FAILED_PRECONDITION, reason
+    C{AUTH_REFUSED}, etcd's message); nothing changed.
+    """
+
+
+class AuthNotEnabled(AuthRefused, api_errors.AuthNotEnabled):
+    """C{Authenticate} while auth is disabled: requests need no token."""
+
+
+#: The errors of the auth reasons, each a L{RequestFailed}.
+_AUTH_ERRORS = {
+    api_errors.UNAUTHENTICATED: Unauthenticated,
+    api_errors.PERMISSION_DENIED: PermissionDenied,
+    api_errors.AUTH_REFUSED: AuthRefused,
+    api_errors.AUTH_NOT_ENABLED: AuthNotEnabled,
+}
 
 
 @dataclass(frozen=True)
@@ -135,7 +168,7 @@ def error_for(endpoint: str, failure: Failure, *, retry_deadline: bool, maybe_ap
         return SessionExpired(f"{described} ({outcome}; the next write uses a new session)", maybe_applied)
     if reason == api_errors.STALE_SEQUENCE:
         return StaleSequence(f"{described} (a bug in the client: it reused a sequence number)")
-    return RequestFailed(described, code, failure.details, reason)
+    return _AUTH_ERRORS.get(reason, RequestFailed)(described, code, failure.details, reason)
 
 
 def member_error(endpoint: str, failure: Failure) -> ClientError:

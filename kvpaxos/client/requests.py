@@ -156,6 +156,9 @@ class Operation:
     @ivar write: a write: stamped with the session's C{(client_id,
         sequence)}, and a DEADLINE_EXCEEDED is not retried without a session.
     @ivar leader: send it to the leader when its address is known.
+    @ivar session: a write that goes in a session when the client has
+        them; False for a write whose request has no session fields (an
+        auth change), whose DEADLINE_EXCEEDED is then an unknown outcome.
     """
 
     service: str
@@ -163,6 +166,7 @@ class Operation:
     request: Any
     write: bool = False
     leader: bool = True
+    session: bool = True
 
     def stamped(self, client_id: int, sequence: int) -> Any:
         """Return a copy of the request carrying the session fields."""

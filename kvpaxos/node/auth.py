@@ -31,7 +31,7 @@ from typing import Callable, Optional
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 
-from kvpaxos.api.errors import AuthRefused, PermissionDenied, Unauthenticated
+from kvpaxos.api.errors import AuthNotEnabled, PermissionDenied, Unauthenticated
 from kvpaxos.kv.auth import NO_CREDENTIAL, TOKEN_KEY_BYTES, AuthAction, AuthCommand, AuthState, Credential, state_grants
 from kvpaxos.kv.auth_apply import load_state
 from kvpaxos.kv.credentials import ScryptCost, hash_password, issue_token, password_matches, token_user
@@ -171,11 +171,11 @@ class AuthPath:
         Return a Deferred of a token for user C{name} if C{password} is
         theirs (checked in a thread).
 
-        @raise AuthRefused: auth is disabled (as the Deferred's failure).
+        @raise AuthNotEnabled: auth is disabled (as the Deferred's failure).
         @raise Unauthenticated: no such user, or the wrong password.
         """
         if not self.state.enabled:
-            return defer.fail(AuthRefused(NOT_ENABLED))
+            return defer.fail(AuthNotEnabled(NOT_ENABLED))
         user = self.state.users.get(name)
         record = user.password if user is not None else b""
         if not record:
