@@ -21,6 +21,7 @@ the same keys::
     key_file = "node1-key.pem"       # ... and its key (--key-file)
     trusted_ca_file = "ca.pem"       # the CA of clients' certificates (--trusted-ca-file)
     client_cert_auth = true          # clients must present one (--client-cert-auth)
+    auth_token_ttl = 300             # seconds an Authenticate token lasts (--auth-token-ttl)
     peer_cert_file = "node1.pem"     # mutual TLS on the peer links: all three
     peer_key_file = "node1-key.pem"
     peer_trusted_ca_file = "ca.pem"
@@ -60,6 +61,9 @@ DEFAULT_DATA = "kvpaxos-data"
 DEFAULT_CLUSTER_TOKEN = "kvpaxos"
 #: etcd's --quota-backend-bytes ceiling: 8 GiB.
 DEFAULT_QUOTA_BYTES = 8 << 30
+#: etcd's --auth-token-ttl default, in seconds; and the longest taken (a day).
+DEFAULT_AUTH_TOKEN_TTL = 300
+MAX_AUTH_TOKEN_TTL = 86400
 
 #: Keys a TOML file may hold.
 _TOML_KEYS = {
@@ -67,7 +71,7 @@ _TOML_KEYS = {
     "tick_ms", "election_ticks", "heartbeat_ticks", "lease_reads", "lease_drift_ticks",
     "snapshot_interval", "cluster_token",
     "join", "auto_promote", "auto_promote_beats", "promote_lag_slots", "metrics_addr", "log_format",
-    "quota_bytes", "peer_connections_max", "peer_buffer_bytes", "admin_connections_max", "admin_buffer_bytes",
+    "quota_bytes", "auth_token_ttl", "peer_connections_max", "peer_buffer_bytes", "admin_connections_max", "admin_buffer_bytes",
     *("cert_file", "key_file", "trusted_ca_file", "client_cert_auth",
                      "peer_cert_file", "peer_key_file", "peer_trusted_ca_file"),
 }
@@ -135,6 +139,8 @@ class NodeConfig:
     #: The space quota in bytes of store pages in use (0: none): past it,
     #: writes that would grow the store are refused (RESOURCE_EXHAUSTED).
     quota_bytes: int = DEFAULT_QUOTA_BYTES
+    #: Seconds a token from Auth.Authenticate lasts (etcd's --auth-token-ttl).
+    auth_token_ttl: int = DEFAULT_AUTH_TOKEN_TTL
     #: Make this member the only one of a new cluster, with its data, before
     #: it starts (etcd's --force-new-cluster; kvpaxos.node.recovery).
     force_new_cluster: bool = False
@@ -372,7 +378,7 @@ def build(values: dict) -> NodeConfig:
         changes["log_format"] = values["log_format"]
     for key in ("tick_ms", "election_ticks", "heartbeat_ticks", "lease_drift_ticks",
                 "snapshot_interval", "auto_promote_beats", "promote_lag_slots", "quota_bytes",
-                "peer_connections_max", "peer_buffer_bytes", "admin_connections_max", "admin_buffer_bytes"):
+                "auth_token_ttl", "peer_connections_max", "peer_buffer_bytes", "admin_connections_max", "admin_buffer_bytes"):
         if values.get(key) is not None:
             try:
                 changes[key] = int(values[key])
@@ -400,6 +406,8 @@ def build(values: dict) -> NodeConfig:
         raise ConfigError("promote_lag_slots must not be negative")
     if config.quota_bytes != 0 and config.quota_bytes < (1 << 20):
         raise ConfigError(f"quota_bytes must be 0 (no quota) or at least 1 MiB ({1 << 20}), got {config.quota_bytes}")
+    if not 1 <= config.auth_token_ttl <= MAX_AUTH_TOKEN_TTL:
+        raise ConfigError(f"auth_token_ttl must be from 1 to {MAX_AUTH_TOKEN_TTL} seconds, got {config.auth_token_ttl}")
     if config.join:
         if config.peers:
             raise ConfigError(

@@ -30,7 +30,7 @@ _FLAGS = {
     "data": "data", "storage": "storage", "cluster-token": "cluster_token",
     "join": "join", "auto-promote": "auto_promote", "auto-promote-beats": "auto_promote_beats",
     "promote-lag-slots": "promote_lag_slots", "metrics-addr": "metrics_addr", "log-format": "log_format",
-    "quota-bytes": "quota_bytes",
+    "quota-bytes": "quota_bytes", "auth-token-ttl": "auth_token_ttl",
     "cert-file": "cert_file", "key-file": "key_file", "trusted-ca-file": "trusted_ca_file",
     "client-cert-auth": "client_cert_auth", "peer-cert-file": "peer_cert_file",
     "peer-key-file": "peer_key_file", "peer-trusted-ca-file": "peer_trusted_ca_file",
@@ -82,6 +82,8 @@ class Options(usage.Options):
         ["quota-bytes", None, None,
          "Space quota: past this many bytes of store pages in use, writes that grow the store are"
          " refused until deletes bring it under; 0: none [default: 8 GiB]."],
+        ["auth-token-ttl", None, None,
+         "Seconds a token from Auth.Authenticate lasts once auth is enabled [default: 300]."],
         ["cert-file", None, None, "TLS certificate (PEM) of the gRPC and admin ports [default: plaintext]."],
         ["key-file", None, None, "TLS private key (PEM) of --cert-file."],
         ["trusted-ca-file", None, None, "CA certificates (PEM) that sign clients' certificates."],
@@ -283,6 +285,7 @@ def makeService(options: Options) -> service.MultiService:
     from kvpaxos.encoding.errors import StoreFormatError
     from kvpaxos.node.joining import Joiner
     from kvpaxos.node.service import ReplicaService
+    from kvpaxos.node.auth import AuthPath
     from kvpaxos.paxos import Options as CoreOptions
     from kvpaxos.storage.providers import find_store_factory
     from kvpaxos.tls import ServerTLS, grpc_channel_credentials, grpc_server_credentials
@@ -326,6 +329,7 @@ def makeService(options: Options) -> service.MultiService:
         lease_reads=node.lease_reads,
         addresses=(str(node.peer), str(node.client)),
         quota_bytes=node.quota_bytes,
+        auth=AuthPath(store, token_ttl_s=node.auth_token_ttl),
     )
     peers = peer_network(node, replica, reactor)
     replica.peers = peers

@@ -168,8 +168,30 @@ class TomlTests(SynchronousTestCase):
         self.assertIn("/nonexistent/kvpaxos.toml", str(error))
 
 
+    def test_auth_token_ttl(self):
+        """auth_token_ttl: 300 s by default (etcd's), from 1 s to a day, an integer."""
+        self.assertEqual(NodeConfig().auth_token_ttl, 300)
+        self.assertEqual(build({"auth_token_ttl": "60"}).auth_token_ttl, 60)
+        for bad, message in (("0", "from 1 to 86400"), ("86401", "from 1 to 86400"), ("soon", "must be an integer")):
+            error = self.assertRaises(ConfigError, build, {"auth_token_ttl": bad})
+            self.assertIn(message, str(error))
+
+
 class OptionsTests(SynchronousTestCase):
     """twistd kvpaxos options give UsageError, never a traceback, on bad input."""
+
+    def test_auth_token_ttl_flag(self):
+        """--auth-token-ttl sets it; the TOML key too."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("auth_token_ttl = 30\n")
+        options = Options()
+        options.parseOptions(["--config", path])
+        self.assertEqual(options.node.auth_token_ttl, 30)
+        options = Options()
+        options.parseOptions(["--auth-token-ttl=45"])
+        self.assertEqual(options.node.auth_token_ttl, 45)
+        self.assertRaises(usage.UsageError, Options().parseOptions, ["--auth-token-ttl=-1"])
 
     def test_no_arguments(self):
         """With no arguments the options describe the default one-node cluster."""
