@@ -108,6 +108,17 @@ uses the next sequence, which the cluster handles correctly.
 Without a session, a write that got UNAVAILABLE is still sent again
 (at-least-once: an append may then apply twice); use sessions for
 anything that is not idempotent.
+
+Authentication
+==============
+C{Client(endpoints, user="alice", password="...")} names a user once the
+cluster's auth is enabled (L{auth}): the client authenticates before its
+first request, sends the token with every request, and renews it once when
+one is answered UNAUTHENTICATED, sending the same request again (session
+fields included).  Its requests are unary.  L{Unauthenticated},
+L{PermissionDenied} and L{AuthRefused} are L{RequestFailed}s; nothing
+changed.  Both clients manage users, roles and permissions
+(C{user_add}, C{role_grant_permission}, C{auth_enable}, ...).
 """
 
 from __future__ import annotations
@@ -115,13 +126,18 @@ from __future__ import annotations
 from kvpaxos.api.limits import TO_THE_END, prefix_end
 from kvpaxos.client.aio import AsyncClient, open_aio_channel
 from kvpaxos.client.blocking import Client, Connection, Reply, open_channel
+from kvpaxos.client.auth import Permission
 from kvpaxos.client.errors import (
+    AuthNotEnabled,
+    AuthRefused,
     ClientError,
     InvalidArgument,
     OutcomeUnknown,
+    PermissionDenied,
     RequestFailed,
     SessionExpired,
     StaleSequence,
+    Unauthenticated,
     Unavailable,
 )
 from kvpaxos.client.requests import (
@@ -155,8 +171,9 @@ from kvpaxos.client.retry import (
 )
 
 __all__ = [
-    "AsyncClient", "Client", "ClientError", "InvalidArgument", "OutcomeUnknown", "RangeResult",
-    "RequestFailed", "SessionExpired", "StaleSequence", "TO_THE_END", "Unavailable",
+    "AsyncClient", "AuthNotEnabled", "AuthRefused", "Client", "ClientError", "InvalidArgument",
+    "OutcomeUnknown", "Permission", "PermissionDenied", "RangeResult",
+    "RequestFailed", "SessionExpired", "StaleSequence", "TO_THE_END", "Unauthenticated", "Unavailable",
     "compare_create_revision", "compare_exists", "compare_mod_revision", "compare_value",
     "compare_version", "delete_op", "get_op", "open_aio_channel", "open_channel", "prefix_end",
     "put_op", "range_op",

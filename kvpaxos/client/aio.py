@@ -49,7 +49,9 @@ class AsyncClient(_Base):
     C{close} a coroutine, and it is an async context manager.  Use one
     AsyncClient from one event loop; concurrent coroutines share the
     session pool as threads do with L{Client}.  Channels are opened on
-    first use, inside the running loop.
+    first use, inside the running loop.  C{user} and C{password} as
+    L{Client}'s; the auth methods (L{kvpaxos.client.auth.AuthMethods})
+    return awaitables.
     """
 
     def __init__(
