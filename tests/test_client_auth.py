@@ -11,6 +11,7 @@ tokens; the real server's side is tests.test_auth and tests.test_auth_process.
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import grpc
 from twisted.trial.unittest import SynchronousTestCase
@@ -20,7 +21,7 @@ from kvpaxos.client import AsyncClient, Client, InvalidArgument, OutcomeUnknown
 from kvpaxos.client.auth import Permission
 from kvpaxos.client.errors import AuthRefused, PermissionDenied, RequestFailed, Unauthenticated
 from kvpaxos.v1 import auth_pb2
-from tests.fake_grpc import FakeRpcError
+from tests.fake_grpc import FakeRpcError, unavailable
 from tests.test_client import A, B, C, FakeChannel, FakeCluster, FakeTime, LowRandom
 
 PASSWORD = "s3cret"
@@ -29,6 +30,10 @@ _AUTH_CHANGES = {
     "AuthEnable", "AuthDisable", "UserAdd", "UserDelete", "UserChangePassword", "UserGrantRole",
     "UserRevokeRole", "RoleAdd", "RoleDelete", "RoleGrantPermission", "RoleRevokePermission",
 }
+
+
+#: What the server answers without a credential (as kvpaxos.api's servicers).
+UNGUARDED = {"MemberList", "Status", "AuthStatus"}
 
 
 class AuthChannel(FakeChannel):
@@ -54,7 +59,7 @@ class AuthChannel(FakeChannel):
 class AuthCluster(FakeCluster):
     """
     A L{FakeCluster} with auth: C{Authenticate} issues tokens for
-    C{PASSWORD} while C{enabled}; every other request (but the member list)
+    C{PASSWORD} while C{enabled}; every other request (but L{UNGUARDED})
     needs a token in C{valid}; C{denied} RPCs answer PERMISSION_DENIED.
     """
 
@@ -68,6 +73,7 @@ class AuthCluster(FakeCluster):
         self.carried: list[tuple[str, dict]] = []
         self.auth_requests: list[tuple[str, object]] = []
         self.change_errors: list[FakeRpcError] = []
+        self.authenticate_barrier = None
 
     def channel(self, endpoint: str, aio: bool = False) -> AuthChannel:
         channel = AuthChannel(self, endpoint, aio)
@@ -80,7 +86,7 @@ class AuthCluster(FakeCluster):
             self.carried.append((rpc, carried))
         if rpc == "Authenticate":
             return self._authenticate(endpoint, request)
-        if rpc != "MemberList" and self.enabled and carried.get("token") not in self.valid:
+        if rpc not in UNGUARDED and self.enabled and carried.get("token") not in self.valid:
             raise FakeRpcError(grpc.StatusCode.UNAUTHENTICATED, "etcdserver: invalid auth token",
                                errors.UNAUTHENTICATED)
         if rpc in self.denied:
@@ -94,6 +100,8 @@ class AuthCluster(FakeCluster):
         return self.serve(endpoint, rpc, request, timeout)
 
     def _authenticate(self, endpoint, request):
+        if self.authenticate_barrier is not None:
+            self.authenticate_barrier()
         if not self.enabled:
             raise FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: authentication is not enabled",
                                errors.AUTH_NOT_ENABLED)
@@ -243,6 +251,100 @@ class AuthClientTests(_AuthCase):
         self.assertNotIn("Authenticate", [rpc for rpc, _ in self.cluster.carried])
         self.assertEqual(self.tokens_sent("Put"), [None])
 
+    def test_a_renewal_is_not_an_attempt_that_may_have_applied(self) -> None:
+        """
+        A write refused UNAUTHENTICATED applied nothing: if its renewed
+        resend then finds the session expired, it is sent once more in a
+        fresh session (not reported as an unknown outcome).
+        """
+        client = self.make_client()
+        client.put(b"k", b"1")
+        self.cluster.valid.clear()
+        self.cluster.sessions.clear()  # evicted while the client was idle
+        client.put(b"k", b"2")
+        self.assertEqual(self.cluster.data[b"k"], b"2")
+        self.assertEqual([k for k, _ in self.cluster.applied], [b"k", b"k"])
+
+    def test_a_refusal_after_an_attempt_that_may_have_applied_is_an_unknown_outcome(self) -> None:
+        client = self.make_client()
+        client.put(b"k", b"1")
+        original = self.cluster.Put
+
+        def applied_then_lost(endpoint, request):
+            original(endpoint, request)  # applied, but the answer is lost
+            self.cluster.denied.add("Put")  # and the permission revoked before the retry
+            raise unavailable("connection reset", reason=None)
+
+        self.cluster.Put = applied_then_lost
+        error = self.assertRaises(OutcomeUnknown, client.put, b"k", b"2")
+        self.assertIn("may have been applied", str(error))
+        self.assertIsInstance(error.__cause__, PermissionDenied)
+        self.assertEqual(self.cluster.data[b"k"], b"2")
+
+    def test_one_call_authenticates_for_many_threads(self) -> None:
+        client = self.make_client()
+        client.put(b"k", b"0")
+        self.cluster.valid.clear()
+        threads = 8
+        started = threading.Barrier(threads, timeout=10)
+        errors_seen = []
+        # Authenticate answers only once every thread found it needs a
+        # token, so that all of them need one while the first is asked for.
+        all_need, needing = threading.Event(), set()
+        credentials = client._credentials
+        current = credentials.current
+
+        def counting():
+            state = current()
+            if state[0]:
+                needing.add(threading.get_ident())
+                if len(needing) == threads:
+                    all_need.set()
+            return state
+
+        credentials.current = counting
+        self.cluster.authenticate_barrier = lambda: all_need.wait(timeout=10)
+
+        def put(i: int) -> None:
+            try:
+                started.wait()
+                client.put(f"k{i}", "v")
+            except BaseException as error:  # reported below
+                errors_seen.append(error)
+
+        workers = [threading.Thread(target=put, args=(i,)) for i in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=30)
+        self.assertEqual(errors_seen, [])
+        self.assertEqual(self.cluster.issued, 2)
+        self.assertEqual(sorted(k for k in self.cluster.data if k != b"k"), sorted(f"k{i}".encode() for i in range(threads)))
+
+    def test_status_and_member_list_need_no_token(self) -> None:
+        client = self.make_client(password="wrong")
+        self.assertEqual(client.status().header.member_id, 1)
+        self.assertEqual(client.auth_status(), (True, 4))
+        self.assertEqual(self.tokens_sent("Authenticate"), [])
+
+    def test_changing_its_own_password_keeps_the_client_working(self) -> None:
+        client = self.make_client()
+        client.put(b"k", b"1")
+        client.user_change_password("alice", "changed")
+        self.assertEqual(client._credentials.password, "changed")
+        self.cluster.valid.clear()
+        original = PASSWORD
+        globals()["PASSWORD"] = "changed"
+        self.addCleanup(globals().__setitem__, "PASSWORD", original)
+        client.put(b"k", b"2")
+        self.assertEqual(self.cluster.data[b"k"], b"2")
+
+    def test_unauthenticated_without_error_info_is_still_unauthenticated(self) -> None:
+        for endpoint in (A, B, C):
+            self.cluster.errors[endpoint] = [FakeRpcError(grpc.StatusCode.UNAUTHENTICATED, "from a proxy")]
+        client = self.make_client(refresh_s=None)
+        self.assertRaises(Unauthenticated, client.get, b"k")
+
     def test_a_user_needs_a_password_and_a_password_a_user(self) -> None:
         self.assertRaises(InvalidArgument, self.make_client, password=None)
         self.assertRaises(InvalidArgument, self.make_client, user=None)
@@ -315,6 +417,25 @@ class AuthMethodTests(_AuthCase):
         client = self.make_client()
         error = self.assertRaises(AuthRefused, client.user_add, "bob", "pw")
         self.assertIn("user name already exists", str(error))
+
+    def test_a_change_refused_after_a_lost_answer_is_an_unknown_outcome(self) -> None:
+        """
+        An auth change whose answer was lost (applied) is sent again and
+        refused (the user exists now): the client cannot tell, and says so.
+        """
+        client = self.make_client()
+        original = self.cluster._auth
+
+        def applied_then_lost(endpoint, rpc, request):
+            original(endpoint, rpc, request)
+            self.cluster.change_errors.append(FakeRpcError(
+                grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: user name already exists", errors.AUTH_REFUSED))
+            self.cluster._auth = original
+            raise unavailable("connection reset", reason=None)
+
+        self.cluster._auth = applied_then_lost
+        error = self.assertRaises(OutcomeUnknown, client.user_add, "bob", "pw")
+        self.assertIsInstance(error.__cause__, AuthRefused)
 
     def test_a_change_past_its_deadline_is_an_unknown_outcome(self) -> None:
         self.cluster.change_errors.append(FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))

@@ -18,9 +18,9 @@ from kvpaxos.api.endpoints import CHANNEL_OPTIONS, parse_endpoint
 from kvpaxos.client import requests
 from kvpaxos.client.auth import authenticate_operation
 from kvpaxos.client.blocking import (
-    DEFAULT_REFRESH_S, NEEDS_TOKEN, Connection, Reply, _Base, _call_with, tls_channel_factory,
+    DEFAULT_REFRESH_S, Connection, Reply, _Base, _call_with, tls_channel_factory,
 )
-from kvpaxos.client.errors import AuthNotEnabled, member_error, rpc_failure
+from kvpaxos.client.errors import AuthNotEnabled, Unavailable, member_error, rpc_failure
 from kvpaxos.client.requests import BytesLike, Operation, RangePager, RangeResult
 from kvpaxos.client.retry import Backoff, Pause, Refresh, Session
 from kvpaxos.client.stream import Multiplexer
@@ -66,16 +66,36 @@ class AsyncClient(_Base):
         super().__init__(endpoints, timeout_s, session, channel_factory, clock, rng, backoff,
                          refresh_s, Multiplexer if stream else None, user, password)
         self._sleep = sleep
+        #: Made in the running loop, at the first Authenticate.
+        self._single_flight: Optional[asyncio.Lock] = None
 
     async def _metadata(self, operation: Operation, deadline: float) -> Optional[tuple]:
-        metadata = self._metadata_now(operation)
-        if metadata is not NEEDS_TOKEN:
+        """See L{Client._metadata}: one coroutine at a time authenticates."""
+        credentials = self._credentials
+        if credentials is None or not operation.credential:
+            return None
+        needs, metadata, _ = credentials.current()
+        if not needs:
             return metadata
+        if self._single_flight is None:
+            self._single_flight = asyncio.Lock()
         try:
-            reply = await self._attempt(authenticate_operation(self._credentials), None, deadline, False)
-        except AuthNotEnabled:
-            reply = None
-        return self._authenticated(reply)
+            await asyncio.wait_for(self._single_flight.acquire(), max(0.0, deadline - self._clock()))
+        except asyncio.TimeoutError:
+            raise Unavailable("no token before the deadline: another call's Authenticate did not finish",
+                              None, []) from None
+        try:
+            needs, metadata, generation = credentials.current()
+            if not needs:
+                return metadata
+            try:
+                token = (await self._attempt(authenticate_operation(credentials), None, deadline, False)).response.token
+            except AuthNotEnabled:
+                token = None
+            credentials.authenticated(token, generation)
+        finally:
+            self._single_flight.release()
+        return credentials.current()[1]
 
     async def _attempt(self, operation: Operation, request: Any, deadline: float, in_session: bool) -> Reply:
         attempts = self._policy.attempts(operation, deadline, in_session)
@@ -100,6 +120,7 @@ class AsyncClient(_Base):
             except grpc.RpcError as error:
                 failure = rpc_failure(error)
                 if self._renews(operation, failure, metadata, renewed):
+                    attempts.renewed()
                     metadata, renewed = await self._metadata(operation, deadline), True
                     continue  # the same request (session fields included), with a new token
                 attempts.failed(step.endpoint, failure)

@@ -42,7 +42,9 @@ TOKEN_METADATA = "token"
 class Credentials:
     """
     The user a client names and the token it holds.  Shared by every call
-    of one client; the lock only guards the fields (no I/O under it).
+    of one client; C{_lock} only guards the fields (no I/O under it).  One
+    call at a time authenticates (L{single_flight}): the others wait for
+    its token instead of each costing the server a password hash.
     """
 
     def __init__(self, user: str, password: str) -> None:
@@ -55,22 +57,31 @@ class Credentials:
         self._token: Optional[str] = None
         #: Authenticate answered that auth is disabled: send no token.
         self._not_enabled = False
+        #: Grows at every change of the token: a late answer does not undo a newer one.
+        self._generation = 0
         self._lock = threading.Lock()
+        #: Held by the blocking client's one call that authenticates.
+        self.single_flight = threading.Lock()
 
-    def needs_token(self) -> bool:
-        """Whether the client must authenticate before it sends."""
+    def current(self) -> tuple[bool, Optional[tuple], int]:
+        """
+        C{(needs_token, metadata, generation)}, read at once: whether the
+        client must authenticate before it sends, the metadata a request
+        carries (None: no token), and the generation to hand L{authenticated}.
+        """
         with self._lock:
-            return self._token is None and not self._not_enabled
+            metadata = ((TOKEN_METADATA, self._token),) if self._token is not None else None
+            return self._token is None and not self._not_enabled, metadata, self._generation
 
-    def metadata(self) -> Optional[tuple]:
-        """The metadata a request carries: the token, or None (no token held)."""
+    def authenticated(self, token: Optional[str], generation: int) -> None:
+        """
+        C{Authenticate} answered C{token} (None: auth is disabled), asked at
+        C{generation}; ignored if the token changed since.
+        """
         with self._lock:
-            return ((TOKEN_METADATA, self._token),) if self._token is not None else None
-
-    def authenticated(self, token: Optional[str]) -> None:
-        """C{Authenticate} answered C{token}; None: auth is disabled."""
-        with self._lock:
-            self._token, self._not_enabled = token, token is None
+            if generation == self._generation:
+                self._token, self._not_enabled = token, token is None
+                self._generation += 1
 
     def refused(self, metadata: Optional[tuple]) -> None:
         """
@@ -82,6 +93,13 @@ class Credentials:
             held = ((TOKEN_METADATA, self._token),) if self._token is not None else None
             if held == metadata:
                 self._token, self._not_enabled = None, False
+                self._generation += 1
+
+    def password_changed(self, name: str, password: str) -> None:
+        """User C{name}'s password is now C{password}: this client's own, if it is its user."""
+        if name == self.user:
+            with self._lock:
+                self.password = password
 
 
 def unauthenticated(failure: Failure) -> bool:
@@ -90,13 +108,12 @@ def unauthenticated(failure: Failure) -> bool:
 
 
 def authenticate_operation(credentials: Credentials) -> Operation:
-    """C{Authenticate} for C{credentials} (to any member: it answers from its own auth state)."""
+    """
+    C{Authenticate} for C{credentials}, to the leader when known (the
+    member that applied the latest auth changes first), carrying no token.
+    """
     request = auth_pb2.AuthenticateRequest(name=credentials.user, password=credentials.password)
-    return Operation("auth", "Authenticate", request, leader=False)
-
-
-def is_authenticate(operation: Operation) -> bool:
-    return operation.service == "auth" and operation.rpc == "Authenticate"
+    return Operation("auth", "Authenticate", request, credential=False)
 
 
 class Permission(NamedTuple):
@@ -137,8 +154,8 @@ def _change(rpc: str, request: Any) -> Operation:
     return Operation("auth", rpc, request, write=True, session=False)
 
 
-def _read(rpc: str, request: Any) -> Operation:
-    return Operation("auth", rpc, request, leader=False)
+def _read(rpc: str, request: Any, credential: bool = True) -> Operation:
+    return Operation("auth", rpc, request, leader=False, credential=credential)
 
 
 def _permissions(response) -> list[Permission]:
@@ -153,6 +170,7 @@ class AuthMethods:
     """
 
     _auth_result: Callable[[Operation, Callable[[Any], Any]], Any]
+    _credentials: Optional[Credentials]
 
     def auth_enable(self):
         """Enable auth (it needs a user C{root} holding the role C{root}); return the auth revision."""
@@ -164,7 +182,7 @@ class AuthMethods:
 
     def auth_status(self):
         """Return C{(enabled, auth_revision)} (anyone may ask)."""
-        return self._auth_result(_read("AuthStatus", auth_pb2.AuthStatusRequest()),
+        return self._auth_result(_read("AuthStatus", auth_pb2.AuthStatusRequest(), credential=False),
                                  lambda r: (r.enabled, r.auth_revision))
 
     def user_add(self, name: str, password: Optional[str] = None):
@@ -188,7 +206,13 @@ class AuthMethods:
         if not isinstance(password, str) or not password:
             raise InvalidArgument("a password is a non-empty str")
         request = auth_pb2.UserChangePasswordRequest(name=_name(name, "user"), password=password)
-        return self._auth_result(_change("UserChangePassword", request), _revision)
+
+        def changed(response) -> int:
+            if self._credentials is not None:  # the client's own password: renew with the new one
+                self._credentials.password_changed(name, password)
+            return response.auth_revision
+
+        return self._auth_result(_change("UserChangePassword", request), changed)
 
     def user_grant_role(self, user: str, role: str):
         """Grant C{role} to C{user}; return the auth revision."""

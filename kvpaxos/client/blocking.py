@@ -18,8 +18,8 @@ import grpc
 
 from kvpaxos.api.endpoints import CHANNEL_OPTIONS, parse_endpoint, parse_endpoints
 from kvpaxos.client import requests
-from kvpaxos.client.auth import AuthMethods, authenticate_operation, credentials_of, is_authenticate, unauthenticated
-from kvpaxos.client.errors import AuthNotEnabled, ClientError, member_error, rpc_failure
+from kvpaxos.client.auth import AuthMethods, authenticate_operation, credentials_of, unauthenticated
+from kvpaxos.client.errors import AuthNotEnabled, ClientError, Unavailable, member_error, rpc_failure
 from kvpaxos.client.requests import BytesLike, Operation, RangePager, RangeResult
 from kvpaxos.client.retry import Backoff, Directory, Pause, Refresh, RetryPolicy, Session, SessionPool
 from kvpaxos.client.stream import KIND_OF_RPC, BlockingMultiplexer, as_unavailable, broken
@@ -134,28 +134,13 @@ class _Base(AuthMethods):
         """The leader last heard of, or None."""
         return self._policy.directory.leader
 
-    def _metadata_now(self, operation: Operation) -> Optional[tuple]:
-        """
-        The metadata C{operation} carries (the token), or None when it
-        carries none; L{NEEDS_TOKEN} when the client must authenticate first.
-        """
-        credentials = self._credentials
-        if credentials is None or is_authenticate(operation):
-            return None
-        return NEEDS_TOKEN if credentials.needs_token() else credentials.metadata()
-
-    def _authenticated(self, reply: Optional[Reply]) -> Optional[tuple]:
-        """Take C{Authenticate}'s C{reply} (None: auth is disabled); return the metadata to send."""
-        self._credentials.authenticated(reply.response.token if reply is not None else None)
-        return self._credentials.metadata()
-
     def _renews(self, operation: Operation, failure, metadata: Optional[tuple], renewed: bool) -> bool:
         """
         Whether a request answered C{failure} authenticates again and is
         sent once more (UNAUTHENTICATED, once per call, for a client with
         a user); if so its token is dropped.
         """
-        if self._credentials is None or renewed or is_authenticate(operation) or not unauthenticated(failure):
+        if self._credentials is None or renewed or not operation.credential or not unauthenticated(failure):
             return False
         self._credentials.refused(metadata)
         return True
@@ -175,10 +160,6 @@ class _Base(AuthMethods):
             self._closed = True
             connections, self._connections = list(self._connections.values()), {}
         return connections
-
-
-#: What L{_Base._metadata_now} answers when the client must authenticate first.
-NEEDS_TOKEN = ("needs", "token")
 
 
 def _call_with(stub_method, request: Any, timeout_s: float, metadata: Optional[tuple]):
@@ -240,14 +221,31 @@ class Client(_Base):
     # -- driving the policy
 
     def _metadata(self, operation: Operation, deadline: float) -> Optional[tuple]:
-        metadata = self._metadata_now(operation)
-        if metadata is not NEEDS_TOKEN:
+        """
+        The metadata C{operation} carries: the token (authenticating first
+        if there is none, one call at a time), or None.
+        """
+        credentials = self._credentials
+        if credentials is None or not operation.credential:
+            return None
+        needs, metadata, _ = credentials.current()
+        if not needs:
             return metadata
+        remaining = deadline - self._clock()
+        if remaining <= 0 or not credentials.single_flight.acquire(timeout=remaining):
+            raise Unavailable("no token before the deadline: another call's Authenticate did not finish", None, [])
         try:
-            reply = self._attempt(authenticate_operation(self._credentials), None, deadline, False)
-        except AuthNotEnabled:
-            reply = None
-        return self._authenticated(reply)
+            needs, metadata, generation = credentials.current()
+            if not needs:
+                return metadata  # the call that held it authenticated
+            try:
+                token = self._attempt(authenticate_operation(credentials), None, deadline, False).response.token
+            except AuthNotEnabled:
+                token = None
+            credentials.authenticated(token, generation)
+        finally:
+            credentials.single_flight.release()
+        return credentials.current()[1]
 
     def _attempt(self, operation: Operation, request: Any, deadline: float, in_session: bool) -> Reply:
         attempts = self._policy.attempts(operation, deadline, in_session)
@@ -271,6 +269,7 @@ class Client(_Base):
             except grpc.RpcError as error:
                 failure = rpc_failure(error)
                 if self._renews(operation, failure, metadata, renewed):
+                    attempts.renewed()
                     metadata, renewed = self._metadata(operation, deadline), True
                     continue  # the same request (session fields included), with a new token
                 attempts.failed(step.endpoint, failure)

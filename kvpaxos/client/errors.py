@@ -104,6 +104,11 @@ _AUTH_ERRORS = {
     api_errors.AUTH_REFUSED: AuthRefused,
     api_errors.AUTH_NOT_ENABLED: AuthNotEnabled,
 }
+#: ... and of the codes, for an answer without ErrorInfo (from grpc itself, or a proxy).
+_AUTH_CODES = {
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+}
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,8 @@ def error_for(endpoint: str, failure: Failure, *, retry_deadline: bool, maybe_ap
         return SessionExpired(f"{described} ({outcome}; the next write uses a new session)", maybe_applied)
     if reason == api_errors.STALE_SEQUENCE:
         return StaleSequence(f"{described} (a bug in the client: it reused a sequence number)")
-    return _AUTH_ERRORS.get(reason, RequestFailed)(described, code, failure.details, reason)
+    kind = _AUTH_ERRORS.get(reason) or _AUTH_CODES.get(code, RequestFailed)
+    return kind(described, code, failure.details, reason)
 
 
 def member_error(endpoint: str, failure: Failure) -> ClientError:

@@ -159,6 +159,8 @@ class Operation:
     @ivar session: a write that goes in a session when the client has
         them; False for a write whose request has no session fields (an
         auth change), whose DEADLINE_EXCEEDED is then an unknown outcome.
+    @ivar credential: carries the client's token, if it has a user (False:
+        the server needs none, as for the status and the member list).
     """
 
     service: str
@@ -167,6 +169,7 @@ class Operation:
     write: bool = False
     leader: bool = True
     session: bool = True
+    credential: bool = True
 
     def stamped(self, client_id: int, sequence: int) -> Any:
         """Return a copy of the request carrying the session fields."""
@@ -232,11 +235,11 @@ OPEN_SESSION = Operation("kv", "OpenSession", kv_pb2.OpenSessionRequest())
 
 
 def status_operation() -> Operation:
-    return Operation("cluster", "Status", kv_pb2.StatusRequest(), leader=False)
+    return Operation("cluster", "Status", kv_pb2.StatusRequest(), leader=False, credential=False)
 
 
 def member_list_operation() -> Operation:
-    return Operation("cluster", "MemberList", kv_pb2.MemberListRequest(), leader=False)
+    return Operation("cluster", "MemberList", kv_pb2.MemberListRequest(), leader=False, credential=False)
 
 
 def range_request(

@@ -16,9 +16,15 @@ from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence, Union
 
 from kvpaxos.api.endpoints import BadEndpoint, join_host_port, split_host_port
-from kvpaxos.client.errors import Failure, SessionExpired, StaleSequence, Unavailable, describe_failure, error_for
+from kvpaxos.client.errors import (
+    AuthRefused, Failure, OutcomeUnknown, PermissionDenied, SessionExpired, StaleSequence, Unauthenticated,
+    Unavailable, describe_failure, error_for,
+)
 from kvpaxos.client.requests import Operation
 from kvpaxos.v1 import kv_pb2
+
+#: Refusals that change nothing, unless an earlier attempt was applied.
+AUTH_REFUSALS = (Unauthenticated, PermissionDenied, AuthRefused)
 
 __all__ = ["Attempts", "Backoff", "Directory", "Pause", "Refresh", "RetryPolicy", "Session", "SessionPool", "Try"]
 
@@ -242,7 +248,7 @@ class Attempts:
 
     def __init__(
         self, directory: Directory, backoff: Backoff, rng: random.Random, deadline: float,
-        *, leader: bool, retry_deadline: bool,
+        *, leader: bool, retry_deadline: bool, write: bool = False,
     ) -> None:
         self._directory = directory
         self._backoff = backoff
@@ -250,6 +256,7 @@ class Attempts:
         self.deadline = deadline
         self._leader = leader
         self._retry_deadline = retry_deadline
+        self._write = write
         #: Endpoints that failed since the last pause.
         self._round: set[str] = set()
         self._pauses = 0
@@ -293,11 +300,23 @@ class Attempts:
         """
         error = error_for(endpoint, failure, retry_deadline=self._retry_deadline,
                           maybe_applied=self.sent > 1)
+        if isinstance(error, AUTH_REFUSALS) and self._write and self.sent > 1:
+            # Refused now, but an earlier attempt may have been applied
+            # (before a revoke, a password change, or the same auth change).
+            raise OutcomeUnknown(f"{error} (an earlier attempt of this write may have been applied)") from error
         if error is not None:
             raise error
         self._directory.failed(endpoint, failure.leader)
         self._failures[endpoint] = describe_failure(endpoint, failure)
         self._round.add(endpoint)
+
+    def renewed(self) -> None:
+        """
+        The last attempt was refused UNAUTHENTICATED and is sent again with
+        a new token: it was refused before anything could apply, so it
+        does not count as an attempt that may have been applied.
+        """
+        self.sent -= 1
 
     def answered(self, endpoint: str, header: kv_pb2.ResponseHeader) -> None:
         """The attempt on C{endpoint} succeeded."""
@@ -335,7 +354,7 @@ class RetryPolicy:
     def attempts(self, operation: Operation, deadline: float, in_session: bool) -> Attempts:
         return Attempts(
             self.directory, self.backoff, self.rng, deadline, leader=operation.leader,
-            retry_deadline=not operation.write or in_session,
+            retry_deadline=not operation.write or in_session, write=operation.write,
         )
 
 
