@@ -31,12 +31,15 @@ TOKEN_TTL_S = 3
 
 def set_up_users(admin: Client, root_password=None) -> None:
     """Root (with the root role), role rw (readwrite on app/...), alice with rw; then enable auth."""
-    admin.user_add("root", root_password)
+    admin.user_add("root", root_password, no_password=root_password is None)
     admin.role_add("root")
     admin.user_grant_role("root", "root")
     admin.role_add("rw")
     admin.role_grant_permission("rw", "readwrite", "app/", prefix=True)
-    admin.user_add("alice", "alice-pw" if root_password is not None else None)
+    if root_password is None:
+        admin.user_add("alice", no_password=True)
+    else:
+        admin.user_add("alice", "alice-pw")
     admin.user_grant_role("alice", "rw")
     admin.auth_enable()
 

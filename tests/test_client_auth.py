@@ -361,7 +361,7 @@ class AuthMethodTests(_AuthCase):
         client = self.make_client()
         self.assertEqual(client.role_add("rw"), 1)
         self.assertEqual(client.user_add("bob", "pw"), 2)
-        self.assertEqual(client.user_add("carol"), 3)
+        self.assertEqual(client.user_add("carol", no_password=True), 3)
         self.assertEqual(client.user_grant_role("bob", "rw"), 4)
         self.assertEqual(client.user_revoke_role("bob", "rw"), 5)
         self.assertEqual(client.user_change_password("bob", "new"), 6)
@@ -407,6 +407,8 @@ class AuthMethodTests(_AuthCase):
         self.assertRaises(InvalidArgument, client.role_grant_permission, "rw", "read", b"k", b"l", prefix=True)
         self.assertRaises(InvalidArgument, client.user_add, "", "pw")
         self.assertRaises(InvalidArgument, client.user_add, "bob", "")
+        self.assertRaises(InvalidArgument, client.user_add, "bob")  # no password, and not no_password=True
+        self.assertRaises(InvalidArgument, client.user_add, "bob", "pw", no_password=True)
         self.assertRaises(InvalidArgument, client.user_change_password, "bob", "")
         self.assertRaises(InvalidArgument, client.role_add, 7)
         self.assertEqual(self.cluster.carried, [])

@@ -2,7 +2,8 @@
 The C{kvpaxos} command's actions: L{Actions} carries out one parsed
 L{kvpaxos.client.cli.Invocation} with a L{Client} and prints its result
 (text, or one JSON object with C{--json}); each action returns the exit
-status.  Argument parsing is L{kvpaxos.client.cli}'s.
+status.  Argument parsing is L{kvpaxos.client.cli}'s; the auth commands'
+actions are L{kvpaxos.client.auth_cli.AuthActions}, a subclass.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from kvpaxos import client as kvclient
 from kvpaxos.client.blocking import Client
-from kvpaxos.client.errors import ClientError
+from kvpaxos.client.errors import ClientError, RequestFailed, Unauthenticated
 from kvpaxos.v1 import kv_pb2
 
 if TYPE_CHECKING:
@@ -96,16 +97,24 @@ class Actions(Output):
         super().error(message + tls_hint(message, self.invocation.tls is not None))
 
     def run(self) -> int:
+        # "user grant-role" is do_user_grant_role (kvpaxos.client.auth_cli.AuthActions).
+        action = getattr(self, "do_" + self.invocation.action.replace(" ", "_").replace("-", "_"))
         try:
-            action = {
-                "put": self.do_put, "get": self.do_get, "delete": self.do_delete,
-                "append": self.do_append, "status": self.do_status, "range": self.do_range,
-                "cas": self.do_cas, "txn": self.do_txn,
-            }[self.invocation.action]
             return action()
+        except RequestFailed as failure:
+            # The node answered: no TLS hint, whatever its message says (it may name certificates).
+            Output.error(self, str(failure) + self._credential_hint(failure))
+            return EXIT_FAILED
         except ClientError as failure:
             self.error(str(failure))
             return EXIT_FAILED
+
+    def _credential_hint(self, failure: ClientError) -> str:
+        """What to add to an UNAUTHENTICATED error of a command that named no user and no certificate."""
+        i = self.invocation
+        if isinstance(failure, Unauthenticated) and i.user is None and (i.tls is None or i.tls[1] is None):
+            return " (give --user NAME[:PASSWORD])"
+        return ""
 
     def do_put(self) -> int:
         i = self.invocation

@@ -185,15 +185,19 @@ class AuthMethods:
         return self._auth_result(_read("AuthStatus", auth_pb2.AuthStatusRequest(), credential=False),
                                  lambda r: (r.enabled, r.auth_revision))
 
-    def user_add(self, name: str, password: Optional[str] = None):
+    def user_add(self, name: str, password: Optional[str] = None, *, no_password: bool = False):
         """
-        Add user C{name} with C{password}; None: no password (the user
-        authenticates by client certificate only).  Return the auth revision.
+        Add user C{name} with C{password}, or with C{no_password=True}
+        none (the user authenticates by client certificate only).  Return
+        the auth revision.
         """
-        if password is not None and (not isinstance(password, str) or not password):
-            raise InvalidArgument("a password is a non-empty str (None: no password)")
+        if no_password:
+            if password is not None:
+                raise InvalidArgument("give a password or no_password=True, not both")
+        elif not isinstance(password, str) or not password:
+            raise InvalidArgument("a password is a non-empty str (or no_password=True: none)")
         request = auth_pb2.UserAddRequest(name=_name(name, "user"), password=password or "",
-                                          no_password=password is None)
+                                          no_password=no_password)
         return self._auth_result(_change("UserAdd", request), _revision)
 
     def user_delete(self, name: str):

@@ -1,10 +1,12 @@
 """
 The C{kvpaxos} command: reads and writes a kvpaxos cluster over gRPC, with
 the client library (L{kvpaxos.client}).  Parsing lives here; the
-txn expressions are L{kvpaxos.client.txn_syntax}'s, and carrying out a
-command L{kvpaxos.client.actions}'.
+txn expressions are L{kvpaxos.client.txn_syntax}'s, carrying out a
+command L{kvpaxos.client.actions}', and the auth commands (their parsing
+and actions) L{kvpaxos.client.auth_cli}'s.
 
-    kvpaxos [--endpoints HOST:PORT,...] [--json] [--timeout SECONDS] [--session] COMMAND
+    kvpaxos [--endpoints HOST:PORT,...] [--json] [--timeout SECONDS] [--session]
+            [--user NAME[:PASSWORD]] [--password PASSWORD] COMMAND
     kvpaxos put KEY VALUE        prints OK
     kvpaxos get KEY              prints the value (exit 1: key not found)
     kvpaxos delete KEY           prints OK
@@ -15,6 +17,14 @@ command L{kvpaxos.client.actions}'.
     kvpaxos txn --compare C ... --then OP ... --else OP ...
                                  prints SUCCESS or FAILURE, then each op's result
     kvpaxos status               one row per endpoint
+    kvpaxos user add NAME[:PASSWORD] [--new-user-password P] [--no-password]
+        | user delete NAME | user get NAME [--detail] | user list | user passwd NAME
+        | user grant-role USER ROLE | user revoke-role USER ROLE
+    kvpaxos role add NAME | role delete NAME | role get NAME | role list
+        | role grant-permission ROLE read|write|readwrite KEY [END] [--prefix|--from-key]
+        | role revoke-permission ROLE KEY [END] [--prefix|--from-key]
+    kvpaxos auth enable | auth disable | auth status
+                                 etcdctl's auth commands: L{kvpaxos.client.auth_cli}
     kvpaxos [--admin HOST:PORT,...] member list | member add ID --peer HOST:PORT [--client HOST:PORT]
         | member promote ID | member remove ID [--force] | leader transfer ID
         | endpoint status | endpoint health
@@ -23,6 +33,8 @@ command L{kvpaxos.client.actions}'.
 C{get} and C{range} take C{--consistency linearizable|serializable|lease};
 C{range} also C{--prefix}, C{--limit N}, C{--keys-only}, C{--count-only}.
 The seed's form works too: C{kvpaxos --action=put --key=k --value=v}.
+Once auth is enabled, C{--user} names the user every command acts as (its
+password is asked for on a terminal when not given).
 
 A request goes to the leader when the client knows it, else to the
 endpoints in the order given; an endpoint that is unreachable or answers
@@ -56,7 +68,7 @@ from typing import Any, BinaryIO, Callable, Optional, Sequence, Union
 from kvpaxos.api.endpoints import DEFAULT_ENDPOINT, BadEndpoint, parse_endpoints
 from kvpaxos.api.errors import InvalidArgument
 from kvpaxos.api.limits import check_key, check_value
-from kvpaxos.client import admin_cli
+from kvpaxos.client import admin_cli, auth_cli
 from kvpaxos.client.actions import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Actions
 from kvpaxos.client.blocking import Client, open_channel, tls_channel_factory
 from kvpaxos.tls import TLSError
@@ -67,7 +79,7 @@ __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "Invocation", "main", "parse"
 
 #: The actions of the seed's C{--action=} form.
 ACTIONS = ("put", "get", "delete", "append", "status")
-COMMANDS = ACTIONS + ("range", "cas", "txn") + tuple(admin_cli.ADMIN_COMMANDS)
+COMMANDS = ACTIONS + ("range", "cas", "txn") + tuple(auth_cli.AUTH_COMMANDS) + tuple(admin_cli.ADMIN_COMMANDS)
 #: Actions that take a key, and those that take a value too.
 _KEYED = {"put", "get", "delete", "append"}
 _VALUED = {"put", "append"}
@@ -159,6 +171,8 @@ def build_parser(stdout: BinaryIO, stderr: BinaryIO) -> argparse.ArgumentParser:
         )
         parser.add_argument("--cert", default=default(None), metavar="FILE",
                             help="TLS: this client's certificate (PEM), for nodes that ask for one")
+        if grpc:
+            auth_cli.add_user_options(parser, defaults)
         if not defaults:
             # At the top level --key is also the seed form's (--action=put
             # --key=K): there it is the TLS key file only without --action.
@@ -175,7 +189,8 @@ def build_parser(stdout: BinaryIO, stderr: BinaryIO) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="kvpaxos", streams=streams,
         description="Read and write a kvpaxos cluster.",
-        epilog="Also: kvpaxos --action=put --key=K --value=V (and get, delete, append, status).",
+        epilog="Also: kvpaxos --action=put --key=K --value=V (and get, delete, append, status). Once auth is"
+               " enabled, give --user NAME[:PASSWORD] (asked for on a terminal when not given).",
     )
     global_options(parser, defaults=True)
     admin_cli.add_admin_options(parser, defaults=True)
@@ -232,6 +247,7 @@ def build_parser(stdout: BinaryIO, stderr: BinaryIO) -> argparse.ArgumentParser:
                          help="run otherwise (repeatable)")
     global_options(command, defaults=False)
 
+    auth_cli.add_commands(commands, streams, lambda command: global_options(command, defaults=False))
     admin_cli.add_commands(commands, streams, lambda command: global_options(command, defaults=False, grpc=False))
     return parser
 
@@ -277,6 +293,11 @@ class Invocation:
     txn: Optional[TxnSpec] = None
     #: (cacert, cert, key) for TLS, or None.
     tls: Optional[tuple] = None
+    #: --user and its password (None with a user: to be asked, L{auth_cli.ask_passwords}).
+    user: Optional[str] = None
+    password: Optional[str] = None
+    #: The user, role and auth commands: what they ask for.
+    auth: Optional[auth_cli.AuthCommand] = None
 
 
 def _parse_txn(args) -> TxnSpec:
@@ -305,7 +326,11 @@ def parse(argv: Sequence[str], stdout: BinaryIO, stderr: BinaryIO) -> Union[Invo
         parser.error(f"give the command {args.command!r} or --action/--key/--value, not both")
     if args.command in admin_cli.ADMIN_COMMANDS:
         return admin_cli.invocation(args, parser.error)
-    if args.command:
+    extra: dict[str, Any] = {}
+    if args.command in auth_cli.AUTH_COMMANDS:
+        extra["auth"] = auth_cli.command(args)
+        action, key, value = extra["auth"].action, None, None
+    elif args.command:
         action = args.command
         key, value = getattr(args, "key", None), getattr(args, "value", None)
     elif args.action:
@@ -324,7 +349,7 @@ def parse(argv: Sequence[str], stdout: BinaryIO, stderr: BinaryIO) -> Union[Invo
         endpoints = parse_endpoints(args.endpoints)
     except BadEndpoint as error:
         parser.error(f"--endpoints: {error}")
-    extra: dict[str, Any] = {}
+    extra["user"], extra["password"] = auth_cli.user_option(args, parser.error)
     if action in ("get", "range"):
         extra["consistency"] = getattr(args, "consistency", "linearizable")
     if action == "range":
@@ -363,6 +388,8 @@ def main(
     stdout: Optional[BinaryIO] = None,
     stderr: Optional[BinaryIO] = None,
     admin_reactor=None,
+    getpass: Callable[[str], str] = auth_cli.read_password,
+    isatty: Callable[[], bool] = auth_cli.stdin_is_a_terminal,
 ) -> int:
     """
     Run the C{kvpaxos} command; return its exit status.
@@ -375,6 +402,8 @@ def main(
     @param stderr: binary stream for errors (default C{sys.stderr.buffer}).
     @param admin_reactor: the reactor the admin commands run (default the
         global one; tests pass a fresh one, run without signal handlers).
+    @param getpass: asks for a password not given (prompt -> password),
+        when C{isatty()} says stdin is a terminal.
     """
     stdout = sys.stdout.buffer if stdout is None else stdout
     stderr = sys.stderr.buffer if stderr is None else stderr
@@ -400,13 +429,20 @@ def main(
             except TLSError as error:
                 stderr.write(f"kvpaxos: error: {error}\n".encode("utf-8"))
                 return EXIT_USAGE
+        try:
+            invocation = auth_cli.ask_passwords(invocation, getpass, isatty)
+        except auth_cli.NoPassword as error:
+            stderr.write(f"kvpaxos: error: {error}\n".encode("utf-8", "replace"))
+            return EXIT_USAGE
         client = Client(
             invocation.endpoints, timeout_s=invocation.timeout_s, session=invocation.session,
             channel_factory=channel_factory, sleep=sleep, clock=clock, rng=rng,
             stream=False,  # one request per command: a stream would save nothing
+            user=invocation.user, password=invocation.password,
         )
+        actions = Actions if invocation.auth is None else auth_cli.AuthActions
         with client:
-            return Actions(invocation, client, stdout, stderr).run()
+            return actions(invocation, client, stdout, stderr).run()
     finally:
         for stream in (stdout, stderr):
             try:
