@@ -66,6 +66,7 @@ from kvpaxos.api.errors import ApiError
 from kvpaxos.kv.commands import Request
 from kvpaxos.node.auth import AuthPath
 from kvpaxos.node.auth_calls import AuthCalls
+from kvpaxos.node.watch_calls import WatchCalls
 from kvpaxos.node.clock import MonotonicClock
 from kvpaxos.node.interfaces import (
     IKeyValueNode,
@@ -92,7 +93,7 @@ def _delegate(name: str):
 
 
 @implementer(IPeerHandler, IKeyValueNode, IMembership)
-class ReplicaService(NodeWatch, BackupSource, AuthCalls, Service):
+class ReplicaService(NodeWatch, BackupSource, AuthCalls, WatchCalls, Service):
     """
     Runs one replica.
 
@@ -273,13 +274,10 @@ class ReplicaService(NodeWatch, BackupSource, AuthCalls, Service):
             self.store.close()
 
     def _fail_everything(self, error: Exception) -> None:
-        if self.writes is not None:
-            self.writes.stop(error)
-        if self.reads is not None:
-            self.reads.stop(error)
-        if self.membership is not None:
-            self.membership.stop(error)
-        self.auth.stop(error)
+        for part in (self.writes, self.reads, self.membership, self.auth):
+            if part is not None:
+                part.stop(error)
+        self._stop_watchers()
 
     def _fatal(self, failure: Failure) -> None:
         if self.fatal_error is None:
@@ -437,6 +435,7 @@ class ReplicaService(NodeWatch, BackupSource, AuthCalls, Service):
         self.reads.read_states(rd.read_states)
         self._guard(self.replica.advance, rd)
         self.reads.applied()
+        self._watchers_applied()
         self.membership.applied(rd)
         self._schedule()
 
