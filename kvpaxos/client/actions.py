@@ -180,6 +180,32 @@ class Actions(Output):
             self._print_kvs(result.kvs, i.keys_only)
         return EXIT_OK
 
+    def do_watch(self) -> int:
+        """Print each event as etcdctl does (its type, then key and value; with --prev-kv the old ones first)."""
+        i, spec = self.invocation, self.invocation.watch
+        seen = 0
+        with self.client.watch(i.key, i.end, prefix=i.prefix, start_revision=spec.revision,
+                               prev_kv=spec.prev_kv) as events:
+            try:
+                for event in events:
+                    if i.json:
+                        obj = {"type": event.kind.upper(), "revision": event.revision, **_kv_fields(event.kv)}
+                        if event.prev_kv is not None:
+                            obj["prev_kv"] = _kv_fields(event.prev_kv)
+                        self.json(obj)
+                    else:
+                        self.text(event.kind.upper())
+                        if event.prev_kv is not None:
+                            self._print_kvs([event.prev_kv], False)
+                        self._print_kvs([event.kv], False)
+                    self.stdout.flush()
+                    seen += 1
+                    if spec.max_events and seen >= spec.max_events:
+                        break
+            except KeyboardInterrupt:
+                pass
+        return EXIT_OK
+
     def do_cas(self) -> int:
         i = self.invocation
         operation = kvclient.cas_operation(

@@ -24,6 +24,7 @@ from kvpaxos.client.errors import AuthNotEnabled, Unavailable, member_error, rpc
 from kvpaxos.client.requests import BytesLike, Operation, RangePager, RangeResult
 from kvpaxos.client.retry import Backoff, Pause, Refresh, Session
 from kvpaxos.client.stream import Multiplexer
+from kvpaxos.client.watch import AsyncWatch, watch_request
 from kvpaxos.v1 import kv_pb2
 
 __all__ = ["AsyncClient", "open_aio_channel"]
@@ -222,6 +223,12 @@ class AsyncClient(_Base):
         operation = requests.cas_operation(key, value, expected_value=expected_value, expected_version=expected_version,
                                   expected_absent=expected_absent)
         return requests.cas_result((await self.call(operation)).response)
+
+    def watch(self, key: BytesLike, range_end: Optional[BytesLike] = None, prefix: bool = False,
+              start_revision: int = 0, prev_kv: bool = False, no_put: bool = False,
+              no_delete: bool = False) -> AsyncWatch:
+        """See L{Client.watch}: an async iterator (C{async for}), an async context manager."""
+        return AsyncWatch(self, watch_request(key, range_end, prefix, start_revision, prev_kv, no_put, no_delete))
 
     async def status(self) -> kv_pb2.StatusResponse:
         """See L{Client.status}."""

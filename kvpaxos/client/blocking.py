@@ -23,6 +23,7 @@ from kvpaxos.client.errors import AuthNotEnabled, ClientError, Unavailable, memb
 from kvpaxos.client.requests import BytesLike, Operation, RangePager, RangeResult
 from kvpaxos.client.retry import Backoff, Directory, Pause, Refresh, RetryPolicy, Session, SessionPool
 from kvpaxos.client.stream import KIND_OF_RPC, BlockingMultiplexer, as_unavailable, broken
+from kvpaxos.client.watch import Watch, watch_request
 from kvpaxos.tls import grpc_channel_credentials
 from kvpaxos.v1 import auth_pb2_grpc, kv_pb2, kv_pb2_grpc
 
@@ -390,6 +391,18 @@ class Client(_Base):
         operation = requests.cas_operation(key, value, expected_value=expected_value, expected_version=expected_version,
                                   expected_absent=expected_absent)
         return requests.cas_result(self.call(operation).response)
+
+    def watch(self, key: BytesLike, range_end: Optional[BytesLike] = None, prefix: bool = False,
+              start_revision: int = 0, prev_kv: bool = False, no_put: bool = False,
+              no_delete: bool = False) -> Watch:
+        """
+        Watch C{key} (or [key, range_end), or every key starting with it)
+        from C{start_revision} (0: from now): a blocking iterator of
+        L{kvpaxos.client.watch.WatchEvent}s that resumes on another member
+        after a failure, without a gap or a duplicate; close it (or use it
+        as a context manager) to stop.
+        """
+        return Watch(self, watch_request(key, range_end, prefix, start_revision, prev_kv, no_put, no_delete))
 
     def status(self) -> kv_pb2.StatusResponse:
         """Return the cluster status as some member (retried like a read) sees it."""

@@ -12,6 +12,8 @@ and actions) L{kvpaxos.client.auth_cli}'s.
     kvpaxos delete KEY           prints OK
     kvpaxos append KEY VALUE     prints the new value
     kvpaxos range START [END]    prints each key and value on lines of their own
+    kvpaxos watch KEY [END] [--prefix] [--rev N] [--prev-kv] [--max-events N]
+                                 prints each change as etcdctl does: PUT or DELETE, key, value
     kvpaxos cas KEY VALUE --expect OLD | --expect-version N | --expect-absent
                                  prints OK (exit 1: not swapped)
     kvpaxos txn --compare C ... --then OP ... --else OP ...
@@ -79,7 +81,7 @@ __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "Invocation", "main", "parse"
 
 #: The actions of the seed's C{--action=} form.
 ACTIONS = ("put", "get", "delete", "append", "status")
-COMMANDS = ACTIONS + ("range", "cas", "txn") + tuple(auth_cli.AUTH_COMMANDS) + tuple(admin_cli.ADMIN_COMMANDS)
+COMMANDS = ACTIONS + ("range", "watch", "cas", "txn") + tuple(auth_cli.AUTH_COMMANDS) + tuple(admin_cli.ADMIN_COMMANDS)
 #: Actions that take a key, and those that take a value too.
 _KEYED = {"put", "get", "delete", "append"}
 _VALUED = {"put", "append"}
@@ -226,6 +228,16 @@ def build_parser(stdout: BinaryIO, stderr: BinaryIO) -> argparse.ArgumentParser:
     consistency(command)
     global_options(command, defaults=False)
 
+    help_text = "print the puts and deletes of KEY (or [KEY, END), or every key starting with KEY) as they happen"
+    command = commands.add_parser("watch", help=help_text, description=help_text, streams=streams)
+    command.add_argument("key", metavar="KEY")
+    command.add_argument("end", metavar="END", nargs="?")
+    command.add_argument("--prefix", action="store_true", help="every key starting with KEY (no END)")
+    command.add_argument("--rev", type=_count, default=0, metavar="N", help="from revision N (default: from now)")
+    command.add_argument("--prev-kv", action="store_true", help="print each change's previous key and value too")
+    command.add_argument("--max-events", type=_count, default=0, metavar="N", help="stop after N events (default: never)")
+    global_options(command, defaults=False)
+
     help_text = "set KEY to VALUE if it holds OLD, has version N, or does not exist"
     command = commands.add_parser("cas", help=help_text, description=help_text, streams=streams)
     command.add_argument("key", metavar="KEY")
@@ -298,6 +310,17 @@ class Invocation:
     password: Optional[str] = None
     #: The user, role and auth commands: what they ask for.
     auth: Optional[auth_cli.AuthCommand] = None
+    #: watch: --rev, --prev-kv, --max-events.
+    watch: Optional["WatchSpec"] = None
+
+
+@dataclass(frozen=True)
+class WatchSpec:
+    """The parsed C{watch} flags."""
+
+    revision: int = 0
+    prev_kv: bool = False
+    max_events: int = 0
 
 
 def _parse_txn(args) -> TxnSpec:
@@ -357,6 +380,10 @@ def parse(argv: Sequence[str], stdout: BinaryIO, stderr: BinaryIO) -> Union[Invo
             parser.error("give END or --prefix, not both")
         extra.update(end=_utf8(args.end), prefix=args.prefix, limit=args.limit, keys_only=args.keys_only,
                      count_only=args.count_only)
+    elif action == "watch":
+        if args.prefix and args.end is not None:
+            parser.error("give END or --prefix, not both")
+        extra.update(end=_utf8(args.end), prefix=args.prefix, watch=WatchSpec(args.rev, args.prev_kv, args.max_events))
     elif action == "cas":
         extra["expect"] = Expectation(_utf8(args.expect), args.expect_version, args.expect_absent)
     elif action == "txn":
