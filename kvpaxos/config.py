@@ -10,6 +10,7 @@ the same keys::
     addr = "127.0.0.1:2380"          # peer (AMP) address
     client = "127.0.0.1:2379"        # gRPC address
     admin = "127.0.0.1:2381"         # AMP admin address
+    etcd_addr = "127.0.0.1:2479"     # etcd's v3 gRPC API (--etcd-addr; off by default)
     data = "/var/lib/kvpaxos/1"
     storage = "lmdb"
     cluster_token = "kvpaxos"        # the same on every member (--cluster-token)
@@ -67,7 +68,7 @@ MAX_AUTH_TOKEN_TTL = 86400
 
 #: Keys a TOML file may hold.
 _TOML_KEYS = {
-    "id", "addr", "client", "admin", "data", "storage", "peers",
+    "id", "addr", "client", "admin", "etcd_addr", "data", "storage", "peers",
     "tick_ms", "election_ticks", "heartbeat_ticks", "lease_reads", "lease_drift_ticks",
     "snapshot_interval", "cluster_token",
     "join", "auto_promote", "auto_promote_beats", "promote_lag_slots", "metrics_addr", "log_format",
@@ -134,6 +135,9 @@ class NodeConfig:
     promote_lag_slots: int = 1000
     #: Where /metrics and /health are served over HTTP (None: off).
     metrics: Optional[Address] = None
+    #: Where etcd's v3 gRPC API is served (None: off), with the client
+    #: port's TLS (kvpaxos.api.etcd).
+    etcd: Optional[Address] = None
     #: "text" (twistd's), or "json": one JSON object per line (kvpaxos.logs).
     log_format: str = "text"
     #: The space quota in bytes of store pages in use (0: none): past it,
@@ -372,6 +376,8 @@ def build(values: dict) -> NodeConfig:
         changes["join"] = parse_join(values["join"])
     if values.get("metrics_addr") not in (None, ""):
         changes["metrics"] = parse_address(values["metrics_addr"], "metrics_addr")
+    if values.get("etcd_addr") not in (None, ""):
+        changes["etcd"] = parse_address(values["etcd_addr"], "etcd_addr")
     if values.get("log_format") is not None:
         if values["log_format"] not in ("text", "json"):
             raise ConfigError(f"log_format must be text or json, got {values['log_format']!r}")
@@ -421,9 +427,10 @@ def build(values: dict) -> NodeConfig:
                 )
     _check_limits(config)
     _check_tls(config)
-    ports = [(a.host, a.port) for a in (config.peer, config.client, config.admin) if a.port]
+    ports = [(a.host, a.port) for a in (config.peer, config.client, config.admin, config.etcd)
+             if a is not None and a.port]
     if len(set(ports)) != len(ports):
-        raise ConfigError("addr, client and admin must be different addresses")
+        raise ConfigError("addr, client, admin and etcd_addr must be different addresses")
     return config
 
 

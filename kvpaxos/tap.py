@@ -26,7 +26,7 @@ _log = Logger()
 
 #: Each flag and the configuration (TOML) key it sets.
 _FLAGS = {
-    "id": "id", "addr": "addr", "peers": "peers", "client": "client", "admin": "admin",
+    "id": "id", "addr": "addr", "peers": "peers", "client": "client", "admin": "admin", "etcd-addr": "etcd_addr",
     "data": "data", "storage": "storage", "cluster-token": "cluster_token",
     "join": "join", "auto-promote": "auto_promote", "auto-promote-beats": "auto_promote_beats",
     "promote-lag-slots": "promote_lag_slots", "metrics-addr": "metrics_addr", "log-format": "log_format",
@@ -60,6 +60,9 @@ class Options(usage.Options):
         ["peers", None, None, "The other members: ID=host:port,ID=host:port."],
         ["client", None, None, "gRPC client address host:port [default: 127.0.0.1:2379]."],
         ["admin", None, None, "AMP admin address host:port [default: 127.0.0.1:2381]."],
+        ["etcd-addr", None, None,
+         "Serve etcd's v3 gRPC API (etcdctl, clientv3) on host:port too, with the client port's TLS"
+         " [default: off]."],
         ["data", None, None, "Data directory [default: ./kvpaxos-data]."],
         ["storage", None, None, "Storage provider: lmdb, memory, or an installed plugin [default: lmdb]."],
         ["cluster-token", None, None,
@@ -346,12 +349,15 @@ def makeService(options: Options) -> service.MultiService:
     ).setServiceParent(top)
     metrics = NodeMetrics()
     replica.metrics = metrics
-    credentials = client_tls = None
+    credentials = etcd_credentials = client_tls = None
     if node.client_tls is not None:
         credentials = grpc_server_credentials(node.client_tls, node.client_cert_auth, _tls_warning)
+        if node.etcd is not None:  # one credentials object per port
+            etcd_credentials = grpc_server_credentials(node.client_tls, node.client_cert_auth, _tls_warning)
         client_tls = ServerTLS(node.client_tls, node.client_cert_auth, _tls_warning)
     GrpcServer(replica, str(node.client), reactor, metrics=metrics, credentials=credentials,
-               cert_names_user=node.client_cert_auth).setServiceParent(top)
+               cert_names_user=node.client_cert_auth, etcd_address=str(node.etcd) if node.etcd else None,
+               etcd_credentials=etcd_credentials, peer_tls=node.peer_tls is not None).setServiceParent(top)
     if node.metrics is not None:
         internet.TCPServer(
             node.metrics.port, metrics_site(metrics), interface=node.metrics.host, backlog=LISTEN_BACKLOG,

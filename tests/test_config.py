@@ -224,6 +224,23 @@ class OptionsTests(SynchronousTestCase):
         error = self.assertRaises(usage.UsageError, Options().parseOptions, ["--metrics-addr=nope"])
         self.assertIn("metrics_addr must be host:port", str(error))
 
+    def test_etcd_addr(self):
+        """etcd_addr (and --etcd-addr) serves etcd's API there; off by default; bad or taken ones are refused."""
+        self.assertIsNone(NodeConfig().etcd)
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('etcd_addr = "127.0.0.1:2479"\n')
+        options = Options()
+        options.parseOptions(["--config", path])
+        self.assertEqual(options.node.etcd, Address("127.0.0.1", 2479))
+        options = Options()
+        options.parseOptions(["--config", path, "--etcd-addr=:2579"])
+        self.assertEqual(options.node.etcd, Address("0.0.0.0", 2579))
+        error = self.assertRaises(usage.UsageError, Options().parseOptions, ["--etcd-addr=nope"])
+        self.assertIn("etcd_addr must be host:port", str(error))
+        error = self.assertRaises(usage.UsageError, Options().parseOptions, ["--etcd-addr=127.0.0.1:2379"])
+        self.assertIn("must be different addresses", str(error))
+
     def test_cluster_token_flag(self):
         """--cluster-token sets cluster_token and overrides the file's."""
         path = self.mktemp()

@@ -1,11 +1,12 @@
 """
-The generated modules in kvpaxos/v1/ are committed; this test regenerates
-them from proto/ with grpc_tools.protoc into a temporary directory and fails
-when the committed ones differ.  To fix a failure, regenerate from the
-repository root:
+The generated modules in kvpaxos/v1/ and kvpaxos/etcdpb/ are committed;
+this test regenerates them from proto/ with grpc_tools.protoc into a
+temporary directory and fails when the committed ones differ.  To fix a
+failure, regenerate from the repository root:
 
     python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. \\
-        --grpc_python_out=. proto/kvpaxos/v1/kv.proto
+        --grpc_python_out=. proto/kvpaxos/v1/kv.proto proto/kvpaxos/v1/auth.proto \\
+        proto/kvpaxos/etcdpb/kv.proto proto/kvpaxos/etcdpb/rpc.proto
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-PROTOS = ("kvpaxos/v1/kv.proto", "kvpaxos/v1/auth.proto")
+PROTOS = ("kvpaxos/v1/kv.proto", "kvpaxos/v1/auth.proto", "kvpaxos/v1/watch.proto", "kvpaxos/etcdpb/kv.proto", "kvpaxos/etcdpb/rpc.proto")
 GENERATED = ("kv_pb2.py", "kv_pb2.pyi", "kv_pb2_grpc.py")
 
 

@@ -2,7 +2,9 @@
 The gRPC edge: L{GrpcServer}, a Twisted service that runs a grpc.aio server
 (the C{kvpaxos.v1.KV} and C{kvpaxos.v1.Cluster} services of
 L{kvpaxos.api.servicers}, health checking and server reflection) on an
-asyncio event loop of its own, in a thread of its own, beside the reactor.
+asyncio event loop of its own, in a thread of its own, beside the reactor;
+and, when given an etcd address, a second grpc.aio server on the same loop
+serving etcd's v3 API there (L{kvpaxos.api.etcd}).
 
 Threads.  The handlers are coroutines on the gRPC thread's loop.  The node
 (L{kvpaxos.node.interfaces.IKeyValueNode}) is called only in the reactor
@@ -47,6 +49,7 @@ from kvpaxos.api.errors import SHUTTING_DOWN as SHUTTING_DOWN_REASON, Unavailabl
 from kvpaxos.api.servicers import ClusterServicer, KVServicer, _NodeCalls
 from kvpaxos.api.statuses import SHUTTING_DOWN
 from kvpaxos.api.auth_servicer import AuthServicer
+from kvpaxos.api import etcd
 from kvpaxos.v1 import auth_pb2, auth_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 #: Full names of the services this server offers.
@@ -92,6 +95,9 @@ class GrpcServer(Service):
         metrics=None,
         credentials=None,
         cert_names_user: bool = False,
+        etcd_address: Optional[str] = None,
+        etcd_credentials=None,
+        peer_tls: bool = False,
     ) -> None:
         """
         @param node: provides L{kvpaxos.node.interfaces.IKeyValueNode}; called
@@ -114,19 +120,35 @@ class GrpcServer(Service):
         @param cert_names_user: whether a verified client certificate's
             common name names the user of a request that brings no token
             (etcd's rule with C{--client-cert-auth}).
-        @raise kvpaxos.api.endpoints.BadEndpoint: C{address} is not
-            C{host:port}.
+        @param etcd_address: C{host:port} to serve etcd's v3 API on, or
+            None: not served.
+        @param etcd_credentials: C{grpc.ServerCredentials} of the etcd port
+            (made from the client port's files: one credentials object
+            serves one port), or None: plaintext.
+        @param peer_tls: whether the peer links are TLS (the etcd member
+            list's peer URLs say C{https}).
+        @raise kvpaxos.api.endpoints.BadEndpoint: C{address} or
+            C{etcd_address} is not C{host:port}.
         """
         self.address = parse_endpoint(address)
         self.port: Optional[int] = None
+        #: The etcd port's address, and its bound port once started (None: not served).
+        self.etcd_address = parse_endpoint(etcd_address) if etcd_address is not None else None
+        self.etcd_port: Optional[int] = None
         self.crossing = ReactorCrossing(reactor)
         self._reactor = reactor
         self._stop_grace_s = stop_grace_s
         self._calls = _NodeCalls(node, self.crossing, request_timeout_s)
         self._calls.metrics = metrics
         self._calls.cert_names_user = cert_names_user
+        self._etcd_calls = etcd.EtcdCalls(node, self.crossing, request_timeout_s)
+        self._etcd_calls.metrics = metrics
+        self._etcd_calls.cert_names_user = cert_names_user
+        self._etcd_calls.peer_scheme = "https" if peer_tls else "http"
+        self._etcd_server = None
         self._node = node
         self._credentials = credentials
+        self._etcd_credentials = etcd_credentials
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._server = None
@@ -150,7 +172,7 @@ class GrpcServer(Service):
             _stop_loop(loop, thread)
             raise
         try:  # for the ErrorInfo of requests refused before they reach the node
-            self._calls.member_id = self._node.status().member_id
+            self._calls.member_id = self._etcd_calls.member_id = self._node.status().member_id
         except Exception:
             pass
         self.port = bound
@@ -158,13 +180,16 @@ class GrpcServer(Service):
         super().startService()
         _log.info("serving gRPC clients on {address} (port {port}{tls})", address=self.address, port=bound,
                   tls=", TLS" if self._credentials is not None else "")
+        if self.etcd_port is not None:
+            _log.info("serving etcd's v3 API on {address} (port {port}{tls})", address=self.etcd_address,
+                      port=self.etcd_port, tls=", TLS" if self._etcd_credentials is not None else "")
 
     async def _start(self) -> int:
         # SO_REUSEPORT off: a second node on the same port must fail to bind,
         # not silently share the port.  A bound on the requests in flight:
         # beyond it clients get RESOURCE_EXHAUSTED instead of the node
         # buffering without limit.
-        self._calls.post = LoopPost(asyncio.get_running_loop())
+        self._calls.post = self._etcd_calls.post = LoopPost(asyncio.get_running_loop())
         server = grpc.aio.server(
             options=CHANNEL_OPTIONS + (("grpc.so_reuseport", 0),),
             maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
@@ -176,20 +201,40 @@ class GrpcServer(Service):
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)
-        host, _, port = self.address.rpartition(":")
+        bound = self._bind(server, self.address, self._credentials)
+        etcd_server = None
+        if self.etcd_address is not None:
+            etcd_server = grpc.aio.server(
+                options=CHANNEL_OPTIONS + (("grpc.so_reuseport", 0),),
+                maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+            )
+            etcd.add_services(etcd_server, self._node, self._etcd_calls)
+            reflection.enable_server_reflection(etcd.SERVICE_NAMES + (reflection.SERVICE_NAME,), etcd_server)
+            self.etcd_port = self._bind(etcd_server, self.etcd_address, self._etcd_credentials)
+            scheme = "https" if self._etcd_credentials is not None else "http"
+            host = self.etcd_address.rpartition(":")[0]
+            self._etcd_calls.client_urls = (f"{scheme}://{host}:{self.etcd_port}",)
+        for name in ("", KV_SERVICE, CLUSTER_SERVICE):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await server.start()
+        if etcd_server is not None:
+            await etcd_server.start()
+        self._server, self._health, self._etcd_server = server, health_servicer, etcd_server
+        return bound
+
+    @staticmethod
+    def _bind(server, address: str, credentials) -> int:
+        """Bind C{server} to C{address} (TLS with C{credentials}, if any); return the port."""
+        host, _, port = address.rpartition(":")
         try:
-            if self._credentials is not None:
-                bound = server.add_secure_port(self.address, self._credentials)
+            if credentials is not None:
+                bound = server.add_secure_port(address, credentials)
             else:
-                bound = server.add_insecure_port(self.address)
+                bound = server.add_insecure_port(address)
         except RuntimeError as error:
             raise CannotListenError(host, int(port), error) from error
         if not bound:
             raise CannotListenError(host, int(port), "grpc could not bind")
-        for name in ("", KV_SERVICE, CLUSTER_SERVICE):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        await server.start()
-        self._server, self._health = server, health_servicer
         return bound
 
     def stopService(self) -> defer.Deferred:
@@ -205,12 +250,13 @@ class GrpcServer(Service):
         if loop is None:
             return defer.succeed(None)
         self.crossing.close(lambda: ShuttingDown(SHUTTING_DOWN, self._calls.leader))
-        server, health_servicer = self._server, self._health
+        server, health_servicer, etcd_server = self._server, self._health, self._etcd_server
         grace_s = self._stop_grace_s
 
         async def stop() -> None:
             await health_servicer.enter_graceful_shutdown()
-            await server.stop(grace_s)
+            stops = [server.stop(grace_s)] + ([etcd_server.stop(grace_s)] if etcd_server is not None else [])
+            await asyncio.gather(*stops)
 
         stopped = asyncio.run_coroutine_threadsafe(stop(), loop)
         done: defer.Deferred = defer.Deferred()

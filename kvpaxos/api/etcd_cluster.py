@@ -1,0 +1,211 @@
+"""
+etcd's C{Cluster}, C{Maintenance}, C{Watch} and C{Lease} services on the
+etcd port (L{kvpaxos.api.etcd}).
+
+Served: C{MemberList} (the answering member's applied member set, as
+kvpaxos.v1's), C{MemberRemove} and C{MemberPromote} (the node's
+membership calls, L{kvpaxos.node.interfaces.IMembership}, carried to the
+leader by the node), C{Status} (the node's C{status()}) and C{Alarm} GET
+(this member's NOSPACE alarm).  Everything else answers UNIMPLEMENTED with
+a sentence saying what to do instead; the list is README.md's ("etcd's
+API").  Nothing here decides anything: the node does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from kvpaxos.api import etcd_convert as convert
+from kvpaxos.api import etcd_errors
+from kvpaxos.api.etcd_errors import etcd_rpc, invalid, refuse, unimplemented
+from kvpaxos.etcdpb import rpc_pb2 as pb
+from kvpaxos.etcdpb import rpc_pb2_grpc
+from kvpaxos.node.interfaces import MembershipRejected
+
+#: The version the etcd port reports in C{Status}: the etcd API release
+#: whose calls it answers as etcd does (clients read it as etcd's).
+ETCD_VERSION = "3.4.0"
+
+
+@dataclass(frozen=True)
+class _Rejected:
+    """The node refused a membership change (nothing changed): its sentence and the member view then."""
+
+    message: str
+    view: object
+
+
+def _changed(node, d):
+    """C{d}, a membership change's Deferred, with a refusal as a L{_Rejected} result (in the reactor)."""
+
+    def rejected(failure):
+        failure.trap(MembershipRejected)
+        return _Rejected(failure.getErrorMessage(), node.members())
+
+    return d.addErrback(rejected)
+
+
+class ClusterServicer(rpc_pb2_grpc.ClusterServicer):
+    """C{etcdserverpb.Cluster}: the member list, and removal and promotion through the node."""
+
+    def __init__(self, node, calls) -> None:
+        self._node = node
+        self._calls = calls
+
+    def _members(self, view, header) -> list:
+        return convert.members(view, header.member_id, self._calls.client_urls, self._calls.peer_scheme)
+
+    @etcd_rpc("Cluster")
+    async def MemberList(self, request: pb.MemberListRequest, context) -> pb.MemberListResponse:
+        if request.linearizable:
+            unimplemented("a linearizable member list is not supported yet: ask for a serializable one "
+                          "(etcdctl member list --consistency=s), this member's applied member set")
+        view, header = await self._calls.call(context, lambda timeout_s: self._node.members())
+        return pb.MemberListResponse(header=header, members=self._members(view, header))
+
+    @etcd_rpc("Cluster")
+    async def MemberAdd(self, request: pb.MemberAddRequest, context) -> pb.MemberAddResponse:
+        unimplemented("MemberAdd is not supported on the etcd port: kvpaxos member ids are chosen by the "
+                      "operator; add a learner with the admin CLI (kvpaxos member add ID --peer HOST:PORT "
+                      "--client HOST:PORT), then promote it (MemberPromote, or kvpaxos member promote ID)")
+
+    @etcd_rpc("Cluster")
+    async def MemberUpdate(self, request: pb.MemberUpdateRequest, context) -> pb.MemberUpdateResponse:
+        unimplemented("MemberUpdate is not supported: a kvpaxos member's peer address does not change; "
+                      "remove the member and add it again with its new address")
+
+    @etcd_rpc("Cluster")
+    async def MemberRemove(self, request: pb.MemberRemoveRequest, context) -> pb.MemberRemoveResponse:
+        outcome, header = await self._calls.call(context, lambda timeout_s: _changed(
+            self._node, self._node.member_remove(request.ID, False, timeout_s)))
+        self._refused(outcome, request.ID, promote=False)
+        return pb.MemberRemoveResponse(header=header, members=self._members(outcome, header))
+
+    @etcd_rpc("Cluster")
+    async def MemberPromote(self, request: pb.MemberPromoteRequest, context) -> pb.MemberPromoteResponse:
+        outcome, header = await self._calls.call(context, lambda timeout_s: _changed(
+            self._node, self._node.member_promote(request.ID, timeout_s)))
+        self._refused(outcome, request.ID, promote=True)
+        return pb.MemberPromoteResponse(header=header, members=self._members(outcome, header))
+
+    @staticmethod
+    def _refused(outcome, member_id: int, promote: bool) -> None:
+        """
+        A refused change in etcd's words where etcd has them (chosen from
+        the member view at the refusal: data, not the node's sentence): not
+        a member, or promoting a voter; else FAILED_PRECONDITION with the
+        node's sentence.
+        """
+        if type(outcome) is not _Rejected:
+            return
+        roles = {m.id: m.role for m in outcome.view.members}
+        if member_id not in roles:
+            refuse(etcd_errors.MEMBER_NOT_FOUND)
+        if promote and roles[member_id] != "learner":
+            refuse(etcd_errors.MEMBER_NOT_LEARNER)
+        refuse((grpc.StatusCode.FAILED_PRECONDITION, outcome.message))
+
+
+class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
+    """C{etcdserverpb.Maintenance}: C{Status} and C{Alarm} GET; the rest UNIMPLEMENTED."""
+
+    def __init__(self, node, calls) -> None:
+        self._node = node
+        self._calls = calls
+
+    @etcd_rpc("Maintenance")
+    async def Status(self, request: pb.StatusRequest, context) -> pb.StatusResponse:
+        status, header = await self._calls.call(context, lambda timeout_s: self._node.status())
+        errors = []
+        if not status.leader:
+            errors.append(etcd_errors.NO_LEADER[1])
+        if status.space_alarm:
+            errors.append(f"memberID:{status.member_id} alarm:NOSPACE ")  # etcd's AlarmMember as text
+        return pb.StatusResponse(
+            header=header, version=ETCD_VERSION, dbSize=status.used_bytes, leader=status.leader or 0,
+            raftIndex=status.chosen_index, raftTerm=status.ballot_round, raftAppliedIndex=status.applied_index,
+            errors=errors, dbSizeInUse=status.used_bytes, isLearner=status.member_id in status.learners,
+            dbSizeQuota=status.quota_bytes,
+        )
+
+    @etcd_rpc("Maintenance")
+    async def Alarm(self, request: pb.AlarmRequest, context) -> pb.AlarmResponse:
+        if request.action in (pb.AlarmRequest.ACTIVATE, pb.AlarmRequest.DEACTIVATE):
+            unimplemented("alarms cannot be raised or disarmed: kvpaxos's NOSPACE alarm is this member's own and "
+                          "clears by itself once deletes bring the store under its quota")
+        if request.action != pb.AlarmRequest.GET:
+            invalid(f"unknown alarm action {request.action}")
+        status, header = await self._calls.call(context, lambda timeout_s: self._node.status())
+        alarms = []
+        if status.space_alarm and request.alarm in (pb.NONE, pb.NOSPACE):
+            alarms.append(pb.AlarmMember(memberID=status.member_id, alarm=pb.NOSPACE))
+        return pb.AlarmResponse(header=header, alarms=alarms)
+
+    @etcd_rpc("Maintenance")
+    async def Defragment(self, request, context):
+        unimplemented("Defragment is not supported: kvpaxos's LMDB store reuses freed pages by itself")
+
+    @etcd_rpc("Maintenance")
+    async def Hash(self, request, context):
+        unimplemented("Hash is not supported: kvpaxos's store is not etcd's bbolt file")
+
+    @etcd_rpc("Maintenance")
+    async def HashKV(self, request, context):
+        unimplemented("HashKV is not supported yet")
+
+    @etcd_rpc("Maintenance")
+    async def Snapshot(self, request, context):
+        unimplemented("Snapshot is not supported on the etcd port yet: save a backup with kvpaxos snapshot save "
+                      "FILE (the admin port)")
+
+    @etcd_rpc("Maintenance")
+    async def MoveLeader(self, request, context):
+        unimplemented("MoveLeader is not supported on the etcd port yet: use kvpaxos leader transfer ID "
+                      "(the admin port)")
+
+    @etcd_rpc("Maintenance")
+    async def Downgrade(self, request, context):
+        unimplemented("Downgrade is not supported: kvpaxos is not etcd")
+
+
+class WatchServicer(rpc_pb2_grpc.WatchServicer):
+    """C{etcdserverpb.Watch}: UNIMPLEMENTED (no revision history to watch from yet)."""
+
+    def __init__(self, node, calls) -> None:
+        self._calls = calls
+
+    @etcd_rpc("Watch")
+    async def Watch(self, request_iterator, context):
+        unimplemented("Watch is not supported yet: kvpaxos keeps no revision history to watch from")
+
+
+_NO_LEASES = "leases are not supported yet: kvpaxos has no leases (keys never expire)"
+
+
+class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
+    """C{etcdserverpb.Lease}: every RPC UNIMPLEMENTED (no leases yet)."""
+
+    def __init__(self, node, calls) -> None:
+        self._calls = calls
+
+    @etcd_rpc("Lease")
+    async def LeaseGrant(self, request, context):
+        unimplemented(_NO_LEASES)
+
+    @etcd_rpc("Lease")
+    async def LeaseRevoke(self, request, context):
+        unimplemented(_NO_LEASES)
+
+    @etcd_rpc("Lease")
+    async def LeaseKeepAlive(self, request_iterator, context):
+        unimplemented(_NO_LEASES)
+
+    @etcd_rpc("Lease")
+    async def LeaseTimeToLive(self, request, context):
+        unimplemented(_NO_LEASES)
+
+    @etcd_rpc("Lease")
+    async def LeaseLeases(self, request, context):
+        unimplemented(_NO_LEASES)
