@@ -144,6 +144,8 @@ class Watch:
         self._closed = threading.Event()
         self._call = None
         self._lock = threading.Lock()
+        #: The endpoint the watch streams from now (None between streams).
+        self.endpoint: Optional[str] = None
 
     @property
     def next_revision(self) -> int:
@@ -205,6 +207,7 @@ class Watch:
         call = stub.Watch(outgoing(), metadata=metadata) if metadata else stub.Watch(outgoing())
         with self._lock:
             self._call = call
+        self.endpoint = endpoint
         try:
             if self._closed.is_set():
                 call.cancel()
@@ -212,6 +215,7 @@ class Watch:
                 for event in self._progress.read(endpoint, response):
                     yield event
         finally:
+            self.endpoint = None
             requests.put(None)
             call.cancel()
 
