@@ -275,6 +275,7 @@ class PlantTests(SynchronousTestCase):
             "early-answer-unchosen", "resend-unknown-forward", "serializable-ignores-answered",
             "unconfirmed-read", "wall-clock-ticks", "eager-prepare", "removal-untold",
             "removed-unrefused", "torn-backup", "space-after-propose",
+            "submit-time-auth",  # tests/test_sim_auth.py, in scenario auth
         } | set(SCENARIO_OF)
         self.assertEqual(set(plants.names()) - tested, set())
 

@@ -6,7 +6,10 @@ A history is a list of L{Operation}s as clients saw them: what was asked,
 what came back, and when the request was sent and answered.  L{check} decides
 whether some total order of the operations, consistent with real time (an
 operation that returned before another was called comes first), explains
-every answer under a sequential register model per key.
+every answer under a sequential register model per key
+(L{kvpaxos.testing.registers}), or, for a key whose history holds auth
+changes or refused requests, the register under permissions
+(L{kvpaxos.testing.authmodel}).
 
 Keys are independent in a key-value map (linearizability is compositional,
 Herlihy & Wing 1990 §3.3), so each key's sub-history is checked on its own.
@@ -42,7 +45,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
-KINDS = ("get", "put", "delete", "append", "cas")
+from kvpaxos.testing import authmodel
+from kvpaxos.testing.registers import ILLEGAL as _ILLEGAL
+from kvpaxos.testing.registers import STEPS as _STEPS
+from kvpaxos.testing.registers import mark as _mark
+
+KINDS = ("get", "put", "delete", "append", "cas", "auth")
 
 #: How many search steps pass between two looks at the clock.
 CLOCK_STEPS = 256
@@ -56,16 +64,22 @@ class Operation:
     One client request and what the client learned of it.
 
     @ivar client: Who asked (only shown in explanations).
-    @ivar kind: C{"get"}, C{"put"}, C{"delete"}, C{"append"} or C{"cas"}.
+    @ivar kind: C{"get"}, C{"put"}, C{"delete"}, C{"append"}, C{"cas"}, or
+        C{"auth"} (a change of the permissions, L{authmodel.CHANGES}).
     @ivar key: The key operated on.
     @ivar input: The value written (put, append); C{None} for get and delete;
-        for cas the pair C{(expected, new)}, C{expected=None} meaning "absent".
+        for cas the pair C{(expected, new)}, C{expected=None} meaning "absent";
+        for auth the change.
     @ivar output: get: the value read, C{None} meaning absent; cas: C{True}
         if it swapped; append: the new value, or C{None} if not reported;
-        put and delete: C{None}.  Ignored when C{ret} is C{None}.
+        put and delete: C{None}; auth: C{True} if it applied, C{False} if
+        refused for its precondition.  Ignored when C{ret} is C{None}.
     @ivar call: When the request was sent.
     @ivar ret: When the answer came, or C{None} if none did (a timeout): the
         operation may have taken effect at any time after C{call}, or never.
+    @ivar denied: Answered PERMISSION_DENIED: it must not have been
+        permitted, and changed nothing (L{authmodel}).
+    @ivar root: Its user may do everything: no permission is checked.
     """
 
     client: int
@@ -75,6 +89,8 @@ class Operation:
     output: object = None
     call: float = 0
     ret: Optional[float] = 0
+    denied: bool = False
+    root: bool = False
 
     def __post_init__(self) -> None:
         # Caller misuse: a malformed history, not a linearizability verdict.
@@ -84,18 +100,24 @@ class Operation:
             raise ValueError(f"operation returns ({self.ret}) before its call ({self.call})")
         if self.kind == "cas" and not (isinstance(self.input, tuple) and len(self.input) == 2):
             raise ValueError("cas input must be the pair (expected, new)")
+        if self.kind == "auth":
+            authmodel.check_change(self.input)
 
     def describe(self) -> str:
         """Return one line for a human: interval, client, request and answer."""
         ret = "?" if self.ret is None else f"{self.ret:g}"
         if self.kind == "cas":
             request = f"cas {_show(self.input[0])} -> {_show(self.input[1])}"
-        elif self.kind in ("put", "append"):
+        elif self.kind in ("put", "append", "auth"):
             request = f"{self.kind} {_show(self.input)}"
         else:
             request = self.kind
         if self.ret is None:
             answer = " (timed out)"
+        elif self.denied:
+            answer = " => PERMISSION_DENIED"
+        elif self.kind == "auth":
+            answer = " => applied" if self.output else " => refused"
         elif self.kind in ("get", "cas") or (self.kind == "append" and self.output is not None):
             answer = f" => {_show(self.output)}"
         else:
@@ -105,6 +127,10 @@ class Operation:
 
 def _show(value: object) -> str:
     return "absent" if value is None else repr(value)
+
+
+def _show_state(state: object) -> str:
+    return authmodel.show(state) if isinstance(state, tuple) else _show(state)
 
 
 @dataclass(frozen=True)
@@ -147,7 +173,7 @@ class Result:
         lines = [
             f"illegal: the {self.operations} operations on key {self.key!r} have no linearization",
             f"a longest linearizable prefix holds {self.linearized} operations "
-            f"and leaves the value {_show(self.value)};",
+            f"and leaves the value {_show_state(self.value)};",
             f"no order lets this operation follow it: {self.frontier.describe()}",
             "operations around that point, by call time:",
         ]
@@ -192,69 +218,6 @@ def check(
     return Result("ok", operations=len(history))
 
 
-# The sequential register.  A step function takes the key's value (bytes, or
-# None for absent) and returns the value after the operation, or _ILLEGAL if
-# the operation's answer is impossible from that value.
-
-_ILLEGAL = object()
-
-
-def _get_step(op: Operation, answered: bool):
-    read = op.output
-    return lambda value: value if value == read else _ILLEGAL
-
-
-def _put_step(op: Operation, answered: bool):
-    written = op.input
-    return lambda value: written
-
-
-def _delete_step(op: Operation, answered: bool):
-    return lambda value: None
-
-
-def _append_step(op: Operation, answered: bool):
-    suffix = op.input
-    if not answered or op.output is None:
-        return lambda value: (value or b"") + suffix
-    reported = op.output
-    return lambda value: reported if (value or b"") + suffix == reported else _ILLEGAL
-
-
-def _cas_step(op: Operation, answered: bool):
-    expected, new = op.input
-    if not answered:
-        return lambda value: new if value == expected else value
-    if op.output:
-        return lambda value: new if value == expected else _ILLEGAL
-    return lambda value: value if value != expected else _ILLEGAL
-
-
-_STEPS = {
-    "get": _get_step,
-    "put": _put_step,
-    "delete": _delete_step,
-    "append": _append_step,
-    "cas": _cas_step,
-}
-
-
-def _mark(op: Operation, has_appends: bool) -> Optional[Callable[[object], bool]]:
-    """
-    Return the mark a write leaves on the key's value until the next put or
-    delete, as a predicate, or None if it leaves none that can be told.
-    """
-    if op.kind == "put" and op.input:
-        return lambda value: value is not None and value.startswith(op.input)
-    if op.kind == "cas" and op.input[1]:
-        return lambda value: value is not None and value.startswith(op.input[1])
-    if op.kind == "append" and op.input:
-        return lambda value: value is not None and op.input in value
-    if op.kind == "delete" and not has_appends:
-        return lambda value: value is None
-    return None
-
-
 def _deadlines(ops: list[Operation]) -> list[tuple[Operation, float, int]]:
     """
     Return C{(op, deadline, kind)} for every operation the search needs:
@@ -276,9 +239,10 @@ def _deadlines(ops: list[Operation]) -> list[tuple[Operation, float, int]]:
     other would be an observer), and every timed-out one had no visible
     effect (a timed-out cas there fails).  Remove W and those timed-out
     operations: the unreported appends check nothing, and from the next put
-    or delete on every value is as before.
+    or delete on every value is as before.  (A refused operation or an
+    auth change observes no value; L{authmodel}.)
     """
-    answered = [op for op in ops if op.ret is not None]
+    answered = [op for op in ops if op.ret is not None and not op.denied]
     seen = [(op.output, op.ret) for op in answered if op.kind == "get"]
     appended = [op for op in answered if op.kind == "append" and op.output is not None]
     seen += [(op.output, op.ret) for op in appended]
@@ -323,13 +287,16 @@ def _check_key(key: bytes, all_ops: list[Operation], expired) -> Optional[Result
     needed = _deadlines(all_ops)
     ops = [op for op, _, _ in needed]
     ends = [end for _, end, _ in needed]
-    steps = [_STEPS[op.kind](op, op.ret is not None) for op in ops]
+    permissions = authmodel.uses_auth(all_ops)
+    step_of = authmodel.step if permissions else (lambda op, answered: _STEPS[op.kind](op, answered))
+    steps = [step_of(op, op.ret is not None) for op in ops]
     # A read-only operation legal now can be linearized now without loss of
     # generality: in any linearization from here that puts it later, moving
     # it here changes no value and keeps real-time order (its call passed).
     # So it is a forced move, never a choice to revisit.
     read_only = [
-        op.kind == "get" or (op.kind == "cas" and op.ret is not None and not op.output)
+        op.kind == "get" or (op.ret is not None and (
+            (op.kind == "cas" and not op.output) or authmodel.read_only(op)))
         for op in ops
     ]
     entries = [(op.call, 0, i) for i, op in enumerate(ops)]
@@ -360,7 +327,7 @@ def _check_key(key: bytes, all_ops: list[Operation], expired) -> Optional[Result
         nxt[prv[r]] = nxt[r]
         prv[nxt[r]] = prv[r]
 
-    value = None
+    value = authmodel.INITIAL if permissions else None
     linearized = 0  # bitset of ops indexes, linearized or dropped
     trail = None  # (op index, trail before it): the linearization so far
     stack = []  # (call entry, value before, trail before, forced)

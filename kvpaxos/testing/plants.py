@@ -10,7 +10,10 @@ A L{Plant} may supply any of:
   - C{replica_class}: a L{kvpaxos.paxos.Replica} subclass the service
     builds its core from (as C{ReplicaService.replica_class});
   - C{on_start}: a hook C{(service) -> None} run just before each node's
-    C{startService}.
+    C{startService};
+  - C{patch}: a context manager factory, entered around the whole run (a
+    change of the product's state machine, which the reference replays
+    too, so that only the history can tell).
 
 To add one, write its pieces here and add it to L{PLANTS}: the command
 line (C{--plant NAME}) and the tests (C{tests/test_sim.py}, which asserts
@@ -24,12 +27,16 @@ renamed the plant quietly does nothing, and its test fails.
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 from twisted.internet import defer
 
+from kvpaxos.api.errors import ApiError
 from kvpaxos.kv import machine
+from kvpaxos.kv.auth import AuthError, AuthRefused, request_permitted, state_grants
+from kvpaxos.kv.auth_apply import AuthGuard
 from kvpaxos.encoding.commands import decode_request
 from kvpaxos.kv.sessions import DEFAULT_LIMITS
 from kvpaxos.node.peer_commands import ForwardFailed
@@ -52,6 +59,7 @@ class Plant:
     service_class: Optional[type] = None
     replica_class: Optional[type] = None
     on_start: Optional[Callable] = None
+    patch: Optional[Callable] = None
 
 
 class EarlyAnswerWrites(WritePath):
@@ -159,6 +167,38 @@ class TornBackupService(ReplicaService):
             lambda opened: (opened[0], dataclasses.replace(opened[1], index=index)))
 
 
+class SubmitTimeAuthService(ReplicaService):
+    """
+    Checks a write's permission when this member takes it, against its
+    applied auth state (which may be behind the log), and refuses it
+    there; with L{_no_apply_time_check}, never again when it applies.
+    """
+
+    def submit(self, request, timeout_s, credential=None):
+        unserved = self._unserved()
+        if unserved is not None:
+            return unserved
+        try:
+            user = self.auth.user_of(credential)
+        except ApiError:
+            return defer.fail()
+        state = self.auth.state
+        if state.enabled and not request_permitted(state_grants(state, user), request):
+            return defer.succeed(AuthRefused(AuthError.PERMISSION_DENIED))
+        return super().submit(request, timeout_s, credential)
+
+
+@contextmanager
+def _no_apply_time_check():
+    """The state machine applies every write whatever its user may do (auth commands still checked)."""
+    refusal = AuthGuard.refusal
+    AuthGuard.refusal = lambda guard, request: None
+    try:
+        yield
+    finally:
+        AuthGuard.refusal = refusal
+
+
 def _wall_clock_ticks(service) -> None:
     # Issue 9, hole 3 re-opened: the reactor's timers back on wall time (as
     # Twisted keeps them unless run_timers_on moved them), and ticks, the
@@ -209,6 +249,15 @@ PLANTS = {
             " read transaction's (issue 13, part 4)",
             frozenset({"backup"}),
             service_class=TornBackupService,
+        ),
+        Plant(
+            "submit-time-auth",
+            "a write's permission is checked when a member takes it, against its applied auth"
+            " state, and not when it applies (issue 13, part 2): a member behind a revoke lets"
+            " a write through after the revoke was answered (scenario auth)",
+            frozenset({"linearizability"}),
+            service_class=SubmitTimeAuthService,
+            patch=_no_apply_time_check,
         ),
         Plant(
             "unconfirmed-read",
@@ -376,6 +425,13 @@ def service_class(plant: Optional[Plant], base=ReplicaService) -> type:
         cls = type(f"{cls.__name__}With{plant.replica_class.__name__}", (cls,),
                    {"replica_class": plant.replica_class})
     return cls
+
+
+def patched(plant: Optional[Plant]):
+    """The context C{plant}'s whole run goes in (L{Plant.patch}), or one that changes nothing."""
+    if plant is None or plant.patch is None:
+        return nullcontext()
+    return plant.patch()
 
 
 def before_start(plant: Optional[Plant], service) -> None:

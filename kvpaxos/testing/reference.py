@@ -12,7 +12,11 @@ What it knows, for the checker in L{kvpaxos.testing.sim}:
     (L{tag_of}), to compare every acknowledged result with;
   - the values of the simulated keys at every revision, to check what a
     range read returned at the revision it reports;
-  - that a session command applied a second time changed nothing.
+  - that a session command applied a second time changed nothing (unless
+    the first was refused for permission, which a session does not keep:
+    a retry is checked again);
+  - the result of every auth command by its submission (its origin and
+    request id), to settle an auth change whose answer was lost.
 
 Nothing here looks at a clock, a thread or randomness.
 """
@@ -24,6 +28,7 @@ from bisect import bisect_right
 from typing import Optional
 
 from kvpaxos.kv import machine, sessions
+from kvpaxos.kv.auth import AuthError, AuthRefused
 from kvpaxos.kv.commands import CorruptCommand, Op, Request
 from kvpaxos.encoding.commands import decode_request
 from kvpaxos.kv.sessions import DEFAULT_LIMITS
@@ -39,9 +44,16 @@ def tag_of(request: Request) -> tuple:
     """
     if request.op is Op.OPEN_SESSION:
         return ("open",)
+    if request.op is Op.AUTH:
+        auth = request.auth  # without what its member adds (a salt's hash, a token key)
+        return ("auth", int(auth.action), auth.name, auth.role, auth.permission)
     if request.client_id:
         return ("s", request.client_id, request.sequence)
     return ("n", int(request.op), request.key, request.value, request.txn)
+
+
+def _denied(result) -> bool:
+    return type(result) is AuthRefused and result.error is AuthError.PERMISSION_DENIED
 
 
 def state_hash(data: bytes) -> bytes:
@@ -69,6 +81,8 @@ class Reference:
         #: Client ids OPEN_SESSION assigned.
         self.opened: list[int] = []
         self.commands = 0
+        #: (origin, request id) -> (slot, result) of every auth command.
+        self.auth_applied: dict[tuple, tuple] = {}
 
     def apply(self, slot: int, value) -> Optional[str]:
         """
@@ -92,7 +106,10 @@ class Reference:
                 tag = tag_of(request)
                 if request.op is Op.OPEN_SESSION:
                     self.opened.append(result.client_id)
-                elif tag in self.results:
+                elif request.op is Op.AUTH:
+                    self.auth_applied[(request.origin, request.request_id)] = (slot, result)
+                    self.results.setdefault(tag, (slot, result))
+                elif tag in self.results and not _denied(self.results[tag][1]):
                     if state.revision() != before:
                         problem = problem or (
                             f"{tag} applied again in slot {slot} (first in slot"

@@ -209,6 +209,8 @@ class Scenario:
     lease_reads = False
     #: The share of its seeds that run without random faults (its own only).
     quiet_share = 0.0
+    #: Whether the random mix draws it (else only C{--scenario} runs it).
+    drawn = True
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng

@@ -22,9 +22,12 @@ scenario that recognised a plant would prove nothing), and edits of the
 product's objects beyond what a fault or an operator does.
 
 This module holds the registry (L{SCENARIOS}, L{names}, L{draw}); the
-scenarios are in L{kvpaxos.testing.lease_scenarios} (leases and timing) and
-L{kvpaxos.testing.fault_scenarios} (peers and storage), built from the
-helpers and the L{Scenario} base of L{kvpaxos.testing.scenario_kit}.
+scenarios are in L{kvpaxos.testing.lease_scenarios} (leases and timing),
+L{kvpaxos.testing.fault_scenarios} (peers and storage),
+L{kvpaxos.testing.space_scenarios} (the space quota) and
+L{kvpaxos.testing.simauth} (auth changes; run by C{--scenario auth} and in
+a share of the plain seeds, never drawn here), built from the helpers and
+the L{Scenario} base of L{kvpaxos.testing.scenario_kit}.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from kvpaxos.testing.lease_scenarios import (
     TransferHeld,
 )
 from kvpaxos.testing.space_scenarios import SpaceQuota
+from kvpaxos.testing.simauth import AuthScenario
 from kvpaxos.testing.fault_scenarios import (
     DiskFailure,
     EarlyAnswerCrash,
@@ -63,7 +67,7 @@ SCENARIOS = {
     for cls in (
         StalledFollower, TransferHeld, MisconfiguredTick, DriftAtTheLimit, ForgedPeer,
         EarlyAnswerCrash, DiskFailure, CalmFollowerWrites, RestartUnderLease,
-        SnapshotDuringGrowth, StalledInstall, SpaceQuota,
+        SnapshotDuringGrowth, StalledInstall, SpaceQuota, AuthScenario,
     )
 }
 
@@ -82,7 +86,7 @@ def draw(sim, choice) -> Optional[Scenario]:
     if choice == DRAW:
         if not sim.random_faults or rng.random() >= PROBABILITY:
             return None
-        choice = rng.choice(names())
+        choice = rng.choice([name for name in names() if SCENARIOS[name].drawn])
     if choice is None:
         return None
     try:

@@ -43,7 +43,9 @@ is a violation.
 
 Clients put, append, delete, compare-and-swap, run transactions, and read
 (get and range, linearizable, lease and serializable) through any node, with
-exactly-once sessions and retries after timeouts.
+exactly-once sessions and retries after timeouts.  In scenario C{auth} and a
+share of the plain seeds they do so as a user whose write permission an
+admin takes away and gives back meanwhile (L{kvpaxos.testing.simauth}).
 
 Checks, as events happen (the first violation ends the seed):
 
@@ -58,7 +60,9 @@ Checks, as events happen (the first violation ends the seed):
     that request, and every acknowledged write is in the chosen log by the
     end;
   - reads: linearizable and lease reads go into a history checked by
-    L{kvpaxos.testing.linearizability}; every range read's records equal the
+    L{kvpaxos.testing.linearizability} (with the auth changes and the
+    refusals, against the register under permissions of
+    L{kvpaxos.testing.authmodel}); every range read's records equal the
     reference's at the revision it reports; a serializable read (which is
     not linearizable) is checked for what it promises: it reflects every
     write its node answered to that client before the read, and never goes
@@ -111,6 +115,7 @@ from kvpaxos.paxos import Config
 from kvpaxos.storage import lmdb as lmdb_store
 from kvpaxos.testing import plants as plant_registry
 from kvpaxos.testing import scenarios as scenario_registry
+from kvpaxos.testing import simauth
 from kvpaxos.testing.linearizability import Operation
 from kvpaxos.testing.reference import Reference
 from kvpaxos.testing.simthreads import Threads
@@ -245,8 +250,11 @@ class Simulation(NodesMixin, ChecksMixin, ClientsMixin, FaultsMixin, BackupsMixi
             self.result.faults.clear()
         self.wall_steps = _accepts(ReplicaService, "clock")
         self.nodes: dict[int, Node] = {}
+        #: The auth workload of this seed (L{kvpaxos.testing.simauth}), or None.
+        self.auth: Optional[simauth.AuthWorkload] = None
         # A targeted scenario, drawn from the seed (it may turn random faults off).
         self.scenario = scenario_registry.draw(self, scenario)
+        simauth.draw(self, scenario == scenario_registry.DRAW)
         for node_id in sorted(self.initial.voters):
             self._add_node(node_id, self.initial)
 
@@ -255,6 +263,8 @@ class Simulation(NodesMixin, ChecksMixin, ClientsMixin, FaultsMixin, BackupsMixi
             self.world.later(rng.uniform(0.2, 0.4), self._client_step, client)
         if self.scenario is not None:
             self.scenario.start(self)
+        if self.auth is not None:
+            self.auth.start()
         if self.random_faults:
             self.world.later(rng.uniform(0.3, 0.6), self._fault)
             self.world.later(rng.uniform(0.5, 1.0), self._operator)
@@ -282,7 +292,8 @@ class Simulation(NodesMixin, ChecksMixin, ClientsMixin, FaultsMixin, BackupsMixi
         # ... and send them in many chunks.
         transfers.CHUNK_BYTES = self.transfer_chunk_bytes
         try:
-            self._run()
+            with plant_registry.patched(self.plant):
+                self._run()
         finally:
             lmdb_store.SNAPSHOT_STEP_BYTES = step_bytes
             transfers.CHUNK_BYTES = chunk_bytes
@@ -389,8 +400,11 @@ def main(argv=None) -> int:
     parser.add_argument("--plant", choices=plant_registry.names(), help="plant a known bug")
     parser.add_argument("--scenario", choices=scenario_registry.names(),
                         help="run this targeted scenario in every seed (default: drawn per seed)")
+    parser.add_argument("--auth-strict", default="", metavar="reads,early,joiners",
+                        help="the auth workload's changes the node does not keep exact (simauth.STRICT)")
     parser.add_argument("--verbose", action="store_true", help="trace the run")
     args = parser.parse_args(argv)
+    simauth.STRICT = frozenset(filter(None, args.auth_strict.split(",")))
     seeds = [args.seed] if args.seed is not None else range(args.first, args.first + args.seeds)
     started = time.perf_counter()
     failures = 0
@@ -414,6 +428,8 @@ def main(argv=None) -> int:
             replay = result.replay(args.plant)
             if args.scenario:
                 replay += f" --scenario {args.scenario}"
+            if args.auth_strict:
+                replay += f" --auth-strict {args.auth_strict}"
             print(f"  replay with: {replay}")
             sys.stdout.flush()
     elapsed = time.perf_counter() - started

@@ -74,6 +74,8 @@ class ClientsMixin:
             return
         if client.liveness and self._liveness_acked >= LIVENESS_COMMANDS:
             return
+        if self.auth is not None and not self.auth.admits(client):
+            return
         if client.script is not None:
             client.script.step(client)
             return
@@ -163,12 +165,13 @@ class ClientsMixin:
         op.delivered = True
         op.deliveries += 1
         service = process.service
+        who = {"credential": client.credential} if client.credential is not None else {}
         if op.request is not None:
-            d = service.submit(op.request, REQUEST_TIMEOUT_S)
+            d = service.submit(op.request, REQUEST_TIMEOUT_S, **who)
         elif op.kind == "get":
-            d = service.get(op.key, REQUEST_TIMEOUT_S, op.consistency)
+            d = service.get(op.key, REQUEST_TIMEOUT_S, op.consistency, **who)
         else:
-            d = service.range(op.query, REQUEST_TIMEOUT_S, op.consistency)
+            d = service.range(op.query, REQUEST_TIMEOUT_S, op.consistency, **who)
         op.call = self.world.now
 
         def answer(value) -> None:
@@ -198,6 +201,8 @@ class ClientsMixin:
             elif op.request is not None:
                 self.space_refused.add(tag_of(op.request))
             self._done(client)
+            return
+        if how == "error" and self.auth is not None and self.auth.refused(client, op, value):
             return
         if how == "error" and value.check(InvalidArgument):
             self.fail("client", f"the node refused {op.request!r}: {value.getErrorMessage()}")
@@ -238,6 +243,8 @@ class ClientsMixin:
             self._done(client)
             return
         if op.request is not None:
+            if self.auth is not None and self.auth.refused_write(client, op, value):
+                return
             if type(value) in (StaleSequence, SessionExpired):
                 self.fail("session", f"{op.request!r} answered {value!r}")
                 return

@@ -178,7 +178,7 @@ class FaultsMixin:
         if choice < 0.3:
             target = rng.choice(sorted(config.voters))
             self._admin(via, TransferLeadership, None, target=target)
-        elif choice < 0.45 and len(self.nodes) < MAX_NODES:
+        elif choice < 0.45 and len(self.nodes) < MAX_NODES and (self.auth is None or self.auth.joiners):
             node_id = self.next_id
             self.next_id += 1
             peer, client = sim_addresses(node_id)
@@ -347,6 +347,10 @@ class FaultsMixin:
             applied, data = node.store.snapshot_now()
             if state_hash(data) != self.reference.hashes.get(applied):
                 self.fail("state agreement", f"node {member} differs from the log at {applied}")
+                return
+        if self.auth is not None:
+            self.history.extend(self.auth.history())
+            if self.violation is not None:
                 return
         self.result.history_ops = len(self.history)
         verdict = check(self.history, time_limit_s=HISTORY_CHECK_S)

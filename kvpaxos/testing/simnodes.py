@@ -19,6 +19,7 @@ from kvpaxos.paxos import Config
 from kvpaxos.storage.memory import MemoryStore
 from kvpaxos.testing import invariants
 from kvpaxos.testing import plants as plant_registry
+from kvpaxos.testing.simauth import auth_path
 from kvpaxos.testing.simdisk import Disk
 from kvpaxos.testing.simnet import SimTransport
 from kvpaxos.testing.simworld import MachineClock, Process
@@ -84,6 +85,8 @@ class NodesMixin:
             kwargs["clock"] = process.mono
         if _accepts(cls, "addresses"):
             kwargs["addresses"] = sim_addresses(node.id)
+        if _accepts(cls, "auth"):
+            kwargs["auth"] = auth_path(self, node, process)
         if self.quota_bytes and _accepts(cls, "quota_bytes"):
             kwargs["quota_bytes"] = self.quota_bytes
         # Request ids are unique per boot (os.urandom by default); a seeded

@@ -137,6 +137,8 @@ class Client:
     #: A scenario's script (L{kvpaxos.testing.scenarios}): C{step(client)}
     #: instead of a random operation, C{answered(client, op, value)} on success.
     script: Optional[object] = None
+    #: What it sends to name its user (L{kvpaxos.testing.simauth}), or None.
+    credential: Optional[object] = None
 
 
 @dataclass
