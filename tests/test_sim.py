@@ -276,6 +276,8 @@ class PlantTests(SynchronousTestCase):
             "unconfirmed-read", "wall-clock-ticks", "eager-prepare", "removal-untold",
             "removed-unrefused", "torn-backup", "space-after-propose",
             "submit-time-auth",  # tests/test_sim_auth.py, in scenario auth
+            "take-time-read-auth",  # tests/test_sim_auth.py
+            "user-dropped-while-disabled",  # tests/test_sim_auth.py
         } | set(SCENARIO_OF)
         self.assertEqual(set(plants.names()) - tested, set())
 

@@ -225,6 +225,26 @@ class SimulatorTests(SynchronousTestCase):
             self.assertIsNone(Simulation(seed).scenario)
         self.assertIsNone(Simulation(with_auth[0], faults=False).auth)
 
+    def caught(self, name: str) -> None:
+        catches = plants.get(name).catches
+        for seed in range(SEARCH_SEEDS):
+            result = run(seed, plant=name)
+            if not result.ok and result.violation.kind in catches:
+                break
+        else:
+            self.fail(f"{name} not caught in {SEARCH_SEEDS} seeds")
+        self.flushLoggedErrors()
+        again = run(result.seed, plant=name)
+        self.assertEqual(str(again.violation), str(result.violation))
+
+    def test_take_time_read_auth_caught(self):
+        """A read's permission checked when taken, not when it runs, is caught (a member behind a revoke)."""
+        self.caught("take-time-read-auth")
+
+    def test_user_dropped_while_disabled_caught(self):
+        """A lagging member dropping a certificate's user before it applied the enable is caught."""
+        self.caught("user-dropped-while-disabled")
+
     def test_submit_time_auth_caught(self):
         """
         A write's permission checked only when a member takes it, against

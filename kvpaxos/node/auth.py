@@ -127,7 +127,7 @@ class AuthPath:
     def user_of(self, credential: Optional[Credential]) -> str:
         """
         Return the user C{credential} names ("" while auth is disabled:
-        nobody needs one).
+        nobody needs one; a client certificate's common name even then).
 
         @raise Unauthenticated: auth is enabled and the credential names no
             user of the applied state: none given, a token that does not
@@ -135,9 +135,12 @@ class AuthPath:
             or a certificate name that is no user.
         """
         state = self.state
-        if not state.enabled:
-            return ""
         credential = credential or NO_CREDENTIAL
+        if not state.enabled:
+            # A certificate's name is verified by TLS: carried even while this
+            # member sees auth disabled, so a write it takes before it has
+            # applied an enable is still its user's when it applies after it.
+            return credential.common_name or ""
         if credential.token:
             name = token_user(state, credential.token, self._wall())
             if name is None:

@@ -28,13 +28,24 @@ from kvpaxos.kv.commands import Op, Request
 class AuthCalls:
     """The node's auth calls (a mixin of the replica service)."""
 
-    def _refused_read(self, credential: Optional[Credential], key: bytes, end) -> Optional[defer.Deferred]:
-        """A failed Deferred if C{credential} may not read C{key}..C{end}, else None."""
+    def _checked_read(self, credential: Optional[Credential], key: bytes, end, read) -> defer.Deferred:
+        """
+        Run C{read()} (a Deferred of a read of C{key}..C{end}) for
+        C{credential}'s user: named now, and checked for permission when the
+        read has run, against the auth state this member had applied by
+        then (through the read's index, so a revoke answered before the
+        read began is seen, even on a member that was behind when it came).
+        """
         try:
-            self.auth.check_read(self.auth.user_of(credential), key, end)
+            user = self.auth.user_of(credential)
         except ApiError:
             return defer.fail()
-        return None
+
+        def permitted(result):
+            self.auth.check_read(user, key, end)
+            return result
+
+        return read().addCallback(permitted)
 
     def auth_change(self, command: AuthCommand, timeout_s: float, credential: Optional[Credential] = None,
                     password: Optional[str] = None) -> defer.Deferred:

@@ -467,13 +467,13 @@ class ReplicaService(NodeWatch, BackupSource, AuthCalls, WatchCalls, Service):
 
     def get(self, key: bytes, timeout_s: float, consistency: str = "linearizable", credential=None):
         """L{IKeyValueNode.get}; the consistencies are L{kvpaxos.node.reads}'."""
-        return self._unserved() or self._refused_read(credential, key, None) or \
-            self.reads.get(key, timeout_s, consistency)
+        return self._unserved() or self._checked_read(credential, key, None,
+                                                      lambda: self.reads.get(key, timeout_s, consistency))
 
     def range(self, query, timeout_s: float, consistency: str = "linearizable", credential=None):
         """L{IKeyValueNode.range}."""
-        return self._unserved() or self._refused_read(credential, query.key, query.end) or \
-            self.reads.range(query, timeout_s, consistency)
+        return self._unserved() or self._checked_read(credential, query.key, query.end,
+                                                      lambda: self.reads.range(query, timeout_s, consistency))
 
     def read_index_requested(self) -> defer.Deferred:
         if self.reads is None:

@@ -188,6 +188,34 @@ class SubmitTimeAuthService(ReplicaService):
         return super().submit(request, timeout_s, credential)
 
 
+class TakeTimeReadAuthService(ReplicaService):
+    """
+    Checks a read's permission when this member takes it, against its
+    applied auth state (the bug session 10 fixed): a member behind a revoke
+    serves the read after the revoke was answered.
+    """
+
+    def _checked_read(self, credential, key, end, read):
+        try:
+            self.auth.check_read(self.auth.user_of(credential), key, end)
+        except ApiError:
+            return defer.fail()
+        return read()
+
+
+class UserDroppedWhileDisabledService(ReplicaService):
+    """
+    Names no user for a request while this member sees auth disabled (the
+    bug session 10 fixed): a write it takes before it applied the enable is
+    refused when it applies after it, though its user may make it.
+    """
+
+    def submit(self, request, timeout_s, credential=None):
+        if not self.auth.state.enabled:
+            credential = None
+        return super().submit(request, timeout_s, credential)
+
+
 @contextmanager
 def _no_apply_time_check():
     """The state machine applies every write whatever its user may do (auth commands still checked)."""
@@ -258,6 +286,21 @@ PLANTS = {
             frozenset({"linearizability"}),
             service_class=SubmitTimeAuthService,
             patch=_no_apply_time_check,
+        ),
+        Plant(
+            "take-time-read-auth",
+            "a read's permission is checked when a member takes it, against the auth state it"
+            " applied by then, not when the read runs after its read index (issue 13, part 2):"
+            " a member behind a revoke serves the read (scenario auth)",
+            frozenset({"linearizability"}),
+            service_class=TakeTimeReadAuthService,
+        ),
+        Plant(
+            "user-dropped-while-disabled",
+            "a member that has not applied the enable takes a request with no user, so its"
+            " apply after the enable refuses it (issue 13, part 2; scenario auth)",
+            frozenset({"linearizability"}),
+            service_class=UserDroppedWhileDisabledService,
         ),
         Plant(
             "unconfirmed-read",

@@ -400,7 +400,7 @@ def main(argv=None) -> int:
     parser.add_argument("--plant", choices=plant_registry.names(), help="plant a known bug")
     parser.add_argument("--scenario", choices=scenario_registry.names(),
                         help="run this targeted scenario in every seed (default: drawn per seed)")
-    parser.add_argument("--auth-strict", default="", metavar="reads,early,joiners",
+    parser.add_argument("--auth-strict", default="reads,early", metavar="reads,early,joiners",
                         help="the auth workload's changes the node does not keep exact (simauth.STRICT)")
     parser.add_argument("--verbose", action="store_true", help="trace the run")
     args = parser.parse_args(argv)
