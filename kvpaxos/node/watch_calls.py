@@ -48,6 +48,8 @@ class WatchCalls:
         """
         if self.replica is None or not self.replica.config.voters:
             raise Unavailable(f"node {self.node_id} has no member set yet")
+        if getattr(self.store, "history", None) is None:
+            raise Unavailable(f"node {self.node_id}'s store keeps no history of writes yet: watch is not served")
         self.auth.check_read(self.auth.user_of(credential), spec.key, spec.end)
         return self.watchers.add(spec, sink)
 

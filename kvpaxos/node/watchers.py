@@ -83,6 +83,10 @@ class Compacted:
     compact_revision: int
 
 
+class ReadCompacted(Exception):
+    """The history was compacted past the read's start between the check and the read: try again."""
+
+
 class Sink(Protocol):
     """Where a watcher's batches go (the gRPC edge's stream, in tests a list)."""
 
@@ -123,7 +127,7 @@ class Watchers:
     @param read: C{read(start, max_events)} returns the history's
         C{(revision, event)} pairs from revision C{start} on, in order,
         whole revisions, at most about C{max_events} (more only to finish a
-        revision), up to the applied revision.
+        revision), up to the applied revision; or raises L{ReadCompacted}.
     @param compacted: C{compacted()} is the store's compacted revision.
     @param applied_revision: C{applied_revision()} is the store's revision.
     @param later: C{later(f)} calls C{f} on a later reactor turn.
@@ -205,7 +209,11 @@ class Watchers:
                 groups.setdefault(watcher.cursor, []).append(watcher)
         behind = False
         for cursor, watchers in sorted(groups.items()):
-            events = self._read(cursor, self._step_events)
+            try:
+                events = self._read(cursor, self._step_events)
+            except ReadCompacted:
+                behind = True  # the next step finds the compaction and ends them
+                continue
             upto = events[-1][0] if events and events[-1][0] < revision and len(events) >= self._step_events \
                 else revision
             for watcher in watchers:
