@@ -23,6 +23,8 @@ the same keys::
     trusted_ca_file = "ca.pem"       # the CA of clients' certificates (--trusted-ca-file)
     client_cert_auth = true          # clients must present one (--client-cert-auth)
     auth_token_ttl = 300             # seconds an Authenticate token lasts (--auth-token-ttl)
+    history_revisions = 10000        # revisions of history kept for watchers (0: no count limit)
+    history_age = 0                  # seconds of history kept (0: no age limit; with both, the less)
     peer_cert_file = "node1.pem"     # mutual TLS on the peer links: all three
     peer_key_file = "node1-key.pem"
     peer_trusted_ca_file = "ca.pem"
@@ -65,6 +67,8 @@ DEFAULT_QUOTA_BYTES = 8 << 30
 #: etcd's --auth-token-ttl default, in seconds; and the longest taken (a day).
 DEFAULT_AUTH_TOKEN_TTL = 300
 MAX_AUTH_TOKEN_TTL = 86400
+#: Revisions of history kept by default (kvpaxos.node.compactor's).
+DEFAULT_HISTORY_REVISIONS = 10_000
 
 #: Keys a TOML file may hold.
 _TOML_KEYS = {
@@ -72,7 +76,7 @@ _TOML_KEYS = {
     "tick_ms", "election_ticks", "heartbeat_ticks", "lease_reads", "lease_drift_ticks",
     "snapshot_interval", "cluster_token",
     "join", "auto_promote", "auto_promote_beats", "promote_lag_slots", "metrics_addr", "log_format",
-    "quota_bytes", "auth_token_ttl", "peer_connections_max", "peer_buffer_bytes", "admin_connections_max", "admin_buffer_bytes",
+    "quota_bytes", "auth_token_ttl", "history_revisions", "history_age", "peer_connections_max", "peer_buffer_bytes", "admin_connections_max", "admin_buffer_bytes",
     *("cert_file", "key_file", "trusted_ca_file", "client_cert_auth",
                      "peer_cert_file", "peer_key_file", "peer_trusted_ca_file"),
 }
@@ -145,6 +149,11 @@ class NodeConfig:
     quota_bytes: int = DEFAULT_QUOTA_BYTES
     #: Seconds a token from Auth.Authenticate lasts (etcd's --auth-token-ttl).
     auth_token_ttl: int = DEFAULT_AUTH_TOKEN_TTL
+    #: The history of writes kept for watchers (issue 14): the last this
+    #: many revisions and the last this many seconds (0: no such limit);
+    #: the leader compacts the rest (kvpaxos.node.compactor).
+    history_revisions: int = DEFAULT_HISTORY_REVISIONS
+    history_age: int = 0
     #: Make this member the only one of a new cluster, with its data, before
     #: it starts (etcd's --force-new-cluster; kvpaxos.node.recovery).
     force_new_cluster: bool = False
@@ -384,7 +393,7 @@ def build(values: dict) -> NodeConfig:
         changes["log_format"] = values["log_format"]
     for key in ("tick_ms", "election_ticks", "heartbeat_ticks", "lease_drift_ticks",
                 "snapshot_interval", "auto_promote_beats", "promote_lag_slots", "quota_bytes",
-                "auth_token_ttl", "peer_connections_max", "peer_buffer_bytes", "admin_connections_max", "admin_buffer_bytes"):
+                "auth_token_ttl", "history_revisions", "history_age", "peer_connections_max", "peer_buffer_bytes", "admin_connections_max", "admin_buffer_bytes"):
         if values.get(key) is not None:
             try:
                 changes[key] = int(values[key])
@@ -412,6 +421,8 @@ def build(values: dict) -> NodeConfig:
         raise ConfigError("promote_lag_slots must not be negative")
     if config.quota_bytes != 0 and config.quota_bytes < (1 << 20):
         raise ConfigError(f"quota_bytes must be 0 (no quota) or at least 1 MiB ({1 << 20}), got {config.quota_bytes}")
+    if config.history_revisions < 0 or config.history_age < 0:
+        raise ConfigError("history_revisions and history_age must not be negative (0: no such limit)")
     if not 1 <= config.auth_token_ttl <= MAX_AUTH_TOKEN_TTL:
         raise ConfigError(f"auth_token_ttl must be from 1 to {MAX_AUTH_TOKEN_TTL} seconds, got {config.auth_token_ttl}")
     if config.join:

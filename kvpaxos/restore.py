@@ -8,9 +8,13 @@ Run it once per member of the new cluster, with the configuration each
 will run with (its id, addresses and peers: flags as C{twistd kvpaxos}
 takes them override the file), then start them.  Each gets:
 
-  - the state of the file (records, sessions, the auth table, revision
-    and next client id as they were: clients never see the revision go
-    back), at the file's
+  - the state of the file (records, sessions, the auth table, the
+    history of writes and its compacted revision, the leases and the keys
+    attached to them, revision and next
+    client id as they were: clients never see the revision go back, and
+    a watch resumed on the new cluster finds the same events; a file of
+    format 1 or 2 has no history and no leases, so its compacted revision
+    is its revision + 1), at the file's
     slot, from which the new cluster's log continues;
   - the member set the configuration names (the new cluster's, not the
     saved one's), under a new cluster id: derived from C{--cluster-token},

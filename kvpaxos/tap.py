@@ -31,6 +31,7 @@ _FLAGS = {
     "join": "join", "auto-promote": "auto_promote", "auto-promote-beats": "auto_promote_beats",
     "promote-lag-slots": "promote_lag_slots", "metrics-addr": "metrics_addr", "log-format": "log_format",
     "quota-bytes": "quota_bytes", "auth-token-ttl": "auth_token_ttl",
+    "history-revisions": "history_revisions", "history-age": "history_age",
     "cert-file": "cert_file", "key-file": "key_file", "trusted-ca-file": "trusted_ca_file",
     "client-cert-auth": "client_cert_auth", "peer-cert-file": "peer_cert_file",
     "peer-key-file": "peer_key_file", "peer-trusted-ca-file": "peer_trusted_ca_file",
@@ -87,6 +88,11 @@ class Options(usage.Options):
          " refused until deletes bring it under; 0: none [default: 8 GiB]."],
         ["auth-token-ttl", None, None,
          "Seconds a token from Auth.Authenticate lasts once auth is enabled [default: 300]."],
+        ["history-revisions", None, None,
+         "Revisions of the history of writes kept for watchers; the leader compacts the rest;"
+         " 0: no count limit [default: 10000]."],
+        ["history-age", None, None,
+         "Seconds of the history of writes kept for watchers; 0: no age limit [default: 0]."],
         ["cert-file", None, None, "TLS certificate (PEM) of the gRPC and admin ports [default: plaintext]."],
         ["key-file", None, None, "TLS private key (PEM) of --cert-file."],
         ["trusted-ca-file", None, None, "CA certificates (PEM) that sign clients' certificates."],
@@ -289,6 +295,7 @@ def makeService(options: Options) -> service.MultiService:
     from kvpaxos.node.joining import Joiner
     from kvpaxos.node.service import ReplicaService
     from kvpaxos.node.auth import AuthPath
+    from kvpaxos.node.compactor import HistoryLimits
     from kvpaxos.paxos import Options as CoreOptions
     from kvpaxos.storage.providers import find_store_factory
     from kvpaxos.tls import ServerTLS, grpc_channel_credentials, grpc_server_credentials
@@ -334,6 +341,7 @@ def makeService(options: Options) -> service.MultiService:
         quota_bytes=node.quota_bytes,
         auth=AuthPath(store, token_ttl_s=node.auth_token_ttl),
     )
+    replica.history_limits = HistoryLimits(node.history_revisions, float(node.history_age))
     peers = peer_network(node, replica, reactor)
     replica.peers = peers
     # A fatal stop must not look like a clean one to systemd (Restart=on-failure).

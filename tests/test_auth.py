@@ -51,6 +51,7 @@ from kvpaxos.kv.commands import (
     range_query,
 )
 from kvpaxos.kv.credentials import ScryptCost, hash_password, issue_token, password_matches, token_user
+from kvpaxos.kv.leases import LeaseGranted
 from kvpaxos.node.auth import AuthPath
 from kvpaxos.storage.memory import MemoryState
 
@@ -200,6 +201,34 @@ class StateTests(SynchronousTestCase):
         self.assertIsInstance(self.apply(Request(Op.PUT, b"zz", b"v", user=ROOT)), Result)
         self.assertEqual(self.state.get(b"b"), None)
         self.assertEqual(self.state.revision(), 2)
+
+    def test_leases_by_permission(self):
+        """
+        With auth on: anyone may grant; a lease's revoke, and attaching a key
+        to a lease, need write permission on every key already on it (etcd's
+        rule), so one user cannot pin a key to another's lease; expiry (the
+        leader's) needs none.
+        """
+        self.enable()
+        for name, prefix in (("alice", b"a/"), ("bob", b"b/")):
+            self.apply(command(AuthAction.USER_ADD, name=name, as_user=ROOT))
+            self.apply(command(AuthAction.ROLE_ADD, role=name, as_user=ROOT))
+            self.apply(grant(name, Permission.READWRITE, prefix, prefix[:-1] + b"0", as_user=ROOT))
+            self.apply(command(AuthAction.USER_GRANT_ROLE, name=name, role=name, as_user=ROOT))
+        self.assertIsInstance(self.apply(Request(Op.LEASE_GRANT, lease=5, ttl=60, user="alice")), LeaseGranted)
+        self.assertIsInstance(self.apply(Request(Op.PUT, b"a/lock", b"1", user="alice", lease=5)), Result)
+        self.assertEqual(self.apply(Request(Op.PUT, b"b/x", b"1", user="bob", lease=5)).error,
+                         AuthError.PERMISSION_DENIED)
+        pinned = Txn((), (Put(b"b/y", b"1", lease=5),), ())
+        self.assertEqual(self.apply(Request(Op.TXN, txn=pinned, user="bob")).error, AuthError.PERMISSION_DENIED)
+        self.assertEqual(self.apply(Request(Op.LEASE_REVOKE, lease=5, user="bob")).error,
+                         AuthError.PERMISSION_DENIED)
+        self.assertEqual(self.state.key_lease(b"a/lock"), 5)
+        self.assertIsNone(self.state.get(b"b/x"))
+        self.assertEqual(self.apply(Request(Op.LEASE_REVOKE, lease=5, user="alice")).deleted, 1)
+        self.apply(Request(Op.LEASE_GRANT, lease=6, ttl=60, user="alice"))
+        self.apply(Request(Op.PUT, b"a/lock", b"2", user="alice", lease=6))
+        self.assertEqual(self.apply(Request(Op.LEASE_EXPIRE, lease=6)).deleted, 1)  # the leader's: no user
 
     def test_revoke_is_exact(self):
         """A write applied after its user's role is revoked is refused, whenever it was taken."""

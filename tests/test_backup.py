@@ -89,13 +89,14 @@ class SnapshotFileTests(SynchronousTestCase):
         self.assertIn("snapshot format", str(error))
 
     def test_format_1_read(self):
-        """A file of format 1 (written before the auth table) is still read; format 2 is written."""
+        """Files of formats 1 and 2 (written before the auth table, before the history) are still read; 3 is written."""
         data = snapshot_bytes(self.chunks)
-        self.assertEqual(data[len(backup.MAGIC):len(backup.MAGIC) + 4], b"\0\0\0\2")
-        self.patch(backup, "FORMAT", 1)
-        old = snapshot_bytes(self.chunks)
-        self.assertEqual(old[len(backup.MAGIC):len(backup.MAGIC) + 4], b"\0\0\0\1")
-        self.assertEqual(read_all(old), (HEADER, self.chunks))
+        self.assertEqual(data[len(backup.MAGIC):len(backup.MAGIC) + 4], b"\0\0\0\3")
+        for form in (1, 2):
+            self.patch(backup, "FORMAT", form)
+            old = snapshot_bytes(self.chunks)
+            self.assertEqual(old[len(backup.MAGIC):len(backup.MAGIC) + 4], bytes([0, 0, 0, form]))
+            self.assertEqual(read_all(old), (HEADER, self.chunks))
 
     def test_writer_refuses_bad_chunks(self):
         writer = SnapshotWriter(io.BytesIO(), HEADER)

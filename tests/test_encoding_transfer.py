@@ -92,7 +92,7 @@ class TransferEncodingTests(SynchronousTestCase):
     def test_records_malformed(self):
         """A bad table, a count past the data, a bad flag or trailing bytes are refused."""
         good = encode_records(TABLE_RECORDS, [(b"a", b"1", False)])
-        for bad in (b"\x07" + good[1:], good[:1] + b"\xff\xff\xff\xff" + good[5:],
+        for bad in (b"\x08" + good[1:], b"\x00" + good[1:], good[:1] + b"\xff\xff\xff\xff" + good[5:],
                     good[:8] + b"\x05" + good[9:], good + b"\0", b""):
             self.assertRaises(MalformedMessage, decode_records, bad)
 

@@ -1,6 +1,6 @@
 """
-Tests for the etcd port's Cluster, Maintenance, Watch and Lease services
-(L{kvpaxos.api.etcd_cluster}) in front of an in-memory node
+Tests for the etcd port's Cluster and Maintenance services
+(L{kvpaxos.api.etcd_cluster}; Lease: tests.test_etcd_lease) in front of an in-memory node
 (L{tests.test_etcd_fakes}; no port), and for the port's wiring in
 L{kvpaxos.api.server.GrpcServer}: a real grpcio server on 127.0.0.1 with
 ephemeral ports, as in L{tests.test_api}.
@@ -133,24 +133,6 @@ class MaintenanceTests(EtcdHarness, SynchronousTestCase):
                                 (m.MoveLeader, pb.MoveLeaderRequest(targetID=2)),
                                 (m.Downgrade, pb.DowngradeRequest())):
             self.assertTrue(self.refused(method, request, UNIMPLEMENTED))
-
-
-class WatchLeaseTests(EtcdHarness, SynchronousTestCase):
-    """Watch and every Lease RPC answer UNIMPLEMENTED."""
-
-    def test_watch(self) -> None:
-        """Watch is UNIMPLEMENTED."""
-        self.assertIn("Watch", self.refused(self.watch.Watch, iter(()), UNIMPLEMENTED))
-
-    def test_lease(self) -> None:
-        """Every Lease RPC is UNIMPLEMENTED."""
-        lease = self.lease
-        for method, request in ((lease.LeaseGrant, pb.LeaseGrantRequest(TTL=5)),
-                                (lease.LeaseRevoke, pb.LeaseRevokeRequest(ID=1)),
-                                (lease.LeaseKeepAlive, iter(())),
-                                (lease.LeaseTimeToLive, pb.LeaseTimeToLiveRequest(ID=1)),
-                                (lease.LeaseLeases, pb.LeaseLeasesRequest())):
-            self.assertIn("leases", self.refused(method, request, UNIMPLEMENTED))
 
 
 class EtcdPortTests(ServerFixture, SynchronousTestCase):

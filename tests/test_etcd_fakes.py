@@ -19,8 +19,10 @@ from twisted.internet import defer
 
 from kvpaxos.api.crossing import LoopPost, ReactorCrossing
 from kvpaxos.api.etcd import EtcdCalls
-from kvpaxos.api.etcd_cluster import ClusterServicer, LeaseServicer, MaintenanceServicer, WatchServicer
+from kvpaxos.api.etcd_cluster import ClusterServicer, MaintenanceServicer
 from kvpaxos.api.etcd_kv import KVServicer
+from kvpaxos.api.etcd_lease import LeaseServicer
+from kvpaxos.api.etcd_watch import WatchServicer
 from kvpaxos.etcdpb import rpc_pb2 as pb
 from kvpaxos.kv.commands import Range, Request
 from kvpaxos.node.interfaces import MemberInfo, MembershipRejected, MemberView, NodeStatus

@@ -19,12 +19,16 @@ from kvpaxos.api.server import ShuttingDown
 from kvpaxos.etcdpb import rpc_pb2 as pb
 from kvpaxos.kv.auth import Credential
 from kvpaxos.kv.commands import DeleteRange, Op, Range, Request, Txn
+from kvpaxos.kv.compaction import CompactDone, CompactError, CompactRefused
 from kvpaxos.node.interfaces import NotLeaderError
 from tests.test_etcd_fakes import CLUSTER_ID, Aborted, EtcdHarness
 
 _R = pb.RangeRequest
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
+OUT_OF_RANGE = grpc.StatusCode.OUT_OF_RANGE
+COMPACTED = "etcdserver: mvcc: required revision has been compacted"
+FUTURE = "etcdserver: mvcc: required revision is a future revision"
 
 
 class RangeTests(EtcdHarness, SynchronousTestCase):
@@ -185,7 +189,7 @@ class PutTests(EtcdHarness, SynchronousTestCase):
         """etcd's checks of a put, in its words; none reaches the node."""
         cases = [
             (pb.PutRequest(key=b"", value=b"v"), INVALID, "etcdserver: key is not provided"),
-            (pb.PutRequest(key=b"k", value=b"v", lease=7), grpc.StatusCode.NOT_FOUND,
+            (pb.PutRequest(key=b"k", value=b"v", lease=-7), grpc.StatusCode.NOT_FOUND,
              "etcdserver: requested lease not found"),
             (pb.PutRequest(key=b"k", value=b"v", ignore_value=True), INVALID, "etcdserver: value is provided"),
             (pb.PutRequest(key=b"k", lease=7, ignore_lease=True), INVALID, "etcdserver: lease is provided"),
@@ -201,13 +205,11 @@ class PutTests(EtcdHarness, SynchronousTestCase):
         self.assertIn("ignore_value", message)
 
     def test_ignore_lease(self) -> None:
-        """ignore_lease puts an existing key (keys have no lease), and is etcd's "key not found" otherwise."""
-        self.refused(self.kv.Put, pb.PutRequest(key=b"k", value=b"v", ignore_lease=True), INVALID,
-                     "etcdserver: key not found")
+        """ignore_lease is UNIMPLEMENTED (a kvpaxos put cannot keep the lease a key has); nothing is sent."""
         self.put(b"k", b"v")
-        response = self.call(self.kv.Put, pb.PutRequest(key=b"k", value=b"w", ignore_lease=True, prev_kv=True))
-        self.assertEqual((response.header.revision, response.prev_kv.value), (3, b"v"))
-        self.assertEqual(self.node.state.get(b"k").value, b"w")
+        message = self.refused(self.kv.Put, pb.PutRequest(key=b"k", value=b"w", ignore_lease=True), UNIMPLEMENTED)
+        self.assertIn("ignore_lease", message)
+        self.assertEqual(len(self.submitted()), 1)
 
     def test_credential(self) -> None:
         """A token in the token metadata reaches the node as the request's credential."""
@@ -314,10 +316,60 @@ class DeleteRangeTests(EtcdHarness, SynchronousTestCase):
 
 
 class CompactTests(EtcdHarness, SynchronousTestCase):
-    """Compact is not served."""
+    """Compact as etcd's: at kvpaxos's revision N - 1, refused in etcd's words."""
 
-    def test_unimplemented(self) -> None:
-        """Compact answers UNIMPLEMENTED with a sentence, and changes nothing."""
-        message = self.refused(self.kv.Compact, pb.CompactionRequest(revision=1), UNIMPLEMENTED)
-        self.assertIn("history", message)
+    def answer(self, result) -> None:
+        self.node.answer = lambda: defer.succeed(result)
+
+    def test_compact(self) -> None:
+        """Compact(N) is a COMPACT at N - 1; the header carries the store's revision as etcd's; physical is accepted."""
+        self.answer(CompactDone(4, 9))
+        for physical in (False, True):
+            response = self.call(self.kv.Compact, pb.CompactionRequest(revision=5, physical=physical))
+            self.assertEqual((response.header.revision, response.header.cluster_id, response.header.raft_term),
+                             (10, CLUSTER_ID, 5))
+        self.assertEqual(self.submitted(), [Request(Op.COMPACT, compact_revision=4)] * 2)
+        self.assertEqual(self.counts.seen, [("etcdserverpb.KV/Compact", "OK")] * 2)
+
+    def test_zero_and_one(self) -> None:
+        """etcd's 0 and 1 (nothing before them to drop) are both kvpaxos's 0."""
+        self.answer(CompactDone(0, 0))
+        for revision in (0, 1):
+            self.assertEqual(self.call(self.kv.Compact, pb.CompactionRequest(revision=revision)).header.revision, 1)
+        self.assertEqual(self.submitted(), [Request(Op.COMPACT, compact_revision=0)] * 2)
+
+    def test_negative(self) -> None:
+        """A negative revision is etcd's "compacted" (below any compacted revision) and never reaches the node."""
+        self.refused(self.kv.Compact, pb.CompactionRequest(revision=-1), OUT_OF_RANGE, COMPACTED)
         self.assertEqual(self.node.calls, [])
+
+    def test_refusals(self) -> None:
+        """The state machine's refusals are etcd's errors, word for word, without kvpaxos's details."""
+        for error, message in ((CompactError.COMPACTED, COMPACTED), (CompactError.FUTURE, FUTURE)):
+            self.answer(CompactRefused(error, 4, 9))
+            self.refused(self.kv.Compact, pb.CompactionRequest(revision=3), OUT_OF_RANGE, message)
+        with self.assertRaises(Aborted) as raised:
+            self.call(self.kv.Compact, pb.CompactionRequest(revision=3))
+        status = raised.exception.status
+
+        class Call:
+            def trailing_metadata(self):
+                return status.trailing_metadata
+
+        self.assertIsNone(errors.error_details(Call()))
+
+    def test_applied(self) -> None:
+        """Through the real state machine: etcd's rules, at etcd's revisions (the store at etcd's 6)."""
+        self.node.state.set_revision(5)
+        self.assertEqual(self.call(self.kv.Compact, pb.CompactionRequest(revision=4)).header.revision, 6)
+        self.assertEqual(self.node.state.compacted_revision(), 3)
+        for revision, message in ((4, COMPACTED), (3, COMPACTED), (0, COMPACTED), (7, FUTURE)):
+            self.refused(self.kv.Compact, pb.CompactionRequest(revision=revision), OUT_OF_RANGE, message)
+        self.call(self.kv.Compact, pb.CompactionRequest(revision=6, physical=True))
+        self.assertEqual(self.node.state.compacted_revision(), 5)
+
+    def test_node_failure(self) -> None:
+        """A node failure is etcd's, as for every call."""
+        self.node.answer = lambda: defer.fail(Unavailable("no quorum", 3))
+        self.refused(self.kv.Compact, pb.CompactionRequest(revision=3), grpc.StatusCode.UNAVAILABLE,
+                     "etcdserver: request timed out")

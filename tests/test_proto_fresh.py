@@ -6,6 +6,7 @@ failure, regenerate from the repository root:
 
     python -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. \\
         --grpc_python_out=. proto/kvpaxos/v1/kv.proto proto/kvpaxos/v1/auth.proto \\
+        proto/kvpaxos/v1/watch.proto proto/kvpaxos/v1/lease.proto \\
         proto/kvpaxos/etcdpb/kv.proto proto/kvpaxos/etcdpb/rpc.proto
 """
 
@@ -19,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-PROTOS = ("kvpaxos/v1/kv.proto", "kvpaxos/v1/auth.proto", "kvpaxos/v1/watch.proto", "kvpaxos/etcdpb/kv.proto", "kvpaxos/etcdpb/rpc.proto")
+PROTOS = ("kvpaxos/v1/kv.proto", "kvpaxos/v1/auth.proto", "kvpaxos/v1/watch.proto", "kvpaxos/v1/lease.proto", "kvpaxos/etcdpb/kv.proto", "kvpaxos/etcdpb/rpc.proto")
 GENERATED = ("kv_pb2.py", "kv_pb2.pyi", "kv_pb2_grpc.py")
 
 

@@ -245,6 +245,8 @@ class PlantTests(SynchronousTestCase):
         holds is not the state the log gives at that slot.
         """
         result = first_catch("torn-backup")
+        # A node stopped by a scenario's disk failure on the way logs it, critical.
+        self.flushLoggedErrors(InjectedDiskFailure)
         self.assertIsNotNone(result)
         self.assertEqual(result.violation.kind, "backup")
 
@@ -270,6 +272,7 @@ class PlantTests(SynchronousTestCase):
     def test_every_plant_has_a_test(self):
         """Every plant in the registry is one this module searches for."""
         from tests.test_sim_holes import SCENARIO_OF  # issue 9's holes, one scenario each
+        from tests.test_sim_watch import CAUGHT_AT  # watch and compaction (issue 14)
 
         tested = {
             "early-answer-unchosen", "resend-unknown-forward", "serializable-ignores-answered",
@@ -278,7 +281,7 @@ class PlantTests(SynchronousTestCase):
             "submit-time-auth",  # tests/test_sim_auth.py, in scenario auth
             "take-time-read-auth",  # tests/test_sim_auth.py
             "user-dropped-while-disabled",  # tests/test_sim_auth.py
-        } | set(SCENARIO_OF)
+        } | set(SCENARIO_OF) | set(CAUGHT_AT)  # tests/test_sim_watch.py
         self.assertEqual(set(plants.names()) - tested, set())
 
 

@@ -811,7 +811,7 @@ class ProvidersAgreeTests(SynchronousTestCase):
         self.memory = MemoryStore(CONFIG)
 
     def test_same_results_and_snapshot(self):
-        """The same committed slots (writes, transactions, sessions) give the same results and snapshot bytes."""
+        """The same committed slots (writes, transactions, sessions) give the same results, snapshot bytes and history."""
         session = Request(Op.APPEND, b"a", b"s", client_id=1, sequence=1)
         cas = encode_request(compare_and_swap(b"c", b"3", expected_version=1))
         committed = [
@@ -825,6 +825,7 @@ class ProvidersAgreeTests(SynchronousTestCase):
         results = [s.commit(Commit(None, [], None, False, committed)) for s in (self.lmdb, self.memory)]
         self.assertEqual(results[0], results[1])
         self.assertEqual(self.lmdb.snapshot_data(), self.memory.snapshot_data())
+        self.assertEqual(self.lmdb.history(0, 100), self.memory.history(0, 100))
 
     def test_snapshot_crosses_providers(self):
         """Data snapshotted from an LMDB store installs into a memory store, and back."""

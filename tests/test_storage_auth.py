@@ -230,9 +230,13 @@ class LMDBAuthTests(SynchronousTestCase):
 
 
 def format_3(data: bytes) -> bytes:
-    """Return format-4 snapshot C{data} with an empty auth table as format 3 wrote it (no auth count)."""
-    assert data[0] == SNAPSHOT_FORMAT and data.endswith(struct.pack(">Q", 0))
-    return bytes([3]) + data[1:-8]
+    """
+    Return snapshot C{data} (of the current format, with an empty auth
+    table, compacted revision 0, no events and no leases) as format 3 wrote
+    it (no auth count, no history, no leases).
+    """
+    assert data[0] == SNAPSHOT_FORMAT and data.endswith(struct.pack(">QQQQQ", 0, 0, 0, 0, 0))
+    return bytes([3]) + data[1:-40]
 
 
 class AuthSnapshotTests(SynchronousTestCase):
@@ -273,7 +277,7 @@ class AuthSnapshotTests(SynchronousTestCase):
 
     def test_huge_count_refused_cheaply(self):
         """An auth count the bytes cannot hold is refused before reading entries."""
-        data = encode_snapshot(1, 1, [], [], [])[:-8] + struct.pack(">Q", 2**40)
+        data = encode_snapshot(1, 1, [], [], [])[:-40] + struct.pack(">QQQQQ", 2**40, 0, 0, 0, 0)
         self.assertRaises(CorruptState, decode_snapshot, data)
 
     def test_format_3_read(self):

@@ -2,7 +2,8 @@
 An older data directory is refused when a node starts: by the store
 (L{kvpaxos.storage.lmdb.LMDBStore} raises L{StoreFormatError} naming the
 directory and what to do) and through twistd (the node exits non-zero
-with that message, before it binds a port).
+with that message, before it binds a port); but the format just before
+this one (5, without the history of writes) is converted as it opens.
 """
 
 from __future__ import annotations
@@ -39,8 +40,30 @@ class StoreRefusalTests(SynchronousTestCase):
     """A store of another format, or another application's environment, is never read."""
 
     def test_current_format(self):
-        """The format is version 5 (member sets with addresses, the cluster id and the removed nodes)."""
-        self.assertEqual(STORE_FORMAT, b"kvpaxos-lmdb-5")
+        """The format is version 6 (5 and the history of writes)."""
+        self.assertEqual(STORE_FORMAT, b"kvpaxos-lmdb-6")
+
+    def test_format_5_converted(self):
+        """A format-5 directory opens: its format becomes 6 and its compacted revision its revision + 1, nothing else changes."""
+        directory = self.mktemp()
+        store = LMDBStore(directory, CONFIG)
+        data = store.snapshot_data()
+        store.close()
+        env = lmdb.open(directory, max_dbs=16)
+        try:
+            meta = env.open_db(b"meta")
+            with env.begin(write=True) as txn:
+                txn.put(b"format", b"kvpaxos-lmdb-5", db=meta)
+                txn.put(b"revision", (41).to_bytes(8, "big"), db=meta)
+                txn.delete(b"compacted", db=meta)
+        finally:
+            env.close()
+        store = LMDBStore(directory, CONFIG)
+        self.addCleanup(store.close)
+        self.assertEqual((store.revision(), store.compacted_revision()), (41, 42))
+        self.assertNotEqual(store.snapshot_data(), data)
+        with store._env.begin() as txn:
+            self.assertEqual(txn.get(b"format", db=store._meta), STORE_FORMAT)
 
     def test_old_formats_refused(self):
         """Formats 1 to 4 are refused with a message naming the directory, both formats and what to do."""
@@ -56,7 +79,7 @@ class StoreRefusalTests(SynchronousTestCase):
     def test_newer_format_refused(self):
         """A format this version does not know yet is refused too."""
         directory = self.mktemp()
-        environment_of_format(directory, b"kvpaxos-lmdb-6")
+        environment_of_format(directory, b"kvpaxos-lmdb-7")
         self.assertRaises(StoreFormatError, LMDBStore, directory, CONFIG)
 
     def test_foreign_environment_refused(self):
@@ -113,4 +136,4 @@ class TwistdRefusalTests(SynchronousTestCase):
         fatal = [line for line in output.splitlines() if line.startswith("kvpaxos: fatal:")]
         self.assertEqual(len(fatal), 1, output)
         self.assertIn(directory, fatal[0])
-        self.assertIn("kvpaxos-lmdb-5", fatal[0])
+        self.assertIn(STORE_FORMAT.decode(), fatal[0])

@@ -12,7 +12,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from kvpaxos.encoding import state as encoded
 from kvpaxos.encoding.errors import CorruptState, MalformedMessage
 from kvpaxos.encoding.state import AUTH_KEY_MAX_BYTES, AUTH_VALUE_MAX_BYTES
-from kvpaxos.encoding.transfer import TABLE_AUTH, TABLE_RECORDS, TABLE_SESSIONS, decode_records, encode_records
+from kvpaxos.encoding.transfer import (
+    TABLE_AUTH,
+    TABLE_COMPACTED,
+    TABLE_RECORDS,
+    TABLE_SESSIONS,
+    decode_records,
+    encode_records,
+)
 from kvpaxos.paxos.config import Config
 from kvpaxos.paxos.messages import Snapshot
 from kvpaxos.storage.interfaces import Commit
@@ -113,7 +120,8 @@ class TransferContractMixin(_ProviderFixture):
         staged = self.transfer(self.store, target, max_bytes=6_000)
         tables = [decode_records(chunk)[0] for chunk in self.chunks]
         self.assertEqual(tables, sorted(tables))
-        self.assertEqual(tables[-1], TABLE_AUTH)
+        # The auth table comes last of the state, before the history's tables.
+        self.assertEqual(tables[tables.index(TABLE_COMPACTED) - 1], TABLE_AUTH)
         self.assertGreater(tables.count(TABLE_AUTH), 10)
         self.install(target, 1, staged)
         self.assertEqual(target.auth_items(), auth)
@@ -199,11 +207,11 @@ class TransferContractMixin(_ProviderFixture):
         self.assertRaises(CorruptState, target.staging.finish, TRANSFER)
 
     def test_empty_state(self):
-        """An empty state streams no chunk and installs as empty."""
+        """An empty state streams one chunk, its compacted revision (0), and installs as empty."""
         target = self.other_store()
         self.fill(target, 3)
         staged = self.transfer(self.store, target)
-        self.assertEqual(self.chunks, [])
+        self.assertEqual(self.chunks, [encode_records(TABLE_COMPACTED, [(b"", bytes(8), False)])])
         self.install(target, 4, staged)
         self.assertEqual(target.snapshot_data(), b"")
 

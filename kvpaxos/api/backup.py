@@ -7,7 +7,7 @@ cluster's data directory from one.
 
 The layout, every integer big-endian::
 
-    magic      b"KVPAXOS-SNAPSHOT\\n", then a u32 format version (2)
+    magic      b"KVPAXOS-SNAPSHOT\\n", then a u32 format version (3)
     header     u32 length, then that many bytes of UTF-8 JSON: the member
                that saved it, the cluster id, the applied slot the state is
                at (C{index}), the store's C{revision} and C{next_client_id},
@@ -15,7 +15,9 @@ The layout, every integer big-endian::
     chunks     each: u32 length (1..CHUNK_BYTES_MAX), then that many bytes
                of records, as a snapshot transfer's chunk carries them
                (L{kvpaxos.encoding.transfer.encode_records}): the
-               records, then the sessions, then the auth table
+               records, then the sessions, then the auth table, then the
+               history's compacted revision, then its events, then the
+               lease table, then the keys attached to leases
     end        u32 0
     trailer    32 bytes: SHA-256 of every byte before it
 
@@ -27,7 +29,16 @@ Format 2 is format 1 with the auth table's chunks (table 3) after the
 sessions: the layout is the same, so format 1 is still read (its files
 have no auth table), while a kvpaxos that reads format 1 only refuses a
 format-2 file at once, saying so, rather than losing or refusing its auth
-table halfway through a restore.
+table halfway through a restore.  Format 3 is format 2 with the history
+of writes after the auth table (tables 4, the compacted revision, and 5,
+the events) and then the leases (tables 6, the lease table, and 7, the
+attached keys); formats 1 and 2 are still read, and restore with no
+events, no leases and the compacted revision C{revision + 1} (the
+staging's rule for a state without history: a watch from any older
+revision is told "compacted", never given a gap).  The leases restore as
+they were saved (their TTLs as granted): the new cluster's leader gives
+each its TTL and an election timeout from when it takes over, as after
+any election.
 """
 
 from __future__ import annotations
@@ -41,9 +52,9 @@ from typing import BinaryIO, Iterator
 
 MAGIC = b"KVPAXOS-SNAPSHOT\n"
 #: The format version written.
-FORMAT = 2
-#: The format versions read (1: before the auth table).
-READ_FORMATS = (1, FORMAT)
+FORMAT = 3
+#: The format versions read (1: before the auth table; 2: before the history).
+READ_FORMATS = (1, 2, FORMAT)
 #: The largest chunk a file may hold (a chunk is one AMP value on the way).
 CHUNK_BYTES_MAX = 60_000
 #: The largest header (JSON) a file may hold.

@@ -224,14 +224,15 @@ def txn_op_from_proto(message: kv_pb2.RequestOp) -> TxnOp:
     """
     Return the L{Put}, L{DeleteRange} or L{Range} of a C{RequestOp},
     unchecked.  Session fields of a put and the consistency of a range are
-    ignored: the transaction has the session, and is in the log.
+    ignored: the transaction has the session, and is in the log; a put's
+    lease is kept (checked with the transaction).
 
     @raise InvalidArgument: no op set.
     """
     which = message.WhichOneof("request")
     if which == "request_put":
         put = message.request_put
-        return Put(put.key, put.value, put.prev_kv)
+        return Put(put.key, put.value, put.prev_kv, put.lease)
     if which == "request_delete_range":
         delete = message.request_delete_range
         return DeleteRange(delete.key, _end_from_proto(delete.range_end), delete.prev_kv)
@@ -244,7 +245,8 @@ def txn_op_to_proto(op: TxnOp) -> kv_pb2.RequestOp:
     """Return C{op} as a C{RequestOp}."""
     kind = type(op)
     if kind is Put:
-        return kv_pb2.RequestOp(request_put=kv_pb2.PutRequest(key=op.key, value=op.value, prev_kv=op.prev_kv))
+        return kv_pb2.RequestOp(request_put=kv_pb2.PutRequest(key=op.key, value=op.value, prev_kv=op.prev_kv,
+                                                              lease=op.lease))
     if kind is DeleteRange:
         return kv_pb2.RequestOp(request_delete_range=kv_pb2.DeleteRangeRequest(
             key=op.key, range_end=op.end or b"", prev_kv=op.prev_kv))
@@ -258,7 +260,7 @@ def _txn_ops_from_proto(messages) -> tuple:
     for message in messages:
         if message.WhichOneof("request") == "request_put":
             put = message.request_put
-            append(Put(put.key, put.value, put.prev_kv))
+            append(Put(put.key, put.value, put.prev_kv, put.lease))
         else:
             append(txn_op_from_proto(message))
     return tuple(ops)

@@ -50,6 +50,21 @@ The catalogue (reason: gRPC code, whose fault, metadata):
   - L{AUTH_NOT_ENABLED}: FAILED_PRECONDITION; nobody's (C{Authenticate}
     while auth is disabled: a client given a user and password then
     sends its requests without a token, as etcd's clients do).
+  - L{COMPACTED}: OUT_OF_RANGE; the client's (a C{Compact} at a revision
+    the history is already compacted past: below the compacted revision,
+    or at it once anything was compacted); L{COMPACT_REVISION} (the
+    history's compacted revision), L{REVISION} (the store's).  Nothing
+    changed.
+  - L{FUTURE_REVISION}: OUT_OF_RANGE; the client's (a C{Compact} at a
+    revision above the store's); L{REVISION}, L{COMPACT_REVISION}.
+    Nothing changed.
+  - L{LEASE_NOT_FOUND}: NOT_FOUND; the client's (a put, transaction,
+    revoke naming a lease that does not exist: never granted, revoked, or
+    expired; etcd's "requested lease not found"); L{LEASE_ID}.  Nothing
+    applied.
+  - L{LEASE_EXISTS}: FAILED_PRECONDITION; the client's (a grant of an id
+    in use; etcd's "lease already exists", with etcd's code); L{LEASE_ID}.
+    Nothing changed.
   - L{INTERNAL}: INTERNAL; the server's (a bug or a broken dependency).
 
 Every ErrorInfo also names the member that answered (L{MEMBER_ID}).
@@ -89,6 +104,10 @@ UNAUTHENTICATED = "UNAUTHENTICATED"
 PERMISSION_DENIED = "PERMISSION_DENIED"
 AUTH_REFUSED = "AUTH_REFUSED"
 AUTH_NOT_ENABLED = "AUTH_NOT_ENABLED"
+COMPACTED = "COMPACTED"
+FUTURE_REVISION = "FUTURE_REVISION"
+LEASE_NOT_FOUND = "LEASE_NOT_FOUND"
+LEASE_EXISTS = "LEASE_EXISTS"
 INTERNAL = "INTERNAL"
 
 #: Each reason and the one gRPC status code it travels with.
@@ -107,6 +126,10 @@ REASONS: Mapping[str, grpc.StatusCode] = {
     PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
     AUTH_REFUSED: grpc.StatusCode.FAILED_PRECONDITION,
     AUTH_NOT_ENABLED: grpc.StatusCode.FAILED_PRECONDITION,
+    COMPACTED: grpc.StatusCode.OUT_OF_RANGE,
+    FUTURE_REVISION: grpc.StatusCode.OUT_OF_RANGE,
+    LEASE_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    LEASE_EXISTS: grpc.StatusCode.FAILED_PRECONDITION,
     INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
@@ -117,6 +140,8 @@ CLIENT_ID = "client_id"
 SEQUENCE = "sequence"
 LAST_SEQUENCE = "last_sequence"
 REVISION = "revision"
+COMPACT_REVISION = "compact_revision"
+LEASE_ID = "lease_id"
 USED_BYTES = "used_bytes"
 QUOTA_BYTES = "quota_bytes"
 

@@ -5,8 +5,9 @@ clients (etcdctl, clientv3) drive kvpaxos.  L{kvpaxos.api.server.GrpcServer}
 runs it as a second grpc.aio server on its thread and loop, through the
 same crossing into the reactor; L{add_services} registers the servicers.
 
-The services: C{KV} (L{kvpaxos.api.etcd_kv}), C{Cluster},
-C{Maintenance}, C{Watch} and C{Lease} (L{kvpaxos.api.etcd_cluster}).
+The services: C{KV} (L{kvpaxos.api.etcd_kv}), C{Watch}
+(L{kvpaxos.api.etcd_watch}), C{Lease} (L{kvpaxos.api.etcd_lease}),
+C{Cluster} and C{Maintenance} (L{kvpaxos.api.etcd_cluster}).
 Revisions are kvpaxos's + 1 (etcd starts at 1); errors are etcd's
 (L{kvpaxos.api.etcd_errors}); what is not served answers UNIMPLEMENTED or
 INVALID_ARGUMENT with a sentence, never a silently different result
@@ -16,8 +17,10 @@ kvpaxos port: a token in the C{token} metadata (etcd's key).
 
 from __future__ import annotations
 
-from kvpaxos.api.etcd_cluster import ClusterServicer, LeaseServicer, MaintenanceServicer, WatchServicer
+from kvpaxos.api.etcd_cluster import ClusterServicer, MaintenanceServicer
 from kvpaxos.api.etcd_kv import EtcdCalls, KVServicer
+from kvpaxos.api.etcd_lease import LeaseServicer
+from kvpaxos.api.etcd_watch import WatchServicer
 from kvpaxos.etcdpb import rpc_pb2, rpc_pb2_grpc
 
 __all__ = ["EtcdCalls", "SERVICE_NAMES", "add_services"]

@@ -1,6 +1,7 @@
 """
-etcd's C{Cluster}, C{Maintenance}, C{Watch} and C{Lease} services on the
-etcd port (L{kvpaxos.api.etcd}).
+etcd's C{Cluster} and C{Maintenance} services on the etcd port
+(L{kvpaxos.api.etcd}; C{Watch} is L{kvpaxos.api.etcd_watch}, C{Lease}
+L{kvpaxos.api.etcd_lease}).
 
 Served: C{MemberList} (the answering member's applied member set, as
 kvpaxos.v1's), C{MemberRemove} and C{MemberPromote} (the node's
@@ -168,44 +169,3 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
     @etcd_rpc("Maintenance")
     async def Downgrade(self, request, context):
         unimplemented("Downgrade is not supported: kvpaxos is not etcd")
-
-
-class WatchServicer(rpc_pb2_grpc.WatchServicer):
-    """C{etcdserverpb.Watch}: UNIMPLEMENTED (no revision history to watch from yet)."""
-
-    def __init__(self, node, calls) -> None:
-        self._calls = calls
-
-    @etcd_rpc("Watch")
-    async def Watch(self, request_iterator, context):
-        unimplemented("Watch is not supported yet: kvpaxos keeps no revision history to watch from")
-
-
-_NO_LEASES = "leases are not supported yet: kvpaxos has no leases (keys never expire)"
-
-
-class LeaseServicer(rpc_pb2_grpc.LeaseServicer):
-    """C{etcdserverpb.Lease}: every RPC UNIMPLEMENTED (no leases yet)."""
-
-    def __init__(self, node, calls) -> None:
-        self._calls = calls
-
-    @etcd_rpc("Lease")
-    async def LeaseGrant(self, request, context):
-        unimplemented(_NO_LEASES)
-
-    @etcd_rpc("Lease")
-    async def LeaseRevoke(self, request, context):
-        unimplemented(_NO_LEASES)
-
-    @etcd_rpc("Lease")
-    async def LeaseKeepAlive(self, request_iterator, context):
-        unimplemented(_NO_LEASES)
-
-    @etcd_rpc("Lease")
-    async def LeaseTimeToLive(self, request, context):
-        unimplemented(_NO_LEASES)
-
-    @etcd_rpc("Lease")
-    async def LeaseLeases(self, request, context):
-        unimplemented(_NO_LEASES)

@@ -23,6 +23,8 @@ from kvpaxos.api import etcd_errors
 from kvpaxos.api.etcd_errors import invalid, refuse, unimplemented
 from kvpaxos.api.limits import MAX_TXN_BYTES, MAX_TXN_OPS, MAX_VALUE_BYTES
 from kvpaxos.kv.commands import (
+    MAX_LEASE_ID,
+    MAX_LEASE_TTL,
     Compare,
     CompareResult,
     CompareTarget,
@@ -59,7 +61,11 @@ def etcd_revision(revision: int) -> int:
 
 
 def key_value(kv: KeyValue) -> mvccpb.KeyValue:
-    """C{kv} as an C{mvccpb.KeyValue} (etcd's revisions; lease 0)."""
+    """
+    C{kv} as an C{mvccpb.KeyValue} (etcd's revisions).  Its C{lease} is 0:
+    a record read from the store does not say which lease its key is
+    attached to (C{Lease.LeaseTimeToLive} with C{keys} does).
+    """
     return mvccpb.KeyValue(key=kv.key, value=kv.value, version=kv.version,
                            create_revision=kv.create_revision + 1, mod_revision=kv.mod_revision + 1)
 
@@ -157,6 +163,27 @@ def check_revision(plan: RangePlan, result_revision: int) -> None:
                           f"newest is {newest}): kvpaxos keeps no history; read with revision 0")
 
 
+def compact_request(message: pb.CompactionRequest) -> Request:
+    """
+    The COMPACT command of etcd's C{Compact(N)}: at kvpaxos revision
+    C{N - 1}.  etcd's C{Compact(N)} keeps the revisions from C{N} on and
+    kvpaxos's C{Compact(r)} the events from C{r} on, and etcd's revisions
+    are kvpaxos's + 1.  etcd's 0 (which drops nothing either) is kvpaxos's
+    0 too.  A negative C{N} is below any compacted revision etcd can have
+    (-1 on a store never compacted): etcd's "compacted", refused here.
+    C{physical} needs nothing: a compaction is done when its command
+    applies, before the answer.
+
+    One difference is left: a store never compacted, or compacted only at
+    kvpaxos's 0, accepts kvpaxos's 0 again and again (it cannot tell the
+    two apart), so etcd's C{Compact(0)} and C{Compact(1)} succeed there
+    however often they are asked, where etcd refuses a repeat.
+    """
+    if message.revision < 0:
+        refuse(etcd_errors.COMPACTED)
+    return Request(Op.COMPACT, compact_revision=max(message.revision - 1, 0))
+
+
 def range_records(plan: RangePlan, result: RangeResult) -> tuple[list, bool]:
     """
     Return the C{mvccpb.KeyValue}s of C{result} that C{plan} answers with,
@@ -189,12 +216,18 @@ def range_records(plan: RangePlan, result: RangeResult) -> tuple[list, bool]:
 # --- puts --------------------------------------------------------------------------
 
 
-def check_put(message: pb.PutRequest, in_txn: bool = False) -> None:
+#: Why a put with ignore_lease is refused.
+IGNORE_LEASE_UNSUPPORTED = (
+    "ignore_lease is not supported: kvpaxos's put sets a key's lease (none, or the one it names) and cannot keep "
+    "the lease the key has; put with that lease (lease timetolive ID --keys lists a lease's keys)")
+
+
+def check_put(message: pb.PutRequest) -> None:
     """
     etcd's checks of a put (an empty key, a value or lease given with
-    ignore_value or ignore_lease, a lease: none exist), and refusals of
-    what kvpaxos does not serve (ignore_value; ignore_lease in a
-    transaction).
+    ignore_value or ignore_lease, a lease no lease can have: etcd's "not
+    found"), and refusals of what kvpaxos does not serve (ignore_value,
+    ignore_lease).  Whether a lease exists is the state machine's to say.
     """
     if not message.key:
         refuse(etcd_errors.EMPTY_KEY)
@@ -202,25 +235,35 @@ def check_put(message: pb.PutRequest, in_txn: bool = False) -> None:
         refuse(etcd_errors.VALUE_PROVIDED)
     if message.ignore_lease and message.lease:
         refuse(etcd_errors.LEASE_PROVIDED)
-    if message.lease:
-        refuse(etcd_errors.LEASE_NOT_FOUND)  # kvpaxos has no leases (yet)
+    if not 0 <= message.lease <= MAX_LEASE_ID:
+        refuse(etcd_errors.LEASE_NOT_FOUND)  # a negative id: etcd finds no such lease either
     if message.ignore_value:
         unimplemented("ignore_value is not supported: put the value itself")
-    if message.ignore_lease and in_txn:
-        unimplemented("ignore_lease is not supported in a transaction")
+    if message.ignore_lease:
+        unimplemented(IGNORE_LEASE_UNSUPPORTED)
     if len(message.value) > MAX_VALUE_BYTES:
         refuse(etcd_errors.REQUEST_TOO_LARGE)
 
 
-def ignore_lease_txn(message: pb.PutRequest) -> Request:
+def put_request(message: pb.PutRequest) -> Request:
+    """The PUT of an etcd C{PutRequest} checked by L{check_put}, with its lease (0: none)."""
+    return Request(Op.PUT, message.key, message.value, prev_kv=message.prev_kv, lease=message.lease)
+
+
+# --- leases ------------------------------------------------------------------------
+
+
+def check_grant(message: pb.LeaseGrantRequest) -> None:
     """
-    A put with ignore_lease: keys have no lease, so it is a put of a key
-    that must exist (etcd's "key not found" otherwise), atomically: a Txn
-    putting it if its version is above 0, doing nothing otherwise.
+    etcd's check of a grant (a TTL over etcd's C{MaxLeaseTTL}: "too large
+    lease TTL"; one under the minimum, negative too, the node raises as
+    etcd does), and kvpaxos's of its id (0: the member picks one; a
+    negative one is INVALID_ARGUMENT: kvpaxos's ids are 1 to 2**63 - 1).
     """
-    txn = Txn((Compare(message.key, CompareTarget.VERSION, CompareResult.GREATER, 0),),
-              (Put(message.key, message.value, message.prev_kv),), ())
-    return Request(Op.TXN, txn=txn)
+    if message.TTL > MAX_LEASE_TTL:
+        refuse(etcd_errors.LEASE_TTL_TOO_LARGE)
+    if message.ID < 0:
+        invalid(f"a lease ID must be 0 (the member picks one) or from 1 to {MAX_LEASE_ID}, not {message.ID}")
 
 
 # --- transactions ------------------------------------------------------------------
@@ -265,7 +308,7 @@ def compare_from_etcd(message: pb.Compare) -> Optional[Compare]:
     if message.range_end:
         unimplemented("a compare over a range of keys (range_end) is not supported yet: compare each key")
     if message.target == pb.Compare.LEASE:
-        unimplemented("LEASE compares are not supported: kvpaxos has no leases yet")
+        unimplemented("LEASE compares are not supported: kvpaxos's transactions cannot compare a key's lease")
     if message.target not in _TARGETS or message.result not in _RESULTS:
         invalid(f"unknown compare target {message.target} or result {message.result}")
     target, field = _TARGETS[message.target]
@@ -318,8 +361,8 @@ def _txn_op(message: pb.RequestOp):
     which = message.WhichOneof("request")
     if which == "request_put":
         put = message.request_put
-        check_put(put, in_txn=True)
-        return Put(put.key, put.value, put.prev_kv)
+        check_put(put)
+        return Put(put.key, put.value, put.prev_kv, put.lease)
     if which == "request_delete_range":
         delete = message.request_delete_range
         if not delete.key:
@@ -349,8 +392,8 @@ def txn_from_etcd(message: pb.TxnRequest) -> Request:
     L{kvpaxos.kv.commands.validate_request} (the caller checks).
 
     @raise _Abort: etcd's errors (too many operations, an empty key, a
-        duplicate key, a lease, a request over the size limit) and the
-        refusals of what is not served.
+        duplicate key, a negative lease, a request over the size limit) and
+        the refusals of what is not served.
     """
     if max(len(message.compare), len(message.success), len(message.failure)) > MAX_TXN_OPS:
         refuse(etcd_errors.TOO_MANY_OPS)

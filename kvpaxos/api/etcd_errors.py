@@ -46,8 +46,11 @@ TOO_MANY_OPS = (_INVALID, "etcdserver: too many operations in txn request")
 DUPLICATE_KEY = (_INVALID, "etcdserver: duplicate key given in txn request")
 INVALID_SORT_OPTION = (_INVALID, "etcdserver: invalid sort option")
 FUTURE_REVISION = (grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision")
+COMPACTED = (grpc.StatusCode.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been compacted")
 NO_SPACE = (grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded")
 LEASE_NOT_FOUND = (grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found")
+LEASE_EXIST = (grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: lease already exists")
+LEASE_TTL_TOO_LARGE = (grpc.StatusCode.OUT_OF_RANGE, "etcdserver: too large lease TTL")
 MEMBER_NOT_FOUND = (grpc.StatusCode.NOT_FOUND, "etcdserver: member not found")
 MEMBER_NOT_LEARNER = (grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: can only promote a learner member")
 REQUEST_TOO_LARGE = (_INVALID, "etcdserver: request is too large")
@@ -70,6 +73,8 @@ BY_REASON = {
     errors.UNAUTHENTICATED: INVALID_AUTH_TOKEN,
     errors.PERMISSION_DENIED: PERMISSION_DENIED,
     errors.TOO_MANY_REQUESTS: TOO_MANY_REQUESTS,
+    errors.LEASE_NOT_FOUND: LEASE_NOT_FOUND,
+    errors.LEASE_EXISTS: LEASE_EXIST,
 }
 
 

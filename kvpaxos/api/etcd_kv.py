@@ -12,10 +12,14 @@ C{token} metadata, as on the kvpaxos port) and converts the answer:
     linearizable); sorted or filtered ranges are sorted and filtered here
     after the read, then limited (etcd's order of work), at most
     L{kvpaxos.api.etcd_convert.SORT_RECORDS_MAX} keys;
-  - Put: a PUT (with C{ignore_lease}: a TXN that puts only an existing
-    key); DeleteRange: a TXN of one delete-range op (its C{deleted}
-    count); Txn: a TXN;
-  - Compact: UNIMPLEMENTED (no revision history exists to compact).
+  - Put: a PUT, with its lease (a lease that is not there is the state
+    machine's refusal: etcd's "requested lease not found"; C{ignore_lease}
+    is not served); DeleteRange: a TXN of one delete-range op (its
+    C{deleted} count); Txn: a TXN (its puts' leases as a put's);
+  - Compact: a COMPACT at kvpaxos's revision N - 1
+    (L{kvpaxos.api.etcd_convert.compact_request}); its refusals are etcd's
+    "required revision has been compacted" and "... is a future
+    revision" (OUT_OF_RANGE); the header's revision is the store's.
 
 Nothing here decides what a request means: the node applies it.
 """
@@ -31,7 +35,7 @@ from kvpaxos.api import etcd_convert as convert
 from kvpaxos.api import etcd_errors
 from kvpaxos.api.convert import RESPONSE_KVS_BYTES_MAX
 from kvpaxos.api.credentials import node_arguments
-from kvpaxos.api.etcd_errors import etcd_rpc, exhausted, refuse, unimplemented
+from kvpaxos.api.etcd_errors import etcd_rpc, exhausted, refuse
 from kvpaxos.api.limits import MAX_MESSAGE_BYTES
 from kvpaxos.api.servicers import _abort, _checked, _NodeCalls
 from kvpaxos.api.statuses import internal
@@ -47,6 +51,7 @@ from kvpaxos.kv.commands import (
     range_query,
     validate_request,
 )
+from kvpaxos.kv.compaction import CompactDone, CompactError, CompactRefused
 
 _log = Logger()
 
@@ -137,17 +142,9 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
     @etcd_rpc("KV")
     async def Put(self, request: pb.PutRequest, context) -> pb.PutResponse:
         convert.check_put(request)
-        member_id = self._calls.member_id
-        if request.ignore_lease:
-            command = _validated(member_id, convert.ignore_lease_txn(request))
-            result, header = await self._submit(context, command, TxnResult)
-            if not result.succeeded:
-                refuse(etcd_errors.KEY_NOT_FOUND)
-            prev = result.responses[0].prev
-        else:
-            command = _validated(member_id, Request(Op.PUT, request.key, request.value, prev_kv=request.prev_kv))
-            result, header = await self._submit(context, command, Result)
-            prev = result.prev
+        command = _validated(self._calls.member_id, convert.put_request(request))
+        result, header = await self._submit(context, command, Result)
+        prev = result.prev
         return pb.PutResponse(header=header, prev_kv=None if prev is None else convert.key_value(prev))
 
     @etcd_rpc("KV")
@@ -177,11 +174,14 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
 
     @etcd_rpc("KV")
     async def Compact(self, request: pb.CompactionRequest, context) -> pb.CompactionResponse:
-        unimplemented("Compact is not supported yet: kvpaxos keeps no revision history to compact "
-                      "(only the newest revision of each key)")
+        command = _validated(self._calls.member_id, convert.compact_request(request))
+        result, header = await self._submit(context, command, (CompactDone, CompactRefused))
+        if type(result) is CompactRefused:
+            refuse(etcd_errors.FUTURE_REVISION if result.error is CompactError.FUTURE else etcd_errors.COMPACTED)
+        return pb.CompactionResponse(header=header)
 
-    async def _submit(self, context, command: Request, kind: type):
-        """Submit C{command} and return its result (of type C{kind}) with the header."""
+    async def _submit(self, context, command: Request, kind):
+        """Submit C{command} and return its result (of type C{kind}, or one of a tuple of types) with the header."""
         credential = self._calls.credential(context)
         result, header = await self._calls.call(
             context, lambda timeout_s: self._node.submit(command, timeout_s, *node_arguments(credential)))

@@ -21,6 +21,10 @@ from kvpaxos.api.errors import InvalidArgument
 MAX_KEY_BYTES = 511
 #: 1 MiB.
 MAX_VALUE_BYTES = 1 << 20
+#: The largest lease id (etcd's are int64, and never negative).
+MAX_LEASE_ID = (1 << 63) - 1
+#: The longest lease TTL granted, in seconds (etcd's C{MaxLeaseTTL}).
+MAX_LEASE_TTL = 9_000_000_000
 #: Compares, and ops per branch, in one transaction (etcd's default).
 MAX_TXN_OPS = 128
 #: The keys, values and operands of one transaction (etcd takes 1.5 MiB

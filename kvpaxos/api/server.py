@@ -1,7 +1,8 @@
 """
 The gRPC edge: L{GrpcServer}, a Twisted service that runs a grpc.aio server
 (the C{kvpaxos.v1.KV} and C{kvpaxos.v1.Cluster} services of
-L{kvpaxos.api.servicers}, health checking and server reflection) on an
+L{kvpaxos.api.servicers}, C{Auth}, C{Watch} and C{Lease}
+(L{kvpaxos.api.lease_servicer}), health checking and server reflection) on an
 asyncio event loop of its own, in a thread of its own, beside the reactor;
 and, when given an etcd address, a second grpc.aio server on the same loop
 serving etcd's v3 API there (L{kvpaxos.api.etcd}).
@@ -49,16 +50,21 @@ from kvpaxos.api.errors import SHUTTING_DOWN as SHUTTING_DOWN_REASON, Unavailabl
 from kvpaxos.api.servicers import ClusterServicer, KVServicer, _NodeCalls
 from kvpaxos.api.statuses import SHUTTING_DOWN
 from kvpaxos.api.auth_servicer import AuthServicer
+from kvpaxos.api.lease_servicer import LeaseServicer
 from kvpaxos.api.watch_servicer import WatchServicer
 from kvpaxos.api import etcd
-from kvpaxos.v1 import auth_pb2, auth_pb2_grpc, kv_pb2, kv_pb2_grpc, watch_pb2, watch_pb2_grpc
+from kvpaxos.v1 import (
+    auth_pb2, auth_pb2_grpc, kv_pb2, kv_pb2_grpc, lease_pb2, lease_pb2_grpc, watch_pb2, watch_pb2_grpc,
+)
 
 #: Full names of the services this server offers.
 KV_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name
 CLUSTER_SERVICE = kv_pb2.DESCRIPTOR.services_by_name["Cluster"].full_name
 AUTH_SERVICE = auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name
 WATCH_SERVICE = watch_pb2.DESCRIPTOR.services_by_name["Watch"].full_name
-SERVICE_NAMES = (KV_SERVICE, CLUSTER_SERVICE, AUTH_SERVICE, WATCH_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+LEASE_SERVICE = lease_pb2.DESCRIPTOR.services_by_name["Lease"].full_name
+SERVICE_NAMES = (KV_SERVICE, CLUSTER_SERVICE, AUTH_SERVICE, WATCH_SERVICE, LEASE_SERVICE, health.SERVICE_NAME,
+                 reflection.SERVICE_NAME)
 
 #: How much longer than the grace period the stop waits for grpcio's threads.
 STOP_WAIT_SLACK_S = 2.0
@@ -201,6 +207,7 @@ class GrpcServer(Service):
         kv_pb2_grpc.add_ClusterServicer_to_server(ClusterServicer(self._node, self._calls), server)
         auth_pb2_grpc.add_AuthServicer_to_server(AuthServicer(self._node, self._calls), server)
         watch_pb2_grpc.add_WatchServicer_to_server(WatchServicer(self._node, self._calls), server)
+        lease_pb2_grpc.add_LeaseServicer_to_server(LeaseServicer(self._node, self._calls), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(SERVICE_NAMES, server)

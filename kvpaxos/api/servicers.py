@@ -39,6 +39,7 @@ from kvpaxos.api.streaming import (
 )
 from kvpaxos.api.statuses import (
     REFUSALS,
+    compact_refused,
     internal,
     response_too_large,
     sequence_reused,
@@ -57,6 +58,7 @@ from kvpaxos.kv.commands import (
     range_query,
     validate_request,
 )
+from kvpaxos.kv.compaction import CompactDone, CompactRefused
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
 
 #: The node is given this share of a request's wait as its C{timeout_s}, so
@@ -228,13 +230,14 @@ def _checked(member_id: Optional[int], convert_request: Callable[[], Any]) -> An
 
 
 def _session_request(member_id: Optional[int], op: Op, request, value: bytes = b"",
-                     prev_kv: bool = False) -> Request:
+                     prev_kv: bool = False, lease: int = 0) -> Request:
     """
     Return the checked L{Request} of a single-key write with the session
-    fields of C{request} (origin and request_id are the node's to fill in).
+    fields of C{request} (origin and request_id are the node's to fill in)
+    and, for a put, the lease it attaches its key to (0: none).
     """
     command = Request(op, request.key, value, client_id=request.client_id,
-                      sequence=request.sequence, prev_kv=prev_kv)
+                      sequence=request.sequence, prev_kv=prev_kv, lease=lease)
     _checked(member_id, partial(validate_request, command))
     return command
 
@@ -275,7 +278,10 @@ class KVServicer(kv_pb2_grpc.KVServicer):
 
     @_rpc
     async def Put(self, request: kv_pb2.PutRequest, context) -> kv_pb2.PutResponse:
-        command = _session_request(self._calls.member_id, Op.PUT, request, request.value, request.prev_kv)
+        # A lease that is not there is the state machine's refusal (LeaseRefused,
+        # nothing applied): NOT_FOUND, reason LEASE_NOT_FOUND (statuses.REFUSALS).
+        command = _session_request(self._calls.member_id, Op.PUT, request, request.value, request.prev_kv,
+                                   request.lease)
         result, header = await self._submit(context, command, Result)
         return kv_pb2.PutResponse(header=header, existed=result.existed,
                                   prev_kv=convert.optional_key_value_to_proto(result.prev))
@@ -340,12 +346,23 @@ class KVServicer(kv_pb2_grpc.KVServicer):
         result, header = await self._submit(context, Request(Op.OPEN_SESSION), SessionOpened)
         return kv_pb2.OpenSessionResponse(header=header, client_id=result.client_id)
 
-    async def _submit(self, context, command: Request, kind: type):
+    @_rpc
+    async def Compact(self, request: kv_pb2.CompactRequest, context) -> kv_pb2.CompactResponse:
+        # A log command without a session: the state machine decides
+        # (kvpaxos.kv.compaction); a refusal changed nothing.  Unary only.
+        command = Request(Op.COMPACT, compact_revision=request.revision)
+        _checked(self._calls.member_id, partial(validate_request, command))
+        result, header = await self._submit(context, command, (CompactDone, CompactRefused))
+        if type(result) is CompactRefused:
+            _abort(compact_refused(result, request.revision), header.member_id)
+        return kv_pb2.CompactResponse(header=header, compact_revision=result.compacted)
+
+    async def _submit(self, context, command: Request, kind):
         """
-        Submit C{command} and return its result of type C{kind} with the
-        header.  A result of another type is a session retry whose
-        sequence first went with a different request (FAILED_PRECONDITION),
-        or without a session a node bug (INTERNAL).
+        Submit C{command} and return its result of type C{kind} (a type, or
+        a tuple of them) with the header.  A result of another type is a
+        session retry whose sequence first went with a different request
+        (FAILED_PRECONDITION), or without a session a node bug (INTERNAL).
         """
         credential = self._calls.credential(context)
         result, header = await self._calls.call(

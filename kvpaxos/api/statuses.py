@@ -23,6 +23,8 @@ from kvpaxos.api.errors import InvalidArgument, Unavailable, rich_status
 from kvpaxos.kv.auth import AuthError
 from kvpaxos.kv.auth import AuthRefused as AuthRefusal
 from kvpaxos.kv.commands import Request, SessionExpired, StaleSequence
+from kvpaxos.kv.compaction import CompactError, CompactRefused
+from kvpaxos.kv.leases import LeaseError, LeaseRefused
 
 #: The message of the UNAVAILABLE that failed requests get when the node
 #: stops while they wait.
@@ -34,7 +36,7 @@ SESSION_EXPIRED = (
 )
 #: What the node answers instead of applying a request (not exceptions:
 #: the node ran the request through the log and it changed nothing).
-REFUSALS = (StaleSequence, SessionExpired, AuthRefusal)
+REFUSALS = (StaleSequence, SessionExpired, AuthRefusal, LeaseRefused)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ def status_for(error: Union[BaseException, StaleSequence, SessionExpired, AuthRe
         them) → UNAVAILABLE with its reason and the known leader;
       - L{kvpaxos.api.errors.NoSpace} → RESOURCE_EXHAUSTED L{NO_SPACE}, with
         the bytes in use and the quota;
+      - a L{LeaseRefused} result → L{lease_refused}'s NOT_FOUND or
+        FAILED_PRECONDITION;
       - anything else → INTERNAL with its message, and C{unexpected} true: the
         caller logs it, because it is a bug or a broken dependency, not a
         condition the client can act on.
@@ -134,6 +138,8 @@ def status_for(error: Union[BaseException, StaleSequence, SessionExpired, AuthRe
     if isinstance(error, errors.NoSpace):
         return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error), errors.NO_SPACE,
                       {errors.USED_BYTES: error.used_bytes, errors.QUOTA_BYTES: error.quota_bytes})
+    if isinstance(error, LeaseRefused):
+        return lease_refused(error)
     detail = str(error) or type(error).__name__
     return Status(grpc.StatusCode.INTERNAL, f"internal error: {detail}", errors.INTERNAL, unexpected=True)
 
@@ -165,3 +171,50 @@ def sequence_reused(request: Request) -> Status:
 def internal(message: str) -> Status:
     """The INTERNAL status of a node bug the edge noticed (already logged)."""
     return Status(grpc.StatusCode.INTERNAL, message, errors.INTERNAL)
+
+
+def compact_refused(refusal: CompactRefused, target: int) -> Status:
+    """
+    Return the OUT_OF_RANGE status of a compaction at C{target} that the
+    state machine refused (L{kvpaxos.kv.compaction}; nothing changed):
+    reason L{errors.COMPACTED} (the history is compacted at or past
+    C{target}) or L{errors.FUTURE_REVISION} (C{target} is above the
+    store's revision), its message beginning with etcd's words and naming
+    the revision asked, the compacted one and the store's; the metadata
+    carries the compacted and the store's revisions.
+    """
+    compacted, revision = refusal.compacted, refusal.revision
+    metadata = {errors.COMPACT_REVISION: compacted, errors.REVISION: revision}
+    if refusal.error is CompactError.FUTURE:
+        return Status(grpc.StatusCode.OUT_OF_RANGE, (
+            f"required revision is a future revision: cannot compact at revision {target}, the store is at "
+            f"revision {revision} (its history is compacted at revision {compacted})"
+        ), errors.FUTURE_REVISION, metadata)
+    return Status(grpc.StatusCode.OUT_OF_RANGE, (
+        f"required revision has been compacted: cannot compact at revision {target}, the history is already "
+        f"compacted at revision {compacted} (the store is at revision {revision})"
+    ), errors.COMPACTED, metadata)
+
+
+def lease_refused(refusal: LeaseRefused) -> Status:
+    """
+    Return the status of a lease refusal of the state machine
+    (L{kvpaxos.kv.leases}; nothing applied), its message beginning with
+    etcd's words and naming the lease in decimal and as etcdctl prints it
+    (16 hex digits); the metadata carries its id:
+
+      - NOT_FOUND: NOT_FOUND, reason L{errors.LEASE_NOT_FOUND} (a put, a
+        transaction's put or a revoke of a lease that is not there);
+      - EXISTS: FAILED_PRECONDITION (etcd's code), reason
+        L{errors.LEASE_EXISTS} (a grant of an id in use).
+    """
+    lease = refusal.id
+    named = f"lease {lease} ({lease:016x})"
+    metadata = {errors.LEASE_ID: lease}
+    if refusal.error is LeaseError.EXISTS:
+        return Status(grpc.StatusCode.FAILED_PRECONDITION, (
+            f"lease already exists: {named} was granted before; grant another id, or 0 for one the "
+            "cluster picks"), errors.LEASE_EXISTS, metadata)
+    return Status(grpc.StatusCode.NOT_FOUND, (
+        f"requested lease not found: {named} does not exist (never granted, revoked, or expired); nothing "
+        "was applied"), errors.LEASE_NOT_FOUND, metadata)

@@ -109,6 +109,37 @@ Without a session, a write that got UNAVAILABLE is still sent again
 (at-least-once: an append may then apply twice); use sessions for
 anything that is not idempotent.
 
+Compaction
+==========
+C{compact(revision)} drops the history of writes (what a watch replays)
+below C{revision}; it is a write without a session, sent to the leader.
+Like any write without a session it is sent again after UNAVAILABLE,
+which is safe here: a compaction is idempotent in effect, and a resent
+one whose earlier attempt applied is refused COMPACTED with the
+history's compacted revision at or past the one asked, which the client
+takes for success (L{requests.compacted_by_retry}).  Refused on its only
+attempt it raises L{Compacted} or L{FutureRevision} (both
+L{CompactRefused}s, L{RequestFailed}s: nothing changed).  A timed-out
+RPC raises L{OutcomeUnknown}, as for any write without a session;
+calling C{compact} again is safe.  C{Compact} is unary, not streamed.
+
+Leases
+======
+C{client.lease(ttl)} grants a lease and holds it (L{lease}): a L{Lease}
+(L{AsyncLease} for the AsyncClient) renewed every third of its TTL from a
+thread (a task) of its own, across changes of leader, until it is closed
+(and then revoked, unless C{revoke_on_close=False}); a context manager.
+C{put(key, value, lease=lease)} (and C{put_op(..., lease=)} in a Txn)
+attaches a key: it is deleted when the lease ends.  Once the cluster says
+the lease is gone, C{lease.lost} holds the L{LeaseExpired} that every later
+operation on it (and a put naming it) raises, and C{on_lost(lease)} is
+called.  The calls alone: C{lease_grant}, C{lease_revoke},
+C{lease_keep_alive} (the TTL, 0 for no such lease), C{lease_time_to_live},
+C{leases}.  A grant without an id gets one this client picks at random, so
+that a grant resent after UNAVAILABLE is recognised as its own; a revoke
+resent and refused not found is taken as done.  A lease that does not
+exist is L{LeaseNotFound}; a grant of an id in use L{LeaseExists}.
+
 Authentication
 ==============
 C{Client(endpoints, user="alice", password="...")} names a user once the
@@ -131,7 +162,13 @@ from kvpaxos.client.errors import (
     AuthNotEnabled,
     AuthRefused,
     ClientError,
+    CompactRefused,
+    Compacted,
+    FutureRevision,
     InvalidArgument,
+    LeaseExists,
+    LeaseExpired,
+    LeaseNotFound,
     OutcomeUnknown,
     PermissionDenied,
     RequestFailed,
@@ -140,7 +177,10 @@ from kvpaxos.client.errors import (
     Unauthenticated,
     Unavailable,
 )
+from kvpaxos.client.lease import AsyncLease, Lease
 from kvpaxos.client.requests import (
+    MAX_LEASE_ID,
+    MAX_LEASE_TTL,
     OPEN_SESSION,
     BytesLike,
     Operation,
@@ -149,6 +189,8 @@ from kvpaxos.client.requests import (
     append_operation,
     cas_operation,
     cas_result,
+    compact_operation,
+    compacted_by_retry,
     compare_create_revision,
     compare_exists,
     compare_mod_revision,
@@ -158,6 +200,11 @@ from kvpaxos.client.requests import (
     delete_operation,
     get_op,
     get_operation,
+    lease_grant_operation,
+    lease_keep_alive_operation,
+    lease_revoke_operation,
+    lease_time_to_live_operation,
+    leases_operation,
     member_list_operation,
     put_op,
     put_operation,
@@ -171,7 +218,9 @@ from kvpaxos.client.retry import (
 )
 
 __all__ = [
-    "AsyncClient", "AuthNotEnabled", "AuthRefused", "Client", "ClientError", "InvalidArgument",
+    "AsyncClient", "AsyncLease", "AuthNotEnabled", "AuthRefused", "Client", "ClientError", "CompactRefused",
+    "Compacted", "FutureRevision", "InvalidArgument", "Lease", "LeaseExists", "LeaseExpired", "LeaseNotFound",
+    "MAX_LEASE_ID", "MAX_LEASE_TTL",
     "OutcomeUnknown", "Permission", "PermissionDenied", "RangeResult",
     "RequestFailed", "SessionExpired", "StaleSequence", "TO_THE_END", "Unauthenticated", "Unavailable",
     "compare_create_revision", "compare_exists", "compare_mod_revision", "compare_value",
@@ -180,7 +229,9 @@ __all__ = [
     # The operations and the policy objects, for the CLI and for tests.
     "Attempts", "Backoff", "BytesLike", "Connection", "Directory", "OPEN_SESSION", "Operation",
     "Pause", "RangePager", "Refresh", "Reply", "RetryPolicy", "Session", "SessionPool", "Try",
-    "append_operation", "cas_operation", "cas_result", "delete_operation", "get_operation",
+    "append_operation", "cas_operation", "cas_result", "compact_operation", "compacted_by_retry",
+    "delete_operation", "get_operation", "lease_grant_operation", "lease_keep_alive_operation",
+    "lease_revoke_operation", "lease_time_to_live_operation", "leases_operation",
     "member_list_operation",
     "put_operation", "range_request", "status_operation", "txn_operation",
 ]

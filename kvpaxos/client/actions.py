@@ -118,7 +118,7 @@ class Actions(Output):
 
     def do_put(self) -> int:
         i = self.invocation
-        endpoint, response = self.client.call(kvclient.put_operation(i.key, i.value))
+        endpoint, response = self.client.call(kvclient.put_operation(i.key, i.value, lease=i.lease))
         if i.json:
             self.json({"key": i.key_text, "existed": response.existed, **_header_fields(endpoint, response.header)})
         else:
@@ -204,6 +204,16 @@ class Actions(Output):
                         break
             except KeyboardInterrupt:
                 pass
+        return EXIT_OK
+
+    def do_compact(self) -> int:
+        """Print as etcdctl does (C{compacted revision N}); a refusal is an error line and exit 1."""
+        i = self.invocation
+        compacted = self.client.compact(i.revision)
+        if i.json:
+            self.json({"compact_revision": compacted})
+        else:
+            self.text(f"compacted revision {compacted}")
         return EXIT_OK
 
     def do_cas(self) -> int:

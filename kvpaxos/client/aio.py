@@ -18,14 +18,17 @@ from kvpaxos.api.endpoints import CHANNEL_OPTIONS, parse_endpoint
 from kvpaxos.client import requests
 from kvpaxos.client.auth import authenticate_operation
 from kvpaxos.client.blocking import (
-    DEFAULT_REFRESH_S, Connection, Reply, _Base, _call_with, tls_channel_factory,
+    DEFAULT_REFRESH_S, GRANT_ATTEMPTS, Connection, Reply, _Base, _call_with, _granted_earlier, tls_channel_factory,
 )
-from kvpaxos.client.errors import AuthNotEnabled, Unavailable, member_error, rpc_failure
+from kvpaxos.client.errors import (
+    AuthNotEnabled, Compacted, LeaseExists, LeaseNotFound, Unavailable, member_error, rpc_failure,
+)
+from kvpaxos.client.lease import AsyncLease
 from kvpaxos.client.requests import BytesLike, Operation, RangePager, RangeResult
 from kvpaxos.client.retry import Backoff, Pause, Refresh, Session
 from kvpaxos.client.stream import Multiplexer
 from kvpaxos.client.watch import AsyncWatch, watch_request
-from kvpaxos.v1 import kv_pb2
+from kvpaxos.v1 import kv_pb2, lease_pb2
 
 __all__ = ["AsyncClient", "open_aio_channel"]
 
@@ -52,8 +55,11 @@ class AsyncClient(_Base):
     session pool as threads do with L{Client}.  Channels are opened on
     first use, inside the running loop.  C{user} and C{password} as
     L{Client}'s; the auth methods (L{kvpaxos.client.auth.AuthMethods})
-    return awaitables.
+    return awaitables.  C{lease(ttl)} returns an L{AsyncLease} to await,
+    or to use as an async context manager, renewed by a task.
     """
+
+    _aio = True
 
     def __init__(
         self, endpoints: Union[Sequence[str], str], timeout_s: float = 5.0, session: bool = True,
@@ -178,9 +184,15 @@ class AsyncClient(_Base):
         response = (await self.call(requests.get_operation(key, consistency))).response
         return response.kv if response.found else None
 
-    async def put(self, key: BytesLike, value: BytesLike, prev_kv: bool = False) -> kv_pb2.PutResponse:
-        """See L{Client.put}."""
-        return (await self.call(requests.put_operation(key, value, prev_kv))).response
+    async def put(self, key: BytesLike, value: BytesLike, prev_kv: bool = False, lease=0) -> kv_pb2.PutResponse:
+        """See L{Client.put} (C{lease}: an id or a held L{AsyncLease})."""
+        operation = requests.put_operation(key, value, prev_kv, lease)
+        try:
+            return (await self.call(operation)).response
+        except LeaseNotFound as error:
+            if isinstance(lease, AsyncLease):
+                raise lease.gone(error) from None
+            raise
 
     async def delete(self, key: BytesLike, prev_kv: bool = False) -> kv_pb2.DeleteResponse:
         """See L{Client.delete}."""
@@ -224,11 +236,67 @@ class AsyncClient(_Base):
                                   expected_absent=expected_absent)
         return requests.cas_result((await self.call(operation)).response)
 
+    async def compact(self, revision: int) -> int:
+        """See L{Client.compact}."""
+        try:
+            return (await self.call(requests.compact_operation(revision))).response.compact_revision
+        except Compacted as refusal:
+            compacted = requests.compacted_by_retry(revision, refusal)
+            if compacted is None:
+                raise
+            return compacted
+
     def watch(self, key: BytesLike, range_end: Optional[BytesLike] = None, prefix: bool = False,
               start_revision: int = 0, prev_kv: bool = False, no_put: bool = False,
               no_delete: bool = False) -> AsyncWatch:
         """See L{Client.watch}: an async iterator (C{async for}), an async context manager."""
         return AsyncWatch(self, watch_request(key, range_end, prefix, start_revision, prev_kv, no_put, no_delete))
+
+    def lease(self, ttl: int, lease_id: int = 0, *, keep_alive: bool = True, revoke_on_close: bool = True,
+              on_lost: Optional[Callable[[AsyncLease], Any]] = None) -> AsyncLease:
+        """
+        See L{Client.lease}: C{lease = await client.lease(ttl)}, or C{async
+        with client.lease(ttl) as lease:}; renewed by a task of the running
+        loop until closed.
+        """
+        return AsyncLease(self, ttl, lease_id, keep_alive=keep_alive, revoke_on_close=revoke_on_close,
+                          on_lost=on_lost)
+
+    async def lease_grant(self, ttl: int, lease_id: int = 0) -> lease_pb2.LeaseGrantResponse:
+        """See L{Client.lease_grant}."""
+        picked = lease_id == 0
+        refusal = None
+        for _ in range(GRANT_ATTEMPTS if picked else 1):
+            chosen = self._pick_lease_id() if picked else lease_id
+            try:
+                return (await self.call(requests.lease_grant_operation(ttl, chosen))).response
+            except LeaseExists as error:
+                if not picked:
+                    raise
+                refusal = error
+                if error.maybe_applied:
+                    return _granted_earlier(chosen, await self.lease_time_to_live(chosen), error)
+        raise refusal
+
+    async def lease_revoke(self, lease_id: int) -> None:
+        """See L{Client.lease_revoke}."""
+        try:
+            await self.call(requests.lease_revoke_operation(lease_id))
+        except LeaseNotFound as error:
+            if not error.maybe_applied:
+                raise
+
+    async def lease_keep_alive(self, lease_id: int) -> int:
+        """See L{Client.lease_keep_alive}."""
+        return (await self.call(requests.lease_keep_alive_operation(lease_id))).response.ttl
+
+    async def lease_time_to_live(self, lease_id: int, keys: bool = False) -> lease_pb2.LeaseTimeToLiveResponse:
+        """See L{Client.lease_time_to_live}."""
+        return (await self.call(requests.lease_time_to_live_operation(lease_id, keys))).response
+
+    async def leases(self) -> list[int]:
+        """See L{Client.leases}."""
+        return list((await self.call(requests.leases_operation())).response.ids)
 
     async def status(self) -> kv_pb2.StatusResponse:
         """See L{Client.status}."""

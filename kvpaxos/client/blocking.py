@@ -19,15 +19,23 @@ import grpc
 from kvpaxos.api.endpoints import CHANNEL_OPTIONS, parse_endpoint, parse_endpoints
 from kvpaxos.client import requests
 from kvpaxos.client.auth import AuthMethods, authenticate_operation, credentials_of, unauthenticated
-from kvpaxos.client.errors import AuthNotEnabled, ClientError, Unavailable, member_error, rpc_failure
-from kvpaxos.client.requests import BytesLike, Operation, RangePager, RangeResult
+from kvpaxos.client.errors import (
+    AuthNotEnabled, ClientError, Compacted, LeaseExists, LeaseNotFound, OutcomeUnknown, Unavailable, member_error,
+    rpc_failure,
+)
+from kvpaxos.client.lease import Lease, LeaseStub
+from kvpaxos.client.requests import MAX_LEASE_ID, BytesLike, Operation, RangePager, RangeResult
 from kvpaxos.client.retry import Backoff, Directory, Pause, Refresh, RetryPolicy, Session, SessionPool
 from kvpaxos.client.stream import KIND_OF_RPC, BlockingMultiplexer, as_unavailable, broken
 from kvpaxos.client.watch import Watch, watch_request
 from kvpaxos.tls import grpc_channel_credentials
-from kvpaxos.v1 import auth_pb2_grpc, kv_pb2, kv_pb2_grpc
+from kvpaxos.v1 import auth_pb2_grpc, kv_pb2, kv_pb2_grpc, lease_pb2
 
 __all__ = ["Client", "Connection", "DEFAULT_REFRESH_S", "Reply", "open_channel"]
+
+#: How many ids a grant this client picks the id of tries, while the id
+#: picked is taken (a collision of random 63-bit ids: never, in practice).
+GRANT_ATTEMPTS = 8
 
 #: How often a client lists the members by default (seconds): often enough
 #: to follow a membership change within a minute, rare enough to cost
@@ -71,14 +79,15 @@ class Connection:
     The stubs for one endpoint, over one channel, and the C{KV.Stream}
     multiplexer (C{stream}) its KV requests go through when the client
     streams (None: unary RPCs, also after the member turned out to have
-    no C{KV.Stream}).
+    no C{KV.Stream}).  C{aio}: the channel is grpc.aio's.
     """
 
-    def __init__(self, channel, multiplexer: Optional[Callable[[Any], Any]] = None) -> None:
+    def __init__(self, channel, multiplexer: Optional[Callable[[Any], Any]] = None, aio: bool = False) -> None:
         self.channel = channel
         self.kv = kv_pb2_grpc.KVStub(channel)
         self.cluster = kv_pb2_grpc.ClusterStub(channel)
         self.auth = auth_pb2_grpc.AuthStub(channel)
+        self.lease = LeaseStub(channel, aio)
         self.stream = multiplexer(channel) if multiplexer is not None else None
 
     @staticmethod
@@ -108,6 +117,9 @@ class Connection:
 
 class _Base(AuthMethods):
     """What both clients share: the policy, the sessions, the credentials and the connections."""
+
+    #: Whether the channels are grpc.aio's.
+    _aio = False
 
     def __init__(self, endpoints, timeout_s, session, channel_factory, clock, rng, backoff, refresh_s,
                  multiplexer, user=None, password=None) -> None:
@@ -153,14 +165,27 @@ class _Base(AuthMethods):
             connection = self._connections.get(endpoint)
             if connection is None:
                 connection = self._connections[endpoint] = Connection(self._channel_factory(endpoint),
-                                                                      self._multiplexer)
+                                                                      self._multiplexer, self._aio)
             return connection
+
+    def _pick_lease_id(self) -> int:
+        """A random lease id, for a grant that lets this client pick one (so that it can be resent)."""
+        return (self._policy.rng.getrandbits(63) & MAX_LEASE_ID) or 1
 
     def _take_connections(self) -> list[Connection]:
         with self._connections_lock:
             self._closed = True
             connections, self._connections = list(self._connections.values()), {}
         return connections
+
+
+def _granted_earlier(lease_id: int, found: lease_pb2.LeaseTimeToLiveResponse,
+                     refusal: LeaseExists) -> lease_pb2.LeaseGrantResponse:
+    """The grant's answer, from the time-to-live C{found} of the lease an earlier attempt granted."""
+    if found.ttl < 0:
+        raise OutcomeUnknown(f"{refusal} (an earlier attempt of this grant applied, and lease {lease_id:016x} is "
+                             "gone already)") from refusal
+    return lease_pb2.LeaseGrantResponse(header=found.header, id=lease_id, ttl=found.granted_ttl)
 
 
 def _call_with(stub_method, request: Any, timeout_s: float, metadata: Optional[tuple]):
@@ -329,9 +354,24 @@ class Client(_Base):
         response = self.call(requests.get_operation(key, consistency)).response
         return response.kv if response.found else None
 
-    def put(self, key: BytesLike, value: BytesLike, prev_kv: bool = False) -> kv_pb2.PutResponse:
-        """Set C{key} to C{value}; the response says whether it existed (and, if asked, its old record)."""
-        return self.call(requests.put_operation(key, value, prev_kv)).response
+    def put(self, key: BytesLike, value: BytesLike, prev_kv: bool = False, lease=0) -> kv_pb2.PutResponse:
+        """
+        Set C{key} to C{value}; the response says whether it existed (and,
+        if asked, its old record).  C{lease}: attach the key to that lease
+        (an id, or a held L{Lease}; 0: none, and a put without a lease
+        detaches the key from any it had).
+
+        @raise LeaseNotFound: no such lease (nothing applied).
+        @raise LeaseExpired: C{lease} is a held lease that is gone (found now,
+            or before: then nothing is sent).
+        """
+        operation = requests.put_operation(key, value, prev_kv, lease)
+        try:
+            return self.call(operation).response
+        except LeaseNotFound as error:
+            if isinstance(lease, Lease):
+                raise lease.gone(error) from None
+            raise
 
     def delete(self, key: BytesLike, prev_kv: bool = False) -> kv_pb2.DeleteResponse:
         """Delete C{key}; C{response.deleted} is false when it did not exist."""
@@ -392,6 +432,29 @@ class Client(_Base):
                                   expected_absent=expected_absent)
         return requests.cas_result(self.call(operation).response)
 
+    def compact(self, revision: int) -> int:
+        """
+        Drop every event of a revision below C{revision} from the history
+        of writes (what a watch replays); keys are untouched.  Return the
+        history's compacted revision: C{revision}, or (when a resent
+        attempt found it compacted already, see
+        L{kvpaxos.client.requests.compacted_by_retry}) one at or past it.
+
+        @raise Compacted: the history is already compacted at or past
+            C{revision} (its C{compact_revision} says where).
+        @raise FutureRevision: C{revision} is above the store's revision.
+        @raise InvalidArgument: C{revision} is negative or not a whole number.
+        @raise OutcomeUnknown: the RPC timed out (it may have applied; it
+            is safe to call again).
+        """
+        try:
+            return self.call(requests.compact_operation(revision)).response.compact_revision
+        except Compacted as refusal:
+            compacted = requests.compacted_by_retry(revision, refusal)
+            if compacted is None:
+                raise
+            return compacted
+
     def watch(self, key: BytesLike, range_end: Optional[BytesLike] = None, prefix: bool = False,
               start_revision: int = 0, prev_kv: bool = False, no_put: bool = False,
               no_delete: bool = False) -> Watch:
@@ -403,6 +466,85 @@ class Client(_Base):
         as a context manager) to stop.
         """
         return Watch(self, watch_request(key, range_end, prefix, start_revision, prev_kv, no_put, no_delete))
+
+    # -- leases
+
+    def lease(self, ttl: int, lease_id: int = 0, *, keep_alive: bool = True, revoke_on_close: bool = True,
+              on_lost: Optional[Callable[[Lease], Any]] = None) -> Lease:
+        """
+        Grant a lease of C{ttl} seconds (L{lease_grant}) and hold it: a
+        L{Lease}, renewed every third of its TTL from a thread of its own
+        (C{keep_alive}) until closed, and revoked when closed
+        (C{revoke_on_close}); a context manager.  Once the cluster says it
+        is gone, C{on_lost(lease)} is called and every later operation on
+        it raises L{LeaseExpired} (see L{kvpaxos.client.lease}).
+        """
+        sent_at = self._clock()
+        response = self.lease_grant(ttl, lease_id)
+        return Lease(self, response.id, response.ttl, keep_alive=keep_alive, revoke_on_close=revoke_on_close,
+                     on_lost=on_lost, granted_at=sent_at)
+
+    def lease_grant(self, ttl: int, lease_id: int = 0) -> lease_pb2.LeaseGrantResponse:
+        """
+        Grant a lease of C{ttl} seconds (raised to the cluster's minimum)
+        with id C{lease_id}; return the response (C{id}, C{ttl} granted).
+        For id 0 this client picks a random one, so that a grant resent
+        after UNAVAILABLE whose first attempt applied (refused
+        LEASE_EXISTS) is known for its own: it answers that lease, as its
+        time-to-live tells it.
+
+        @raise LeaseExists: C{lease_id} is taken.
+        @raise InvalidArgument: a TTL or id out of range.
+        @raise OutcomeUnknown: the RPC timed out (a lease may have been
+            granted: it runs out after its TTL unless kept alive).
+        """
+        picked = lease_id == 0
+        refusal = None
+        for _ in range(GRANT_ATTEMPTS if picked else 1):
+            chosen = self._pick_lease_id() if picked else lease_id
+            try:
+                return self.call(requests.lease_grant_operation(ttl, chosen)).response
+            except LeaseExists as error:
+                if not picked:
+                    raise
+                refusal = error
+                if error.maybe_applied:
+                    return self._granted_before(chosen, error)
+        raise refusal
+
+    def _granted_before(self, lease_id: int, refusal: LeaseExists) -> lease_pb2.LeaseGrantResponse:
+        """A grant of an id this client picked, resent and refused LEASE_EXISTS: its own earlier attempt applied."""
+        found = self.lease_time_to_live(lease_id)
+        return _granted_earlier(lease_id, found, refusal)
+
+    def lease_revoke(self, lease_id: int) -> None:
+        """
+        Revoke lease C{lease_id}: its keys are deleted, in one revision.
+
+        @raise LeaseNotFound: there is no such lease (unless an earlier
+            attempt of this revoke may have done it: then it returns).
+        """
+        try:
+            self.call(requests.lease_revoke_operation(lease_id))
+        except LeaseNotFound as error:
+            if not error.maybe_applied:
+                raise
+
+    def lease_keep_alive(self, lease_id: int) -> int:
+        """Renew lease C{lease_id} once (at the leader); return its TTL, or 0 if there is no such lease."""
+        return self.call(requests.lease_keep_alive_operation(lease_id)).response.ttl
+
+    def lease_time_to_live(self, lease_id: int, keys: bool = False) -> lease_pb2.LeaseTimeToLiveResponse:
+        """
+        Return how long lease C{lease_id} has left (C{ttl}, whole seconds,
+        as the leader counts them; -1: no such lease), its C{granted_ttl}
+        and, with C{keys}, its keys.
+        """
+        return self.call(requests.lease_time_to_live_operation(lease_id, keys)).response
+
+    def leases(self) -> list[int]:
+        """Return the ids of every lease, as some member's store has them."""
+        return list(self.call(requests.leases_operation()).response.ids)
 
     def status(self) -> kv_pb2.StatusResponse:
         """Return the cluster status as some member (retried like a read) sees it."""

@@ -7,7 +7,8 @@ and actions) L{kvpaxos.client.auth_cli}'s.
 
     kvpaxos [--endpoints HOST:PORT,...] [--json] [--timeout SECONDS] [--session]
             [--user NAME[:PASSWORD]] [--password PASSWORD] COMMAND
-    kvpaxos put KEY VALUE        prints OK
+    kvpaxos put KEY VALUE [--lease ID]
+                                 prints OK (--lease: the key goes with that lease; ID in hex)
     kvpaxos get KEY              prints the value (exit 1: key not found)
     kvpaxos delete KEY           prints OK
     kvpaxos append KEY VALUE     prints the new value
@@ -18,7 +19,13 @@ and actions) L{kvpaxos.client.auth_cli}'s.
                                  prints OK (exit 1: not swapped)
     kvpaxos txn --compare C ... --then OP ... --else OP ...
                                  prints SUCCESS or FAILURE, then each op's result
+    kvpaxos compact REV [--physical]
+                                 drops the history of writes below revision REV; prints as
+                                 etcdctl does: compacted revision REV
     kvpaxos status               one row per endpoint
+    kvpaxos lease grant TTL | lease revoke ID | lease keep-alive ID [--once]
+        | lease timetolive ID [--keys] | lease list
+                                 etcdctl's lease commands and lines: L{kvpaxos.client.lease_cli}
     kvpaxos user add NAME[:PASSWORD] [--new-user-password P] [--no-password]
         | user delete NAME | user get NAME [--detail] | user list | user passwd NAME
         | user grant-role USER ROLE | user revoke-role USER ROLE
@@ -70,7 +77,7 @@ from typing import Any, BinaryIO, Callable, Optional, Sequence, Union
 from kvpaxos.api.endpoints import DEFAULT_ENDPOINT, BadEndpoint, parse_endpoints
 from kvpaxos.api.errors import InvalidArgument
 from kvpaxos.api.limits import check_key, check_value
-from kvpaxos.client import admin_cli, auth_cli
+from kvpaxos.client import admin_cli, auth_cli, lease_cli
 from kvpaxos.client.actions import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Actions
 from kvpaxos.client.blocking import Client, open_channel, tls_channel_factory
 from kvpaxos.tls import TLSError
@@ -81,7 +88,8 @@ __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "Invocation", "main", "parse"
 
 #: The actions of the seed's C{--action=} form.
 ACTIONS = ("put", "get", "delete", "append", "status")
-COMMANDS = ACTIONS + ("range", "watch", "cas", "txn") + tuple(auth_cli.AUTH_COMMANDS) + tuple(admin_cli.ADMIN_COMMANDS)
+COMMANDS = (ACTIONS + ("range", "watch", "cas", "txn", "compact") + tuple(lease_cli.LEASE_COMMANDS)
+            + tuple(auth_cli.AUTH_COMMANDS) + tuple(admin_cli.ADMIN_COMMANDS))
 #: Actions that take a key, and those that take a value too.
 _KEYED = {"put", "get", "delete", "append"}
 _VALUED = {"put", "append"}
@@ -215,6 +223,9 @@ def build_parser(stdout: BinaryIO, stderr: BinaryIO) -> argparse.ArgumentParser:
             command.add_argument(argument, metavar=argument.upper())
         if name == "get":
             consistency(command)
+        if name == "put":
+            command.add_argument("--lease", type=lease_cli.lease_id_argument, default=0, metavar="ID",
+                                 help="attach KEY to this lease (its id in hex): it is deleted when the lease ends")
         global_options(command, defaults=False)
 
     help_text = "print the keys in [START, END) (every key from START on without END) and their values"
@@ -238,6 +249,13 @@ def build_parser(stdout: BinaryIO, stderr: BinaryIO) -> argparse.ArgumentParser:
     command.add_argument("--max-events", type=_count, default=0, metavar="N", help="stop after N events (default: never)")
     global_options(command, defaults=False)
 
+    help_text = "drop every event of a revision below REV from the history of writes (what a watch replays)"
+    command = commands.add_parser("compact", help=help_text, description=help_text, streams=streams)
+    command.add_argument("revision", type=_count, metavar="REV")
+    command.add_argument("--physical", action="store_true",
+                         help="accepted, as etcdctl's: the compaction is done when the command returns")
+    global_options(command, defaults=False)
+
     help_text = "set KEY to VALUE if it holds OLD, has version N, or does not exist"
     command = commands.add_parser("cas", help=help_text, description=help_text, streams=streams)
     command.add_argument("key", metavar="KEY")
@@ -259,6 +277,7 @@ def build_parser(stdout: BinaryIO, stderr: BinaryIO) -> argparse.ArgumentParser:
                          help="run otherwise (repeatable)")
     global_options(command, defaults=False)
 
+    lease_cli.add_commands(commands, streams, lambda command: global_options(command, defaults=False))
     auth_cli.add_commands(commands, streams, lambda command: global_options(command, defaults=False))
     admin_cli.add_commands(commands, streams, lambda command: global_options(command, defaults=False, grpc=False))
     return parser
@@ -312,6 +331,12 @@ class Invocation:
     auth: Optional[auth_cli.AuthCommand] = None
     #: watch: --rev, --prev-kv, --max-events.
     watch: Optional["WatchSpec"] = None
+    #: compact: REV.
+    revision: Optional[int] = None
+    #: put --lease: the lease (0: none).
+    lease: int = 0
+    #: The lease commands: what they ask for.
+    lease_command: Optional[lease_cli.LeaseCommand] = None
 
 
 @dataclass(frozen=True)
@@ -353,6 +378,9 @@ def parse(argv: Sequence[str], stdout: BinaryIO, stderr: BinaryIO) -> Union[Invo
     if args.command in auth_cli.AUTH_COMMANDS:
         extra["auth"] = auth_cli.command(args)
         action, key, value = extra["auth"].action, None, None
+    elif args.command in lease_cli.LEASE_COMMANDS:
+        extra["lease_command"] = lease_cli.command(args)
+        action, key, value = extra["lease_command"].action, None, None
     elif args.command:
         action = args.command
         key, value = getattr(args, "key", None), getattr(args, "value", None)
@@ -384,6 +412,10 @@ def parse(argv: Sequence[str], stdout: BinaryIO, stderr: BinaryIO) -> Union[Invo
         if args.prefix and args.end is not None:
             parser.error("give END or --prefix, not both")
         extra.update(end=_utf8(args.end), prefix=args.prefix, watch=WatchSpec(args.rev, args.prev_kv, args.max_events))
+    elif action == "compact":
+        extra["revision"] = args.revision
+    elif action == "put" and args.command:
+        extra["lease"] = args.lease
     elif action == "cas":
         extra["expect"] = Expectation(_utf8(args.expect), args.expect_version, args.expect_absent)
     elif action == "txn":
@@ -467,8 +499,10 @@ def main(
             stream=False,  # one request per command: a stream would save nothing
             user=invocation.user, password=invocation.password,
         )
-        actions = Actions if invocation.auth is None else auth_cli.AuthActions
         with client:
+            if invocation.lease_command is not None:
+                return lease_cli.LeaseActions(invocation, client, stdout, stderr, sleep=sleep, clock=clock).run()
+            actions = Actions if invocation.auth is None else auth_cli.AuthActions
             return actions(invocation, client, stdout, stderr).run()
     finally:
         for stream in (stdout, stderr):

@@ -20,7 +20,9 @@ from kvpaxos.api import errors as api_errors
 from kvpaxos.api.errors import ApiError, InvalidArgument, Unavailable, error_details
 
 __all__ = [
-    "AuthNotEnabled", "AuthRefused", "ClientError", "Failure", "PermissionDenied", "Unauthenticated", "InvalidArgument", "OutcomeUnknown", "RequestFailed", "SessionExpired",
+    "AuthNotEnabled", "AuthRefused", "ClientError", "CompactRefused", "Compacted", "Failure", "FutureRevision",
+    "LeaseExists", "LeaseExpired", "LeaseNotFound",
+    "PermissionDenied", "Unauthenticated", "InvalidArgument", "OutcomeUnknown", "RequestFailed", "SessionExpired",
     "StaleSequence", "Unavailable", "describe_failure", "error_for", "rpc_failure",
 ]
 
@@ -97,6 +99,90 @@ class AuthNotEnabled(AuthRefused, api_errors.AuthNotEnabled):
     """C{Authenticate} while auth is disabled: requests need no token."""
 
 
+class CompactRefused(RequestFailed):
+    """
+    A compaction the cluster refused (OUT_OF_RANGE); nothing changed.
+
+    @ivar compact_revision: the history's compacted revision when it was
+        refused (None: the server did not say).
+    @ivar revision: the store's revision then (None: not said).
+    @ivar maybe_applied: an earlier attempt of this compaction was sent
+        and may have been applied.
+    """
+
+    def __init__(self, message: str, code: Optional[grpc.StatusCode], details: str, reason: Optional[str],
+                 compact_revision: Optional[int], revision: Optional[int], maybe_applied: bool = False) -> None:
+        super().__init__(message, code, details, reason)
+        self.compact_revision = compact_revision
+        self.revision = revision
+        self.maybe_applied = maybe_applied
+
+
+class Compacted(CompactRefused):
+    """
+    The history is already compacted at or past the revision asked
+    (reason C{COMPACTED}; etcd's "required revision has been compacted").
+    """
+
+
+class FutureRevision(CompactRefused):
+    """The revision asked is above the store's (reason C{FUTURE_REVISION}; etcd's "... is a future revision")."""
+
+
+class LeaseNotFound(RequestFailed):
+    """
+    The lease named does not exist: never granted, revoked, or expired
+    (NOT_FOUND, reason C{LEASE_NOT_FOUND}; etcd's "requested lease not
+    found").  Nothing was applied (a put or a transaction naming it
+    changed nothing).
+
+    @ivar lease_id: the lease (None: the server did not say).
+    @ivar maybe_applied: an earlier attempt of this request was sent and
+        may have been applied (a revoke resent: it may have been this
+        request that revoked it).
+    """
+
+    def __init__(self, message: str, code: Optional[grpc.StatusCode], details: str, reason: Optional[str],
+                 lease_id: Optional[int] = None, maybe_applied: bool = False) -> None:
+        super().__init__(message, code, details, reason)
+        self.lease_id = lease_id
+        self.maybe_applied = maybe_applied
+
+
+class LeaseExpired(LeaseNotFound):
+    """
+    A lease this client held (L{kvpaxos.client.lease.Lease}) is gone: a
+    keep-alive or a time-to-live found it no longer there (it ran out, or
+    someone revoked it), a request naming it was refused not found, or
+    this client revoked it.  Its keys are deleted.  Raised by every later
+    operation on that lease, and by a put that names it.
+    """
+
+
+class LeaseExists(RequestFailed):
+    """
+    A grant of a lease id in use (FAILED_PRECONDITION, reason
+    C{LEASE_EXISTS}; etcd's "lease already exists"); nothing changed.
+
+    @ivar lease_id: the id asked for (None: the server did not say).
+    @ivar maybe_applied: an earlier attempt of this grant was sent and may
+        have been applied (then the lease may be this client's own).
+    """
+
+    def __init__(self, message: str, code: Optional[grpc.StatusCode], details: str, reason: Optional[str],
+                 lease_id: Optional[int] = None, maybe_applied: bool = False) -> None:
+        super().__init__(message, code, details, reason)
+        self.lease_id = lease_id
+        self.maybe_applied = maybe_applied
+
+
+#: The errors of the lease reasons.
+_LEASE_ERRORS = {api_errors.LEASE_NOT_FOUND: LeaseNotFound, api_errors.LEASE_EXISTS: LeaseExists}
+
+#: The errors of the compaction reasons.
+_COMPACT_ERRORS = {api_errors.COMPACTED: Compacted, api_errors.FUTURE_REVISION: FutureRevision}
+
+
 #: The errors of the auth reasons, each a L{RequestFailed}.
 _AUTH_ERRORS = {
     api_errors.UNAUTHENTICATED: Unauthenticated,
@@ -127,8 +213,13 @@ class Failure:
     @property
     def leader(self) -> Optional[int]:
         """The leader the server named in its metadata, or None."""
-        value = self.metadata.get(api_errors.LEADER_ID, "")
-        return int(value) if value.isdigit() and int(value) > 0 else None
+        value = self.number(api_errors.LEADER_ID)
+        return value if value else None
+
+    def number(self, key: str) -> Optional[int]:
+        """The metadata value under C{key} as a whole number (>= 0), or None if absent or not one."""
+        value = self.metadata.get(key, "")
+        return int(value) if value.isascii() and value.isdigit() else None
 
 
 def rpc_failure(error: grpc.RpcError) -> Failure:
@@ -173,6 +264,13 @@ def error_for(endpoint: str, failure: Failure, *, retry_deadline: bool, maybe_ap
         return SessionExpired(f"{described} ({outcome}; the next write uses a new session)", maybe_applied)
     if reason == api_errors.STALE_SEQUENCE:
         return StaleSequence(f"{described} (a bug in the client: it reused a sequence number)")
+    if reason in _COMPACT_ERRORS:
+        return _COMPACT_ERRORS[reason](described, code, failure.details, reason,
+                                       failure.number(api_errors.COMPACT_REVISION),
+                                       failure.number(api_errors.REVISION), maybe_applied)
+    if reason in _LEASE_ERRORS:
+        return _LEASE_ERRORS[reason](described, code, failure.details, reason, failure.number(api_errors.LEASE_ID),
+                                     maybe_applied)
     kind = _AUTH_ERRORS.get(reason) or _AUTH_CODES.get(code, RequestFailed)
     return kind(described, code, failure.details, reason)
 

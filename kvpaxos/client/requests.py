@@ -14,17 +14,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Union
 
-from kvpaxos.api.limits import MAX_KEY_BYTES, TO_THE_END, prefix_end
-from kvpaxos.client.errors import InvalidArgument
-from kvpaxos.v1 import kv_pb2
+from kvpaxos.api.limits import MAX_KEY_BYTES, MAX_LEASE_ID, MAX_LEASE_TTL, TO_THE_END, prefix_end
+from kvpaxos.client.errors import Compacted, InvalidArgument
+from kvpaxos.v1 import kv_pb2, lease_pb2
 
 __all__ = [
-    "BytesLike", "Operation", "RangePager", "RangeResult", "TO_THE_END",
+    "BytesLike", "MAX_LEASE_ID", "MAX_LEASE_TTL", "Operation", "RangePager", "RangeResult", "TO_THE_END",
     "compare_create_revision", "compare_exists", "compare_mod_revision", "compare_value",
     "compare_version", "delete_op", "get_op", "prefix_end", "put_op", "range_op",
 ]
 
 BytesLike = Union[bytes, str]
+
+#: The largest lease id and the longest TTL (seconds) the API takes
+#: (C{proto/kvpaxos/v1/lease.proto}; etcd's int64 ids and C{MaxLeaseTTL}).
 
 # --- txn builders ------------------------------------------------------------
 
@@ -92,10 +95,32 @@ def _range_end(key: bytes, range_end: Optional[BytesLike], prefix: bool) -> byte
     return b"" if range_end is None else _bytes(range_end, "range end")
 
 
-def put_op(key: BytesLike, value: BytesLike, prev_kv: bool = False) -> kv_pb2.RequestOp:
-    """A Txn operation that sets C{key} to C{value}."""
+def lease_id_of(lease) -> int:
+    """
+    The lease id a put names: C{lease} itself (an int; 0 or None: no
+    lease), or a held lease's C{id} (L{kvpaxos.client.lease.Lease}).
+
+    @raise LeaseExpired: C{lease} is a held lease found gone (its C{lost}).
+    @raise InvalidArgument: not an id from 0 to L{MAX_LEASE_ID}, nor a
+        granted lease.
+    """
+    if lease is None:
+        return 0
+    if not isinstance(lease, int):
+        lost = getattr(lease, "lost", None)
+        if lost is not None:
+            raise lost
+        lease = getattr(lease, "id", lease)
+    if type(lease) is not int or not 0 <= lease <= MAX_LEASE_ID:
+        raise InvalidArgument(f"a lease must be a granted lease or an id from 0 (none) to {MAX_LEASE_ID}, "
+                              f"not {lease!r}")
+    return lease
+
+
+def put_op(key: BytesLike, value: BytesLike, prev_kv: bool = False, lease=0) -> kv_pb2.RequestOp:
+    """A Txn operation that sets C{key} to C{value}, attached to C{lease} (an id or a held lease; 0: none)."""
     return kv_pb2.RequestOp(request_put=kv_pb2.PutRequest(key=_bytes(key), value=_bytes(value, "value"),
-                                                          prev_kv=prev_kv))
+                                                          prev_kv=prev_kv, lease=lease_id_of(lease)))
 
 
 def delete_op(
@@ -189,8 +214,10 @@ def get_operation(key: BytesLike, consistency: Union[str, int] = "linearizable")
     return Operation("kv", "Get", request, leader=to_leader(consistency))
 
 
-def put_operation(key: BytesLike, value: BytesLike, prev_kv: bool = False) -> Operation:
-    request = kv_pb2.PutRequest(key=_bytes(key), value=_bytes(value, "value"), prev_kv=prev_kv)
+def put_operation(key: BytesLike, value: BytesLike, prev_kv: bool = False, lease=0) -> Operation:
+    """A put of C{key}, attached to C{lease} (L{lease_id_of}; 0: none, which detaches it from any)."""
+    request = kv_pb2.PutRequest(key=_bytes(key), value=_bytes(value, "value"), prev_kv=prev_kv,
+                                lease=lease_id_of(lease))
     return Operation("kv", "Put", request, write=True)
 
 
@@ -232,6 +259,93 @@ def cas_result(response: kv_pb2.CompareAndSwapResponse) -> tuple[bool, Optional[
 
 
 OPEN_SESSION = Operation("kv", "OpenSession", kv_pb2.OpenSessionRequest())
+
+#: The greatest revision a request carries (an int64).
+_REVISION_MAX = (1 << 63) - 1
+
+
+def compact_operation(revision: int) -> Operation:
+    """
+    A C{Compact} at C{revision}: a write (to the leader) without a session
+    (the request has no session fields).  Resent after UNAVAILABLE like
+    any write: see L{compacted_by_retry}.
+
+    @raise InvalidArgument: C{revision} is not a whole number from 0 to 2**63 - 1.
+    """
+    if type(revision) is not int or not 0 <= revision <= _REVISION_MAX:
+        raise InvalidArgument(f"a compaction revision must be a whole number from 0 to {_REVISION_MAX}, "
+                              f"not {revision!r}")
+    return Operation("kv", "Compact", kv_pb2.CompactRequest(revision=revision), write=True, session=False)
+
+
+def compacted_by_retry(revision: int, refusal: Compacted) -> Optional[int]:
+    """
+    The compacted revision to answer a compaction at C{revision} with,
+    though it was refused C{refusal} (COMPACTED); None when it failed.
+
+    A compaction is idempotent in effect: once one at C{revision} applied,
+    the history keeps nothing below it, and every later one at
+    C{revision} is refused COMPACTED.  So a refusal of an attempt resent
+    after one that may have applied (C{maybe_applied}) whose compacted
+    revision is at or past C{revision} means the effect asked for holds:
+    success, with the history's compacted revision.  (Whether that first
+    attempt or another compaction did it cannot be told, and need not
+    be.)  Refused on its only attempt, the compaction failed: the history
+    was already compacted there.
+    """
+    compacted = refusal.compact_revision
+    if refusal.maybe_applied and compacted is not None and compacted >= revision:
+        return compacted
+    return None
+
+
+# --- leases (kvpaxos.v1.Lease) -------------------------------------------------
+
+
+def _lease_id(lease_id, what: str = "a lease id", lowest: int = 1) -> int:
+    if type(lease_id) is not int or not lowest <= lease_id <= MAX_LEASE_ID:
+        raise InvalidArgument(f"{what} must be a whole number from {lowest} to {MAX_LEASE_ID}, not {lease_id!r}")
+    return lease_id
+
+
+def lease_grant_operation(ttl: int, lease_id: int) -> Operation:
+    """
+    A C{Lease.Grant} of C{ttl} seconds with id C{lease_id} (0: the member
+    picks one): a write without a session, to the leader.
+
+    @raise InvalidArgument: a TTL that is not 1 to L{MAX_LEASE_TTL}, an id
+        that is not 0 to L{MAX_LEASE_ID}.
+    """
+    if type(ttl) is not int or not 1 <= ttl <= MAX_LEASE_TTL:
+        raise InvalidArgument(f"a lease TTL must be a whole number of seconds from 1 to {MAX_LEASE_TTL}, "
+                              f"not {ttl!r}")
+    request = lease_pb2.LeaseGrantRequest(ttl=ttl, id=_lease_id(lease_id, lowest=0))
+    return Operation("lease", "Grant", request, write=True, session=False)
+
+
+def lease_revoke_operation(lease_id: int) -> Operation:
+    """A C{Lease.Revoke} of C{lease_id}: a write without a session, to the leader."""
+    return Operation("lease", "Revoke", lease_pb2.LeaseRevokeRequest(id=_lease_id(lease_id)), write=True,
+                     session=False)
+
+
+def lease_keep_alive_operation(lease_id: int) -> Operation:
+    """
+    One keep-alive of C{lease_id}, over a C{Lease.KeepAlive} stream of its
+    own (L{kvpaxos.client.lease.LeaseStub}): to the leader, retried like a
+    read (renewing twice does no harm).
+    """
+    return Operation("lease", "KeepAliveOnce", lease_pb2.LeaseKeepAliveRequest(id=_lease_id(lease_id)))
+
+
+def lease_time_to_live_operation(lease_id: int, keys: bool = False) -> Operation:
+    """A C{Lease.TimeToLive} of C{lease_id} (with its keys if C{keys}), to the leader, retried like a read."""
+    return Operation("lease", "TimeToLive", lease_pb2.LeaseTimeToLiveRequest(id=_lease_id(lease_id), keys=keys))
+
+
+def leases_operation() -> Operation:
+    """C{Lease.Leases}: the answering member's lease ids (any member)."""
+    return Operation("lease", "Leases", lease_pb2.LeasesRequest(), leader=False)
 
 
 def status_operation() -> Operation:

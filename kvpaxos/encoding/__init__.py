@@ -15,10 +15,22 @@ one bounds-checked reader:
     (L{WIRE_VERSION});
   - L{kvpaxos.encoding.commands}: the log format of client commands
     (L{COMMAND_VERSION});
-  - L{kvpaxos.encoding.state}: the replicated state: a key's record, a
-    session entry and the results it saves, the auth table's bounds
+  - L{kvpaxos.encoding.records}: a key's record and a C{KeyValue}, the
+    unit the state is made of (in the store, a snapshot, a saved result,
+    an event);
+  - L{kvpaxos.encoding.history}: the history of writes, its keys
+    (C{revision:u64 index:u32}) and events;
+  - L{kvpaxos.encoding.leases}: the lease table and the keys attached to
+    leases, with their bounds and references;
+  - L{kvpaxos.encoding.auth}: the auth table's users and roles, and the
+    auth commands;
+  - L{kvpaxos.encoding.state}: the replicated state: a session entry and
+    the results it saves, the auth table's bounds
     (L{AUTH_KEY_MAX_BYTES}, L{AUTH_VALUE_MAX_BYTES}), snapshots
-    (L{SNAPSHOT_FORMAT}).
+    (L{SNAPSHOT_FORMAT}: records, sessions, auth table, history, leases;
+    it re-exports L{kvpaxos.encoding.records});
+  - L{kvpaxos.encoding.transfer}: the snapshot transfer's messages and a
+    chunk's records (tables 1 to 7), which backup files carry too.
 
 What must not live here: I/O, transport framing (L{kvpaxos.node.peers}),
 what a value means (L{kvpaxos.paxos}, L{kvpaxos.kv}).  No pickle, eval or

@@ -10,17 +10,22 @@ Layout (command version L{COMMAND_VERSION}; one layout for every op)::
     command := version:u8 op:u8 origin:u32 request_id:u64 flags:u8
                [client_id:u64 sequence:u64]          (if flags & SESSION)
                [user_len:u8 user]                    (if flags & USER; UTF-8)
+               [lease:u64]                           (if flags & LEASE; a PUT's)
                body
     body    := key_len:u16 key value_len:u32 value   (PUT, DELETE, APPEND)
              | txn                                   (TXN)
              |                                       (OPEN_SESSION)
              | auth_command                          (AUTH: L{kvpaxos.encoding.auth})
+             | revision:u64                          (COMPACT)
+             | lease:u64 ttl:u64                     (LEASE_GRANT)
+             | lease:u64                             (LEASE_REVOKE, LEASE_EXPIRE)
     txn     := ncompares:u16 compare*ncompares
                nsuccess:u16 op*nsuccess nfailure:u16 op*nfailure
     compare := target:u8 result:u8 key_len:u16 key operand
     operand := value_len:u32 value | exists:u8 | number:u64
     op      := tag:u8 flags:u8 key_len:u16 key [end_len:u16 end]
-               (PUT: value_len:u32 value | RANGE: limit:u64)
+               (PUT: value_len:u32 value [lease:u64, if flags & LEASE]
+                | RANGE: limit:u64)
 
 Integers are big-endian (as everywhere in L{kvpaxos.encoding}).  Nothing
 here decides what a command means: that is L{kvpaxos.kv.commands}
@@ -62,12 +67,14 @@ _OP_HEAD = Struct(">BBH")  # tag, flags, key length
 _PREV_KV = 1
 _HAS_SESSION = 2
 _HAS_USER = 4
+_HAS_LEASE = 8
 # Transaction op flags (_PREV_KV as above).
 _HAS_END = 2
 _KEYS_ONLY = 4
 _COUNT_ONLY = 8
+_OP_LEASE = 16
 _TAG_PUT, _TAG_DELETE, _TAG_RANGE = 1, 2, 3
-_OP_FLAGS = {_TAG_PUT: _PREV_KV, _TAG_DELETE: _PREV_KV | _HAS_END,
+_OP_FLAGS = {_TAG_PUT: _PREV_KV | _OP_LEASE, _TAG_DELETE: _PREV_KV | _HAS_END,
              _TAG_RANGE: _HAS_END | _KEYS_ONLY | _COUNT_ONLY}
 _KEYED = (Op.PUT, Op.DELETE, Op.APPEND)
 
@@ -82,12 +89,16 @@ def encode_request(request: Request) -> bytes:
     op = request.op
     session = bool(request.client_id or request.sequence)
     user = request.user.encode("utf-8") if request.user else b""
-    flags = (_PREV_KV if request.prev_kv else 0) | (_HAS_SESSION if session else 0) | (_HAS_USER if user else 0)
+    keyed_lease = op is Op.PUT and request.lease
+    flags = (_PREV_KV if request.prev_kv else 0) | (_HAS_SESSION if session else 0) | (_HAS_USER if user else 0) \
+        | (_HAS_LEASE if keyed_lease else 0)
     parts = [_HEAD.pack(COMMAND_VERSION, op, request.origin, request.request_id, flags)]
     if session:
         parts.append(_SESSION.pack(request.client_id, request.sequence))
     if user:
         parts += [U8.pack(len(user)), user]
+    if keyed_lease:
+        parts.append(U64.pack(request.lease))
     if op is Op.AUTH:
         parts.append(encoded_auth.encode_command(request.auth))
     elif op is Op.TXN:
@@ -95,6 +106,12 @@ def encode_request(request: Request) -> bytes:
     elif op in _KEYED:
         parts += [U16.pack(len(request.key)), request.key,
                   U32.pack(len(request.value)), request.value]
+    elif op is Op.COMPACT:
+        parts.append(U64.pack(request.compact_revision))
+    elif op is Op.LEASE_GRANT:
+        parts += [U64.pack(request.lease), U64.pack(request.ttl)]
+    elif op is Op.LEASE_REVOKE or op is Op.LEASE_EXPIRE:
+        parts.append(U64.pack(request.lease))
     return b"".join(parts)
 
 
@@ -114,8 +131,10 @@ def _write_txn(txn: Txn, parts: list) -> None:
         for op in branch:
             kind = type(op)
             if kind is Put:  # the common op, written directly
-                parts += [op_head(_TAG_PUT, _PREV_KV if op.prev_kv else 0, len(op.key)), op.key,
-                          u32(len(op.value)), op.value]
+                flags = (_PREV_KV if op.prev_kv else 0) | (_OP_LEASE if op.lease else 0)
+                parts += [op_head(_TAG_PUT, flags, len(op.key)), op.key, u32(len(op.value)), op.value]
+                if op.lease:
+                    parts.append(U64.pack(op.lease))
                 continue
             end = getattr(op, "end", None)
             flags = (_HAS_END if end is not None else 0) | (_PREV_KV if getattr(op, "prev_kv", False) else 0)
@@ -147,7 +166,7 @@ def decode_request(data) -> Request:
         reader.fail(f"version {reader.data[0]}, not {COMMAND_VERSION}")
     _, code, origin, request_id, flags = reader.unpack(_HEAD)
     op = _enum(reader, Op, code)
-    if flags & ~(_PREV_KV | _HAS_SESSION | _HAS_USER):
+    if flags & ~(_PREV_KV | _HAS_SESSION | _HAS_USER | _HAS_LEASE):
         reader.fail(f"unknown request flags {flags}")
     client_id = sequence = 0
     if flags & _HAS_SESSION:
@@ -162,8 +181,14 @@ def decode_request(data) -> Request:
             reader.fail("user name is not UTF-8")
         if not user:
             reader.fail("user flag without a user")
+    lease = ttl = 0
+    if flags & _HAS_LEASE:
+        lease = reader.u64()
+        if op is not Op.PUT or not lease:
+            reader.fail("lease flag on a request that is not a put with a lease")
     key = value = b""
     txn = auth = None
+    compact_revision = 0
     if op is Op.AUTH:
         auth = encoded_auth.read_command(reader)
     elif op is Op.TXN:
@@ -171,9 +196,15 @@ def decode_request(data) -> Request:
     elif op in _KEYED:
         key = reader.u16_bytes()
         value = reader.u32_bytes()
+    elif op is Op.COMPACT:
+        compact_revision = reader.u64()
+    elif op is Op.LEASE_GRANT:
+        lease, ttl = reader.u64(), reader.u64()
+    elif op is Op.LEASE_REVOKE or op is Op.LEASE_EXPIRE:
+        lease = reader.u64()
     reader.end()
     request = Request(op, key, value, origin, request_id, client_id, sequence,
-                      bool(flags & _PREV_KV), txn, user, auth)
+                      bool(flags & _PREV_KV), txn, user, auth, compact_revision, lease, ttl)
     try:
         validate_request(request)
     except InvalidArgument as error:
@@ -248,7 +279,11 @@ def _read_op(reader: Reader) -> TxnOp:
     key = reader.take(key_length)
     end = reader.u16_bytes() if flags & _HAS_END else None
     if tag == _TAG_PUT:
-        return Put(key, reader.u32_bytes(), bool(flags & _PREV_KV))
+        value = reader.u32_bytes()
+        lease = reader.u64() if flags & _OP_LEASE else 0
+        if flags & _OP_LEASE and not lease:
+            reader.fail("lease flag on a put without a lease")
+        return Put(key, value, bool(flags & _PREV_KV), lease)
     if tag == _TAG_DELETE:
         return DeleteRange(key, end, bool(flags & _PREV_KV))
     limit = reader.u64()

@@ -18,19 +18,36 @@ a snapshot sent to a peer:
                  nrecords:u64 key_value*nrecords     (in key order)
                  nsessions:u64 (client_id:u64 session)*nsessions (in id order)
                  nauth:u64 auth_entry*nauth          (in key order; format 4)
+                 compacted:u64 nevents:u64 (history_key event)*nevents
+                                                     (in key order; format 5)
+                 nleases:u64 (id:u64 ttl:u64)*nleases (in id order; format 5)
+                 nattached:u64 (key_len:u16 key lease:u64)*nattached
+                                                     (in key order; format 5)
     auth_entry := key_len:u16 key value_len:u32 value (an auth table entry)
     auth_group := count:u16 (tail_len:u8 tail value_len:u32 value)*count
                                                      (in tail order; LMDB only)
 
 The auth table (users, roles and their grants, L{kvpaxos.kv.auth}) is
 opaque here: C{key -> value}, keys of 1 to L{AUTH_KEY_MAX_BYTES} bytes,
-values of at most L{AUTH_VALUE_MAX_BYTES}.  A format-3 snapshot (before the
-auth table) is still read, with an empty one; every snapshot written is of
-format L{SNAPSHOT_FORMAT}.
+values of at most L{AUTH_VALUE_MAX_BYTES}.  The history of writes
+(C{history_key} and C{event}: L{kvpaxos.encoding.history}) follows it:
+the compacted revision (every event below it was dropped) and the events
+kept, each of a revision from the compacted one to the snapshot's.  The
+lease tables (L{kvpaxos.encoding.leases}) close it: the leases (id and
+TTL granted) and the keys attached to them, each attached key a record
+of the snapshot and its lease one of the table's.  A
+format-4 snapshot (before the history and the leases) or format-3 one
+(before the auth table too) is still read, with no events, no leases and
+the compacted revision its
+revision + 1 (L{kvpaxos.kv.history.compacted_without_history}: a watch
+from any revision of it is told "compacted", never given a gap); every
+snapshot written is of format L{SNAPSHOT_FORMAT}.
 
-The LMDB store keeps C{key -> record}, C{client_id:u64 -> session} and
-C{key -> auth value}, so a snapshot is its stored bytes laid end to end
-(L{encode_snapshot} takes them as they are stored, without decoding).  The
+The LMDB store keeps C{key -> record}, C{client_id:u64 -> session},
+C{key -> auth value}, C{history_key -> event}, C{id:u64 -> ttl:u64} and
+C{key -> lease:u64}, so a snapshot is its stored bytes laid end to end
+(L{encode_snapshot} takes them as they are stored, without decoding, but
+for the lease tables' integers).  The
 one exception is an auth key longer than LMDB's 511-byte key limit: LMDB
 keeps every auth entry whose key starts with the same 511 bytes in one
 C{auth_group}, under those 511 bytes (L{kvpaxos.storage.lmdb_auth}).
@@ -47,7 +64,21 @@ from struct import Struct
 from typing import Optional
 
 from kvpaxos.encoding.errors import CorruptState, EncodeError
+from kvpaxos.encoding.history import EVENT_MIN, HISTORY_KEY, HISTORY_KEY_BYTES, read_event
+from kvpaxos.encoding.leases import read_leases, write_leases
 from kvpaxos.encoding.reader import U8, U16, U32, U64, Reader, as_bytes
+from kvpaxos.encoding.records import (  # re-exported (__all__): the state's layouts
+    KEY_VALUE_MIN,
+    RECORD_HEAD,
+    decode_record,
+    encode_record,
+    encode_record_of,
+    possible_record,
+    read_key_value,
+    read_record,
+    record_header,
+    write_key_value,
+)
 from kvpaxos.kv.commands import (
     MAX_KEY_BYTES,
     DeleteResponse,
@@ -57,25 +88,23 @@ from kvpaxos.kv.commands import (
     Result,
     TxnResult,
 )
+from kvpaxos.kv.history import compacted_without_history
 from kvpaxos.kv.sessions import FIRST_CLIENT_ID, Session
 
-#: The format byte a non-empty snapshot starts with: 4 since the auth
-#: table; 3 (no auth table) is still read; 2 was the layout before
-#: kvpaxos.encoding and is refused.
-SNAPSHOT_FORMAT = 4
+#: The format byte a non-empty snapshot starts with: 5 since the history
+#: of writes and the leases; 4 (neither) and 3 (no auth table either) are still read;
+#: 2 was the layout before kvpaxos.encoding and is refused.
+SNAPSHOT_FORMAT = 5
 #: The formats L{decode_snapshot} reads.
-_READ_FORMATS = (3, SNAPSHOT_FORMAT)
+_READ_FORMATS = (3, 4, SNAPSHOT_FORMAT)
 
 #: The longest key of the auth table (its keys are 1 to this many bytes).
 AUTH_KEY_MAX_BYTES = 512
 #: The longest value of the auth table (its values are 0 to this many bytes).
 AUTH_VALUE_MAX_BYTES = 65536
 
-_RECORD_HEAD = Struct(">QQQI")  # version, create revision, mod revision, value length
 _SESSION_HEAD = Struct(">QQ")  # sequence, last used
 _SNAPSHOT_HEAD = Struct(">BQQ")  # format, revision, next client id
-#: The least a key_value takes: a 1-byte key and an empty value.
-_KEY_VALUE_MIN = U16.size + 1 + _RECORD_HEAD.size
 #: The least an auth_entry takes: a 1-byte key and an empty value.
 _AUTH_ENTRY_MIN = U16.size + 1 + U32.size
 #: The least an auth_group's member takes: an empty tail and value.
@@ -85,57 +114,7 @@ _NONE, _RESULT, _TXN = 0, 1, 2
 _PUT, _DELETE, _RANGE = 1, 2, 3
 
 
-# --- records ---------------------------------------------------------------------
-
-
-def encode_record_of(value: bytes, version: int, created: int, modified: int) -> bytes:
-    """Return the stored bytes of a key's record from its fields."""
-    return _RECORD_HEAD.pack(version, created, modified, len(value)) + value
-
-
-def encode_record(kv: KeyValue) -> bytes:
-    """Return the stored bytes of C{kv}'s record (its key is stored beside it)."""
-    return encode_record_of(kv.value, kv.version, kv.create_revision, kv.mod_revision)
-
-
-def record_header(data) -> tuple[int, int, int]:
-    """
-    Return the C{(version, create_revision, mod_revision)} of stored record
-    C{data}, reading only its head.
-
-    @raise CorruptState: C{data} is too short to be a record.
-    """
-    if len(data) < _RECORD_HEAD.size:
-        raise CorruptState(f"record of {len(data)} bytes is too short")
-    return _RECORD_HEAD.unpack_from(data)[:3]
-
-
-def _read_record(reader: Reader, key: bytes) -> KeyValue:
-    version, created, modified, length = reader.unpack(_RECORD_HEAD)
-    return KeyValue(key, reader.take(length), version, created, modified)
-
-
-def decode_record(key: bytes, data) -> KeyValue:
-    """
-    Return the L{KeyValue} of C{key} whose stored record is C{data}.
-
-    @raise CorruptState: C{data} is not a record.
-    """
-    reader = Reader(data, CorruptState, "record")
-    kv = _read_record(reader, key)
-    reader.end()
-    return kv
-
-
-def write_key_value(kv: KeyValue, out: list) -> None:
-    """Append the bytes of C{kv}, key included, to C{out}."""
-    out += [U16.pack(len(kv.key)), kv.key, encode_record(kv)]
-
-
-def read_key_value(reader: Reader) -> KeyValue:
-    """Read one L{KeyValue} written by L{write_key_value}."""
-    return _read_record(reader, reader.u16_bytes())
-
+# --- records (L{kvpaxos.encoding.records}, re-exported) ------------------------
 
 def _write_kvs(kvs, out: list) -> None:
     out.append(U32.pack(len(kvs)))
@@ -144,7 +123,7 @@ def _write_kvs(kvs, out: list) -> None:
 
 
 def _read_kvs(reader: Reader) -> tuple:
-    count = reader.count(U32, _KEY_VALUE_MIN)
+    count = reader.count(U32, KEY_VALUE_MIN)
     return tuple([read_key_value(reader) for _ in range(count)])
 
 
@@ -368,7 +347,10 @@ class SnapshotState:
     """
     The state a snapshot holds: the revision, the next client id, every
     record in key order, every C{(client_id, Session)} in client id order,
-    every C{(key, value)} of the auth table in key order.
+    every C{(key, value)} of the auth table in key order, the history's
+    compacted revision and its C{(revision, index, Event)}s in order, the
+    lease table's C{(id, ttl)}s in id order and the attached keys'
+    C{(key, lease)}s in key order.
     """
 
     revision: int = 0
@@ -376,20 +358,30 @@ class SnapshotState:
     records: tuple = ()
     sessions: tuple = ()
     auth: tuple = ()
+    compacted: int = 0
+    events: tuple = ()
+    leases: tuple = ()
+    attached: tuple = ()
 
 
-def encode_snapshot(revision: int, next_client_id: int, records, session_entries, auth_entries) -> bytes:
+def encode_snapshot(revision: int, next_client_id: int, records, session_entries, auth_entries,
+                    compacted: int = 0, events=(), leases=(), attached=()) -> bytes:
     """
     Return the snapshot bytes of a state: C{records}, a list of C{(key,
     encode_record bytes)} in key order; C{session_entries}, a list of
     C{(client_id, encode_session bytes)} in client id order;
     C{auth_entries}, a list of the auth table's C{(key, value)} in key
-    order.  The empty state (no auth entries either) encodes to C{b""}
-    (the bootstrap snapshot's data); equal states encode to equal bytes,
-    whichever provider holds them.
+    order; C{compacted}, the history's compacted revision, and C{events},
+    its C{(history_key, event)} bytes in key order (a caller with no
+    history to give passes C{compacted_without_history(revision)});
+    C{leases}, the lease table's C{(id, ttl)} in id order, and
+    C{attached}, the attached keys' C{(key, lease)} in key order.  The
+    empty state (no auth entries, compacted revision 0, no events and no
+    leases either) encodes to C{b""} (the bootstrap snapshot's data); equal
+    states encode to equal bytes, whichever provider holds them.
     """
     if (not revision and next_client_id == FIRST_CLIENT_ID and not records and not session_entries
-            and not auth_entries):
+            and not auth_entries and not compacted and not events and not leases and not attached):
         return b""
     u16, u32, u64 = U16.pack, U32.pack, U64.pack
     parts = [_SNAPSHOT_HEAD.pack(SNAPSHOT_FORMAT, revision, next_client_id), u64(len(records))]
@@ -401,6 +393,10 @@ def encode_snapshot(revision: int, next_client_id: int, records, session_entries
     parts.append(u64(len(auth_entries)))
     for key, value in auth_entries:
         parts += [u16(len(key)), key, u32(len(value)), value]
+    parts += [u64(compacted), u64(len(events))]
+    for key, event in events:
+        parts += [key, event]
+    write_leases(leases, attached, parts)
     return b"".join(parts)
 
 
@@ -408,7 +404,9 @@ def decode_snapshot(data) -> SnapshotState:
     """
     Return the state in snapshot C{data} (hostile bytes, perhaps from a
     peer: every length, order and bound is checked).  A format-3 snapshot
-    (written before the auth table) has an empty auth table.
+    (written before the auth table) has an empty auth table; a format-3 or
+    format-4 one (before the history and the leases) no events, no leases,
+    and the compacted revision C{revision + 1}.
 
     @raise CorruptState: C{data} is not a snapshot of a format read here.
     """
@@ -419,7 +417,7 @@ def decode_snapshot(data) -> SnapshotState:
     if data[0] not in _READ_FORMATS:
         reader.fail(f"format {data[0]}, not one of {_READ_FORMATS}")
     form, revision, next_client_id = reader.unpack(_SNAPSHOT_HEAD)
-    count = reader.count(U64, _KEY_VALUE_MIN)
+    count = reader.count(U64, KEY_VALUE_MIN)
     records = []
     previous = b""
     for _ in range(count):
@@ -429,7 +427,7 @@ def decode_snapshot(data) -> SnapshotState:
             reader.fail(f"key of {len(key)} bytes")
         if key <= previous:
             reader.fail("keys out of order")
-        if not (kv.version >= 1 and 1 <= kv.create_revision <= kv.mod_revision <= revision):
+        if not possible_record(kv, revision):
             reader.fail(f"record of {key!r} has impossible revisions")
         records.append(kv)
         previous = key
@@ -450,5 +448,60 @@ def decode_snapshot(data) -> SnapshotState:
             entry = _read_auth_entry(reader, previous)
             auth.append(entry)
             previous = entry[0]
+    if form >= 5:
+        compacted, events = _read_history(reader, revision)
+        leases, attached = read_leases(reader, records)
+    else:
+        compacted, events = compacted_without_history(revision), ()
+        leases = attached = ()
     reader.end()
-    return SnapshotState(revision, next_client_id, tuple(records), tuple(entries), tuple(auth))
+    return SnapshotState(revision, next_client_id, tuple(records), tuple(entries), tuple(auth),
+                         compacted, events, leases, attached)
+
+
+def _read_history(reader: Reader, revision: int) -> tuple[int, tuple]:
+    """Read a snapshot's compacted revision and events (of a store at C{revision})."""
+    compacted = reader.u64()
+    if compacted > revision + 1:
+        reader.fail(f"compacted revision {compacted} past the revision {revision} + 1")
+    count = reader.count(U64, HISTORY_KEY_BYTES + EVENT_MIN)
+    events = []
+    previous = (-1, -1)
+    for _ in range(count):
+        at = reader.unpack(HISTORY_KEY)
+        if at <= previous:
+            reader.fail("events out of order")
+        if not max(compacted, 1) <= at[0] <= revision:
+            reader.fail(f"an event of revision {at[0]}, outside {compacted}..{revision}")
+        events.append((at[0], at[1], read_event(reader, at[0])))
+        previous = at
+    return compacted, tuple(events)
+
+
+__all__ = [
+    "AUTH_KEY_MAX_BYTES",
+    "AUTH_VALUE_MAX_BYTES",
+    "KEY_VALUE_MIN",
+    "RECORD_HEAD",
+    "SNAPSHOT_FORMAT",
+    "SnapshotState",
+    "auth_entry_fault",
+    "check_auth_entry",
+    "decode_auth_group",
+    "decode_record",
+    "decode_session",
+    "decode_session_head",
+    "decode_snapshot",
+    "encode_auth_group",
+    "encode_record",
+    "encode_record_of",
+    "encode_session",
+    "encode_snapshot",
+    "possible_record",
+    "read_key_value",
+    "read_record",
+    "read_result",
+    "record_header",
+    "write_key_value",
+    "write_result",
+]

@@ -27,10 +27,21 @@ Layout (format L{TRANSFER_FORMAT})::
     records := table:u8 count:u32 item*
     table   := 1 (records: key -> record) | 2 (sessions: client_id:u64 -> session)
              | 3 (the auth table: key -> value)
+             | 4 (the history's compacted revision: one item, key b"",
+                  value compacted:u64)
+             | 5 (the history: history_key -> event, L{kvpaxos.encoding.history})
+             | 6 (the lease table: id:u64 -> ttl:u64)
+             | 7 (the attached keys: key -> lease:u64)
     item    := key_len:u16 key more:u8 value_len:u32 value
 
 A transfer's chunks hold the records, then the sessions, then the auth
-table, each in key order, one table per chunk.
+table, then the compacted revision, then the history, then the leases,
+then the attached keys, each in key order, one table per chunk.  A
+transfer without table 4 (from a member that keeps no history) installs
+no events and the compacted revision C{revision + 1}; one without tables
+6 and 7, no leases.  Every attached key is one of the transfer's records
+and its lease one of table 6's (L{kvpaxos.encoding.leases}: the
+receiver's check).
 
 An item whose C{more} is 1 holds a piece of a stored value that continues
 in the next item (the first of the next chunk), under the same key: a
@@ -73,7 +84,12 @@ DIGEST_BYTES = 16
 TABLE_RECORDS = 1
 TABLE_SESSIONS = 2
 TABLE_AUTH = 3
-_TABLES = {TABLE_RECORDS: TABLE_RECORDS, TABLE_SESSIONS: TABLE_SESSIONS, TABLE_AUTH: TABLE_AUTH}
+TABLE_COMPACTED = 4
+TABLE_HISTORY = 5
+TABLE_LEASES = 6
+TABLE_LEASE_KEYS = 7
+_TABLES = {table: table for table in (TABLE_RECORDS, TABLE_SESSIONS, TABLE_AUTH, TABLE_COMPACTED, TABLE_HISTORY,
+                                      TABLE_LEASES, TABLE_LEASE_KEYS)}
 
 _HEAD = Struct(">BBIIQ")  # format, tag, src, dst, transfer
 _ITEM_MIN = U16.size + 1 + U32.size
@@ -257,8 +273,9 @@ RECORDS_HEAD_BYTES = 1 + U32.size
 def encode_records(table: int, items) -> bytes:
     """
     Return a chunk's records: the C{(key, value, more)} C{items} of
-    C{table} (L{TABLE_RECORDS}, L{TABLE_SESSIONS} or L{TABLE_AUTH}), in
-    key order.
+    C{table} (L{TABLE_RECORDS}, L{TABLE_SESSIONS}, L{TABLE_AUTH},
+    L{TABLE_COMPACTED}, L{TABLE_HISTORY}, L{TABLE_LEASES} or
+    L{TABLE_LEASE_KEYS}), in key order.
     """
     if table not in _TABLES:
         raise EncodeError(f"unknown table {table}")

@@ -106,9 +106,32 @@ class AuthGuard:
         """
         if not self.enabled() or request.op is Op.AUTH:
             return None
-        if request_permitted(self.grants(request.user), request):
-            return None
+        grants = self.grants(request.user)
+        op = request.op
+        if op is Op.LEASE_REVOKE:
+            # etcd's rule: revoking deletes the lease's keys, so its user must
+            # be one who may write every one of them
+            if self._may_write_keys_of(grants, (request.lease,)):
+                return None
+        elif request_permitted(grants, request):
+            # etcd's checkLeasePuts: attaching a key to a lease takes the
+            # right to write the keys already on it (else one user could
+            # pin its key to another's lease and block that lease's revoke)
+            if op is Op.PUT and request.lease:
+                leases = (request.lease,)
+            elif op is Op.TXN:
+                leases = tuple(o.lease for o in request.txn.success + request.txn.failure if getattr(o, "lease", 0))
+            else:
+                return None
+            if self._may_write_keys_of(grants, leases):
+                return None
         return AuthRefused(AuthError.PERMISSION_DENIED, self._view.revision())
+
+    def _may_write_keys_of(self, grants, leases) -> bool:
+        if grants.root:
+            return True
+        view = self._view
+        return all(grants.may(key, None, True) for lease in leases for key in view.lease_keys(lease))
 
     def changed(self) -> None:
         """An auth command applied: forget what was read."""

@@ -42,6 +42,8 @@ from typing import Optional, Union
 from kvpaxos.api.errors import InvalidArgument
 from kvpaxos.api.limits import (  # noqa: F401 (re-exported)
     MAX_KEY_BYTES,
+    MAX_LEASE_ID,
+    MAX_LEASE_TTL,
     MAX_TXN_BYTES,
     MAX_TXN_OPS,
     MAX_VALUE_BYTES,
@@ -64,6 +66,10 @@ class Op(enum.IntEnum):
     TXN = 4
     OPEN_SESSION = 5
     AUTH = 6
+    COMPACT = 7
+    LEASE_GRANT = 8
+    LEASE_REVOKE = 9
+    LEASE_EXPIRE = 10
 
 
 class CompareTarget(enum.IntEnum):
@@ -120,11 +126,15 @@ class Compare:
 
 @dataclass(frozen=True, slots=True)
 class Put:
-    """A transaction op: store C{value} under C{key}; C{prev_kv}: return the old record."""
+    """
+    A transaction op: store C{value} under C{key}; C{prev_kv}: return the
+    old record; C{lease}: attach the key to that lease (0: none).
+    """
 
     key: bytes
     value: bytes = b""
     prev_kv: bool = False
+    lease: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +193,11 @@ class Request:
     a put, delete or append for the record it replaced.  C{user}: who
     asked ("" none: auth was off when it was taken); C{auth}: an AUTH's
     L{kvpaxos.kv.auth.AuthCommand} (checked by its encoding,
-    L{kvpaxos.encoding.auth}).
+    L{kvpaxos.encoding.auth}); C{compact_revision}: a COMPACT's revision
+    (L{kvpaxos.kv.compaction}).  C{lease}: the lease a PUT attaches its
+    key to (0: none), or the lease a LEASE_GRANT makes (with C{ttl}
+    seconds) or a LEASE_REVOKE (a client's) or LEASE_EXPIRE (the leader's)
+    ends (L{kvpaxos.kv.leases}).
     """
 
     op: Op
@@ -197,6 +211,9 @@ class Request:
     txn: Optional[Txn] = None
     user: str = ""
     auth: Optional[object] = None
+    compact_revision: int = 0
+    lease: int = 0
+    ttl: int = 0
 
 
 # --- results -----------------------------------------------------------------
@@ -369,6 +386,8 @@ def _check_branch(ops, name: str) -> int:
                 _check_value(value)
             if key in puts:
                 raise InvalidArgument(f"{name} puts key {key!r} twice")
+            if op.lease:
+                _check_uint(op.lease, "a lease id", MAX_LEASE_ID)
             puts.add(key)
             size += len(key) + len(value)
         elif kind is DeleteRange:
@@ -388,6 +407,22 @@ def _check_branch(ops, name: str) -> int:
     return size
 
 
+def _check_lease_fields(request: Request) -> None:
+    op = request.op
+    if op in (Op.LEASE_GRANT, Op.LEASE_REVOKE, Op.LEASE_EXPIRE):
+        if type(request.lease) is not int or not 1 <= request.lease <= MAX_LEASE_ID:
+            raise InvalidArgument(f"a lease id must be an integer from 1 to {MAX_LEASE_ID}")
+    elif op is Op.PUT:
+        _check_uint(request.lease, "a lease id", MAX_LEASE_ID)
+    elif request.lease:
+        raise InvalidArgument(f"a {op.name} carries no lease")
+    if op is Op.LEASE_GRANT:
+        if type(request.ttl) is not int or not 1 <= request.ttl <= MAX_LEASE_TTL:
+            raise InvalidArgument(f"a lease TTL must be from 1 to {MAX_LEASE_TTL} seconds")
+    elif request.ttl:
+        raise InvalidArgument(f"a {op.name} carries no TTL")
+
+
 def validate_request(request: Request) -> None:
     """
     Raise L{InvalidArgument} unless C{request} is a well-formed command
@@ -404,6 +439,11 @@ def validate_request(request: Request) -> None:
     op = request.op
     if op is not Op.AUTH and request.auth is not None:
         raise InvalidArgument(f"a {op.name} carries no auth command")
+    if op is Op.COMPACT:
+        _check_uint(request.compact_revision, "a compaction revision", (1 << 63) - 1)
+    elif request.compact_revision:
+        raise InvalidArgument(f"a {op.name} carries no compaction revision")
+    _check_lease_fields(request)
     if op in (Op.PUT, Op.DELETE, Op.APPEND):
         validate(op, request.key, request.value)
         if request.txn is not None:
@@ -415,9 +455,9 @@ def validate_request(request: Request) -> None:
         if request.txn is not None or request.client_id or request.auth is None:
             raise InvalidArgument("an AUTH carries an auth command, no transaction and no session")
         return
-    if op is Op.OPEN_SESSION:
+    if op in (Op.OPEN_SESSION, Op.COMPACT, Op.LEASE_GRANT, Op.LEASE_REVOKE, Op.LEASE_EXPIRE):
         if request.txn is not None or request.client_id:
-            raise InvalidArgument("OPEN_SESSION carries no transaction and no session")
+            raise InvalidArgument(f"{op.name} carries no transaction and no session")
         return
     txn = request.txn
     if type(txn) is not Txn:

@@ -19,11 +19,19 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Optional
 
 from kvpaxos.kv.commands import KeyValue
 
-__all__ = ["Event", "EventKind", "delete_event", "put_event"]
+__all__ = [
+    "Event",
+    "EventKind",
+    "HistoryCompacted",
+    "compacted_without_history",
+    "delete_event",
+    "put_event",
+    "whole_revisions",
+]
 
 
 class EventKind(enum.IntEnum):
@@ -59,6 +67,32 @@ class Event:
         return self.kv.key
 
 
+class HistoryCompacted(Exception):
+    """
+    A read of the history asked for events below the store's compacted
+    revision (the caller's start is too old; not a fault of the store):
+    they were dropped.  Raised by the read itself, in the same view as
+    its events, so a reader never gets a silent gap.
+
+    @ivar compacted_revision: the store's compacted revision, the first a
+        read may start from (etcd's C{compact_revision}).
+    """
+
+    def __init__(self, compacted_revision: int) -> None:
+        super().__init__(f"the history is compacted up to revision {compacted_revision}")
+        self.compacted_revision = compacted_revision
+
+
+def compacted_without_history(revision: int) -> int:
+    """
+    The compacted revision of a state at C{revision} that comes with no
+    history (a data directory, snapshot, transfer or backup file from
+    before the history): C{revision + 1}, so that a watch from any of its
+    revisions is told "compacted", never given a gap.
+    """
+    return revision + 1
+
+
 def put_event(kv: KeyValue, prev: Optional[KeyValue]) -> Event:
     """The event of a put (or append) that left C{kv}, replacing C{prev}."""
     return Event(EventKind.PUT, kv, prev)
@@ -67,3 +101,24 @@ def put_event(kv: KeyValue, prev: Optional[KeyValue]) -> Event:
 def delete_event(prev: KeyValue, revision: int) -> Event:
     """The event of deleting C{prev}'s key at C{revision}."""
     return Event(EventKind.DELETE, KeyValue(prev.key, b"", 0, 0, revision), prev)
+
+
+def whole_revisions(pairs: Iterable[tuple], max_events: int) -> list:
+    """
+    Return the first C{(revision, item)} pairs of C{pairs} (in revision
+    order), whole revisions only: it stops at the first revision boundary
+    at or after C{max_events} pairs (at least one revision, if any), never
+    inside a revision, so a reader is given all of a revision's events or
+    none.  What a store's C{history(start, max_events)} returns.
+    """
+    out: list = []
+    add = out.append
+    last = None
+    wanted = max(1, max_events)
+    for revision, item in pairs:
+        if revision != last:
+            if len(out) >= wanted:
+                break
+            last = revision
+        add((revision, item))
+    return out

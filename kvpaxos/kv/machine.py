@@ -15,6 +15,11 @@ records the applied index, with:
   - C{get(key) -> KeyValue | None}, C{put(kv)}, C{delete(key)};
   - C{write(key, value, revision, want_prev) -> (existed, prev)}: what
     L{write_record} does (a view may do it on its stored bytes, faster);
+  - the history (L{kvpaxos.kv.history}): C{write_with_event(key, value,
+    revision, index, want_prev)} (a C{write} that also records the put's
+    event, the C{index}th of its revision), C{delete_with_event(key,
+    revision, index) -> prev} (deletes and records the event, if the key
+    is there), C{compacted_revision()}, C{compact_history(revision)};
   - C{scan(start, stop)}: the records with C{start <= key < stop} (C{stop}
     None: no bound) in key order; the caller does not write while it runs;
   - C{revision()}, C{set_revision(n)};
@@ -32,8 +37,9 @@ from dataclasses import replace
 from typing import Iterable, Mapping, Optional
 
 from kvpaxos.encoding.commands import decode_request
-from kvpaxos.kv import sessions
+from kvpaxos.kv import leases, sessions
 from kvpaxos.kv.auth_apply import AuthGuard, apply_auth
+from kvpaxos.kv.compaction import apply_compact
 from kvpaxos.kv.commands import (
     TO_THE_END,
     Compare,
@@ -83,9 +89,21 @@ def apply(view, request: Request, slot: int, limits: SessionLimits = DEFAULT_LIM
         return refused
     if op is Op.OPEN_SESSION:
         return sessions.open_session(view, slot, limits)
+    if op is Op.COMPACT:
+        return apply_compact(view, request)
+    if op is Op.LEASE_GRANT:
+        return leases.apply_grant(view, request)
+    if op is Op.LEASE_REVOKE or op is Op.LEASE_EXPIRE:
+        return leases.apply_revoke(view, request)
     if op is Op.TXN:
         result = apply_txn(view, request.txn)
+        if type(result) is leases.LeaseRefused:
+            return result  # nothing applied: not the session's answer
     else:
+        if request.lease:
+            refused = leases.lease_refusal(view, (request.lease,))
+            if refused is not None:
+                return refused
         result = _APPLY[op](view, request)
     sessions.record(view, request, slot, result)
     return result
@@ -141,24 +159,28 @@ def write_record(view, key: bytes, value: bytes, revision: int, want_prev: bool)
 
 def _put(view, request: Request) -> Result:
     revision = view.revision() + 1
-    existed, prev = view.write(request.key, request.value, revision, request.prev_kv)
+    existed, prev = view.write_with_event(request.key, request.value, revision, 0, request.prev_kv)
+    leases.attach_put(view, request.key, request.lease)
     view.set_revision(revision)
     return Result(existed, None, revision, prev if request.prev_kv else None)
 
 
 def _delete(view, request: Request) -> Result:
-    prev = view.get(request.key)
-    if prev is not None:
-        view.delete(request.key)
-        view.set_revision(view.revision() + 1)
-    return Result(prev is not None, None, view.revision(), prev if request.prev_kv else None)
+    revision = view.revision() + 1
+    prev = view.delete_with_event(request.key, revision, 0)
+    if prev is None:
+        revision -= 1
+    else:
+        view.lease_detach(request.key)
+        view.set_revision(revision)
+    return Result(prev is not None, None, revision, prev if request.prev_kv else None)
 
 
 def _append(view, request: Request) -> Result:
     revision = view.revision() + 1
     prev = view.get(request.key)
     value = (prev.value if prev is not None else b"") + request.value
-    view.write(request.key, value, revision, False)
+    view.write_with_event(request.key, value, revision, 0, False)
     view.set_revision(revision)
     return Result(prev is not None, value, revision, prev if request.prev_kv else None)
 
@@ -215,25 +237,32 @@ def apply_txn(view, txn) -> TxnResult:
     every response carries it.
     """
     succeeded = all(compare(view, c) for c in txn.compares)
+    branch = txn.success if succeeded else txn.failure
+    refused = leases.lease_refusal(view, leases.branch_leases(branch))
+    if refused is not None:
+        return refused
     before = view.revision()
     revision = before + 1
-    wrote = False
+    events = 0  # the index of the next event of this revision
     responses = []
-    for op in txn.success if succeeded else txn.failure:
+    for op in branch:
         kind = type(op)
         if kind is Put:
-            _, prev = view.write(op.key, op.value, revision, op.prev_kv)
-            wrote = True
+            _, prev = view.write_with_event(op.key, op.value, revision, events, op.prev_kv)
+            leases.attach_put(view, op.key, op.lease)
+            events += 1
             responses.append(PutResponse(prev) if op.prev_kv else _PLAIN_PUT)
         elif kind is DeleteRange:
-            doomed = list(_scan(view, op.key, op.end))
-            for kv in doomed:
-                view.delete(kv.key)
-            wrote = wrote or bool(doomed)
-            responses.append(DeleteResponse(len(doomed), tuple(doomed) if op.prev_kv else ()))
+            doomed = [kv.key for kv in _scan(view, op.key, op.end)]
+            prevs = []
+            for key in doomed:
+                prevs.append(view.delete_with_event(key, revision, events))
+                view.lease_detach(key)
+                events += 1
+            responses.append(DeleteResponse(len(doomed), tuple(prevs) if op.prev_kv else ()))
         else:
             responses.append(read_range(view, op))
-    if wrote:
+    if events:
         view.set_revision(revision)
     else:
         revision = before

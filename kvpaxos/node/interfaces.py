@@ -145,6 +145,23 @@ class IPeerHandler(Interface):
         leadership with a quorum; or failing with L{NotLeaderError}.
         """
 
+    def lease_keep_alive_requested(lease):
+        """
+        A follower forwards a client's keep-alive of lease C{lease} (issue
+        14).  Returns a Deferred firing, once this node, as leader, confirmed
+        its leadership with a read index and applied through it, with the
+        lease's TTL (its deadline moved to now + TTL), or 0 if there is no
+        such lease (or it ran out); or failing with L{NotLeaderError}
+        (nothing refreshed) or L{Unavailable}.
+        """
+
+    def lease_time_to_live_requested(lease):
+        """
+        A follower asks how long lease C{lease} has to live (issue 14):
+        confirmed as L{lease_keep_alive_requested}, a Deferred firing with
+        a L{kvpaxos.node.leases.LeaseTime} or None (no such lease).
+        """
+
     def peer_addresses_reported(member, peer, client):
         """
         Member C{member} reported, in its handshake, the addresses it is
@@ -219,6 +236,23 @@ class IPeerTransport(Interface):
         Ask node C{node_id} (the leader) for a confirmed read index: a
         Deferred firing with it, or failing (L{NotLeaderError},
         L{kvpaxos.node.peer_commands.PeerUnreachable}, a timeout, ...).
+        """
+
+    def lease_keep_alive(node_id, lease):
+        """
+        Carry a keep-alive of lease C{lease} to node C{node_id} (the
+        leader): a Deferred firing with the TTL (0: no such lease), or
+        failing (L{NotLeaderError}: nothing refreshed;
+        L{kvpaxos.node.peer_commands.PeerUnreachable}: not sent; a timeout
+        or L{kvpaxos.node.peer_commands.PeerRequestError}: it may have
+        refreshed).
+        """
+
+    def lease_time_to_live(node_id, lease):
+        """
+        Ask node C{node_id} (the leader) how long lease C{lease} has to
+        live: a Deferred firing with a L{kvpaxos.node.leases.LeaseTime} or
+        None (no such lease), or failing as L{lease_keep_alive}.
         """
 
     def set_peers(peers):

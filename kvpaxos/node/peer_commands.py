@@ -1,6 +1,7 @@
 """
 What travels on a peer link: the AMP commands (L{PaxosMessage},
-L{PaxosChunk}, L{SnapshotStream}, L{Hello}, L{Forward}, L{ForwardChunk}, L{ReadIndex}), their
+L{PaxosChunk}, L{SnapshotStream}, L{Hello}, L{Forward}, L{ForwardChunk}, L{ReadIndex},
+L{LeaseKeepAlive}, L{LeaseTimeToLive}), their
 argument lists, the errors that cross with them, the size limits, and how a
 call's answer is read back (L{not_leader}, L{forward_outcome},
 L{hello_timing}).
@@ -90,7 +91,7 @@ class NotLeaderOnWire(Exception):
 
 class PeerRequestError(Exception):
     """
-    The peer failed a Forward or ReadIndex for a reason of its own (not
+    The peer failed a Forward, ReadIndex or lease call for a reason of its own (not
     NOT_LEADER); the description says what it was.
     """
 
@@ -221,6 +222,30 @@ class ReadIndex(amp.Command):
 
     arguments: list = []
     response = [(b"index", amp.Integer())]
+    errors = REQUEST_ERRORS
+
+
+class LeaseKeepAlive(amp.Command):
+    """
+    A follower carries a client's keep-alive of lease C{lease} to the
+    leader (issue 14); the leader answers, once it confirmed it leads,
+    with the lease's TTL in seconds (0: no such lease, or it ran out).
+    """
+
+    arguments = [(b"lease", amp.Integer())]
+    response = [(b"ttl", amp.Integer())]
+    errors = REQUEST_ERRORS
+
+
+class LeaseTimeToLive(amp.Command):
+    """
+    A follower asks the leader how long lease C{lease} has to live (issue
+    14): its granted TTL and the whole seconds left as the leader counts
+    them (both -1: no such lease).
+    """
+
+    arguments = [(b"lease", amp.Integer())]
+    response = [(b"granted_ttl", amp.Integer()), (b"remaining_s", amp.Integer())]
     errors = REQUEST_ERRORS
 
 

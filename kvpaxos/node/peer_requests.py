@@ -1,8 +1,10 @@
 """
 L{RequestCalls}: the requests a follower makes of its leader on a peer
 connection, mixed into L{kvpaxos.node.peer_protocol.PeerProtocol}: the
-responders for L{Forward} and L{ForwardChunk} (commands to propose) and
-L{ReadIndex} (a confirmed read index), and the calls that make them.
+responders for L{Forward} and L{ForwardChunk} (commands to propose),
+L{ReadIndex} (a confirmed read index), L{LeaseKeepAlive} and
+L{LeaseTimeToLive} (a lease's deadline, issue 14), and the calls that make
+them.
 
 What the node does with them is the write and read paths'; the
 connection's state (C{handler}, C{_commands}, C{_stream_ids},
@@ -18,15 +20,18 @@ from kvpaxos.node.peer_commands import (
     ChunkError,
     Forward,
     ForwardChunk,
+    LeaseKeepAlive,
+    LeaseTimeToLive,
     PeerRequestError,
     ReadIndex,
     forward_outcome,
 )
+from kvpaxos.node.leases import LeaseTime
 from kvpaxos.node.peer_flow import forward_calls
 
 
 class RequestCalls(amp.CommandLocator):
-    """The forward and read-index responders and calls of a L{PeerProtocol}."""
+    """The forward, read-index and lease responders and calls of a L{PeerProtocol}."""
 
     @Forward.responder
     def _forward(self, commands):
@@ -55,6 +60,24 @@ class RequestCalls(amp.CommandLocator):
         return self._answer(self.handler.read_index_requested).addCallback(
             lambda index: {"index": index}
         )
+
+    @LeaseKeepAlive.responder
+    def _lease_keep_alive(self, lease):
+        self._check_identified("LeaseKeepAlive")
+        return self._answer(self.handler.lease_keep_alive_requested, lease).addCallback(
+            lambda ttl: {"ttl": ttl}
+        )
+
+    @LeaseTimeToLive.responder
+    def _lease_time_to_live(self, lease):
+        self._check_identified("LeaseTimeToLive")
+
+        def answered(time):
+            if time is None:
+                return {"granted_ttl": -1, "remaining_s": -1}
+            return {"granted_ttl": time.granted_ttl, "remaining_s": time.remaining_s}
+
+        return self._answer(self.handler.lease_time_to_live_requested, lease).addCallback(answered)
 
     # --- the calls -----------------------------------------------------------
 
@@ -93,3 +116,35 @@ class RequestCalls(amp.CommandLocator):
 
         return self._call(ReadIndex).addCallback(check)
 
+
+    def lease_keep_alive(self, lease: int) -> Deferred:
+        """
+        Carry a keep-alive of lease C{lease} to the peer (the leader): a
+        Deferred firing with the lease's TTL (0: no such lease), or failing
+        as L{read_index} does.
+        """
+
+        def check(response):
+            ttl = response["ttl"]
+            if ttl < 0:
+                raise PeerRequestError(f"peer answered lease TTL {ttl}")
+            return ttl
+
+        return self._call(LeaseKeepAlive, lease=lease).addCallback(check)
+
+    def lease_time_to_live(self, lease: int) -> Deferred:
+        """
+        Ask the peer (the leader) how long lease C{lease} has to live: a
+        Deferred firing with a L{LeaseTime}, or None if there is no such
+        lease; or failing as L{read_index} does.
+        """
+
+        def check(response):
+            ttl, remaining = response["granted_ttl"], response["remaining_s"]
+            if ttl == -1 and remaining == -1:
+                return None
+            if ttl < 0 or remaining < 0:
+                raise PeerRequestError(f"peer answered lease TTL {ttl}, {remaining} s left")
+            return LeaseTime(ttl, remaining)
+
+        return self._call(LeaseTimeToLive, lease=lease).addCallback(check)

@@ -1,6 +1,6 @@
 """
-The peer transport: Paxos messages, forwarded proposals and read-index
-requests between nodes, as AMP commands over TCP.
+The peer transport: Paxos messages, forwarded proposals, read-index
+requests and lease keep-alives between nodes, as AMP commands over TCP.
 
 Every node opens one reconnecting link to each peer (L{PeerNetwork}) and
 sends only on its own links; it receives on the connections its peers opened
@@ -324,6 +324,28 @@ class PeerNetwork(MultiService):
         if protocol is None:
             return fail(PeerUnreachable(f"no link to node {node_id}"))
         return protocol.read_index()
+
+    def lease_keep_alive(self, node_id: int, lease: int) -> Deferred:
+        """
+        Carry a keep-alive of lease C{lease} to node C{node_id} (the leader);
+        see L{PeerProtocol.lease_keep_alive}.  Fails with L{PeerUnreachable}
+        if there is no link to it.
+        """
+        protocol = self._protocol(node_id)
+        if protocol is None:
+            return fail(PeerUnreachable(f"no link to node {node_id}"))
+        return protocol.lease_keep_alive(lease)
+
+    def lease_time_to_live(self, node_id: int, lease: int) -> Deferred:
+        """
+        Ask node C{node_id} (the leader) how long lease C{lease} has to live;
+        see L{PeerProtocol.lease_time_to_live}.  Fails with
+        L{PeerUnreachable} if there is no link to it.
+        """
+        protocol = self._protocol(node_id)
+        if protocol is None:
+            return fail(PeerUnreachable(f"no link to node {node_id}"))
+        return protocol.lease_time_to_live(lease)
 
     def member_change(self, node_id: int, kind: str, node: int, peer: str, client: str,
                       force: bool, timeout_s: float) -> Deferred:

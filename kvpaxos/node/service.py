@@ -67,6 +67,8 @@ from kvpaxos.kv.commands import Request
 from kvpaxos.node.auth import AuthPath
 from kvpaxos.node.auth_calls import AuthCalls
 from kvpaxos.node.watch_calls import WatchCalls
+from kvpaxos.node.compactor import HistoryCompaction
+from kvpaxos.node.lease_calls import LeaseCalls
 from kvpaxos.node.clock import MonotonicClock
 from kvpaxos.node.interfaces import (
     IKeyValueNode,
@@ -93,7 +95,7 @@ def _delegate(name: str):
 
 
 @implementer(IPeerHandler, IKeyValueNode, IMembership)
-class ReplicaService(NodeWatch, BackupSource, AuthCalls, WatchCalls, Service):
+class ReplicaService(NodeWatch, BackupSource, AuthCalls, WatchCalls, LeaseCalls, HistoryCompaction, Service):
     """
     Runs one replica.
 
@@ -277,7 +279,7 @@ class ReplicaService(NodeWatch, BackupSource, AuthCalls, WatchCalls, Service):
         for part in (self.writes, self.reads, self.membership, self.auth):
             if part is not None:
                 part.stop(error)
-        self._stop_watchers()
+        self._stop_calls(error)  # watchers, keep-alives
 
     def _fatal(self, failure: Failure) -> None:
         if self.fatal_error is None:
@@ -318,6 +320,7 @@ class ReplicaService(NodeWatch, BackupSource, AuthCalls, WatchCalls, Service):
         self._catch_up_ticks()
         self._note_leader()
         self._check_space()
+        self._ticked()  # leader duties: compaction, lease expiry
         self._hand_over_view()
         self.writes.route()
         self.reads.leader_may_be_known()
@@ -435,7 +438,7 @@ class ReplicaService(NodeWatch, BackupSource, AuthCalls, WatchCalls, Service):
         self.reads.read_states(rd.read_states)
         self._guard(self.replica.advance, rd)
         self.reads.applied()
-        self._watchers_applied()
+        self._batch_applied(results, rd)  # watchers, the lessor
         self.membership.applied(rd)
         self._schedule()
 

@@ -18,7 +18,8 @@ from typing import Optional
 
 from kvpaxos.api.errors import Unavailable
 from kvpaxos.kv.auth import Credential
-from kvpaxos.node.watchers import Sink, WatchSpec, Watcher, Watchers
+from kvpaxos.kv.history import HistoryCompacted
+from kvpaxos.node.watchers import ReadCompacted, Sink, WatchSpec, Watcher, Watchers
 
 
 class WatchCalls:
@@ -32,9 +33,16 @@ class WatchCalls:
         if self._watchers_of is None:
             store = self.store
             self._watchers_of = Watchers(
-                store.history, store.compacted_revision, store.revision,
+                self._read_history, store.compacted_revision, store.revision,
                 lambda step: self.reactor.callLater(0, step))
         return self._watchers_of
+
+    def _read_history(self, start: int, max_events: int) -> list:
+        """One short read of the store's history (a compaction since the watchers looked: L{ReadCompacted})."""
+        try:
+            return self.store.history(start, max_events)
+        except HistoryCompacted:
+            raise ReadCompacted() from None
 
     def watch(self, spec: WatchSpec, sink: Sink, credential: Optional[Credential] = None) -> Watcher:
         """
@@ -48,8 +56,6 @@ class WatchCalls:
         """
         if self.replica is None or not self.replica.config.voters:
             raise Unavailable(f"node {self.node_id} has no member set yet")
-        if getattr(self.store, "history", None) is None:
-            raise Unavailable(f"node {self.node_id}'s store keeps no history of writes yet: watch is not served")
         self.auth.check_read(self.auth.user_of(credential), spec.key, spec.end)
         return self.watchers.add(spec, sink)
 

@@ -91,6 +91,8 @@ class WritePath:
         # until they are applied or time out: applying them needs no decode.
         self._decoded: dict[bytes, Request] = {}
         self._unsent: list[tuple[int, bytes]] = []
+        #: Request ids of the leader's own decisions (L{submit}'s leader_only).
+        self._leader_only: set[int] = set()
         self._routing = None  # a pending end-of-turn route()
         #: The highest slot whose results were answered before their
         #: transaction was durable (serializable reads wait for it).
@@ -108,10 +110,20 @@ class WritePath:
 
     # --- taking writes ---------------------------------------------------------
 
-    def submit(self, request: Request, timeout_s: float) -> defer.Deferred:
-        """L{kvpaxos.node.interfaces.IKeyValueNode.submit}."""
+    def submit(self, request: Request, timeout_s: float, leader_only: bool = False) -> defer.Deferred:
+        """
+        L{kvpaxos.node.interfaces.IKeyValueNode.submit}.
+
+        @param leader_only: the leader's own decision (a lease's expiry, an
+            automatic compaction): proposed only here and only while this
+            node leads; never queued for a later leadership nor forwarded
+            (another leader decides for itself).  Not leading, or refused by
+            the core, it fails at once with L{NotLeaderError}.
+        """
         if self._stopping():
             return defer.fail(Unavailable("node shutting down"))
+        if leader_only and not self._replica.is_leader:
+            return defer.fail(NotLeaderError(self._replica.leader))
         if grows_the_store(request):
             refusal = self._no_space()
             if refusal is not None:
@@ -128,6 +140,8 @@ class WritePath:
         timer = self._reactor.callLater(timeout_s, self._expire, request_id, data)
         self._pending[request_id] = (d, timer)
         self._decoded[data] = request
+        if leader_only:
+            self._leader_only.add(request_id)
         self._unsent.append((request_id, data))
         if self._replica.is_leader:
             self.route()  # proposed now; the Ready batches them
@@ -144,9 +158,11 @@ class WritePath:
             return defer.fail(NotLeaderError(replica.leader))
         for data in commands:
             try:
-                decode_request(data)
+                request = decode_request(data)
             except CorruptCommand as error:
                 return defer.fail(InvalidArgument(f"forwarded command is corrupt: {error}"))
+            if request.op is Op.LEASE_EXPIRE:  # only a leader decides that, for itself
+                return defer.fail(InvalidArgument("a lease's expiry is never forwarded"))
         try:
             for data in commands:
                 self._guard(replica.propose, data)
@@ -162,6 +178,7 @@ class WritePath:
 
     def _expire(self, request_id: int, data: bytes) -> None:
         self._decoded.pop(data, None)
+        self._leader_only.discard(request_id)
         waiting = self._pending.pop(request_id, None)
         if waiting is None:
             return
@@ -180,12 +197,20 @@ class WritePath:
             return
         replica = self._replica
         if replica.is_leader:
-            try:
-                for _, data in unsent:
+            for at, (request_id, data) in enumerate(unsent):
+                try:
                     self._guard(replica.propose, data)
-            except (NotLeader, ProposalRejected):
-                self._unsent.extend(unsent)  # try again next tick
+                except (NotLeader, ProposalRejected):
+                    self._unsent.extend(unsent[at:])  # try again next tick
+                    break
+                self._leader_only.discard(request_id)
             self._schedule()
+            self._drop_leader_only()
+            return
+        self._unsent = unsent + self._unsent
+        self._drop_leader_only()  # never forwarded
+        unsent, self._unsent = self._unsent, []
+        if not unsent:
             return
         leader = replica.leader
         if leader is None or leader == self.node_id or self._peers() is None:
@@ -193,6 +218,22 @@ class WritePath:
             return
         d = self._peers().forward(leader, [c for _, c in unsent])
         d.addErrback(self._forward_failed, unsent)
+
+    def _drop_leader_only(self) -> None:
+        """Fail the leader's own decisions not proposed while it led: the next leader decides anew."""
+        if not self._leader_only:
+            return
+        dropped = [(r, c) for r, c in self._unsent if r in self._leader_only]
+        if not dropped:
+            return
+        self._unsent = [(r, c) for r, c in self._unsent if r not in self._leader_only]
+        for request_id, data in dropped:
+            self._leader_only.discard(request_id)
+            self._decoded.pop(data, None)
+            waiting = self._pending.pop(request_id, None)
+            if waiting is not None:
+                _cancel(waiting[1])
+                waiting[0].errback(Failure(NotLeaderError(self._replica.leader)))
 
     def _forward_failed(self, failure: Failure, unsent) -> None:
         # Only commands certainly not proposed go back in the queue, for the

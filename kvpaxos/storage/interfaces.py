@@ -140,9 +140,10 @@ class INodeStore(IReplicaStorage):
     it describes: a restart neither loses nor re-applies a command).
 
     Threading: L{commit} runs on the node's one writer thread;
-    L{get}, L{get_record}, L{range}, L{auth_items}, L{revision},
-    L{applied_index} and the L{IReplicaStorage} reads may run on any
-    thread.  L{snapshot_data} and
+    L{get}, L{get_record}, L{range}, L{auth_items}, L{history},
+    L{compacted_revision}, L{lease_ttl}, L{lease_items}, L{lease_keys},
+    L{revision}, L{applied_index} and the
+    L{IReplicaStorage} reads may run on any thread.  L{snapshot_data} and
     the state machine's C{snapshot_now} are O(state), for a pool thread;
     while one runs, the reads the reactor thread makes must not wait for
     it (the reactor thread never waits behind a long operation), nor should
@@ -157,7 +158,8 @@ class INodeStore(IReplicaStorage):
     def snapshot_data():
         """
         Return the replicated state (records, revision, session table,
-        auth table) as of the last L{commit}, encoded with
+        auth table, the history and its compacted revision, the lease
+        table and the attached keys) as of the last L{commit}, encoded with
         L{kvpaxos.encoding.state.encode_snapshot}:
         equal states give equal bytes, whichever provider holds them.
         """
@@ -203,8 +205,10 @@ class INodeStore(IReplicaStorage):
         (issue 11): an object with C{index} (the applied slot the state is
         at), C{revision}, C{next_client_id}, C{next_chunk(max_bytes)} (the
         next chunk's records, L{kvpaxos.encoding.transfer.encode_records}:
-        the records, then the sessions, then the auth table; or None at
-        the end) and C{close()}.  It reads one consistent state
+        the records, then the sessions, then the auth table, then the
+        compacted revision (one item, always), then the history, then the
+        lease table, then the attached keys; or None at the end) and
+        C{close()}.  It reads one consistent state
         (LMDB: one read transaction) and holds at most about one chunk in
         memory.  For a pool thread, never the reactor; C{next_chunk} may
         raise L{kvpaxos.storage.staging.StreamInterrupted} (start over).
@@ -215,9 +219,15 @@ class INodeStore(IReplicaStorage):
         The incoming snapshot transfer's chunks, for the writer thread
         only: C{begin(transfer, revision, next_client_id)} discards what
         was staged; C{stage(transfer, records)} checks and stages one
-        chunk's records (records, sessions or auth entries; raising C{MalformedMessage} or C{CorruptState},
-        nothing staged, if unsound); C{finish(transfer)} returns the
-        L{kvpaxos.storage.staging.StagedState} to install; C{discard()}.
+        chunk's records (records, sessions, auth entries, the compacted
+        revision, events, leases or attached keys; raising
+        C{MalformedMessage} or C{CorruptState}, nothing staged, if
+        unsound: an attached key must be a record staged before it, and
+        its lease one staged before it); C{finish(transfer)} returns the
+        L{kvpaxos.storage.staging.StagedState} to install (a transfer
+        without a compacted revision installs no events and the compacted
+        revision C{revision + 1}; one without lease tables, no leases);
+        C{discard()}.
         """
     )
 
@@ -270,6 +280,50 @@ class INodeStore(IReplicaStorage):
         C{(key, value)} in key order, read in one consistent view.
         """
 
+    def history(start, max_events):
+        """
+        Return the history of writes from revision C{start} on, as of the
+        last L{commit}: a list of C{(revision, Event)}
+        (L{kvpaxos.kv.history.Event}) in C{(revision, index)} order, up
+        to the store's revision, whole revisions only: it stops at the
+        first revision boundary at or after C{max_events} events (at least
+        one revision, if there is any), never inside a revision.  Read in
+        one consistent view (LMDB: one read transaction), with the check
+        below in the same view.  A C{start} past the revision gives C{[]}.
+
+        @raise kvpaxos.kv.history.HistoryCompacted: C{start} is below the
+            compacted revision (carried by the error): those events were
+            dropped, so the caller never gets a silent gap.
+        """
+
+    def compacted_revision():
+        """
+        Return the history's compacted revision as of the last L{commit}:
+        every event of a revision below it was dropped, every one from it
+        on is kept.  0 for a new store; C{revision + 1} for a state that
+        came without a history (an older data directory, snapshot,
+        transfer or backup file).
+        """
+
+    def lease_ttl(lease):
+        """
+        Return lease C{lease}'s TTL (seconds, as granted) as of the last
+        L{commit}, or C{None} if there is no such lease.
+        """
+
+    def lease_items():
+        """
+        Return the lease table as of the last L{commit}: a list of every
+        C{(id, ttl)} in id order, read in one consistent view.
+        """
+
+    def lease_keys(lease):
+        """
+        Return the keys attached to lease C{lease} as of the last
+        L{commit}, a list in key order (empty for a lease with none, or
+        none at all), read in one consistent view.
+        """
+
     def revision():
         """Return the store's revision (0 before any write) as of the last commit."""
 
@@ -282,13 +336,19 @@ class IStateView(Interface):
     The replicated state as the state machine reads and writes it inside
     one of its store's transactions (L{kvpaxos.kv.machine},
     L{kvpaxos.kv.sessions}, L{kvpaxos.kv.auth}): records by key, the store's
-    revision, the session table, the next client id and the auth table
+    revision, the session table, the next client id, the auth table
     (opaque C{bytes -> bytes} in key order; its bounds are
-    L{kvpaxos.encoding.state.AUTH_KEY_MAX_BYTES} and C{AUTH_VALUE_MAX_BYTES}).
-    Writes become durable with the transaction that holds the view,
-    together with the applied index, or are lost with it (a commit that
-    fails is undone whole, the auth table's writes too); a read-only view
-    over a read transaction offers the reads alone.
+    L{kvpaxos.encoding.state.AUTH_KEY_MAX_BYTES} and C{AUTH_VALUE_MAX_BYTES})
+    the history of writes (L{kvpaxos.kv.history}: events at
+    C{(revision, index)}, the C{index}th key written at C{revision}, and
+    the compacted revision) and the leases (L{kvpaxos.kv.leases}: the
+    lease table C{id -> ttl} and each attached key's lease; invariants:
+    an attached key has a record, its lease is in the table, a key has one
+    lease at most).  Writes become durable with the transaction
+    that holds the view, together with the applied index, or are lost with
+    it (a commit that fails is undone whole, the auth table's writes,
+    the history's and the leases' too); a read-only view over a read
+    transaction offers the reads alone.
 
     Providers: the LMDB store's view over an LMDB transaction
     (L{kvpaxos.storage.lmdb_view.LMDBView}) and the in-memory state
@@ -313,6 +373,52 @@ class IStateView(Interface):
 
     def delete(key):
         """Remove C{key}'s record, if there is one."""
+
+    def write_with_event(key, value, revision, index, want_prev=True):
+        """
+        Do what L{write} does (C{want_prev} as there; a view may return
+        the previous record anyway) and record, in the same transaction,
+        the put's event at C{(revision, index)}: a
+        L{kvpaxos.kv.history.EventKind.PUT} of the new record, with the
+        record it replaced (or None) as C{prev}.  The hot path of every
+        put: a view may do it on its stored bytes (LMDB encodes the event
+        from the new record's bytes and the old one's, decoding nothing
+        new).
+
+        @return: C{(existed, prev)}, as L{write}.
+        @raise AssertionError: C{(revision, index)} does not follow the
+            history's last event (events are recorded in order, each
+            once): a broken invariant; the commit fails and is undone.
+        """
+
+    def delete_with_event(key, revision, index):
+        """
+        If C{key} has a record, delete it and record the event at
+        C{(revision, index)}: a L{kvpaxos.kv.history.EventKind.DELETE}
+        whose C{kv} is C{KeyValue(key, b"", 0, 0, revision)} and C{prev}
+        the record deleted; return that record.  Otherwise change nothing
+        and return C{None}.
+
+        @raise AssertionError: as L{write_with_event}.
+        """
+
+    def compacted_revision():
+        """Return the history's compacted revision (see L{INodeStore.compacted_revision})."""
+
+    def compact_history(revision):
+        """
+        Drop every event of a revision below C{revision} and make
+        C{revision} the compacted revision; events from it on are kept.
+        The caller (L{kvpaxos.kv.compaction}) makes sure it only grows.
+        """
+
+    def events(start, max_events):
+        """
+        Return what L{INodeStore.history} returns, over this view.
+
+        @raise kvpaxos.kv.history.HistoryCompacted: C{start} is below the
+            compacted revision.
+        """
 
     def scan(start, stop):
         """
@@ -378,6 +484,52 @@ class IStateView(Interface):
     def auth_items():
         """
         Return an iterator over the auth table's C{(key, value)} in key
+        order; the caller does not write while it runs.
+        """
+
+    def lease_ttl(lease):
+        """Return lease C{lease}'s TTL (seconds, as granted), or C{None} if there is no such lease."""
+
+    def lease_put(lease, ttl):
+        """Store lease C{lease} (1 to L{kvpaxos.kv.commands.MAX_LEASE_ID}) of C{ttl} seconds, replacing any."""
+
+    def lease_remove(lease):
+        """
+        Remove lease C{lease} (no error if there is none).
+
+        @raise AssertionError: a key is still attached to it (the state
+            machine detaches every one first): a broken invariant; the
+            commit fails and is undone.
+        """
+
+    def lease_items():
+        """
+        Return an iterator over the lease table's C{(id, ttl)} in id
+        order; the caller does not write while it runs.
+        """
+
+    def key_lease(key):
+        """
+        Return the lease C{key} is attached to, or 0 if none.  Every put
+        asks (the hot path): a view answers a key with none, and a state
+        with no attachment at all, cheaply.
+        """
+
+    def lease_attach(key, lease):
+        """
+        Attach C{key} (which has a record) to C{lease} (which is in the
+        table).
+
+        @raise AssertionError: C{key} is attached already (the state
+            machine detaches it first): a broken invariant.
+        """
+
+    def lease_detach(key):
+        """Detach C{key} from its lease, if it has one (no error if not)."""
+
+    def lease_keys(lease):
+        """
+        Return an iterator over the keys attached to C{lease}, in key
         order; the caller does not write while it runs.
         """
 

@@ -6,7 +6,8 @@ Layout (named sub-databases of the one environment):
 
   - C{meta}: C{format} (L{STORE_FORMAT}), C{hard_state}, C{snapshot} (the
     latest snapshot's index and member set), C{applied} (8-byte slot), and
-    the state machine's C{revision} and C{next_client_id} (8 bytes each);
+    the state machine's C{revision}, C{next_client_id} and C{compacted}
+    (the history's compacted revision; 8 bytes each);
   - C{log}: slot (8-byte big-endian, so keys sort as slots do) → entry;
   - C{kv}: client key → its record (version, create and mod revision,
     value), unprefixed (client keys are up to 511 bytes, LMDB's key limit);
@@ -16,17 +17,24 @@ Layout (named sub-databases of the one environment):
     L{kvpaxos.storage.lmdb_view.LMDBView}, the state machine's view;
   - C{auth}: the auth table, key → value (L{kvpaxos.storage.lmdb_auth}:
     keys of 511 bytes and more are grouped under their first 511);
+  - C{history}: the history of writes, (revision, index) → event
+    (L{kvpaxos.storage.lmdb_history});
+  - C{leases}, C{key_leases}, C{lease_keys}: the lease table (id → TTL)
+    and the attachments both ways (key → lease; lease → its keys, as
+    sorted duplicates) (L{kvpaxos.storage.lmdb_leases});
   - C{snapshot}: C{data} → the latest snapshot's data;
-  - C{staged_kv}, C{staged_sessions}, C{staged_auth}: the records,
-    sessions and auth table of a snapshot transfer being received
-    (L{kvpaxos.storage.lmdb_transfer}); emptied when the store opens.
-    (Added without a format change, as C{auth} was: a store without them
-    gets them empty, and nothing else reads them.)
+  - C{staged_kv}, C{staged_sessions}, C{staged_auth}, C{staged_history},
+    C{staged_leases}, C{staged_key_leases}: the records, sessions, auth
+    table, history, lease table and attachments of a snapshot transfer
+    being received (L{kvpaxos.storage.lmdb_transfer}); emptied when the
+    store opens.  (Added without a format change, as C{auth} was: a store
+    without them gets them empty, and nothing else reads them.)
 
 Every record is laid out by L{kvpaxos.encoding} (acceptor records by
 L{kvpaxos.encoding.values}, the state by L{kvpaxos.encoding.state}), as it
 is on the wire.  A directory of another L{STORE_FORMAT} is refused when
-the store opens (L{StoreFormatError}), never read.
+the store opens (L{StoreFormatError}), never read, but for the one before
+it, converted (L{kvpaxos.storage.lmdb_format}).
 
 Durability: the environment is opened with C{sync=True} and
 C{metasync=True}, C{writemap} and C{map_async} off, so a committed write
@@ -55,18 +63,27 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from kvpaxos.encoding import state, values
-from kvpaxos.encoding.errors import StoreFormatError
+from kvpaxos.encoding.history import encode_event, encode_history_key
 from kvpaxos.kv import machine
 from kvpaxos.kv.commands import InvalidArgument, RangeResult, check_range, range_query
-from kvpaxos.kv.sessions import DEFAULT_LIMITS, FIRST_CLIENT_ID, SessionLimits
+from kvpaxos.kv.sessions import DEFAULT_LIMITS, SessionLimits
 from kvpaxos.paxos.config import Config
 from kvpaxos.paxos.messages import Snapshot
 from kvpaxos.paxos.state import HardState
+from kvpaxos.storage import lmdb_history, lmdb_leases
 from kvpaxos.storage.apply import apply_committed
 from kvpaxos.storage.gate import ReadGate
 from kvpaxos.storage.interfaces import Commit, INodeStore
+from kvpaxos.storage.lmdb_format import (  # STORE_FORMAT: re-exported (__all__)
+    APPLIED as _APPLIED,
+    HARD_STATE as _HARD_STATE,
+    SNAPSHOT as _SNAPSHOT,
+    SNAPSHOT_DATA as _SNAPSHOT_DATA,
+    STORE_FORMAT,
+    bootstrap,
+)
 from kvpaxos.storage.lmdb_transfer import LMDBSnapshotStream, LMDBStaging, snapshot_now
-from kvpaxos.storage.lmdb_view import NEXT_CLIENT_ID, REVISION, LMDBView, Tables
+from kvpaxos.storage.lmdb_view import LMDBView, Tables
 from kvpaxos.storage.staging import StagedState
 from kvpaxos.storage.state_machine import StateMachineView
 
@@ -78,39 +95,15 @@ INITIAL_MAP_BYTES = 64 << 20
 #: the bound on that wait.  (A step holds at least one record.)
 SNAPSHOT_STEP_BYTES = 1 << 20
 
-#: The format version of the environment and every record in it: 3 since
-#: the records are laid out by kvpaxos.encoding (2 and 1 are refused).
-STORE_FORMAT = b"kvpaxos-lmdb-5"
-#: What every kvpaxos store's format starts with.
-_FORMAT_FAMILY = b"kvpaxos-lmdb-"
+#: The staging's sub-databases: records, sessions, the auth table, the
+#: history, the lease table and the attachments.
+_STAGED = (b"staged_kv", b"staged_sessions", b"staged_auth", b"staged_history", b"staged_leases",
+           b"staged_key_leases")
 
-_HARD_STATE = b"hard_state"
-_SNAPSHOT = b"snapshot"
-_APPLIED = b"applied"
-_FORMAT = b"format"
-_SNAPSHOT_DATA = b"data"
-#: The staging's sub-databases: records, sessions, the auth table.
-_STAGED = (b"staged_kv", b"staged_sessions", b"staged_auth")
-
-#: Room for the sub-databases above (ten) and a few to come.
-_MAX_DBS = 16
+#: Room for the sub-databases above (seventeen) and a few to come.
+_MAX_DBS = 24
 
 _log = Logger()
-
-
-def _format_refusal(directory: str, found: bytes) -> str:
-    """What to tell the operator of C{directory}, whose format is C{found}."""
-    if found.startswith(_FORMAT_FAMILY):
-        what = f"a kvpaxos store of format {found.decode('ascii', 'replace')}"
-    else:
-        what = f"an LMDB environment that is not a kvpaxos store (format {found!r})"
-    return (
-        f"data directory {directory} holds {what}; this kvpaxos reads only "
-        f"{STORE_FORMAT.decode('ascii')} and does not convert stores.  Run the "
-        f"kvpaxos version that wrote it, or move the directory aside and start "
-        f"this node on an empty one (a new store: a voter of a running cluster "
-        f"must not rejoin without its acceptor state)"
-    )
 
 
 def _read_or_error(view, query, revision: int):
@@ -137,8 +130,9 @@ class LMDBStore:
     @param limits: the session table's bounds; the same on every node.
 
     @raise StoreFormatError: C{directory} holds a store of another format
-        version, or an LMDB environment that is not a kvpaxos store (the
-        message names the directory and what to do).
+        version (but the one L{kvpaxos.storage.lmdb_format} converts), or
+        an LMDB environment that is not a kvpaxos store (the message names
+        the directory and what to do).
     """
 
     name = "lmdb"
@@ -179,11 +173,17 @@ class LMDBStore:
             self._sessions = self._env.open_db(b"sessions")
             self._session_use = self._env.open_db(b"session_use")
             self._auth = self._env.open_db(b"auth")
-            self._tables = Tables(self._meta, self._kv, self._sessions, self._session_use, self._auth)
+            self._history = self._env.open_db(b"history")
+            self._leases = lmdb_leases.open_tables(self._env)
+            self._tables = Tables(
+                self._meta, self._kv, self._sessions, self._session_use, self._auth, self._history,
+                self._leases,
+            )
             #: The incoming snapshot transfer's chunks (L{LMDBStaging}).
             self._staged = tuple(self._env.open_db(name) for name in _STAGED)
             self.staging = self._staging = LMDBStaging(self, *self._staged)
-            self._bootstrap(config or Config(frozenset()))
+            with self._env.begin(write=True) as txn:
+                bootstrap(txn, directory, self._meta, self._snapshot, config or Config(frozenset()))
             self._transact(self._staging.clear)
             #: Bytes of the pages in use (every database's, not the free
             #: ones LMDB reuses), as of the last commit: what the space
@@ -194,23 +194,6 @@ class LMDBStore:
         except BaseException:
             self._env.close()
             raise
-
-    def _bootstrap(self, config: Config) -> None:
-        """Write the bootstrap state unless the environment already has a store."""
-        with self._env.begin(write=True) as txn:
-            found = txn.get(_FORMAT, db=self._meta)
-            if found is not None:
-                if found != STORE_FORMAT:
-                    raise StoreFormatError(_format_refusal(self.directory, found))
-                return
-            meta = self._meta
-            txn.put(_FORMAT, STORE_FORMAT, db=meta)
-            txn.put(_HARD_STATE, values.encode_hard_state(HardState()), db=meta)
-            txn.put(_SNAPSHOT, values.encode_snapshot_meta(Snapshot(0, config)), db=meta)
-            txn.put(_SNAPSHOT_DATA, b"", db=self._snapshot)
-            txn.put(_APPLIED, values.encode_slot(0), db=meta)
-            txn.put(REVISION, values.encode_u64(0), db=meta)
-            txn.put(NEXT_CLIENT_ID, values.encode_u64(FIRST_CLIENT_ID), db=meta)
 
     # --- reads (any thread) ---------------------------------------------------
 
@@ -305,6 +288,38 @@ class LMDBStore:
         with self._reading() as txn:
             return list(LMDBView(txn, self._tables).auth_items())
 
+    def history(self, start: int, max_events: int) -> list:
+        """
+        L{INodeStore.history}: the C{(revision, Event)}s from revision
+        C{start} on, whole revisions, as of the last commit: one short read
+        transaction, in which the compacted revision is checked too.
+
+        @raise kvpaxos.kv.history.HistoryCompacted: C{start} is below the
+            compacted revision.
+        """
+        with self._reading() as txn:
+            return lmdb_history.events(txn, self._meta, self._history, start, max_events)
+
+    def compacted_revision(self) -> int:
+        """L{INodeStore.compacted_revision}: as of the last commit."""
+        with self._reading() as txn:
+            return lmdb_history.compacted(txn, self._meta)
+
+    def lease_ttl(self, lease: int) -> Optional[int]:
+        """L{INodeStore.lease_ttl}: lease C{lease}'s TTL as granted, or None, as of the last commit."""
+        with self._reading() as txn:
+            return lmdb_leases.ttl(txn, self._leases, lease)
+
+    def lease_items(self) -> list:
+        """L{INodeStore.lease_items}: every C{(id, ttl)} in id order, as of the last commit (one read)."""
+        with self._reading() as txn:
+            return list(lmdb_leases.items(txn, self._leases))
+
+    def lease_keys(self, lease: int) -> list:
+        """L{INodeStore.lease_keys}: the keys attached to C{lease}, in key order, as of the last commit (one read)."""
+        with self._reading() as txn:
+            return list(lmdb_leases.keys(txn, self._leases, lease))
+
     def snapshot_data(self) -> bytes:
         """
         Return the state as of the last commit, encoded with
@@ -376,7 +391,7 @@ class LMDBStore:
         pages = 2
         size = 0
         for db in (None, self._meta, self._log, self._kv, self._snapshot, self._sessions, self._session_use,
-                   self._auth, *self._staged):
+                   self._auth, self._history, *self._leases, *self._staged):
             stat = txn.stat(db) if db is not None else txn.stat()
             size = stat["psize"]
             pages += stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
@@ -456,7 +471,7 @@ class LMDBStore:
         return results
 
     def _install(self, txn, found: state.SnapshotState) -> None:
-        """Replace the whole replicated state with C{state} (decoded, so checked)."""
+        """Replace the whole replicated state with C{found} (decoded, so checked), its history and leases too."""
         for db in (self._kv, self._sessions, self._session_use, self._auth):
             txn.drop(db, delete=False)
         txn.cursor(db=self._kv).putmulti(
@@ -469,6 +484,12 @@ class LMDBStore:
             view.auth_put(key, value)
         view.set_revision(found.revision)
         view.set_next_client_id(found.next_client_id)
+        lmdb_history.replace(txn, self._meta, self._history, found.compacted, (
+            (encode_history_key(revision, index), encode_event(event)) for revision, index, event in found.events
+        ))
+        u64 = values.encode_u64
+        lmdb_leases.replace(txn, self._leases, ((u64(lease), u64(ttl)) for lease, ttl in found.leases),
+                            ((key, u64(lease)) for key, lease in found.attached))
 
     def _drop_log_through(self, txn, index: int) -> None:
         limit = values.encode_slot(index)
@@ -495,3 +516,6 @@ class LMDBStore:
     def close(self) -> None:
         """Close the environment.  A second close does nothing."""
         self._env.close()
+
+
+__all__ = ["INITIAL_MAP_BYTES", "LMDBStore", "SNAPSHOT_STEP_BYTES", "STORE_FORMAT"]

@@ -1,10 +1,12 @@
 """
 A snapshot transfer in chunks on the LMDB provider (issue 11): the
 sender's L{LMDBSnapshotStream} (the state read from one read transaction,
-a chunk at a time) and the receiver's L{LMDBStaging} (chunks staged in three
-sub-databases, C{staged_kv}, C{staged_sessions} and C{staged_auth}, and
+a chunk at a time) and the receiver's L{LMDBStaging} (chunks staged in six
+sub-databases, C{staged_kv}, C{staged_sessions}, C{staged_auth},
+C{staged_history}, C{staged_leases} and C{staged_key_leases}, and
 installed in the write transaction of the Ready that installs the
-snapshot).
+snapshot; the compacted revision rides in the staged state,
+L{StagedState.compacted}).
 
 Threads and the read gate (L{kvpaxos.storage.gate.ReadGate}): a stream's
 read transaction stays open for the whole transfer, but it is *used* only
@@ -38,10 +40,18 @@ import lmdb
 
 from kvpaxos.encoding import state, values
 from kvpaxos.encoding.state import decode_session
-from kvpaxos.encoding.transfer import TABLE_AUTH, TABLE_RECORDS, TABLE_SESSIONS
-from kvpaxos.storage import lmdb_auth
+from kvpaxos.encoding.transfer import (
+    TABLE_AUTH,
+    TABLE_COMPACTED,
+    TABLE_HISTORY,
+    TABLE_LEASE_KEYS,
+    TABLE_LEASES,
+    TABLE_RECORDS,
+    TABLE_SESSIONS,
+)
+from kvpaxos.storage import lmdb_auth, lmdb_history, lmdb_leases
 from kvpaxos.storage.lmdb_view import LMDBView
-from kvpaxos.storage.staging import ChunkCutter, StagedState, StagingCheck, StreamInterrupted
+from kvpaxos.storage.staging import ChunkCutter, StagedState, StagingCheck, StreamInterrupted, history_triples
 
 
 def copy_step(items, pairs: list, step_bytes: int) -> bool:
@@ -93,6 +103,11 @@ class LMDBSnapshotStream:
                 yield table, key, value
         for key, value in lmdb_auth.items(txn, store._auth):
             yield TABLE_AUTH, key, value
+        yield from history_triples(lmdb_history.compacted(txn, store._meta), txn.cursor(db=store._history).iternext())
+        # Stored as they travel: id -> ttl, key -> lease.
+        for table, db in ((TABLE_LEASES, store._leases.leases), (TABLE_LEASE_KEYS, store._leases.key_leases)):
+            for key, value in txn.cursor(db=db).iternext():
+                yield table, key, value
 
     def next_chunk(self, max_bytes: int) -> Optional[bytes]:
         """
@@ -134,17 +149,24 @@ class LMDBSnapshotStream:
 class LMDBStaging:
     """
     The chunks of one incoming transfer, staged in an
-    L{kvpaxos.storage.lmdb.LMDBStore}'s C{staged_kv}, C{staged_sessions}
-    and C{staged_auth} sub-databases (the last laid out as the store's
-    C{auth}, L{kvpaxos.storage.lmdb_auth}).  Every method runs on the
-    writer thread.
+    L{kvpaxos.storage.lmdb.LMDBStore}'s C{staged_kv}, C{staged_sessions},
+    C{staged_auth} (laid out as the store's C{auth},
+    L{kvpaxos.storage.lmdb_auth}), C{staged_history}, C{staged_leases} and
+    C{staged_key_leases} (laid out as the store's C{leases} and
+    C{key_leases}) sub-databases.  Every method runs on the writer thread.
     """
 
-    def __init__(self, store, staged_kv, staged_sessions, staged_auth) -> None:
+    def __init__(self, store, staged_kv, staged_sessions, staged_auth, staged_history, staged_leases,
+                 staged_key_leases) -> None:
         self._store = store
-        self._dbs = {TABLE_RECORDS: staged_kv, TABLE_SESSIONS: staged_sessions, TABLE_AUTH: staged_auth}
+        self._dbs = {TABLE_RECORDS: staged_kv, TABLE_SESSIONS: staged_sessions, TABLE_AUTH: staged_auth,
+                     TABLE_HISTORY: staged_history, TABLE_LEASES: staged_leases,
+                     TABLE_LEASE_KEYS: staged_key_leases}
         self._transfer: Optional[tuple] = None
         self._check: Optional[StagingCheck] = None
+        #: The read transaction of the chunk being checked (its check
+        #: looks up attached keys among the records staged before).
+        self._checking = None
         self.complete = False
 
     def clear(self, txn) -> None:
@@ -157,8 +179,12 @@ class LMDBStaging:
         self._transfer = None
         self._store._transact(self.clear)
         self._transfer = transfer
-        self._check = StagingCheck(revision, next_client_id)
+        self._check = StagingCheck(revision, next_client_id, self._staged_record)
         self.complete = False
+
+    def _staged_record(self, key: bytes) -> bool:
+        """Whether the records staged so far (committed by the chunks before) hold C{key}."""
+        return self._checking.get(key, db=self._dbs[TABLE_RECORDS]) is not None
 
     def stage(self, transfer: tuple, records: bytes) -> None:
         """
@@ -169,14 +195,22 @@ class LMDBStaging:
         @raise ValueError: C{transfer} is not the one being staged.
         """
         self._expect(transfer)
-        found = self._check.take(records)
+        # Checked before the write, in a short read (the writer's own: the
+        # gate is never shut while it runs), so a refused chunk aborts no
+        # write transaction and a redo after the map grew is not checked twice.
+        with self._store._reading() as txn:
+            self._checking = txn
+            try:
+                found = self._check.take(records)
+            finally:
+                self._checking = None
         dbs = self._dbs
 
         def write(txn) -> None:
             for table, key, value, _ in found:
                 if table == TABLE_AUTH:
                     lmdb_auth.put(txn, dbs[table], key, value)
-                else:
+                elif table != TABLE_COMPACTED:  # the check keeps that (StagedState.compacted)
                     txn.put(key, value, db=dbs[table])
 
         self._store._transact(write)
@@ -190,7 +224,7 @@ class LMDBStaging:
         self._expect(transfer)
         self._check.finish()
         self.complete = True
-        return StagedState(transfer, self._check.revision, self._check.next_client_id)
+        return self._check.staged(transfer)
 
     def discard(self) -> None:
         """Drop whatever is staged."""
@@ -224,6 +258,10 @@ class LMDBStaging:
             view.put_session(values.decode_u64(key), decode_session(value))
         view.set_revision(staged.revision)
         view.set_next_client_id(staged.next_client_id)
+        lmdb_history.replace(txn, tables.meta, tables.history, staged.compacted_revision,
+                             txn.cursor(db=self._dbs[TABLE_HISTORY]).iternext())
+        lmdb_leases.replace(txn, tables.leases, txn.cursor(db=self._dbs[TABLE_LEASES]).iternext(),
+                            txn.cursor(db=self._dbs[TABLE_LEASE_KEYS]).iternext())
         self.clear(txn)
 
     def installed(self) -> None:
@@ -249,21 +287,27 @@ def snapshot_now(store, step_bytes: int) -> tuple[int, bytes]:
                 copied = _copy_state(store, txn, step_bytes)
         if copied is not None:
             break
-    applied, revision, next_client_id, records, sessions, auth = copied
+    applied, revision, next_client_id, compacted, records, sessions, auth, history, leases, attached = copied
+    u64 = values.decode_u64
     return applied, state.encode_snapshot(
         revision,
         next_client_id,
         records,
-        [(values.decode_u64(key), value) for key, value in sessions],
+        [(u64(key), value) for key, value in sessions],
         list(lmdb_auth.entries(auth)),
+        compacted,
+        history,
+        [(u64(lease), u64(ttl)) for lease, ttl in leases],
+        [(key, u64(lease)) for key, lease in attached],
     )
 
 
 def _copy_state(store, txn, step_bytes: int) -> Optional[tuple]:
     """
-    Return C{(applied, revision, next_client_id, records, sessions,
-    auth)} as stored in C{txn}, each table as its stored C{(key, bytes)}
-    pairs in key order (the auth table's as L{lmdb_auth} keeps them); or
+    Return C{(applied, revision, next_client_id, compacted, records,
+    sessions, auth, history, leases, attached)} as stored in C{txn}, each table as its stored
+    C{(key, bytes)} pairs in key order (the auth table's as L{lmdb_auth}
+    keeps them); or
     C{None} if the writer asked for the gate meanwhile (then the caller
     leaves it and starts over).
     """
@@ -272,9 +316,11 @@ def _copy_state(store, txn, step_bytes: int) -> Optional[tuple]:
         values.decode_slot(txn.get(b"applied", db=store._meta)),
         view.revision(),
         view.next_client_id(),
+        view.compacted_revision(),
     )
     tables = []
-    for db in (store._kv, store._sessions, store._auth):
+    for db in (store._kv, store._sessions, store._auth, store._history, store._leases.leases,
+               store._leases.key_leases):
         pairs: list = []
         items = txn.cursor(db=db).iternext()
         while copy_step(items, pairs, step_bytes):

@@ -1,8 +1,9 @@
 """
 The in-memory storage providers: L{MemoryStorage}, a real L{IReplicaStorage}
 whose "disk" is a Python object, and L{MemoryStore}, the L{INodeStore} built
-on it with a L{MemoryState} for the replicated state (records, revision,
-sessions, the auth table).  Tests, the simulator and the benchmarks use
+on it with a L{MemoryState} (L{kvpaxos.storage.memory_state}, imported
+here for its users) for the replicated state (records, revision,
+sessions, the auth table, the history of writes, the leases).  Tests, the simulator and the benchmarks use
 them; a simulated crash keeps the provider (what was saved) and drops the
 replica (what was not).  Nothing here touches a disk.
 """
@@ -10,19 +11,18 @@ replica (what was not).  Nothing here touches a disk.
 from __future__ import annotations
 
 import threading
-from bisect import bisect_left, insort
 
 from zope.interface import implementer
 
-from kvpaxos.encoding import state as encoded
 from kvpaxos.kv import machine
 from kvpaxos.kv.commands import InvalidArgument, RangeResult, check_range, range_query
-from kvpaxos.kv.sessions import DEFAULT_LIMITS, FIRST_CLIENT_ID, SessionLimits
+from kvpaxos.kv.sessions import DEFAULT_LIMITS, SessionLimits
 from kvpaxos.paxos.config import Config
 from kvpaxos.paxos.messages import Snapshot
 from kvpaxos.paxos.state import HardState
 from kvpaxos.storage.apply import apply_committed
-from kvpaxos.storage.interfaces import Commit, INodeStore, IReplicaStorage, IStateView
+from kvpaxos.storage.interfaces import Commit, INodeStore, IReplicaStorage
+from kvpaxos.storage.memory_state import MemoryState, encode_snapshot_copy
 from kvpaxos.storage.memory_transfer import MemorySnapshotStream, MemoryStaging
 from kvpaxos.storage.staging import StagedState
 from kvpaxos.storage.state_machine import StateMachineView
@@ -70,233 +70,6 @@ class MemoryStorage:
         for slot, entry in entries:
             if slot > floor:
                 self._entries[slot] = entry
-
-
-@implementer(IStateView)
-class MemoryState:
-    """
-    The replicated state in memory, its own L{IStateView} (what
-    L{machine.apply_batch} applies through): records by key with their keys kept sorted,
-    the revision, the session table with its least-recently-used order,
-    the next client id, the auth table with its keys kept sorted.
-
-    While C{journal} is a list, every change notes what it replaced there,
-    so that L{rollback} undoes a commit that failed halfway.
-    """
-
-    def __init__(self) -> None:
-        self.records: dict = {}
-        self.keys: list = []
-        self.sessions: dict = {}
-        #: (last-used slot, client id), sorted: the eviction order.
-        self.by_use: list = []
-        self._revision = 0
-        self._next_client_id = FIRST_CLIENT_ID
-        #: The auth table (bytes -> bytes) and its keys, sorted.
-        self.auth: dict = {}
-        self.auth_keys: list = []
-        self.journal: list | None = None
-
-    @classmethod
-    def from_snapshot(cls, data: bytes) -> "MemoryState":
-        """
-        Return the state in snapshot C{data}.
-
-        @raise kvpaxos.encoding.errors.CorruptState: C{data} is not a snapshot.
-        """
-        found = encoded.decode_snapshot(data)
-        return cls.of(found.revision, found.next_client_id, found.records, found.sessions, found.auth)
-
-    @classmethod
-    def of(cls, revision: int, next_client_id: int, records, sessions, auth) -> "MemoryState":
-        """
-        Return the state of checked C{records} (in key order), C{(client
-        id, Session)}s and auth C{(key, value)}s (in key order).
-        """
-        state = cls()
-        state._revision = revision
-        state._next_client_id = next_client_id
-        state.records = {kv.key: kv for kv in records}
-        state.keys = [kv.key for kv in records]
-        state.sessions = dict(sessions)
-        state.by_use = sorted((s.last_used, c) for c, s in sessions)
-        state.auth = dict(auth)
-        state.auth_keys = [key for key, _ in auth]
-        return state
-
-    def snapshot_data(self) -> bytes:
-        """Return this state as snapshot bytes (L{kvpaxos.encoding.state.encode_snapshot})."""
-        return _encode_state(
-            self._revision, self._next_client_id, self.keys, self.records, self.sessions,
-            self.auth_keys, self.auth,
-        )
-
-    def snapshot_copy(self) -> tuple:
-        """
-        Return what L{snapshot_data} encodes, for L{encode_snapshot_copy}:
-        shallow copies of the tables (their records and sessions are
-        frozen; auth values are bytes), nothing encoded: C{(revision,
-        next_client_id, keys, records, sessions, auth_keys, auth)}.  Copies
-        at C speed, so that a lock need only be held while they are taken,
-        not while they are encoded.
-        """
-        return (
-            self._revision,
-            self._next_client_id,
-            list(self.keys),
-            dict(self.records),
-            dict(self.sessions),
-            list(self.auth_keys),
-            dict(self.auth),
-        )
-
-    # --- records ---
-
-    def get(self, key: bytes):
-        return self.records.get(key)
-
-    def put(self, kv) -> None:
-        self._set_record(kv.key, kv)
-
-    def write(self, key: bytes, value: bytes, revision: int, want_prev: bool) -> tuple:
-        return machine.write_record(self, key, value, revision, want_prev)
-
-    def delete(self, key: bytes) -> None:
-        self._set_record(key, None)
-
-    def scan(self, start: bytes, stop):
-        keys, records = self.keys, self.records
-        for index in range(bisect_left(keys, start), len(keys)):
-            key = keys[index]
-            if stop is not None and key >= stop:
-                return
-            yield records[key]
-
-    def revision(self) -> int:
-        return self._revision
-
-    def set_revision(self, revision: int) -> None:
-        self._note(_REVISION, None, self._revision)
-        self._revision = revision
-
-    # --- sessions ---
-
-    def session(self, client_id: int):
-        return self.sessions.get(client_id)
-
-    def session_sequence(self, client_id: int):
-        session = self.sessions.get(client_id)
-        return None if session is None else session.sequence
-
-    def put_session(self, client_id: int, session) -> None:
-        self._set_session(client_id, session)
-
-    def delete_session(self, client_id: int) -> None:
-        self._set_session(client_id, None)
-
-    def session_count(self) -> int:
-        return len(self.sessions)
-
-    def sessions_by_use(self):
-        return iter(self.by_use)
-
-    def next_client_id(self) -> int:
-        return self._next_client_id
-
-    def set_next_client_id(self, client_id: int) -> None:
-        self._note(_NEXT_CLIENT_ID, None, self._next_client_id)
-        self._next_client_id = client_id
-
-    # --- the auth table ---
-
-    def auth_get(self, key: bytes):
-        return self.auth.get(key)
-
-    def auth_put(self, key: bytes, value: bytes) -> None:
-        encoded.check_auth_entry(key, value)
-        self._set_auth(key, value)
-
-    def auth_delete(self, key: bytes) -> None:
-        self._set_auth(key, None)
-
-    def auth_items(self):
-        auth = self.auth
-        for key in self.auth_keys:
-            yield key, auth[key]
-
-    # --- changes and their undoing ---
-
-    def _note(self, kind: int, key, old) -> None:
-        if self.journal is not None:
-            self.journal.append((kind, key, old))
-
-    def _set_record(self, key: bytes, kv) -> None:
-        old = self.records.get(key)
-        self._note(_RECORD, key, old)
-        if kv is None:
-            if old is not None:
-                del self.records[key]
-                del self.keys[bisect_left(self.keys, key)]
-        else:
-            if old is None:
-                insort(self.keys, key)
-            self.records[key] = kv
-
-    def _set_session(self, client_id: int, session) -> None:
-        old = self.sessions.get(client_id)
-        self._note(_SESSION, client_id, old)
-        if old is not None:
-            del self.by_use[bisect_left(self.by_use, (old.last_used, client_id))]
-            del self.sessions[client_id]
-        if session is not None:
-            insort(self.by_use, (session.last_used, client_id))
-            self.sessions[client_id] = session
-
-    def _set_auth(self, key: bytes, value) -> None:
-        old = self.auth.get(key)
-        self._note(_AUTH, key, old)
-        if value is None:
-            if old is not None:
-                del self.auth[key]
-                del self.auth_keys[bisect_left(self.auth_keys, key)]
-        else:
-            if old is None:
-                insort(self.auth_keys, key)
-            self.auth[key] = value
-
-    def rollback(self) -> None:
-        """Undo every change noted in the journal, newest first."""
-        journal, self.journal = self.journal or [], None
-        for kind, key, old in reversed(journal):
-            if kind == _RECORD:
-                self._set_record(key, old)
-            elif kind == _SESSION:
-                self._set_session(key, old)
-            elif kind == _AUTH:
-                self._set_auth(key, old)
-            elif kind == _REVISION:
-                self._revision = old
-            else:
-                self._next_client_id = old
-
-
-_RECORD, _SESSION, _REVISION, _NEXT_CLIENT_ID, _AUTH = range(5)
-
-
-def _encode_state(revision: int, next_client_id: int, keys, records, sessions, auth_keys, auth) -> bytes:
-    """The snapshot bytes of a state's parts (see L{MemoryState.snapshot_data})."""
-    return encoded.encode_snapshot(
-        revision,
-        next_client_id,
-        [(key, encoded.encode_record(records[key])) for key in keys],
-        [(c, encoded.encode_session(sessions[c])) for c in sorted(sessions)],
-        [(key, auth[key]) for key in auth_keys],
-    )
-
-
-def encode_snapshot_copy(copy: tuple) -> bytes:
-    """Return the snapshot bytes of a L{MemoryState.snapshot_copy}."""
-    return _encode_state(*copy)
 
 
 @implementer(INodeStore)
@@ -410,6 +183,37 @@ class MemoryStore:
         with self._lock:
             return list(self._state.auth_items())
 
+    def history(self, start: int, max_events: int) -> list:
+        """
+        L{INodeStore.history}: the C{(revision, Event)}s from revision
+        C{start} on, whole revisions, as of the last commit (under the lock).
+
+        @raise kvpaxos.kv.history.HistoryCompacted: C{start} is below the
+            compacted revision.
+        """
+        with self._lock:
+            return self._state.events(start, max_events)
+
+    def compacted_revision(self) -> int:
+        """L{INodeStore.compacted_revision}: as of the last commit."""
+        with self._lock:
+            return self._state.compacted_revision()
+
+    def lease_ttl(self, lease: int):
+        """L{INodeStore.lease_ttl}: lease C{lease}'s TTL as granted, or None, as of the last commit."""
+        with self._lock:
+            return self._state.lease_ttl(lease)
+
+    def lease_items(self) -> list:
+        """L{INodeStore.lease_items}: every C{(id, ttl)} in id order, as of the last commit."""
+        with self._lock:
+            return list(self._state.lease_items())
+
+    def lease_keys(self, lease: int) -> list:
+        """L{INodeStore.lease_keys}: the keys attached to C{lease}, in key order, as of the last commit."""
+        with self._lock:
+            return list(self._state.lease_keys(lease))
+
     def snapshot_data(self) -> bytes:
         """
         Return the state as of the last commit, encoded with
@@ -486,3 +290,6 @@ class MemoryStore:
 
     def close(self) -> None:
         """Nothing to release; the data stays readable until dropped."""
+
+
+__all__ = ["MemoryState", "MemoryStorage", "MemoryStore", "encode_snapshot_copy"]

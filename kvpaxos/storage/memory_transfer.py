@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from kvpaxos.storage.staging import (
     TABLE_AUTH,
+    TABLE_HISTORY,
+    TABLE_LEASE_KEYS,
+    TABLE_LEASES,
     TABLE_RECORDS,
     TABLE_SESSIONS,
     ChunkCutter,
@@ -23,7 +26,9 @@ class MemorySnapshotStream:
     """
     L{INodeStore.open_snapshot_stream} of a L{MemoryStore}: the tables as
     of the last commit (shallow copies taken under its lock; records,
-    sessions and auth values are immutable), encoded a chunk at a time.
+    sessions, auth values and events are immutable), encoded a chunk at a
+    time: the records, the sessions, the auth table, the compacted
+    revision, the history, the leases, the attached keys.
     """
 
     def __init__(self, store) -> None:
@@ -60,16 +65,22 @@ class MemoryStaging:
     def stage(self, transfer: tuple, records: bytes) -> None:
         """Check and stage one chunk's records (raises as L{StagingCheck.take})."""
         self._expect(transfer)
-        tables = {TABLE_RECORDS: self._records, TABLE_SESSIONS: self._sessions, TABLE_AUTH: self._auth}
-        for table, _, _, decoded in self._check.take(records):
-            tables[table].append(decoded)
+        tables = {TABLE_RECORDS: self._records, TABLE_SESSIONS: self._sessions, TABLE_AUTH: self._auth,
+                  TABLE_LEASES: self._leases, TABLE_LEASE_KEYS: self._attached}
+        for table, key, value, decoded in self._check.take(records):
+            if table == TABLE_HISTORY:
+                # As MemoryState keeps it: (history key, event bytes, Event).
+                self._history.append((key, value, decoded[2]))
+            elif table in tables:
+                tables[table].append(decoded)
+            # TABLE_COMPACTED: the check keeps it (StagedState.compacted).
 
     def finish(self, transfer: tuple) -> StagedState:
         """Mark C{transfer} wholly staged; return the handle that installs it."""
         self._expect(transfer)
         self._check.finish()
         self.complete = True
-        return StagedState(transfer, self._check.revision, self._check.next_client_id)
+        return self._check.staged(transfer)
 
     def discard(self) -> None:
         """Drop whatever is staged."""
@@ -77,6 +88,9 @@ class MemoryStaging:
         self._records: list = []
         self._sessions: list = []
         self._auth: list = []
+        self._history: list = []
+        self._leases: list = []
+        self._attached: list = []
         self.complete = False
 
     installed = discard
@@ -88,10 +102,12 @@ class MemoryStaging:
     def state(self, staged: StagedState) -> tuple:
         """
         The staged state of C{staged}, to install: C{(revision,
-        next_client_id, records, sessions, auth)} for C{MemoryState.of}.
+        next_client_id, records, sessions, auth, compacted, history, leases,
+        attached)} for C{MemoryState.of}.
 
         @raise ValueError: C{staged} is not the transfer wholly staged here.
         """
         if not self.complete or staged.transfer != self._transfer:
             raise ValueError(f"transfer {staged.transfer} is not staged")
-        return staged.revision, staged.next_client_id, self._records, self._sessions, self._auth
+        return (staged.revision, staged.next_client_id, self._records, self._sessions, self._auth,
+                staged.compacted_revision, self._history, self._leases, self._attached)

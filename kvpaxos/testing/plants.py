@@ -21,8 +21,10 @@ each plant is caught within 500 seeds) find it there.  C{catches} names
 the violation kinds that count as catching it.
 
 Each plant here overrides one method of the service's write or read path
-(C{ReplicaService.write_path_class}, C{read_path_class}); if that method is
-renamed the plant quietly does nothing, and its test fails.
+(C{ReplicaService.write_path_class}, C{read_path_class}), of the service's
+watch calls or compactor, or of the watchers' or the memory staging's
+classes; if that method is renamed the plant quietly does nothing, and its
+test fails.
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ from kvpaxos.kv.sessions import DEFAULT_LIMITS
 from kvpaxos.node.peer_commands import ForwardFailed
 from kvpaxos.node.reads import ReadPath
 from kvpaxos.node.service import ReplicaService
+from kvpaxos.node.watchers import Batch, Watchers
 from kvpaxos.node.writes import WritePath, grows_the_store
 from kvpaxos.storage.memory import MemoryState
+from kvpaxos.storage.memory_transfer import MemoryStaging
 from kvpaxos.testing import holes
 from kvpaxos.testing.coreplants import UnconfirmedReadReplica
 from kvpaxos.testing.simthreads import SimReadGate
@@ -225,6 +229,120 @@ def _no_apply_time_check():
         yield
     finally:
         AuthGuard.refusal = refusal
+
+
+# --- watch and the history of writes (issue 14) -----------------------------------
+
+
+@contextmanager
+def _skips_on_full():
+    """A watcher whose sink is full moves its cursor past what it could not send."""
+    feed = Watchers._feed
+
+    def feed_skipping(self, watcher, events, upto) -> None:
+        if watcher.ended:
+            return
+        chosen = watcher._select(events, upto)
+        if chosen and not watcher.sink.send(Batch(chosen, upto)):
+            watcher.paused = True
+        watcher.cursor = upto + 1
+
+    Watchers._feed = feed_skipping
+    try:
+        yield
+    finally:
+        Watchers._feed = feed
+
+
+class SplitsRevisionService(ReplicaService):
+    """
+    Cuts each step's read of the history at C{max_events} events, inside
+    a revision if it ends there: the watchers take the cut revision as
+    whole.
+    """
+
+    def _read_history(self, start: int, max_events: int) -> list:
+        return super()._read_history(start, max_events)[:max_events]
+
+
+@contextmanager
+def _snapshot_without_history():
+    """A snapshot a member installs from a transfer keeps its compacted revision but none of its events."""
+    state = MemoryStaging.state
+
+    def without_history(self, staged) -> tuple:
+        return state(self, staged)[:6] + ([],)
+
+    MemoryStaging.state = without_history
+    try:
+        yield
+    finally:
+        MemoryStaging.state = state
+
+
+class _Leading:
+    """A member's core as the planted compactor sees it: always the leader."""
+
+    is_leader = True
+
+    def __init__(self, replica) -> None:
+        self._replica = replica
+
+    def __getattr__(self, name):
+        return getattr(self._replica, name)
+
+
+class _Forwarding:
+    """A member's write path as the planted compactor sees it: a leader's own decision is forwarded like any write."""
+
+    def __init__(self, writes) -> None:
+        self._writes = writes
+
+    def submit(self, request, timeout_s: float, leader_only: bool = False):
+        return self._writes.submit(request, timeout_s)
+
+    def __getattr__(self, name):
+        return getattr(self._writes, name)
+
+
+class FollowerCompactsService(ReplicaService):
+    """
+    Every member, not only the leader, proposes compactions of the history
+    from its own clock and its own applied revision (the compactor told
+    it leads, its proposal forwarded to the leader like a client's).
+    """
+
+    def _compact_tick(self) -> None:
+        replica, writes = self.replica, self.writes
+        if replica is None or writes is None or not replica.config.voters:
+            super()._compact_tick()
+            return
+        self.replica, self.writes = _Leading(replica), _Forwarding(writes)
+        try:
+            super()._compact_tick()
+        finally:
+            self.replica, self.writes = replica, writes
+
+
+class _WallClock:
+    """The machine's wall clock (C{time.time()}), which steps: what a timer must not be counted on."""
+
+    def __init__(self, reactor) -> None:
+        self._reactor = reactor
+
+    def seconds(self) -> float:
+        return type(self._reactor).seconds(self._reactor)  # the simulated reactor's own: wall time
+
+
+class WallClockCompactionService(ReplicaService):
+    """The leader's compactor counts the history's age on the wall clock, not the monotonic one."""
+
+    def _compact_tick(self) -> None:
+        clock, self.clock = self.clock, _WallClock(self.reactor)
+        try:
+            super()._compact_tick()
+        finally:
+            self.clock = clock
 
 
 def _wall_clock_ticks(service) -> None:
@@ -433,6 +551,39 @@ PLANTS = {
             " down (issue 9, hole 10)",
             frozenset({"liveness"}),
             service_class=holes.SilentFatalService,
+        ),
+        # Watch and the history of writes (issue 14; tests/test_sim_watch.py).
+        Plant(
+            "watch-skips-on-full",
+            "a watcher whose sink is full moves its cursor on all the same: a gap in what it is sent",
+            frozenset({"watch"}),
+            patch=_skips_on_full,
+        ),
+        Plant(
+            "watch-splits-revision",
+            "a watchers' step read cut inside a revision is sent as if the revision were whole",
+            frozenset({"watch"}),
+            service_class=SplitsRevisionService,
+        ),
+        Plant(
+            "history-dropped-in-snapshot",
+            "a snapshot installed from a transfer carries no history but keeps its compacted"
+            " revision (memory stores): a lagging member's watchers would skip what it missed",
+            frozenset({"state agreement", "watch"}),
+            patch=_snapshot_without_history,
+        ),
+        Plant(
+            "follower-compacts",
+            "every member, not only the leader, proposes compactions from its own clock",
+            frozenset({"compaction"}),
+            service_class=FollowerCompactsService,
+        ),
+        Plant(
+            "compaction-on-wall-clock",
+            "the leader counts the history's age on the wall clock, which steps: a step forward"
+            " compacts revisions younger than the age limit",
+            frozenset({"compaction"}),
+            service_class=WallClockCompactionService,
         ),
         Plant(
             "late-learning",

@@ -77,7 +77,22 @@ Checks, as events happen (the first violation ends the seed):
   - the node: it never stops on a fatal error (C{reactor.stop()}), no
     exception escapes it, its chosen index never goes down within a boot,
     and a leader keeps no chosen slot in flight;
-  - liveness after the heal;
+  - watch (L{kvpaxos.testing.simwatch}): every node runs with small
+    history limits drawn from the seed, so the leader compacts the history
+    under every fault, and a few watch clients watch keys or ranges at one
+    node after another (full sinks, cancels, resumes after a crash, a
+    silence or L{kvpaxos.node.watchers.Compacted}); every batch holds
+    exactly the chosen log's events for its spec from the client's cursor
+    through its revision (in order, none missing or twice, each revision
+    whole, previous records as asked), across resumes on other members; a
+    progress answer hides no event; nothing is sent after a cancel or an
+    end; C{Compacted} comes only while the cursor is below the compacted
+    revision the member applied;
+  - compaction: every chosen COMPACT was proposed by a node while it was
+    the leader, and keeps what the limits promise (the last revisions, or
+    everything younger than the age on the proposer's monotonic clock);
+  - liveness after the heal (every watch client's cursor past the final
+    revision too);
   - in a calm scenario only: a write taken by a follower is answered soon
     after it is chosen (C{latency}).
 
@@ -91,7 +106,9 @@ and the command line; the rest of the class is in mixins by concern:
 L{kvpaxos.testing.simnodes} (booting and crashing nodes),
 L{kvpaxos.testing.simchecks} (the per-event checks),
 L{kvpaxos.testing.simclients} (clients and their answers) and
-L{kvpaxos.testing.simfaults} (faults, the operator, the heal); settings and
+L{kvpaxos.testing.simfaults} (faults, the operator, the heal),
+L{kvpaxos.testing.simwatch} (watch clients, the history's checks) and
+L{kvpaxos.testing.simbackup} (the operator's backups); settings and
 records are in L{kvpaxos.testing.simrecords}.
 """
 
@@ -141,6 +158,7 @@ from kvpaxos.testing.simchecks import ChecksMixin
 from kvpaxos.testing.simclients import ClientsMixin
 from kvpaxos.testing.simfaults import FaultsMixin
 from kvpaxos.testing.simbackup import BackupsMixin
+from kvpaxos.testing.simwatch import WatchMixin
 
 
 #: What other modules import from here (some are defined in
@@ -153,7 +171,7 @@ __all__ = [
 
 
 
-class Simulation(NodesMixin, ChecksMixin, ClientsMixin, FaultsMixin, BackupsMixin):
+class Simulation(NodesMixin, ChecksMixin, ClientsMixin, WatchMixin, FaultsMixin, BackupsMixin):
     """One seeded run of a cluster of real nodes."""
 
     def __init__(self, seed: int, plant: Optional[str] = None, verbose: bool = False,
@@ -255,6 +273,8 @@ class Simulation(NodesMixin, ChecksMixin, ClientsMixin, FaultsMixin, BackupsMixi
         # A targeted scenario, drawn from the seed (it may turn random faults off).
         self.scenario = scenario_registry.draw(self, scenario)
         simauth.draw(self, scenario == scenario_registry.DRAW)
+        # History limits and watch clients (kvpaxos.testing.simwatch).
+        self._watch_setup()
         for node_id in sorted(self.initial.voters):
             self._add_node(node_id, self.initial)
 
@@ -265,6 +285,7 @@ class Simulation(NodesMixin, ChecksMixin, ClientsMixin, FaultsMixin, BackupsMixi
             self.scenario.start(self)
         if self.auth is not None:
             self.auth.start()
+        self._watch_start()
         if self.random_faults:
             self.world.later(rng.uniform(0.3, 0.6), self._fault)
             self.world.later(rng.uniform(0.5, 1.0), self._operator)

@@ -4,7 +4,8 @@ then C{kvpaxos snapshot save} runs against a live node, through the admin
 port's own protocol (L{kvpaxos.admin.server.AdminProtocol}: C{SnapshotOpen},
 then C{SnapshotRead} until the last chunk), under every fault.  What it
 saved is checked as a restore would read it (the transfer's record check,
-L{kvpaxos.storage.staging.StagingCheck}) and must be, byte for byte, the
+L{kvpaxos.storage.staging.snapshot_of_chunks}, every table, the
+history's and the leases' too) and must be, byte for byte, the
 state the chosen log gives at the slot its header names (the reference's
 state hash there): a snapshot whose header and records come from two
 moments is caught (plant C{torn-backup}).
@@ -12,8 +13,6 @@ moments is caught (plant C{torn-backup}).
 
 from __future__ import annotations
 
-from kvpaxos.encoding import state, values
-from kvpaxos.encoding.transfer import TABLE_AUTH, TABLE_RECORDS
 from kvpaxos.testing.reference import state_hash
 
 _REFUSALS = (b"REJECTED", b"UNAVAILABLE", b"NOT_LEADER")
@@ -65,7 +64,7 @@ class BackupsMixin:
 
     def _check_backups(self) -> None:
         """Check every saved backup whose slot the reference has reached (the rest wait)."""
-        from kvpaxos.storage.staging import StagingCheck
+        from kvpaxos.storage.staging import snapshot_of_chunks
 
         waiting = []
         for node_id, header, chunks in self._saved_backups:
@@ -73,22 +72,12 @@ class BackupsMixin:
             if expected is None:
                 waiting.append((node_id, header, chunks))
                 continue
-            check = StagingCheck(header.revision, header.next_client_id)
-            records, sessions, auth = [], [], []
             try:
-                for chunk in chunks:
-                    for table, key, value, _ in check.take(chunk):
-                        if table == TABLE_RECORDS:
-                            records.append((key, value))
-                        elif table == TABLE_AUTH:
-                            auth.append((key, value))
-                        else:
-                            sessions.append((values.decode_u64(key), value))
-                check.finish()
+                # Every table, the history's and the leases' too, checked as a restore stages it.
+                data = snapshot_of_chunks(header.revision, header.next_client_id, chunks)
             except Exception as error:  # what a restore would refuse
                 self.fail("backup", f"node {node_id}'s backup at slot {header.index} does not restore: {error}")
                 return
-            data = state.encode_snapshot(header.revision, header.next_client_id, records, sessions, auth)
             if state_hash(data) != expected:
                 self.fail("backup", f"node {node_id}'s backup says slot {header.index} (revision"
                           f" {header.revision}) but holds another state")

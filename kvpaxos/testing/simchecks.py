@@ -10,6 +10,7 @@ L{kvpaxos.testing.sim.Simulation}: it reads and sets that class's state.
 from __future__ import annotations
 
 from kvpaxos.encoding.commands import decode_request
+from kvpaxos.kv.commands import Op
 from kvpaxos.paxos import Batch, ChangeKind, ConfigChange
 from kvpaxos.testing import invariants
 from kvpaxos.testing.reference import state_hash, tag_of
@@ -50,6 +51,9 @@ class ChecksMixin:
                 except Exception as error:
                     self.fail("validity", f"slot {slot} holds a corrupt command: {error}")
                     continue
+                if request.op is Op.COMPACT:
+                    self._compaction_chosen(slot, request)  # kvpaxos.testing.simwatch
+                    continue
                 tag = tag_of(request)
                 if tag != ("open",) and tag not in self.submitted:
                     self.fail("validity", f"slot {slot} holds unsubmitted {request!r}")
@@ -69,6 +73,7 @@ class ChecksMixin:
             advanced = True
             if problem:
                 self.fail("session", problem)
+            self._watch_reference_applied(slot)
         if advanced:
             self._recheck()
 
@@ -107,6 +112,7 @@ class ChecksMixin:
             if tag in self.reference.results:
                 self._acked_waiting.discard(tag)
                 self._match_result(tag)
+        self._watch_recheck()
 
     # --- per-event node checks -------------------------------------------------------
 

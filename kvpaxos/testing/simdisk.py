@@ -31,8 +31,10 @@ from kvpaxos.testing.simworld import Process
 def copy_memory_store(store):
     """
     Return a copy of a L{kvpaxos.storage.memory.MemoryStore} that shares
-    nothing mutable with it (its records, sessions and auth values are
-    immutable values).
+    nothing mutable with it (its records, sessions, auth values and
+    events are immutable values; the history's list is copied, its
+    compacted revision is an int; the lease tables are copied, their
+    ids, TTLs and keys immutable).
     Uses the store's private attributes: the seam wanted is a
     C{MemoryStore.copy()}.
     """
@@ -47,6 +49,10 @@ def copy_memory_store(store):
     state.by_use = list(state.by_use)
     state.auth = dict(state.auth)
     state.auth_keys = list(state.auth_keys)
+    state.history = list(state.history)
+    state.leases = dict(state.leases)
+    state.key_leases = dict(state.key_leases)
+    state.lease_pairs = list(state.lease_pairs)
     state.journal = None
     new._state = state
     new._lock = threading.Lock()

@@ -10,8 +10,8 @@ behave like TCP, in the virtual time of L{kvpaxos.testing.simworld}.
     L{BACKOFF_MAX_S}).  A blocked direction (a partition, one-way or not)
     holds the bytes, as TCP retransmits them, until it heals or the
     connection is dropped.  In adversarial seeds Paxos messages (only) are
-    dropped, duplicated and reordered as datagrams; forwards and read
-    indexes stay exactly-once per call.
+    dropped, duplicated and reordered as datagrams; forwards, read
+    indexes and lease calls stay exactly-once per call.
   - Links follow the member set, as the product's do, once a node has one
     with addresses (C{set_peers}; the simulator goes by the members, not
     their addresses): a node opens links only to its members, closes the
@@ -324,7 +324,7 @@ class Network:
         return True
 
     def call(self, src: Process, node_id: int, kind: str, commands=None) -> defer.Deferred:
-        """A forward or read index call from C{src} to C{node_id}, answered over the same connection."""
+        """A forward, read index, membership or lease call from C{src} to C{node_id}, answered over the same connection."""
         conn = self.conns.get((src.node_id, node_id))
         if conn is None:
             return defer.fail(PeerUnreachable(f"no link to node {node_id}"))
@@ -340,6 +340,9 @@ class Network:
             elif kind == "member_change":
                 # commands: the change's (kind, node, peer, client, force, timeout_s).
                 answer = defer.maybeDeferred(service.member_change_requested, *commands)
+            elif kind in ("lease_keep_alive", "lease_time_to_live"):
+                # commands: the lease id (LeaseKeepAlive, LeaseTimeToLive).
+                answer = defer.maybeDeferred(getattr(service, kind + "_requested"), commands)
             else:
                 answer = defer.maybeDeferred(service.read_index_requested)
 
@@ -443,6 +446,14 @@ class SimTransport:
 
     def read_index(self, node_id: int) -> defer.Deferred:
         return self._network.call(self._process, node_id, "read_index")
+
+    def lease_keep_alive(self, node_id: int, lease: int) -> defer.Deferred:
+        """Carry a keep-alive of C{lease} to node C{node_id} (the leader), as the peer link's LeaseKeepAlive does."""
+        return self._network.call(self._process, node_id, "lease_keep_alive", lease)
+
+    def lease_time_to_live(self, node_id: int, lease: int) -> defer.Deferred:
+        """Ask node C{node_id} (the leader) about C{lease}, as the peer link's LeaseTimeToLive does."""
+        return self._network.call(self._process, node_id, "lease_time_to_live", lease)
 
     def set_peers(self, peers) -> None:
         """

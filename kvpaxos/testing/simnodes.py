@@ -105,11 +105,14 @@ class NodesMixin:
         disk.measure_use = self.provider == "memory" and self.scenario is not None and \
             self.scenario.name == "space-quota"
 
+        self._watch_configure(service)
+
         def start() -> None:
             plant_registry.before_start(self.plant, service)
             service.startService()
 
         self._run_in(process, start, ())
+        self._watch_started(node, process, service)
         self._count_leases(service)
         self._log(f"start node {node.id} (boot {node.epochs}, applied {node.store.applied_index()})")
         for other in sorted(self.nodes):

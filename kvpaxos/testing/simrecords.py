@@ -3,8 +3,8 @@ The simulator's settings and records (L{kvpaxos.testing.sim}).
 
 The tick, the core options and the bounds every seed runs with; what a
 seed reports (L{SeedResult}, L{Violation}); what the simulation keeps per
-server (L{Node}), per client (L{Client}) and per operation in flight
-(L{Pending}).  Plain data: no behaviour and no imports of the simulation,
+server (L{Node}), per client (L{Client}), per operation in flight
+(L{Pending}) and per watch client (L{WatchClient}).  Plain data: no behaviour and no imports of the simulation,
 so that scenarios and mixins can import it without a cycle.
 """
 
@@ -158,6 +158,40 @@ class Pending:
     delivered: bool = False
     #: Attempts delivered to a node (a refusal for space on the first changed nothing).
     deliveries: int = 0
+
+
+@dataclass
+class WatchClient:
+    """
+    A client that watches a key or range of L{KEYS} at one node after
+    another (L{kvpaxos.testing.simwatch}), resuming as the real client does.
+    """
+
+    id: int
+    #: What it watches: C{key}..C{end} as a L{kvpaxos.node.watchers.WatchSpec} says.
+    key: bytes
+    end: Optional[bytes]
+    prev_kv: bool
+    no_put: bool
+    no_delete: bool
+    #: How often its sink says it is full; how long it waits for news
+    #: (a batch, or progress past its cursor) before it gives up on a node.
+    full_share: float
+    patience_s: float
+    #: The next revision it needs (0: "now", before a first watch was created).
+    cursor: int = 0
+    #: Where it watches now: the node, that node's process (its boot), the
+    #: product's watcher and the sink it sends to (None between streams).
+    node: int = 0
+    process: Optional[Process] = None
+    watcher: Optional[object] = None
+    sink: Optional[object] = None
+    #: When it last heard news; whether a watch is being opened (asked
+    #: for at C{asked_at}, the client's C{attempt}th).
+    heard_at: float = 0.0
+    opening: bool = False
+    asked_at: float = 0.0
+    attempt: int = 0
 
 
 @dataclass

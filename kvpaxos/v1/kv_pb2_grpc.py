@@ -75,6 +75,11 @@ class KVStub:
                 request_serializer=kvpaxos_dot_v1_dot_kv__pb2.OpenSessionRequest.SerializeToString,
                 response_deserializer=kvpaxos_dot_v1_dot_kv__pb2.OpenSessionResponse.FromString,
                 _registered_method=True)
+        self.Compact = channel.unary_unary(
+                '/kvpaxos.v1.KV/Compact',
+                request_serializer=kvpaxos_dot_v1_dot_kv__pb2.CompactRequest.SerializeToString,
+                response_deserializer=kvpaxos_dot_v1_dot_kv__pb2.CompactResponse.FromString,
+                _registered_method=True)
         self.Stream = channel.stream_stream(
                 '/kvpaxos.v1.KV/Stream',
                 request_serializer=kvpaxos_dot_v1_dot_kv__pb2.StreamRequests.SerializeToString,
@@ -145,6 +150,24 @@ class KVServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Compact(self, request, context):
+        """Compact drops every event of the history of writes (what Watch
+        replays) of a revision below `revision`: watching from a revision
+        below it then answers "compacted".  Keys are untouched and the
+        store's revision does not move.  A log command like any write, with
+        no session: retrying it is safe, since a retry of an applied
+        compaction is refused COMPACTED with a compact_revision at or above
+        the one asked.  Refused, changing nothing, with OUT_OF_RANGE:
+        reason COMPACTED when `revision` is below the compacted revision,
+        or equal to it once anything was compacted (metadata
+        compact_revision, revision); reason FUTURE_REVISION when it is above
+        the store's revision (metadata revision, compact_revision).  A
+        negative revision is INVALID_ARGUMENT.  Unary only: not in Stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Stream(self, request_iterator, context):
         """Stream carries many requests over one call: each message is a batch
         of requests, each with an id the client chose; each answer message a
@@ -201,6 +224,11 @@ def add_KVServicer_to_server(servicer, server):
                     servicer.OpenSession,
                     request_deserializer=kvpaxos_dot_v1_dot_kv__pb2.OpenSessionRequest.FromString,
                     response_serializer=kvpaxos_dot_v1_dot_kv__pb2.OpenSessionResponse.SerializeToString,
+            ),
+            'Compact': grpc.unary_unary_rpc_method_handler(
+                    servicer.Compact,
+                    request_deserializer=kvpaxos_dot_v1_dot_kv__pb2.CompactRequest.FromString,
+                    response_serializer=kvpaxos_dot_v1_dot_kv__pb2.CompactResponse.SerializeToString,
             ),
             'Stream': grpc.stream_stream_rpc_method_handler(
                     servicer.Stream,
@@ -425,6 +453,33 @@ class KV:
             '/kvpaxos.v1.KV/OpenSession',
             kvpaxos_dot_v1_dot_kv__pb2.OpenSessionRequest.SerializeToString,
             kvpaxos_dot_v1_dot_kv__pb2.OpenSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Compact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kvpaxos.v1.KV/Compact',
+            kvpaxos_dot_v1_dot_kv__pb2.CompactRequest.SerializeToString,
+            kvpaxos_dot_v1_dot_kv__pb2.CompactResponse.FromString,
             options,
             channel_credentials,
             insecure,
