@@ -9,6 +9,7 @@ error and change nothing.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -21,6 +22,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from kvpaxos.api import backup
 from kvpaxos.api.backup import (
     CHUNK_BYTES_MAX,
+    ETCD_SECTOR_BYTES,
+    EtcdEnvelope,
     SnapshotFileError,
     SnapshotHeader,
     SnapshotWriter,
@@ -42,6 +45,12 @@ def snapshot_bytes(chunks) -> bytes:
         writer.chunk(chunk)
     writer.finish()
     return out.getvalue()
+
+
+def in_envelope(plain: bytes, padding=None) -> bytes:
+    """C{plain} in etcd's envelope, by hand: C{padding} zero bytes (by default those to a sector), then SHA-256."""
+    padded = plain + bytes(-len(plain) % ETCD_SECTOR_BYTES if padding is None else padding)
+    return padded + hashlib.sha256(padded).digest()
 
 
 def read_all(data: bytes):
@@ -79,6 +88,47 @@ class SnapshotFileTests(SynchronousTestCase):
     def test_trailing_bytes_are_refused(self):
         error = self.assertRaises(SnapshotFileError, read_all, snapshot_bytes(self.chunks) + b"\0")
         self.assertIn("bytes follow the checksum", str(error))
+
+    def test_etcd_envelope_is_read(self):
+        """A file in etcd's envelope (what etcdctl snapshot save keeps: N * 512 + 32 bytes) reads as the file in it."""
+        for chunks in (self.chunks, [], [b"d" * (ETCD_SECTOR_BYTES * 2 - 4 - len(snapshot_bytes([])))]):
+            plain = snapshot_bytes(chunks)
+            data = in_envelope(plain)
+            self.assertEqual(len(data) % ETCD_SECTOR_BYTES, 32)
+            self.assertEqual(read_all(data), (HEADER, chunks))
+        self.assertEqual(len(snapshot_bytes(chunks)) % ETCD_SECTOR_BYTES, 0)  # the last: no padding at all
+
+    def test_damaged_etcd_envelope_is_refused(self):
+        """Only the exact envelope may follow the checksum: its padding zero and of the one length, its SHA-256, no more."""
+        plain = snapshot_bytes(self.chunks)
+        good = in_envelope(plain)
+        padding = -len(plain) % ETCD_SECTOR_BYTES
+        bad = {
+            "a padding byte": good[:len(plain)] + b"\1" + good[len(plain) + 1:],
+            "a checksum byte": good[:-1] + bytes([good[-1] ^ 1]),
+            "a byte after it": good + b"\0",
+            "a short padding": in_envelope(plain, padding - 1),
+            "a padding a sector too long": in_envelope(plain, padding + ETCD_SECTOR_BYTES),
+            "no padding": in_envelope(plain, 0),
+        }
+        for what, data in bad.items():
+            error = self.assertRaises(SnapshotFileError, read_all, data)
+            self.assertIn("damaged", str(error), what)
+        self.assertIn("etcd checksum", str(self.assertRaises(SnapshotFileError, read_all, bad["a checksum byte"])))
+
+    def test_etcd_envelope_writer(self):
+        """EtcdEnvelope: what a SnapshotWriter writes to it, taken in pieces, then padding and a checksum apart."""
+        envelope = EtcdEnvelope()
+        writer = SnapshotWriter(envelope, HEADER)
+        pieces = [envelope.take()]
+        for chunk in self.chunks:
+            writer.chunk(chunk)
+            pieces.append(envelope.take())
+        writer.finish()
+        checksum = envelope.finish()
+        pieces.append(envelope.take())
+        self.assertEqual(envelope.take(), b"")
+        self.assertEqual(b"".join(pieces) + checksum, in_envelope(snapshot_bytes(self.chunks)))
 
     def test_other_files_are_refused(self):
         error = self.assertRaises(SnapshotFileError, read_all, b"SQLite format 3\0" + b"\0" * 100)

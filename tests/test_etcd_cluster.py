@@ -8,18 +8,26 @@ ephemeral ports, as in L{tests.test_api}.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import io
+
 import grpc
 from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
+from kvpaxos.api.backup import CHUNK_BYTES_MAX, ETCD_SECTOR_BYTES, SnapshotHeader, read_snapshot
 from kvpaxos.api.endpoints import CHANNEL_OPTIONS
-from kvpaxos.api.errors import Unavailable
+from kvpaxos.api.errors import PermissionDenied, Unavailable
 from kvpaxos.etcdpb import rpc_pb2 as pb
 from kvpaxos.etcdpb import rpc_pb2_grpc
+from kvpaxos.kv.auth import Credential
+from kvpaxos.node.backups import BackupReader, Interrupted
 from kvpaxos.node.interfaces import MemberInfo, MemberView
+from kvpaxos.storage.staging import StreamInterrupted
 from kvpaxos.v1 import kv_pb2, kv_pb2_grpc
 from tests.test_api import BOUND_S, ServerFixture, ThreadedTestReactor
-from tests.test_etcd_fakes import CLUSTER_ID, VIEW, EtcdHarness, EtcdNode, with_status
+from tests.test_etcd_fakes import CLUSTER_ID, VIEW, Aborted, EtcdHarness, EtcdNode, FakeContext, with_status
 
 UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
 
@@ -126,13 +134,182 @@ class MaintenanceTests(EtcdHarness, SynchronousTestCase):
         self.refused(self.maintenance.Alarm, pb.AlarmRequest(action=7), grpc.StatusCode.INVALID_ARGUMENT)
 
     def test_unimplemented(self) -> None:
-        """Defragment, Hash, HashKV, Snapshot, MoveLeader and Downgrade answer UNIMPLEMENTED."""
+        """Defragment, Hash, HashKV, MoveLeader and Downgrade answer UNIMPLEMENTED."""
         m = self.maintenance
         for method, request in ((m.Defragment, pb.DefragmentRequest()), (m.Hash, pb.HashRequest()),
-                                (m.HashKV, pb.HashKVRequest()), (m.Snapshot, pb.SnapshotRequest()),
-                                (m.MoveLeader, pb.MoveLeaderRequest(targetID=2)),
+                                (m.HashKV, pb.HashKVRequest()), (m.MoveLeader, pb.MoveLeaderRequest(targetID=2)),
                                 (m.Downgrade, pb.DowngradeRequest())):
             self.assertTrue(self.refused(method, request, UNIMPLEMENTED))
+
+
+HEADER = SnapshotHeader(member_id=1, cluster_id=CLUSTER_ID, index=40, revision=33, next_client_id=5,
+                        members=[{"id": 1, "role": "voter", "peer": "h:1", "client": "h:2"}], saved_at="now")
+
+
+class BackupNode(EtcdNode):
+    """
+    An L{EtcdNode} with a node's backup calls over a list of chunks: each
+    call is recorded in C{calls}; C{open_failure} fails the open;
+    C{read_failure} fails a read once C{chunks} are all read; C{pending}
+    (a Deferred or None) is what the open answers instead of the stream.
+    """
+
+    def __init__(self, chunks) -> None:
+        super().__init__()
+        self.chunks = list(chunks)
+        self.stream = object()
+        self.open_failure = None
+        self.read_failure = None
+        self.pending = None
+
+    def open_backup_for(self, credential):
+        self._called("open_backup_for", credential)
+        if self.open_failure is not None:
+            return defer.fail(self.open_failure)
+        if self.pending is not None:
+            return self.pending
+        return defer.succeed((self.stream, HEADER))
+
+    def read_backup(self, stream, max_bytes: int):
+        self._called("read_backup", stream is self.stream, max_bytes)
+        if self.chunks:
+            return defer.succeed(self.chunks.pop(0))
+        if self.read_failure is not None:
+            return defer.fail(self.read_failure)
+        return defer.succeed(None)
+
+    def close_backup(self, stream):
+        self._called("close_backup", stream is self.stream)
+        return defer.succeed(None)
+
+    def closes(self) -> list:
+        return [call for call in self.calls if call[0] == "close_backup"]
+
+
+class WritingContext(FakeContext):
+    """A server-streaming context: C{written} holds every message; C{gone_after} messages, the client goes."""
+
+    def __init__(self, metadata=(), gone_after=None) -> None:
+        super().__init__(metadata)
+        self.written: list = []
+        self.gone_after = gone_after
+
+    async def write(self, message) -> None:
+        if self.gone_after is not None and len(self.written) >= self.gone_after:
+            raise asyncio.CancelledError()
+        self.written.append(message)
+
+
+class SnapshotTests(EtcdHarness, SynchronousTestCase):
+    """Maintenance.Snapshot: the backup file of kvpaxos snapshot save, in the envelope etcdctl keeps."""
+
+    chunks = [b"a" * 10, b"b" * CHUNK_BYTES_MAX, b"c" * 777]
+
+    def make_node(self) -> BackupNode:
+        return BackupNode(self.chunks)
+
+    def snapshot(self, context) -> list:
+        self.loop.run_until_complete(self.maintenance.Snapshot(pb.SnapshotRequest(), context))
+        return context.written
+
+    def test_stream(self) -> None:
+        """The blobs make a backup file of every chunk, padded to 512 bytes, then its SHA-256 alone, as etcd sends it."""
+        written = self.snapshot(WritingContext())
+        data = b"".join(m.blob for m in written)
+        self.assertEqual(len(data) % ETCD_SECTOR_BYTES, 32)  # etcdctl's hasChecksum
+        self.assertEqual(written[-1].blob, hashlib.sha256(data[:-32]).digest())
+        header, chunks = read_snapshot(io.BytesIO(data))
+        self.assertEqual((header, list(chunks)), (HEADER, self.chunks))
+        reads = [call for call in self.node.calls if call[0] == "read_backup"]
+        self.assertEqual(reads, [("read_backup", True, CHUNK_BYTES_MAX)] * (len(self.chunks) + 1))
+        self.assertEqual(self.node.closes(), [])  # the store closed it at its end
+        self.assertEqual(self.counts.seen, [("etcdserverpb.Maintenance/Snapshot", "OK")])
+
+    def test_remaining_bytes(self) -> None:
+        """remaining_bytes: exact for the last two messages (0 for the checksum), never more than follows, never 0 before."""
+        written = self.snapshot(WritingContext())
+        sizes = [len(m.blob) for m in written]
+        follows = [sum(sizes[i + 1:]) for i in range(len(sizes))]
+        remaining = [m.remaining_bytes for m in written]
+        self.assertEqual(remaining[-2:], follows[-2:])
+        self.assertEqual(remaining[-1], 0)
+        for said, true in zip(remaining[:-2], follows[:-2]):
+            self.assertTrue(0 < said <= true, (said, true))
+
+    def test_empty_state(self) -> None:
+        """A state of no chunks is still a whole file in the envelope."""
+        self.node.chunks = []
+        data = b"".join(m.blob for m in self.snapshot(WritingContext()))
+        self.assertEqual(len(data) % ETCD_SECTOR_BYTES, 32)
+        self.assertEqual(list(read_snapshot(io.BytesIO(data))[1]), [])
+
+    def test_credential(self) -> None:
+        """The request's token reaches the node's open; a refusal is etcd's permission denied, and nothing is sent."""
+        self.node.open_failure = PermissionDenied("etcdserver: permission denied")
+        context = WritingContext(metadata=(("token", "t0k"),))
+        error = self.assertRaises(Aborted, self.snapshot, context)
+        self.assertEqual((error.status.code, error.status.details),
+                         (grpc.StatusCode.PERMISSION_DENIED, "etcdserver: permission denied"))
+        self.assertEqual(self.node.calls, [("open_backup_for", Credential(token="t0k"))])
+        self.assertEqual(context.written, [])
+
+    def test_interrupted(self) -> None:
+        """A read that stops (the map grew) ends the call UNAVAILABLE, saying to save again; the stream is closed once."""
+        self.node.read_failure = StreamInterrupted("the LMDB map grew under the snapshot stream")
+        error = self.assertRaises(Aborted, self.snapshot, WritingContext())
+        self.assertEqual(error.status.code, grpc.StatusCode.UNAVAILABLE)
+        self.assertIn("save again", error.status.details)
+        self.assertEqual(self.node.closes(), [("close_backup", True)])
+
+    def test_client_gone(self) -> None:
+        """A client that goes mid-stream has its stream closed, once, and nothing more read."""
+        context = WritingContext(gone_after=1)
+        self.assertRaises(asyncio.CancelledError, self.snapshot, context)
+        self.assertEqual(len(context.written), 1)
+        self.assertEqual(self.node.closes(), [("close_backup", True)])
+        self.assertEqual(len([c for c in self.node.calls if c[0] == "read_backup"]), 2)  # the look-ahead
+
+
+class BackupReaderTests(SynchronousTestCase):
+    """L{BackupReader}: the read transaction is closed exactly once, whenever its client goes."""
+
+    def setUp(self) -> None:
+        self.node = BackupNode([b"x"])
+
+    def test_close_while_opening(self) -> None:
+        """A close during the open closes the stream when it opens; the open fails UNAVAILABLE."""
+        self.node.pending = defer.Deferred()
+        reader = BackupReader(self.node, None)
+        opened = reader.open()
+        reader.close()
+        self.assertEqual(self.node.closes(), [])
+        self.node.pending.callback((self.node.stream, HEADER))
+        self.failureResultOf(opened, Unavailable)
+        self.assertEqual(self.node.closes(), [("close_backup", True)])
+        reader.close()
+        self.assertEqual(self.node.closes(), [("close_backup", True)])
+
+    def test_close_while_reading(self) -> None:
+        """A close during a read closes the stream once the read ends; a read after a close is Interrupted."""
+        reading = defer.Deferred()
+        self.node.read_backup = lambda stream, max_bytes: reading
+        reader = BackupReader(self.node, None)
+        self.assertEqual(self.successResultOf(reader.open()), HEADER)
+        read = reader.read(100)
+        reader.close()
+        self.assertEqual(self.node.closes(), [])
+        reading.callback(b"x")
+        self.assertEqual(self.successResultOf(read), b"x")
+        self.assertEqual(self.node.closes(), [("close_backup", True)])
+        self.assertIsInstance(self.successResultOf(reader.read(100)), Interrupted)
+
+    def test_open_failure(self) -> None:
+        """An open the store cannot do is UNAVAILABLE; a refusal (auth) stays what it is."""
+        self.node.open_failure = OSError("no space")
+        self.failureResultOf(BackupReader(self.node, None).open(), Unavailable)
+        self.flushLoggedErrors(OSError)
+        self.node.open_failure = PermissionDenied("etcdserver: permission denied")
+        self.failureResultOf(BackupReader(self.node, None).open(), PermissionDenied)
 
 
 class EtcdPortTests(ServerFixture, SynchronousTestCase):

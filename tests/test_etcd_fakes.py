@@ -137,7 +137,7 @@ class EtcdHarness:
 
     def setUp(self) -> None:
         super().setUp()
-        self.node = EtcdNode()
+        self.node = self.make_node()
         self.loop = asyncio.new_event_loop()
         self.addCleanup(self.loop.close)
         self.calls = EtcdCalls(self.node, ReactorCrossing(ImmediateReactor()), 5.0)
@@ -150,6 +150,10 @@ class EtcdHarness:
         self.maintenance = MaintenanceServicer(self.node, self.calls)
         self.watch = WatchServicer(self.node, self.calls)
         self.lease = LeaseServicer(self.node, self.calls)
+
+    def make_node(self) -> EtcdNode:
+        """The node the servicers are in front of (a test case may make another)."""
+        return EtcdNode()
 
     def call(self, method, request, metadata=()):
         """Run C{method(request, context)} to its end; return its response (raises L{Aborted})."""

@@ -16,7 +16,6 @@ etcd and etcdctl the tests fail saying so (.ci/run installs them).
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import shutil
@@ -31,7 +30,7 @@ from twisted.trial.unittest import TestCase
 from kvpaxos.api.endpoints import CHANNEL_OPTIONS
 from kvpaxos.etcdpb import rpc_pb2 as pb
 from kvpaxos.etcdpb import rpc_pb2_grpc
-from kvpaxos.testing.processes import ProcessCluster, free_port
+from kvpaxos.testing.processes import ProcessCluster, SharedPerClass, free_port
 
 #: The longest one etcdctl command, or a process's start, may take.
 COMMAND_S = 20.0
@@ -128,7 +127,7 @@ class Processes:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
-class SharedProcesses:
+class SharedProcesses(SharedPerClass):
     """
     Mixed into a TestCase: its tests share one L{Processes} (C{size}
     kvpaxos nodes), started by the first and stopped after the last test
@@ -136,30 +135,13 @@ class SharedProcesses:
     """
 
     size = 1
-    _processes: Optional[Processes] = None
-    _left = 0
 
     def setUp(self) -> None:
         super().setUp()
-        cls = type(self)
-        if cls._processes is None:
-            cls._left = len([name for name in dir(cls) if name.startswith("test_")])
-            cls._processes = Processes(cls.size)
-            atexit.register(cls._stop_shared)
-        self.addCleanup(self._one_done)
-        self.processes = cls._processes
+        self.processes = self.shared()
 
-    @classmethod
-    def _one_done(cls) -> None:
-        cls._left -= 1
-        if cls._left <= 0:
-            cls._stop_shared()
-
-    @classmethod
-    def _stop_shared(cls) -> None:
-        processes, cls._processes = cls._processes, None
-        if processes is not None:
-            processes.stop()
+    def make_shared(self) -> "Processes":
+        return Processes(type(self).size)
 
 
 def etcdctl(endpoint: str, *arguments: str, stdin: str = "") -> tuple[int, str, str]:
@@ -309,8 +291,7 @@ class EtcdctlTests(SharedProcesses, TestCase):
         endpoint = self.processes.kvpaxos[0]
         self.assertEqual(etcdctl(endpoint, "put", "un/a", "1")[0], 0)  # so that revision 1 is past
         for arguments in (("put", "un/a", "2", "--ignore-lease"), ("get", "un/a", "--rev", "1"),
-                          ("member", "add", "x", "--peer-urls=http://127.0.0.1:1"),
-                          ("snapshot", "save", os.path.join(self.processes.directory, "x.db"))):
+                          ("member", "add", "x", "--peer-urls=http://127.0.0.1:1")):
             status, _, error = etcdctl(endpoint, *arguments)
             self.assertNotEqual(status, 0, arguments)
             self.assertIn("Unimplemented", error, arguments)

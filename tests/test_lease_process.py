@@ -15,17 +15,15 @@ for TTLs of 2 to 3 s.
 
 from __future__ import annotations
 
-import atexit
 import os
 import subprocess
 import sys
 import time
-from typing import Optional
 
 from twisted.trial.unittest import TestCase
 
 from kvpaxos.client import Client
-from kvpaxos.testing.processes import ProcessCluster
+from kvpaxos.testing.processes import ProcessCluster, SharedPerClass
 
 #: The longest one wait of a test.
 WAIT_S = 20.0
@@ -33,36 +31,19 @@ WAIT_S = 20.0
 POLL_S = 0.05
 
 
-class SharedCluster:
+class SharedCluster(SharedPerClass):
     """Mixed into a TestCase: its tests share one three-node L{ProcessCluster}, stopped after the last test."""
-
-    _cluster: Optional[ProcessCluster] = None
-    _left = 0
 
     def setUp(self) -> None:
         super().setUp()
-        cls = type(self)
-        if cls._cluster is None:
-            cls._left = len([name for name in dir(cls) if name.startswith("test_")])
-            cluster = ProcessCluster(self.mktemp(), size=3)
-            cls._cluster = cluster
-            atexit.register(cls._stop_shared)
-            cluster.start()
-            cluster.wait_for_leader(timeout_s=30)
-        self.addCleanup(self._one_done)
-        self.cluster = cls._cluster
+        self.cluster = self.shared()
 
-    @classmethod
-    def _one_done(cls) -> None:
-        cls._left -= 1
-        if cls._left <= 0:
-            cls._stop_shared()
-
-    @classmethod
-    def _stop_shared(cls) -> None:
-        cluster, cls._cluster = cls._cluster, None
-        if cluster is not None:
-            cluster.stop()
+    def make_shared(self) -> ProcessCluster:
+        cluster = ProcessCluster(self.mktemp(), size=3)
+        type(self)._shared = cluster  # stopped even if it does not start
+        cluster.start()
+        cluster.wait_for_leader(timeout_s=30)
+        return cluster
 
 
 def wait_until(predicate, what: str, timeout_s: float = WAIT_S):

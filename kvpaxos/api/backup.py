@@ -25,6 +25,18 @@ A file that ends early, has bytes after the trailer, or whose checksum
 does not match is refused as a whole (L{SnapshotFileError}, saying which);
 the records themselves are checked again as they are restored.
 
+The one thing that may follow the trailer is etcd's envelope, which the
+etcd port's C{Maintenance.Snapshot} adds (L{EtcdEnvelope}) because
+etcdctl's C{snapshot save} keeps only a file of N * 512 + 32 bytes (etcd's
+C{hasChecksum}: a bbolt file's pages, then its SHA-256)::
+
+    padding    0..511 zero bytes, to a multiple of ETCD_SECTOR_BYTES
+    checksum   32 bytes: SHA-256 of every byte before it
+
+So a file etcdctl saved is a kvpaxos file, read and restored as any; the
+envelope is checked as exactly as the rest (its padding zero and of the
+one length that fits, its checksum matching, nothing after it).
+
 Format 2 is format 1 with the auth table's chunks (table 3) after the
 sessions: the layout is the same, so format 1 is still read (its files
 have no auth table), while a kvpaxos that reads format 1 only refuses a
@@ -59,6 +71,8 @@ READ_FORMATS = (1, 2, FORMAT)
 CHUNK_BYTES_MAX = 60_000
 #: The largest header (JSON) a file may hold.
 HEADER_BYTES_MAX = 1 << 20
+#: etcdctl's sector: the size of a file it saves, less its checksum, is a multiple of it.
+ETCD_SECTOR_BYTES = 512
 _U32 = struct.Struct(">I")
 _DIGEST_BYTES = 32
 
@@ -128,6 +142,62 @@ class SnapshotWriter:
         return digest.hex()
 
 
+class EtcdEnvelope:
+    """
+    A snapshot file's bytes in etcd's envelope, for the etcd port's
+    C{Maintenance.Snapshot}: the C{out} a L{SnapshotWriter} writes to,
+    collecting what it wrote until L{take}n, then L{finish}ed with etcd's
+    padding and checksum (see the module docstring).  In memory: a stream
+    takes each chunk's bytes as it is written.
+    """
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._pending: list[bytes] = []
+        #: Every byte written so far: the file's, then the padding (not the checksum).
+        self.bytes = 0
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)
+        self._pending.append(bytes(data))
+        self.bytes += len(data)
+
+    def take(self) -> bytes:
+        """The bytes written since the last take (b"": none)."""
+        data, self._pending = b"".join(self._pending), []
+        return data
+
+    def finish(self) -> bytes:
+        """
+        Write the padding (once the L{SnapshotWriter} has finished) and
+        return the checksum: the last 32 bytes of what is sent, which are
+        not written here, so that the caller sends them apart as etcd
+        does; L{take} the rest first.
+        """
+        self.write(bytes(-self.bytes % ETCD_SECTOR_BYTES))
+        return self._hash.digest()
+
+
+def _etcd_envelope(reader: "_Reader", trailer: bytes, source: BinaryIO) -> None:
+    """
+    Check what follows the trailer: nothing, or etcd's envelope exactly.
+
+    @raise SnapshotFileError: anything else.
+    """
+    rest = source.read(ETCD_SECTOR_BYTES + _DIGEST_BYTES)
+    if not rest:
+        return
+    end = reader.offset + len(trailer)  # the kvpaxos file's size
+    padding, digest = rest[:-_DIGEST_BYTES], rest[-_DIGEST_BYTES:]
+    whole = reader.hash.copy()
+    whole.update(trailer + padding)
+    if (len(rest) != -end % ETCD_SECTOR_BYTES + _DIGEST_BYTES or padding.count(0) != len(padding)
+            or source.read(1)):
+        raise SnapshotFileError("bytes follow the checksum: the file is damaged or two files were joined")
+    if digest != whole.digest():
+        raise SnapshotFileError("the etcd checksum (the last 32 bytes) does not match: the file is damaged")
+
+
 class _Reader:
     def __init__(self, source: BinaryIO) -> None:
         self._source = source
@@ -157,7 +227,7 @@ def read_snapshot(source: BinaryIO) -> tuple[SnapshotHeader, Iterator[bytes]]:
 
     @raise SnapshotFileError: not a snapshot file, another format, a bad
         header, a bad chunk length, truncated, a checksum that does not
-        match, or bytes after the trailer.
+        match, or bytes after the trailer other than etcd's envelope.
     """
     reader = _Reader(source)
     magic = source.read(len(MAGIC))
@@ -190,8 +260,7 @@ def read_snapshot(source: BinaryIO) -> tuple[SnapshotHeader, Iterator[bytes]]:
                                     " missing")
         if trailer != expected:
             raise SnapshotFileError("the checksum does not match: the file is damaged")
-        if source.read(1):
-            raise SnapshotFileError("bytes follow the checksum: the file is damaged or two files were joined")
+        _etcd_envelope(reader, trailer, source)
 
     return header, chunks()
 

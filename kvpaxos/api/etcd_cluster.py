@@ -7,27 +7,49 @@ Served: C{MemberList} (the answering member's applied member set, as
 kvpaxos.v1's), C{MemberRemove} and C{MemberPromote} (the node's
 membership calls, L{kvpaxos.node.interfaces.IMembership}, carried to the
 leader by the node), C{Status} (the node's C{status()}) and C{Alarm} GET
-(this member's NOSPACE alarm).  Everything else answers UNIMPLEMENTED with
-a sentence saying what to do instead; the list is README.md's ("etcd's
-API").  Nothing here decides anything: the node does.
+(this member's NOSPACE alarm) and C{Snapshot} (below).  Everything else
+answers UNIMPLEMENTED with a sentence saying what to do instead; the list
+is README.md's ("etcd's API").  Nothing here decides anything: the node
+does.
+
+C{Snapshot} streams what C{kvpaxos snapshot save} would write (the file of
+L{kvpaxos.api.backup}: one consistent read of this member's state, read
+through a L{kvpaxos.node.backups.BackupReader}), in etcd's envelope (zero
+padding to 512 bytes, then a SHA-256 of all before it, in a message of its
+own as etcd sends it), because etcdctl keeps only a file of N * 512 + 32
+bytes.  So C{etcdctl snapshot save FILE} saves a file that C{kvpaxos
+snapshot restore} restores; it is not a bbolt file (etcdctl's C{snapshot
+status} and C{restore} cannot read it).  C{remaining_bytes} is exact from
+the last chunk on, and before it a lower bound (the total is not known
+until the read transaction is read through): never 0 before the checksum.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import grpc
 
 from kvpaxos.api import etcd_convert as convert
 from kvpaxos.api import etcd_errors
+from kvpaxos.api.backup import CHUNK_BYTES_MAX, EtcdEnvelope, SnapshotWriter
 from kvpaxos.api.etcd_errors import etcd_rpc, invalid, refuse, unimplemented
 from kvpaxos.etcdpb import rpc_pb2 as pb
 from kvpaxos.etcdpb import rpc_pb2_grpc
+from kvpaxos.node.backups import BackupReader, Interrupted
 from kvpaxos.node.interfaces import MembershipRejected
 
 #: The version the etcd port reports in C{Status}: the etcd API release
 #: whose calls it answers as etcd does (clients read it as etcd's).
 ETCD_VERSION = "3.4.0"
+#: The longest a Snapshot stream waits for its client to take one message
+#: before it gives up (and closes the read transaction, which pins pages):
+#: the admin port's idle limit for the same stream.
+SNAPSHOT_WRITE_S = 30.0
+#: The fewest bytes that follow the last chunk read: the end marker, the
+#: file's checksum and etcd's.
+_TAIL_BYTES_MIN = 4 + 32 + 32
 
 
 @dataclass(frozen=True)
@@ -110,7 +132,7 @@ class ClusterServicer(rpc_pb2_grpc.ClusterServicer):
 
 
 class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
-    """C{etcdserverpb.Maintenance}: C{Status} and C{Alarm} GET; the rest UNIMPLEMENTED."""
+    """C{etcdserverpb.Maintenance}: C{Status}, C{Alarm} GET and C{Snapshot}; the rest UNIMPLEMENTED."""
 
     def __init__(self, node, calls) -> None:
         self._node = node
@@ -157,9 +179,43 @@ class MaintenanceServicer(rpc_pb2_grpc.MaintenanceServicer):
         unimplemented("HashKV is not supported yet")
 
     @etcd_rpc("Maintenance")
-    async def Snapshot(self, request, context):
-        unimplemented("Snapshot is not supported on the etcd port yet: save a backup with kvpaxos snapshot save "
-                      "FILE (the admin port)")
+    async def Snapshot(self, request: pb.SnapshotRequest, context) -> None:
+        reader = BackupReader(self._node, self._calls.credential(context))
+        try:
+            await self._send_snapshot(reader, context)
+        finally:
+            # However the call ends (done, refused, the client gone): after
+            # the calls queued before it, so an open under way is closed too.
+            self._calls.in_reactor(reader.close)
+
+    async def _send_snapshot(self, reader: BackupReader, context) -> None:
+        header, _ = await self._calls.call(context, lambda timeout_s: reader.open())
+        envelope = EtcdEnvelope()
+        writer = SnapshotWriter(envelope, header)
+        blob = envelope.take()  # the magic and the header
+        while True:
+            records, _ = await self._calls.call(context, lambda timeout_s: reader.read(CHUNK_BYTES_MAX))
+            if type(records) is Interrupted:
+                refuse((grpc.StatusCode.UNAVAILABLE, records.message))
+            if records is None:
+                break
+            writer.chunk(records)
+            following = envelope.take()
+            await self._write(context, blob, len(following) + _TAIL_BYTES_MIN)
+            blob = following
+        writer.finish()
+        checksum = envelope.finish()
+        await self._write(context, blob + envelope.take(), len(checksum))
+        await self._write(context, checksum, 0)
+
+    @staticmethod
+    async def _write(context, blob: bytes, remaining_bytes: int) -> None:
+        try:
+            await asyncio.wait_for(context.write(pb.SnapshotResponse(remaining_bytes=remaining_bytes, blob=blob)),
+                                   SNAPSHOT_WRITE_S)
+        except asyncio.TimeoutError:
+            refuse((grpc.StatusCode.UNAVAILABLE, f"the client took no snapshot bytes for {SNAPSHOT_WRITE_S:g}s: "
+                                                 "the snapshot stream is closed; save again"))
 
     @etcd_rpc("Maintenance")
     async def MoveLeader(self, request, context):

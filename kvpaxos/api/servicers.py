@@ -22,11 +22,12 @@ from typing import Any, Callable, NoReturn, Optional
 import grpc
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from kvpaxos.api import convert
 from kvpaxos.api.credentials import node_arguments, request_credential
 from kvpaxos.api.crossing import LoopPost, ReactorCrossing
-from kvpaxos.api.errors import InvalidArgument, Unavailable
+from kvpaxos.api.errors import ApiError, InvalidArgument, Unavailable
 from kvpaxos.api.limits import MAX_MESSAGE_BYTES
 from kvpaxos.api.streaming import (
     _NO_REQUEST,
@@ -188,6 +189,18 @@ class _NodeCalls:
         if isinstance(result, REFUSALS):
             _abort_for(result, self.member_id)
         return result, header
+
+    def in_reactor(self, call: Callable[[], Any]) -> None:
+        """
+        Run C{call()} in the reactor thread, after every call queued before
+        it, its outcome ignored (a failure is logged): a clean-up that must
+        run even when the RPC has ended (from any thread; never waited on).
+        """
+        def done(ok: bool, value: Any) -> None:
+            if not ok and not isinstance(value, (ApiError, asyncio.CancelledError)):  # a stop's refusal: expected
+                _log.failure("a call in the reactor failed", Failure(value))
+
+        self._crossing.enqueue(call, done)
 
     def _in_reactor(self, node_call: Callable[[float], Any], timeout_s: float) -> defer.Deferred:
         d = defer.maybeDeferred(node_call, timeout_s)

@@ -139,13 +139,13 @@ class ProposeThenRefuseWrites(WritePath):
     same, and its client told it was refused.
     """
 
-    def submit(self, request, timeout_s):
+    def submit(self, request, timeout_s, leader_only=False):
         refusal = self._no_space() if grows_the_store(request) else None
         if refusal is None:
-            return super().submit(request, timeout_s)
+            return super().submit(request, timeout_s, leader_only)
         no_space, self._no_space = self._no_space, lambda: None
         try:
-            super().submit(request, timeout_s).addErrback(lambda _: None)
+            super().submit(request, timeout_s, leader_only).addErrback(lambda _: None)
         finally:
             self._no_space = no_space
         return defer.fail(refusal)

@@ -9,6 +9,7 @@ started (by pid, SIGTERM then SIGKILL).  Tests must call it (addCleanup).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
@@ -435,3 +436,42 @@ class ProcessCluster:
 
     def wait_for_leader(self, timeout_s: float = 15.0, among=None) -> int:
         return self.wait_for(lambda: self.leader(among), timeout_s, "a leader")
+
+
+class SharedPerClass:
+    """
+    Mixed into a TestCase: the tests of a class share one set of processes,
+    made by the first test that runs (L{make_shared}) and stopped (their
+    C{stop()}) after the last test method of the class, or at exit when
+    only some of them run.  Starting processes once per class rather than
+    once per test is most of what keeps the real-process tests short.
+    """
+
+    _shared = None
+    _left = 0
+
+    def make_shared(self):
+        """Return the processes to share, started (stopped by their C{stop()} even if this raises after)."""
+        raise NotImplementedError
+
+    def shared(self):
+        """Return the class's shared processes, made now if this is the first test."""
+        cls = type(self)
+        if cls._shared is None:
+            cls._left = len([name for name in dir(cls) if name.startswith("test_")])
+            atexit.register(cls._stop_shared)
+            cls._shared = self.make_shared()
+        self.addCleanup(cls._one_done)
+        return cls._shared
+
+    @classmethod
+    def _one_done(cls) -> None:
+        cls._left -= 1
+        if cls._left <= 0:
+            cls._stop_shared()
+
+    @classmethod
+    def _stop_shared(cls) -> None:
+        shared, cls._shared = cls._shared, None
+        if shared is not None:
+            shared.stop()
