@@ -171,9 +171,6 @@ class TxnTests(EtcdHarness, SynchronousTestCase):
             pb.TxnRequest(compare=[_C(key=b"a", range_end=b"b", target=_C.VERSION, version=1)]),
             pb.TxnRequest(success=[pb.RequestOp(request_txn=pb.TxnRequest())]),
             pb.TxnRequest(success=[get(b"a", revision=2)]),
-            pb.TxnRequest(success=[get(b"a", sort_order=pb.RangeRequest.DESCEND)]),
-            pb.TxnRequest(success=[get(b"a", sort_target=pb.RangeRequest.VALUE)]),
-            pb.TxnRequest(success=[get(b"a", min_mod_revision=2)]),
             pb.TxnRequest(success=[put(b"a", ignore_value=True, value=b"")]),
             pb.TxnRequest(success=[put(b"a", ignore_lease=True)]),
         ]
@@ -185,6 +182,43 @@ class TxnTests(EtcdHarness, SynchronousTestCase):
         """A transaction's range sorted by key, ascending, is served (it is the key order)."""
         response = self.txn(success=[get(b"a", range_end=b"c", sort_order=pb.RangeRequest.ASCEND)])
         self.assertEqual([kv.key for kv in response.responses[0].response_range.kvs], [b"a", b"b"])
+
+    def test_sorted_and_filtered_ranges(self) -> None:
+        """
+        A transaction's range sorted by any target, either way, or filtered
+        by revisions, answers as etcd's: filtered, sorted, then cut to its
+        limit (etcd's lock reads its owner with C{WithFirstCreate}).
+        """
+        self.node.write(b"l/b", b"1")  # etcd revisions 4, 5, 6 (after setUp's): created b, c, then a
+        self.node.write(b"l/c", b"3")
+        self.node.write(b"l/a", b"2")
+        lock = dict(range_end=b"l0")
+
+        def keys(*ops, **branch):
+            response = self.txn(success=list(ops), **branch)
+            return [[(kv.key, kv.value) for kv in r.response_range.kvs] for r in response.responses]
+
+        first_create = get(b"l/", sort_target=pb.RangeRequest.CREATE, sort_order=pb.RangeRequest.ASCEND,
+                           limit=1, **lock)
+        last_create = get(b"l/", sort_target=pb.RangeRequest.CREATE, sort_order=pb.RangeRequest.DESCEND,
+                          limit=1, **lock)
+        by_value = get(b"l/", sort_target=pb.RangeRequest.VALUE, keys_only=True, **lock)
+        created_by_5 = get(b"l/", max_create_revision=5, sort_order=pb.RangeRequest.DESCEND, **lock)
+        self.assertEqual(keys(first_create, last_create, by_value, created_by_5), [
+            [(b"l/b", b"1")], [(b"l/a", b"2")], [(b"l/b", b""), (b"l/a", b""), (b"l/c", b"")],
+            [(b"l/c", b"3"), (b"l/b", b"1")],
+        ])
+        response = self.txn(success=[first_create])
+        self.assertTrue(response.responses[0].response_range.more)
+        self.assertEqual(response.responses[0].response_range.count, 3)
+        # The branch that ran is the one whose ops are sorted: here, failure's.
+        response = self.txn([_C(key=b"l/a", target=_C.VERSION, result=_C.EQUAL, version=0)],
+                            success=[put(b"l/d")], failure=[last_create])
+        self.assertFalse(response.succeeded)
+        self.assertEqual([kv.key for kv in response.responses[0].response_range.kvs], [b"l/a"])
+        # A put before the sorted range in one transaction is seen by it.
+        response = self.txn(success=[put(b"l/0", b"9"), last_create])
+        self.assertEqual([kv.key for kv in response.responses[1].response_range.kvs], [b"l/0"])
 
     def test_unknown_compare(self) -> None:
         """An unknown compare target or result is INVALID_ARGUMENT."""

@@ -184,18 +184,22 @@ def compact_request(message: pb.CompactionRequest) -> Request:
     return Request(Op.COMPACT, compact_revision=max(message.revision - 1, 0))
 
 
-def range_records(plan: RangePlan, result: RangeResult) -> tuple[list, bool]:
+def range_records(plan: RangePlan, result: RangeResult, bounded: bool = True) -> tuple[list, bool]:
     """
     Return the C{mvccpb.KeyValue}s of C{result} that C{plan} answers with,
     and C{more}: the limit left some out.  A whole range is filtered,
     sorted, then cut to the limit, as etcd does.
 
+    @param bounded: refuse a whole range of more than L{SORT_RECORDS_MAX}
+        keys (a read's, refused before anything changed); a transaction's
+        range was read whole and its transaction has applied: its size is
+        the response's message limit's to refuse.
     @raise _Abort: a sorted or filtered range of more than
         L{SORT_RECORDS_MAX} keys.
     """
     if not plan.whole:
         return [key_value(kv) for kv in result.kvs], result.more
-    if result.count > SORT_RECORDS_MAX:
+    if bounded and result.count > SORT_RECORDS_MAX:
         etcd_errors.exhausted(f"sorting or filtering a range of {result.count} keys is not supported: at "
                               f"most {SORT_RECORDS_MAX}; narrow the range, or read it in key order")
     records = [key_value(kv) for kv in result.kvs]
@@ -344,17 +348,19 @@ def compare_from_etcd(message: pb.Compare) -> Optional[Compare]:
 
 
 def _range_op(message: pb.RangeRequest) -> Range:
-    """A transaction's range: no revision, and no sort or filter other than key order."""
-    if not message.key:
-        refuse(etcd_errors.EMPTY_KEY)
-    order = _effective_order(message)
+    """
+    A transaction's range: at no revision but the transaction's own.  One
+    sorted or filtered (L{RangePlan.whole}) is read whole, with values
+    (L{txn_response} sorts, filters and cuts it as a read's range is):
+    what such a range answers, etcd's C{WithFirstCreate} of a lock's owner
+    say, depends on every key in it.
+    """
+    plan = range_plan(message)
     if message.revision > 0:
         unimplemented("a range at a given revision inside a transaction is not supported yet: use revision 0")
-    if _filters(message) or message.sort_target != pb.RangeRequest.KEY or order == pb.RangeRequest.DESCEND:
-        unimplemented("sorting (other than by key, ascending) and revision filters are not supported in a "
-                      "transaction's range yet: sort the records after the transaction")
-    return Range(message.key, _end(message.range_end), max(message.limit, 0), message.keys_only,
-                 message.count_only)
+    if plan.whole:
+        return Range(message.key, _end(message.range_end), 0, plan.query.keys_only, False)
+    return plan.query
 
 
 def _txn_op(message: pb.RequestOp):
@@ -410,7 +416,8 @@ def txn_from_etcd(message: pb.TxnRequest) -> Request:
     return Request(Op.TXN, txn=Txn(compares, success, failure))
 
 
-def txn_response(result: TxnResult, header: pb.ResponseHeader) -> pb.TxnResponse:
+def txn_response(result: TxnResult, header: pb.ResponseHeader,
+                 request: Optional[pb.TxnRequest] = None) -> pb.TxnResponse:
     """
     The C{TxnResponse} of C{result}.  Each inner response's header carries
     the revision etcd gives it: before the transaction's first change, the
@@ -437,10 +444,22 @@ def txn_response(result: TxnResult, header: pb.ResponseHeader) -> pb.TxnResponse
                 header=pb.ResponseHeader(revision=begin + changed_yet), deleted=response.deleted,
                 prev_kvs=[key_value(kv) for kv in response.prevs])))
         else:
+            kvs, more = [key_value(kv) for kv in response.kvs], response.more
+            plan = _plan_of(request, result.succeeded, len(responses))
+            if plan is not None and plan.whole:
+                kvs, more = range_records(plan, response, bounded=False)
             responses.append(pb.ResponseOp(response_range=pb.RangeResponse(
                 header=pb.ResponseHeader(revision=begin + changed_yet),
-                kvs=[key_value(kv) for kv in response.kvs], more=response.more, count=response.count)))
+                kvs=kvs, more=more, count=response.count)))
     return pb.TxnResponse(header=header, succeeded=result.succeeded, responses=responses)
+
+
+def _plan_of(request: Optional[pb.TxnRequest], succeeded: bool, index: int) -> Optional[RangePlan]:
+    """The L{RangePlan} of the range op at C{index} of the branch that ran (None: no request given)."""
+    if request is None:
+        return None
+    op = (request.success if succeeded else request.failure)[index]
+    return range_plan(op.request_range)
 
 
 # --- members -----------------------------------------------------------------------

@@ -166,7 +166,7 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
     async def Txn(self, request: pb.TxnRequest, context) -> pb.TxnResponse:
         command = _validated(self._calls.member_id, convert.txn_from_etcd(request))
         result, header = await self._submit(context, command, TxnResult)
-        response = convert.txn_response(result, header)
+        response = convert.txn_response(result, header, request)
         size = response.ByteSize()
         if size > MAX_MESSAGE_BYTES:
             _applied_too_large(size, header.revision)

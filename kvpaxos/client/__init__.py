@@ -140,6 +140,16 @@ that a grant resent after UNAVAILABLE is recognised as its own; a revoke
 resent and refused not found is taken as done.  A lease that does not
 exist is L{LeaseNotFound}; a grant of an id in use L{LeaseExists}.
 
+Locks and elections
+===================
+C{client.lock(name)} is a lock (etcd's C{Mutex}: L{Lock}, L{AsyncLock}),
+C{client.election(name)} a leader election (L{Election},
+L{AsyncElection}: C{campaign}, C{proclaim}, C{resign}, C{leader},
+C{observe}), their keys under a lease the client keeps alive (one per
+turn, or a held lease given); the decisions are L{concurrency_core}'s,
+with no I/O.  A lock is only as good as its lease: guard the writes it
+protects with C{lock.guard()} in the same txn (L{concurrency}).
+
 Authentication
 ==============
 C{Client(endpoints, user="alice", password="...")} names a user once the
@@ -157,6 +167,9 @@ from __future__ import annotations
 from kvpaxos.api.limits import TO_THE_END, prefix_end
 from kvpaxos.client.aio import AsyncClient, open_aio_channel
 from kvpaxos.client.blocking import Client, Connection, Reply, open_channel
+from kvpaxos.client.concurrency import AsyncElection, AsyncLock, AsyncObservation, LockTimeout
+from kvpaxos.client.concurrency_blocking import Election, Lock, Observation
+from kvpaxos.client.concurrency_core import LockLost, NotElected
 from kvpaxos.client.auth import Permission
 from kvpaxos.client.errors import (
     AuthNotEnabled,
@@ -218,7 +231,8 @@ from kvpaxos.client.retry import (
 )
 
 __all__ = [
-    "AsyncClient", "AsyncLease", "AuthNotEnabled", "AuthRefused", "Client", "ClientError", "CompactRefused",
+    "AsyncClient", "AsyncElection", "AsyncLease", "AsyncLock", "AsyncObservation",
+    "Election", "Lock", "LockLost", "LockTimeout", "NotElected", "Observation", "AuthNotEnabled", "AuthRefused", "Client", "ClientError", "CompactRefused",
     "Compacted", "FutureRevision", "InvalidArgument", "Lease", "LeaseExists", "LeaseExpired", "LeaseNotFound",
     "MAX_LEASE_ID", "MAX_LEASE_TTL",
     "OutcomeUnknown", "Permission", "PermissionDenied", "RangeResult",

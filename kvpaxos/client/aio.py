@@ -17,6 +17,7 @@ import grpc.aio
 from kvpaxos.api.endpoints import CHANNEL_OPTIONS, parse_endpoint
 from kvpaxos.client import requests
 from kvpaxos.client.auth import authenticate_operation
+from kvpaxos.client.concurrency import AsyncRecipeMethods
 from kvpaxos.client.blocking import (
     DEFAULT_REFRESH_S, GRANT_ATTEMPTS, Connection, Reply, _Base, _call_with, _granted_earlier, tls_channel_factory,
 )
@@ -44,7 +45,7 @@ def open_aio_channel(endpoint: str, credentials: Optional[grpc.ChannelCredential
     return grpc.aio.insecure_channel(endpoint, options=CHANNEL_OPTIONS)
 
 
-class AsyncClient(_Base):
+class AsyncClient(AsyncRecipeMethods, _Base):
     """
     The asyncio twin of L{Client} on C{grpc.aio}: the same arguments
     (C{stream} multiplexes concurrent coroutines' KV requests over one

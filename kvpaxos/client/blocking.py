@@ -19,6 +19,7 @@ import grpc
 from kvpaxos.api.endpoints import CHANNEL_OPTIONS, parse_endpoint, parse_endpoints
 from kvpaxos.client import requests
 from kvpaxos.client.auth import AuthMethods, authenticate_operation, credentials_of, unauthenticated
+from kvpaxos.client.concurrency_blocking import RecipeMethods
 from kvpaxos.client.errors import (
     AuthNotEnabled, ClientError, Compacted, LeaseExists, LeaseNotFound, OutcomeUnknown, Unavailable, member_error,
     rpc_failure,
@@ -194,7 +195,7 @@ def _call_with(stub_method, request: Any, timeout_s: float, metadata: Optional[t
     return stub_method(request, timeout=timeout_s, metadata=metadata)
 
 
-class Client(_Base):
+class Client(RecipeMethods, _Base):
     """
     A blocking kvpaxos client.  Thread-safe: see the module docstring for
     how sessions are shared.  Every method may raise L{ClientError} (see the

@@ -26,6 +26,8 @@ and actions) L{kvpaxos.client.auth_cli}'s.
     kvpaxos lease grant TTL | lease revoke ID | lease keep-alive ID [--once]
         | lease timetolive ID [--keys] | lease list
                                  etcdctl's lease commands and lines: L{kvpaxos.client.lease_cli}
+    kvpaxos lock NAME [-- COMMAND...] | elect NAME VALUE | elect NAME --listen
+                                 etcdctl's lock and elect: L{kvpaxos.client.lock_cli}
     kvpaxos user add NAME[:PASSWORD] [--new-user-password P] [--no-password]
         | user delete NAME | user get NAME [--detail] | user list | user passwd NAME
         | user grant-role USER ROLE | user revoke-role USER ROLE
@@ -77,7 +79,7 @@ from typing import Any, BinaryIO, Callable, Optional, Sequence, Union
 from kvpaxos.api.endpoints import DEFAULT_ENDPOINT, BadEndpoint, parse_endpoints
 from kvpaxos.api.errors import InvalidArgument
 from kvpaxos.api.limits import check_key, check_value
-from kvpaxos.client import admin_cli, auth_cli, lease_cli
+from kvpaxos.client import admin_cli, auth_cli, lease_cli, lock_cli
 from kvpaxos.client.actions import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Actions
 from kvpaxos.client.blocking import Client, open_channel, tls_channel_factory
 from kvpaxos.tls import TLSError
@@ -89,7 +91,7 @@ __all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "Invocation", "main", "parse"
 #: The actions of the seed's C{--action=} form.
 ACTIONS = ("put", "get", "delete", "append", "status")
 COMMANDS = (ACTIONS + ("range", "watch", "cas", "txn", "compact") + tuple(lease_cli.LEASE_COMMANDS)
-            + tuple(auth_cli.AUTH_COMMANDS) + tuple(admin_cli.ADMIN_COMMANDS))
+            + tuple(lock_cli.RECIPE_COMMANDS) + tuple(auth_cli.AUTH_COMMANDS) + tuple(admin_cli.ADMIN_COMMANDS))
 #: Actions that take a key, and those that take a value too.
 _KEYED = {"put", "get", "delete", "append"}
 _VALUED = {"put", "append"}
@@ -278,6 +280,7 @@ def build_parser(stdout: BinaryIO, stderr: BinaryIO) -> argparse.ArgumentParser:
     global_options(command, defaults=False)
 
     lease_cli.add_commands(commands, streams, lambda command: global_options(command, defaults=False))
+    lock_cli.add_commands(commands, streams, lambda command: global_options(command, defaults=False))
     auth_cli.add_commands(commands, streams, lambda command: global_options(command, defaults=False))
     admin_cli.add_commands(commands, streams, lambda command: global_options(command, defaults=False, grpc=False))
     return parser
@@ -337,6 +340,8 @@ class Invocation:
     lease: int = 0
     #: The lease commands: what they ask for.
     lease_command: Optional[lease_cli.LeaseCommand] = None
+    #: The lock and elect commands: what they ask for.
+    recipe: Optional[lock_cli.RecipeCommand] = None
 
 
 @dataclass(frozen=True)
@@ -381,6 +386,9 @@ def parse(argv: Sequence[str], stdout: BinaryIO, stderr: BinaryIO) -> Union[Invo
     elif args.command in lease_cli.LEASE_COMMANDS:
         extra["lease_command"] = lease_cli.command(args)
         action, key, value = extra["lease_command"].action, None, None
+    elif args.command in lock_cli.RECIPE_COMMANDS:
+        extra["recipe"] = lock_cli.command(args, parser.error)
+        action, key, value = args.command, None, None
     elif args.command:
         action = args.command
         key, value = getattr(args, "key", None), getattr(args, "value", None)
@@ -502,6 +510,8 @@ def main(
         with client:
             if invocation.lease_command is not None:
                 return lease_cli.LeaseActions(invocation, client, stdout, stderr, sleep=sleep, clock=clock).run()
+            if invocation.recipe is not None:
+                return lock_cli.RecipeActions(invocation, client, stdout, stderr).run()
             actions = Actions if invocation.auth is None else auth_cli.AuthActions
             return actions(invocation, client, stdout, stderr).run()
     finally:
