@@ -21,9 +21,10 @@ from kvpaxos.testing.simdisk import InjectedDiskFailure
 from kvpaxos.testing.simnet import Network, SimTransport
 from kvpaxos.testing.simworld import MachineClock, Process, VirtualTime
 
-#: Seeds the normal suite runs (about 0.1 s each here);
+#: Seeds the normal suite runs (about 0.8 s each here since the history,
+#: watch, auth and lease workloads; 400 keeps the suite in CI's 15 minutes);
 #: `python -m kvpaxos.testing.sim --seeds 10000` is the long run.
-SUITE_SEEDS = 600
+SUITE_SEEDS = 400
 #: How many seeds a planted bug may take to be caught.
 SEARCH_SEEDS = 500
 
@@ -40,10 +41,23 @@ OPERATION_KINDS = (
 )
 
 
+#: Where the search for a plant starts when its first catch lies far in:
+#: the seed that caught it first when the figure was written down (issue
+#: 13's suite-time cut).  The search still goes through SEARCH_SEEDS seeds
+#: from there (wrapping round), so a change in what the simulator draws
+#: costs only time, never a false pass.
+FIRST_SEED = {"space-after-propose": 66, "torn-backup": 30}
+
+
+def search_order(first: int, count: int = SEARCH_SEEDS):
+    """Seeds C{first}..C{count}-1, then 0..C{first}-1."""
+    return [*range(first, count), *range(first)]
+
+
 def first_catch(plant):
-    """Return the first seed's result that catches C{plant}, or None."""
+    """Return the first seed's result (from the plant's L{FIRST_SEED}) that catches C{plant}, or None."""
     catches = plants.get(plant).catches
-    for seed in range(SEARCH_SEEDS):
+    for seed in search_order(FIRST_SEED.get(plant, 0)):
         result = run_seed(seed, plant=plant)
         if not result.ok and result.violation.kind in catches:
             return result

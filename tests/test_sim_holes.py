@@ -19,7 +19,7 @@ from kvpaxos.testing.sim import Simulation
 SEARCH_SEEDS = 500
 #: Seeds of each scenario the product must pass here (the long run,
 #: `python -m kvpaxos.testing.sim --seeds 10000`, draws them all the time).
-CLEAN_SEEDS = 6
+CLEAN_SEEDS = 4
 
 #: Plant -> the scenario made to catch it.
 SCENARIO_OF = {
@@ -46,10 +46,18 @@ def run(seed, plant=None, scenario=None, provider="memory"):
     return Simulation(seed, plant=plant, scenario=scenario, provider=provider).run()
 
 
+#: Where the search for a plant starts when its first catch lies far in
+#: (a seed of these scenarios takes seconds): the seed that caught it first
+#: when the figure was written down.  The search still goes through
+#: SEARCH_SEEDS seeds from there, so a change in the draws costs only time.
+FIRST_SEED = {"no-prepare-guard": 16, "acks-before-missed-ticks": 9}
+
+
 def first_catch(plant):
-    """Return the first seed's result (of the plant's scenario) that catches C{plant}, or None."""
+    """Return the first seed's result (of the plant's scenario, from its L{FIRST_SEED}) that catches C{plant}, or None."""
     catches = plants.get(plant).catches
-    for seed in range(SEARCH_SEEDS):
+    first = FIRST_SEED.get(plant, 0)
+    for seed in [*range(first, SEARCH_SEEDS), *range(first)]:
         provider = "lmdb" if plant in LMDB_PLANTS else "memory"
         result = run(seed, plant, SCENARIO_OF[plant], provider)
         if not result.ok and result.violation.kind in catches:
