@@ -24,7 +24,7 @@ Each plant here overrides one method of the service's write or read path
 (C{ReplicaService.write_path_class}, C{read_path_class}), of the service's
 watch calls or compactor, or of the watchers' or the memory staging's
 classes; if that method is renamed the plant quietly does nothing, and its
-test fails.
+test fails.  The lease plants are written in L{kvpaxos.testing.leaseplants}.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from kvpaxos.node.watchers import Batch, Watchers
 from kvpaxos.node.writes import WritePath, grows_the_store
 from kvpaxos.storage.memory import MemoryState
 from kvpaxos.storage.memory_transfer import MemoryStaging
-from kvpaxos.testing import holes
+from kvpaxos.testing import holes, leaseplants
 from kvpaxos.testing.coreplants import UnconfirmedReadReplica
 from kvpaxos.testing.simthreads import SimReadGate
 
@@ -584,6 +584,43 @@ PLANTS = {
             " compacts revisions younger than the age limit",
             frozenset({"compaction"}),
             service_class=WallClockCompactionService,
+        ),
+        # KV leases (issue 14; kvpaxos.testing.leaseplants, tests/test_sim_leases.py).
+        Plant(
+            "follower-expires-leases",
+            "a deposed leader keeps its lessor and expires leases from it as a follower, its"
+            " LEASE_EXPIRE queued and forwarded (not leader_only) and taken by the leader",
+            frozenset({"lease"}),
+            service_class=leaseplants.FollowerExpiresService,
+        ),
+        Plant(
+            "no-promotion-extension",
+            "a new leader gives every lease only its TTL from its promotion, not TTL + the"
+            " election timeout (etcd issues 9395, 15247): as if the old leader's last refresh"
+            " had been its own",
+            frozenset({"lease"}),
+            on_start=leaseplants.no_promotion_extension,
+        ),
+        Plant(
+            "keepalive-unconfirmed",
+            "a leader acknowledges a keep-alive without the read index round that confirms it"
+            " still leads: a deposed leader refreshes leases its successor expires",
+            frozenset({"lease"}),
+            service_class=leaseplants.UnconfirmedKeepAliveService,
+        ),
+        Plant(
+            "lease-on-wall-clock",
+            "the leader's lease deadlines are counted on the wall clock, which steps: a step"
+            " forward expires leases before their TTL has passed",
+            frozenset({"lease"}),
+            service_class=leaseplants.WallClockLessorService,
+        ),
+        Plant(
+            "attached-keys-survive",
+            "a revoke or expiry removes its lease and detaches its keys but deletes none of"
+            " them (a change of the state machine, which the reference replays too)",
+            frozenset({"lease", "linearizability"}),
+            patch=leaseplants.revoke_keeps_keys,
         ),
         Plant(
             "late-learning",

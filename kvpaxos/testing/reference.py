@@ -36,14 +36,22 @@ from kvpaxos.paxos import Batch
 from kvpaxos.storage.memory import MemoryState
 
 
+#: The lease commands (issue 14), named by their lease (and TTL).
+_LEASE_OPS = (Op.LEASE_GRANT, Op.LEASE_REVOKE, Op.LEASE_EXPIRE)
+
+
 def tag_of(request: Request) -> tuple:
     """
     Return what names C{request} whoever proposed it: its session and
     sequence, or (no session) its content, which the simulator keeps
-    unique by writing unique values; C{("open",)} for OPEN_SESSION.
+    unique by writing unique values; C{("open",)} for OPEN_SESSION; a
+    lease command by its op, lease and TTL.
     """
     if request.op is Op.OPEN_SESSION:
         return ("open",)
+    if request.op in _LEASE_OPS:
+        # (No session; ids are unique to one grant in the simulator.)
+        return ("lease", int(request.op), request.lease, request.ttl)
     if request.op is Op.AUTH:
         auth = request.auth  # without what its member adds (a salt's hash, a token key)
         return ("auth", int(auth.action), auth.name, auth.role, auth.permission)
@@ -90,6 +98,10 @@ class Reference:
         self.commands = 0
         #: (origin, request id) -> (slot, result) of every auth command.
         self.auth_applied: dict[tuple, tuple] = {}
+        #: The last slot's commands as applied, in order: C{(request,
+        #: result, revision before, revision after)} (the lease checks,
+        #: L{kvpaxos.testing.simleasecheck}, follow each one).
+        self.slot_results: list = []
 
     def apply(self, slot: int, value) -> Optional[str]:
         """
@@ -99,6 +111,7 @@ class Reference:
         assert slot == self.applied + 1, f"reference applies slot {slot} after {self.applied}"
         problem = None
         state = self.state
+        self.slot_results = applied = []
         if type(value) is Batch:
             sessions.expire(state, slot, self.limits)
             for data in value.commands:
@@ -110,6 +123,7 @@ class Reference:
                 before = state.revision()
                 result = machine.apply(state, request, slot, self.limits)
                 self.commands += 1
+                applied.append((request, result, before, state.revision()))
                 tag = tag_of(request)
                 if request.op is Op.OPEN_SESSION:
                     self.opened.append(result.client_id)

@@ -91,8 +91,20 @@ Checks, as events happen (the first violation ends the seed):
   - compaction: every chosen COMPACT was proposed by a node while it was
     the leader, and keeps what the limits promise (the last revisions, or
     everything younger than the age on the proposer's monotonic clock);
+  - KV leases (L{kvpaxos.testing.simlease}, L{kvpaxos.testing.simleasecheck}):
+    a few lease clients grant leases of small TTLs, keep some alive
+    through any node, let others lapse, revoke some and attach keys to
+    them; every chosen LEASE_EXPIRE was decided and proposed by the
+    leader in one turn; none ends a lease before its TTL since the last
+    keep-alive acknowledged to a client (on the leader's clock), nor
+    before TTL + the election timeout after a change of leader; a
+    keep-alive's answer is honest (its TTL, from a leader nobody had
+    deposed); a lease's keys are deleted with it, in one revision; the
+    leases and attachments of the log, followed apart from the state
+    machine, equal the reference's and every store's; after the heal,
+    every lease ends in time;
   - liveness after the heal (every watch client's cursor past the final
-    revision too);
+    revision, and every lease ended, too);
   - in a calm scenario only: a write taken by a follower is answered soon
     after it is chosen (C{latency}).
 
@@ -107,7 +119,8 @@ L{kvpaxos.testing.simnodes} (booting and crashing nodes),
 L{kvpaxos.testing.simchecks} (the per-event checks),
 L{kvpaxos.testing.simclients} (clients and their answers) and
 L{kvpaxos.testing.simfaults} (faults, the operator, the heal),
-L{kvpaxos.testing.simwatch} (watch clients, the history's checks) and
+L{kvpaxos.testing.simwatch} (watch clients, the history's checks),
+L{kvpaxos.testing.simlease} (lease clients, the leases' checks) and
 L{kvpaxos.testing.simbackup} (the operator's backups); settings and
 records are in L{kvpaxos.testing.simrecords}.
 """
@@ -159,6 +172,7 @@ from kvpaxos.testing.simclients import ClientsMixin
 from kvpaxos.testing.simfaults import FaultsMixin
 from kvpaxos.testing.simbackup import BackupsMixin
 from kvpaxos.testing.simwatch import WatchMixin
+from kvpaxos.testing.simlease import LeaseMixin
 
 
 #: What other modules import from here (some are defined in
@@ -171,7 +185,7 @@ __all__ = [
 
 
 
-class Simulation(NodesMixin, ChecksMixin, ClientsMixin, WatchMixin, FaultsMixin, BackupsMixin):
+class Simulation(LeaseMixin, NodesMixin, ChecksMixin, ClientsMixin, WatchMixin, FaultsMixin, BackupsMixin):
     """One seeded run of a cluster of real nodes."""
 
     def __init__(self, seed: int, plant: Optional[str] = None, verbose: bool = False,
@@ -275,6 +289,8 @@ class Simulation(NodesMixin, ChecksMixin, ClientsMixin, WatchMixin, FaultsMixin,
         simauth.draw(self, scenario == scenario_registry.DRAW)
         # History limits and watch clients (kvpaxos.testing.simwatch).
         self._watch_setup()
+        # Lease clients (kvpaxos.testing.simlease).
+        self._lease_setup()
         for node_id in sorted(self.initial.voters):
             self._add_node(node_id, self.initial)
 
@@ -286,6 +302,7 @@ class Simulation(NodesMixin, ChecksMixin, ClientsMixin, WatchMixin, FaultsMixin,
         if self.auth is not None:
             self.auth.start()
         self._watch_start()
+        self._lease_start()
         if self.random_faults:
             self.world.later(rng.uniform(0.3, 0.6), self._fault)
             self.world.later(rng.uniform(0.5, 1.0), self._operator)

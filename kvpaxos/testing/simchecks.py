@@ -3,7 +3,9 @@ The checks the simulation runs as events happen (L{ChecksMixin}).
 
 What the nodes commit (agreement, validity, the reference log and state
 hashes), reads and results matched against the reference, one lease at
-a time, and the per-event node checks.  Part of
+a time, and the per-event node checks (which also note when each
+leadership began, for the KV lease checks of
+L{kvpaxos.testing.simleasecheck}).  Part of
 L{kvpaxos.testing.sim.Simulation}: it reads and sets that class's state.
 """
 
@@ -54,8 +56,10 @@ class ChecksMixin:
                 if request.op is Op.COMPACT:
                     self._compaction_chosen(slot, request)  # kvpaxos.testing.simwatch
                     continue
+                if request.op is Op.LEASE_EXPIRE:
+                    continue  # the leader's: checked as it applies (kvpaxos.testing.simleasecheck)
                 tag = tag_of(request)
-                if tag != ("open",) and tag not in self.submitted:
+                if tag != ("open",) and tag not in self.submitted and not self._lease_submitted(request):
                     self.fail("validity", f"slot {slot} holds unsubmitted {request!r}")
         elif type(value) is ConfigChange and value not in self.proposed_changes and not (
             # A leader publishes the addresses a member reported (UPDATE).
@@ -74,6 +78,7 @@ class ChecksMixin:
             if problem:
                 self.fail("session", problem)
             self._watch_reference_applied(slot)
+            self._lease_reference_applied(slot)  # kvpaxos.testing.simleasecheck
         if advanced:
             self._recheck()
 
@@ -143,6 +148,8 @@ class ChecksMixin:
             replica = getattr(service, "replica", None)
             if replica is None:
                 continue
+            if not replica.is_leader and getattr(process, "lease_lead", None) is not None:
+                process.lease_lead = None
             node = self.nodes[node_id]
             if replica.chosen_index < node.chosen_seen:
                 self.fail(
@@ -162,6 +169,9 @@ class ChecksMixin:
                         f" {sorted(replica.config.voters)}+{sorted(replica.config.learners)}"
                     )
             if replica.is_leader:
+                lead = getattr(process, "lease_lead", None)
+                if lead is None or lead[0] != replica.leader_ballot:
+                    self._lease_lead(process, replica)  # when this leadership began (simlease)
                 role = replica.role
                 stale = [s for s in getattr(role, "inflight", ()) if s <= replica.chosen_index]
                 if stale:

@@ -4,7 +4,8 @@ The simulator's settings and records (L{kvpaxos.testing.sim}).
 The tick, the core options and the bounds every seed runs with; what a
 seed reports (L{SeedResult}, L{Violation}); what the simulation keeps per
 server (L{Node}), per client (L{Client}), per operation in flight
-(L{Pending}) and per watch client (L{WatchClient}).  Plain data: no behaviour and no imports of the simulation,
+(L{Pending}), per watch client (L{WatchClient}) and per lease client
+(L{LeaseClient}, with the leases it holds, L{HeldLease}).  Plain data: no behaviour and no imports of the simulation,
 so that scenarios and mixins can import it without a cycle.
 """
 
@@ -192,6 +193,51 @@ class WatchClient:
     opening: bool = False
     asked_at: float = 0.0
     attempt: int = 0
+
+
+@dataclass
+class HeldLease:
+    """
+    A lease a L{LeaseClient} was granted (L{kvpaxos.testing.simlease}):
+    kept alive through any node until C{keep_until} (or never), revoked at
+    C{revoke_at} (or never), let lapse otherwise.
+    """
+
+    id: int
+    ttl: int
+    #: Until when its client keeps it alive (0: never).
+    keep_until: float
+    #: When its client revokes it (0: never).
+    revoke_at: float
+    #: When its client last sent a keep-alive that was acknowledged (or
+    #: the grant): the lease lives at least its TTL from then, as the
+    #: leader counts it.
+    alive_from: float
+    #: The node its keep-alives go to first (the leader it was last told of).
+    guess: Optional[int] = None
+    #: The keep-alive (or time-to-live) in flight: its number, or 0.
+    asking: int = 0
+    #: Its client no longer uses it (revoked, told it is gone, or given up).
+    dropped: bool = False
+
+
+@dataclass
+class LeaseClient:
+    """
+    A client that grants leases, keeps some alive, lets others lapse,
+    revokes some and attaches keys of L{KEYS} to them (L{kvpaxos.testing.simlease}).
+    """
+
+    id: int
+    #: An operation (grant, put, revoke) is in flight.
+    busy: bool = False
+    attempt: int = 0
+    guess: Optional[int] = None
+    #: Values and explicit lease ids it made (each unique).
+    written: int = 0
+    ids: int = 0
+    #: lease id -> L{HeldLease}, those it was granted.
+    held: dict = field(default_factory=dict)
 
 
 @dataclass
