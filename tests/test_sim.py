@@ -33,10 +33,10 @@ FAULT_KINDS = (
     "stall", "wall clock step", "monotonic clock step", "admin MemberAdd done",
     "admin MemberPromote done", "admin MemberRemove done", "admin TransferLeadership done",
     "admin refused", "leader transfer", "adversarial network", "answer lost in a reset",
-    "refused handshakes", "told removed",
+    "refused handshakes", "told removed", "lock workload",
 )
 OPERATION_KINDS = (
-    "open", "put", "append", "delete", "cas", "txn", "get/linearizable", "get/lease",
+    "lock acquired", "lock increment", "open", "put", "append", "delete", "cas", "txn", "get/linearizable", "get/lease",
     "range/linearizable", "range/lease", "range/serializable", "served by lease",
 )
 
@@ -287,6 +287,7 @@ class PlantTests(SynchronousTestCase):
         """Every plant in the registry is one this module searches for."""
         from tests.test_sim_holes import SCENARIO_OF  # issue 9's holes, one scenario each
         from tests.test_sim_leases import CAUGHT_AT as LEASE_CAUGHT_AT  # KV leases (issue 14)
+        from tests.test_sim_locks import CAUGHT_AT as LOCK_CAUGHT_AT  # the lock recipe (issue 14)
         from tests.test_sim_watch import CAUGHT_AT  # watch and compaction (issue 14)
 
         tested = {
@@ -296,7 +297,7 @@ class PlantTests(SynchronousTestCase):
             "submit-time-auth",  # tests/test_sim_auth.py, in scenario auth
             "take-time-read-auth",  # tests/test_sim_auth.py
             "user-dropped-while-disabled",  # tests/test_sim_auth.py
-        } | set(SCENARIO_OF) | set(CAUGHT_AT) | set(LEASE_CAUGHT_AT)  # tests/test_sim_watch.py, ..._leases.py
+        } | set(SCENARIO_OF) | set(CAUGHT_AT) | set(LEASE_CAUGHT_AT) | set(LOCK_CAUGHT_AT)  # test_sim_{watch,leases,locks}
         self.assertEqual(set(plants.names()) - tested, set())
 
 

@@ -24,7 +24,8 @@ Each plant here overrides one method of the service's write or read path
 (C{ReplicaService.write_path_class}, C{read_path_class}), of the service's
 watch calls or compactor, or of the watchers' or the memory staging's
 classes; if that method is renamed the plant quietly does nothing, and its
-test fails.  The lease plants are written in L{kvpaxos.testing.leaseplants}.
+test fails.  The lease plants are written in L{kvpaxos.testing.leaseplants}, the lock
+recipe's in L{kvpaxos.testing.lockplants}.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from kvpaxos.node.watchers import Batch, Watchers
 from kvpaxos.node.writes import WritePath, grows_the_store
 from kvpaxos.storage.memory import MemoryState
 from kvpaxos.storage.memory_transfer import MemoryStaging
-from kvpaxos.testing import holes, leaseplants
+from kvpaxos.testing import holes, leaseplants, lockplants
 from kvpaxos.testing.coreplants import UnconfirmedReadReplica
 from kvpaxos.testing.simthreads import SimReadGate
 
@@ -621,6 +622,21 @@ PLANTS = {
             " them (a change of the state machine, which the reference replays too)",
             frozenset({"lease", "linearizability"}),
             patch=leaseplants.revoke_keeps_keys,
+        ),
+        # The lock recipe (issue 14; kvpaxos.testing.lockplants, tests/test_sim_locks.py).
+        Plant(
+            "unfenced-guard",
+            "a lock holder's writes carry a guard that always holds (no fencing compare), so a"
+            " holder whose lease ran out still writes",
+            frozenset({"lock"}),
+            patch=lockplants.unfenced_guard,
+        ),
+        Plant(
+            "queue-by-key",
+            "the lock's queue is ordered by key, not create revision, so a contender whose key"
+            " sorts first takes the lock from its holder",
+            frozenset({"lock"}),
+            patch=lockplants.queue_by_key,
         ),
         Plant(
             "late-learning",

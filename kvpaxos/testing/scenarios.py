@@ -47,6 +47,7 @@ from kvpaxos.testing.lease_scenarios import (
 )
 from kvpaxos.testing.space_scenarios import SpaceQuota
 from kvpaxos.testing.simauth import AuthScenario
+from kvpaxos.testing.simlock import LockScenario
 from kvpaxos.testing.fault_scenarios import (
     DiskFailure,
     EarlyAnswerCrash,
@@ -67,7 +68,7 @@ SCENARIOS = {
     for cls in (
         StalledFollower, TransferHeld, MisconfiguredTick, DriftAtTheLimit, ForgedPeer,
         EarlyAnswerCrash, DiskFailure, CalmFollowerWrites, RestartUnderLease,
-        SnapshotDuringGrowth, StalledInstall, SpaceQuota, AuthScenario,
+        SnapshotDuringGrowth, StalledInstall, SpaceQuota, AuthScenario, LockScenario,
     )
 }
 

@@ -173,6 +173,8 @@ from kvpaxos.testing.simfaults import FaultsMixin
 from kvpaxos.testing.simbackup import BackupsMixin
 from kvpaxos.testing.simwatch import WatchMixin
 from kvpaxos.testing.simlease import LeaseMixin
+from kvpaxos.testing import simlock
+from kvpaxos.testing.simlock import LocksMixin
 
 
 #: What other modules import from here (some are defined in
@@ -185,7 +187,7 @@ __all__ = [
 
 
 
-class Simulation(LeaseMixin, NodesMixin, ChecksMixin, ClientsMixin, WatchMixin, FaultsMixin, BackupsMixin):
+class Simulation(LocksMixin, LeaseMixin, NodesMixin, ChecksMixin, ClientsMixin, WatchMixin, FaultsMixin, BackupsMixin):
     """One seeded run of a cluster of real nodes."""
 
     def __init__(self, seed: int, plant: Optional[str] = None, verbose: bool = False,
@@ -284,9 +286,12 @@ class Simulation(LeaseMixin, NodesMixin, ChecksMixin, ClientsMixin, WatchMixin, 
         self.nodes: dict[int, Node] = {}
         #: The auth workload of this seed (L{kvpaxos.testing.simauth}), or None.
         self.auth: Optional[simauth.AuthWorkload] = None
+        #: The lock clients of this seed (L{kvpaxos.testing.simlock}), or None.
+        self.locks: Optional[simlock.LockWorkload] = None
         # A targeted scenario, drawn from the seed (it may turn random faults off).
         self.scenario = scenario_registry.draw(self, scenario)
         simauth.draw(self, scenario == scenario_registry.DRAW)
+        simlock.draw(self, scenario == scenario_registry.DRAW)
         # History limits and watch clients (kvpaxos.testing.simwatch).
         self._watch_setup()
         # Lease clients (kvpaxos.testing.simlease).
@@ -303,6 +308,7 @@ class Simulation(LeaseMixin, NodesMixin, ChecksMixin, ClientsMixin, WatchMixin, 
             self.auth.start()
         self._watch_start()
         self._lease_start()
+        self._lock_start()
         if self.random_faults:
             self.world.later(rng.uniform(0.3, 0.6), self._fault)
             self.world.later(rng.uniform(0.5, 1.0), self._operator)
